@@ -1,0 +1,171 @@
+"""What every architecture module states about its instruction set.
+
+An arch module exposes module-level ``Arch`` values (one per ABI it covers) and
+registers them in ``uemu.arch``.  Facts are fields; the core reads them and
+never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SpecRegister:
+    """A register name as it may appear in an SDT argument spec.
+
+    ``canonical`` is the full architectural register it is a view of; the view
+    is ``width`` bytes wide starting ``shift`` bits up (x86 ``%ah``: width 1,
+    shift 8).  The spec's own size, not the view, decides how many bytes count
+    (sys/sdt.h comment after gdb PR24541); the view matters only for operands
+    written without a size.
+    """
+
+    canonical: str
+    width: int
+    shift: int = 0
+
+
+def frozen_map(mapping: Mapping) -> Mapping:
+    """A read-only mapping for dataclass fields (frozen dataclasses need hashable-ish data)."""
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The facts uemu needs about one instruction set and ABI."""
+
+    name: str
+    """Our exact key for users and argspec: ``x86_64``, ``i386``, ``aarch64``, ..."""
+    e_machine: str
+    """pyelftools' name of the ELF ``e_machine`` value (``EM_X86_64``)."""
+    elf_class: int
+    """32 or 64."""
+    little_endian: bool | None
+    """Byte order; ``None`` where the same name covers both (mips64)."""
+    spec_dialect: str
+    """Which operand grammar its SDT argument specs use (see ``uemu.argspec``)."""
+    spec_registers: Mapping[str, SpecRegister] = field(default_factory=dict)
+    """Every register spelling its compilers print in specs, without sigils."""
+    pair_high: Mapping[str, str] = field(default_factory=dict)
+    """32-bit ABIs: canonical low register -> register holding the high half of an
+    8-byte value that the spec names by its low register only (i386 ``-8@%eax``
+    means edx:eax)."""
+
+    ip_reg: str = ""
+    """Canonical name of the instruction pointer (``rip``, ``eip``, ``pc``)."""
+    sp_reg: str = ""
+    """Canonical name of the stack pointer."""
+    user_regs: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    """Canonical register -> (field of the host's ``user_regs_struct`` as python-ptrace
+    names it, mask).  An i386 task traced from x86_64 reads ``eax`` as ``rax`` & 0xffffffff."""
+    backend: "Backend | None" = None
+    """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
+
+    @property
+    def word_size(self) -> int:
+        return self.elf_class // 8
+
+
+# --------------------------------------------------------------------------
+# The instruction interface: what a tracing backend decides and does.
+# Mirrors the kernel's arch_uprobe_analyze_insn / arch_uprobe_skip_sstep /
+# arch_uprobe_pre_xol / arch_uprobe_post_xol / arch_uprobe_abort_xol.
+# Everything here is pure: registers in, changes out; no pid, no ptrace.
+# --------------------------------------------------------------------------
+
+Regs = Mapping[str, int]
+"""Canonical register name -> unsigned value, as the arch names them (``rip``,
+``rsp``, ``eflags`` on x86_64; ``eip`` ... on i386; ``pc``, ``sp``, ``x0`` ... on
+aarch64)."""
+
+
+@dataclass(frozen=True)
+class Effects:
+    """What the core must apply to the tracee: register values, then memory writes."""
+
+    regs: Mapping[str, int] = field(default_factory=dict)
+    writes: tuple[tuple[int, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a backend decided for one probed instruction, once, at arm time."""
+
+    vaddr: int
+    """Link-time or runtime address the analysis assumed (relative targets use it)."""
+    size: int
+    """Length of the original instruction in bytes."""
+    text: str
+    """Disassembly for messages (``nop``, ``mov rax, qword ptr [rip + 0x10]``)."""
+
+
+@dataclass(frozen=True)
+class Emulate(Plan):
+    """The tracer carries out the instruction itself; no slot (SDT nop, branches)."""
+
+
+@dataclass(frozen=True)
+class StepOutOfLine(Plan):
+    """The instruction runs in an XOL slot, with the backend's fixups around it."""
+
+
+@dataclass(frozen=True)
+class Refuse(Plan):
+    """The instruction cannot be probed; ``reason`` uses the kernel's words."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class XolSetup:
+    """How to run one out-of-line step.
+
+    ``code`` goes into the slot at ``slot_vaddr``; ``regs`` are set before resuming
+    (ip = slot, scratch registers).  ``ends`` says how control comes back:
+    ``"step"``  PTRACE_SINGLESTEP one instruction, then ``finish_xol``;
+    ``"trap"``  resume; the slot ends in a trap (riscv has no single-step), then ``finish_xol``;
+    ``"jump"``  resume; the slot jumps back to the next instruction itself, no second stop.
+    """
+
+    code: bytes
+    regs: Mapping[str, int]
+    ends: str
+
+
+class Backend(Protocol):
+    """The narrow interface between the core and one instruction set."""
+
+    max_insn_len: int
+    """Bytes to read from the file for ``analyze`` (x86 16, fixed-width ISAs 4)."""
+    slot_size: int
+    """Bytes reserved per XOL slot."""
+
+    def trap_bytes(self, original: bytes) -> bytes:
+        """The breakpoint to write over an instruction starting with ``original``
+        (riscv: ``c.ebreak`` over a 2-byte instruction, ``ebreak`` over a 4-byte one)."""
+
+    def is_trap(self, code: bytes) -> bool:
+        """Whether ``code`` starts with any trap instruction of this ISA
+        (the kernel's ``is_trap_insn``)."""
+
+    def trap_address(self, ip: int) -> int:
+        """The breakpoint's address given ip after the trap stop (x86: ip - 1)."""
+
+    def analyze(self, code: bytes, vaddr: int) -> Plan:
+        """Decide once what to do at a probed instruction."""
+
+    def emulate(self, plan: Emulate, regs: Regs) -> Effects:
+        """Carry out an ``Emulate`` plan as the CPU would, from the state at ``plan.vaddr``."""
+
+    def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> XolSetup:
+        """Slot contents and register changes to run the instruction at ``slot_vaddr``."""
+
+    def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """Fix-ups after the step so the state is as if it ran at ``plan.vaddr``."""
+
+    def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """Undo ``prepare_xol`` when the step faulted: ip back to the site, scratch restored."""

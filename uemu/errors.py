@@ -1,0 +1,113 @@
+"""The one error hierarchy of uemu.
+
+Each error keeps the facts that identify what went wrong (path, pid, address)
+and builds its one-line message from them.  ``exit_code`` is what the CLI
+returns for it; the codes are documented in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class UemuError(Exception):
+    """Base class: a failure uemu explains to the user in one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(UemuError):
+    """A file or process the user named does not exist."""
+
+    exit_code = 3
+
+
+class NoSuchFile(NotFound):
+    def __init__(self, path: str):
+        super().__init__(f"{path}: no such file")
+        self.path = path
+
+
+class NoSuchProcess(NotFound):
+    def __init__(self, pid: int):
+        super().__init__(f"no such process: {pid}")
+        self.pid = pid
+
+
+class AccessDenied(UemuError):
+    """The OS refused us (file permissions, ptrace policy)."""
+
+    exit_code = 4
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(f"permission denied: {what}" + (f" ({hint})" if hint else ""))
+        self.what = what
+        self.hint = hint
+
+
+class BadInput(UemuError):
+    """The input is of the wrong kind: not an ELF, a malformed note, an unknown arch."""
+
+    exit_code = 5
+
+
+class ElfFormatError(BadInput):
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class NoteFormatError(BadInput):
+    """One malformed ``.note.stapsdt`` entry; the other notes are still usable."""
+
+    def __init__(self, path: str, index: int, detail: str):
+        super().__init__(f"{path}: malformed stapsdt note #{index}: {detail}")
+        self.path = path
+        self.index = index
+        self.detail = detail
+
+
+class UnsupportedArch(BadInput):
+    def __init__(self, machine: str, elf_class: int | None = None, what: str = ""):
+        cls = f" (ELF{elf_class})" if elf_class else ""
+        tail = f": {what}" if what else ""
+        super().__init__(f"unsupported architecture {machine}{cls}{tail}")
+        self.machine = machine
+        self.elf_class = elf_class
+
+
+class ProbeNotFound(UemuError):
+    """A probe pattern matched nothing; ``near`` holds the closest names."""
+
+    exit_code = 6
+
+    def __init__(self, pattern: str, near: Sequence[str] = ()):
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        super().__init__(f"no probe matches {pattern!r}{hint}")
+        self.pattern = pattern
+        self.near = list(near)
+
+
+class AttachRefused(UemuError):
+    """The process cannot be traced as it is (already traced, zombie, kernel thread)."""
+
+    exit_code = 7
+
+
+class UprobeError(UemuError):
+    """A registration the kernel would refuse (offset mismatch, alignment, trap in file)."""
+
+    exit_code = 8
+
+
+class TraceeGone(UemuError):
+    """The task vanished under us (exit, exec, kill): a normal race, handled by callers."""
+
+    def __init__(self, pid: int):
+        super().__init__(f"process {pid} is gone")
+        self.pid = pid
