@@ -1,0 +1,177 @@
+"""Command line: ``uemu list | attach | run``.
+
+A thin layer over the library: parse words, call the API, print.  Every
+``UemuError`` becomes one line on stderr and its exit code; no traceback
+reaches the user for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import errors, probespec, sdt
+from .maps import read_maps
+
+EXIT_CODES = """\
+exit status:
+  0  success (run: the command's own status, or 128+N if signal N killed it)
+  1  a failure while tracing
+  2  bad usage
+  3  no such file or process
+  4  permission denied
+  5  bad input: not an ELF file, malformed notes, unsupported architecture
+  6  no probe matches
+  7  the process cannot be traced (already traced, zombie, kernel thread)
+  8  a probe the kernel would refuse (offset mismatch, alignment, instruction)
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except errors.UemuError as err:
+        print(f"uemu: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        # `uemu list | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uemu",
+        description="SDT (USDT) probes traced from user space with ptrace, as kernel uprobes would.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser(
+        "list",
+        help="list the SDT probes of a file or a process",
+        description="List SDT probes of an ELF file (path) or of every object mapped in a process (PID).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("target", metavar="TARGET", help="an ELF file, or a PID (all digits)")
+    listing.add_argument("patterns", metavar="PATTERN", nargs="*", help="[OBJECT:]PROVIDER:NAME globs")
+    listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
+    listing.set_defaults(handler=_cmd_list)
+    return parser
+
+
+# ---- list ------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    patterns = [_sdt_pattern(text) for text in args.patterns]
+    if args.target.isdigit():
+        rows, warnings = _process_rows(int(args.target))
+    else:
+        rows, warnings = _file_rows(args.target)
+    for warning in warnings:
+        print(f"uemu: warning: {warning}", file=sys.stderr)
+    if not rows:
+        print(f"uemu: no SDT probes in {args.target}", file=sys.stderr)
+        return 0
+    chosen = {id(p) for p in probespec.select([row.probe for row in rows], patterns)}
+    rows = [row for row in rows if id(row.probe) in chosen]
+    (_print_json if args.json else _print_table)(rows, sys.stdout.write)
+    return 0
+
+
+def _sdt_pattern(text: str) -> probespec.SdtPattern:
+    spec = probespec.parse(text)
+    if not isinstance(spec, probespec.SdtPattern):
+        raise errors.BadInput(f"{text}: list takes [OBJECT:]PROVIDER:NAME globs")
+    return spec
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A probe site and, for a process, where it is at run time."""
+
+    probe: sdt.Probe
+    in_process: bool = False
+    runtime_address: int | None = None
+    runtime_semaphore: int | None = None
+
+    @classmethod
+    def mapped(cls, probe: sdt.Probe, mapped: sdt.MappedObject) -> _Row:
+        return cls(
+            probe,
+            True,
+            None if probe.file_offset is None else mapped.runtime_address(probe.file_offset),
+            None if probe.semaphore_offset is None else mapped.runtime_semaphore(probe.semaphore_offset),
+        )
+
+
+def _file_rows(path: str) -> tuple[list[_Row], list[str]]:
+    obj = sdt.open_elf(path)
+    return [_Row(p) for p in obj.probes], obj.warnings + [e.message for e in obj.note_errors]
+
+
+def _process_rows(pid: int) -> tuple[list[_Row], list[str]]:
+    objects, warnings = sdt.mapped_objects(pid, read_maps(pid))
+    rows = []
+    for mapped in objects:
+        warnings += mapped.elf.warnings + [e.message for e in mapped.elf.note_errors]
+        rows += [_Row.mapped(p, mapped) for p in mapped.elf.probes]
+    return rows, warnings
+
+
+def _print_json(rows: list[_Row], write: Callable[[str], object]) -> None:
+    for row in rows:
+        p = row.probe
+        record = {
+            "object": p.object,
+            "provider": p.provider,
+            "name": p.name,
+            "address": p.address,
+            "file_offset": p.file_offset,
+            "semaphore": p.semaphore,
+            "semaphore_offset": p.semaphore_offset,
+            "args": p.args,
+            "build_id": p.build_id,
+        }
+        if row.in_process:
+            record["runtime_address"] = row.runtime_address
+            record["runtime_semaphore"] = row.runtime_semaphore
+        write(json.dumps(record) + "\n")
+
+
+def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
+    """One line per probe name and object: sites, semaphore, argument layouts."""
+    groups: dict[tuple[str, str, str], list[_Row]] = {}
+    for row in rows:
+        p = row.probe
+        groups.setdefault((p.object, p.provider, p.name), []).append(row)
+    for (obj, provider, name), sites in groups.items():
+        first = sites[0]
+        addresses = ",".join(_hex(r.runtime_address if r.in_process else r.probe.address) for r in sites)
+        sema = first.probe.semaphore
+        if sema is None:
+            semaphore = "-"
+        else:
+            where = first.runtime_semaphore if first.in_process else sema
+            semaphore = f"{_hex(where)}(off {_hex(first.probe.semaphore_offset)})"
+        layouts = list(dict.fromkeys(r.probe.args for r in sites))
+        count = f"{len(sites)} site" + ("s" if len(sites) > 1 else "")
+        write(f"{obj} {provider}:{name} [{count}] {addresses} semaphore={semaphore} args: {' | '.join(layouts)}\n")
+
+
+def _hex(value: int | None) -> str:
+    return "?" if value is None else f"{value:#x}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A process's VMAs from ``/proc/PID/maps``, and the kernel's two VMA predicates.
+
+Kernel: ``valid_vma()`` decides where breakpoints go, ``valid_ref_ctr_vma()``
+where a semaphore may be changed (kernel/events/uprobes.c).  Differs: the
+kernel tests ``VM_MAYEXEC``, which maps does not show; a file on a ``noexec``
+mount gets breakpoints from uemu where the kernel would install none.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import errors
+
+
+@dataclass(frozen=True)
+class Vma:
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: int
+    """st_dev form (os.makedev of the major:minor the kernel prints)."""
+    inode: int
+    path: str
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2] == "x"
+
+    @property
+    def private(self) -> bool:
+        return self.perms[3] == "p"
+
+    @property
+    def file_backed(self) -> bool:
+        return self.inode != 0
+
+    @property
+    def file_id(self) -> tuple[int, int]:
+        return (self.dev, self.inode)
+
+    def covers_offset(self, offset: int) -> bool:
+        return self.offset <= offset < self.offset + (self.end - self.start)
+
+    def offset_to_vaddr(self, offset: int) -> int:
+        """Kernel: ``offset_to_vaddr()``: vm_start + off - (vm_pgoff << PAGE_SHIFT)."""
+        return self.start + offset - self.offset
+
+    def vaddr_to_offset(self, vaddr: int) -> int:
+        return vaddr - self.start + self.offset
+
+
+def is_probe_vma(vma: Vma, file_id: tuple[int, int], offset: int) -> bool:
+    """Where a breakpoint for (file, offset) goes: file-backed, private, not
+    writable, covering the offset.  Kernel: ``valid_vma(vma, true)``."""
+    return (
+        vma.file_backed
+        and vma.file_id == file_id
+        and vma.private
+        and not vma.writable
+        and vma.covers_offset(offset)
+    )
+
+
+def is_counter_vma(vma: Vma, file_id: tuple[int, int], ref_ctr_offset: int) -> bool:
+    """Where a semaphore may be changed: same inode, writable and private,
+    covering the counter's offset.  Kernel: ``valid_ref_ctr_vma()``."""
+    return (
+        ref_ctr_offset != 0
+        and vma.file_backed
+        and vma.file_id == file_id
+        and vma.writable
+        and vma.private
+        and vma.covers_offset(ref_ctr_offset)
+    )
+
+
+def find_counter_vma(vmas: list[Vma], file_id: tuple[int, int], ref_ctr_offset: int) -> Vma | None:
+    """The first counter VMA by address, as ``find_ref_ctr_vma()`` scans."""
+    for vma in vmas:
+        if is_counter_vma(vma, file_id, ref_ctr_offset):
+            return vma
+    return None
+
+
+def parse_maps(text: str) -> list[Vma]:
+    vmas = []
+    for line in text.splitlines():
+        # address perms offset dev inode [path]; the path may contain spaces.
+        fields = line.split(None, 5)
+        if len(fields) < 5:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        major, minor = (int(x, 16) for x in fields[3].split(":"))
+        path = fields[5] if len(fields) == 6 else ""
+        vmas.append(
+            Vma(start, end, fields[1], int(fields[2], 16), os.makedev(major, minor), int(fields[4]), path)
+        )
+    return vmas
+
+
+def read_maps(pid: int) -> list[Vma]:
+    try:
+        with open(f"/proc/{pid}/maps") as stream:
+            return parse_maps(stream.read())
+    except FileNotFoundError:
+        raise errors.NoSuchProcess(pid) from None
+    except ProcessLookupError:
+        raise errors.NoSuchProcess(pid) from None
+    except PermissionError:
+        raise errors.AccessDenied(f"cannot read /proc/{pid}/maps") from None
