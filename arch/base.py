@@ -59,9 +59,12 @@ class Arch:
     """Canonical name of the instruction pointer (``rip``, ``eip``, ``pc``)."""
     sp_reg: str = ""
     """Canonical name of the stack pointer."""
-    user_regs: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    """Canonical register -> (field of the host's ``user_regs_struct`` as python-ptrace
-    names it, mask).  An i386 task traced from x86_64 reads ``eax`` as ``rax`` & 0xffffffff."""
+    regset: tuple[str, ...] = ()
+    """Register names in the order PTRACE_GETREGSET(NT_PRSTATUS) returns them for a
+    task of this ABI ('' for slots uemu never names).  An i386 task yields its own
+    32-bit layout even to a 64-bit tracer."""
+    regset_word: int = 8
+    """Bytes per regset slot."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 

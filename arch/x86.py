@@ -45,27 +45,18 @@ def _i386_spec_registers() -> dict[str, SpecRegister]:
     return regs
 
 
-_MASK64 = (1 << 64) - 1
-_MASK32 = (1 << 32) - 1
-
-# python-ptrace's x86_64 user_regs_struct field for each register.  An i386 task
-# traced from a 64-bit tracer is read through the same 64-bit struct
-# (PTRACE_GETREGS always returns the tracer's layout); its registers are the low
-# halves.  Differs from python-ptrace's own getreg('eax'), which returns the upper
-# half of rax on x86_64.
-_X86_64_USER_REGS = {
-    **{name: (name, _MASK64) for name in _GPR64},
-    **{f"r{n}": (f"r{n}", _MASK64) for n in range(8, 16)},
-    "rip": ("rip", _MASK64),
-    "eflags": ("eflags", _MASK64),
-    "orig_rax": ("orig_rax", _MASK64),
-}
-_I386_USER_REGS = {
-    **{"e" + legacy: ("r" + legacy, _MASK32) for legacy in _LEGACY},
-    "eip": ("rip", _MASK32),
-    "eflags": ("eflags", _MASK32),
-    "orig_eax": ("orig_rax", _MASK32),
-}
+# NT_PRSTATUS layouts: x86_64's struct user_regs_struct, and i386's 17-word
+# struct user_regs_struct (arch/x86/include/asm/user_{64,32}.h), which GETREGSET
+# returns for a 32-bit task whatever the tracer's own width.
+_X86_64_REGSET = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss",
+    "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)  # fmt: skip
+_I386_REGSET = (
+    "ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "fs", "gs",
+    "orig_eax", "eip", "cs", "eflags", "esp", "ss",
+)  # fmt: skip
 
 # GCC keeps a DImode value in a pair of consecutive hard registers in its own
 # order ax, dx, cx, bx, si, di, bp; the note names only the low one (-8@%ecx is
@@ -81,7 +72,7 @@ X86_64 = Arch(
     spec_registers=frozen_map(_x86_64_spec_registers()),
     ip_reg="rip",
     sp_reg="rsp",
-    user_regs=frozen_map(_X86_64_USER_REGS),
+    regset=_X86_64_REGSET,
 )
 
 I386 = Arch(
@@ -94,7 +85,8 @@ I386 = Arch(
     pair_high=frozen_map(_I386_PAIR_HIGH),
     ip_reg="eip",
     sp_reg="esp",
-    user_regs=frozen_map(_I386_USER_REGS),
+    regset=_I386_REGSET,
+    regset_word=4,
 )
 
 register(X86_64, I386)
