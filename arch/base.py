@@ -65,6 +65,12 @@ class Arch:
     32-bit layout even to a 64-bit tracer."""
     regset_word: int = 8
     """Bytes per regset slot."""
+    audit_arch: int = 0
+    """``AUDIT_ARCH_*`` value seccomp reports for this ABI (``seccomp_data.arch``)."""
+    mapping_syscalls: frozenset[int] = frozenset()
+    """Numbers of the syscalls that create, move, split or drop file mappings
+    (mmap, mprotect, munmap, mremap, ...): after each, the kernel runs
+    ``uprobe_mmap``/``uprobe_munmap`` and so must uemu."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 

@@ -63,6 +63,16 @@ _I386_REGSET = (
 # ebx:ecx).
 _I386_PAIR_HIGH = {"eax": "edx", "edx": "ecx", "ecx": "ebx", "ebx": "esi", "esi": "edi", "edi": "ebp"}
 
+# Syscalls after which file mappings may have changed (arch/x86/entry/syscalls).
+# brk and shmat only ever touch anonymous or shared memory, which never holds
+# a probe VMA or a counter VMA.
+_X86_64_MAPPING_SYSCALLS = frozenset(
+    {9, 10, 11, 25, 216, 329}  # mmap mprotect munmap mremap remap_file_pages pkey_mprotect
+)
+_I386_MAPPING_SYSCALLS = frozenset(
+    {90, 91, 125, 163, 192, 257, 380}  # old_mmap munmap mprotect mremap mmap2 remap_file_pages pkey_mprotect
+)
+
 X86_64 = Arch(
     name="x86_64",
     e_machine="EM_X86_64",
@@ -73,6 +83,8 @@ X86_64 = Arch(
     ip_reg="rip",
     sp_reg="rsp",
     regset=_X86_64_REGSET,
+    audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
+    mapping_syscalls=_X86_64_MAPPING_SYSCALLS,
 )
 
 I386 = Arch(
@@ -87,6 +99,8 @@ I386 = Arch(
     sp_reg="esp",
     regset=_I386_REGSET,
     regset_word=4,
+    audit_arch=0x40000003,  # AUDIT_ARCH_I386
+    mapping_syscalls=_I386_MAPPING_SYSCALLS,
 )
 
 register(X86_64, I386)
