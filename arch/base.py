@@ -67,10 +67,11 @@ class Arch:
     """Bytes per regset slot."""
     audit_arch: int = 0
     """``AUDIT_ARCH_*`` value seccomp reports for this ABI (``seccomp_data.arch``)."""
-    mapping_syscalls: frozenset[int] = frozenset()
-    """Numbers of the syscalls that create, move, split or drop file mappings
-    (mmap, mprotect, munmap, mremap, ...): after each, the kernel runs
-    ``uprobe_mmap``/``uprobe_munmap`` and so must uemu."""
+    mapping_syscalls: Mapping[int, str] = field(default_factory=dict)
+    """Syscall number -> kind (``mmap old_mmap munmap mprotect mremap
+    remap_file_pages``) for the syscalls that create, move, split or drop file
+    mappings: after each the kernel runs ``uprobe_mmap``/``uprobe_munmap``, and
+    so must uemu.  The kind says where the affected range is in the arguments."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 
