@@ -42,4 +42,4 @@ def all_arches() -> list[Arch]:
 
 
 __all__ = ["Arch", "SpecRegister", "all_arches", "by_name", "for_elf", "register"]
-from . import x86  # noqa: E402,F401  (registers the arches)
+from . import aarch64, arm, loongarch, mips, ppc, riscv, s390x, x86  # noqa: E402,F401  (registers the arches)
