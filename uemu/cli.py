@@ -11,11 +11,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TextIO
 
 from . import errors, probespec, sdt
+from .events import Event, PrintfFormat, escape, text_line
 from .maps import read_maps
+from .session import Session
 
 EXIT_CODES = """\
 exit status:
@@ -32,8 +36,19 @@ exit status:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        if not command:
+            command, args.probes = args.probes, []
+        if not command:
+            parser.error("run needs a command: uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]")
+        args.argv = command
     try:
         return args.handler(args)
     except errors.UemuError as err:
@@ -45,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a bug of ours: the session has already restored the tracee
+        if os.environ.get("UEMU_DEBUG"):
+            raise
+        print(f"uemu: internal error: {type(err).__name__}: {err} (UEMU_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +87,122 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("patterns", metavar="PATTERN", nargs="*", help="[OBJECT:]PROVIDER:NAME globs")
     listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
     listing.set_defaults(handler=_cmd_list)
+
+    run = commands.add_parser(
+        "run",
+        help="start a command under trace and report its probe hits",
+        usage="uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]",
+        description="Start CMD stopped before its first instruction, arm the probes, run it. "
+        "Hits go to stderr (the command keeps stdout) unless -o is given; uemu exits with "
+        "the command's status, or 128+N if signal N killed it.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("probes", metavar="PROBE", nargs="*", help=_PROBE_HELP)
+    _tracing_options(run, default_mappings="seccomp")
+    run.set_defaults(handler=_cmd_run)
+
+    attach = commands.add_parser(
+        "attach",
+        help="trace a running process",
+        description="Attach to every thread of PID and report probe hits until Ctrl-C, SIGTERM, "
+        "SIGHUP, --duration, --max-events or the process's exit; then restore it and detach.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    attach.add_argument("pid", metavar="PID", type=int)
+    attach.add_argument("probes", metavar="PROBE", nargs="*", help=_PROBE_HELP)
+    _tracing_options(attach, default_mappings="syscall")
+    attach.set_defaults(handler=_cmd_attach)
     return parser
+
+
+_PROBE_HELP = (
+    "[OBJECT:]PROVIDER:NAME glob, the kernel's PATH:OFFSET[(REF_CTR_OFFSET)], or "
+    "PATH:SYMBOL[+OFFSET]; none means every SDT probe"
+)
+
+
+def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> None:
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per hit (JSON Lines)")
+    output.add_argument("--format", metavar="FMT", help="printf-style line per hit: %%d %%i %%u %%x %%X %%o %%c %%s %%p %%f %%%%")
+    output.add_argument("--count", action="store_true", help="print hit counts per probe at the end instead")
+    parser.add_argument("--strsize", metavar="N", type=int, default=256, help="bytes read for %%s (default 256)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write hits to FILE")
+    parser.add_argument("--duration", metavar="SECONDS", type=float, help="stop tracing after this long")
+    parser.add_argument("--max-events", metavar="N", type=int, help="stop tracing after N hits")
+    parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
+    parser.add_argument(
+        "--mappings",
+        choices=("seccomp", "syscall", "exec"),
+        default=default_mappings,
+        help="how new mappings (dlopen, mmap) are noticed: a seccomp filter (run only), a stop at "
+        f"every syscall, or only at exec (default {default_mappings})",
+    )
+
+
+# ---- run and attach ---------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    session = _session(args)
+    with _output(args, default=sys.stderr) as stream:
+        session.spawn(args.argv)
+        _trace(session, args, stream)
+    return session.exit_status if session.exit_status is not None else 0
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    if args.mappings == "seccomp":
+        raise errors.BadInput("--mappings=seccomp needs 'uemu run': a filter cannot be added to a running process")
+    session = _session(args)
+    with _output(args, default=sys.stdout) as stream:
+        session.attach(args.pid)
+        _trace(session, args, stream)
+    return 0
+
+
+def _session(args: argparse.Namespace) -> Session:
+    return Session(
+        args.probes,
+        follow_forks=args.follow_forks,
+        decode_args=not args.count,
+        mappings=args.mappings,
+    )
+
+
+def _trace(session: Session, args: argparse.Namespace, stream: TextIO) -> None:
+    if args.count:
+        session.run(duration=args.duration, max_events=args.max_events)
+        for name, hits in sorted(session.counts().items()):
+            stream.write(f"{escape(name)} {hits}\n")
+        return
+    if args.json:
+        render: Callable[[Event], str] = lambda event: event.to_json() + "\n"
+    elif args.format is not None:
+        try:
+            render = PrintfFormat(args.format, args.strsize).render
+        except ValueError as err:
+            raise errors.BadInput(str(err)) from None
+    else:
+        render = text_line
+    write = stream.write
+    session.run(lambda event: write(render(event)), duration=args.duration, max_events=args.max_events)
+
+
+@contextmanager
+def _output(args: argparse.Namespace, default: TextIO) -> Iterator[TextIO]:
+    if args.output is None:
+        yield default
+        default.flush()
+        return
+    try:
+        stream = open(args.output, "w", buffering=1 << 16)
+    except OSError as err:
+        raise errors.UemuError(f"cannot write {args.output}: {err.strerror}") from None
+    with stream:
+        yield stream
 
 
 # ---- list ------------------------------------------------------------------

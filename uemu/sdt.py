@@ -95,7 +95,8 @@ class ElfObject:
     probes: list[Probe] = field(default_factory=list)
     note_errors: list[errors.NoteFormatError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    _source: str = ""
+    source: str = ""
+    """Where to read the file (differs from ``path`` for a process in another mount namespace)."""
 
     @property
     def arch_name(self) -> str:
@@ -138,7 +139,7 @@ class ElfObject:
         several times (libbpf/usdt issue #13); the first definition wins.
         """
         table: dict[str, int] = {}
-        with open(self._source or self.path, "rb") as stream:
+        with open(self.source or self.path, "rb") as stream:
             elf = ELFFile(stream)
             for section_name in (".dynsym", ".symtab"):
                 section = elf.get_section_by_name(section_name)
@@ -190,7 +191,7 @@ def _read_elf(path: str, source: str, stream: BinaryIO) -> ElfObject:
                 for seg in elf.iter_segments("PT_LOAD")
             ],
             build_id=_build_id(elf),
-            _source=source,
+            source=source,
         )
         _collect_probes(elf, obj)
     except (ELFError, struct.error, ValueError) as err:

@@ -1,0 +1,142 @@
+"""What /proc says about a process before and while we trace it.
+
+Every read may find the process gone; that surfaces as ``NoSuchProcess`` here,
+before any ptrace call, and as ``TraceeGone`` later.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+
+from uemu import arch as arches
+from uemu.arch import Arch
+
+from . import errors, sdt
+
+PF_KTHREAD = 0x00200000
+
+
+@dataclass(frozen=True)
+class Status:
+    """The fields of /proc/PID/status that decide whether we may attach."""
+
+    name: str
+    state: str
+    tgid: int
+    tracer_pid: int
+
+
+def status(pid: int) -> Status:
+    try:
+        with open(f"/proc/{pid}/status") as stream:
+            fields = dict(line.split(":\t", 1) for line in stream.read().splitlines() if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.NoSuchProcess(pid) from None
+    return Status(
+        name=fields.get("Name", "?").strip(),
+        state=fields.get("State", "?").strip()[:1],
+        tgid=int(fields.get("Tgid", pid)),
+        tracer_pid=int(fields.get("TracerPid", 0)),
+    )
+
+
+def check_attachable(pid: int) -> Status:
+    """Refuse, in one line each, what cannot be traced: a thread id instead of a
+    process, a zombie, a kernel thread, a process that already has a tracer."""
+    st = status(pid)
+    if st.tgid != pid:
+        raise errors.AttachRefused(f"{pid} is a thread of process {st.tgid}; attach to {st.tgid}")
+    if st.state in ("Z", "X"):
+        raise errors.AttachRefused(f"process {pid} ({st.name}) is a zombie")
+    if is_kernel_thread(pid):
+        raise errors.AttachRefused(f"process {pid} ({st.name}) is a kernel thread")
+    if st.tracer_pid:
+        raise errors.AttachRefused(
+            f"process {pid} ({st.name}) is already traced by {st.tracer_pid} ({comm(st.tracer_pid)})"
+        )
+    return st
+
+
+def is_kernel_thread(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            # comm may hold spaces and parentheses: fields start after the last ')'
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.NoSuchProcess(pid) from None
+    return bool(int(fields[6]) & PF_KTHREAD)
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as stream:
+            return stream.read().strip()
+    except OSError:
+        return "?"
+
+
+def attach_denied(pid: int) -> errors.AccessDenied:
+    """The explanation for EPERM from PTRACE_SEIZE when no tracer holds the process."""
+    hints = []
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as stream:
+            scope = int(stream.read())
+    except OSError:
+        scope = 0
+    if scope == 1:
+        hints.append("Yama ptrace_scope is 1: only a parent may trace; start it with 'uemu run'")
+    elif scope == 2:
+        hints.append("Yama ptrace_scope is 2: tracing needs CAP_SYS_PTRACE")
+    elif scope == 3:
+        hints.append("Yama ptrace_scope is 3: ptrace attach is disabled until reboot; use 'uemu run'")
+    else:
+        hints.append("the process belongs to another user or is not dumpable")
+    hints.append("root or CAP_SYS_PTRACE lifts this, or start the program with 'uemu run'")
+    return errors.AccessDenied(f"cannot trace process {pid} ({comm(pid)})", "; ".join(hints))
+
+
+def threads(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.NoSuchProcess(pid) from None
+
+
+def tgid(tid: int) -> int:
+    return status(tid).tgid
+
+
+def executable_arch(pid: int) -> Arch:
+    """The ABI of the process's executable, from its ELF header."""
+    path = f"/proc/{pid}/exe"
+    try:
+        elf = sdt.open_elf(os.readlink(path), path)
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.NoSuchProcess(pid) from None
+    except PermissionError:
+        raise attach_denied(pid) from None
+    found = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
+    if found.backend is None:
+        raise errors.UnsupportedArch(found.name, elf.elf_class, "uemu can list its probes but not trace them")
+    return found
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272}.get(os.uname().machine)
+KCMP_VM = 1
+
+
+def shares_memory(pid1: int, pid2: int) -> bool:
+    """Whether two processes share one address space (vfork, CLONE_VM), by kcmp(2)."""
+    if _SYS_KCMP is None:
+        raise errors.UnsupportedArch(os.uname().machine, what="no kcmp syscall number known")
+    result = _libc.syscall(_SYS_KCMP, pid1, pid2, KCMP_VM, 0, 0)
+    if result < 0:
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            raise errors.TraceeGone(pid2)
+        raise OSError(err, os.strerror(err))
+    return result == 0

@@ -1,0 +1,267 @@
+"""Thin layer over ptrace(2): requests, registers, memory, and wait statuses.
+
+Built on python-ptrace's binding (its libc ``ptrace`` with errno, its siginfo
+and iovec structs, its syscall tables) but not on its debugger classes: those
+cost about 1.7x a raw loop per stop, and a stop is our unit of cost.  Every
+call here is one system call.  ``ESRCH`` becomes ``TraceeGone``: a task can
+die between any two calls (strace: "we assume that ptrace error was caused by
+process death").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+from ctypes import addressof, c_uint32, c_uint64, sizeof
+from dataclasses import dataclass
+
+from ptrace.binding import func as _binding
+from ptrace.binding.linux_struct import iovec_struct, siginfo
+
+from .errors import TraceeGone
+
+_libc_ptrace = _binding._ptrace
+
+PTRACE_CONT = _binding.PTRACE_CONT
+PTRACE_SINGLESTEP = 9
+PTRACE_DETACH = _binding.PTRACE_DETACH
+PTRACE_SYSCALL = _binding.PTRACE_SYSCALL
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+NT_PRSTATUS = 1
+
+O_TRACESYSGOOD = 0x01
+O_TRACEFORK = 0x02
+O_TRACEVFORK = 0x04
+O_TRACECLONE = 0x08
+O_TRACEEXEC = 0x10
+O_TRACEEXIT = 0x40
+O_TRACESECCOMP = 0x80
+O_EXITKILL = 0x100000
+
+EVENT_FORK = 1
+EVENT_VFORK = 2
+EVENT_CLONE = 3
+EVENT_EXEC = 4
+EVENT_VFORK_DONE = 5
+EVENT_EXIT = 6
+EVENT_SECCOMP = 7
+EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children too
+
+SI_KERNEL = 0x80
+TRAP_BRKPT = 1
+TRAP_TRACE = 2
+
+
+def _request(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
+    ctypes.set_errno(0)
+    result = _libc_ptrace(request, tid, addr, data)
+    if result == 0xFFFFFFFFFFFFFFFF or result == 0xFFFFFFFF:
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            raise TraceeGone(tid)
+        if err:
+            raise OSError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
+    return result
+
+
+def seize(tid: int, options: int) -> None:
+    _request(PTRACE_SEIZE, tid, 0, options)
+
+
+def interrupt(tid: int) -> None:
+    _request(PTRACE_INTERRUPT, tid)
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    _request(PTRACE_CONT, tid, 0, sig)
+
+
+def syscall(tid: int, sig: int = 0) -> None:
+    """Resume until the next syscall entry or exit."""
+    _request(PTRACE_SYSCALL, tid, 0, sig)
+
+
+def singlestep(tid: int, sig: int = 0) -> None:
+    _request(PTRACE_SINGLESTEP, tid, 0, sig)
+
+
+def listen(tid: int) -> None:
+    """Leave a group-stopped task stopped but let SIGCONT wake it (seize only)."""
+    _request(PTRACE_LISTEN, tid)
+
+
+def detach(tid: int, sig: int = 0) -> None:
+    _request(PTRACE_DETACH, tid, 0, sig)
+
+
+def set_options(tid: int, options: int) -> None:
+    _request(PTRACE_SETOPTIONS, tid, 0, options)
+
+
+def event_message(tid: int) -> int:
+    value = ctypes.c_ulong()
+    _request(PTRACE_GETEVENTMSG, tid, 0, addressof(value))
+    return value.value
+
+
+def signal_info(tid: int) -> siginfo | None:
+    """The siginfo of a signal-delivery stop; None in a group-stop (EINVAL)."""
+    info = siginfo()
+    try:
+        _request(PTRACE_GETSIGINFO, tid, 0, addressof(info))
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return None
+        raise
+    return info
+
+
+class Regset:
+    """One task's general registers (NT_PRSTATUS) in a reusable buffer.
+
+    The layout is the tracee ABI's own (an i386 task yields 17 32-bit words
+    even to a 64-bit tracer), described by ``Arch.regset``; GETREGSET and
+    SETREGSET are each one system call, and reading a register is an index.
+    """
+
+    def __init__(self, names: tuple[str, ...], word: int):
+        self.index = {name: i for i, name in enumerate(names) if name}
+        self.words = ((c_uint64 if word == 8 else c_uint32) * len(names))()
+        self._iov = iovec_struct(addressof(self.words), sizeof(self.words))
+        self._iov_addr = addressof(self._iov)
+
+    def fetch(self, tid: int) -> None:
+        self._iov.len = sizeof(self.words)
+        _request(PTRACE_GETREGSET, tid, NT_PRSTATUS, self._iov_addr)
+
+    def store(self, tid: int) -> None:
+        self._iov.len = sizeof(self.words)
+        _request(PTRACE_SETREGSET, tid, NT_PRSTATUS, self._iov_addr)
+
+    def __getitem__(self, name: str) -> int:
+        return self.words[self.index[name]]
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.words[self.index[name]] = value
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: self.words[i] for name, i in self.index.items()}
+
+
+class Memory:
+    """A process's memory through /proc/PID/mem: exact-size reads and writes.
+
+    Writes to read-only text go through (FOLL_FORCE) and land in the process's
+    private copy of the page, as the kernel's own uprobe writes do.
+    """
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        try:
+            self.fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        except (FileNotFoundError, ProcessLookupError):
+            raise TraceeGone(pid) from None
+
+    def read(self, address: int, size: int) -> bytes:
+        data = os.pread(self.fd, size, address)
+        if len(data) != size:
+            raise OSError(errno.EFAULT, f"short read at {address:#x} in process {self.pid}")
+        return data
+
+    def write(self, address: int, data: bytes) -> None:
+        if os.pwrite(self.fd, data, address) != len(data):
+            raise OSError(errno.EFAULT, f"short write at {address:#x} in process {self.pid}")
+
+    def read_string(self, address: int, limit: int) -> bytes:
+        """A NUL-terminated string of at most ``limit`` bytes, read page by page so a
+        string ending just before an unmapped page is still read."""
+        out = bytearray()
+        while len(out) < limit:
+            chunk = min(limit - len(out), 4096 - (address + len(out)) % 4096)
+            try:
+                data = os.pread(self.fd, chunk, address + len(out))
+            except OSError:
+                break
+            if not data:
+                break
+            end = data.find(b"\0")
+            if end >= 0:
+                out += data[:end]
+                return bytes(out)
+            out += data
+        return bytes(out)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def wait(flags: int = 0) -> tuple[int, int]:
+    """One ``waitpid(-1, __WALL)``: (tid, raw status); (0, 0) with WNOHANG and nothing ready."""
+    return os.waitpid(-1, WALL | flags)
+
+
+def stop_event(status: int) -> int:
+    """The PTRACE_EVENT_* of a stop status (0 for a plain signal stop)."""
+    return (status >> 16) & 0xFF
+
+
+def is_group_stop(status: int) -> bool:
+    """Under SEIZE a group-stop reports PTRACE_EVENT_STOP with a stopping signal."""
+    return stop_event(status) == EVENT_STOP and os.WSTOPSIG(status) in _STOPPING_SIGNALS
+
+
+_STOPPING_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+
+
+PTRACE_GET_SYSCALL_INFO = 0x420E
+SYSCALL_INFO_NONE = 0
+SYSCALL_INFO_ENTRY = 1
+SYSCALL_INFO_EXIT = 2
+SYSCALL_INFO_SECCOMP = 3
+
+
+class _SyscallInfo(ctypes.Structure):
+    """struct ptrace_syscall_info with its union flattened: entry and seccomp
+    share nr/args; exit reuses the first two words as rval/is_error."""
+
+    _fields_ = (
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", c_uint32),
+        ("instruction_pointer", c_uint64),
+        ("stack_pointer", c_uint64),
+        ("nr", c_uint64),
+        ("args", c_uint64 * 6),
+        ("ret_data", c_uint32),
+    )
+
+
+@dataclass(frozen=True)
+class SyscallInfo:
+    op: int
+    nr: int
+    args: tuple[int, ...]
+    rval: int
+    """Return value at exit, sign-extended (-errno on failure)."""
+
+
+def syscall_info(tid: int) -> SyscallInfo:
+    """PTRACE_GET_SYSCALL_INFO (Linux 5.3): which stop this is and the syscall's
+    number and arguments, whatever the tracee's ABI."""
+    info = _SyscallInfo()
+    _request(PTRACE_GET_SYSCALL_INFO, tid, sizeof(info), addressof(info))
+    rval = info.nr - (1 << 64) if info.nr >= 1 << 63 else info.nr
+    return SyscallInfo(info.op, info.nr, tuple(info.args), rval)

@@ -1,0 +1,91 @@
+"""A seccomp filter that stops only the syscalls that change file mappings.
+
+``uemu run`` installs it in the child before exec: each mmap, munmap,
+mprotect or mremap then gives the tracer a PTRACE_EVENT_SECCOMP stop (and one
+more at its exit), and every other syscall runs at full speed.  The price: a
+filter cannot be removed, and SECCOMP_RET_TRACE with no tracer makes the
+syscall fail with ENOSYS, so a process under this filter must keep a tracer
+until it exits (uemu stays attached, doing nothing, after it has removed its
+probes) -- see the README.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Iterable
+
+from uemu.arch import Arch
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_TRACE = 0x7FF00000
+
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+_NR_OFFSET = 0  # offsetof(struct seccomp_data, nr)
+_ARCH_OFFSET = 4  # offsetof(struct seccomp_data, arch)
+
+
+def mapping_filter(arches: Iterable[Arch]) -> bytes:
+    """A classic-BPF program: RET_TRACE for each arch's mapping syscalls, ALLOW
+    for everything else (other syscalls, other ABIs such as x32)::
+
+        ld arch; jeq A1 ? next : L1; ld nr; jeq n.. -> trace; ret allow
+        L1: ld arch; jeq A2 ...;  ret allow;  trace: ret trace
+    """
+    code: list[tuple] = []  # (op, k, jump-if-true label, jump-if-false label) or ("label", name)
+    for index, arch in enumerate(arches):
+        other = f"arch{index + 1}"
+        code.append(("ld", _ARCH_OFFSET, None, None))
+        code.append(("jeq", arch.audit_arch, None, other))
+        code.append(("ld", _NR_OFFSET, None, None))
+        code += [("jeq", number, "trace", None) for number in sorted(arch.mapping_syscalls)]
+        code.append(("ret", SECCOMP_RET_ALLOW, None, None))
+        code.append(("label", other))
+    code.append(("ret", SECCOMP_RET_ALLOW, None, None))
+    code.append(("label", "trace"))
+    code.append(("ret", SECCOMP_RET_TRACE, None, None))
+    return _assemble(code)
+
+
+def _assemble(code: list[tuple]) -> bytes:
+    labels: dict[str, int] = {}
+    insns = []
+    for item in code:
+        if item[0] == "label":
+            labels[item[1]] = len(insns)
+        else:
+            insns.append(item)
+    out = []
+    for pos, (op, k, if_true, if_false) in enumerate(insns):
+        jt = labels[if_true] - pos - 1 if if_true else 0
+        jf = labels[if_false] - pos - 1 if if_false else 0
+        opcode = {"ld": _BPF_LD_W_ABS, "jeq": _BPF_JEQ_K, "ret": _BPF_RET_K}[op]
+        out.append(struct.pack("=HBBI", opcode, jt, jf, k))
+    return b"".join(out)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def install(program: bytes) -> None:
+    """Install ``program`` as a seccomp filter of the calling process.
+
+    Without CAP_SYS_ADMIN the kernel demands no_new_privs first; under ptrace a
+    set-uid program gains no privileges anyway, so setting it costs nothing.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0:
+        return
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or (
+        libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, "cannot install the seccomp filter")

@@ -1,0 +1,999 @@
+"""The event loop: one tracer, many tasks; turns ptrace stops into core calls.
+
+Shaped like strace's ``while (dispatch_event(next_event()))``: ``_next_stop``
+makes the one blocking ``waitpid(-1, __WALL)``, ``_dispatch`` decides what the
+stop means and ends in exactly one resume (or, while stopping everything to
+leave, parks the task with the signal it still owes the program).
+
+Leaving is the same code on every way out (end of the program, Ctrl-C,
+SIGTERM, SIGHUP, --duration, --max-events, an exception inside uemu): stop
+every thread, restore every byte from the files, lower every counter we
+raised, re-read and check, detach each thread with its pending signal.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from uemu.arch import Arch
+from uemu.arch.base import Emulate, Plan
+
+from . import errors, process, probespec, ptrace, sdt, seccomp
+from .events import Event
+from .maps import Vma, read_maps
+from .probespec import RawUprobe, SdtPattern, SymbolUprobe
+from .uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
+
+Handler = Callable[[Event], None]
+
+_SEIZE_OPTIONS = (
+    ptrace.O_TRACESYSGOOD
+    | ptrace.O_TRACECLONE
+    | ptrace.O_TRACEFORK
+    | ptrace.O_TRACEVFORK
+    | ptrace.O_TRACEEXEC
+    | ptrace.O_TRACESECCOMP
+)
+_SIGTRAP_SYSCALL = signal.SIGTRAP | 0x80
+_LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+
+MAPPINGS_MODES = ("seccomp", "syscall", "exec")
+
+
+@dataclass(eq=False)
+class Task:
+    """One traced thread."""
+
+    tid: int
+    pid: int
+    mm: Mm | None
+    report: bool = True
+    """False for a child we only keep safe (not followed): its hits are not reported."""
+    stopped: bool = True
+    """In a ptrace-stop that we have not resumed yet."""
+    listening: bool = False
+    """In a group-stop we answered with PTRACE_LISTEN."""
+    owed_signal: int = 0
+    """A signal taken from the program while parked; given back when it resumes or at detach."""
+    syscall: tuple[str, tuple[int, ...]] | None = None
+    """The mapping syscall this thread is inside (kind, arguments), between its seccomp or entry
+    stop and its exit stop."""
+    regs: ptrace.Regset | None = None
+
+
+@dataclass
+class _PendingChild:
+    """Half of a task creation: the new task's first stop came before its
+    creator's event (``status``), or the event before the stop (``parent``), or
+    we let the task go and wait for its first stop to detach it (``release``)."""
+
+    status: int | None = None
+    parent: Task | None = None
+    event: int = 0
+    release: bool = False
+
+
+class Session:
+    """Trace SDT probes (and raw uprobes) in a process tree.
+
+    Use ``spawn(argv)`` or ``attach(pid)``, then ``run(handler)`` or iterate
+    ``events()``; the session detaches cleanly on every way out.  ``probes`` are
+    PROBE words (``[OBJECT:]PROVIDER:NAME`` globs, ``PATH:OFFSET[(REF)]``,
+    ``PATH:SYMBOL[+OFF]``); none means every SDT probe.
+    """
+
+    def __init__(
+        self,
+        probes: Sequence[str] = (),
+        *,
+        follow_forks: bool = False,
+        decode_args: bool = True,
+        mappings: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
+        self.specs = [probespec.parse(text) for text in probes]
+        self.follow_forks = follow_forks
+        self.decode_args = decode_args
+        self.mappings = mappings
+        self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
+        self.uprobes = Uprobes(self.warn)
+        self.handlers: list[Handler] = []
+        self.tasks: dict[int, Task] = {}
+        self.mms: dict[int, Mm] = {}
+        self.consumers: list[Consumer] = []
+        self.child_pid: int | None = None
+        self.exit_status: int | None = None
+        """The spawned command's exit status as the shell reports it (128+N for signal N)."""
+        self.event_count = 0
+        self.max_events: int | None = None
+        self._pending_children: dict[int, _PendingChild] = {}
+        self._seen_files: set[tuple[int, int]] = set()
+        self._matched: set[int] = set()
+        self._queue: deque[Event] | None = None
+        self._stop_reason: str | None = None
+        self._stopping = False
+        self._passthrough = False
+        self._old_handlers: dict[int, object] = {}
+        self._closed = False
+
+    # ---- public API -----------------------------------------------------------
+
+    def add_handler(self, handler: Handler) -> None:
+        """Call ``handler(event)`` at each hit, while the thread is still stopped at
+        the probe (so ``event.read_string`` works)."""
+        self.handlers.append(handler)
+
+    def attach(self, pid: int) -> Session:
+        """Seize every thread of a running process and arm the probes."""
+        process.check_attachable(pid)
+        arch = process.executable_arch(pid)
+        mappings = self.mappings or "syscall"
+        self._check_mode(mappings)
+        self.mappings = mappings
+        mm = self._new_mm(pid, arch)
+        self._resolve_or_fail(mm)
+        self._stopping = True
+        try:
+            self._seize_all(pid, mm)
+            self._arm(mm, mm.vmas)
+        except BaseException:
+            self.close()
+            raise
+        self._resume_parked()
+        return self
+
+    def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Session:
+        """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
+        mappings = self.mappings or "seccomp"
+        self._check_mode(mappings)
+        self.mappings = mappings
+        self._check_spawn_probes(argv)
+        pid = self._fork_stopped(argv, env)
+        self.child_pid = pid
+        options = _SEIZE_OPTIONS | ptrace.O_EXITKILL
+        ptrace.seize(pid, options)
+        self.tasks[pid] = Task(pid, pid, None)
+        os.kill(pid, signal.SIGCONT)
+        self.tasks[pid].stopped = False
+        # Run until the exec stop has armed the new image (or the child died trying).
+        while self.tasks and not any(t.mm for t in self.tasks.values()):
+            tid, status = ptrace.wait()
+            self._dispatch(tid, status)
+        if self.exit_status is not None and not self.tasks:
+            self._raise_exec_failure(argv)
+        return self
+
+    def run(self, handler: Handler | None = None, *, duration: float | None = None,
+            max_events: int | None = None) -> None:
+        """Trace until the processes exit, a leaving signal, ``duration`` seconds or
+        ``max_events`` hits; then detach (restoring everything)."""
+        if handler is not None:
+            self.add_handler(handler)
+        self.max_events = max_events
+        self._install_signal_handlers(duration)
+        try:
+            self._loop()
+        finally:
+            try:
+                self.close()
+            finally:
+                self._restore_signal_handlers()
+
+    def events(self, *, duration: float | None = None, max_events: int | None = None) -> Iterator[Event]:
+        """Yield each hit as an Event; the session detaches when the iterator ends
+        or is closed.  Events arrive after the thread resumed: arguments are
+        decoded already, ``read_string`` is not available (use a handler)."""
+        self._queue = deque()
+        self.max_events = max_events
+        self._install_signal_handlers(duration)
+        try:
+            while True:
+                while self._queue:
+                    yield self._queue.popleft()
+                if not self._step():
+                    break
+            while self._queue:
+                yield self._queue.popleft()
+        finally:
+            try:
+                self.close()
+            finally:
+                self._restore_signal_handlers()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to end at the next stop (safe from a handler or a signal handler)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._wake()
+
+    def counts(self) -> dict[str, int]:
+        """Hits per probe name (``provider:name``) over all its sites."""
+        totals: dict[str, int] = {}
+        for consumer in self.consumers:
+            name = consumer.probe.full_name
+            totals[name] = totals.get(name, 0) + consumer.hits
+        return totals
+
+    def close(self) -> None:
+        """Leave: restore every process and detach (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._detach_all()
+        finally:
+            for mm in {id(m): m for m in self.mms.values()}.values():
+                mm.memory.close()
+            if self.child_pid is not None and self.exit_status is None:
+                self._wait_for_child()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- probe selection ---------------------------------------------------------
+
+    def _resolve_or_fail(self, mm: Mm) -> None:
+        """Every PROBE word must match something in the process (near matches named)."""
+        for spec in self.specs:
+            if not any(self._matches(spec, mapped) for mapped in mm.objects.values()):
+                if isinstance(spec, SdtPattern):
+                    probes = [p for m in mm.objects.values() for p in m.elf.probes]
+                    raise errors.ProbeNotFound(spec.text, probespec.near_matches(spec, probes))
+                raise errors.ProbeNotFound(spec.text)
+
+    def _check_spawn_probes(self, argv: Sequence[str]) -> None:
+        """Before starting anything, check that each PROBE word can match the
+        program, its start-up libraries (as ``ldd`` lists them) or a named file."""
+        if not self.specs:
+            return
+        candidates = _program_and_libraries(argv[0])
+        objects = []
+        for path in candidates:
+            try:
+                objects.append(sdt.open_elf(path))
+            except errors.UemuError:
+                continue
+        for spec in self.specs:
+            named = spec.object if isinstance(spec, SdtPattern) else spec.path
+            if named and os.path.isfile(named) and named not in candidates:
+                objects.append(sdt.open_elf(named))
+            if not any(_file_matches(spec, obj) for obj in objects):
+                if isinstance(spec, SdtPattern):
+                    near = probespec.near_matches(spec, [p for o in objects for p in o.probes])
+                    raise errors.ProbeNotFound(spec.text, near)
+                raise errors.ProbeNotFound(spec.text)
+
+    def _matches(self, spec: probespec.ProbeSpec, mapped: sdt.MappedObject) -> bool:
+        return bool(self._selected(spec, mapped))
+
+    def _selected(self, spec: probespec.ProbeSpec, mapped: sdt.MappedObject) -> list[tuple[int, int, ProbeInfo]]:
+        """(file offset, ref_ctr_offset, what to report) for each site ``spec`` selects in ``mapped``."""
+        elf = mapped.elf
+        if isinstance(spec, SdtPattern):
+            return [
+                (p.file_offset, p.semaphore_offset or 0, _probe_info(p))
+                for p in elf.probes
+                if spec.matches(p) and p.file_offset is not None
+            ]
+        if not _same_file(spec.path, mapped.file_id):
+            return []
+        if isinstance(spec, RawUprobe):
+            offset, ref = spec.offset, spec.ref_ctr_offset
+        else:
+            vaddr = elf.symbol_address(spec.symbol)
+            if vaddr is None:
+                raise errors.ProbeNotFound(spec.text, [f"{spec.path} has no symbol {spec.symbol!r}"])
+            offset, ref = elf.file_offset(vaddr + spec.offset, executable=True), 0
+            if offset is None:
+                raise errors.UprobeError(f"{spec.text}: not in an executable segment")
+        vaddr = elf.vaddr(offset)
+        name = f"p_{_event_stem(spec.path)}_{offset:#x}"
+        return [(offset, ref, ProbeInfo(elf.path, "uprobes", name, vaddr if vaddr is not None else offset, ""))]
+
+    def _register_object(self, mm: Mm, mapped: sdt.MappedObject) -> list[Uprobe]:
+        """Uprobes for the sites the PROBE words select in one object (once per file)."""
+        if mapped.file_id in self._seen_files:
+            return self.uprobes.by_file.get(mapped.file_id, [])
+        self._seen_files.add(mapped.file_id)
+        chosen: dict[tuple[int, int, ProbeInfo], None] = {}
+        for spec in self.specs or [SdtPattern(None, "*", "*", "*:*")]:
+            for item in self._selected(spec, mapped):
+                chosen[item] = None
+        uprobes = []
+        for offset, ref, info in chosen:
+            uprobe = self.uprobes.register(mapped, offset, ref, info)
+            for consumer in uprobe.consumers:
+                if consumer not in self.consumers:
+                    self.consumers.append(consumer)
+            uprobes.append(uprobe)
+        return uprobes
+
+    # ---- processes and mappings ----------------------------------------------------
+
+    def _new_mm(self, pid: int, arch: Arch) -> Mm:
+        if arch.backend is None:
+            raise errors.UnsupportedArch(arch.name, arch.elf_class, "uemu can list its probes but not trace them")
+        vmas = read_maps(pid)
+        mm = Mm(pid, arch, ptrace.Memory(pid), [])
+        objects, warnings = sdt.mapped_objects(pid, vmas)
+        for warning in warnings:
+            self.warn(warning)
+        mm.objects = {o.file_id: o for o in objects}
+        mm.vmas = vmas
+        self.mms[pid] = mm
+        return mm
+
+    def _arm(self, mm: Mm, new_vmas: list[Vma]) -> None:
+        """Register what the PROBE words select in newly seen objects, then run the
+        kernel's mmap hook over the new VMAs (delayed counters, then breakpoints)."""
+        for mapped in list(mm.objects.values()):
+            if any(v.file_id == mapped.file_id for v in new_vmas):
+                self._register_object(mm, mapped)
+        self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
+
+    def _refresh_mappings(self, mm: Mm, kind: str | None, args: tuple[int, ...], result: int) -> None:
+        """Bring ``mm`` up to date after a mapping syscall (or exec) and run the hooks.
+
+        The kind decides what happened to the pages: munmap/mmap/remap drop our
+        breakpoints in the range (the pages went away or were replaced), mremap
+        moves them with the pages, mprotect keeps them.
+        """
+        old_keys = {_vma_key(v) for v in mm.vmas}
+        vmas = read_maps(mm.pid)
+        if kind in ("munmap", "remap_file_pages"):
+            self.uprobes.munmap(mm, args[0], args[0] + args[1])
+        elif kind in ("mmap", "old_mmap") and not _failed(result):
+            self.uprobes.munmap(mm, result, result + args[1])
+        elif kind == "mremap" and not _failed(result):
+            self.uprobes.mremap(mm, args[0], args[1], result)
+        mm.vmas = vmas
+        new_vmas = [v for v in vmas if _vma_key(v) not in old_keys]
+        if not new_vmas:
+            return
+        self._open_new_objects(mm, new_vmas)
+        self._arm(mm, new_vmas)
+
+    def _open_new_objects(self, mm: Mm, new_vmas: list[Vma]) -> None:
+        unknown = [v for v in new_vmas if v.file_backed and v.file_id not in mm.objects]
+        if not unknown:
+            return
+        objects, warnings = sdt.mapped_objects(mm.pid, unknown)
+        for warning in warnings:
+            self.warn(warning)
+        for mapped in objects:
+            mm.objects[mapped.file_id] = mapped
+        for mapped in mm.objects.values():
+            mapped.vmas = [v for v in mm.vmas if v.file_id == mapped.file_id]
+
+    # ---- attaching -------------------------------------------------------------------
+
+    def _seize_all(self, pid: int, mm: Mm) -> None:
+        """Seize and stop every thread, repeating until no new thread appears
+        (threads created meanwhile by seized threads are auto-attached)."""
+        seized: set[int] = set()
+        while True:
+            fresh = [t for t in process.threads(pid) if t not in seized and t not in self.tasks]
+            if not fresh:
+                break
+            for tid in fresh:
+                try:
+                    ptrace.seize(tid, _SEIZE_OPTIONS)
+                except errors.TraceeGone:
+                    continue
+                except OSError as err:
+                    if tid == pid:
+                        if err.errno == errno.EPERM:
+                            status = process.status(pid)
+                            if status.tracer_pid:
+                                raise errors.AttachRefused(
+                                    f"process {pid} is already traced by {status.tracer_pid} "
+                                    f"({process.comm(status.tracer_pid)})"
+                                ) from None
+                            raise process.attach_denied(pid) from None
+                        raise
+                    continue
+                seized.add(tid)
+                self.tasks[tid] = Task(tid, pid, mm, stopped=False)
+                ptrace.interrupt(tid)
+        self._wait_until_parked()
+
+    def _wait_until_parked(self) -> None:
+        while any(not t.stopped for t in self.tasks.values()):
+            tid, status = ptrace.wait()
+            self._dispatch(tid, status)
+
+    def _resume_parked(self) -> None:
+        self._stopping = False
+        for task in list(self.tasks.values()):
+            if task.stopped:
+                self._resume(task, task.owed_signal)
+
+    # ---- spawning ----------------------------------------------------------------------
+
+    def _fork_stopped(self, argv: Sequence[str], env: dict[str, str] | None) -> int:
+        """fork; the child stops itself, so we can seize it, then installs the
+        mapping filter and execs.  An exec failure comes back through a pipe."""
+        program = None
+        if self.mappings == "seccomp":
+            from uemu import arch as arches
+
+            program = seccomp.mapping_filter(a for a in arches.all_arches() if a.backend and a.mapping_syscalls)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.close(read_end)
+                for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)  # as the shell would have left them
+                os.kill(os.getpid(), signal.SIGSTOP)
+                if program is not None:
+                    seccomp.install(program)
+                if env is None:
+                    os.execvp(argv[0], list(argv))
+                os.execvpe(argv[0], list(argv), env)
+            except OSError as err:
+                os.write(write_end, str(err.errno).encode())
+            finally:
+                os._exit(127)
+        os.close(write_end)
+        self._exec_error_fd = read_end
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            raise errors.UemuError(f"could not start {argv[0]}")
+        return pid
+
+    def _raise_exec_failure(self, argv: Sequence[str]) -> None:
+        data = os.read(self._exec_error_fd, 64)
+        os.close(self._exec_error_fd)
+        code = int(data) if data else errno.ENOEXEC
+        error = errors.NoSuchFile(argv[0]) if code == errno.ENOENT else errors.UemuError(
+            f"cannot run {argv[0]}: {os.strerror(code)}"
+        )
+        error.exit_code = 127 if code == errno.ENOENT else 126
+        raise error
+
+    def _wait_for_child(self) -> None:
+        """After detaching from a spawned command, wait for it as its parent."""
+        while True:
+            try:
+                pid, status = os.waitpid(self.child_pid, 0)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == self.child_pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                self.exit_status = _shell_status(status)
+                return
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Wait for one stop and dispatch it; False when tracing is over."""
+        if self._stop_reason is not None or not self.tasks:
+            return False
+        try:
+            tid, status = ptrace.wait()
+        except ChildProcessError:
+            self.tasks.clear()
+            return False
+        self._dispatch(tid, status)
+        return self._stop_reason is None and bool(self.tasks)
+
+    def _dispatch(self, tid: int, status: int) -> None:
+        task = self.tasks.get(tid)
+        if task is None:
+            self._unknown_task_stop(tid, status)
+            return
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._task_gone(task, status)
+            return
+        task.stopped = True
+        sig = os.WSTOPSIG(status)
+        event = ptrace.stop_event(status)
+        try:
+            if event == 0:
+                if sig == signal.SIGTRAP:
+                    sig = self._on_sigtrap(task)
+                elif sig == _SIGTRAP_SYSCALL:
+                    sig = self._on_syscall_stop(task)
+            elif event == ptrace.EVENT_STOP:
+                if ptrace.is_group_stop(status):
+                    self._on_group_stop(task)
+                    return
+                sig = 0  # an interrupt we asked for, a new task's first stop, or SIGCONT after LISTEN
+                task.listening = False
+            elif event in (ptrace.EVENT_CLONE, ptrace.EVENT_FORK, ptrace.EVENT_VFORK):
+                sig = 0
+                self._on_new_task(task, event, ptrace.event_message(tid))
+            elif event == ptrace.EVENT_EXEC:
+                sig = 0
+                self._on_exec(task)
+            elif event == ptrace.EVENT_SECCOMP:
+                sig = 0
+                self._on_seccomp(task)
+                return
+            else:
+                sig = 0
+        except errors.TraceeGone:
+            return  # the task died under us; its exit status comes next
+        if task.tid in self.tasks:
+            self._resume(task, sig)
+
+    def _resume(self, task: Task, sig: int) -> None:
+        """The one place a task is resumed (or parked while we are stopping everything)."""
+        if self._stopping:
+            task.owed_signal = sig
+            return
+        task.owed_signal = 0
+        try:
+            if task.listening:
+                ptrace.listen(task.tid)
+            elif task.syscall is not None or self._traces_every_syscall(task):
+                ptrace.syscall(task.tid, sig)
+            else:
+                ptrace.cont(task.tid, sig)
+            task.stopped = False
+        except errors.TraceeGone:
+            pass
+
+    def _traces_every_syscall(self, task: Task) -> bool:
+        return self.mappings == "syscall" and task.mm is not None and not self._passthrough
+
+    # ---- stops -------------------------------------------------------------------------
+
+    def _on_sigtrap(self, task: Task) -> int:
+        """A SIGTRAP signal-delivery stop: our breakpoint, or the program's own trap."""
+        mm = task.mm
+        if mm is None:
+            return signal.SIGTRAP
+        arch = mm.arch
+        regs = self._regs(task, arch)
+        regs.fetch(task.tid)
+        ip = regs[arch.ip_reg]
+        site = mm.backend.trap_address(ip)
+        uprobe = mm.installed.get(site)
+        if uprobe is None:
+            return signal.SIGTRAP  # not ours: the program's int3, raise(SIGTRAP), a debugger-style test
+        if self._stopping:
+            # Leaving: the breakpoint is about to be restored; run the instruction again.
+            regs[arch.ip_reg] = site
+            regs.store(task.tid)
+            return 0
+        if task.report:
+            self._run_consumers(task, mm, uprobe, site, regs)
+        plan = uprobe.plan_at(mm.backend, site)
+        self._finish_hit(task, mm, plan, site, regs)
+        return 0
+
+    def _finish_hit(self, task: Task, mm: Mm, plan: Plan, site: int, regs: ptrace.Regset) -> None:
+        """Carry out the probed instruction: emulate it (the SDT nop: no second stop)."""
+        arch = mm.arch
+        if not isinstance(plan, Emulate):
+            raise errors.UprobeError(f"no out-of-line execution yet for {plan.text!r} at {site:#x}")
+        view = _RegsView(regs, arch.ip_reg, site)
+        effects = mm.backend.emulate(plan, view)
+        dirty = False
+        for name, value in effects.regs.items():
+            if regs[name] != value:
+                regs[name] = value
+                dirty = True
+        if dirty:
+            regs.store(task.tid)
+        for address, data in effects.writes:
+            mm.memory.write(address, data)
+
+    def _run_consumers(self, task: Task, mm: Mm, uprobe: Uprobe, site: int, regs: ptrace.Regset) -> None:
+        view = _RegsView(regs, mm.arch.ip_reg, site)
+        memory = mm.memory
+        wants_events = bool(self.handlers) or self._queue is not None
+        for consumer in uprobe.consumers:
+            consumer.hits += 1
+            self.event_count += 1
+            if wants_events:
+                args = None
+                if self.decode_args:
+                    args = [read(view, memory.read) for read in mm.arg_readers(consumer)]
+                probe = consumer.probe
+                event = Event(
+                    time.monotonic_ns(), task.pid, task.tid, probe.object, probe.provider, probe.name, site,
+                    probe.args.split() if probe.args else [], args, memory.read_string,
+                )
+                for handler in self.handlers:
+                    handler(event)
+                if self._queue is not None:
+                    event.read_string = None
+                    self._queue.append(event)
+            if self.max_events is not None and self.event_count >= self.max_events:
+                self.stop("max-events")
+
+    def _on_group_stop(self, task: Task) -> None:
+        """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
+        without us, and hear of SIGCONT (PTRACE_LISTEN)."""
+        task.listening = True
+        if self._stopping:
+            return
+        try:
+            ptrace.listen(task.tid)
+            task.stopped = False
+        except errors.TraceeGone:
+            pass
+
+    def _on_seccomp(self, task: Task) -> None:
+        """A mapping syscall is about to run: remember it and stop again at its exit."""
+        info = ptrace.syscall_info(task.tid)
+        if task.mm is not None and not self._passthrough:
+            kind = task.mm.arch.mapping_syscalls.get(info.nr)
+            if kind is not None:
+                task.syscall = (kind, self._syscall_args(task, kind, info.args))
+        if self._stopping:
+            task.owed_signal = 0
+            return
+        try:
+            if task.syscall is not None:
+                ptrace.syscall(task.tid)
+            else:
+                ptrace.cont(task.tid)
+            task.stopped = False
+        except errors.TraceeGone:
+            pass
+
+    def _on_syscall_stop(self, task: Task) -> int:
+        """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""
+        info = ptrace.syscall_info(task.tid)
+        if info.op == ptrace.SYSCALL_INFO_ENTRY:
+            if task.mm is not None:
+                kind = task.mm.arch.mapping_syscalls.get(info.nr)
+                if kind is not None:
+                    task.syscall = (kind, self._syscall_args(task, kind, info.args))
+            return 0
+        if info.op == ptrace.SYSCALL_INFO_EXIT and task.syscall is not None and task.mm is not None:
+            kind, args = task.syscall
+            task.syscall = None
+            if not self._passthrough:
+                self._refresh_mappings(task.mm, kind, args, info.rval)
+        task.syscall = None
+        return 0
+
+    def _syscall_args(self, task: Task, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
+        if kind == "old_mmap":
+            # i386 old_mmap passes one pointer to six 32-bit arguments.
+            raw = task.mm.memory.read(args[0], 24)
+            return tuple(int.from_bytes(raw[i : i + 4], "little") for i in range(0, 24, 4))
+        return args
+
+    def _on_exec(self, task: Task) -> None:
+        """The old image is gone (nothing to restore); scan and arm the new one.
+
+        A non-leader thread that execs takes the leader's id; every other
+        thread of the old image is gone without a report.
+        """
+        pid = task.pid
+        old_mm = task.mm
+        for other in [t for t in self.tasks.values() if t.pid == pid and t is not task]:
+            del self.tasks[other.tid]
+        former = task.tid
+        task.tid = pid
+        self.tasks.pop(former, None)
+        self.tasks[pid] = task
+        task.syscall = None
+        task.regs = None
+        if old_mm is not None:
+            self._drop_mm_user(old_mm, pid)
+        task.mm = None
+        if self._passthrough:
+            return
+        if not task.report:
+            # A child we kept only for safety (vfork, not followed): its new image
+            # has none of our bytes.
+            self._let_go(task)
+            return
+        try:
+            arch = process.executable_arch(pid)
+            task.mm = self._new_mm(pid, arch)
+        except errors.UnsupportedArch as err:
+            self.warn(f"process {pid} exec'd a program uemu cannot trace ({err.message}); leaving it alone")
+            self._let_go(task)
+            return
+        self._arm(task.mm, task.mm.vmas)
+
+    def _let_go(self, task: Task) -> None:
+        """Stop tracing a task that holds none of our bytes: detach it, or, under the
+        seccomp filter, keep it as a silent tracee until it exits."""
+        task.report = False
+        if not self._needs_tracer():
+            self._release(task)
+
+    def _on_new_task(self, parent: Task, event: int, child: int) -> None:
+        """fork, vfork or clone: a thread joins its mm; a process inherits our bytes
+        and raised counters, and is followed (-f) or cleaned and let go."""
+        pending = self._pending_children.pop(child, None)
+        if pending is None:
+            self._pending_children[child] = _PendingChild(parent=parent, event=event)
+            return
+        self._adopt(child, parent, event, pending.status)
+
+    def _unknown_task_stop(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._pending_children.pop(tid, None)
+            return
+        pending = self._pending_children.pop(tid, None)
+        if pending is not None and pending.release:
+            try:
+                ptrace.detach(tid)
+            except errors.TraceeGone:
+                pass
+        elif pending is not None and pending.parent is not None:
+            self._adopt(tid, pending.parent, pending.event, status)
+        else:
+            # Its first stop came before its creator's event: keep it stopped until then.
+            self._pending_children[tid] = _PendingChild(status=status)
+
+    def _adopt(self, child: int, parent: Task, event: int, first_status: int | None) -> None:
+        """Both halves of a task creation are known; decide the child's fate."""
+        is_thread = event == ptrace.EVENT_CLONE and process.tgid(child) == parent.pid
+        if is_thread:
+            task = Task(child, parent.pid, parent.mm, report=parent.report, stopped=first_status is not None)
+            self.tasks[child] = task
+            if first_status is not None:
+                self._resume(task, 0)
+            return
+        mm = parent.mm
+        shares = mm is not None and process.shares_memory(parent.pid, child)
+        follow = self.follow_forks and parent.report
+        task = Task(child, child, None, report=follow, stopped=first_status is not None)
+        self.tasks[child] = task
+        if mm is not None:
+            if shares:
+                task.mm = mm
+                self.mms.setdefault(child, mm)
+            else:
+                task.mm = self._dup_mm(mm, child)
+                if not follow:
+                    # Clean it before it runs a single instruction: our bytes out, our counts undone.
+                    self.uprobes.remove_all(task.mm)
+                    self._forget_mm(task.mm, child)
+                    task.mm = None
+        if task.mm is None and not follow and not self._needs_tracer():
+            self._release(task, wait_first_stop=first_status is None)
+            return
+        if task.mm is None:
+            task.report = False
+        if first_status is not None:
+            self._resume(task, 0)
+
+    def _needs_tracer(self) -> bool:
+        """Under the seccomp filter every descendant needs a tracer until it exits."""
+        return self.mappings == "seccomp"
+
+    def _dup_mm(self, parent: Mm, child: int) -> Mm:
+        """Kernel: ``uprobe_dup_mmap()``: the child has our breakpoints and the counter
+        values in its copied pages; delayed entries are not copied."""
+        mm = Mm(child, parent.arch, ptrace.Memory(child), list(parent.vmas), dict(parent.objects))
+        mm.installed = dict(parent.installed)
+        self.mms[child] = mm
+        return mm
+
+    def _release(self, task: Task, wait_first_stop: bool = False) -> None:
+        """Detach a task we do not keep (it holds none of our bytes)."""
+        if wait_first_stop:
+            # Its first stop is still to come; the unknown-task path detaches it then.
+            self.tasks.pop(task.tid, None)
+            self._pending_children[task.tid] = _PendingChild(release=True)
+            return
+        self.tasks.pop(task.tid, None)
+        try:
+            ptrace.detach(task.tid, task.owed_signal)
+        except errors.TraceeGone:
+            pass
+
+    def _task_gone(self, task: Task, status: int) -> None:
+        del self.tasks[task.tid]
+        if task.tid == task.pid and task.pid == self.child_pid:
+            self.exit_status = _shell_status(status)
+        mm = task.mm
+        if mm is not None and not any(t.mm is mm for t in self.tasks.values()):
+            self._drop_mm_user(mm, task.pid)
+
+    def _drop_mm_user(self, mm: Mm, pid: int) -> None:
+        """A process left ``mm`` (exit or exec): forget it, without writing."""
+        if self.mms.get(pid) is mm:
+            del self.mms[pid]
+        if not any(t.mm is mm for t in self.tasks.values() if t.pid != pid):
+            self._forget_mm(mm, pid)
+
+    def _forget_mm(self, mm: Mm, pid: int) -> None:
+        """Kernel: ``uprobe_clear_state()``: delayed entries dropped, nothing written."""
+        mm.delayed.clear()
+        mm.installed.clear()
+        mm.memory.close()
+        if self.mms.get(pid) is mm:
+            del self.mms[pid]
+
+    # ---- leaving -------------------------------------------------------------------------
+
+    def _detach_all(self) -> None:
+        if not self.tasks:
+            return
+        self._stopping = True
+        for task in self.tasks.values():
+            if not task.stopped:
+                try:
+                    ptrace.interrupt(task.tid)
+                except errors.TraceeGone:
+                    task.stopped = True
+        try:
+            self._wait_until_parked()
+        except ChildProcessError:
+            self.tasks.clear()
+            return
+        restored = set()
+        for mm in self.mms.values():
+            if id(mm) in restored:
+                continue
+            restored.add(id(mm))
+            try:
+                self.uprobes.remove_all(mm)
+            except (OSError, errors.TraceeGone) as err:
+                self.warn(f"process {mm.pid}: could not restore everything: {err}")
+        if self._needs_tracer():
+            self._pass_through()
+            return
+        for task in list(self.tasks.values()):
+            self._release(task)
+
+    def _pass_through(self) -> None:
+        """Stay the tracer, doing nothing, until every task has exited: under our
+        seccomp filter a process without a tracer would get ENOSYS from mmap."""
+        self._passthrough = True
+        self._resume_parked()
+        while self.tasks:
+            try:
+                tid, status = ptrace.wait()
+            except ChildProcessError:
+                break
+            self._dispatch(tid, status)
+
+    # ---- signals to uemu itself -------------------------------------------------------------
+
+    def _install_signal_handlers(self, duration: float | None) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _LEAVING_SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
+        if duration is not None:
+            signal.setitimer(signal.ITIMER_REAL, duration)
+
+    def _restore_signal_handlers(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0) if self._old_handlers else None
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+    def _on_leaving_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Never raise here: the loop may be in the middle of a hit.  Record why and
+        wake the blocking wait with an interrupt stop instead."""
+        self.stop("duration" if signum == signal.SIGALRM else signal.Signals(signum).name)
+
+    def _wake(self) -> None:
+        for task in self.tasks.values():
+            if not task.stopped:
+                try:
+                    ptrace.interrupt(task.tid)
+                    return
+                except errors.TraceeGone:
+                    continue
+
+    def _regs(self, task: Task, arch: Arch) -> ptrace.Regset:
+        if task.regs is None:
+            task.regs = ptrace.Regset(arch.regset, arch.regset_word)
+        return task.regs
+
+    @staticmethod
+    def _check_mode(mappings: str) -> None:
+        if mappings not in MAPPINGS_MODES:
+            raise errors.BadInput(f"unknown mapping tracking {mappings!r}; one of {', '.join(MAPPINGS_MODES)}")
+
+
+class _RegsView:
+    """Registers as consumers and the backend must see them: as at the site
+    (ip = breakpoint address, not after the trap)."""
+
+    __slots__ = ("regs", "ip_reg", "ip")
+
+    def __init__(self, regs: ptrace.Regset, ip_reg: str, ip: int):
+        self.regs = regs
+        self.ip_reg = ip_reg
+        self.ip = ip
+
+    def __call__(self, name: str) -> int:
+        return self.ip if name == self.ip_reg else self.regs[name]
+
+    __getitem__ = __call__
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        try:
+            return self(name)
+        except KeyError:
+            return default
+
+
+def _probe_info(probe: sdt.Probe) -> ProbeInfo:
+    return ProbeInfo(probe.object, probe.provider, probe.name, probe.address, probe.args)
+
+
+def _same_file(path: str, file_id: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == file_id
+
+
+def _file_matches(spec: probespec.ProbeSpec, obj: sdt.ElfObject) -> bool:
+    if isinstance(spec, SdtPattern):
+        return any(spec.matches(p) for p in obj.probes)
+    return os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)
+
+
+def _event_stem(path: str) -> str:
+    """tracefs' default event name stem: the basename up to the first . - or _."""
+    base = os.path.basename(path)
+    for i, char in enumerate(base):
+        if char in ".-_":
+            return base[:i]
+    return base
+
+
+def _vma_key(vma: Vma) -> tuple:
+    return (vma.start, vma.end, vma.perms, vma.offset, vma.file_id)
+
+
+def _failed(result: int) -> bool:
+    return -4096 < result < 0
+
+
+def _shell_status(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _program_and_libraries(program: str) -> list[str]:
+    """The program's path and the shared libraries ``ldd`` says it loads at start."""
+    import shutil
+    import subprocess
+
+    path = program if "/" in program else (shutil.which(program) or program)
+    paths = [path]
+    ldd = shutil.which("ldd")
+    if ldd is None or not os.path.isfile(path):
+        return paths
+    try:
+        out = subprocess.run([ldd, path], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return paths
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts:
+            target = parts[parts.index("=>") + 1]
+            if target.startswith("/"):
+                paths.append(target)
+        elif parts and parts[0].startswith("/"):
+            paths.append(parts[0])
+    return paths

@@ -1,0 +1,317 @@
+"""The core: uprobes, their breakpoints and reference counters in every traced mm.
+
+Mirrors kernel/events/uprobes.c: one ``Uprobe`` per (device, inode, file
+offset) with its ``ref_ctr_offset``; breakpoints go into every probe VMA of
+the file in every traced ``Mm``; each breakpoint written raises the counter by
+one (or records a delayed entry when no counter VMA exists yet), each
+breakpoint removed lowers it.  The arch backend decides what to do with the
+original instruction; this module never decodes.
+
+Differs from the kernel, because uemu is a tracer and the tracee must survive
+it: a site whose memory differs from the file (another tracer's breakpoint) is
+left alone and reported instead of overwritten ("uprobes always wins"), and a
+breakpoint is restored even when lowering its counter fails, because an int3
+left behind without a tracer would kill the process.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from uemu.arch import Arch
+from uemu.arch.base import Backend, Plan, Refuse
+
+from . import argspec, errors
+from .maps import Vma, find_counter_vma, is_counter_vma, is_probe_vma
+from .ptrace import Memory
+from .sdt import MappedObject
+
+FileId = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    """What a consumer reports for its hits: the probe's names and argument specs."""
+
+    object: str
+    provider: str
+    name: str
+    address: int
+    """Link-time address of the site."""
+    args: str
+    """The note's raw argument string ('' for a raw uprobe)."""
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+
+@dataclass(eq=False)
+class Consumer:
+    """What a user attached to a uprobe (kernel: ``struct uprobe_consumer``)."""
+
+    probe: ProbeInfo
+    hits: int = 0
+
+
+@dataclass(eq=False)
+class Uprobe:
+    """A breakpoint site of one file (kernel: ``struct uprobe``)."""
+
+    file_id: FileId
+    offset: int
+    ref_ctr_offset: int
+    path: str
+    """Where the file can be read (its original bytes come from there)."""
+    original: bytes
+    consumers: list[Consumer] = field(default_factory=list)
+    _plans: dict[int, Plan] = field(default_factory=dict)
+
+    def plan_at(self, backend: Backend, vaddr: int) -> Plan:
+        """The backend's plan for the original instruction at ``vaddr``, decided once."""
+        plan = self._plans.get(vaddr)
+        if plan is None:
+            plan = self._plans[vaddr] = backend.analyze(self.original, vaddr)
+        return plan
+
+
+@dataclass(eq=False)
+class Mm:
+    """One traced address space (kernel: ``mm_struct`` with ``MMF_HAS_UPROBES``).
+
+    ``installed`` maps each breakpoint address to its uprobe; ``delayed`` holds
+    the uprobes whose counter VMA was not mapped when their breakpoint was
+    written (kernel: ``delayed_uprobe_list`` entries of this mm).
+    """
+
+    pid: int
+    arch: Arch
+    memory: Memory
+    vmas: list[Vma]
+    objects: dict[FileId, MappedObject] = field(default_factory=dict)
+    installed: dict[int, Uprobe] = field(default_factory=dict)
+    delayed: set[Uprobe] = field(default_factory=set)
+    readers: dict[Consumer, list] = field(default_factory=dict)
+
+    @property
+    def backend(self) -> Backend:
+        assert self.arch.backend is not None  # checked when the mm was created
+        return self.arch.backend
+
+    @property
+    def has_uprobes(self) -> bool:
+        return bool(self.installed or self.delayed)
+
+    def arg_readers(self, consumer: Consumer) -> list:
+        """Argument readers of a consumer in this mm (symbols resolve by this mm's load bias)."""
+        readers = self.readers.get(consumer)
+        if readers is None:
+            obj = next((o for o in self.objects.values() if o.elf.path == consumer.probe.object), None)
+            resolve = obj.symbol_runtime_address if obj is not None else None
+            readers = [
+                argspec.make_reader(spec, self.arch, resolve)
+                for spec in argspec.parse_all(consumer.probe.args, self.arch.name)
+            ]
+            self.readers[consumer] = readers
+        return readers
+
+
+class Uprobes:
+    """The registry and the life-cycle hooks (kernel: uprobes_tree and its callers)."""
+
+    def __init__(self, warn: Callable[[str], None]):
+        self.by_site: dict[tuple[int, int, int], Uprobe] = {}
+        self.by_file: dict[FileId, list[Uprobe]] = {}
+        self.warn = warn
+
+    # ---- registration ------------------------------------------------------
+
+    def register(
+        self, mapped: MappedObject, offset: int, ref_ctr_offset: int, probe: ProbeInfo
+    ) -> Uprobe:
+        """Find or create the uprobe at (file, offset) and add a consumer.
+
+        Kernel: ``uprobe_register()`` checks and ``alloc_uprobe()``; a second
+        registration with another ``ref_ctr_offset`` is refused in its words.
+        """
+        key = (*mapped.file_id, offset)
+        uprobe = self.by_site.get(key)
+        if uprobe is None:
+            uprobe = self._new_uprobe(mapped, offset, ref_ctr_offset)
+            self.by_site[key] = uprobe
+            self.by_file.setdefault(mapped.file_id, []).append(uprobe)
+        elif uprobe.ref_ctr_offset != ref_ctr_offset:
+            raise errors.UprobeError(
+                f"{mapped.elf.path}: ref_ctr_offset mismatch. inode: {mapped.file_id[1]:#x} "
+                f"offset: {offset:#x} ref_ctr_offset(old): {uprobe.ref_ctr_offset:#x} "
+                f"ref_ctr_offset(new): {ref_ctr_offset:#x}"
+            )
+        if not any(c.probe == probe for c in uprobe.consumers):
+            uprobe.consumers.append(Consumer(probe))
+        return uprobe
+
+    def _new_uprobe(self, mapped: MappedObject, offset: int, ref_ctr_offset: int) -> Uprobe:
+        path = mapped.elf.path
+        backend = mapped_backend(mapped)
+        source = mapped.elf.source
+        size = os.stat(source).st_size
+        if offset > size:
+            raise errors.UprobeError(f"{path}: offset {offset:#x} is beyond the file's {size:#x} bytes")
+        if ref_ctr_offset % 2:
+            raise errors.UprobeError(f"{path}: ref_ctr_offset {ref_ctr_offset:#x} is not 2-byte aligned")
+        with open(source, "rb") as stream:
+            stream.seek(offset)
+            original = stream.read(backend.max_insn_len)
+        if not original:
+            raise errors.UprobeError(f"{path}: cannot read the instruction at offset {offset:#x}")
+        if backend.is_trap(original):
+            # Kernel: prepare_uprobe() -> -ENOTSUPP when the file itself holds a trap.
+            raise errors.UprobeError(f"{path}: offset {offset:#x} holds a trap instruction in the file")
+        return Uprobe(mapped.file_id, offset, ref_ctr_offset, source, original)
+
+    # ---- breakpoints ---------------------------------------------------------
+
+    def install_all(self, mm: Mm, uprobes: Iterable[Uprobe]) -> None:
+        """Install each uprobe in every probe VMA of its file in ``mm``."""
+        for uprobe in uprobes:
+            for vma in mm.vmas:
+                if is_probe_vma(vma, uprobe.file_id, uprobe.offset):
+                    self.install_breakpoint(mm, uprobe, vma.offset_to_vaddr(uprobe.offset))
+
+    def install_breakpoint(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> None:
+        """Kernel: ``install_breakpoint()`` -> ``set_swbp()`` -> ``uprobe_write_opcode()``."""
+        if vaddr in mm.installed:
+            return  # verify_opcode(): already a breakpoint of ours, nothing to do
+        backend = mm.backend
+        plan = uprobe.plan_at(backend, vaddr)
+        if isinstance(plan, Refuse):
+            raise errors.UprobeError(
+                f"cannot probe {plan.text!r} at {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}): {plan.reason}"
+            )
+        trap = backend.trap_bytes(uprobe.original)
+        expected = uprobe.original[: len(trap)]
+        current = mm.memory.read(vaddr, len(trap))
+        if current != expected:
+            what = "another tracer's breakpoint" if backend.is_trap(current) else "bytes that differ from the file"
+            self.warn(
+                f"process {mm.pid}: {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}) holds {what} "
+                f"({current.hex()}, file has {expected.hex()}); left alone"
+            )
+            return
+        self.update_ref_ctr(mm, uprobe, +1)
+        try:
+            mm.memory.write(vaddr, trap)
+        except OSError:
+            self.update_ref_ctr(mm, uprobe, -1)  # kernel: roll back when the opcode write fails
+            raise
+        mm.installed[vaddr] = uprobe
+
+    def remove_breakpoint(self, mm: Mm, vaddr: int) -> None:
+        """Kernel: ``remove_breakpoint()`` -> ``set_orig_insn()``; bytes come from the file."""
+        uprobe = mm.installed.pop(vaddr)
+        backend = mm.backend
+        trap = backend.trap_bytes(uprobe.original)
+        original = uprobe.original[: len(trap)]
+        if mm.memory.read(vaddr, len(trap)) != trap:
+            self.warn(f"process {mm.pid}: breakpoint at {vaddr:#x} was overwritten by someone else; left as is")
+            mm.delayed.discard(uprobe)
+            return
+        self.update_ref_ctr(mm, uprobe, -1)
+        mm.memory.write(vaddr, original)
+        if mm.memory.read(vaddr, len(original)) != original:
+            self.warn(f"process {mm.pid}: could not restore the original bytes at {vaddr:#x}")
+
+    def remove_all(self, mm: Mm) -> None:
+        for vaddr in list(mm.installed):
+            self.remove_breakpoint(mm, vaddr)
+        mm.delayed.clear()
+
+    # ---- reference counters -------------------------------------------------
+
+    def update_ref_ctr(self, mm: Mm, uprobe: Uprobe, delta: int) -> None:
+        """Kernel: ``update_ref_ctr()``: change the counter in the first counter VMA,
+        or (for +1 with none mapped) record a delayed entry; -1 always drops the
+        (uprobe, mm) delayed entry."""
+        if not uprobe.ref_ctr_offset:
+            return
+        vma = find_counter_vma(mm.vmas, uprobe.file_id, uprobe.ref_ctr_offset)
+        if vma is not None:
+            self.change_counter(mm, uprobe, vma.offset_to_vaddr(uprobe.ref_ctr_offset), delta)
+            if delta > 0:
+                return
+        elif delta > 0:
+            mm.delayed.add(uprobe)  # a set: at most one pending increment per (uprobe, mm)
+            return
+        mm.delayed.discard(uprobe)
+
+    def change_counter(self, mm: Mm, uprobe: Uprobe, vaddr: int, delta: int) -> bool:
+        """Kernel: ``__update_ref_ctr()``: a signed 16-bit counter at exactly ``vaddr``,
+        never driven below zero, with no overflow check."""
+        fmt = "<h" if mm.arch.little_endian in (True, None) else ">h"
+        try:
+            (value,) = struct.unpack(fmt, mm.memory.read(vaddr, 2))
+            if value + delta < 0:
+                self.warn(f"ref_ctr going negative. vaddr: {vaddr:#x}, curr val: {value}, delta: {delta}")
+                return False
+            new = struct.pack(fmt, ((value + delta + 0x8000) & 0xFFFF) - 0x8000)
+            mm.memory.write(vaddr, new)
+            if mm.memory.read(vaddr, 2) != new:
+                raise OSError(f"counter at {vaddr:#x} did not keep the written value")
+        except OSError as err:
+            what = "increment" if delta > 0 else "decrement"
+            self.warn(
+                f"ref_ctr {what} failed for inode: {uprobe.file_id[1]:#x} offset: {uprobe.offset:#x} "
+                f"ref_ctr_offset: {uprobe.ref_ctr_offset:#x} of process {mm.pid}: {err}"
+            )
+            return False
+        return True
+
+    # ---- life cycle -----------------------------------------------------------
+
+    def mmap(self, mm: Mm, new_vmas: list[Vma]) -> None:
+        """Kernel: ``uprobe_mmap()`` for each new VMA: delayed counters first, then
+        breakpoints of the uprobes whose offsets the VMA maps."""
+        for vma in new_vmas:
+            if vma.file_backed and vma.writable and vma.private and mm.has_uprobes:
+                self.delayed_ref_ctr_inc(mm, vma)
+            if vma.file_backed and vma.private and not vma.writable:
+                for uprobe in self.by_file.get(vma.file_id, ()):
+                    if vma.covers_offset(uprobe.offset):
+                        self.install_breakpoint(mm, uprobe, vma.offset_to_vaddr(uprobe.offset))
+
+    def delayed_ref_ctr_inc(self, mm: Mm, vma: Vma) -> None:
+        """Kernel: ``delayed_ref_ctr_inc()``: apply and delete each matching entry,
+        deleting it even when the increment fails."""
+        for uprobe in list(mm.delayed):
+            if is_counter_vma(vma, uprobe.file_id, uprobe.ref_ctr_offset):
+                mm.delayed.discard(uprobe)
+                self.change_counter(mm, uprobe, vma.offset_to_vaddr(uprobe.ref_ctr_offset), +1)
+
+    def munmap(self, mm: Mm, start: int, end: int) -> None:
+        """Kernel: ``uprobe_munmap()``: the breakpoints went with the pages; no write,
+        no counter change, delayed entries stay."""
+        for vaddr in [v for v in mm.installed if start <= v < end]:
+            del mm.installed[vaddr]
+
+    def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
+        """Pages moved by mremap carry our breakpoints with them (the kernel's
+        ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
+        moved = {v: u for v, u in mm.installed.items() if old_start <= v < old_start + old_size}
+        for vaddr in moved:
+            del mm.installed[vaddr]
+        for vaddr, uprobe in moved.items():
+            mm.installed[vaddr - old_start + new_start] = uprobe
+
+
+def mapped_backend(mapped: MappedObject) -> Backend:
+    """The tracing backend for an object's architecture, or UnsupportedArch."""
+    from uemu import arch
+
+    elf = mapped.elf
+    found = arch.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
+    if found.backend is None:
+        raise errors.UnsupportedArch(found.name, elf.elf_class, "uemu can list its probes but not trace them")
+    return found.backend
