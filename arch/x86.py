@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cache
+from typing import TYPE_CHECKING
+
 from . import register
-from .base import Arch, SpecRegister, frozen_map
+from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine,
+                   XolSetup, frozen_map)
+
+if TYPE_CHECKING:
+    import capstone
 
 _GPR64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp")
 _LEGACY = ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")
@@ -66,12 +76,502 @@ _I386_PAIR_HIGH = {"eax": "edx", "edx": "ecx", "ecx": "ebx", "ebx": "esi", "esi"
 # Syscalls after which file mappings may have changed (arch/x86/entry/syscalls).
 # brk and shmat only ever touch anonymous or shared memory, which never holds
 # a probe VMA or a counter VMA.
-_X86_64_MAPPING_SYSCALLS = frozenset(
-    {9, 10, 11, 25, 216, 329}  # mmap mprotect munmap mremap remap_file_pages pkey_mprotect
+_X86_64_MAPPING_SYSCALLS = {
+    9: "mmap",
+    10: "mprotect",
+    11: "munmap",
+    25: "mremap",
+    216: "remap_file_pages",
+    329: "mprotect",  # pkey_mprotect
+}
+_I386_MAPPING_SYSCALLS = {
+    90: "old_mmap",  # arguments in a struct in memory
+    91: "munmap",
+    125: "mprotect",
+    163: "mremap",
+    192: "mmap",  # mmap2
+    257: "remap_file_pages",
+    380: "mprotect",  # pkey_mprotect
+}
+
+
+# ===========================================================================
+# The instruction backend.  Kernel: arch/x86/kernel/uprobes.c (v6.x), the
+# functions named in each docstring.  Pure: registers in, effects out.
+# ===========================================================================
+
+_CF, _PF, _ZF, _SF, _OF = 0x1, 0x4, 0x40, 0x80, 0x800
+_MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+_X86_64_SPEC_REGISTERS = frozen_map(_x86_64_spec_registers())
+
+# Register numbers as ModRM, REX and the push opcodes encode them.
+_ENCODING_ORDER = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
+_NUMBERED_64 = tuple("r" + name for name in _ENCODING_ORDER) + tuple(f"r{n}" for n in range(8, 16))
+_NUMBERED_32 = tuple("e" + name for name in _ENCODING_ORDER)
+
+# Scratch registers for rip-relative operands, in the kernel's order (riprel_analyze():
+# "must not select bx if we can use si", because cmpxchg8b uses bx implicitly).
+_SCRATCH_CANDIDATES = (("rsi", 6), ("rdi", 7), ("rbx", 3))
+
+_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+# is_prefix_bad(): segment overrides other than fs/gs, and lock.
+_BAD_PREFIXES = {0x26: "es segment prefix", 0x2E: "cs segment prefix", 0x36: "ss segment prefix",
+                 0x3E: "ds segment prefix", 0xF0: "lock prefix"}
+
+# Bytes that fault or trap in user space whatever the mode (good_insns_64/32 comments).
+_USER_FAULTING: tuple[tuple[str, frozenset[int]], ...] = (
+    ("ins/outs, SIGSEGV in user space", frozenset(range(0x6C, 0x70))),
+    ("in/out, SIGSEGV in user space", frozenset({*range(0xE4, 0xE8), *range(0xEC, 0xF0)})),
+    ("int3, SIGTRAP in user space", frozenset({0xCC})),
+    ("int N, its single-step handling is fragile", frozenset({0xCD})),
+    ("iret", frozenset({0xCF})),
+    ("int1, SIGTRAP in user space", frozenset({0xF1})),
+    ("hlt, SIGSEGV in user space", frozenset({0xF4})),
+    ("cli/sti, SIGSEGV in user space", frozenset({0xFA, 0xFB})),
 )
-_I386_MAPPING_SYSCALLS = frozenset(
-    {90, 91, 125, 163, 192, 257, 380}  # old_mmap munmap mprotect mremap mmap2 remap_file_pages pkey_mprotect
+# First opcode bytes the kernel refuses in 64-bit tasks: the complement of good_insns_64.
+_NOT_GOOD_64: tuple[tuple[str, frozenset[int]], ...] = (
+    ("invalid in 64-bit mode (formerly push/pop es, cs, ss, ds)",
+     frozenset({0x06, 0x07, 0x0E, 0x16, 0x17, 0x1E, 0x1F})),
+    ("invalid in 64-bit mode (formerly daa, das, aaa, aas)", frozenset({0x27, 0x2F, 0x37, 0x3F})),
+    ("invalid in 64-bit mode (formerly pusha, popa, bound)", frozenset({0x60, 0x61, 0x62})),
+    ("invalid in 64-bit mode (formerly a copy of group 1)", frozenset({0x82})),
+    ("invalid in 64-bit mode (formerly call far, jmp far)", frozenset({0x9A, 0xEA})),
+    ("invalid in 64-bit mode (formerly into, aam, aad, salc)", frozenset({0xCE, 0xD4, 0xD5, 0xD6})),
+    *_USER_FAULTING,
 )
+# The same for 32-bit tasks: the complement of good_insns_32.
+_NOT_GOOD_32: tuple[tuple[str, frozenset[int]], ...] = (
+    ("pop es/ss/ds, may load a bad segment", frozenset({0x07, 0x17, 0x1F})),
+    ("into", frozenset({0xCE})),
+    *_USER_FAULTING,
+)
+GOOD_INSNS_64 = frozenset(range(256)).difference(*(group for _, group in _NOT_GOOD_64))
+GOOD_INSNS_32 = frozenset(range(256)).difference(*(group for _, group in _NOT_GOOD_32))
+# The 0x0f escape: the kernel's good_2byte_insns table lists 0f 00 01 05 (syscall) 06 07 08 09
+# 0b (ud2) 30 34 35 37 78 79 ae as bad, but 0x0f itself is marked good in both one-byte tables,
+# so uprobe_init_insn() accepts every two- and three-byte opcode before it reaches that table.
+# Checked on Linux 6.18 through tracefs: uprobes on syscall, sysenter, ud2, rdmsr and wrmsr
+# are accepted.  We mirror what the kernel does, not the table it never consults.
+
+# Groups capstone puts control transfers in; such instructions never end in a jmp back.
+_LEAVES_SLOT_GROUPS = frozenset({"jump", "call", "ret", "iret", "int", "branch_relative"})
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """Where the parts of one instruction are, as the kernel's insn decoder splits it."""
+
+    prefixes: bytes
+    """Legacy prefix bytes, in order."""
+    rex_offset: int | None
+    """Offset of the REX prefix that applies (64-bit mode), if any."""
+    vex_offset: int | None
+    """Offset of a three-byte VEX, XOP or EVEX prefix (they share the inverted B bit); None for VEX2."""
+    vvvv: int | None
+    """VEX/XOP/EVEX register operand number, if the instruction has such a prefix."""
+    opcode_offset: int
+    """Offset of the kernel's OPCODE1: the byte after every prefix, VEX/EVEX included."""
+    legacy_map: bool
+    """Whether OPCODE1 is a legacy-map byte (not the opcode after a VEX/XOP/EVEX prefix)."""
+
+
+def _scan_encoding(code: bytes, mode64: bool) -> _Encoding:
+    """Split the prefixes off an instruction capstone has already decoded."""
+    at = 0
+    rex_offset = None
+    while code[at] in _LEGACY_PREFIXES or (mode64 and 0x40 <= code[at] <= 0x4F):
+        # A REX applies only right before the opcode; a legacy prefix after it cancels it.
+        rex_offset = at if 0x40 <= code[at] <= 0x4F else None
+        at += 1
+    prefixes = bytes(byte for byte in code[:at] if byte in _LEGACY_PREFIXES)
+    first, second = code[at], code[at + 1 : at + 2]
+    # In 32-bit mode c4/c5/62 are les/lds/bound unless the next byte looks like ModRM mod=11;
+    # 8f is XOP only when its map field is 8 or more (else pop r/m).
+    escape = mode64 or second >= b"\xc0"
+    if first == 0xC5 and escape:
+        return _Encoding(prefixes, rex_offset, None, (~code[at + 1] >> 3) & 0xF, at + 2, False)
+    if (first == 0xC4 and escape) or (first == 0x8F and second and (second[0] & 0x1F) >= 8):
+        return _Encoding(prefixes, rex_offset, at, (~code[at + 2] >> 3) & 0xF, at + 3, False)
+    if first == 0x62 and escape:
+        return _Encoding(prefixes, rex_offset, at, (~code[at + 2] >> 3) & 0xF, at + 4, False)
+    return _Encoding(prefixes, rex_offset, None, None, at, True)
+
+
+@cache
+def _capstone(mode64: bool) -> capstone.Cs:
+    """A detail-mode capstone decoder, imported on first use: listing probes never pays for it."""
+    import capstone
+
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if mode64 else capstone.CS_MODE_32)
+    decoder.detail = True
+    return decoder
+
+
+class Fixup(Enum):
+    """What ``finish_xol`` does after the step (the kernel's UPROBE_FIX_IP / UPROBE_FIX_CALL)."""
+
+    IP = "ip"
+    """ip += vaddr - slot: the instruction went on relative to the slot."""
+    CALL = "call"
+    """Indirect or far call: the pushed return address becomes vaddr + size; ip is right."""
+    NONE = "none"
+    """ret, lret, indirect and far jmp: ip is already where the instruction sent it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class X86Jump(Emulate):
+    """nop, endbr and jmp rel: a jump the tracer makes itself (a nop jumps by 0).
+
+    Kernel: branch_xol_ops; "same as jmp with .offs = 0" for nops.
+    """
+
+    effects: Effects
+
+
+@dataclass(frozen=True, kw_only=True)
+class X86CondJump(Emulate):
+    """jcc rel8/rel32: one of two precomputed outcomes, chosen from eflags (check_jmp_cond())."""
+
+    condition: int
+    """Low nibble of the short opcode 0x70-0x7f."""
+    taken: Effects
+    not_taken: Effects
+
+
+@dataclass(frozen=True, kw_only=True)
+class X86Call(Emulate):
+    """call rel32: push the return address, jump (branch_emulate_op())."""
+
+    target: int
+    return_address: bytes
+    """vaddr + size, packed as the stack word."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class X86Push(Emulate):
+    """push reg, 50-57 and 41 50-57 (push_emulate_op())."""
+
+    register: str
+
+
+@dataclass(frozen=True)
+class RipRelative:
+    """A rip-relative memory operand and its two ways to reach it from a slot (riprel_analyze())."""
+
+    disp_offset: int
+    """Offset of the disp32 in the instruction."""
+    target: int
+    """The operand's address: vaddr + size + disp32."""
+    scratch: str
+    """Register that holds vaddr + size during the step when the slot is out of disp32 reach."""
+    scratch_code: bytes
+    """The instruction addressing ``disp32(scratch)`` instead of ``disp32(%rip)``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class X86Step(StepOutOfLine):
+    """An instruction copied to a slot (the kernel's default_xol_ops with its fixups)."""
+
+    code: bytes
+    fixup: Fixup
+    one_stop: bool
+    """Whether nothing but ip needs fixing, so the slot may jump back itself."""
+    riprel: RipRelative | None
+    return_address: bytes
+    """vaddr + size packed as a stack word, for ``Fixup.CALL``."""
+
+
+@dataclass(frozen=True)
+class X86XolSetup(XolSetup):
+    """An XolSetup plus the registers to put back once the step is over, whether it completed
+    or faulted: the kernel keeps the scratch register in ``utask->autask`` for that."""
+
+    restore: Mapping[str, int] = field(default_factory=dict)
+
+
+_NO_EFFECTS = Effects()
+_NO_REGS: Mapping[str, int] = frozen_map({})
+_INT32 = range(-(1 << 31), 1 << 31)
+_FLAG_TESTS = (_OF, _CF, _ZF, _CF | _ZF, _SF, _PF)
+"""jo, jb, je, jbe, js, jp: taken when any of these flags is set."""
+
+
+class X86Backend:
+    """x86_64 or i386 instructions behind the Backend protocol of arch/base.py."""
+
+    max_insn_len = 16
+    slot_size = 128
+
+    def __init__(self, mode64: bool):
+        self.mode64 = mode64
+        self.word = 8 if mode64 else 4
+        self.mask = _MASK64 if mode64 else _MASK32
+        self.ip_reg, self.sp_reg = ("rip", "rsp") if mode64 else ("eip", "esp")
+        self.numbered = _NUMBERED_64 if mode64 else _NUMBERED_32
+        self.not_good = _NOT_GOOD_64 if mode64 else _NOT_GOOD_32
+
+    # -- traps --------------------------------------------------------------
+
+    def trap_bytes(self, original: bytes) -> bytes:
+        return b"\xcc"
+
+    def is_trap(self, code: bytes) -> bool:
+        """int3 only, as the kernel's is_trap_insn() (= is_swbp_insn() on x86).
+
+        ``cd 03`` (int $3) also raises #BP, but it is two bytes long: the trap leaves ip after
+        it, so ``trap_address`` (ip - 1) names its second byte, where no trap can be recognised.
+        The kernel has the same blind spot.
+        """
+        return code[:1] == b"\xcc"
+
+    def trap_address(self, ip: int) -> int:
+        return ip - 1
+
+    # -- analysis (arch_uprobe_analyze_insn) --------------------------------
+
+    def analyze(self, code: bytes, vaddr: int) -> Plan:
+        """Decide once what a hit at ``vaddr`` does.
+
+        The plan holds absolute addresses computed from ``vaddr``: analyse at the address the
+        site has in the traced process.
+        """
+        insn = next(_capstone(self.mode64).disasm(code[: self.max_insn_len], vaddr, 1), None)
+        if insn is None:
+            return Refuse(vaddr=vaddr, size=0, text="(bad)",
+                          reason="cannot decode the instruction (uprobes: ENOEXEC)")
+        code = bytes(insn.bytes)
+        text = f"{insn.mnemonic} {insn.op_str}".rstrip()
+        encoding = _scan_encoding(code, self.mode64)
+        reason = self._refusal(insn, code, encoding)
+        if reason:
+            return Refuse(vaddr=vaddr, size=insn.size, text=text,
+                          reason=f"not supported by uprobes: {reason}")
+        return (self._branch_plan(code, encoding, vaddr, text, insn.modrm)
+                or self._push_plan(code, encoding, vaddr, text)
+                or self._step_plan(insn, code, encoding, vaddr, text))
+
+    def _refusal(self, insn: capstone.CsInsn, code: bytes, encoding: _Encoding) -> str:
+        """Why uprobe_init_insn() refuses the instruction, or "" (kernel order of checks)."""
+        for prefix in encoding.prefixes:
+            if prefix in _BAD_PREFIXES:
+                return _BAD_PREFIXES[prefix]
+        opcode1 = code[encoding.opcode_offset]
+        # insn_masking_exception(): no single-step trap follows mov/pop %ss.  (The kernel's
+        # POP_SS_OPCODE is 0x1f, pop %ds; pop %ss, 0x17, is refused by the tables anyway.)
+        if encoding.legacy_map and (opcode1 == 0x17 or (opcode1 == 0x8E and (insn.modrm >> 3) & 7 == 2)):
+            return "mov/pop %ss masks the single-step trap"
+        # The tables are indexed by the kernel decoder's first opcode byte, which for VEX/EVEX
+        # instructions is the byte after the prefix: vpxor (c5 .. ef) is refused as if it were
+        # "out" (checked on Linux 6.18).
+        where = "" if encoding.legacy_map else " after a VEX/EVEX prefix, read as a one-byte opcode"
+        for why, group in self.not_good:
+            if opcode1 in group:
+                return f"opcode {opcode1:#04x}{where} ({why})"
+        return ""
+
+    def _branch_plan(self, code: bytes, encoding: _Encoding, vaddr: int, text: str, modrm: int) -> Plan | None:
+        """nops, jmp, jcc and call rel (branch_setup_xol_ops())."""
+        size = len(code)
+        next_ip = (vaddr + size) & self.mask
+        if _is_nop(code, encoding, modrm):
+            return X86Jump(vaddr=vaddr, size=size, text=text, effects=self._goto(next_ip))
+        if not encoding.legacy_map:
+            return None
+        opcode = code[encoding.opcode_offset:]
+        if opcode[0] in (0xEB, 0xE9, 0xE8) or 0x70 <= opcode[0] <= 0x7F:
+            condition = opcode[0] & 0xF if opcode[0] <= 0x7F else None
+        elif opcode[0] == 0x0F and 0x80 <= opcode[1] <= 0x8F:
+            condition = opcode[1] & 0xF
+        else:
+            return None
+        # "16-bit overrides such as CALLW (66 e8 nn nn) are not supported."
+        if 0x66 in encoding.prefixes:
+            return Refuse(vaddr=vaddr, size=size, text=text,
+                          reason="not supported by uprobes: branch with a 0x66 prefix")
+        width = 1 if opcode[0] == 0xEB or 0x70 <= opcode[0] <= 0x7F else 4
+        target = (next_ip + int.from_bytes(code[size - width:], "little", signed=True)) & self.mask
+        if opcode[0] == 0xE8:
+            return X86Call(vaddr=vaddr, size=size, text=text, target=target,
+                           return_address=next_ip.to_bytes(self.word, "little"))
+        if condition is None:
+            return X86Jump(vaddr=vaddr, size=size, text=text, effects=self._goto(target))
+        return X86CondJump(vaddr=vaddr, size=size, text=text, condition=condition,
+                           taken=self._goto(target), not_taken=self._goto(next_ip))
+
+    def _push_plan(self, code: bytes, encoding: _Encoding, vaddr: int, text: str) -> Plan | None:
+        """push reg (push_setup_xol_ops()): one byte, or 41 50-57 for r8-r15; other prefixes step."""
+        opcode = code[encoding.opcode_offset]
+        if not encoding.legacy_map or not 0x50 <= opcode <= 0x57:
+            return None
+        if len(code) == 1:
+            register = self.numbered[opcode & 7]
+        elif len(code) == 2 and self.mode64 and code[0] == 0x41:
+            register = self.numbered[8 + (opcode & 7)]
+        else:
+            return None
+        return X86Push(vaddr=vaddr, size=len(code), text=text, register=register)
+
+    def _step_plan(self, insn: capstone.CsInsn, code: bytes, encoding: _Encoding, vaddr: int,
+                   text: str) -> Plan:
+        """Everything else runs in a slot (default_xol_ops and its fixup flags)."""
+        fixup = Fixup.IP
+        opcode = code[encoding.opcode_offset]
+        # The kernel picks these by OPCODE1 alone, so a VEX instruction with opcode byte c2
+        # (vcmpps) gets no ip fixup and runs off the end of the slot: on Linux 6.18 a uprobe
+        # on vcmpeqps kills the process with SIGSEGV.  We look at the legacy map only.
+        if encoding.legacy_map:
+            reg_field = (insn.modrm >> 3) & 7
+            if opcode in (0xC3, 0xCB, 0xC2, 0xCA, 0xEA) or (opcode == 0xFF and reg_field in (4, 5)):
+                fixup = Fixup.NONE
+            elif opcode == 0x9A or (opcode == 0xFF and reg_field in (2, 3)):
+                fixup = Fixup.CALL
+        groups = {insn.group_name(group) for group in insn.groups}
+        # popf may set TF: let it act under ptrace's own single-step handling (which keeps a TF
+        # that popf loads, arch/x86/kernel/step.c) rather than trap inside a slot we jump from.
+        one_stop = fixup is Fixup.IP and opcode != 0x9D and not groups & _LEAVES_SLOT_GROUPS
+        riprel = None
+        if self.mode64 and insn.modrm_offset and (insn.modrm & 0xC7) == 0x05:
+            riprel = _rip_relative(insn, code, encoding, vaddr)
+            if riprel is None:
+                return Refuse(vaddr=vaddr, size=len(code), text=text,
+                              reason="not supported by uemu: rip-relative and uses rsi, rdi and rbx")
+        next_ip = (vaddr + len(code)) & self.mask
+        return X86Step(vaddr=vaddr, size=len(code), text=text, code=code, fixup=fixup,
+                       one_stop=one_stop, riprel=riprel,
+                       return_address=next_ip.to_bytes(self.word, "little"))
+
+    def _goto(self, address: int) -> Effects:
+        return Effects(regs=frozen_map({self.ip_reg: address}))
+
+    # -- per hit: emulation (arch_uprobe_skip_sstep) -------------------------
+
+    def emulate(self, plan: Emulate, regs: Regs) -> Effects:
+        """The plan's outcome from the registers at the site.
+
+        call and push write the stack: a tracer that writes memory before it sets registers
+        leaves them alone when that write faults, as the kernel's emulate_push_stack() does.
+        """
+        if isinstance(plan, X86Jump):
+            return plan.effects
+        if isinstance(plan, X86CondJump):
+            return plan.taken if self.condition_holds(plan.condition, regs["eflags"]) else plan.not_taken
+        sp = (regs[self.sp_reg] - self.word) & self.mask
+        if isinstance(plan, X86Call):
+            return Effects(regs={self.ip_reg: plan.target, self.sp_reg: sp},
+                           writes=((sp, plan.return_address),))
+        value = regs[plan.register] & self.mask
+        return Effects(regs={self.ip_reg: (plan.vaddr + plan.size) & self.mask, self.sp_reg: sp},
+                       writes=((sp, value.to_bytes(self.word, "little")),))
+
+    @staticmethod
+    def condition_holds(condition: int, flags: int) -> bool:
+        """Whether jcc with this condition nibble jumps, given eflags (check_jmp_cond())."""
+        test = condition >> 1
+        if test < len(_FLAG_TESTS):
+            taken = (flags & _FLAG_TESTS[test]) != 0
+        else:  # jl: SF != OF; jle: ZF or SF != OF
+            taken = ((flags & _SF) != 0) != ((flags & _OF) != 0)
+            if test == 7:
+                taken = taken or (flags & _ZF) != 0
+        return taken != bool(condition & 1)
+
+    # -- per hit: out-of-line step (arch_uprobe_pre_xol / post_xol / abort_xol) ----
+
+    def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> X86XolSetup:
+        """Slot bytes and registers; one stop ("jump") whenever only ip would need fixing.
+
+        A rip-relative operand is re-aimed by rewriting its disp32 when the slot is within
+        reach of the target, else through the scratch register (kernel method), loaded with
+        vaddr + size and listed in ``restore``.
+        """
+        code = plan.code
+        slot_regs = {self.ip_reg: slot_vaddr}
+        riprel = plan.riprel
+        if riprel is not None:
+            disp = riprel.target - (slot_vaddr + plan.size)
+            if disp not in _INT32:
+                slot_regs[riprel.scratch] = plan.vaddr + plan.size
+                return X86XolSetup(riprel.scratch_code, slot_regs, "step",
+                                   restore={riprel.scratch: regs[riprel.scratch]})
+            start = riprel.disp_offset
+            code = code[:start] + disp.to_bytes(4, "little", signed=True) + code[start + 4:]
+        if plan.one_stop:
+            back = plan.vaddr - slot_vaddr - 5  # (vaddr + size) - (slot + size + len(jmp rel32))
+            if not self.mode64:
+                back = (back + (1 << 31) & _MASK32) - (1 << 31)  # rel32 wraps in 32-bit mode
+            if back in _INT32:
+                return X86XolSetup(code + b"\xe9" + back.to_bytes(4, "little", signed=True),
+                                   slot_regs, "jump", restore=_NO_REGS)
+        return X86XolSetup(code, slot_regs, "step", restore=_NO_REGS)
+
+    def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """default_post_xol_op(): ip back near the site, or the call's return address fixed.
+
+        The scratch register comes back from ``X86XolSetup.restore``, applied by the caller.
+        TF needs no care: ptrace's single-step sets and clears its own.
+        """
+        if plan.fixup is Fixup.IP:
+            return Effects(regs={self.ip_reg: (regs[self.ip_reg] + plan.vaddr - slot_vaddr) & self.mask})
+        if plan.fixup is Fixup.CALL:
+            return Effects(writes=((regs[self.sp_reg], plan.return_address),))
+        return _NO_EFFECTS
+
+    def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """ip back to the site so the signal names it (arch_uprobe_abort_xol()); the scratch
+        register comes back from ``X86XolSetup.restore``."""
+        return Effects(regs={self.ip_reg: plan.vaddr})
+
+
+def _is_nop(code: bytes, encoding: _Encoding, modrm: int) -> bool:
+    """nop in all its forms: 90 with prefixes (pause too), 0f 1f /0, endbr64/endbr32.
+
+    Differs: the kernel emulates any prefixed 0x90 as a nop, but with REX.B it is
+    ``xchg r8, rax`` (41 90); that one steps out of line here.
+    """
+    if not encoding.legacy_map:
+        return False
+    opcode = code[encoding.opcode_offset:]
+    if opcode[0] == 0x90:
+        return encoding.rex_offset is None or not code[encoding.rex_offset] & 1
+    if opcode[:2] == b"\x0f\x1f":
+        return (modrm >> 3) & 7 == 0
+    return code in (b"\xf3\x0f\x1e\xfa", b"\xf3\x0f\x1e\xfb")
+
+
+def _rip_relative(insn: capstone.CsInsn, code: bytes, encoding: _Encoding, vaddr: int) -> RipRelative | None:
+    """The rip-relative operand, with the scratch register rewrite (riprel_analyze()).
+
+    ModRM ``00 reg 101`` becomes ``10 reg scratch``: disp32(%rip) -> disp32(%scratch), same
+    length.  The scratch register must be one the instruction does not touch: besides the
+    kernel's ModRM.reg and VEX.vvvv test, every register capstone reports as read or written,
+    in any width (sil, si, esi, rsi), is avoided.  None when all three are taken.
+    """
+    modrm_offset = insn.modrm_offset
+    disp_offset = modrm_offset + 1
+    disp = int.from_bytes(code[disp_offset:disp_offset + 4], "little", signed=True)
+    used = {_NUMBERED_64[(insn.modrm >> 3) & 7]}
+    if encoding.vvvv is not None:
+        used.add(_NUMBERED_64[encoding.vvvv & 7])
+    read, written = insn.regs_access()
+    for register in (*read, *written):
+        spec = _X86_64_SPEC_REGISTERS.get(insn.reg_name(register))
+        if spec is not None:
+            used.add(spec.canonical)
+    scratch = next(((name, number) for name, number in _SCRATCH_CANDIDATES if name not in used), None)
+    if scratch is None:
+        return None
+    patched = bytearray(code)
+    if encoding.rex_offset is not None:
+        patched[encoding.rex_offset] &= 0xFE  # REX.B would make the base r14, r15 or r11
+    if encoding.vex_offset is not None:
+        patched[encoding.vex_offset + 1] |= 0x60  # inverted VEX3/XOP .B (and EVEX .X, as the kernel)
+    patched[modrm_offset] = 0x80 | (insn.modrm & 0x38) | scratch[1]
+    target = (vaddr + len(code) + disp) & _MASK64
+    return RipRelative(disp_offset=disp_offset, target=target, scratch=scratch[0],
+                       scratch_code=bytes(patched))
+
 
 X86_64 = Arch(
     name="x86_64",
@@ -79,12 +579,13 @@ X86_64 = Arch(
     elf_class=64,
     little_endian=True,
     spec_dialect="att",
-    spec_registers=frozen_map(_x86_64_spec_registers()),
+    spec_registers=_X86_64_SPEC_REGISTERS,
     ip_reg="rip",
     sp_reg="rsp",
     regset=_X86_64_REGSET,
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
-    mapping_syscalls=_X86_64_MAPPING_SYSCALLS,
+    mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
+    backend=X86Backend(mode64=True),
 )
 
 I386 = Arch(
@@ -100,7 +601,8 @@ I386 = Arch(
     regset=_I386_REGSET,
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
-    mapping_syscalls=_I386_MAPPING_SYSCALLS,
+    mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),
+    backend=X86Backend(mode64=False),
 )
 
 register(X86_64, I386)
