@@ -95,7 +95,8 @@ aarch64)."""
 
 @dataclass(frozen=True)
 class Effects:
-    """What the core must apply to the tracee: register values, then memory writes."""
+    """What the core must apply to the tracee: memory writes first, then registers
+    (as the kernel's emulate_push_stack: a faulting push leaves registers untouched)."""
 
     regs: Mapping[str, int] = field(default_factory=dict)
     writes: tuple[tuple[int, bytes], ...] = ()
@@ -139,11 +140,15 @@ class XolSetup:
     ``"step"``  PTRACE_SINGLESTEP one instruction, then ``finish_xol``;
     ``"trap"``  resume; the slot ends in a trap (riscv has no single-step), then ``finish_xol``;
     ``"jump"``  resume; the slot jumps back to the next instruction itself, no second stop.
+    ``restore`` holds registers the setup borrowed (x86's rip-relative scratch
+    register) with their values at the site; the core puts them back before
+    ``finish_xol`` or ``abort_xol``, whether the step completed or faulted.
     """
 
     code: bytes
     regs: Mapping[str, int]
     ends: str
+    restore: Mapping[str, int] = field(default_factory=dict)
 
 
 class Backend(Protocol):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING
@@ -283,14 +283,6 @@ class X86Step(StepOutOfLine):
     """vaddr + size packed as a stack word, for ``Fixup.CALL``."""
 
 
-@dataclass(frozen=True)
-class X86XolSetup(XolSetup):
-    """An XolSetup plus the registers to put back once the step is over, whether it completed
-    or faulted: the kernel keeps the scratch register in ``utask->autask`` for that."""
-
-    restore: Mapping[str, int] = field(default_factory=dict)
-
-
 _NO_EFFECTS = Effects()
 _NO_REGS: Mapping[str, int] = frozen_map({})
 _INT32 = range(-(1 << 31), 1 << 31)
@@ -479,7 +471,7 @@ class X86Backend:
 
     # -- per hit: out-of-line step (arch_uprobe_pre_xol / post_xol / abort_xol) ----
 
-    def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> X86XolSetup:
+    def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> XolSetup:
         """Slot bytes and registers; one stop ("jump") whenever only ip would need fixing.
 
         A rip-relative operand is re-aimed by rewriting its disp32 when the slot is within
@@ -493,8 +485,8 @@ class X86Backend:
             disp = riprel.target - (slot_vaddr + plan.size)
             if disp not in _INT32:
                 slot_regs[riprel.scratch] = plan.vaddr + plan.size
-                return X86XolSetup(riprel.scratch_code, slot_regs, "step",
-                                   restore={riprel.scratch: regs[riprel.scratch]})
+                return XolSetup(riprel.scratch_code, slot_regs, "step",
+                                restore={riprel.scratch: regs[riprel.scratch]})
             start = riprel.disp_offset
             code = code[:start] + disp.to_bytes(4, "little", signed=True) + code[start + 4:]
         if plan.one_stop:
@@ -502,14 +494,14 @@ class X86Backend:
             if not self.mode64:
                 back = (back + (1 << 31) & _MASK32) - (1 << 31)  # rel32 wraps in 32-bit mode
             if back in _INT32:
-                return X86XolSetup(code + b"\xe9" + back.to_bytes(4, "little", signed=True),
-                                   slot_regs, "jump", restore=_NO_REGS)
-        return X86XolSetup(code, slot_regs, "step", restore=_NO_REGS)
+                return XolSetup(code + b"\xe9" + back.to_bytes(4, "little", signed=True),
+                                slot_regs, "jump", restore=_NO_REGS)
+        return XolSetup(code, slot_regs, "step", restore=_NO_REGS)
 
     def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """default_post_xol_op(): ip back near the site, or the call's return address fixed.
 
-        The scratch register comes back from ``X86XolSetup.restore``, applied by the caller.
+        The scratch register comes back from ``XolSetup.restore``, applied by the caller.
         TF needs no care: ptrace's single-step sets and clears its own.
         """
         if plan.fixup is Fixup.IP:
@@ -520,7 +512,7 @@ class X86Backend:
 
     def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """ip back to the site so the signal names it (arch_uprobe_abort_xol()); the scratch
-        register comes back from ``X86XolSetup.restore``."""
+        register comes back from ``XolSetup.restore``."""
         return Effects(regs={self.ip_reg: plan.vaddr})
 
 
@@ -555,8 +547,8 @@ def _rip_relative(insn: capstone.CsInsn, code: bytes, encoding: _Encoding, vaddr
     if encoding.vvvv is not None:
         used.add(_NUMBERED_64[encoding.vvvv & 7])
     read, written = insn.regs_access()
-    for register in (*read, *written):
-        spec = _X86_64_SPEC_REGISTERS.get(insn.reg_name(register))
+    for reg_id in (*read, *written):
+        spec = _X86_64_SPEC_REGISTERS.get(insn.reg_name(reg_id))
         if spec is not None:
             used.add(spec.canonical)
     scratch = next(((name, number) for name, number in _SCRATCH_CANDIDATES if name not in used), None)

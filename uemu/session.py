@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 from uemu.arch import Arch
@@ -30,7 +30,7 @@ from uemu.arch.base import Emulate, Plan
 from . import errors, process, probespec, ptrace, sdt, seccomp
 from .events import Event
 from .maps import Vma, read_maps
-from .probespec import RawUprobe, SdtPattern, SymbolUprobe
+from .probespec import RawUprobe, SdtPattern
 from .uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
 
 Handler = Callable[[Event], None]
