@@ -33,7 +33,7 @@ class Event:
     address: int
     specs: list[str]
     args: list[Value] | None
-    read_string: Callable[[int, int], bytes] | None = field(default=None, repr=False)
+    read_string: Callable[[int, int], bytes | None] | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -155,4 +155,5 @@ class PrintfFormat:
         # %s: the argument is a pointer into the tracee
         if event.read_string is None or number == 0:
             return conv.spec("s") % ("(null)" if number == 0 else "?")
-        return conv.spec("s") % escape(event.read_string(number, self.strsize))
+        text = event.read_string(number, self.strsize)
+        return conv.spec("s") % ("?" if text is None else escape(text))

@@ -183,18 +183,19 @@ class Memory:
         if os.pwrite(self.fd, data, address) != len(data):
             raise OSError(errno.EFAULT, f"short write at {address:#x} in process {self.pid}")
 
-    def read_string(self, address: int, limit: int) -> bytes:
+    def read_string(self, address: int, limit: int) -> bytes | None:
         """A NUL-terminated string of at most ``limit`` bytes, read page by page so a
-        string ending just before an unmapped page is still read."""
+        string ending just before an unmapped page is still read; None when not even
+        its first byte is readable."""
         out = bytearray()
         while len(out) < limit:
             chunk = min(limit - len(out), 4096 - (address + len(out)) % 4096)
             try:
                 data = os.pread(self.fd, chunk, address + len(out))
             except OSError:
-                break
+                data = b""
             if not data:
-                break
+                return bytes(out) if out else None
             end = data.find(b"\0")
             if end >= 0:
                 out += data[:end]

@@ -588,6 +588,8 @@ class Session:
             raise errors.UprobeError(f"no out-of-line execution yet for {plan.text!r} at {site:#x}")
         view = _RegsView(regs, arch.ip_reg, site)
         effects = mm.backend.emulate(plan, view)
+        for address, data in effects.writes:
+            mm.memory.write(address, data)
         dirty = False
         for name, value in effects.regs.items():
             if regs[name] != value:
@@ -595,8 +597,6 @@ class Session:
                 dirty = True
         if dirty:
             regs.store(task.tid)
-        for address, data in effects.writes:
-            mm.memory.write(address, data)
 
     def _run_consumers(self, task: Task, mm: Mm, uprobe: Uprobe, site: int, regs: ptrace.Regset) -> None:
         view = _RegsView(regs, mm.arch.ip_reg, site)

@@ -111,9 +111,10 @@ class Mm:
         if readers is None:
             obj = next((o for o in self.objects.values() if o.elf.path == consumer.probe.object), None)
             resolve = obj.symbol_runtime_address if obj is not None else None
+            little = obj.elf.little_endian if obj is not None else None
             readers = [
-                argspec.make_reader(spec, self.arch, resolve)
-                for spec in argspec.parse_all(consumer.probe.args, self.arch.name)
+                argspec.make_reader(spec, self.arch, resolve, little_endian=little)
+                for spec in argspec.parse_all(consumer.probe.args, self.arch)
             ]
             self.readers[consumer] = readers
         return readers
