@@ -1,0 +1,115 @@
+"""Shared fixtures: the sample programs of samples/, built once per test session.
+
+- ``samples``: the default build (x86_64, -O2, PIE), a directory.
+- ``sample_build``: every configuration of ``make -C samples matrix``; a test
+  taking it runs once per configuration (its id is the configuration's name).
+- ``runnable_build``: the configurations this machine can run (x86_64, i386).
+
+A build fails the test when make fails (a broken sample is a defect), and skips
+it with the reason when make or the configuration's compiler is missing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+
+# The compiler each TARGET of samples/Makefile runs (its CC_TARGET).
+COMPILERS = {
+    "x86_64": "gcc",
+    "i386": "gcc",
+    "aarch64": "aarch64-linux-gnu-gcc",
+    "armhf": "arm-linux-gnueabihf-gcc",
+    "ppc64le": "powerpc64le-linux-gnu-gcc",
+    "s390x": "s390x-linux-gnu-gcc",
+    "riscv64": "riscv64-linux-gnu-gcc",
+    "mips64el": "mips64el-linux-gnuabi64-gcc",
+}
+
+
+@dataclass(frozen=True)
+class Build:
+    """One configuration of samples/Makefile (TARGET, OPT, PIE)."""
+
+    target: str = "x86_64"
+    opt: int = 2
+    pie: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}-O{self.opt}" + ("" if self.pie else "-nopie")
+
+    @property
+    def directory(self) -> Path:
+        """Where the Makefile puts it: the default build directly in build/."""
+        build = SAMPLES_DIR / "build"
+        return build if self.name == "x86_64-O2" else build / self.name
+
+    def elf_files(self) -> list[Path]:
+        """Every ELF file of the build (programs, libsdtlib.so, objects), by name."""
+        return sorted(p for p in self.directory.iterdir() if p.is_file() and _is_elf(p))
+
+
+MATRIX = (
+    *(Build(target, opt) for target in COMPILERS for opt in (0, 2)),
+    Build("x86_64", pie=False),
+    Build("i386", pie=False),
+)
+RUNNABLE = (Build(), Build(opt=0), Build(pie=False), Build("i386"))
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as stream:
+        return stream.read(4) == b"\x7fELF"
+
+
+@functools.cache
+def _make(build: Build) -> None:
+    """Run make for one configuration; a lock keeps parallel test sessions apart."""
+    (SAMPLES_DIR / "build").mkdir(exist_ok=True)
+    with open(SAMPLES_DIR / "build" / ".make.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(
+            ["make", "-s", "-j2", "-C", str(SAMPLES_DIR),
+             f"TARGET={build.target}", f"OPT={build.opt}", f"PIE={'yes' if build.pie else 'no'}"],
+            capture_output=True,
+            text=True,
+        )
+    assert result.returncode == 0, f"make {build.name} failed:\n{result.stdout}{result.stderr}"
+
+
+def _built(build: Build) -> Build:
+    for tool in ("make", COMPILERS[build.target], "dtrace"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed: cannot build the {build.name} samples")
+    _make(build)
+    return build
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return _built(Build()).directory
+
+
+@pytest.fixture(scope="session")
+def sample_build(request: pytest.FixtureRequest) -> Build:
+    return _built(request.param)
+
+
+@pytest.fixture(scope="session")
+def runnable_build(request: pytest.FixtureRequest) -> Build:
+    return _built(request.param)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for fixture, builds in (("sample_build", MATRIX), ("runnable_build", RUNNABLE)):
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, builds, ids=lambda b: b.name, indirect=True, scope="session")
