@@ -72,6 +72,15 @@ class Arch:
     remap_file_pages``) for the syscalls that create, move, split or drop file
     mappings: after each the kernel runs ``uprobe_mmap``/``uprobe_munmap``, and
     so must uemu.  The kind says where the affected range is in the arguments."""
+    syscall_insn: bytes = b""
+    """The system-call instruction; uemu finds one in the vDSO to make the tracee call
+    mmap for its XOL area."""
+    syscall_regs: tuple[str, ...] = ()
+    """The register holding the syscall number, then those of up to six arguments."""
+    syscall_return: str = ""
+    """The register holding a syscall's result."""
+    xol_syscalls: Mapping[str, int] = field(default_factory=dict)
+    """Numbers of ``mmap``, ``munmap`` and ``madvise``, which manage the XOL area."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import signal
+import sys
 from ctypes import addressof, c_uint32, c_uint64, sizeof
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ PTRACE_SYSCALL = _binding.PTRACE_SYSCALL
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -266,3 +268,23 @@ def syscall_info(tid: int) -> SyscallInfo:
     _request(PTRACE_GET_SYSCALL_INFO, tid, sizeof(info), addressof(info))
     rval = info.nr - (1 << 64) if info.nr >= 1 << 63 else info.nr
     return SyscallInfo(info.op, info.nr, tuple(info.args), rval)
+
+
+SIGINFO_SIZE = 128
+
+
+def signal_info_bytes(tid: int) -> bytes:
+    """The raw siginfo of a signal-delivery stop, to give the same signal back later."""
+    buffer = ctypes.create_string_buffer(SIGINFO_SIZE)
+    _request(PTRACE_GETSIGINFO, tid, 0, addressof(buffer))
+    return buffer.raw
+
+
+def set_signal_info(tid: int, data: bytes) -> None:
+    buffer = ctypes.create_string_buffer(data, SIGINFO_SIZE)
+    _request(PTRACE_SETSIGINFO, tid, 0, addressof(buffer))
+
+
+def signal_code(info: bytes) -> int:
+    """si_code of a raw siginfo: > 0 when the kernel raised it for a fault or trap."""
+    return int.from_bytes(info[8:12], sys.byteorder, signed=True)

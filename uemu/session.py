@@ -13,6 +13,7 @@ raised, re-read and check, detach each thread with its pending signal.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
@@ -20,18 +21,19 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import FrameType
 
 from uemu.arch import Arch
-from uemu.arch.base import Emulate, Plan
+from uemu.arch.base import Plan, StepOutOfLine, XolSetup
 
-from . import errors, process, probespec, ptrace, sdt, seccomp
+from . import errors, process, probespec, ptrace, sdt, seccomp, xol
 from .events import Event
 from .maps import Vma, read_maps
 from .probespec import RawUprobe, SdtPattern
 from .uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
+from .xol import ActiveStep, XolArea
 
 Handler = Callable[[Event], None]
 
@@ -68,6 +70,10 @@ class Task:
     """The mapping syscall this thread is inside (kind, arguments), between its seccomp or entry
     stop and its exit stop."""
     regs: ptrace.Regset | None = None
+    xol: ActiveStep | None = None
+    """The displaced instruction this thread is executing in its XOL slot."""
+    held: list[tuple[int, bytes]] = field(default_factory=list)
+    """Signals (number, siginfo) held back during an out-of-line step, owed afterwards."""
 
 
 @dataclass
@@ -507,6 +513,12 @@ class Session:
         sig = os.WSTOPSIG(status)
         event = ptrace.stop_event(status)
         try:
+            if event == 0 and task.mm is not None and task.mm.xol_area is not None and sig != _SIGTRAP_SYSCALL:
+                handled = self._on_signal_near_xol(task, sig)
+                if handled is not None:
+                    if task.tid in self.tasks:
+                        self._resume(task, handled)
+                    return
             if event == 0:
                 if sig == signal.SIGTRAP:
                     sig = self._on_sigtrap(task)
@@ -541,8 +553,15 @@ class Session:
             task.owed_signal = sig
             return
         task.owed_signal = 0
+        if task.xol is None and task.held and not sig:
+            sig = self._give_back_held(task)
         try:
-            if task.listening:
+            if task.xol is not None:
+                if task.xol.setup.ends == "step":
+                    ptrace.singlestep(task.tid)
+                else:
+                    ptrace.cont(task.tid)
+            elif task.listening:
                 ptrace.listen(task.tid)
             elif task.syscall is not None or self._traces_every_syscall(task):
                 ptrace.syscall(task.tid, sig)
@@ -582,21 +601,131 @@ class Session:
         return 0
 
     def _finish_hit(self, task: Task, mm: Mm, plan: Plan, site: int, regs: ptrace.Regset) -> None:
-        """Carry out the probed instruction: emulate it (the SDT nop: no second stop)."""
+        """Carry out the probed instruction: emulate it (the SDT nop: no second stop),
+        or set up its out-of-line step."""
         arch = mm.arch
-        if not isinstance(plan, Emulate):
-            raise errors.UprobeError(f"no out-of-line execution yet for {plan.text!r} at {site:#x}")
-        view = _RegsView(regs, arch.ip_reg, site)
-        effects = mm.backend.emulate(plan, view)
+        if isinstance(plan, StepOutOfLine):
+            self._start_xol(task, mm, plan, site, regs)
+            return
+        effects = mm.backend.emulate(plan, _RegsView(regs, arch.ip_reg, site))
         for address, data in effects.writes:
             mm.memory.write(address, data)
-        dirty = False
-        for name, value in effects.regs.items():
-            if regs[name] != value:
-                regs[name] = value
-                dirty = True
-        if dirty:
-            regs.store(task.tid)
+        _set_registers(task, regs, effects.regs)
+
+    # ---- out-of-line steps ------------------------------------------------------------
+
+    def _start_xol(self, task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.Regset) -> None:
+        """Kernel: ``pre_ssout()``: a slot for this thread, the backend's bytes and
+        registers; "step"/"trap" leave an ActiveStep to finish at the next stop."""
+        area = mm.xol_area or self._create_xol_area(task, mm, site, regs)
+        slot = area.take_slot(task.tid)
+        if slot is None:
+            raise errors.UemuError(f"process {mm.pid}: every XOL slot is taken ({len(area.slots)} threads)")
+        setup = mm.backend.prepare_xol(plan, slot, _RegsView(regs, mm.arch.ip_reg, site))
+        if area.code.get(slot) != setup.code:
+            mm.memory.write(slot, setup.code)
+            area.code[slot] = setup.code
+        area.plans[slot] = (plan, setup)
+        _set_registers(task, regs, setup.regs)
+        if setup.ends != "jump":
+            task.xol = ActiveStep(plan, slot, setup)
+
+    def _create_xol_area(self, task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
+        hold = lambda sig, info: task.held.append((sig, info))  # noqa: E731
+        regs_now = regs.snapshot()
+        mm.xol_area = xol.create_area(task.tid, regs, mm.arch, mm.vmas, mm.memory, near,
+                                      mm.backend.slot_size, hold)
+        assert regs.snapshot() == regs_now
+        mm.vmas = read_maps(mm.pid)
+        return mm.xol_area
+
+    def _on_signal_near_xol(self, task: Task, sig: int) -> int | None:
+        """A signal stop of a thread that is stepping out of line or stands in a slot.
+
+        Kernel: ``handle_singlestep()`` and ``uprobe_deny_signal()``: the step's own
+        trap finishes it; a fault raised by the displaced instruction aborts it
+        (ip back to the site, the signal delivered there); any other signal is held
+        until the step is over.  Returns the signal to resume with, or None when
+        the stop has nothing to do with XOL.
+        """
+        mm = task.mm
+        area = mm.xol_area
+        regs = self._regs(task, mm.arch)
+        regs.fetch(task.tid)
+        ip = regs[mm.arch.ip_reg]
+        step = task.xol
+        if step is None:
+            if not area.contains(ip):
+                return None
+            plan, setup = area.plans[area.slot_at(ip)]
+            step = ActiveStep(plan, area.slot_at(ip), setup)
+            if ip != step.slot:
+                # A "jump" slot: the instruction ran; only the jump back is left.
+                _set_registers(task, regs, {mm.arch.ip_reg: plan.vaddr + plan.size})
+                return sig
+            task.xol = step = ActiveStep(plan, step.slot, XolSetup(setup.code, {}, "step", setup.restore))
+        info = ptrace.signal_info_bytes(task.tid)
+        if self._step_done(mm, step, sig, ip):
+            self._end_step(task, regs, mm.backend.finish_xol)
+            return 0
+        if _is_fault(sig, info) and ip == step.slot:
+            self._end_step(task, regs, mm.backend.abort_xol)
+            return sig
+        task.held.append((sig, info))
+        return 0
+
+    def _step_done(self, mm: Mm, step: ActiveStep, sig: int, ip: int) -> bool:
+        if sig != signal.SIGTRAP:
+            return False
+        if step.setup.ends == "trap":
+            return mm.backend.trap_address(ip) == step.slot + step.plan.size
+        return ip != step.slot
+
+    def _end_step(self, task: Task, regs: ptrace.Regset, fix: Callable) -> None:
+        """Put back what the setup borrowed, then the backend's finish or abort fix-ups."""
+        step = task.xol
+        task.xol = None
+        mm = task.mm
+        for name, value in step.setup.restore.items():
+            regs[name] = value
+        effects = fix(step.plan, step.slot, _RegsView(regs, mm.arch.ip_reg, regs[mm.arch.ip_reg]))
+        for address, data in effects.writes:
+            mm.memory.write(address, data)
+        _set_registers(task, regs, effects.regs, force=True)
+
+    def _give_back_held(self, task: Task) -> int:
+        """Resume with the first held signal (its own siginfo); re-raise the others."""
+        sig, info = task.held.pop(0)
+        try:
+            ptrace.set_signal_info(task.tid, info)
+        except OSError:
+            pass  # not in a signal-delivery stop: the kernel makes its own siginfo
+        for other, _ in task.held:
+            _tgkill(task.pid, task.tid, other)
+        task.held.clear()
+        return sig
+
+    def _leave_slot(self, task: Task) -> None:
+        """Leaving: a thread inside a slot goes back to its site (instruction not run)
+        or past it (it ran), with borrowed registers restored."""
+        mm = task.mm
+        area = mm.xol_area
+        regs = self._regs(task, mm.arch)
+        regs.fetch(task.tid)
+        ip = regs[mm.arch.ip_reg]
+        if task.xol is None and not area.contains(ip):
+            return
+        if task.xol is None:
+            plan, setup = area.plans[area.slot_at(ip)]
+            task.xol = ActiveStep(plan, area.slot_at(ip), setup)
+        step = task.xol
+        if ip == step.slot:
+            self._end_step(task, regs, mm.backend.abort_xol)
+        elif step.setup.ends == "jump":
+            task.xol = None
+            _set_registers(task, regs, {mm.arch.ip_reg: step.plan.vaddr + step.plan.size})
+        else:
+            self._end_step(task, regs, mm.backend.finish_xol)
 
     def _run_consumers(self, task: Task, mm: Mm, uprobe: Uprobe, site: int, regs: ptrace.Regset) -> None:
         view = _RegsView(regs, mm.arch.ip_reg, site)
@@ -797,13 +926,16 @@ class Session:
             self._pending_children[task.tid] = _PendingChild(release=True)
             return
         self.tasks.pop(task.tid, None)
+        sig = task.owed_signal or (self._give_back_held(task) if task.held else 0)
         try:
-            ptrace.detach(task.tid, task.owed_signal)
+            ptrace.detach(task.tid, sig)
         except errors.TraceeGone:
             pass
 
     def _task_gone(self, task: Task, status: int) -> None:
         del self.tasks[task.tid]
+        if task.mm is not None and task.mm.xol_area is not None:
+            task.mm.xol_area.free_slot(task.tid)
         if task.tid == task.pid and task.pid == self.child_pid:
             self.exit_status = _shell_status(status)
         mm = task.mm
@@ -842,6 +974,12 @@ class Session:
         except ChildProcessError:
             self.tasks.clear()
             return
+        for task in list(self.tasks.values()):
+            if task.mm is not None and task.mm.xol_area is not None:
+                try:
+                    self._leave_slot(task)
+                except errors.TraceeGone:
+                    pass
         restored = set()
         for mm in self.mms.values():
             if id(mm) in restored:
@@ -849,6 +987,7 @@ class Session:
             restored.add(id(mm))
             try:
                 self.uprobes.remove_all(mm)
+                self._unmap_xol_area(mm)
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")
         if self._needs_tracer():
@@ -856,6 +995,18 @@ class Session:
             return
         for task in list(self.tasks.values()):
             self._release(task)
+
+    def _unmap_xol_area(self, mm: Mm) -> None:
+        """Unmap the XOL area, making one of the process's parked threads call munmap."""
+        area = mm.xol_area
+        if area is None:
+            return
+        task = next(t for t in self.tasks.values() if t.mm is mm and t.stopped)
+        regs = self._regs(task, mm.arch)
+        regs.fetch(task.tid)
+        xol.remove_area(task.tid, regs, mm.arch, mm.vmas, mm.memory, area,
+                        lambda sig, info: task.held.append((sig, info)))
+        mm.xol_area = None
 
     def _pass_through(self) -> None:
         """Stay the tracer, doing nothing, until every task has exited: under our
@@ -908,6 +1059,33 @@ class Session:
     def _check_mode(mappings: str) -> None:
         if mappings not in MAPPINGS_MODES:
             raise errors.BadInput(f"unknown mapping tracking {mappings!r}; one of {', '.join(MAPPINGS_MODES)}")
+
+
+def _set_registers(task: Task, regs: ptrace.Regset, values: Mapping[str, int], force: bool = False) -> None:
+    """Write registers back only if something changed (an SDT nop after int3 needs nothing)."""
+    dirty = force
+    for name, value in values.items():
+        if regs[name] != value:
+            regs[name] = value
+            dirty = True
+    if dirty:
+        regs.store(task.tid)
+
+
+_FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP})
+
+
+def _is_fault(sig: int, info: bytes) -> bool:
+    """Raised by the instruction itself (the kernel's si_code > 0), not sent by someone."""
+    return sig in _FAULT_SIGNALS and ptrace.signal_code(info) > 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of another process (glibc's tgkill)."""
+    _libc.tgkill(pid, tid, sig)
 
 
 class _RegsView:

@@ -28,6 +28,7 @@ from . import argspec, errors
 from .maps import Vma, find_counter_vma, is_counter_vma, is_probe_vma
 from .ptrace import Memory
 from .sdt import MappedObject
+from .xol import XolArea
 
 FileId = tuple[int, int]
 
@@ -65,8 +66,9 @@ class Uprobe:
     offset: int
     ref_ctr_offset: int
     path: str
-    """Where the file can be read (its original bytes come from there)."""
+    """The object's name, for messages."""
     original: bytes
+    """The first bytes of the probed instruction, read from the file (never from memory)."""
     consumers: list[Consumer] = field(default_factory=list)
     _plans: dict[int, Plan] = field(default_factory=dict)
 
@@ -95,6 +97,8 @@ class Mm:
     installed: dict[int, Uprobe] = field(default_factory=dict)
     delayed: set[Uprobe] = field(default_factory=set)
     readers: dict[Consumer, list] = field(default_factory=dict)
+    xol_area: XolArea | None = None
+    """Where this mm's displaced instructions run (kernel: ``mm->uprobes_state.xol_area``)."""
 
     @property
     def backend(self) -> Backend:
@@ -171,7 +175,7 @@ class Uprobes:
         if backend.is_trap(original):
             # Kernel: prepare_uprobe() -> -ENOTSUPP when the file itself holds a trap.
             raise errors.UprobeError(f"{path}: offset {offset:#x} holds a trap instruction in the file")
-        return Uprobe(mapped.file_id, offset, ref_ctr_offset, source, original)
+        return Uprobe(mapped.file_id, offset, ref_ctr_offset, path, original)
 
     # ---- breakpoints ---------------------------------------------------------
 
@@ -189,9 +193,9 @@ class Uprobes:
         backend = mm.backend
         plan = uprobe.plan_at(backend, vaddr)
         if isinstance(plan, Refuse):
-            raise errors.UprobeError(
-                f"cannot probe {plan.text!r} at {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}): {plan.reason}"
-            )
+            # Kernel: the registration fails for this probe; the others stay.
+            self.warn(f"cannot probe {plan.text!r} at {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}): {plan.reason}")
+            return
         trap = backend.trap_bytes(uprobe.original)
         expected = uprobe.original[: len(trap)]
         current = mm.memory.read(vaddr, len(trap))
