@@ -4,6 +4,7 @@
 - ``sample_build``: every configuration of ``make -C samples matrix``; a test
   taking it runs once per configuration (its id is the configuration's name).
 - ``runnable_build``: the configurations this machine can run (x86_64, i386).
+- ``uemu``: runs the command line in a fresh interpreter, as users do.
 
 A build fails the test when make fails (a broken sample is a defect), and skips
 it with the reason when make or the configuration's compiler is missing.
@@ -15,6 +16,8 @@ import fcntl
 import functools
 import shutil
 import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +110,20 @@ def sample_build(request: pytest.FixtureRequest) -> Build:
 @pytest.fixture(scope="session")
 def runnable_build(request: pytest.FixtureRequest) -> Build:
     return _built(request.param)
+
+
+@pytest.fixture(scope="session")
+def uemu() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``uemu("list", path, "--json")``: exit status, stdout and stderr of the CLI.
+
+    ``prefix`` runs it under another command (``setpriv ...``, ``unshare ...``).
+    """
+
+    def run(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, sys.executable, "-m", "uemu", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    return run
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
