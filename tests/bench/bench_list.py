@@ -17,8 +17,8 @@ at most 0.1 s wall for the command.  Printed, each the median of --runs:
 from __future__ import annotations
 
 import argparse
-import cProfile
 import contextlib
+import cProfile
 import io
 import os
 import pstats

@@ -16,15 +16,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from uemu import sdt
 
+if TYPE_CHECKING:
+    from conftest import Build
+
+Uemu = Callable[..., subprocess.CompletedProcess[str]]
+"""The conftest fixture that runs the command line."""
 FILE_KEYS = ["object", "provider", "name", "address", "file_offset", "semaphore", "semaphore_offset", "args",
              "build_id"]
 PROCESS_KEYS = [*FILE_KEYS, "runtime_address", "runtime_semaphore"]
@@ -57,7 +63,7 @@ def one_error_line(result: subprocess.CompletedProcess[str], status: int) -> str
 
 
 @pytest.mark.parametrize("sample", ["sema", "multisite", "basic", "libsdtlib.so", "argforms"])
-def test_json_is_every_site_with_the_issue_keys(samples: Path, uemu, sample: str) -> None:
+def test_json_is_every_site_with_the_issue_keys(samples: Path, uemu: Uemu, sample: str) -> None:
     path = str(samples / sample)
     result = uemu("list", path, "--json")
     assert result.returncode == 0 and result.stderr == "", result.stderr
@@ -108,7 +114,7 @@ def expected_table(probes: list[sdt.Probe]) -> list[Row]:
 
 
 @pytest.mark.parametrize("sample", ["multisite", "basic", "libsdtlib.so", "argforms"])
-def test_table_columns(samples: Path, uemu, sample: str) -> None:
+def test_table_columns(samples: Path, uemu: Uemu, sample: str) -> None:
     """object, provider:name, [N sites], addresses, semaphore=ADDR(off OFF) or -, args: layouts."""
     path = str(samples / sample)
     result = uemu("list", path)
@@ -117,7 +123,7 @@ def test_table_columns(samples: Path, uemu, sample: str) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="cli._print_table prints the first site's semaphore only (reported)")
-def test_table_shows_every_semaphore_of_a_name(samples: Path, uemu) -> None:
+def test_table_shows_every_semaphore_of_a_name(samples: Path, uemu: Uemu) -> None:
     """sema:persite has one semaphore per site (the Rust probe crate's way)."""
     path = str(samples / "sema")
     persite = [p for p in sdt.open_elf(path).probes if p.name == "persite"]
@@ -139,7 +145,7 @@ def test_table_shows_every_semaphore_of_a_name(samples: Path, uemu) -> None:
         ("{path}:sema:always", {"sema:always"}),  # OBJECT as the path
     ],
 )
-def test_patterns_select(samples: Path, uemu, pattern: str, probes: set[str]) -> None:
+def test_patterns_select(samples: Path, uemu: Uemu, pattern: str, probes: set[str]) -> None:
     path = str(samples / "sema")
     result = uemu("list", path, pattern.format(path=path), "--json")
     assert result.returncode == 0, result.stderr
@@ -149,7 +155,7 @@ def test_patterns_select(samples: Path, uemu, pattern: str, probes: set[str]) ->
     assert rows == want
 
 
-def test_several_patterns_are_a_union(samples: Path, uemu) -> None:
+def test_several_patterns_are_a_union(samples: Path, uemu: Uemu) -> None:
     result = uemu("list", str(samples / "sema"), "sema:always", "*:guarded", "--json")
     assert sorted(r["name"] for r in json_rows(result.stdout)) == ["always", "guarded", "guarded", "guarded"]
 
@@ -158,17 +164,17 @@ def test_several_patterns_are_a_union(samples: Path, uemu) -> None:
     ("pattern", "near"),
     [("sema:gaurded", "sema:guarded"), ("sema:allways", "sema:always"), ("sema:persit", "sema:persite")],
 )
-def test_no_match_names_near_matches(samples: Path, uemu, pattern: str, near: str) -> None:
+def test_no_match_names_near_matches(samples: Path, uemu: Uemu, pattern: str, near: str) -> None:
     error = one_error_line(uemu("list", str(samples / "sema"), pattern), 6)
     assert pattern in error and near in error
 
 
 @pytest.mark.parametrize("pattern", ["other:sema:always", "sema:nothing_like_this_at_all"])
-def test_no_match_exits_6(samples: Path, uemu, pattern: str) -> None:
+def test_no_match_exits_6(samples: Path, uemu: Uemu, pattern: str) -> None:
     assert pattern in one_error_line(uemu("list", str(samples / "sema"), pattern), 6)
 
 
-def test_a_kernel_style_place_is_not_a_list_pattern(samples: Path, uemu) -> None:
+def test_a_kernel_style_place_is_not_a_list_pattern(samples: Path, uemu: Uemu) -> None:
     path = str(samples / "sema")
     assert "globs" in one_error_line(uemu("list", path, f"{path}:0x1000"), 5)
 
@@ -183,14 +189,14 @@ def no_probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "plain"
 
 
-def test_no_sdt_notes_is_a_note_not_an_error(no_probes: Path, uemu) -> None:
+def test_no_sdt_notes_is_a_note_not_an_error(no_probes: Path, uemu: Uemu) -> None:
     for args in ([], ["--json"]):
         result = uemu("list", str(no_probes), *args)
         assert (result.returncode, result.stdout) == (0, "")
         assert result.stderr == f"uemu: no SDT probes in {no_probes}\n"
 
 
-def test_errors_of_files(tmp_path: Path, uemu) -> None:
+def test_errors_of_files(tmp_path: Path, uemu: Uemu) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not an ELF file\n")
     short = tmp_path / "short"
@@ -201,7 +207,7 @@ def test_errors_of_files(tmp_path: Path, uemu) -> None:
     assert "directory" in one_error_line(uemu("list", str(tmp_path)), 5)
 
 
-def test_no_such_pid(uemu) -> None:
+def test_no_such_pid(uemu: Uemu) -> None:
     beyond = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     assert str(beyond) in one_error_line(uemu("list", str(beyond)), 3)
 
@@ -223,14 +229,15 @@ def unprivileged(request: pytest.FixtureRequest) -> tuple[str, ...]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to drop privileges")
     prefix = UNPRIVILEGED[request.param]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import uemu.cli"], capture_output=True, text=True)
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import uemu.cli"], capture_output=True, text=True,
+                           check=False)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"{request.param} cannot run uemu with {sys.executable}: {last}")
     return prefix
 
 
-def test_unreadable_file(samples: Path, uemu, unprivileged: tuple[str, ...]) -> None:
+def test_unreadable_file(samples: Path, uemu: Uemu, unprivileged: tuple[str, ...]) -> None:
     """Mode 000 in a directory everyone may enter (pytest's tmp_path is private)."""
     with tempfile.TemporaryDirectory() as directory:
         os.chmod(directory, 0o755)
@@ -241,7 +248,7 @@ def test_unreadable_file(samples: Path, uemu, unprivileged: tuple[str, ...]) -> 
     assert "permission denied" in error and str(locked) in error
 
 
-def test_root_process(uemu, unprivileged: tuple[str, ...]) -> None:
+def test_root_process(uemu: Uemu, unprivileged: tuple[str, ...]) -> None:
     with subprocess.Popen(["sleep", "60"]) as root_process:
         try:
             error = one_error_line(uemu("list", str(root_process.pid), prefix=unprivileged), 4)
@@ -307,7 +314,8 @@ def maps_of(pid: int) -> list[tuple[int, int, str, str]]:
 def load_bias(pid: int, path: str, obj: sdt.ElfObject) -> int:
     """Where the kernel put the file: its offset-0 mapping minus the first PT_LOAD page."""
     first_page = min(seg.p_vaddr for seg in obj.segments) & ~0xFFF
-    return min(start for start, offset, _, p in maps_of(pid) if p == path and offset == 0) - first_page
+    names = (path, f"{path} (deleted)")
+    return min(start for start, offset, _, p in maps_of(pid) if p in names and offset == 0) - first_page
 
 
 def memory(pid: int, address: int, size: int) -> bytes:
@@ -338,7 +346,7 @@ def check_runtime(rows: list[dict], sample: Running, source: dict[str, Path] | N
     assert printed == {}, f"semaphores the process printed but uemu did not list: {printed}"
 
 
-def test_pid_of_a_program_with_a_library(runnable_build, uemu) -> None:
+def test_pid_of_a_program_with_a_library(runnable_build: Build, uemu: Uemu) -> None:
     directory = runnable_build.directory
     with running([str(directory / "linked")]) as sample:
         result = uemu("list", str(sample.pid), "--json")
@@ -352,7 +360,7 @@ def test_pid_of_a_program_with_a_library(runnable_build, uemu) -> None:
                                for p in sdt.open_elf(str(directory / name)).probes]
 
 
-def test_pid_semaphores_per_site(runnable_build, uemu) -> None:
+def test_pid_semaphores_per_site(runnable_build: Build, uemu: Uemu) -> None:
     """sema prints each of its four semaphores' addresses: they are uemu's runtime_semaphore."""
     with running([str(runnable_build.directory / "sema")]) as sample:
         rows = json_rows(uemu("list", str(sample.pid), "--json").stdout)
@@ -360,7 +368,7 @@ def test_pid_semaphores_per_site(runnable_build, uemu) -> None:
         check_runtime(rows, sample)
 
 
-def test_pid_patterns_by_object(samples: Path, uemu) -> None:
+def test_pid_patterns_by_object(samples: Path, uemu: Uemu) -> None:
     with running([str(samples / "linked")]) as sample:
         pid = str(sample.pid)
         both = json_rows(uemu("list", pid, "common:both", "--json").stdout)
@@ -371,16 +379,30 @@ def test_pid_patterns_by_object(samples: Path, uemu) -> None:
     assert "common:both" in error
 
 
+def test_pid_whose_file_was_replaced(samples: Path, tmp_path: Path, uemu: Uemu) -> None:
+    """The program's file is renamed over while it runs: maps says "(deleted)",
+    the path now holds another program; uemu reads the mapped file."""
+    prog = tmp_path / "prog"
+    shutil.copyfile(samples / "sema", prog)
+    prog.chmod(0o755)
+    with running([str(prog)]) as sample:
+        shutil.copyfile(samples / "basic", tmp_path / "new")
+        (tmp_path / "new").rename(prog)
+        rows = [r for r in json_rows(uemu("list", str(sample.pid), "--json").stdout) if r["object"] == str(prog)]
+        check_runtime(rows, sample, source={str(prog): samples / "sema"})
+    assert file_part(rows) == [{**file_row(p), "object": str(prog)} for p in sdt.open_elf(str(samples / "sema")).probes]
+
+
 def can_unshare() -> bool:
     return (
         os.geteuid() == 0
         and shutil.which("unshare") is not None
-        and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+        and subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False).returncode == 0
     )
 
 
 @pytest.mark.skipif(not can_unshare(), reason="needs root and unshare --mount for a second mount namespace")
-def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu) -> None:
+def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu: Uemu) -> None:
     """The process runs shown/prog, a bind mount of hidden/ in its own mount
     namespace; here shown/prog is another program.  uemu must read the mapped
     file (map_files, checked by device and inode), not the path."""
@@ -407,7 +429,7 @@ def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu) -> 
 def imported_by_list(target: str) -> set[str]:
     """The modules a fresh ``uemu list TARGET`` imports (``-X importtime``)."""
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "uemu", "list", target],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stdout, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "uemu.sdt" in imported, "-X importtime printed nothing usable"

@@ -22,10 +22,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import pytest
 
 from uemu import sdt
+
+if TYPE_CHECKING:
+    from conftest import Build
 
 pytestmark = pytest.mark.oracle
 
@@ -236,7 +240,7 @@ def offsets_agree(path: Path, nops: bool = True) -> int:
 # ---------------------------------------------------------------- sample builds
 
 
-def test_samples_agree_with_readelf(sample_build) -> None:
+def test_samples_agree_with_readelf(sample_build: Build) -> None:
     files = sample_build.elf_files()
     sites = sum(agree_with_readelf(path) for path in files)
     assert sites > 100, f"only {sites} sites in {sample_build.name}"
@@ -247,7 +251,7 @@ def test_samples_agree_with_readelf(sample_build) -> None:
             assert {n.base for n in oracle.notes} == {oracle.base_section}, path
 
 
-def test_sample_offsets_and_nops(sample_build) -> None:
+def test_sample_offsets_and_nops(sample_build: Build) -> None:
     sites = sum(offsets_agree(path, nops=path.name not in NOT_NOPS) for path in sample_build.elf_files())
     assert sites > 100
 
@@ -344,7 +348,7 @@ def test_relocatable_objects_give_section_offsets(big_endian: list[Path]) -> Non
 SYSTEM_ROOTS = ("/usr/bin", "/usr/lib")
 
 
-def _section_names(stream, header: bytes) -> bytes:
+def _section_names(stream: BinaryIO, header: bytes) -> bytes:
     """The section-name string table, read through the ELF and section headers only."""
     endian = "<" if header[5] == 1 else ">"
     if header[4] == 2:
@@ -355,7 +359,7 @@ def _section_names(stream, header: bytes) -> bytes:
         (shoff,) = struct.unpack_from(endian + "I", header, 0x20)
         shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", header, 0x2E)
         entry = endian + "16xIII"
-    if shoff == 0:
+    if shoff == 0 or shnum <= shstrndx < 0xFF00:
         return b""
 
     def section(index: int) -> tuple[int, int, int]:

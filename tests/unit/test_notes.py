@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from uemu import sdt
+
+Uemu = Callable[..., subprocess.CompletedProcess[str]]
+"""The conftest fixture that runs the command line."""
 
 
 class Patcher:
@@ -222,7 +226,9 @@ def test_a_malformed_note_is_reported_and_the_others_decoded(
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS, ids=lambda c: c.name)
-def test_uemu_list_warns_once_and_lists_the_rest(samples: Path, tmp_path: Path, uemu, corruption: Corruption) -> None:
+def test_uemu_list_warns_once_and_lists_the_rest(
+    samples: Path, tmp_path: Path, uemu: Uemu, corruption: Corruption
+) -> None:
     path, index, survivors = corrupt(samples, tmp_path, corruption)
     result = uemu("list", str(path), "--json")
     assert result.returncode == 0, result.stderr
