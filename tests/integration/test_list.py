@@ -401,11 +401,22 @@ def can_unshare() -> bool:
     )
 
 
+def map_files_refused(pid: int, prefix: tuple[str, ...]) -> bool:
+    """Whether a lister run under ``prefix`` cannot open the process's map_files
+    (it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), so uemu must use /proc/PID/root."""
+    entry = next(Path(f"/proc/{pid}/map_files").iterdir())
+    probe = subprocess.run([*prefix, "head", "-c", "1", str(entry)], capture_output=True, check=False)
+    return probe.returncode != 0
+
+
 @pytest.mark.skipif(not can_unshare(), reason="needs root and unshare --mount for a second mount namespace")
-def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu: Uemu) -> None:
+@pytest.mark.parametrize("route", ["map_files", "proc-root"])
+def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu: Uemu, route: str) -> None:
     """The process runs shown/prog, a bind mount of hidden/ in its own mount
     namespace; here shown/prog is another program.  uemu must read the mapped
-    file (map_files, checked by device and inode), not the path."""
+    file, checked by device and inode, not the path: through map_files as root,
+    through /proc/PID/root (the process's own mount namespace) when neither the
+    process nor uemu holds capabilities."""
     shown, hidden = tmp_path / "shown", tmp_path / "hidden"
     shown.mkdir()
     hidden.mkdir()
@@ -413,11 +424,15 @@ def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu: Uem
     shutil.copyfile(samples / "sema", hidden / "prog")
     for prog in (shown / "prog", hidden / "prog"):
         prog.chmod(0o755)
-    script = 'mount --bind "$1" "$2" && exec "$2/prog" 1'
-    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(hidden), str(shown)]
+    lister = () if route == "map_files" else UNPRIVILEGED["root-without-capabilities"]
+    script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(hidden), str(shown),
+            *lister, str(shown / "prog"), "1"]
     with running(argv, sample_args=()) as sample:
-        rows = json_rows(uemu("list", str(sample.pid), "--json").stdout)
-        mine = [r for r in rows if r["object"] == str(shown / "prog")]
+        assert map_files_refused(sample.pid, lister) == (route == "proc-root")
+        result = uemu("list", str(sample.pid), "--json", prefix=lister)
+        assert result.returncode == 0, result.stderr
+        mine = [r for r in json_rows(result.stdout) if r["object"] == str(shown / "prog")]
         check_runtime(mine, sample, source={str(shown / "prog"): hidden / "prog"})
     assert file_part(mine) == [{**file_row(p), "object": str(shown / "prog")}
                                for p in sdt.open_elf(str(hidden / "prog")).probes]
