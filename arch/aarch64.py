@@ -1,4 +1,5 @@
-"""aarch64 (AArch64, little-endian, LP64): register facts for SDT argument specs.
+"""aarch64 (AArch64, little-endian, LP64): register facts and the uprobes instruction backend
+(as the kernel's arch/arm64/kernel/probes/{uprobes,decode-insn,simulate-insn}.c).
 
 gcc prints every general register operand by its 64-bit name (``-4@x1`` for an
 ``int``; observed, gcc 12 ``aarch64-linux-gnu``), but hand-written probes and other
@@ -7,8 +8,17 @@ compilers may use the 32-bit ``w`` views, so both are listed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Self
+
 from . import register
-from .base import Arch, SpecRegister, frozen_map
+from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
+
+if TYPE_CHECKING:
+    import capstone
+
 
 def _aarch64_spec_registers() -> dict[str, SpecRegister]:
     regs: dict[str, SpecRegister] = {}
@@ -26,6 +36,381 @@ def _aarch64_spec_registers() -> dict[str, SpecRegister]:
     return regs
 
 
+# NT_PRSTATUS is struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h): regs[31], sp, pc, pstate.
+_REGSET = (*(f"x{n}" for n in range(31)), "sp", "pc", "pstate")
+
+# Syscalls after which file mappings may have changed, from asm-generic/unistd.h: the table of
+# arm64 and of every port since (riscv, loongarch).  brk and shmat never touch file mappings.
+GENERIC_MAPPING_SYSCALLS = {
+    222: "mmap",
+    215: "munmap",
+    226: "mprotect",
+    216: "mremap",
+    234: "remap_file_pages",
+    288: "mprotect",  # pkey_mprotect
+}
+
+
+# ===========================================================================
+# Shared with the riscv backend: what fixed-width instruction sets whose trap leaves pc on
+# itself, and whose out-of-line steps need only pc fixed, have in common.  (Their natural
+# home is base.py, which is the core's.)
+# ===========================================================================
+
+MASK64 = (1 << 64) - 1
+NO_REGS: Mapping[str, int] = frozen_map({})
+
+
+def signed(value: int, bits: int) -> int:
+    """The low ``bits`` bits of ``value`` as a two's-complement number."""
+    sign = 1 << (bits - 1)
+    return (value & (sign - 1)) - (value & sign)
+
+
+def goto(address: int) -> Effects:
+    """Effects that only set pc."""
+    return Effects(regs=frozen_map({"pc": address}))
+
+
+def disassemble(decoder: capstone.Cs, code: bytes, vaddr: int, directive: str) -> str:
+    """Text for messages; the assembler's raw-word ``directive`` where capstone does not know
+    the encoding (the kernel decides on masks and steps such words; so do these backends)."""
+    insn = next(decoder.disasm(code, vaddr, 1), None)
+    if insn is None:
+        return f"{directive} {int.from_bytes(code, 'little'):#0{len(code) * 2 + 2}x}"
+    return f"{insn.mnemonic} {insn.op_str}".rstrip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PcStep(StepOutOfLine):
+    """An instruction run in a slot after which only pc needs fixing (arch_uprobe_post_xol()
+    and arch_uprobe_abort_xol() of arm64 and riscv)."""
+
+    code: bytes
+    finished: Effects
+    """pc = vaddr + size, after the instruction completed."""
+    aborted: Effects
+    """pc = vaddr, after a fault in the slot, so that the signal names the site."""
+
+    @classmethod
+    def at(cls, vaddr: int, code: bytes, text: str) -> Self:
+        return cls(vaddr=vaddr, size=len(code), text=text, code=code,
+                   finished=goto((vaddr + len(code)) & MASK64), aborted=goto(vaddr))
+
+
+class PcStepFixups:
+    """``finish_xol`` and ``abort_xol`` of a backend whose every StepOutOfLine is a PcStep."""
+
+    def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """pc = vaddr + size (arch_uprobe_post_xol())."""
+        return plan.finished
+
+    def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """pc back to the site (arch_uprobe_abort_xol())."""
+        return plan.aborted
+
+
+# ===========================================================================
+# The instruction backend.  Kernel: arch/arm64/kernel/probes/ (v6.x) and the encoding
+# masks of arch/arm64/include/asm/insn.h.  The decisions are taken on the encoding, as
+# the kernel takes them; capstone only names the instruction for messages.
+# ===========================================================================
+
+_NOP = 0xD503201F
+_BRK = (0xFFE0001F, 0xD4200000)
+UPROBES_BRK = (0xD4200000 | 0x005 << 5).to_bytes(4, "little")
+"""``BRK #0x005``, the kernel's UPROBES_BRK_IMM."""
+_BTYPE = 0xC00
+"""PSTATE.BTYPE, the branch-target state a landing pad checks."""
+_N, _Z, _C, _V = 1 << 31, 1 << 30, 1 << 29, 1 << 28
+_DAIF = 0xDA11
+"""mrs's system-register field for DAIF (AARCH64_INSN_SPCLREG_DAIF)."""
+
+# Hints, by their CRm:op2 field (insn & 0xfe0): bti (with any target) is emulated with nop;
+# the pointer-authentication hints that sign or strip are stepped; the kernel refuses every
+# other hint (yield, wfe, wfi, sev, autia*, esb, csdb, ...) and so does uemu.
+_BTI_HINTS = frozenset({0x20 << 5, 0x22 << 5, 0x24 << 5, 0x26 << 5})
+_STEPPABLE_HINTS = frozenset({0x07 << 5, 0x08 << 5, 0x0A << 5, 0x18 << 5, 0x19 << 5, 0x1A << 5, 0x1B << 5})
+
+# (mask, value) pairs of arch/arm64/include/asm/insn.h.
+_CLASS_BRANCH_SYS = (0x1C000000, 0x14000000)
+_B = (0xFC000000, 0x14000000)
+_BL = (0xFC000000, 0x94000000)
+_CB = (0x7E000000, 0x34000000)
+"""cbz and cbnz (bit 24 tells them apart)."""
+_TB = (0x7E000000, 0x36000000)
+"""tbz and tbnz (bit 24)."""
+_BCOND = (0xFF000010, 0x54000000)
+_BR_BLR_RET = ((0xFFFFFC1F, 0xD61F0000), (0xFFFFFC1F, 0xD63F0000), (0xFFFFFC1F, 0xD65F0000))
+_AUTH_BRANCHES = ((0xFEFFF800, 0xD61F0800), (0xFEFFF800, 0xD63F0800), (0xFFFFFBFF, 0xD65F0BFF))
+"""braa/brab(z), blraa/blrab(z), retaa/retab: branches the kernel neither steps nor simulates."""
+_ADR_ADRP = (0x1F000000, 0x10000000)
+_HINT = (0xFFFFF01F, 0xD503201F)
+_MRS = (0xFFF00000, 0xD5300000)
+
+_REFUSED_SYSTEM: tuple[tuple[int, int, str], ...] = (
+    (0xFFF8F01F, 0xD500401F, "msr (immediate) can do any number of nasty things during single-stepping"),
+    (0xFFF00000, 0xD5100000, "msr (register) can do any number of nasty things during single-stepping"),
+    (0xFF000000, 0xD4000000, "exception generation (svc, hvc, smc, brk, hlt) is not safe during stepping"),
+    (0xFFFFFFFF, 0xD69F03E0, "eret is not steppable"),
+    (0xFFFFFBFF, 0xD69F0BFF, "eretaa/eretab are not steppable"),
+)
+_REFUSED_OTHER: tuple[tuple[int, int, str], ...] = (
+    (0xBF000000, 0x18000000, "ldr (literal) loads a PC-relative literal, wrong from an XOL slot"),
+    (0xFF000000, 0x98000000, "ldrsw (literal) loads a PC-relative literal, wrong from an XOL slot"),
+    (0xFF000000, 0xD8000000, "prfm (literal) uses a PC-relative literal, wrong from an XOL slot"),
+    # Differs: the kernel's literal masks miss the SIMD&FP form (V = 1), so it steps
+    # ldr s/d/q, label from the slot and loads the slot's neighbour instead.
+    (0x3F000000, 0x1C000000, "ldr (literal, SIMD&FP) loads a PC-relative literal, wrong from an XOL slot"),
+    (0x3F800000, 0x08000000, ("exclusive load/store (ldxr, stxr, ldaxr, stlxr, ldxp, stxp, casp): the "
+                              "exclusive monitor does not survive single-step exception handling")),
+    (0x3B200C00, 0x19000400, "memory copy/set (MOPS): its three instructions must be consecutive"),
+)
+
+
+def _x(number: int) -> str | None:
+    """Register name of an Rn/Rt field where 31 is the zero register (None)."""
+    return f"x{number}" if number < 31 else None
+
+
+@cache
+def _capstone() -> capstone.Cs:
+    """The decoder for plan texts, imported on first use: listing probes never pays for it."""
+    import capstone
+
+    return capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64Hint(Emulate):
+    """nop and bti: pc + 4, PSTATE.BTYPE cleared (simulate_nop(), arm64_skip_faulting_instruction()).
+
+    Differs: the kernel steps bti out of line.  bti does nothing but check BTYPE, and the
+    brk over it raised no Branch Target exception (brk never does), so emulating it is the
+    same minus a stop; BTYPE must be cleared or the next instruction would fault as a landing pad.
+    """
+
+    effects: Effects
+    """pc = vaddr + 4, when BTYPE is already clear."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64Fixed(Emulate):
+    """b, bl, adr, adrp: the outcome is known at analysis (simulate_b_bl(), simulate_adr_adrp())."""
+
+    effects: Effects
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64CondBranch(Emulate):
+    """b.cond: taken when the condition holds on PSTATE.NZCV (simulate_b_cond())."""
+
+    condition: int
+    taken: Effects
+    not_taken: Effects
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64ZeroTest(Emulate):
+    """cbz/cbnz and tbz/tbnz: taken when ``register & mask`` is zero, or non-zero for the ``n``
+    forms (simulate_cbz_cbnz(), simulate_tbz_tbnz()); the mask is the w or x width, or one bit."""
+
+    register: str | None
+    """None: the zero register."""
+    mask: int
+    nonzero: bool
+    taken: Effects
+    not_taken: Effects
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64RegisterBranch(Emulate):
+    """br, blr, ret: pc from the register, x30 = vaddr + 4 for blr (simulate_br_blr_ret())."""
+
+    register: str | None
+    link: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class A64Step(PcStep):
+    """An instruction the kernel single-steps out of line."""
+
+
+class Aarch64Backend(PcStepFixups):
+    """AArch64 instructions behind the Backend protocol of arch/base.py."""
+
+    max_insn_len = 4
+    slot_size = 8
+    """The kernel's slot is 4 bytes; 8 leave room for the ``b`` back of a one-stop slot."""
+
+    # -- traps --------------------------------------------------------------
+
+    def trap_bytes(self, original: bytes) -> bytes:
+        return UPROBES_BRK
+
+    def is_trap(self, code: bytes) -> bool:
+        """Any BRK: in a user task every immediate ends in SIGTRAP (gdb writes ``brk #0``).
+
+        The kernel counts less: arm64 keeps the weak is_trap_insn(), which is is_swbp_insn(),
+        BRK #5 only.  It needs no more, because only BRK #5 reaches uprobes at all (the break
+        hook matches the immediate); every other BRK goes straight to SIGTRAP.  HLT is not a
+        trap in user space (SIGILL).
+        """
+        return len(code) >= 4 and int.from_bytes(code[:4], "little") & _BRK[0] == _BRK[1]
+
+    def trap_address(self, ip: int) -> int:
+        """BRK leaves pc on itself (uprobe_get_swbp_addr() returns pc)."""
+        return ip
+
+    # -- analysis (arch_uprobe_analyze_insn, arm_probe_decode_insn) ----------
+
+    def analyze(self, code: bytes, vaddr: int) -> Plan:
+        """Decide once what a hit at ``vaddr`` does, in the kernel's order: nop is simulated,
+        steppable instructions step, branches and adr/adrp are simulated, the rest refused."""
+        if vaddr % 4:
+            return Refuse(vaddr=vaddr, size=0, text="(unaligned)",
+                          reason="not supported by uprobes: address not 4-byte aligned (EINVAL)")
+        if len(code) < 4:
+            return Refuse(vaddr=vaddr, size=0, text="(bad)",
+                          reason="cannot decode the instruction: fewer than 4 bytes")
+        code = bytes(code[:4])
+        word = int.from_bytes(code, "little")
+        text = disassemble(_capstone(), code, vaddr, ".inst")
+        reason = self._refusal(word)
+        if reason:
+            return Refuse(vaddr=vaddr, size=4, text=text, reason=f"not supported by uprobes: {reason}")
+        return self._simulated(word, vaddr, text) or A64Step.at(vaddr, code, text)
+
+    @staticmethod
+    def _refusal(word: int) -> str:
+        """Why arm_probe_decode_insn() rejects the instruction, or ""."""
+        if word & _CLASS_BRANCH_SYS[0] == _CLASS_BRANCH_SYS[1]:
+            if any(word & mask == value for mask, value in _AUTH_BRANCHES):
+                return "branch with pointer authentication: neither steppable nor simulated"
+            for mask, value, why in _REFUSED_SYSTEM:
+                if word & mask == value:
+                    return why
+            if word & _MRS[0] == _MRS[1] and (word >> 5) & 0xFFFF == _DAIF:
+                # The kernel's comment says reading DAIF is the one mrs it allows; its code
+                # steps every other mrs and refuses this one.  We follow the code.
+                return "mrs of DAIF is not steppable"
+            if word & _HINT[0] == _HINT[1] and word != _NOP:
+                hint = word & 0xFE0
+                if hint not in _BTI_HINTS and hint not in _STEPPABLE_HINTS:
+                    return ("hint outside the single-step whitelist (may cause an exception or other "
+                            "unintended behaviour)")
+            return ""
+        for mask, value, why in _REFUSED_OTHER:
+            if word & mask == value:
+                return why
+        return ""
+
+    def _simulated(self, word: int, vaddr: int, text: str) -> Plan | None:
+        """The instructions the kernel simulates (INSN_GOOD_NO_SLOT), or None to step."""
+        next_pc = (vaddr + 4) & MASK64
+        if word == _NOP or (word & _HINT[0] == _HINT[1] and word & 0xFE0 in _BTI_HINTS):
+            return A64Hint(vaddr=vaddr, size=4, text=text, effects=goto(next_pc))
+        if word & _ADR_ADRP[0] == _ADR_ADRP[1]:
+            return A64Fixed(vaddr=vaddr, size=4, text=text, effects=self._adr_effects(word, vaddr))
+        if word & _B[0] in (_B[1], _BL[1]):
+            target = (vaddr + (signed(word & 0x3FFFFFF, 26) << 2)) & MASK64
+            regs = {"pc": target, "x30": next_pc} if word >> 31 else {"pc": target}  # bl links
+            return A64Fixed(vaddr=vaddr, size=4, text=text, effects=Effects(regs=frozen_map(regs)))
+        target19 = (vaddr + (signed(word >> 5 & 0x7FFFF, 19) << 2)) & MASK64
+        if word & _BCOND[0] == _BCOND[1]:
+            return A64CondBranch(vaddr=vaddr, size=4, text=text, condition=word & 0xF,
+                                 taken=goto(target19), not_taken=goto(next_pc))
+        if word & _CB[0] == _CB[1]:
+            mask = MASK64 if word >> 31 else 0xFFFFFFFF
+            return A64ZeroTest(vaddr=vaddr, size=4, text=text, register=_x(word & 0x1F), mask=mask,
+                               nonzero=bool(word >> 24 & 1), taken=goto(target19), not_taken=goto(next_pc))
+        if word & _TB[0] == _TB[1]:
+            bit = (word >> 31) << 5 | (word >> 19 & 0x1F)
+            target14 = (vaddr + (signed(word >> 5 & 0x3FFF, 14) << 2)) & MASK64
+            return A64ZeroTest(vaddr=vaddr, size=4, text=text, register=_x(word & 0x1F), mask=1 << bit,
+                               nonzero=bool(word >> 24 & 1), taken=goto(target14), not_taken=goto(next_pc))
+        for mask, value in _BR_BLR_RET:
+            if word & mask == value:
+                return A64RegisterBranch(vaddr=vaddr, size=4, text=text, register=_x(word >> 5 & 0x1F),
+                                         link=value == 0xD63F0000)
+        return None
+
+    @staticmethod
+    def _adr_effects(word: int, vaddr: int) -> Effects:
+        """adr: vaddr + imm21; adrp: the 4 KiB page of vaddr + imm21 pages (simulate_adr_adrp())."""
+        imm = signed((word >> 5 & 0x7FFFF) << 2 | (word >> 29 & 3), 21)
+        if word >> 31:
+            value = (vaddr & ~0xFFF) + (imm << 12)
+        else:
+            value = vaddr + imm
+        regs = {"pc": (vaddr + 4) & MASK64}
+        rd = _x(word & 0x1F)
+        if rd is not None:
+            regs[rd] = value & MASK64
+        return Effects(regs=frozen_map(regs))
+
+    # -- per hit: simulation (arch_uprobe_skip_sstep) -------------------------
+
+    def emulate(self, plan: Emulate, regs: Regs) -> Effects:
+        """The plan's outcome from the registers at the site; nothing here writes memory."""
+        if isinstance(plan, A64Hint):
+            pstate = regs["pstate"]
+            if pstate & _BTYPE:
+                return Effects(regs={"pc": plan.effects.regs["pc"], "pstate": pstate & ~_BTYPE})
+            return plan.effects
+        if isinstance(plan, A64Fixed):
+            return plan.effects
+        if isinstance(plan, A64CondBranch):
+            return plan.taken if self.condition_holds(plan.condition, regs["pstate"]) else plan.not_taken
+        if isinstance(plan, A64ZeroTest):
+            value = regs[plan.register] if plan.register else 0
+            return plan.taken if ((value & plan.mask) != 0) == plan.nonzero else plan.not_taken
+        assert isinstance(plan, A64RegisterBranch)
+        target = regs[plan.register] if plan.register else 0
+        if plan.link:  # pc is read before x30 is written: blr x30 jumps to the old x30
+            return Effects(regs={"pc": target, "x30": (plan.vaddr + 4) & MASK64})
+        return Effects(regs={"pc": target})
+
+    @staticmethod
+    def condition_holds(condition: int, pstate: int) -> bool:
+        """Whether b.cond with this condition field jumps, given PSTATE (ARM ARM ConditionHolds();
+        the kernel's aarch32_opcode_cond_checks[])."""
+        test = condition >> 1
+        if test == 0:
+            holds = bool(pstate & _Z)
+        elif test == 1:
+            holds = bool(pstate & _C)
+        elif test == 2:
+            holds = bool(pstate & _N)
+        elif test == 3:
+            holds = bool(pstate & _V)
+        elif test == 4:
+            holds = bool(pstate & _C) and not pstate & _Z
+        elif test == 5:
+            holds = bool(pstate & _N) == bool(pstate & _V)
+        elif test == 6:
+            holds = bool(pstate & _N) == bool(pstate & _V) and not pstate & _Z
+        else:
+            return True  # al and nv: always
+        return holds != bool(condition & 1)
+
+    # -- per hit: out-of-line step (arch_uprobe_pre_xol / post_xol / abort_xol) ----
+
+    def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> XolSetup:
+        """The instruction alone, single-stepped ("step", the kernel's way), or followed by
+        ``b vaddr + 4`` when the slot is within its ±128 MiB ("jump": one stop).
+
+        Every stepped instruction falls through to the next one (branches are simulated or
+        refused), so any of them may jump back.
+        """
+        back = plan.vaddr - slot_vaddr  # (vaddr + 4) - (slot + 4)
+        if -(1 << 27) <= back < 1 << 27:
+            jump = 0x14000000 | (back >> 2 & 0x3FFFFFF)
+            return XolSetup(plan.code + jump.to_bytes(4, "little"), {"pc": slot_vaddr}, "jump", restore=NO_REGS)
+        return XolSetup(plan.code, {"pc": slot_vaddr}, "step", restore=NO_REGS)
+
+
+
 AARCH64 = Arch(
     name="aarch64",
     e_machine="EM_AARCH64",
@@ -35,6 +420,10 @@ AARCH64 = Arch(
     spec_registers=frozen_map(_aarch64_spec_registers()),
     ip_reg="pc",
     sp_reg="sp",
+    regset=_REGSET,
+    audit_arch=0xC00000B7,  # AUDIT_ARCH_AARCH64
+    mapping_syscalls=frozen_map(GENERIC_MAPPING_SYSCALLS),
+    backend=Aarch64Backend(),
 )
 
 register(AARCH64)
