@@ -1,7 +1,8 @@
 """riscv64 differential tests: each corpus instruction ends the same in place and as uemu runs it.
 
-The corpus is assembled by binutils (keystone has no RISC-V) at test time; every test here is
-skipped, with the reason, where ``riscv64-linux-gnu-as`` is missing.  Every instruction runs at
+The corpus is assembled by binutils (keystone has no RISC-V) at test time; the tests that need
+it are skipped, with the reason, where ``riscv64-linux-gnu-as`` is missing (the random-encoding
+test needs no assembler and still runs).  Every instruction runs at
 a random 2-aligned probe address from 34 register states; stepped ones run once from a slot
 more than 1 MiB away (``ebreak`` after the instruction, "trap": the kernel's way, riscv has no
 single-step) and once from one within reach of a ``jal`` back ("jump").
@@ -113,17 +114,19 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def corpus_assembled() -> None:
     """One binutils run for the whole corpus (and the skip, where binutils is missing)."""
     assemble_with_gas(MACHINE, [text for texts in CORPUS.values() for text in texts if isinstance(text, str)])
 
 
+@pytest.mark.usefixtures("corpus_assembled")
 @pytest.mark.parametrize(("kind", "instruction"), CASES)
 def test_runs_as_in_place(kind: type, instruction: Instruction) -> None:
     check_corpus_case(MACHINE, kind, instruction)
 
 
+@pytest.mark.usefixtures("corpus_assembled")
 def test_steps_use_both_slot_methods() -> None:
     """A far slot ends in ebreak; a near one jumps back by itself."""
     check_slot_endings(MACHINE, "c.addi a0, 1", {"trap", "jump"})
@@ -178,6 +181,7 @@ class BltAsBltu(RiscvBackend):
         return RiscvBackend.condition_holds(condition | 2 if condition >> 1 == 2 else condition, left, right)
 
 
+@pytest.mark.usefixtures("corpus_assembled")
 @pytest.mark.parametrize(
     ("broken", "instructions", "symptom"),
     [
