@@ -14,12 +14,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import errors, probespec, sdt
-from .events import Event, PrintfFormat, escape, text_line
 from .maps import read_maps
-from .session import Session
+
+if TYPE_CHECKING:  # the tracer is imported only by the commands that trace: listing stays fast
+    from .events import Event
+    from .session import Session
 
 EXIT_CODES = """\
 exit status:
@@ -164,6 +166,8 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _session(args: argparse.Namespace) -> Session:
+    from .session import Session
+
     return Session(
         args.probes,
         follow_forks=args.follow_forks,
@@ -173,6 +177,8 @@ def _session(args: argparse.Namespace) -> Session:
 
 
 def _trace(session: Session, args: argparse.Namespace, stream: TextIO) -> None:
+    from .events import PrintfFormat, escape, text_line
+
     if args.count:
         session.run(duration=args.duration, max_events=args.max_events)
         for name, hits in sorted(session.counts().items()):
@@ -292,14 +298,14 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
         p = row.probe
         groups.setdefault((p.object, p.provider, p.name), []).append(row)
     for (obj, provider, name), sites in groups.items():
-        first = sites[0]
         addresses = ",".join(_hex(r.runtime_address if r.in_process else r.probe.address) for r in sites)
-        sema = first.probe.semaphore
-        if sema is None:
-            semaphore = "-"
-        else:
-            where = first.runtime_semaphore if first.in_process else sema
-            semaphore = f"{_hex(where)}(off {_hex(first.probe.semaphore_offset)})"
+        # Usually one semaphore for every site of a name, but a site may have its own.
+        semaphores = dict.fromkeys(
+            (r.runtime_semaphore if r.in_process else r.probe.semaphore, r.probe.semaphore_offset)
+            for r in sites
+            if r.probe.semaphore is not None
+        )
+        semaphore = ",".join(f"{_hex(where)}(off {_hex(offset)})" for where, offset in semaphores) or "-"
         layouts = list(dict.fromkeys(r.probe.args for r in sites))
         count = f"{len(sites)} site" + ("s" if len(sites) > 1 else "")
         write(f"{obj} {provider}:{name} [{count}] {addresses} semaphore={semaphore} args: {' | '.join(layouts)}\n")

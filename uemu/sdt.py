@@ -8,15 +8,18 @@ type-3 note ``NT_GNU_BUILD_ID`` whatever its owner, so we match the owner
 
 from __future__ import annotations
 
+import io
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import BinaryIO
 
-from elftools.common.exceptions import ELFError
+from elftools.common.exceptions import ELFError, ELFRelocationError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationHandler
 
 from . import errors
 from .maps import Vma, find_counter_vma, is_probe_vma
@@ -131,27 +134,80 @@ class ElfObject:
         return None
 
     @cached_property
-    def symbols(self) -> dict[str, int]:
-        """Link-time address of each named symbol, ``.symtab`` over ``.dynsym``.
+    def symbols(self) -> SymbolTable:
+        """The object's symbols, read on first use only: listing never needs them,
+        and big libraries have hundreds of thousands."""
+        try:
+            with open(self.source or self.path, "rb") as stream:
+                return SymbolTable.read(ELFFile(stream))
+        except (OSError, ELFError):
+            return SymbolTable()
 
-        Built on first use only: listing never needs it, and big libraries
-        have hundreds of thousands of symbols.  A local symbol name may occur
-        several times (libbpf/usdt issue #13); the first definition wins.
-        """
-        table: dict[str, int] = {}
-        with open(self.source or self.path, "rb") as stream:
-            elf = ELFFile(stream)
-            for section_name in (".dynsym", ".symtab"):
-                section = elf.get_section_by_name(section_name)
-                if section is None:
+    def symbol_address(self, name: str, near: int | None = None) -> int | None:
+        """Link-time address of ``name`` as code at address ``near`` sees it."""
+        return self.symbols.lookup(name, near)
+
+
+@dataclass
+class SymbolTable:
+    """Defined symbols, with file-local ones kept per source file.
+
+    Two files may each have a static with one name (libbpf/usdt issue #13).
+    In ``.symtab`` each file's locals follow its STT_FILE symbol, so when the
+    probe site lies in a local (static) function we know its file and hence
+    which static the operand means.  When it does not, the answer would be a
+    guess: ``lookup`` says None instead.
+    """
+
+    globals: dict[str, int] = field(default_factory=dict)
+    locals: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    """name -> [(file index, address)]."""
+    local_functions: list[tuple[int, int, int]] = field(default_factory=list)
+    """(start, end, file index) of each static function, sorted."""
+
+    @classmethod
+    def read(cls, elf: ELFFile) -> SymbolTable:
+        table = cls()
+        for section_name in (".symtab", ".dynsym"):
+            section = elf.get_section_by_name(section_name)
+            if section is None:
+                continue
+            file_index = 0
+            for sym in section.iter_symbols():
+                kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+                if kind == "STT_FILE":
+                    file_index += 1
+                elif not sym.name or sym["st_shndx"] == "SHN_UNDEF":
                     continue
-                for sym in section.iter_symbols():
-                    if sym.name and sym["st_shndx"] != "SHN_UNDEF" and sym.name not in table:
-                        table[sym.name] = sym["st_value"]
+                elif bind != "STB_LOCAL":
+                    table.globals.setdefault(sym.name, sym["st_value"])
+                elif section_name == ".symtab":
+                    table.locals.setdefault(sym.name, []).append((file_index, sym["st_value"]))
+                    if kind == "STT_FUNC":
+                        table.local_functions.append((sym["st_value"], sym["st_value"] + sym["st_size"], file_index))
+        table.local_functions.sort()
         return table
 
-    def symbol_address(self, name: str) -> int | None:
-        return self.symbols.get(name)
+    def lookup(self, name: str, near: int | None = None) -> int | None:
+        candidates = self.locals.get(name, [])
+        if not candidates:
+            return self.globals.get(name)
+        here = self.file_of(near) if near is not None else None
+        for file_index, address in candidates:
+            if file_index == here:
+                return address
+        if here is not None and name in self.globals:
+            return self.globals[name]  # the site's file has no static of that name
+        if len(candidates) == 1 and name not in self.globals:
+            return candidates[0][1]
+        return None  # defined in several files, and nothing tells which one the site sees
+
+    def file_of(self, address: int) -> int | None:
+        """The file index of the static function holding ``address``, if any."""
+        for start, end, file_index in self.local_functions:
+            if start <= address < end:
+                return file_index
+        return None
 
 
 def open_elf(path: str, source: str | None = None) -> ElfObject:
@@ -253,7 +309,7 @@ def _collect_probes(elf: ELFFile, obj: ElfObject) -> None:
         if section.name != ".note.stapsdt" or section["sh_type"] != "SHT_NOTE":
             continue
         try:
-            for raw in _iter_raw_notes(section.data(), obj.little_endian):
+            for raw in _iter_raw_notes(_note_data(elf, section), obj.little_endian):
                 if raw.owner == b"stapsdt\0":
                     try:
                         obj.probes.append(_decode_stapsdt(obj, raw, index, addr_fmt, base_addr))
@@ -264,6 +320,23 @@ def _collect_probes(elf: ELFFile, obj: ElfObject) -> None:
             obj.note_errors.append(errors.NoteFormatError(obj.path, index, str(err)))
     if obj.probes and base_addr is None:
         obj.warnings.append(f"{obj.path}: no .stapsdt.base section; addresses used without prelink adjustment")
+
+
+def _note_data(elf: ELFFile, section) -> bytes:
+    """A note section's bytes; in a relocatable object (.o) with its relocations
+    applied, as readelf shows it: sites then hold their offsets in .text."""
+    if elf["e_type"] != "ET_REL":
+        return section.data()
+    handler = RelocationHandler(elf)
+    relocations = handler.find_relocations_for_section(section)
+    if relocations is None:
+        return section.data()
+    stream = io.BytesIO(section.data())
+    try:
+        handler.apply_section_relocations(stream, relocations)
+    except ELFRelocationError:
+        return section.data()  # an arch pyelftools cannot relocate (riscv): fields as stored
+    return stream.getvalue()
 
 
 def _decode_stapsdt(
@@ -347,8 +420,10 @@ class MappedObject:
                 return vma.start - vaddr
         return 0
 
-    def symbol_runtime_address(self, name: str) -> int | None:
-        vaddr = self.elf.symbol_address(name)
+    def symbol_runtime_address(self, name: str, near: int | None = None) -> int | None:
+        """Where a symbol is in this process; ``near`` is the link-time address of the
+        code referring to it (picks the right one of several same-named statics)."""
+        vaddr = self.elf.symbol_address(name, near)
         return None if vaddr is None else vaddr + self.load_bias
 
 
@@ -367,34 +442,44 @@ def mapped_objects(pid: int, vmas: list[Vma]) -> tuple[list[MappedObject], list[
     for file_id, file_vmas in by_file.items():
         first = file_vmas[0]
         path = first.path.removesuffix(" (deleted)")
-        source = _open_mapped_file(pid, first)
-        if source is None:
+        fd = _open_mapped_file(pid, first)
+        if fd is None:
             warnings.append(f"{path}: cannot open it as mapped in process {pid}; its probes are not listed")
             continue
         try:
-            elf = open_elf(path, source)
-        except errors.ElfFormatError:
-            continue  # mapped data files (locale archives, fonts) are not ELF
+            elf = open_elf(path, f"/proc/self/fd/{fd}")
         except errors.UemuError as err:
-            warnings.append(err.message)
+            os.close(fd)
+            if not isinstance(err, errors.ElfFormatError):  # mapped data files (locales, fonts) are not ELF
+                warnings.append(err.message)
             continue
+        weakref.finalize(elf, os.close, fd)
         objects.append(MappedObject(elf, file_id, file_vmas))
     return objects, warnings
 
 
-def _open_mapped_file(pid: int, vma: Vma) -> str | None:
-    """A path under /proc that reads the mapping's own file, or None."""
+def _open_mapped_file(pid: int, vma: Vma) -> int | None:
+    """A descriptor of the mapping's own file, or None.
+
+    The file is opened through /proc and the descriptor kept: a
+    ``map_files`` entry disappears as soon as the mapping is split or
+    replaced (ld.so remaps segments over its first reservation), but the
+    symbols are read later, on first need.
+    """
     candidates = (
         f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}",
         f"/proc/{pid}/root{vma.path}",
     )
     for candidate in candidates:
         try:
-            st = os.stat(candidate)
+            fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue
+        st = os.fstat(fd)
         # Overlay and bind mounts can show another file under the same path:
         # only the mapping's (device, inode) proves it is the mapped file.
         if (st.st_dev, st.st_ino) == vma.file_id:
-            return candidate
+            return fd
+        os.close(fd)
     return None
+

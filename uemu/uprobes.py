@@ -114,7 +114,13 @@ class Mm:
         readers = self.readers.get(consumer)
         if readers is None:
             obj = next((o for o in self.objects.values() if o.elf.path == consumer.probe.object), None)
-            resolve = obj.symbol_runtime_address if obj is not None else None
+            resolve = None
+            if obj is not None:
+                near = consumer.probe.address
+
+                def resolve(name: str, obj: MappedObject = obj, near: int = near) -> int | None:
+                    return obj.symbol_runtime_address(name, near)
+
             little = obj.elf.little_endian if obj is not None else None
             readers = [
                 argspec.make_reader(spec, self.arch, resolve, little_endian=little)
