@@ -1,0 +1,61 @@
+/* Cost per hit: tight loops over one probe each, timed by the program.
+ *
+ *   bench:nop   no arguments
+ *   bench:args  three arguments (a register, a stack slot at -O0, a constant)
+ *
+ * For each loop, including one without any probe (the loop's own cost), the
+ * program prints "hits PID TID PROBE COUNT" and
+ * "time PID TID PROBE COUNT NANOSECONDS"; the cost of a hit is
+ * (time with the probe - time without) / COUNT.  No per-hit lines.
+ *
+ *   bench [ITERATIONS]   (default 100000)
+ */
+#include "sample.h"
+
+#include <time.h>
+
+static unsigned long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+}
+
+static void report(const char *probe, long count, unsigned long long start)
+{
+	unsigned long long elapsed = now_ns() - start;
+
+	SAMPLE_LINE("hits", probe, ARG(count));
+	SAMPLE_LINE("time", probe, ARG(count), ARG(elapsed));
+}
+
+int main(int argc, char **argv)
+{
+	long iterations = sample_count_arg(argc, argv, 1, 100000);
+	unsigned long long start;
+	long i;
+
+	sample_sync("start");
+
+	start = now_ns();
+	for (i = 0; i < iterations; i++)
+		__asm__ __volatile__("");
+	report("none", i, start);
+
+	start = now_ns();
+	for (i = 0; i < iterations; i++)
+		STAP_PROBE(bench, nop);
+	report("bench:nop", i, start);
+
+	start = now_ns();
+	for (i = 0; i < iterations; i++) {
+		long negated = -i;
+
+		STAP_PROBE3(bench, args, i, negated, 42);
+	}
+	report("bench:args", i, start);
+
+	sample_sync("end");
+	return 0;
+}
