@@ -1,0 +1,235 @@
+"""uemu attach on running samples: semaphores raised while traced and lowered
+after, memory identical before and after on every way out, threads that
+appear after attaching, side by side with kernel uprobes."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from oracle import KernelUprobes, sdt_sites, tracefs_reason
+from samplelog import expected_hits, per_probe, reported_hits
+from tracee import (
+    Tracee,
+    differences,
+    file_memory,
+    semaphore,
+    stop_cli,
+    thread_states,
+    tracer_pid,
+    uemu_cli,
+    wait_until,
+)
+
+from uemu.events import Event
+from uemu.session import Session
+
+
+def _semaphores(tracee: Tracee) -> dict[int, str]:
+    """Semaphore address -> probe name, from the program's own ``sema`` lines."""
+    return {int(line.values[0]): line.word for line in tracee.lines() if line.kind == "sema"}
+
+
+def _values(pid: int, addresses) -> dict[int, int]:
+    return {address: semaphore(pid, address) for address in addresses}
+
+
+def _paused_sema(samples) -> Tracee:
+    """``sema`` stopped at its second phase, its semaphore addresses known."""
+    tracee = Tracee([samples / "sema", "3"])
+    tracee.wait_sync("phase")
+    tracee.release()
+    tracee.wait_sync("phase")
+    return tracee
+
+
+def _left_alone(pid: int) -> None:
+    """Detached, and no thread left in a tracing stop."""
+    assert tracer_pid(pid) == 0
+    assert "t" not in thread_states(pid).values()
+
+
+def _phase(lines, number: int):
+    """The lines a program printed after its ``number``-th sync line and before the next."""
+    syncs = [i for i, line in enumerate(lines) if line.kind == "sync"]
+    end = syncs[number] if number < len(syncs) else len(lines)
+    return lines[syncs[number - 1] + 1 : end]
+
+
+def test_semaphores_raised_while_traced_and_restored_after(samples, tmp_path):
+    with _paused_sema(samples) as tracee:
+        addresses = _semaphores(tracee)
+        assert set(_values(tracee.pid, addresses).values()) == {0}
+        events_file = tmp_path / "events.json"
+        cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(events_file))
+        guarded = next(a for a, name in addresses.items() if name == "sema:guarded")
+        wait_until(lambda: semaphore(tracee.pid, guarded) > 0, what="the semaphore raised")
+        raised = _values(tracee.pid, addresses)
+        tracee.release()  # one phase under trace
+        tracee.wait_sync("phase")
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
+        _left_alone(tracee.pid)
+        # every site raised its counter once: the three sema:guarded sites share one
+        sites = sdt_sites(str(samples / "sema"))
+        per_counter: dict[str, int] = {}
+        for _, probe in sites:
+            per_counter[probe.semaphore_offset] = per_counter.get(probe.semaphore_offset, 0) + 1
+        assert sorted(raised.values()) == sorted(per_counter.values())
+        # what the program passed in the phase it ran traced, uemu reported
+        traced_phase = expected_hits(_phase(tracee.lines(), 2))
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+    events = [Event(**json.loads(line)) for line in events_file.read_text().splitlines()]
+    assert {name for name, *_ in traced_phase} == {"sema:guarded", "sema:persite", "sema:always"}
+    assert per_probe(reported_hits(events)) == per_probe(traced_phase)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "duration"])
+def test_every_way_out_restores_every_byte(samples, how):
+    """Paused program, attach, leave: text, .probes and data read back identical."""
+    with _paused_sema(samples) as tracee:
+        addresses = _semaphores(tracee)
+        before = file_memory(tracee.pid)
+        options = ["--duration", "1"] if how == "duration" else []
+        cli = uemu_cli("attach", str(tracee.pid), *options)
+        guarded = next(a for a, name in addresses.items() if name == "sema:guarded")
+        wait_until(lambda: semaphore(tracee.pid, guarded) > 0, what="the semaphore raised")
+        assert differences(before, file_memory(tracee.pid)), "attached, yet nothing in memory changed"
+        code, _, err = stop_cli(cli, None if how == "duration" else getattr(signal, how))
+        assert code == 0 and err == "", err
+        assert differences(before, file_memory(tracee.pid)) == []
+        _left_alone(tracee.pid)
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+
+
+def test_max_events_and_target_exit(samples, tmp_path):
+    """--max-events ends tracing at the Nth hit; the program goes on as untraced.
+    A second uemu then sees the program exit and ends cleanly too."""
+    with _paused_sema(samples) as tracee:
+        addresses = _semaphores(tracee)
+        text_before = file_memory(tracee.pid, writable=False)
+        cli = uemu_cli("attach", str(tracee.pid), "sema:always", "--max-events", "1")
+        always = next(a for a, name in addresses.items() if name == "sema:always")
+        wait_until(lambda: semaphore(tracee.pid, always) > 0, what="the semaphore raised")
+        tracee.release()
+        code, out, err = stop_cli(cli, None)
+        assert code == 0 and err == "" and len(out.splitlines()) == 1, (out, err)
+        tracee.wait_sync("phase")
+        assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
+        assert differences(text_before, file_memory(tracee.pid, writable=False)) == []
+        _left_alone(tracee.pid)
+        # now the program exits while traced
+        cli = uemu_cli("attach", str(tracee.pid), "sema:*")
+        wait_until(lambda: semaphore(tracee.pid, always) > 0, what="the semaphore raised")
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+        code, out, err = stop_cli(cli, None)
+        assert code == 0 and err == "", err
+        assert "sema:always" in out
+
+
+def test_an_exception_inside_uemu_restores_the_tracee(samples):
+    """A handler that raises: the session still restores every byte and counter."""
+    with _paused_sema(samples) as tracee:
+        addresses = _semaphores(tracee)
+        before = file_memory(tracee.pid, writable=False)  # the program writes its data as it runs
+
+        def broken(event: Event) -> None:
+            raise RuntimeError("a bug in a handler")
+
+        session = Session(["sema:always"])
+        session.attach(tracee.pid)
+        tracee.release()
+        with pytest.raises(RuntimeError, match="a bug in a handler"):
+            session.run(broken)
+        tracee.wait_sync("phase")
+        assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
+        assert differences(before, file_memory(tracee.pid, writable=False)) == []
+        _left_alone(tracee.pid)
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+
+
+@pytest.mark.oracle
+@pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
+def test_counts_add_up_with_a_kernel_uprobe_on_the_same_semaphore(samples):
+    """Kernel uprobe on one sema:guarded site, uemu on all three: the kernel's
+    breakpoint is left alone (reported), each tracer counts what it armed, and
+    both removals leave 0."""
+    sites = sdt_sites(str(samples / "sema"))
+    guarded = [(elf, p) for elf, p in sites if p.full_name == "sema:guarded"]
+    with _paused_sema(samples) as tracee:
+        address = next(a for a, name in _semaphores(tracee).items() if name == "sema:guarded")
+        with KernelUprobes(guarded[:1], with_args=False):
+            wait_until(lambda: semaphore(tracee.pid, address) == 1, what="the kernel's increment")
+            cli = uemu_cli("attach", str(tracee.pid), "sema:guarded")
+            wait_until(lambda: semaphore(tracee.pid, address) == 3, what="uemu's increments")
+            code, _, err = stop_cli(cli, signal.SIGTERM)
+            assert code == 0
+            assert "another tracer's breakpoint" in err and len(err.splitlines()) == 1, err
+            assert semaphore(tracee.pid, address) == 1
+        assert semaphore(tracee.pid, address) == 0
+        _left_alone(tracee.pid)
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+
+
+@pytest.mark.oracle
+@pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
+def test_semaphore_values_equal_kernel_uprobes(samples):
+    """The same sites armed by the kernel and by uemu raise the same counters by as much."""
+    sites = sdt_sites(str(samples / "sema"))
+    with _paused_sema(samples) as tracee:
+        addresses = _semaphores(tracee)
+        with KernelUprobes(sites, with_args=False):
+            wait_until(lambda: all(_values(tracee.pid, addresses).values()), what="the kernel's increments")
+            kernel = _values(tracee.pid, addresses)
+        assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
+        cli = uemu_cli("attach", str(tracee.pid))
+        wait_until(lambda: _values(tracee.pid, addresses) == kernel, what="uemu's increments")
+        stop_cli(cli, signal.SIGINT)
+        assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+
+
+def test_threads_created_after_attaching_report_hits(samples, tmp_path):
+    with Tracee([samples / "threads", "4", "5"]) as tracee:
+        tracee.wait_sync("start")
+        events_file = tmp_path / "events.json"
+        cli = uemu_cli("attach", str(tracee.pid), "threads:*", "--json", "-o", str(events_file))
+        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        wait_until(lambda: _armed(tracee.pid, samples / "threads"), what="breakpoints")
+        tracee.release()
+        tracee.wait_sync("end")
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        tracee.release()
+        assert tracee.finish() == 0
+        truth = expected_hits(tracee.lines())
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    reported = [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events]
+    assert len({tid for *_, tid in reported}) == 5  # four workers and the main thread
+    assert per_probe(reported) == per_probe(truth)
+
+
+def _armed(pid: int, program) -> bool:
+    """A breakpoint is in the program's text (the first site's byte is int3)."""
+    from tracee import read_memory  # noqa: PLC0415
+
+    from uemu import sdt  # noqa: PLC0415
+    from uemu.maps import read_maps  # noqa: PLC0415
+
+    probe = sdt.open_elf(str(program)).probes[0]
+    vma = next(v for v in read_maps(pid) if v.path == str(program) and v.executable)
+    return read_memory(pid, vma.offset_to_vaddr(probe.file_offset), 1) == b"\xcc"

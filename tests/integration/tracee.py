@@ -1,0 +1,144 @@
+"""A sample program run as a target to attach to, paused at its sync points
+(samples/README.md: SAMPLE_SYNC), and the memory facts tests compare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from samplelog import Line, parse
+
+from uemu.maps import read_maps
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Tracee:
+    """A sample started with SAMPLE_SYNC=1: it stops at each ``sync`` line until
+    ``release()`` writes a line to its stdin."""
+
+    def __init__(self, argv: Sequence[str | Path], env: dict[str, str] | None = None):
+        self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")
+        environment = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1", **(env or {}))
+        self.process = subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE, env=environment,
+                                        stdout=subprocess.DEVNULL)
+        self.pid = self.process.pid
+        self.syncs_seen = 0
+
+    def lines(self) -> list[Line]:
+        self._out.seek(0)
+        return parse(self._out.read())
+
+    def wait_sync(self, label: str) -> None:
+        """Wait until the program stands at the next sync point, which must be ``label``."""
+        want = self.syncs_seen + 1
+
+        def reached() -> bool:
+            syncs = [line.word for line in self.lines() if line.kind == "sync"]
+            return len(syncs) >= want
+
+        wait_until(reached, what=f"sync {label}")
+        syncs = [line.word for line in self.lines() if line.kind == "sync"]
+        assert syncs[want - 1] == label, syncs
+        self.syncs_seen = want
+        # it prints the line, then blocks reading stdin
+        wait_until(lambda: process_state(self.pid) in ("S", "D"), what="the program to block")
+
+    def release(self) -> None:
+        self.process.stdin.write(b"\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout: float = 20.0) -> int:
+        self.process.stdin.close()
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()
+
+    def __enter__(self) -> Tracee:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stream:
+        return stream.read().rsplit(")", 1)[1].split()[0]
+
+
+def tracer_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as stream:
+        for line in stream:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    raise AssertionError("no TracerPid line")
+
+
+def thread_states(pid: int) -> dict[int, str]:
+    return {int(tid): process_state(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def read_memory(pid: int, address: int, size: int) -> bytes:
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(address)
+        return mem.read(size)
+
+
+def semaphore(pid: int, address: int) -> int:
+    return int.from_bytes(read_memory(pid, address, 2), sys.byteorder)
+
+
+def file_memory(pid: int, writable: bool = True) -> dict[tuple[int, int, str, str], bytes]:
+    """Every file-backed mapping's bytes (text, rodata, and unless told not to,
+    data and .probes), keyed (start, end, perms, path)."""
+    snapshot = {}
+    for vma in read_maps(pid):
+        if vma.file_backed and vma.readable and vma.path.startswith("/") and (writable or not vma.writable):
+            snapshot[(vma.start, vma.end, vma.perms, vma.path)] = read_memory(pid, vma.start, vma.end - vma.start)
+    return snapshot
+
+
+def differences(before: dict, after: dict) -> list[str]:
+    """Human-readable list of what changed between two ``file_memory`` snapshots."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old != new:
+            if old is None or new is None:
+                changed.append(f"{key[3]} {key[0]:#x}: mapping {'appeared' if old is None else 'vanished'}")
+                continue
+            first = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+            changed.append(f"{key[3]} {key[0] + first:#x}: {old[first:first + 8].hex()} -> {new[first:first + 8].hex()}")
+    return changed
+
+
+def uemu_cli(*args: str) -> subprocess.Popen:
+    """``uemu ARGS`` in its own process (leaving on signals is part of what is tested)."""
+    return subprocess.Popen([sys.executable, "-m", "uemu", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]:
+    if how is not None:
+        process.send_signal(how)
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, err
+
