@@ -10,7 +10,8 @@
  *   sema PID TID PROVIDER:NAME ADDRESS VALUE the probe's semaphore at ADDRESS reads VALUE
  *   text PID TID ADDRESS STRING              the NUL-terminated string at ADDRESS
  *   sync PID TID LABEL                       phase boundary (see sample_sync)
- *   KIND PID TID WORD [VALUE ...]            sample-specific facts (child, signal, ...)
+ *   KIND PID TID ...                         sample-specific facts (child, signal,
+ *                                            result, time: see each sample's header)
  *
  * Output goes to stdout, or appended to the file named by $SAMPLE_OUT.
  */
