@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     attach.add_argument("pid", metavar="PID", type=int)
     attach.add_argument("probes", metavar="PROBE", nargs="*", help=_PROBE_HELP)
-    _tracing_options(attach, default_mappings="syscall")
+    _tracing_options(attach, default_mappings="rendezvous")
     attach.set_defaults(handler=_cmd_attach)
     return parser
 
@@ -137,10 +137,11 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument(
         "--mappings",
-        choices=("seccomp", "syscall", "exec"),
+        choices=("seccomp", "rendezvous", "syscall", "exec"),
         default=default_mappings,
-        help="how new mappings (dlopen, mmap) are noticed: a seccomp filter (run only), a stop at "
-        f"every syscall, or only at exec (default {default_mappings})",
+        help="how new mappings (dlopen, mmap) are noticed: a seccomp filter stopping only mapping "
+        "syscalls (run only), the dynamic linker's dlopen breakpoint, a stop at every syscall, or only "
+        f"at exec (default {default_mappings})",
     )
 
 
@@ -156,8 +157,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    if args.mappings == "seccomp":
-        raise errors.BadInput("--mappings=seccomp needs 'uemu run': a filter cannot be added to a running process")
     session = _session(args)
     with _output(args, default=sys.stdout) as stream:
         session.attach(args.pid)

@@ -48,7 +48,13 @@ _SEIZE_OPTIONS = (
 _SIGTRAP_SYSCALL = signal.SIGTRAP | 0x80
 _LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
 
-MAPPINGS_MODES = ("seccomp", "syscall", "exec")
+MAPPINGS_MODES = ("seccomp", "rendezvous", "syscall", "exec")
+"""How new mappings are noticed (README: "Noticing new mappings"):
+seccomp     run only: a filter in the child stops exactly the mapping syscalls;
+rendezvous  a breakpoint where the dynamic linker reports each dlopen/dlclose,
+            with every syscall stopped until that breakpoint is armed;
+syscall     a stop at every syscall's entry and exit;
+exec        nothing after exec."""
 
 
 @dataclass(eq=False)
@@ -123,6 +129,7 @@ class Session:
         self.max_events: int | None = None
         self._pending_children: dict[int, _PendingChild] = {}
         self._seen_files: set[tuple[int, int]] = set()
+        self._rendezvous: set[Uprobe] = set()
         self._matched: set[int] = set()
         self._queue: deque[Event] | None = None
         self._stop_reason: str | None = None
@@ -142,15 +149,19 @@ class Session:
         """Seize every thread of a running process and arm the probes."""
         process.check_attachable(pid)
         arch = process.executable_arch(pid)
-        mappings = self.mappings or "syscall"
+        mappings = self.mappings or "rendezvous"
+        if mappings == "seccomp":
+            raise errors.BadInput("seccomp mapping tracking needs 'uemu run': a running process cannot get the filter")
         self._check_mode(mappings)
         self.mappings = mappings
         mm = self._new_mm(pid, arch)
         self._resolve_or_fail(mm)
+        self._install_signal_handlers()
         self._stopping = True
         try:
             self._seize_all(pid, mm)
             self._arm(mm, mm.vmas)
+            self._arm_rendezvous(mm)
         except BaseException:
             self.close()
             raise
@@ -165,6 +176,7 @@ class Session:
         self._check_spawn_probes(argv)
         pid = self._fork_stopped(argv, env)
         self.child_pid = pid
+        self._install_signal_handlers()
         options = _SEIZE_OPTIONS | ptrace.O_EXITKILL
         ptrace.seize(pid, options)
         self.tasks[pid] = Task(pid, pid, None)
@@ -189,10 +201,7 @@ class Session:
         try:
             self._loop()
         finally:
-            try:
-                self.close()
-            finally:
-                self._restore_signal_handlers()
+            self.close()
 
     def events(self, *, duration: float | None = None, max_events: int | None = None) -> Iterator[Event]:
         """Yield each hit as an Event; the session detaches when the iterator ends
@@ -210,10 +219,7 @@ class Session:
             while self._queue:
                 yield self._queue.popleft()
         finally:
-            try:
-                self.close()
-            finally:
-                self._restore_signal_handlers()
+            self.close()
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end at the next stop (safe from a handler or a signal handler)."""
@@ -237,6 +243,7 @@ class Session:
         try:
             self._detach_all()
         finally:
+            self._restore_signal_handlers()
             for mm in {id(m): m for m in self.mms.values()}.values():
                 mm.memory.close()
             if self.child_pid is not None and self.exit_status is None:
@@ -364,24 +371,47 @@ class Session:
             self.uprobes.munmap(mm, result, result + args[1])
         elif kind == "mremap" and not _failed(result):
             self.uprobes.mremap(mm, args[0], args[1], result)
+        elif kind is None:
+            self._drop_vanished_breakpoints(mm, vmas)
         mm.vmas = vmas
         new_vmas = [v for v in vmas if _vma_key(v) not in old_keys]
-        if not new_vmas:
-            return
-        self._open_new_objects(mm, new_vmas)
-        self._arm(mm, new_vmas)
+        self._update_objects(mm, new_vmas)
+        if new_vmas:
+            self._arm(mm, new_vmas)
 
-    def _open_new_objects(self, mm: Mm, new_vmas: list[Vma]) -> None:
+    def _drop_vanished_breakpoints(self, mm: Mm, vmas: list[Vma]) -> None:
+        """Without the syscall at hand (a rendezvous), tell from memory which of our
+        breakpoints went away: one stays ours only where the same file offset is
+        still mapped there and still holds our trap (an mprotect keeps the pages;
+        a munmap or a remap does not)."""
+        for vaddr, uprobe in list(mm.installed.items()):
+            vma = next((v for v in vmas if v.start <= vaddr < v.end), None)
+            kept = vma is not None and vma.file_id == uprobe.file_id and vma.vaddr_to_offset(vaddr) == uprobe.offset
+            if kept:
+                trap = mm.backend.trap_bytes(uprobe.original)
+                try:
+                    kept = mm.memory.read(vaddr, len(trap)) == trap
+                except OSError:
+                    kept = False
+            if not kept:
+                self.uprobes.munmap(mm, vaddr, vaddr + 1)
+
+    def _update_objects(self, mm: Mm, new_vmas: list[Vma]) -> None:
+        """Open objects seen for the first time; give every object its current VMAs.
+        Argument readers of an object that moved are rebuilt (its symbols moved too)."""
         unknown = [v for v in new_vmas if v.file_backed and v.file_id not in mm.objects]
-        if not unknown:
-            return
-        objects, warnings = sdt.mapped_objects(mm.pid, unknown)
-        for warning in warnings:
-            self.warn(warning)
-        for mapped in objects:
-            mm.objects[mapped.file_id] = mapped
+        if unknown:
+            objects, warnings = sdt.mapped_objects(mm.pid, unknown)
+            for warning in warnings:
+                self.warn(warning)
+            for mapped in objects:
+                mm.objects[mapped.file_id] = mapped
         for mapped in mm.objects.values():
-            mapped.vmas = [v for v in mm.vmas if v.file_id == mapped.file_id]
+            vmas = [v for v in mm.vmas if v.file_id == mapped.file_id]
+            if vmas != mapped.vmas:
+                mapped.vmas = vmas
+                for consumer in [c for c in mm.readers if c.probe.object == mapped.elf.path]:
+                    del mm.readers[consumer]
 
     # ---- attaching -------------------------------------------------------------------
 
@@ -572,7 +602,39 @@ class Session:
             pass
 
     def _traces_every_syscall(self, task: Task) -> bool:
-        return self.mappings == "syscall" and task.mm is not None and not self._passthrough
+        mm = task.mm
+        if mm is None or self._passthrough:
+            return False
+        return self.mappings == "syscall" or (self.mappings == "rendezvous" and not mm.rendezvous_armed)
+
+    def _arm_rendezvous(self, mm: Mm) -> None:
+        """Put uemu's own breakpoint on the dynamic linker's ``r_brk`` (glibc's
+        ``_dl_debug_state``), which it calls around every change of its object list,
+        mapped and before the new objects' constructors run (gdb's method).
+
+        ``r_brk`` is set once ld.so has started; until then (at exec) every syscall
+        stops so start-up libraries are still seen.  A process with no dynamic
+        linker has nothing to watch.
+        """
+        if self.mappings != "rendezvous" or mm.rendezvous_armed:
+            return
+        linker = next((m for m in mm.objects.values() if os.path.basename(m.elf.path).startswith("ld")
+                       and m.symbol_runtime_address("_r_debug") is not None), None)
+        if linker is None:
+            mm.rendezvous_armed = not any(os.path.basename(m.elf.path).startswith("ld") for m in mm.objects.values())
+            return
+        word = mm.arch.word_size
+        order = "little" if mm.arch.little_endian is not False else "big"
+        r_debug = linker.symbol_runtime_address("_r_debug")
+        # struct r_debug { int r_version; struct link_map *r_map; ElfW(Addr) r_brk; ... }
+        r_brk = int.from_bytes(mm.memory.read(r_debug + 2 * word, word), order)
+        vma = next((v for v in mm.vmas if v.start <= r_brk < v.end and v.file_id == linker.file_id), None)
+        if vma is None:
+            return  # not initialised yet
+        uprobe = self.uprobes.register(linker, vma.vaddr_to_offset(r_brk), 0, None)
+        self.uprobes.install_breakpoint(mm, uprobe, r_brk)
+        self._rendezvous.add(uprobe)
+        mm.rendezvous_armed = True
 
     # ---- stops -------------------------------------------------------------------------
 
@@ -589,6 +651,8 @@ class Session:
         uprobe = mm.installed.get(site)
         if uprobe is None:
             return signal.SIGTRAP  # not ours: the program's int3, raise(SIGTRAP), a debugger-style test
+        if uprobe in self._rendezvous and not self._stopping:
+            self._refresh_mappings(mm, None, (), 0)
         if self._stopping:
             # Leaving: the breakpoint is about to be restored; run the instruction again.
             regs[arch.ip_reg] = site
@@ -796,6 +860,7 @@ class Session:
             task.syscall = None
             if not self._passthrough:
                 self._refresh_mappings(task.mm, kind, args, info.rval)
+                self._arm_rendezvous(task.mm)
         task.syscall = None
         return 0
 
@@ -915,6 +980,7 @@ class Session:
         values in its copied pages; delayed entries are not copied."""
         mm = Mm(child, parent.arch, ptrace.Memory(child), list(parent.vmas), dict(parent.objects))
         mm.installed = dict(parent.installed)
+        mm.rendezvous_armed = parent.rendezvous_armed
         self.mms[child] = mm
         return mm
 
@@ -1022,16 +1088,20 @@ class Session:
 
     # ---- signals to uemu itself -------------------------------------------------------------
 
-    def _install_signal_handlers(self, duration: float | None) -> None:
+    def _install_signal_handlers(self, duration: float | None = None) -> None:
+        """From the first ptrace call on, a leaving signal only records why we leave
+        (installed once; the session's close puts the old handlers back)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in _LEAVING_SIGNALS:
-            self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
+        if not self._old_handlers:
+            for sig in _LEAVING_SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
         if duration is not None:
             signal.setitimer(signal.ITIMER_REAL, duration)
 
     def _restore_signal_handlers(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0) if self._old_handlers else None
+        if self._old_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers.clear()

@@ -99,6 +99,9 @@ class Mm:
     readers: dict[Consumer, list] = field(default_factory=dict)
     xol_area: XolArea | None = None
     """Where this mm's displaced instructions run (kernel: ``mm->uprobes_state.xol_area``)."""
+    rendezvous_armed: bool = False
+    """Whether the dynamic linker's rendezvous breakpoint watches this mm's dlopens
+    (or there is no dynamic linker to watch)."""
 
     @property
     def backend(self) -> Backend:
@@ -141,9 +144,10 @@ class Uprobes:
     # ---- registration ------------------------------------------------------
 
     def register(
-        self, mapped: MappedObject, offset: int, ref_ctr_offset: int, probe: ProbeInfo
+        self, mapped: MappedObject, offset: int, ref_ctr_offset: int, probe: ProbeInfo | None
     ) -> Uprobe:
-        """Find or create the uprobe at (file, offset) and add a consumer.
+        """Find or create the uprobe at (file, offset) and add a consumer (none for
+        uemu's own breakpoints, such as the dynamic linker's rendezvous).
 
         Kernel: ``uprobe_register()`` checks and ``alloc_uprobe()``; a second
         registration with another ``ref_ctr_offset`` is refused in its words.
@@ -160,7 +164,7 @@ class Uprobes:
                 f"offset: {offset:#x} ref_ctr_offset(old): {uprobe.ref_ctr_offset:#x} "
                 f"ref_ctr_offset(new): {ref_ctr_offset:#x}"
             )
-        if not any(c.probe == probe for c in uprobe.consumers):
+        if probe is not None and not any(c.probe == probe for c in uprobe.consumers):
             uprobe.consumers.append(Consumer(probe))
         return uprobe
 
