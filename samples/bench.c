@@ -2,6 +2,9 @@
  *
  *   bench:nop   no arguments
  *   bench:args  three arguments (a register, a stack slot at -O0, a constant)
+ *   bench:sema  two arguments, guarded by its semaphore, read afresh at every
+ *               iteration (volatile): untraced the loop skips the probe, as real
+ *               programs do with PROVIDER_PROBE_ENABLED()
  *
  * For each loop, including one without any probe (the loop's own cost), the
  * program prints "hits PID TID PROBE COUNT" and
@@ -10,9 +13,14 @@
  *
  *   bench [ITERATIONS]   (default 100000)
  */
+#define _SDT_HAS_SEMAPHORES 1 /* every probe of this file then names a semaphore */
 #include "sample.h"
 
 #include <time.h>
+
+SAMPLE_SEMAPHORE(bench, nop);
+SAMPLE_SEMAPHORE(bench, args);
+SAMPLE_SEMAPHORE(bench, sema);
 
 static unsigned long long now_ns(void)
 {
@@ -55,6 +63,13 @@ int main(int argc, char **argv)
 		STAP_PROBE3(bench, args, i, negated, 42);
 	}
 	report("bench:args", i, start);
+
+	start = now_ns();
+	for (i = 0; i < iterations; i++) {
+		if (*(volatile unsigned short *)SEMAPHORE_OF(bench, sema))
+			STAP_PROBE2(bench, sema, i, iterations - i);
+	}
+	report("bench:sema", i, start);
 
 	sample_sync("end");
 	return 0;

@@ -6,7 +6,8 @@ a file).  Prints microseconds per hit and the ratios.
 
 The tight loop is samples/bench (``bench:sema``: a semaphore-guarded probe
 with two arguments); the program times its own loops, so start-up and
-attach costs are not counted.  Every figure is the median of --repeat runs.
+attach costs are not counted.  Every figure is the median of --repeat
+interleaved rounds, after one warm-up round.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ def ctypes_floor(iterations: int) -> float:
         _libc.ptrace(PTRACE_CONT, pid, None, None)
         os.waitpid(pid, 0)  # the exec SIGTRAP
         vmas = [v for v in read_maps(pid) if v.path == str(BENCH)]
-        address = next(v.offset_to_vaddr(site.file_offset) for v in vmas if v.executable)
-        semaphore = next(v.offset_to_vaddr(site.semaphore_offset) for v in vmas if v.writable)
+        address = next(v.offset_to_vaddr(site.file_offset) for v in vmas
+                       if v.executable and v.covers_offset(site.file_offset))
+        semaphore = next(v.offset_to_vaddr(site.semaphore_offset) for v in vmas
+                         if v.writable and v.covers_offset(site.semaphore_offset))
         with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
             mem.seek(address)
             mem.write(b"\xcc")
@@ -143,9 +146,16 @@ def ctypes_floor(iterations: int) -> float:
         return per_hit_us(out.read())
 
 
-def median(measure: Callable[[], float | None], repeat: int) -> float | None:
-    values = [measure() for _ in range(repeat)]
-    return None if None in values else statistics.median(values)
+def interleaved(measures: dict[str, Callable[[], float | None]], repeat: int) -> dict[str, float | None]:
+    """Median of ``repeat`` rounds; each round runs every measure once, so a busy
+    moment of the machine weighs on all of them alike.  One warm-up round first."""
+    samples: dict[str, list[float | None]] = {name: [] for name in measures}
+    for round_number in range(repeat + 1):
+        for name, measure in measures.items():
+            value = measure()
+            if round_number:
+                samples[name].append(value)
+    return {name: None if None in values else statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -156,13 +166,13 @@ def main() -> None:
     if not BENCH.exists():
         sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
     n, repeat = args.iterations, args.repeat
-    rows = {
-        "untraced": median(lambda: untraced(n), repeat),
-        "kernel uprobe (tracefs)": median(lambda: kernel_uprobe(n), repeat),
-        "ctypes ptrace floor": median(lambda: ctypes_floor(n), repeat),
-        "uemu --count": median(lambda: uemu(n, "--count"), repeat),
-        "uemu --json -o FILE": median(lambda: uemu(n, "--json"), repeat),
-    }
+    rows = interleaved({
+        "untraced": lambda: untraced(n),
+        "kernel uprobe (tracefs)": lambda: kernel_uprobe(n),
+        "ctypes ptrace floor": lambda: ctypes_floor(n),
+        "uemu --count": lambda: uemu(n, "--count"),
+        "uemu --json -o FILE": lambda: uemu(n, "--json"),
+    }, repeat)
     floor = rows["ctypes ptrace floor"]
     print(f"{PROBE}, {n} hits per run, median of {repeat} runs; cost per hit over the empty loop")
     for name, value in rows.items():
