@@ -67,6 +67,7 @@ SAMPLES = (
     Sample("threads"),
     Sample("signals"),
     Sample("bench", ("1000",)),
+    Sample("longrun", ("2", "5", "100")),
     Sample("manysites", kernel_oracle=False),
     Sample("asmprobes", x86_64_only=True),
     Sample(

@@ -20,6 +20,7 @@ PROGRAMS = [
     ("linked", ("2",), ("libsdtlib.so",)),
     ("sema", ("2",), ()),
     ("threads", ("3", "4"), ()),
+    ("longrun", ("2", "5", "100"), ()),
 ]
 IDS = [p[0] for p in PROGRAMS]
 
