@@ -130,6 +130,8 @@ class Session:
         self._pending_children: dict[int, _PendingChild] = {}
         self._seen_files: set[tuple[int, int]] = set()
         self._rendezvous: set[Uprobe] = set()
+        self._removals: list[str] = []
+        self._in_loop = False
         self._matched: set[int] = set()
         self._queue: deque[Event] | None = None
         self._stop_reason: str | None = None
@@ -220,6 +222,30 @@ class Session:
                 yield self._queue.popleft()
         finally:
             self.close()
+
+    def remove_probes(self, words: Sequence[str]) -> None:
+        """Stop tracing what some PROBE words selected; the others go on.
+
+        Kernel: ``uprobe_unregister()`` of those consumers: a site another word
+        still wants keeps its breakpoint and its counter; a site nobody wants
+        any more loses both.  Safe from a handler: done at the next stop, with
+        every thread stopped.
+        """
+        self._removals.extend(words)
+        if not self._in_loop:
+            self._remove_pending()
+
+    def _remove_pending(self) -> None:
+        words, self._removals = self._removals, []
+        self.specs = [spec for spec in self.specs if spec.text not in words]
+        emptied = [u for word in words for u in self.uprobes.unregister(word)]
+        if not emptied or not self._stop_all():
+            self._stopping = False
+            return
+        for mm in {id(m): m for m in self.mms.values()}.values():
+            for uprobe in emptied:
+                self.uprobes.remove_uprobe(mm, uprobe)
+        self._resume_parked()
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end at the next stop (safe from a handler or a signal handler)."""
@@ -320,13 +346,13 @@ class Session:
         if mapped.file_id in self._seen_files:
             return self.uprobes.by_file.get(mapped.file_id, [])
         self._seen_files.add(mapped.file_id)
-        chosen: dict[tuple[int, int, ProbeInfo], None] = {}
+        chosen: dict[tuple[int, int, ProbeInfo, str], None] = {}
         for spec in self.specs or [SdtPattern(None, "*", "*", "*:*")]:
-            for item in self._selected(spec, mapped):
-                chosen[item] = None
+            for offset, ref, info in self._selected(spec, mapped):
+                chosen[offset, ref, info, spec.text] = None
         uprobes = []
-        for offset, ref, info in chosen:
-            uprobe = self.uprobes.register(mapped, offset, ref, info)
+        for offset, ref, info, word in chosen:
+            uprobe = self.uprobes.register(mapped, offset, ref, info, word)
             for consumer in uprobe.consumers:
                 if consumer not in self.consumers:
                     self.consumers.append(consumer)
@@ -528,7 +554,13 @@ class Session:
         except ChildProcessError:
             self.tasks.clear()
             return False
-        self._dispatch(tid, status)
+        self._in_loop = True
+        try:
+            self._dispatch(tid, status)
+        finally:
+            self._in_loop = False
+        if self._removals:
+            self._remove_pending()
         return self._stop_reason is None and bool(self.tasks)
 
     def _dispatch(self, tid: int, status: int) -> None:
@@ -1025,9 +1057,8 @@ class Session:
 
     # ---- leaving -------------------------------------------------------------------------
 
-    def _detach_all(self) -> None:
-        if not self.tasks:
-            return
+    def _stop_all(self) -> bool:
+        """Park every task (interrupting the running ones); False if none is left."""
         self._stopping = True
         for task in self.tasks.values():
             if not task.stopped:
@@ -1039,6 +1070,10 @@ class Session:
             self._wait_until_parked()
         except ChildProcessError:
             self.tasks.clear()
+        return bool(self.tasks)
+
+    def _detach_all(self) -> None:
+        if not self.tasks or not self._stop_all():
             return
         for task in list(self.tasks.values()):
             if task.mm is not None and task.mm.xol_area is not None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from uemu.arch import Arch
 from uemu.arch.base import Backend, Plan, Refuse
 
 from . import argspec, errors
-from .maps import Vma, find_counter_vma, is_counter_vma, is_probe_vma
+from .maps import Vma, find_counter_vma, is_counter_vma
 from .ptrace import Memory
 from .sdt import MappedObject
 from .xol import XolArea
@@ -52,9 +52,12 @@ class ProbeInfo:
 
 @dataclass(eq=False)
 class Consumer:
-    """What a user attached to a uprobe (kernel: ``struct uprobe_consumer``)."""
+    """What a user attached to a uprobe (kernel: ``struct uprobe_consumer``): one
+    PROBE word's claim on one site.  Two words selecting one site are two
+    consumers of one uprobe: one breakpoint, one counter increment, two reports."""
 
     probe: ProbeInfo
+    word: str
     hits: int = 0
 
 
@@ -70,6 +73,8 @@ class Uprobe:
     original: bytes
     """The first bytes of the probed instruction, read from the file (never from memory)."""
     consumers: list[Consumer] = field(default_factory=list)
+    internal: bool = False
+    """uemu's own breakpoint (the dynamic linker's rendezvous): no consumer, kept all along."""
     _plans: dict[int, Plan] = field(default_factory=dict)
 
     def plan_at(self, backend: Backend, vaddr: int) -> Plan:
@@ -144,10 +149,10 @@ class Uprobes:
     # ---- registration ------------------------------------------------------
 
     def register(
-        self, mapped: MappedObject, offset: int, ref_ctr_offset: int, probe: ProbeInfo | None
+        self, mapped: MappedObject, offset: int, ref_ctr_offset: int, probe: ProbeInfo | None, word: str = ""
     ) -> Uprobe:
-        """Find or create the uprobe at (file, offset) and add a consumer (none for
-        uemu's own breakpoints, such as the dynamic linker's rendezvous).
+        """Find or create the uprobe at (file, offset) and add the consumer of
+        (``probe``, ``word``); ``probe`` None makes it one of uemu's own.
 
         Kernel: ``uprobe_register()`` checks and ``alloc_uprobe()``; a second
         registration with another ``ref_ctr_offset`` is refused in its words.
@@ -164,9 +169,29 @@ class Uprobes:
                 f"offset: {offset:#x} ref_ctr_offset(old): {uprobe.ref_ctr_offset:#x} "
                 f"ref_ctr_offset(new): {ref_ctr_offset:#x}"
             )
-        if probe is not None and not any(c.probe == probe for c in uprobe.consumers):
-            uprobe.consumers.append(Consumer(probe))
+        if probe is None:
+            uprobe.internal = True
+        elif not any(c.probe == probe and c.word == word for c in uprobe.consumers):
+            uprobe.consumers.append(Consumer(probe, word))
         return uprobe
+
+    def unregister(self, word: str) -> list[Uprobe]:
+        """Drop the consumers of a PROBE word; the uprobes left with none, whose
+        breakpoints must now go (kernel: ``uprobe_unregister()``)."""
+        emptied = []
+        for uprobe in self.by_site.values():
+            before = len(uprobe.consumers)
+            uprobe.consumers = [c for c in uprobe.consumers if c.word != word]
+            if before and not uprobe.consumers and not uprobe.internal:
+                emptied.append(uprobe)
+        return emptied
+
+    def remove_uprobe(self, mm: Mm, uprobe: Uprobe) -> None:
+        """Take one uprobe out of one mm: its breakpoints (each lowering the counter)
+        and its delayed entry."""
+        for vaddr in [v for v, u in mm.installed.items() if u is uprobe]:
+            self.remove_breakpoint(mm, vaddr)
+        mm.delayed.discard(uprobe)
 
     def _new_uprobe(self, mapped: MappedObject, offset: int, ref_ctr_offset: int) -> Uprobe:
         path = mapped.elf.path
@@ -188,13 +213,6 @@ class Uprobes:
         return Uprobe(mapped.file_id, offset, ref_ctr_offset, path, original)
 
     # ---- breakpoints ---------------------------------------------------------
-
-    def install_all(self, mm: Mm, uprobes: Iterable[Uprobe]) -> None:
-        """Install each uprobe in every probe VMA of its file in ``mm``."""
-        for uprobe in uprobes:
-            for vma in mm.vmas:
-                if is_probe_vma(vma, uprobe.file_id, uprobe.offset):
-                    self.install_breakpoint(mm, uprobe, vma.offset_to_vaddr(uprobe.offset))
 
     def install_breakpoint(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> None:
         """Kernel: ``install_breakpoint()`` -> ``set_swbp()`` -> ``uprobe_write_opcode()``."""
@@ -294,7 +312,7 @@ class Uprobes:
                 self.delayed_ref_ctr_inc(mm, vma)
             if vma.file_backed and vma.private and not vma.writable:
                 for uprobe in self.by_file.get(vma.file_id, ()):
-                    if vma.covers_offset(uprobe.offset):
+                    if (uprobe.consumers or uprobe.internal) and vma.covers_offset(uprobe.offset):
                         self.install_breakpoint(mm, uprobe, vma.offset_to_vaddr(uprobe.offset))
 
     def delayed_ref_ctr_inc(self, mm: Mm, vma: Vma) -> None:

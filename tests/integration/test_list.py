@@ -326,7 +326,7 @@ def memory(pid: int, address: int, size: int) -> bytes:
 
 def check_runtime(rows: list[dict], sample: Running, source: dict[str, Path] | None = None) -> None:
     """Every row at the address the process uses: load bias + link-time address
-    (from /proc/PID/maps), an SDT nop in its memory there, and every semaphore
+    (from /proc/PID/maps), the file's SDT nop in its memory there, and every semaphore
     the process printed (with the value it read)."""
     source = source or {}
     printed = sample.semaphores()
@@ -335,7 +335,10 @@ def check_runtime(rows: list[dict], sample: Running, source: dict[str, Path] | N
         obj = sdt.open_elf(str(source.get(row["object"], row["object"])))
         bias = load_bias(sample.pid, row["object"], obj)
         assert row["runtime_address"] == bias + row["address"], row
-        assert memory(sample.pid, row["runtime_address"], 1) == b"\x90", row
+        with open(source.get(row["object"], row["object"]), "rb") as file:
+            file.seek(row["file_offset"])
+            nop = file.read(2)  # the probe's nop as the file holds it (x86: 90; riscv c.nop: 01 00)
+        assert memory(sample.pid, row["runtime_address"], 2) == nop, row
         if row["semaphore"] is None:
             assert row["runtime_semaphore"] is None
             continue

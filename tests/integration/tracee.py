@@ -29,19 +29,31 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str
 
 class Tracee:
     """A sample started with SAMPLE_SYNC=1: it stops at each ``sync`` line until
-    ``release()`` writes a line to its stdin."""
+    ``release()`` writes a line to its stdin.
 
-    def __init__(self, argv: Sequence[str | Path], env: dict[str, str] | None = None):
+    ``under`` runs it under another command (``uemu run --``), which passes
+    stdin through; ``pid`` is then the sample's, from its own lines.
+    """
+
+    def __init__(self, argv: Sequence[str | Path], env: dict[str, str] | None = None,
+                 under: Sequence[str] = ()):
         self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")
+        self._err = tempfile.NamedTemporaryFile("r", prefix="tracee-err-")
         environment = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1", **(env or {}))
-        self.process = subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE, env=environment,
-                                        stdout=subprocess.DEVNULL)
+        self.process = subprocess.Popen([*under, *(str(a) for a in argv)], stdin=subprocess.PIPE,
+                                        env=environment, stdout=subprocess.DEVNULL, stderr=self._err)
         self.pid = self.process.pid
+        if under:
+            self.pid = wait_until(lambda: next((line.pid for line in self.lines()), None), what="the sample")
         self.syncs_seen = 0
 
     def lines(self) -> list[Line]:
         self._out.seek(0)
         return parse(self._out.read())
+
+    def stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read()
 
     def wait_sync(self, label: str) -> None:
         """Wait until the program stands at the next sync point, which must be ``label``."""
@@ -71,6 +83,7 @@ class Tracee:
             self.process.kill()
             self.process.wait()
         self._out.close()
+        self._err.close()
 
     def __enter__(self) -> Tracee:
         return self

@@ -5,4 +5,4 @@
 # The console is a terminal, but its reader (CI) wants no colour codes.
 UEMU_SAMPLE_BUILDS="$(uname -m)-O2 $(uname -m)-O0"
 export UEMU_SAMPLE_BUILDS
-exec python3 -m pytest -p no:cacheprovider --color=no tests/unit tests/vm/guest_smoke.py
+exec python3 -m pytest -p no:cacheprovider --color=no tests/unit tests/vm/guest_smoke.py tests/integration

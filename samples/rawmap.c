@@ -1,0 +1,139 @@
+/* A library mapped by hand, segment by segment, so that a tracer meets the
+ * kernel's delayed semaphore logic in a known order: the text (with the
+ * probes) first, the data (with the semaphores) later, and in between the
+ * mappings that must NOT count as the counter's VMA.  Nothing in the library
+ * runs: it is only mapped.  After each step the program prints
+ * "map PID TID STEP ADDRESS LENGTH FILE_OFFSET" and a sync line, so a test
+ * reads memory at each step (run with SAMPLE_SYNC=1 to pause there).
+ *
+ *   text         the text segment, private r-x     (breakpoints; increments delayed)
+ *   text-twice   the text again elsewhere          (still one pending increment per probe)
+ *   other-inode  this program's own file, private rw  (another inode: not a counter VMA)
+ *   shared       the data segment MAP_SHARED, r--  (shared: not a counter VMA)
+ *   readonly     the data segment private r--      (read-only: not a counter VMA)
+ *   uncovered    the file's first page, private rw (does not cover the counters)
+ *   data         the data segment private rw       (the counter VMA: increments applied)
+ *   text-again   the text a third time             (increments again)
+ *   unmap-text   that third text munmap-ed         (no decrement)
+ *
+ *   rawmap [LIBRARY]   (default: libsdtlib.so next to the program)
+ */
+#define _GNU_SOURCE
+#include "sample.h"
+
+#include <elf.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <link.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static long page;
+
+static void fail(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+static unsigned long page_down(unsigned long n)
+{
+	return n & ~(unsigned long)(page - 1);
+}
+
+/* A fresh, unused range of addresses large enough for the whole library. */
+static char *reserve(size_t span)
+{
+	void *at = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (at == MAP_FAILED)
+		fail("mmap reserve");
+	return at;
+}
+
+/* Map bytes [offset, offset + length) of fd at base + vaddr, page-aligned as ld.so does. */
+static char *map_at(const char *step, char *base, unsigned long vaddr, unsigned long offset,
+		    unsigned long length, int prot, int flags, int fd)
+{
+	unsigned long lead = offset - page_down(offset);
+	char *at = mmap(base + page_down(vaddr), length + lead, prot, flags | MAP_FIXED, fd,
+			(off_t)page_down(offset));
+
+	if (at == MAP_FAILED)
+		fail(step);
+	SAMPLE_LINE("map", step, UNSIGNED((uintptr_t)at, sizeof(void *)), UNSIGNED(length + lead, sizeof(long)),
+		    UNSIGNED(page_down(offset), sizeof(long)));
+	sample_sync(step);
+	return at;
+}
+
+int main(int argc, char **argv)
+{
+	char path[4096];
+	ElfW(Ehdr) header;
+	ElfW(Phdr) segments[32];
+	const ElfW(Phdr) *text = NULL, *data = NULL;
+	unsigned long span = 0;
+	int fd, self;
+
+	page = sysconf(_SC_PAGESIZE);
+	if (argc > 1) {
+		snprintf(path, sizeof(path), "%s", argv[1]);
+	} else {
+		char exe[4096];
+		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+		if (n < 0)
+			fail("readlink");
+		exe[n] = 0;
+		snprintf(path, sizeof(path), "%s/libsdtlib.so", dirname(exe));
+	}
+	fd = open(path, O_RDONLY);
+	self = open("/proc/self/exe", O_RDONLY);
+	if (fd < 0 || self < 0)
+		fail("open");
+	if (pread(fd, &header, sizeof(header), 0) != sizeof(header) || header.e_phnum > 32 ||
+	    pread(fd, segments, header.e_phnum * sizeof(segments[0]), (off_t)header.e_phoff) !=
+		    (ssize_t)(header.e_phnum * sizeof(segments[0])))
+		fail("read ELF headers");
+	for (int i = 0; i < header.e_phnum; i++) {
+		const ElfW(Phdr) *seg = &segments[i];
+
+		if (seg->p_type != PT_LOAD)
+			continue;
+		if ((seg->p_flags & PF_X) && text == NULL)
+			text = seg;
+		if ((seg->p_flags & PF_W) && data == NULL)
+			data = seg;
+		if (seg->p_vaddr + seg->p_memsz > span)
+			span = seg->p_vaddr + seg->p_memsz;
+	}
+	if (text == NULL || data == NULL)
+		fail("no text or data segment");
+	span = page_down(span + page - 1);
+
+	sample_sync("start");
+	char *base = reserve(span);
+	map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
+	map_at("text-twice", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
+	       MAP_PRIVATE, fd);
+	map_at("other-inode", reserve(span), data->p_vaddr, 0, (unsigned long)page, PROT_READ | PROT_WRITE,
+	       MAP_PRIVATE, self);
+	map_at("shared", reserve(span), data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ, MAP_SHARED, fd);
+	map_at("readonly", reserve(span), data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ, MAP_PRIVATE,
+	       fd);
+	map_at("uncovered", reserve(span), 0, 0, (unsigned long)page, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd);
+	map_at("data", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd);
+	char *again = map_at("text-again", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz,
+			     PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
+	if (munmap(again, text->p_filesz + text->p_offset - page_down(text->p_offset)) != 0)
+		fail("munmap");
+	SAMPLE_LINE("map", "unmap-text", UNSIGNED((uintptr_t)again, sizeof(void *)), UNSIGNED(0, sizeof(long)),
+		    UNSIGNED(0, sizeof(long)));
+	sample_sync("unmap-text");
+	sample_sync("end");
+	return 0;
+}

@@ -1,0 +1,183 @@
+"""The kernel's life cycle, side by side: the same program under kernel uprobes
+(tracefs, PATH:OFFSET(REF_CTR_OFFSET)) and under uemu, with the semaphores and
+breakpoints read at each step.  tests/fidelity.md maps these tests to the
+behaviours of shared/reference/kernel-uprobes.md §9."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest
+from oracle import KernelUprobes, sdt_sites, tracefs_reason
+from samplelog import counts, expected_hits, reported_hits, run_traced
+from tracee import Tracee, read_memory, stop_cli, tracer_pid, uemu_cli, wait_until
+
+from uemu import sdt
+
+needs_tracefs = pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
+
+RAWMAP_STEPS = ["text", "text-twice", "other-inode", "shared", "readonly", "uncovered", "data",
+                "text-again", "unmap-text"]
+UEMU = (sys.executable, "-m", "uemu")
+
+
+def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: bool = False) -> dict:
+    """At each step of rawmap: every semaphore in every data-like mapping, and the
+    first byte of every probe site in every text mapping."""
+    probes = library.probes
+    seen = {}
+    if not started:
+        tracee.wait_sync("start")
+    for step in RAWMAP_STEPS:
+        if before_step is not None:
+            before_step(step)
+        tracee.release()
+        tracee.wait_sync(step)
+        maps = {line.word: [int(v) for v in line.values] for line in tracee.lines() if line.kind == "map"}
+        if "unmap-text" in maps:
+            del maps["text-again"], maps["unmap-text"]  # that text mapping is gone
+        state = {}
+        for name, (address, _, offset) in maps.items():
+            if name.startswith("text"):
+                state[name] = tuple(read_memory(tracee.pid, address + p.file_offset - offset, 1).hex()
+                                    for p in probes)
+            elif name in ("data", "shared", "readonly"):
+                state[name] = tuple(
+                    int.from_bytes(read_memory(tracee.pid, address + p.semaphore_offset - offset, 2), "little")
+                    for p in probes if p.semaphore_offset is not None
+                )
+        seen[step] = state
+    tracee.release()
+    tracee.release()
+    assert tracee.finish() == 0
+    return seen
+
+
+def _library(build) -> sdt.ElfObject:
+    return sdt.open_elf(str(build.directory / "libsdtlib.so"))
+
+
+@pytest.mark.oracle
+@needs_tracefs
+def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
+    """Text mapped before the data: the increment waits (once, however often the
+    text is patched), is not applied to another inode, a shared, a read-only or a
+    non-covering mapping, is applied when the data appears, counts again for a
+    text mapped after it, and is not taken back by munmap."""
+    library = _library(runnable_build)
+    program = runnable_build.directory / "rawmap"
+    with KernelUprobes(sdt_sites(library.path), with_args=False):
+        with Tracee([program]) as tracee:
+            kernel = _observe(tracee, library)
+    with Tracee([program], under=(*UEMU, "run", "--")) as tracee:
+        under_run = _observe(tracee, library)
+    with Tracee([program]) as tracee:
+        tracee.wait_sync("start")
+        cli = uemu_cli("attach", "--mappings=syscall", str(tracee.pid))
+        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        under_attach = _observe(tracee, library, started=True)
+        assert stop_cli(cli, None) == (0, "", "")  # the program's exit ends it
+    assert kernel["text"]["text"][0] == "cc" and kernel["data"]["data"][0] > 0, "the oracle did nothing"
+    assert under_run == kernel
+    assert under_attach == kernel
+
+
+@pytest.mark.oracle
+@needs_tracefs
+def test_a_pending_increment_is_dropped_on_detach_without_a_write(samples):
+    """Armed after the text, gone before the data: nothing to apply, nothing written."""
+    program = samples / "rawmap"
+    library = sdt.open_elf(str(samples / "libsdtlib.so"))
+    results = {}
+    for oracle in ("kernel", "uemu"):
+        with Tracee([program]) as tracee:
+            state = {}
+
+            def arm_then_leave(step: str, tracee=tracee, state=state, oracle=oracle) -> None:
+                if step == "text-twice":  # the text is mapped: arm now...
+                    if oracle == "kernel":
+                        state["kernel"] = KernelUprobes(sdt_sites(library.path), with_args=False).__enter__()
+                    else:
+                        state["cli"] = uemu_cli("attach", "--mappings=syscall", str(tracee.pid))
+                        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+                elif step == "shared":  # ...and leave before the data
+                    if oracle == "kernel":
+                        state["kernel"].__exit__(None, None, None)
+                    else:
+                        assert stop_cli(state["cli"], signal.SIGINT)[0] == 0
+
+            results[oracle] = _observe(tracee, library, before_step=arm_then_leave)
+    assert results["uemu"] == results["kernel"]
+    assert set(results["kernel"]["data"]["data"]) == {0}
+
+
+@pytest.mark.oracle
+@needs_tracefs
+@pytest.mark.parametrize("name, args", [("fork", ()), ("exec", ("2",)), ("exec", ("2", "thread")),
+                                        ("dlopen", ())], ids=["fork", "exec", "exec-thread", "dlopen"])
+def test_follow_forks_counts_equal_kernel_uprobes(samples, name, args):
+    """Children, exec chains and dlopen/dlclose/re-dlopen under uemu run -f hit as
+    under a system-wide kernel uprobe: the kernel keeps breakpoints and raised
+    semaphores in every child and arms every image and library it maps."""
+    program = samples / name
+    sites = sdt_sites(str(program), str(samples / "libsdtlib.so"))
+    with KernelUprobes(sites, with_args=False) as kernel:
+        lines, status = _run_untraced(program, args)
+        kernel_counts = kernel.hits()
+    run = run_traced([program, *args], follow_forks=True)
+    assert status == 0 and run.exit_status == 0
+    assert counts(reported_hits(run.events)) == +kernel_counts
+    assert counts(expected_hits(run.lines)) == +kernel_counts
+
+
+def _run_untraced(program, args):
+    from samplelog import run_untraced  # noqa: PLC0415
+
+    return run_untraced([program, *args])
+
+
+def test_children_not_followed_are_cleaned_before_they_run(samples):
+    """Without -f: every child (fork, grandchild, vfork, posix_spawn) runs as if
+    untraced (no SIGTRAP from a breakpoint of ours, semaphores not raised in it),
+    and only the parent's hits are reported."""
+    run = run_traced([samples / "fork"])
+    assert run.exit_status == 0
+    children = [line for line in run.lines if line.kind == "child"]
+    assert children and all(line.values[-1] == "0" for line in children), children
+    parent = run.lines[0].pid
+    assert {e.pid for e in run.events} == {parent}
+    assert {e.name for e in run.events} == {"parent"}
+    hits = expected_hits(run.lines)
+    assert "fork:guarded" not in {name for name, *_ in hits}  # the children saw their semaphore at 0
+    assert counts(reported_hits(run.events)) == counts([h for h in hits if h[2] == parent])
+
+
+def test_exec_through_a_shell_reports_the_new_images_probes(samples):
+    run = run_traced(["sh", "-c", f"exec {samples / 'basic'} 2"])
+    assert run.exit_status == 0
+    assert counts(reported_hits(run.events)) == counts(expected_hits(run.lines))
+    assert run.events and {e.object for e in run.events} == {str(samples / "basic")}
+
+
+def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
+    """Attached before the first dlopen (rendezvous, the default): the library's
+    probes fire after each dlopen, stop with dlclose, and fire again after the
+    second dlopen with its semaphore raised again."""
+    import json
+
+    with Tracee([samples / "dlopen"]) as tracee:
+        tracee.wait_sync("before-dlopen")
+        events_file = tmp_path / "events"
+        cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(events_file))
+        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        for label in ("before-mprotect", "before-dlclose", "before-reopen", "end"):
+            tracee.release()
+            tracee.wait_sync(label)
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        tracee.release()
+        assert tracee.finish() == 0
+        truth = expected_hits(tracee.lines())
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert truth and [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events] == truth
