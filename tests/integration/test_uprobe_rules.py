@@ -9,7 +9,7 @@ import os
 import signal
 
 import pytest
-from oracle import GROUP, KernelUprobes, _append, _write, sdt_sites, tracefs_reason
+from oracle import GROUP, _append, _write, sdt_sites, tracefs_reason
 from tracee import Tracee, file_memory, read_memory, semaphore, stop_cli, uemu_cli, wait_until
 
 from uemu import sdt
