@@ -54,10 +54,11 @@ def per_hit_us(output: str) -> float:
     return (probed - empty) / count / 1000
 
 
-def run_sample(argv_prefix: list[str], iterations: int, env: dict[str, str] | None = None) -> str:
+def run_sample(argv_prefix: list[str], iterations: int, program: Path = BENCH) -> str:
+    """The sample's own lines from one run of ``program ITERATIONS`` under ``argv_prefix``."""
     with tempfile.NamedTemporaryFile("r") as out:
-        environment = dict(os.environ, SAMPLE_OUT=out.name, **(env or {}))
-        subprocess.run([*argv_prefix, str(BENCH), str(iterations)], check=True, env=environment,
+        environment = dict(os.environ, SAMPLE_OUT=out.name)
+        subprocess.run([*argv_prefix, str(program), str(iterations)], check=True, env=environment,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return out.read()
 
