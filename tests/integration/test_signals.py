@@ -4,7 +4,9 @@ passes a probe, SIGSTOP and SIGCONT."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 import pytest
 from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced, run_untraced
@@ -52,3 +54,39 @@ def test_attach_delivers_every_signal_as_untraced(samples, untraced, tmp_path):
         hits = expected_hits(tracee.lines())
     events = (tmp_path / "events").read_text().splitlines()
     assert len(events) == len(hits) > 0
+
+
+def test_sigstop_and_sigcont_from_outside_while_attached(samples, tmp_path):
+    """A traced program stopped by SIGSTOP stays stopped (no probe passes) until
+    SIGCONT, as without a tracer (group-stop answered with PTRACE_LISTEN)."""
+    with Tracee([samples / "longrun", "2", "2"]) as tracee:
+        tracee.wait_sync("started")
+        tracee.release()
+        cli = uemu_cli("attach", str(tracee.pid), "longrun:beat", "-o", str(tmp_path / "events"))
+        wait_until(lambda: (tmp_path / "events").exists() and (tmp_path / "events").stat().st_size > 0,
+                   what="hits while attached")
+
+        def beats() -> int:
+            return len([line for line in tracee.lines() if line.word == "longrun:beat"])
+
+        os.kill(tracee.pid, signal.SIGSTOP)
+        wait_until(lambda: _all_threads_stopped(tracee.pid), what="every thread stopped")
+        stopped_at = beats()
+        time.sleep(0.3)
+        assert beats() == stopped_at, "the program ran while stopped"
+        os.kill(tracee.pid, signal.SIGCONT)
+        wait_until(lambda: beats() > stopped_at + 10, what="the program to run again")
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        after = beats()
+        wait_until(lambda: beats() > after + 10, what="the program to run on after detach")
+        tracee.process.send_signal(signal.SIGTERM)
+        assert tracee.process.wait(10) == 0
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as stream:
+            states.append(stream.read().rsplit(")", 1)[1].split()[0])
+    return all(state in ("T", "t") for state in states)
