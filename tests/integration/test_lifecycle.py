@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
-from samplelog import counts, expected_hits, reported_hits, run_traced
+from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced
 from tracee import Tracee, read_memory, stop_cli, tracer_pid, uemu_cli, wait_until
 
 from uemu import sdt
@@ -181,3 +181,35 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
         truth = expected_hits(tracee.lines())
     events = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert truth and [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events] == truth
+
+
+@pytest.mark.parametrize("mappings", ["rendezvous", "syscall"])
+def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_path, mappings):
+    """Several threads dlopen, call and dlclose a probed library over and over:
+    every load is armed before the call (its semaphore raised too, so the guarded
+    probe passes), every unload forgotten, every hit of every thread reported."""
+    import json
+
+    with Tracee([samples / "dlthreads", "3", "15"]) as tracee:
+        tracee.wait_sync("start")
+        events_file = tmp_path / "events"
+        cli = uemu_cli("attach", f"--mappings={mappings}", str(tracee.pid), "--json", "-o", str(events_file))
+        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        wait_until(lambda: events_file.exists(), what="uemu to arm")
+        tracee.release()
+        tracee.wait_sync("end")
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        tracee.release()
+        assert tracee.finish() == 0
+        truth = expected_hits(tracee.lines())
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    reported = [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events]
+    assert counts(truth)["sdtlib:guarded"] == 45  # the semaphore was raised in every fresh mapping
+    # sdtlib:call's third argument is the library's static call counter, which the
+    # other threads may bump between the line the program prints and the probe.
+    assert per_probe(_without_shared_counter(reported)) == per_probe(_without_shared_counter(truth))
+
+
+def _without_shared_counter(hits):
+    return [(name, values[:2] if name == "sdtlib:call" else values, tid) for name, values, tid in hits]
