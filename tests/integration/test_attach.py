@@ -72,12 +72,13 @@ def test_semaphores_raised_while_traced_and_restored_after(samples, tmp_path):
         assert code == 0 and err == "", err
         assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
         _left_alone(tracee.pid)
-        # every site raised its counter once: the three sema:guarded sites share one
-        sites = sdt_sites(str(samples / "sema"))
-        per_counter: dict[str, int] = {}
-        for _, probe in sites:
-            per_counter[probe.semaphore_offset] = per_counter.get(probe.semaphore_offset, 0) + 1
-        assert sorted(raised.values()) == sorted(per_counter.values())
+        # every site raised its counter at least once (the three sema:guarded sites
+        # share one); exact values, which depend on how many mappings cover a site,
+        # are compared with the kernel's in test_semaphore_values_equal_kernel_uprobes
+        sites_per_counter: dict[int, int] = {}
+        for _, probe in sdt_sites(str(samples / "sema")):
+            sites_per_counter[probe.semaphore_offset] = sites_per_counter.get(probe.semaphore_offset, 0) + 1
+        assert sorted(raised.values()) >= sorted(sites_per_counter.values()) and min(raised.values()) > 0
         # what the program passed in the phase it ran traced, uemu reported
         traced_phase = expected_hits(_phase(tracee.lines(), 2))
         tracee.release()
@@ -253,7 +254,7 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
 
 
 def _armed(pid: int, program) -> bool:
-    """A breakpoint is in the program's text (the first site's byte is int3)."""
+    """A breakpoint is in the program's text (the first site's byte is no longer the file's)."""
     from tracee import read_memory  # noqa: PLC0415
 
     from uemu import sdt  # noqa: PLC0415
@@ -261,4 +262,7 @@ def _armed(pid: int, program) -> bool:
 
     probe = sdt.open_elf(str(program)).probes[0]
     vma = next(v for v in read_maps(pid) if v.path == str(program) and v.executable)
-    return read_memory(pid, vma.offset_to_vaddr(probe.file_offset), 1) == b"\xcc"
+    with open(program, "rb") as file:
+        file.seek(probe.file_offset)
+        original = file.read(1)
+    return read_memory(pid, vma.offset_to_vaddr(probe.file_offset), 1) != original

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -147,6 +148,10 @@ def test_already_traced_names_the_tracer(samples):
 def test_permission_denied_explains_the_ways_out():
     if shutil.which("setpriv") is None or os.geteuid() != 0:
         pytest.skip("needs root and setpriv to run a process of another user and uemu without capabilities")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' on this machine to own the target")
     target = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "60"])
     try:
         wait_until(lambda: open(f"/proc/{target.pid}/status").read().count("65534") >= 1, what="nobody")

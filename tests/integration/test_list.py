@@ -428,6 +428,8 @@ def test_pid_in_another_mount_namespace(samples: Path, tmp_path: Path, uemu: Uem
     for prog in (shown / "prog", hidden / "prog"):
         prog.chmod(0o755)
     lister = () if route == "map_files" else UNPRIVILEGED["root-without-capabilities"]
+    if lister and subprocess.run([*lister, "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip(f"this machine's setpriv cannot drop capabilities ({' '.join(lister)})")
     script = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
     argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(hidden), str(shown),
             *lister, str(shown / "prog"), "1"]

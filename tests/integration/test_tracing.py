@@ -100,10 +100,11 @@ def test_hit_counts_equal_kernel_uprobes(runnable_build, name, args, libraries):
         lines, status = run_untraced([program, *args])
         kernel_counts = kernel.hits()
     run = run_traced([program, *args])
-    # the kernel also raised the semaphores, so the guarded code ran in both runs
+    # Each against its own run's truth: a sample that runs for a time (longrun)
+    # passes its probes a different number of times in each run.
     assert status == 0 and run.exit_status == 0
-    assert counts(reported_hits(run.events)) == +kernel_counts
     assert counts(expected_hits(lines)) == +kernel_counts
+    assert counts(reported_hits(run.events)) == counts(expected_hits(run.lines))
 
 
 def _as_fetched(value: int | float, size: int) -> int:
