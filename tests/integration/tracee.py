@@ -55,7 +55,7 @@ class Tracee:
         self._err.seek(0)
         return self._err.read()
 
-    def wait_sync(self, label: str) -> None:
+    def wait_sync(self, label: str, timeout: float = 20.0) -> None:
         """Wait until the program stands at the next sync point, which must be ``label``."""
         want = self.syncs_seen + 1
 
@@ -63,7 +63,7 @@ class Tracee:
             syncs = [line.word for line in self.lines() if line.kind == "sync"]
             return len(syncs) >= want
 
-        wait_until(reached, what=f"sync {label}")
+        wait_until(reached, timeout, what=f"sync {label}")
         syncs = [line.word for line in self.lines() if line.kind == "sync"]
         assert syncs[want - 1] == label, syncs
         self.syncs_seen = want
