@@ -862,10 +862,8 @@ class Session:
     def _on_seccomp(self, task: Task) -> None:
         """A mapping syscall is about to run: remember it and stop again at its exit."""
         info = ptrace.syscall_info(task.tid)
-        if task.mm is not None and not self._passthrough:
-            kind = task.mm.arch.mapping_syscalls.get(info.nr)
-            if kind is not None:
-                task.syscall = (kind, self._syscall_args(task, kind, info.args))
+        if not self._passthrough:
+            self._note_mapping_syscall(task, info)
         if self._stopping:
             task.owed_signal = 0
             return
@@ -882,10 +880,7 @@ class Session:
         """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""
         info = ptrace.syscall_info(task.tid)
         if info.op == ptrace.SYSCALL_INFO_ENTRY:
-            if task.mm is not None:
-                kind = task.mm.arch.mapping_syscalls.get(info.nr)
-                if kind is not None:
-                    task.syscall = (kind, self._syscall_args(task, kind, info.args))
+            self._note_mapping_syscall(task, info)
             return 0
         if info.op == ptrace.SYSCALL_INFO_EXIT and task.syscall is not None and task.mm is not None:
             kind, args = task.syscall
@@ -895,6 +890,13 @@ class Session:
                 self._arm_rendezvous(task.mm)
         task.syscall = None
         return 0
+
+    def _note_mapping_syscall(self, task: Task, info: ptrace.SyscallInfo) -> None:
+        """At a syscall's entry: if it may change file mappings, keep its kind and
+        arguments for its exit stop."""
+        kind = task.mm.arch.mapping_syscalls.get(info.nr) if task.mm is not None else None
+        if kind is not None:
+            task.syscall = (kind, self._syscall_args(task, kind, info.args))
 
     def _syscall_args(self, task: Task, kind: str, args: tuple[int, ...]) -> tuple[int, ...]:
         if kind == "old_mmap":

@@ -3,6 +3,7 @@ and running samples under uemu with that output captured."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -41,6 +42,15 @@ def expected_hits(lines: Sequence[Line]) -> list[tuple[str, tuple, int]]:
 
 def reported_hits(events: Sequence[Event]) -> list[tuple[str, tuple, int]]:
     return [(f"{e.provider}:{e.name}", tuple(e.args or ()), e.tid) for e in events]
+
+
+def json_hits(path: Path) -> list[tuple[str, tuple, int]]:
+    """(probe, argument values, thread) per event of a ``--json`` output file."""
+    hits = []
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        hits.append((f"{event['provider']}:{event['name']}", tuple(event["args"]), event["tid"]))
+    return hits
 
 
 def per_probe(hits: Sequence[tuple]) -> dict[tuple[str, int], list[tuple]]:

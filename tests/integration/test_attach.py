@@ -9,7 +9,7 @@ import signal
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
-from samplelog import expected_hits, per_probe, reported_hits
+from samplelog import expected_hits, json_hits, per_probe, reported_hits
 from tracee import (
     Tracee,
     differences,
@@ -81,9 +81,7 @@ def test_semaphores_raised_while_traced_and_restored_after(samples, tmp_path):
         assert sorted(raised.values()) >= sorted(sites_per_counter.values()) and min(raised.values()) > 0
         # what the program passed in the phase it ran traced, uemu reported
         traced_phase = expected_hits(_phase(tracee.lines(), 2))
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
     events = [Event(**json.loads(line)) for line in events_file.read_text().splitlines()]
     assert {name for name, *_ in traced_phase} == {"sema:guarded", "sema:persite", "sema:always"}
     assert per_probe(reported_hits(events)) == per_probe(traced_phase)
@@ -104,9 +102,7 @@ def test_every_way_out_restores_every_byte(samples, how):
         assert code == 0 and err == "", err
         assert differences(before, file_memory(tracee.pid)) == []
         _left_alone(tracee.pid)
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
 
 
 def test_max_events_and_target_exit(samples, tmp_path):
@@ -128,9 +124,7 @@ def test_max_events_and_target_exit(samples, tmp_path):
         # now the program exits while traced
         cli = uemu_cli("attach", str(tracee.pid), "sema:*")
         wait_until(lambda: semaphore(tracee.pid, always) > 0, what="the semaphore raised")
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
         code, out, err = stop_cli(cli, None)
         assert code == 0 and err == "", err
         assert "sema:always" in out
@@ -154,9 +148,7 @@ def test_an_exception_inside_uemu_restores_the_tracee(samples):
         assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
         assert differences(before, file_memory(tracee.pid, writable=False)) == []
         _left_alone(tracee.pid)
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
 
 
 @pytest.mark.oracle
@@ -179,9 +171,7 @@ def test_counts_add_up_with_a_kernel_uprobe_on_the_same_semaphore(samples):
             assert semaphore(tracee.pid, address) == 1
         assert semaphore(tracee.pid, address) == 0
         _left_alone(tracee.pid)
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
 
 
 @pytest.mark.oracle
@@ -199,9 +189,7 @@ def test_semaphore_values_equal_kernel_uprobes(samples):
         wait_until(lambda: _values(tracee.pid, addresses) == kernel, what="uemu's increments")
         stop_cli(cli, signal.SIGINT)
         assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
 
 
 def test_threads_created_after_attaching_report_hits(samples, tmp_path):
@@ -215,11 +203,9 @@ def test_threads_created_after_attaching_report_hits(samples, tmp_path):
         tracee.wait_sync("end")
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
         truth = expected_hits(tracee.lines())
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
-    reported = [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events]
+    reported = json_hits(events_file)
     assert len({tid for *_, tid in reported}) == 5  # four workers and the main thread
     assert per_probe(reported) == per_probe(truth)
 
@@ -244,8 +230,7 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
         assert tracee.process.wait(10) == 0
         truth = [hit for hit in expected_hits(tracee.lines()) if hit[0] == "longrun:tick"]
     assert len(truth) == ticks_after_detach, "ticks after detach: the semaphore stayed raised"
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
-    reported = per_probe([(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events])
+    reported = per_probe(json_hits(events_file))
     expected = per_probe(truth)
     assert len(reported) == threads and reported.keys() == expected.keys()
     for key, hits in expected.items():

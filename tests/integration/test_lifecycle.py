@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
-from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced
+from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced
 from tracee import Tracee, read_memory, stop_cli, tracer_pid, uemu_cli, wait_until
 
 from uemu import sdt
@@ -48,9 +48,7 @@ def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: 
                     for p in probes if p.semaphore_offset is not None
                 )
         seen[step] = state
-    tracee.release()
-    tracee.release()
-    assert tracee.finish() == 0
+    tracee.run_out()
     return seen
 
 
@@ -165,8 +163,6 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
     """Attached before the first dlopen (rendezvous, the default): the library's
     probes fire after each dlopen, stop with dlclose, and fire again after the
     second dlopen with its semaphore raised again."""
-    import json
-
     with Tracee([samples / "dlopen"]) as tracee:
         tracee.wait_sync("before-dlopen")
         events_file = tmp_path / "events"
@@ -177,11 +173,9 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
             tracee.wait_sync(label)
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
         truth = expected_hits(tracee.lines())
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
-    assert truth and [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events] == truth
+    assert truth and json_hits(events_file) == truth
 
 
 @pytest.mark.parametrize("mappings", ["rendezvous", "syscall"])
@@ -189,8 +183,6 @@ def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_pat
     """Several threads dlopen, call and dlclose a probed library over and over:
     every load is armed before the call (its semaphore raised too, so the guarded
     probe passes), every unload forgotten, every hit of every thread reported."""
-    import json
-
     with Tracee([samples / "dlthreads", "3", "15"]) as tracee:
         tracee.wait_sync("start")
         events_file = tmp_path / "events"
@@ -201,11 +193,9 @@ def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_pat
         tracee.wait_sync("end")
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
         truth = expected_hits(tracee.lines())
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
-    reported = [(f"{e['provider']}:{e['name']}", tuple(e["args"]), e["tid"]) for e in events]
+    reported = json_hits(events_file)
     assert counts(truth)["sdtlib:guarded"] == 45  # the semaphore was raised in every fresh mapping
     # sdtlib:call's third argument is the library's static call counter, which the
     # other threads may bump between the line the program prints and the probe.

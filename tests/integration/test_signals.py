@@ -49,8 +49,7 @@ def test_attach_delivers_every_signal_as_untraced(samples, untraced, tmp_path):
         tracee.wait_sync("end", timeout=300)
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
-        tracee.release()
-        assert tracee.finish() == 0
+        tracee.run_out()
         assert _signal_facts(tracee.lines()) == untraced
         hits = expected_hits(tracee.lines())
     events = (tmp_path / "events").read_text().splitlines()
