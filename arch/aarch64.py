@@ -8,13 +8,14 @@ compilers may use the 32-bit ``w`` views, so both are listed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from . import register
 from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups, disassemble, goto,
+                          signed)
 
 if TYPE_CHECKING:
     import capstone
@@ -38,77 +39,6 @@ def _aarch64_spec_registers() -> dict[str, SpecRegister]:
 
 # NT_PRSTATUS is struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h): regs[31], sp, pc, pstate.
 _REGSET = (*(f"x{n}" for n in range(31)), "sp", "pc", "pstate")
-
-# Syscalls after which file mappings may have changed, from asm-generic/unistd.h: the table of
-# arm64 and of every port since (riscv, loongarch).  brk and shmat never touch file mappings.
-GENERIC_MAPPING_SYSCALLS = {
-    222: "mmap",
-    215: "munmap",
-    226: "mprotect",
-    216: "mremap",
-    234: "remap_file_pages",
-    288: "mprotect",  # pkey_mprotect
-}
-
-
-# ===========================================================================
-# Shared with the riscv backend: what fixed-width instruction sets whose trap leaves pc on
-# itself, and whose out-of-line steps need only pc fixed, have in common.  (Their natural
-# home is base.py, which is the core's.)
-# ===========================================================================
-
-MASK64 = (1 << 64) - 1
-NO_REGS: Mapping[str, int] = frozen_map({})
-
-
-def signed(value: int, bits: int) -> int:
-    """The low ``bits`` bits of ``value`` as a two's-complement number."""
-    sign = 1 << (bits - 1)
-    return (value & (sign - 1)) - (value & sign)
-
-
-def goto(address: int) -> Effects:
-    """Effects that only set pc."""
-    return Effects(regs=frozen_map({"pc": address}))
-
-
-def disassemble(decoder: capstone.Cs, code: bytes, vaddr: int, directive: str) -> str:
-    """Text for messages; the assembler's raw-word ``directive`` where capstone does not know
-    the encoding (the kernel decides on masks and steps such words; so do these backends)."""
-    insn = next(decoder.disasm(code, vaddr, 1), None)
-    if insn is None:
-        return f"{directive} {int.from_bytes(code, 'little'):#0{len(code) * 2 + 2}x}"
-    return f"{insn.mnemonic} {insn.op_str}".rstrip()
-
-
-@dataclass(frozen=True, kw_only=True)
-class PcStep(StepOutOfLine):
-    """An instruction run in a slot after which only pc needs fixing (arch_uprobe_post_xol()
-    and arch_uprobe_abort_xol() of arm64 and riscv)."""
-
-    code: bytes
-    finished: Effects
-    """pc = vaddr + size, after the instruction completed."""
-    aborted: Effects
-    """pc = vaddr, after a fault in the slot, so that the signal names the site."""
-
-    @classmethod
-    def at(cls, vaddr: int, code: bytes, text: str) -> Self:
-        return cls(vaddr=vaddr, size=len(code), text=text, code=code,
-                   finished=goto((vaddr + len(code)) & MASK64), aborted=goto(vaddr))
-
-
-class PcStepFixups:
-    """``finish_xol`` and ``abort_xol`` of a backend whose every StepOutOfLine is a PcStep."""
-
-    def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
-        """pc = vaddr + size (arch_uprobe_post_xol())."""
-        return plan.finished
-
-    def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
-        """pc back to the site (arch_uprobe_abort_xol())."""
-        return plan.aborted
-
 
 # ===========================================================================
 # The instruction backend.  Kernel: arch/arm64/kernel/probes/ (v6.x) and the encoding

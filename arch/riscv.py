@@ -13,9 +13,9 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .aarch64 import (GENERIC_MAPPING_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups, disassemble, goto,
-                      signed)
 from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups, disassemble, goto,
+                          signed)
 
 if TYPE_CHECKING:
     import capstone

@@ -1,0 +1,78 @@
+"""What the fixed-width instruction sets share (aarch64, riscv64, and the ports after
+them): the asm-generic syscall table, and out-of-line steps after which only pc needs
+fixing, their trap leaving pc on itself."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+from .base import Effects, Regs, StepOutOfLine, frozen_map
+
+if TYPE_CHECKING:
+    import capstone
+
+# Syscalls after which file mappings may have changed, from asm-generic/unistd.h: the table of
+# arm64 and of every port since (riscv, loongarch).  brk and shmat never touch file mappings.
+GENERIC_MAPPING_SYSCALLS = {
+    222: "mmap",
+    215: "munmap",
+    226: "mprotect",
+    216: "mremap",
+    234: "remap_file_pages",
+    288: "mprotect",  # pkey_mprotect
+}
+
+
+MASK64 = (1 << 64) - 1
+NO_REGS: Mapping[str, int] = frozen_map({})
+
+
+def signed(value: int, bits: int) -> int:
+    """The low ``bits`` bits of ``value`` as a two's-complement number."""
+    sign = 1 << (bits - 1)
+    return (value & (sign - 1)) - (value & sign)
+
+
+def goto(address: int) -> Effects:
+    """Effects that only set pc."""
+    return Effects(regs=frozen_map({"pc": address}))
+
+
+def disassemble(decoder: capstone.Cs, code: bytes, vaddr: int, directive: str) -> str:
+    """Text for messages; the assembler's raw-word ``directive`` where capstone does not know
+    the encoding (the kernel decides on masks and steps such words; so do these backends)."""
+    insn = next(decoder.disasm(code, vaddr, 1), None)
+    if insn is None:
+        return f"{directive} {int.from_bytes(code, 'little'):#0{len(code) * 2 + 2}x}"
+    return f"{insn.mnemonic} {insn.op_str}".rstrip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PcStep(StepOutOfLine):
+    """An instruction run in a slot after which only pc needs fixing (arch_uprobe_post_xol()
+    and arch_uprobe_abort_xol() of arm64 and riscv)."""
+
+    code: bytes
+    finished: Effects
+    """pc = vaddr + size, after the instruction completed."""
+    aborted: Effects
+    """pc = vaddr, after a fault in the slot, so that the signal names the site."""
+
+    @classmethod
+    def at(cls, vaddr: int, code: bytes, text: str) -> Self:
+        return cls(vaddr=vaddr, size=len(code), text=text, code=code,
+                   finished=goto((vaddr + len(code)) & MASK64), aborted=goto(vaddr))
+
+
+class PcStepFixups:
+    """``finish_xol`` and ``abort_xol`` of a backend whose every StepOutOfLine is a PcStep."""
+
+    def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """pc = vaddr + size (arch_uprobe_post_xol())."""
+        return plan.finished
+
+    def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
+        """pc back to the site (arch_uprobe_abort_xol())."""
+        return plan.aborted
