@@ -162,6 +162,9 @@ class Session:
         self._stopping = True
         try:
             self._seize_all(pid, mm)
+            # The maps read before seizing may be stale: a thread ran until its stop.
+            mm.vmas = read_maps(pid)
+            self._update_objects(mm, mm.vmas)
             self._arm(mm, mm.vmas)
             self._arm_rendezvous(mm)
         except BaseException:
