@@ -92,6 +92,8 @@ class _PendingChild:
     parent: Task | None = None
     event: int = 0
     release: bool = False
+    step: ActiveStep | None = None
+    """The out-of-line step the creator was in: the new task starts in its slot."""
 
 
 class Session:
@@ -578,20 +580,24 @@ class Session:
         sig = os.WSTOPSIG(status)
         event = ptrace.stop_event(status)
         try:
+            fetched = False
             if event == 0 and task.mm is not None and task.mm.xol_area is not None and sig != _SIGTRAP_SYSCALL:
                 handled = self._on_signal_near_xol(task, sig)
                 if handled is not None:
                     if task.tid in self.tasks:
                         self._resume(task, handled)
                     return
+                fetched = True  # _on_signal_near_xol read the registers, nothing changed them
             if event == 0:
                 if sig == signal.SIGTRAP:
-                    sig = self._on_sigtrap(task)
+                    sig = self._on_sigtrap(task, fetched)
                 elif sig == _SIGTRAP_SYSCALL:
                     sig = self._on_syscall_stop(task)
             elif event == ptrace.EVENT_STOP:
                 if ptrace.is_group_stop(status):
                     self._on_group_stop(task)
+                    return
+                if self._trap_still_queued(task):
                     return
                 sig = 0  # an interrupt we asked for, a new task's first stop, or SIGCONT after LISTEN
                 task.listening = False
@@ -611,6 +617,28 @@ class Session:
             return  # the task died under us; its exit status comes next
         if task.tid in self.tasks:
             self._resume(task, sig)
+
+    def _trap_still_queued(self, task: Task) -> bool:
+        """An interrupt stop is reported before a signal already queued: a thread
+        may stop there right after our int3 or its out-of-line step, the SIGTRAP
+        still pending.  Parked and detached so, it would die of it (and stand
+        mid-instruction after an int3).  Let it run to its trap stop first, which
+        handles that SIGTRAP; True when it was resumed so."""
+        mm = task.mm
+        if mm is None or not _sigtrap_pending(task.tid):
+            return False
+        step = task.xol
+        if step is not None and step.setup.ends != "jump":
+            resume = ptrace.singlestep if step.setup.ends == "step" else ptrace.cont
+        else:
+            regs = self._regs(task, mm.arch)
+            regs.fetch(task.tid)
+            if mm.backend.trap_address(regs[mm.arch.ip_reg]) not in mm.installed:
+                return False
+            resume = ptrace.cont
+        resume(task.tid)
+        task.stopped = False
+        return True
 
     def _resume(self, task: Task, sig: int) -> None:
         """The one place a task is resumed (or parked while we are stopping everything)."""
@@ -673,14 +701,16 @@ class Session:
 
     # ---- stops -------------------------------------------------------------------------
 
-    def _on_sigtrap(self, task: Task) -> int:
-        """A SIGTRAP signal-delivery stop: our breakpoint, or the program's own trap."""
+    def _on_sigtrap(self, task: Task, fetched: bool = False) -> int:
+        """A SIGTRAP signal-delivery stop: our breakpoint, or the program's own trap.
+        ``fetched``: the task's registers were already read at this stop."""
         mm = task.mm
         if mm is None:
             return signal.SIGTRAP
         arch = mm.arch
         regs = self._regs(task, arch)
-        regs.fetch(task.tid)
+        if not fetched:
+            regs.fetch(task.tid)
         ip = regs[arch.ip_reg]
         site = mm.backend.trap_address(ip)
         uprobe = mm.installed.get(site)
@@ -763,10 +793,10 @@ class Session:
                 _set_registers(task, regs, {mm.arch.ip_reg: plan.vaddr + plan.size})
                 return sig
             task.xol = step = ActiveStep(plan, step.slot, XolSetup(setup.code, {}, "step", setup.restore))
-        info = ptrace.signal_info_bytes(task.tid)
         if self._step_done(mm, step, sig, ip):
             self._end_step(task, regs, mm.backend.finish_xol)
             return 0
+        info = ptrace.signal_info_bytes(task.tid)
         if _is_fault(sig, info) and ip == step.slot:
             self._end_step(task, regs, mm.backend.abort_xol)
             return sig
@@ -955,9 +985,9 @@ class Session:
         and raised counters, and is followed (-f) or cleaned and let go."""
         pending = self._pending_children.pop(child, None)
         if pending is None:
-            self._pending_children[child] = _PendingChild(parent=parent, event=event)
+            self._pending_children[child] = _PendingChild(parent=parent, event=event, step=parent.xol)
             return
-        self._adopt(child, parent, event, pending.status)
+        self._adopt(child, parent, event, pending.status, parent.xol)
 
     def _unknown_task_stop(self, tid: int, status: int) -> None:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -970,13 +1000,16 @@ class Session:
             except errors.TraceeGone:
                 pass
         elif pending is not None and pending.parent is not None:
-            self._adopt(tid, pending.parent, pending.event, status)
+            self._adopt(tid, pending.parent, pending.event, status, pending.step)
         else:
             # Its first stop came before its creator's event: keep it stopped until then.
             self._pending_children[tid] = _PendingChild(status=status)
 
-    def _adopt(self, child: int, parent: Task, event: int, first_status: int | None) -> None:
+    def _adopt(self, child: int, parent: Task, event: int, first_status: int | None,
+               step: ActiveStep | None = None) -> None:
         """Both halves of a task creation are known; decide the child's fate."""
+        if step is not None:
+            self._finish_step_in_child(child, parent.mm, step)
         is_thread = event == ptrace.EVENT_CLONE and process.tgid(child) == parent.pid
         if is_thread:
             task = Task(child, parent.pid, parent.mm, report=parent.report, stopped=first_status is not None)
@@ -1007,6 +1040,23 @@ class Session:
             task.report = False
         if first_status is not None:
             self._resume(task, 0)
+
+    def _finish_step_in_child(self, child: int, mm: Mm, step: ActiveStep) -> None:
+        """A task created by a system call its creator ran out of line (a probe on
+        fork's or clone's ``syscall``) starts in the creator's slot, after the
+        instruction: a forked child has no such slot (MADV_DONTFORK), a thread's
+        slot has nothing to run after it.  Finish the step in the child as in the
+        creator: borrowed registers back, ip after the probed instruction.  (The
+        kernel kills parent and child here, Linux 6.18.)"""
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        regs.fetch(child)
+        for name, value in step.setup.restore.items():
+            regs[name] = value
+        ip = mm.arch.ip_reg
+        effects = mm.backend.finish_xol(step.plan, step.slot, _RegsView(regs, ip, regs[ip]))
+        for name, value in effects.regs.items():
+            regs[name] = value
+        regs.store(child)
 
     def _needs_tracer(self) -> bool:
         """Under the seccomp filter every descendant needs a tracer until it exits."""
@@ -1183,6 +1233,15 @@ def _set_registers(task: Task, regs: ptrace.Regset, values: Mapping[str, int], f
 
 
 _FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP})
+
+
+def _sigtrap_pending(tid: int) -> bool:
+    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
+    with open(f"/proc/{tid}/status") as stream:
+        for line in stream:
+            if line.startswith("SigPnd:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+    return False
 
 
 def _is_fault(sig: int, info: bytes) -> bool:

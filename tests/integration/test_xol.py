@@ -96,6 +96,9 @@ class Site:
 def sites(program: Path) -> tuple[Site, ...]:
     """Every instruction of the program's probed functions, with its plan."""
     elf = sdt.open_elf(str(program))
+    if elf.arch_name not in ("x86_64", "i386"):
+        pytest.skip(f"x86 plan kinds; {elf.arch_name} is covered by "
+                    "test_raw_probes_on_every_instruction_on_any_arch and tests/arch")
     backend = arch.by_name(elf.arch_name).backend
     decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if elf.elf_class == 64 else capstone.CS_MODE_32)
     decoder.detail = True
@@ -514,3 +517,54 @@ def test_a_child_forked_by_a_syscall_run_out_of_line_starts_after_it(runnable_bu
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
     assert [(event.pid, _offset(event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
+
+
+# ---------------------------------------------------------------- every architecture
+
+
+def accepted_offsets(program: Path) -> list[int]:
+    """File offsets of every instruction of the rounds' functions that the program's
+    own backend accepts, walking each function by the sizes its plans give (no
+    disassembler of ours needed, so this runs on every architecture)."""
+    elf = sdt.open_elf(str(program))
+    backend = arch.by_name(elf.arch_name).backend
+    offsets = []
+    with program.open("rb") as stream:
+        symbols = ELFFile(stream).get_section_by_name(".symtab")
+        for function in FUNCTIONS:
+            [symbol] = symbols.get_symbol_by_name(function)
+            start, size = symbol["st_value"], symbol["st_size"]
+            stream.seek(elf.file_offset(start, executable=True))
+            code = stream.read(size)
+            position = 0
+            while position < size:
+                plan = backend.analyze(code[position:position + backend.max_insn_len], start + position)
+                if not isinstance(plan, Refuse):
+                    offsets.append(elf.file_offset(start + position, executable=True))
+                position += plan.size or 2
+    return offsets
+
+
+@pytest.mark.oracle
+@pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
+def test_raw_probes_on_every_instruction_on_any_arch(runnable_build):
+    """On the machine's own architecture (x86 here, arm64 and riscv64 in the test
+    guests): a probe on every accepted instruction (emulated, one-stop slots,
+    stepped or trapped slots), the program's lines as untraced, and every site's
+    hits equal to kernel uprobes' at the same PATH:OFFSET."""
+    program = runnable_build.directory / "rawprobes"
+    elf = sdt.open_elf(str(program))
+    offsets = accepted_offsets(program)
+    argv = [program, "calls", "3"]
+    run = run_traced(argv, [f"{program}:{offset:#x}" for offset in offsets])
+    untraced, status = run_untraced(argv)
+    assert run.exit_status == status == 0
+    assert facts(run.lines) == facts(untraced)
+    ours = Counter(_offset(event.name) for event in run.events)
+    kernel_sites = [(elf, sdt.Probe(str(program), "raw", f"{offset:x}", elf.vaddr(offset), offset,
+                                    None, None, "", None, -1)) for offset in offsets]
+    with KernelUprobes(kernel_sites, with_args=False) as kernel:
+        lines, status = run_untraced(argv)
+        theirs = Counter({int(name.split(":")[1], 16): n for name, n in kernel.hits().items()})
+    assert status == 0 and facts(lines) == facts(untraced)
+    assert len(ours) > 20 and ours == +theirs  # sites on paths never taken are hit by neither
