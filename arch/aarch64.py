@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from . import register
 from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups, disassemble, goto,
-                          signed)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_XOL_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups,
+                          disassemble, goto, signed)
 
 if TYPE_CHECKING:
     import capstone
@@ -353,6 +353,10 @@ AARCH64 = Arch(
     regset=_REGSET,
     audit_arch=0xC00000B7,  # AUDIT_ARCH_AARCH64
     mapping_syscalls=frozen_map(GENERIC_MAPPING_SYSCALLS),
+    syscall_insn=b"\x01\x00\x00\xd4",  # svc #0
+    syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5"),
+    syscall_return="x0",
+    xol_syscalls=frozen_map(GENERIC_XOL_SYSCALLS),
     backend=Aarch64Backend(),
 )
 

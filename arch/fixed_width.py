@@ -23,6 +23,8 @@ GENERIC_MAPPING_SYSCALLS = {
     234: "remap_file_pages",
     288: "mprotect",  # pkey_mprotect
 }
+GENERIC_XOL_SYSCALLS = {"mmap": 222, "munmap": 215, "madvise": 233}
+"""The syscalls that manage the XOL area, in the same table."""
 
 
 MASK64 = (1 << 64) - 1

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from . import register
 from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups, disassemble, goto,
-                          signed)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_XOL_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups,
+                          disassemble, goto, signed)
 
 if TYPE_CHECKING:
     import capstone
@@ -329,6 +329,10 @@ RISCV64 = Arch(
     regset=_REGSET,
     audit_arch=0xC00000F3,  # AUDIT_ARCH_RISCV64
     mapping_syscalls=frozen_map(GENERIC_MAPPING_SYSCALLS),
+    syscall_insn=b"\x73\x00\x00\x00",  # ecall
+    syscall_regs=("a7", "a0", "a1", "a2", "a3", "a4", "a5"),
+    syscall_return="a0",
+    xol_syscalls=frozen_map(GENERIC_XOL_SYSCALLS),
     backend=RiscvBackend(),
 )
 
