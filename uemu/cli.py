@@ -135,6 +135,8 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("--duration", metavar="SECONDS", type=float, help="stop tracing after this long")
     parser.add_argument("--max-events", metavar="N", type=int, help="stop tracing after N hits")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
+    parser.add_argument("--ready-file", metavar="FILE",
+                        help="create FILE once the probes are armed (a script can wait for it)")
     parser.add_argument(
         "--mappings",
         choices=("seccomp", "rendezvous", "syscall", "exec"),
@@ -152,6 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     session = _session(args)
     with _output(args, default=sys.stderr) as stream:
         session.spawn(args.argv)
+        _ready(args)
         _trace(session, args, stream)
     return session.exit_status if session.exit_status is not None else 0
 
@@ -160,8 +163,15 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     session = _session(args)
     with _output(args, default=sys.stdout) as stream:
         session.attach(args.pid)
+        _ready(args)
         _trace(session, args, stream)
     return 0
+
+
+def _ready(args: argparse.Namespace) -> None:
+    if args.ready_file is not None:
+        with open(args.ready_file, "w"):
+            pass
 
 
 def _session(args: argparse.Namespace) -> Session:

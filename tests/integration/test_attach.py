@@ -18,7 +18,7 @@ from tracee import (
     stop_cli,
     thread_states,
     tracer_pid,
-    uemu_cli,
+    attach_cli,
     wait_until,
 )
 
@@ -62,7 +62,7 @@ def test_semaphores_raised_while_traced_and_restored_after(samples, tmp_path):
         addresses = _semaphores(tracee)
         assert set(_values(tracee.pid, addresses).values()) == {0}
         events_file = tmp_path / "events.json"
-        cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(events_file))
+        cli = attach_cli(str(tracee.pid), "--json", "-o", str(events_file))
         wait_until(lambda: all(_values(tracee.pid, addresses).values()), what="every semaphore raised")
         raised = _values(tracee.pid, addresses)
         tracee.release()  # one phase under trace
@@ -93,7 +93,7 @@ def test_every_way_out_restores_every_byte(samples, how):
         addresses = _semaphores(tracee)
         before = file_memory(tracee.pid)
         options = ["--duration", "1"] if how == "duration" else []
-        cli = uemu_cli("attach", str(tracee.pid), *options)
+        cli = attach_cli(str(tracee.pid), *options)
         guarded = next(a for a, name in addresses.items() if name == "sema:guarded")
         wait_until(lambda: semaphore(tracee.pid, guarded) > 0, what="the semaphore raised")
         assert differences(before, file_memory(tracee.pid)), "attached, yet nothing in memory changed"
@@ -110,7 +110,7 @@ def test_max_events_and_target_exit(samples, tmp_path):
     with _paused_sema(samples) as tracee:
         addresses = _semaphores(tracee)
         text_before = file_memory(tracee.pid, writable=False)
-        cli = uemu_cli("attach", str(tracee.pid), "sema:always", "--max-events", "1")
+        cli = attach_cli(str(tracee.pid), "sema:always", "--max-events", "1")
         always = next(a for a, name in addresses.items() if name == "sema:always")
         wait_until(lambda: semaphore(tracee.pid, always) > 0, what="the semaphore raised")
         tracee.release()
@@ -121,7 +121,7 @@ def test_max_events_and_target_exit(samples, tmp_path):
         assert differences(text_before, file_memory(tracee.pid, writable=False)) == []
         _left_alone(tracee.pid)
         # now the program exits while traced
-        cli = uemu_cli("attach", str(tracee.pid), "sema:*")
+        cli = attach_cli(str(tracee.pid), "sema:*")
         wait_until(lambda: semaphore(tracee.pid, always) > 0, what="the semaphore raised")
         tracee.run_out()
         code, out, err = stop_cli(cli, None)
@@ -162,7 +162,7 @@ def test_counts_add_up_with_a_kernel_uprobe_on_the_same_semaphore(samples):
         address = next(a for a, name in _semaphores(tracee).items() if name == "sema:guarded")
         with KernelUprobes(guarded[:1], with_args=False):
             wait_until(lambda: semaphore(tracee.pid, address) == 1, what="the kernel's increment")
-            cli = uemu_cli("attach", str(tracee.pid), "sema:guarded")
+            cli = attach_cli(str(tracee.pid), "sema:guarded")
             wait_until(lambda: semaphore(tracee.pid, address) == 3, what="uemu's increments")
             code, _, err = stop_cli(cli, signal.SIGTERM)
             assert code == 0
@@ -184,7 +184,7 @@ def test_semaphore_values_equal_kernel_uprobes(samples):
             wait_until(lambda: all(_values(tracee.pid, addresses).values()), what="the kernel's increments")
             kernel = _values(tracee.pid, addresses)
         assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
-        cli = uemu_cli("attach", str(tracee.pid))
+        cli = attach_cli(str(tracee.pid))
         wait_until(lambda: _values(tracee.pid, addresses) == kernel, what="uemu's increments")
         stop_cli(cli, signal.SIGINT)
         assert _values(tracee.pid, addresses) == dict.fromkeys(addresses, 0)
@@ -195,7 +195,7 @@ def test_threads_created_after_attaching_report_hits(samples, tmp_path):
     with Tracee([samples / "threads", "4", "5"]) as tracee:
         tracee.wait_sync("start")
         events_file = tmp_path / "events.json"
-        cli = uemu_cli("attach", str(tracee.pid), "threads:*", "--json", "-o", str(events_file))
+        cli = attach_cli(str(tracee.pid), "threads:*", "--json", "-o", str(events_file))
         wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
         wait_until(lambda: _armed(tracee.pid, samples / "threads"), what="breakpoints")
         tracee.release()
@@ -219,7 +219,7 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
         tracee.wait_sync("started")
         tracee.release()
         events_file = tmp_path / "events.json"
-        cli = uemu_cli("attach", str(tracee.pid), "longrun:tick", "--json", "-o", str(events_file))
+        cli = attach_cli(str(tracee.pid), "longrun:tick", "--json", "-o", str(events_file))
         wait_until(lambda: len([l for l in tracee.lines() if l.word == "longrun:tick"]) > 30, what="ticks")
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err

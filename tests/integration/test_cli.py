@@ -15,7 +15,7 @@ import time
 
 import pytest
 from samplelog import expected_hits, parse
-from tracee import stop_cli, tracer_pid, uemu_cli, wait_until
+from tracee import stop_cli, tracer_pid, attach_cli, wait_until
 
 
 def uemu(*args: str, stdin: str | None = None, prefix: tuple[str, ...] = (), env=None):
@@ -135,7 +135,7 @@ def test_zombie():
 
 def test_already_traced_names_the_tracer(samples):
     target = subprocess.Popen(["sleep", "60"])
-    first = uemu_cli("attach", str(target.pid))
+    first = attach_cli(str(target.pid))
     try:
         wait_until(lambda: tracer_pid(target.pid) == first.pid, what="the first tracer")
         _one_error_line(uemu("attach", str(target.pid)), 7, "already traced", f"by {first.pid}", "python")

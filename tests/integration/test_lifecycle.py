@@ -11,7 +11,7 @@ import sys
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced
-from tracee import Tracee, read_memory, stop_cli, tracer_pid, uemu_cli, wait_until
+from tracee import Tracee, read_memory, stop_cli, tracer_pid, attach_cli, wait_until
 
 from uemu import sdt
 
@@ -72,7 +72,7 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
         under_run = _observe(tracee, library)
     with Tracee([program]) as tracee:
         tracee.wait_sync("start")
-        cli = uemu_cli("attach", "--mappings=syscall", str(tracee.pid))
+        cli = attach_cli("--mappings=syscall", str(tracee.pid))
         wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
         under_attach = _observe(tracee, library, started=True)
         assert stop_cli(cli, None) == (0, "", "")  # the program's exit ends it
@@ -98,7 +98,7 @@ def test_a_pending_increment_is_dropped_on_detach_without_a_write(samples):
                     if oracle == "kernel":
                         state["kernel"] = KernelUprobes(sdt_sites(library.path), with_args=False).__enter__()
                     else:
-                        state["cli"] = uemu_cli("attach", "--mappings=syscall", str(tracee.pid))
+                        state["cli"] = attach_cli("--mappings=syscall", str(tracee.pid))
                         wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
                 elif step == "shared":  # ...and leave before the data
                     if oracle == "kernel":
@@ -166,7 +166,7 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
     with Tracee([samples / "dlopen"]) as tracee:
         tracee.wait_sync("before-dlopen")
         events_file = tmp_path / "events"
-        cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(events_file))
+        cli = attach_cli(str(tracee.pid), "--json", "-o", str(events_file))
         wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
         for label in ("before-mprotect", "before-dlclose", "before-reopen", "end"):
             tracee.release()
@@ -186,7 +186,7 @@ def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_pat
     with Tracee([samples / "dlthreads", "3", "15"]) as tracee:
         tracee.wait_sync("start")
         events_file = tmp_path / "events"
-        cli = uemu_cli("attach", f"--mappings={mappings}", str(tracee.pid), "--json", "-o", str(events_file))
+        cli = attach_cli(f"--mappings={mappings}", str(tracee.pid), "--json", "-o", str(events_file))
         wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
         wait_until(lambda: events_file.exists(), what="uemu to arm")
         tracee.release()

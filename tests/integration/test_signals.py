@@ -10,7 +10,7 @@ import time
 
 import pytest
 from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced, run_untraced
-from tracee import Tracee, stop_cli, uemu_cli, wait_until
+from tracee import Tracee, stop_cli, attach_cli, wait_until
 
 
 def _signal_facts(lines):
@@ -40,7 +40,7 @@ def test_run_delivers_every_signal_as_untraced(samples, untraced, follow):
 def test_attach_delivers_every_signal_as_untraced(samples, untraced, tmp_path):
     with Tracee([samples / "signals", "200"]) as tracee:
         tracee.wait_sync("start")
-        cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(tmp_path / "events"))
+        cli = attach_cli(str(tracee.pid), "--json", "-o", str(tmp_path / "events"))
         wait_until(lambda: (tmp_path / "events").exists(), what="uemu to start")
         wait_until(lambda: open(f"/proc/{tracee.pid}/status").read().find("TracerPid:\t0") < 0,
                    what="uemu to attach")
@@ -62,7 +62,7 @@ def test_sigstop_and_sigcont_from_outside_while_attached(samples, tmp_path):
     with Tracee([samples / "longrun", "2", "2"]) as tracee:
         tracee.wait_sync("started")
         tracee.release()
-        cli = uemu_cli("attach", str(tracee.pid), "longrun:beat", "-o", str(tmp_path / "events"))
+        cli = attach_cli(str(tracee.pid), "longrun:beat", "-o", str(tmp_path / "events"))
         wait_until(lambda: (tmp_path / "events").exists() and (tmp_path / "events").stat().st_size > 0,
                    what="hits while attached")
 

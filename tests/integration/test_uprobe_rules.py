@@ -10,7 +10,7 @@ import signal
 
 import pytest
 from oracle import GROUP, _append, _write, sdt_sites, tracefs_reason
-from tracee import Tracee, file_memory, read_memory, semaphore, stop_cli, uemu_cli, wait_until
+from tracee import Tracee, attach_cli, file_memory, read_memory, semaphore, stop_cli, uemu_cli, wait_until
 
 from uemu import sdt
 from uemu.maps import read_maps
@@ -122,7 +122,7 @@ def test_registrations_the_kernel_refuses(samples, words, message):
     first = _guarded(samples)[0]
     with _paused(samples) as tracee:
         before = file_memory(tracee.pid)
-        result = uemu_cli("attach", str(tracee.pid), *words(samples, first))
+        result = attach_cli(str(tracee.pid), *words(samples, first))
         code, _, err = stop_cli(result, None)
         assert code == 8 and message in err and len(err.splitlines()) == 1, err
         assert file_memory(tracee.pid) == before
@@ -176,7 +176,7 @@ def test_a_counter_zeroed_behind_our_back_is_not_driven_negative(samples):
     with _paused(samples) as tracee:
         counter = _counter_address(tracee.pid, path, first)
         before = file_memory(tracee.pid)
-        cli = uemu_cli("attach", str(tracee.pid), "sema:guarded")
+        cli = attach_cli(str(tracee.pid), "sema:guarded")
         wait_until(lambda: semaphore(tracee.pid, counter) == 3, what="uemu's increments")
         with open(f"/proc/{tracee.pid}/mem", "r+b", buffering=0) as mem:
             mem.seek(counter)

@@ -38,7 +38,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from oracle import KernelUprobes, tracefs_reason
 from samplelog import Line, expected_hits, parse, per_probe, reported_hits, run_traced, run_untraced
-from tracee import Tracee, differences, file_memory, read_memory, stop_cli, tracer_pid, uemu_cli, wait_until
+from tracee import Tracee, differences, file_memory, read_memory, stop_cli, tracer_pid, attach_cli, wait_until
 
 from uemu import arch, sdt
 from uemu.arch.base import Plan, Refuse, StepOutOfLine
@@ -373,7 +373,7 @@ def test_insns_under_uemu_attach(samples, insns_untraced, tmp_path):
     with tracee:
         tracee.wait_sync("start")
         with one_cpu():
-            cli = uemu_cli("attach", str(tracee.pid), "--json", "-o", str(events_file))
+            cli = attach_cli(str(tracee.pid), "--json", "-o", str(events_file))
         wait_until(lambda: tracer_pid(tracee.pid) and trap_at(tracee.pid, program, first.file_offset),
                    what="breakpoints")
         tracee.release()
@@ -447,7 +447,7 @@ def test_detach_while_threads_run_through_slots(runnable_build, ends, tmp_path):
     with Tracee(argv) as tracee:
         tracee.wait_sync("start")
         maps_before, memory_before = executable_maps(tracee.pid), file_memory(tracee.pid, writable=False)
-        cli = uemu_cli("attach", str(tracee.pid), *words(program, chosen), "--count", "-o", str(counts_file))
+        cli = attach_cli(str(tracee.pid), *words(program, chosen), "--count", "-o", str(counts_file))
         wait_until(lambda: tracer_pid(tracee.pid) and trap_at(tracee.pid, program, chosen[-1].file_offset),
                    what="breakpoints")
         tracee.release()

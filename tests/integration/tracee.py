@@ -154,6 +154,16 @@ def uemu_cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def attach_cli(*args: str) -> subprocess.Popen:
+    """``uemu attach ARGS``, returned once its probes are armed (``--ready-file``)
+    or it has ended (an error): before that the program may pass probes uemu has
+    not yet put in place."""
+    ready = Path(tempfile.mkdtemp(prefix="uemu-ready-")) / "ready"
+    process = uemu_cli("attach", "--ready-file", str(ready), *args)
+    wait_until(lambda: ready.exists() or process.poll() is not None, what="uemu to arm")
+    return process
+
+
 def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]:
     if how is not None:
         process.send_signal(how)
