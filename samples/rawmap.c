@@ -14,9 +14,22 @@
  *   uncovered    the file's first page, private rw (does not cover the counters)
  *   data         the data segment private rw       (the counter VMA: increments applied)
  *   text-again   the text a third time             (increments again)
+ *   text-over    the same text mapped over itself  (MAP_FIXED: a new VMA, armed again)
  *   unmap-text   that third text munmap-ed         (no decrement)
  *
- *   rawmap [LIBRARY]   (default: libsdtlib.so next to the program)
+ * With --cut OFFSET the steps show instead that a delayed increment which
+ * fails is still deleted: the library (a copy the caller may change) is cut
+ * to OFFSET bytes after its text is mapped, so the counter VMA mapped next
+ * lies beyond the end of the file and no write into it can succeed.
+ *
+ *   text         the text segment, private r-x     (increments delayed)
+ *   cut          the file cut to OFFSET            ("file" line, no mapping)
+ *   data-cut     the data segment private rw       (the increment fails: entry deleted)
+ *   restore      the file's tail written back      ("file" line, no mapping)
+ *   data         the data segment mapped again     (nothing left to apply)
+ *   text-again   the text a second time            (increments directly)
+ *
+ *   rawmap [--cut OFFSET] [LIBRARY]   (default: libsdtlib.so next to the program)
  */
 #define _GNU_SOURCE
 #include "sample.h"
@@ -70,9 +83,37 @@ static char *map_at(const char *step, char *base, unsigned long vaddr, unsigned 
 	return at;
 }
 
+/* The file's bytes from offset on, read before it is cut to that length. */
+static char *cut_file(int fd, unsigned long offset, size_t *length)
+{
+	off_t size = lseek(fd, 0, SEEK_END);
+	char *tail;
+
+	if (size < 0 || (unsigned long)size < offset)
+		fail("cut: offset beyond the file");
+	*length = (size_t)size - offset;
+	tail = malloc(*length + 1);
+	if (tail == NULL)
+		fail("malloc");
+	if (pread(fd, tail, *length, (off_t)offset) != (ssize_t)*length || ftruncate(fd, (off_t)offset) != 0)
+		fail("cut");
+	SAMPLE_LINE("file", "cut", UNSIGNED(offset, sizeof(long)));
+	sample_sync("cut");
+	return tail;
+}
+
+static void restore_file(int fd, unsigned long offset, const char *tail, size_t length)
+{
+	if (pwrite(fd, tail, length, (off_t)offset) != (ssize_t)length)
+		fail("restore");
+	SAMPLE_LINE("file", "restore", UNSIGNED(offset + length, sizeof(long)));
+	sample_sync("restore");
+}
+
 int main(int argc, char **argv)
 {
 	char path[4096];
+	unsigned long cut = 0;
 	ElfW(Ehdr) header;
 	ElfW(Phdr) segments[32];
 	const ElfW(Phdr) *text = NULL, *data = NULL;
@@ -80,6 +121,11 @@ int main(int argc, char **argv)
 	int fd, self;
 
 	page = sysconf(_SC_PAGESIZE);
+	if (argc > 2 && strcmp(argv[1], "--cut") == 0) {
+		cut = strtoul(argv[2], NULL, 0);
+		argc -= 2;
+		argv += 2;
+	}
 	if (argc > 1) {
 		snprintf(path, sizeof(path), "%s", argv[1]);
 	} else {
@@ -91,7 +137,7 @@ int main(int argc, char **argv)
 		exe[n] = 0;
 		snprintf(path, sizeof(path), "%s/libsdtlib.so", dirname(exe));
 	}
-	fd = open(path, O_RDONLY);
+	fd = open(path, cut ? O_RDWR : O_RDONLY);
 	self = open("/proc/self/exe", O_RDONLY);
 	if (fd < 0 || self < 0)
 		fail("open");
@@ -117,6 +163,24 @@ int main(int argc, char **argv)
 
 	sample_sync("start");
 	char *base = reserve(span);
+	if (cut) {
+		size_t length;
+
+		if (cut < text->p_offset + text->p_filesz)
+			fail("--cut: the offset is inside the text");
+		map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
+		       MAP_PRIVATE, fd);
+		char *tail = cut_file(fd, cut, &length);
+		map_at("data-cut", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE, fd);
+		restore_file(fd, cut, tail, length);
+		map_at("data", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE, fd);
+		map_at("text-again", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz,
+		       PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
+		sample_sync("end");
+		return 0;
+	}
 	map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
 	map_at("text-twice", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
 	       MAP_PRIVATE, fd);
@@ -127,8 +191,11 @@ int main(int argc, char **argv)
 	       fd);
 	map_at("uncovered", reserve(span), 0, 0, (unsigned long)page, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd);
 	map_at("data", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd);
-	char *again = map_at("text-again", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz,
+	char *again_base = reserve(span);
+	char *again = map_at("text-again", again_base, text->p_vaddr, text->p_offset, text->p_filesz,
 			     PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
+	map_at("text-over", again_base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
+	       MAP_PRIVATE, fd);
 	if (munmap(again, text->p_filesz + text->p_offset - page_down(text->p_offset)) != 0)
 		fail("munmap");
 	SAMPLE_LINE("map", "unmap-text", UNSIGNED((uintptr_t)again, sizeof(void *)), UNSIGNED(0, sizeof(long)),

@@ -392,20 +392,24 @@ class Session:
 
         The kind decides what happened to the pages: munmap/mmap/remap drop our
         breakpoints in the range (the pages went away or were replaced), mremap
-        moves them with the pages, mprotect keeps them.
+        moves them with the pages, mprotect keeps them.  Every VMA an mmap
+        created is new, even one that replaced a mapping of the same shape
+        (MAP_FIXED): the kernel runs its mmap hook on it.
         """
         old_keys = {_vma_key(v) for v in mm.vmas}
         vmas = read_maps(mm.pid)
+        mapped = (0, 0)
         if kind in ("munmap", "remap_file_pages"):
             self.uprobes.munmap(mm, args[0], args[0] + args[1])
         elif kind in ("mmap", "old_mmap") and not _failed(result):
-            self.uprobes.munmap(mm, result, result + args[1])
+            mapped = (result, result + args[1])
+            self.uprobes.munmap(mm, *mapped)
         elif kind == "mremap" and not _failed(result):
             self.uprobes.mremap(mm, args[0], args[1], result)
         elif kind is None:
             self._drop_vanished_breakpoints(mm, vmas)
         mm.vmas = vmas
-        new_vmas = [v for v in vmas if _vma_key(v) not in old_keys]
+        new_vmas = [v for v in vmas if _vma_key(v) not in old_keys or (v.start < mapped[1] and v.end > mapped[0])]
         self._update_objects(mm, new_vmas)
         if new_vmas:
             self._arm(mm, new_vmas)

@@ -5,6 +5,8 @@ behaviours of shared/reference/kernel-uprobes.md §9."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 
@@ -18,25 +20,27 @@ from uemu import sdt
 needs_tracefs = pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
 
 RAWMAP_STEPS = ["text", "text-twice", "other-inode", "shared", "readonly", "uncovered", "data",
-                "text-again", "unmap-text"]
+                "text-again", "text-over", "unmap-text"]
+CUT_STEPS = ["text", "cut", "data-cut", "restore", "data", "text-again"]  # rawmap --cut
 UEMU = (sys.executable, "-m", "uemu")
 
 
-def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: bool = False) -> dict:
+def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: bool = False,
+             steps: list[str] = RAWMAP_STEPS) -> dict:
     """At each step of rawmap: every semaphore in every data-like mapping, and the
     first byte of every probe site in every text mapping."""
     probes = library.probes
     seen = {}
     if not started:
         tracee.wait_sync("start")
-    for step in RAWMAP_STEPS:
+    for step in steps:
         if before_step is not None:
             before_step(step)
         tracee.release()
         tracee.wait_sync(step)
         maps = {line.word: [int(v) for v in line.values] for line in tracee.lines() if line.kind == "map"}
         if "unmap-text" in maps:
-            del maps["text-again"], maps["unmap-text"]  # that text mapping is gone
+            del maps["text-again"], maps["text-over"], maps["unmap-text"]  # that text mapping is gone
         state = {}
         for name, (address, _, offset) in maps.items():
             if name.startswith("text"):
@@ -80,6 +84,42 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
     assert kernel["text"]["text"][0] != nop and kernel["data"]["data"][0] > 0, "the oracle did nothing"
     assert under_run == kernel
     assert under_attach == kernel
+
+
+@pytest.mark.oracle
+@needs_tracefs
+def test_a_failed_delayed_increment_is_deleted_all_the_same(runnable_build, tmp_path):
+    """The counter VMA appears while the library is cut short, so the delayed
+    increment cannot be written; the entry goes all the same, and the data mapped
+    again once the file is whole gets nothing, while a new text mapping still
+    increments (kernel: ``delayed_ref_ctr_inc()`` deletes on failure)."""
+    copy = tmp_path / "libsdtlib.so"
+    shutil.copy(runnable_build.directory / "libsdtlib.so", copy)
+    library = sdt.open_elf(str(copy))
+    page = os.sysconf("SC_PAGESIZE")
+    cut = min(p.semaphore_offset for p in library.probes if p.semaphore_offset) // page * page
+    text_end = max(s.p_offset + s.p_filesz for s in library.segments if s.executable)
+    if cut < text_end:
+        pytest.skip(f"{library.path}: the first semaphore shares a page with the text: no cut leaves the text whole")
+    argv = [runnable_build.directory / "rawmap", "--cut", str(cut), copy]
+    with KernelUprobes(sdt_sites(library.path), with_args=False):
+        with Tracee(argv) as tracee:
+            kernel = _observe(tracee, library, steps=CUT_STEPS)
+    with Tracee(argv, under=(*UEMU, "run", "--")) as tracee:
+        under_run = _observe(tracee, library, steps=CUT_STEPS)
+        run_warnings = tracee.stderr()
+    with Tracee(argv) as tracee:
+        tracee.wait_sync("start")
+        cli = attach_cli("--mappings=syscall", str(tracee.pid))
+        under_attach = _observe(tracee, library, started=True, steps=CUT_STEPS)
+        status, _, attach_warnings = stop_cli(cli, None)
+    assert set(kernel["data"]["data"]) == {0}, "the kernel applied an increment it should have deleted"
+    assert min(kernel["text-again"]["data"]) > 0, "the oracle's uprobes stopped counting"
+    assert under_run == kernel
+    assert under_attach == kernel
+    assert status == 0
+    for warnings in (run_warnings, attach_warnings):
+        assert "ref_ctr increment failed" in warnings
 
 
 @pytest.mark.oracle
