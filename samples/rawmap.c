@@ -17,17 +17,22 @@
  *   text-over    the same text mapped over itself  (MAP_FIXED: a new VMA, armed again)
  *   unmap-text   that third text munmap-ed         (no decrement)
  *
- * With --cut OFFSET the steps show instead that a delayed increment which
- * fails is still deleted: the library (a copy the caller may change) is cut
- * to OFFSET bytes after its text is mapped, so the counter VMA mapped next
- * lies beyond the end of the file and no write into it can succeed.
+ * With --cut OFFSET the steps show instead what happens to writes that
+ * cannot succeed: the library (a copy the caller may change) is cut to OFFSET
+ * bytes after its text is mapped, so what is mapped next past OFFSET lies
+ * beyond the end of the file, where no page can be read or written.  With
+ * OFFSET past the text:
  *
  *   text         the text segment, private r-x     (increments delayed)
  *   cut          the file cut to OFFSET            ("file" line, no mapping)
  *   data-cut     the data segment private rw       (the increment fails: entry deleted)
+ *   text-cut     the text again                    (the counter cannot be raised: no breakpoint)
  *   restore      the file's tail written back      ("file" line, no mapping)
  *   data         the data segment mapped again     (nothing left to apply)
- *   text-again   the text a second time            (increments directly)
+ *   text-again   the text a third time             (increments directly)
+ *
+ * With OFFSET inside the text, the cut also takes the breakpoints of the first
+ * text mapping away and text-cut has no page to put one in.
  *
  *   rawmap [--cut OFFSET] [LIBRARY]   (default: libsdtlib.so next to the program)
  */
@@ -166,13 +171,13 @@ int main(int argc, char **argv)
 	if (cut) {
 		size_t length;
 
-		if (cut < text->p_offset + text->p_filesz)
-			fail("--cut: the offset is inside the text");
 		map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
 		       MAP_PRIVATE, fd);
 		char *tail = cut_file(fd, cut, &length);
 		map_at("data-cut", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE, fd);
+		map_at("text-cut", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz,
+		       PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
 		restore_file(fd, cut, tail, length);
 		map_at("data", base, data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE, fd);

@@ -226,7 +226,9 @@ class Uprobes:
             return
         trap = backend.trap_bytes(uprobe.original)
         expected = uprobe.original[: len(trap)]
-        current = mm.memory.read(vaddr, len(trap))
+        current = self._read_site(mm, uprobe, vaddr, len(trap))
+        if current is None:
+            return
         if current != expected:
             what = "another tracer's breakpoint" if backend.is_trap(current) else "bytes that differ from the file"
             self.warn(
@@ -234,7 +236,8 @@ class Uprobes:
                 f"({current.hex()}, file has {expected.hex()}); left alone"
             )
             return
-        self.update_ref_ctr(mm, uprobe, +1)
+        if not self.update_ref_ctr(mm, uprobe, +1):
+            return  # kernel: the opcode is not written when the counter cannot be raised
         try:
             mm.memory.write(vaddr, trap)
         except OSError:
@@ -248,7 +251,11 @@ class Uprobes:
         backend = mm.backend
         trap = backend.trap_bytes(uprobe.original)
         original = uprobe.original[: len(trap)]
-        if mm.memory.read(vaddr, len(trap)) != trap:
+        current = self._read_site(mm, uprobe, vaddr, len(trap))
+        if current is None:
+            mm.delayed.discard(uprobe)
+            return
+        if current != trap:
             self.warn(f"process {mm.pid}: breakpoint at {vaddr:#x} was overwritten by someone else; left as is")
             mm.delayed.discard(uprobe)
             return
@@ -257,6 +264,17 @@ class Uprobes:
         if mm.memory.read(vaddr, len(original)) != original:
             self.warn(f"process {mm.pid}: could not restore the original bytes at {vaddr:#x}")
 
+    def _read_site(self, mm: Mm, uprobe: Uprobe, vaddr: int, length: int) -> bytes | None:
+        """The bytes at a site, or None (said) where its page cannot be read: a
+        mapping past the end of a file cut short.  Kernel: ``verify_opcode()``
+        fails, and nothing is written or counted."""
+        try:
+            return mm.memory.read(vaddr, length)
+        except OSError as err:
+            self.warn(f"process {mm.pid}: cannot read {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}): {err}; "
+                      "left alone")
+            return None
+
     def remove_all(self, mm: Mm) -> None:
         for vaddr in list(mm.installed):
             self.remove_breakpoint(mm, vaddr)
@@ -264,21 +282,23 @@ class Uprobes:
 
     # ---- reference counters -------------------------------------------------
 
-    def update_ref_ctr(self, mm: Mm, uprobe: Uprobe, delta: int) -> None:
+    def update_ref_ctr(self, mm: Mm, uprobe: Uprobe, delta: int) -> bool:
         """Kernel: ``update_ref_ctr()``: change the counter in the first counter VMA,
         or (for +1 with none mapped) record a delayed entry; -1 always drops the
-        (uprobe, mm) delayed entry."""
+        (uprobe, mm) delayed entry.  False when a counter VMA's write failed."""
         if not uprobe.ref_ctr_offset:
-            return
+            return True
+        changed = True
         vma = find_counter_vma(mm.vmas, uprobe.file_id, uprobe.ref_ctr_offset)
         if vma is not None:
-            self.change_counter(mm, uprobe, vma.offset_to_vaddr(uprobe.ref_ctr_offset), delta)
+            changed = self.change_counter(mm, uprobe, vma.offset_to_vaddr(uprobe.ref_ctr_offset), delta)
             if delta > 0:
-                return
+                return changed
         elif delta > 0:
             mm.delayed.add(uprobe)  # a set: at most one pending increment per (uprobe, mm)
-            return
+            return True
         mm.delayed.discard(uprobe)
+        return changed
 
     def change_counter(self, mm: Mm, uprobe: Uprobe, vaddr: int, delta: int) -> bool:
         """Kernel: ``__update_ref_ctr()``: a signed 16-bit counter at exactly ``vaddr``,
