@@ -152,6 +152,8 @@ class XolSetup:
     ``restore`` holds registers the setup borrowed (x86's rip-relative scratch
     register) with their values at the site; the core puts them back before
     ``finish_xol`` or ``abort_xol``, whether the step completed or faulted.
+    A setup depends on the registers at the site only through ``restore``: one
+    that borrows nothing is reused for the next hit of its plan in its slot.
     """
 
     code: bytes

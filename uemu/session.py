@@ -754,11 +754,15 @@ class Session:
         slot = area.take_slot(task.tid)
         if slot is None:
             raise errors.UemuError(f"process {mm.pid}: every XOL slot is taken ({len(area.slots)} threads)")
-        setup = mm.backend.prepare_xol(plan, slot, _RegsView(regs, mm.arch.ip_reg, site))
-        if area.code.get(slot) != setup.code:
-            mm.memory.write(slot, setup.code)
-            area.code[slot] = setup.code
-        area.plans[slot] = (plan, setup)
+        last = area.plans.get(slot)
+        if last is not None and last[0] is plan and not last[1].restore:
+            setup = last[1]  # it borrows no register: the same bytes, already in the slot
+        else:
+            setup = mm.backend.prepare_xol(plan, slot, _RegsView(regs, mm.arch.ip_reg, site))
+            if area.code.get(slot) != setup.code:
+                mm.memory.write(slot, setup.code)
+                area.code[slot] = setup.code
+            area.plans[slot] = (plan, setup)
         _set_registers(task, regs, setup.regs)
         if setup.ends != "jump":
             task.xol = ActiveStep(plan, slot, setup)
@@ -861,7 +865,6 @@ class Session:
             self._end_step(task, regs, mm.backend.finish_xol)
 
     def _run_consumers(self, task: Task, mm: Mm, uprobe: Uprobe, site: int, regs: ptrace.Regset) -> None:
-        view = _RegsView(regs, mm.arch.ip_reg, site)
         memory = mm.memory
         wants_events = bool(self.handlers) or self._queue is not None
         for consumer in uprobe.consumers:
@@ -870,6 +873,7 @@ class Session:
             if wants_events:
                 args = None
                 if self.decode_args:
+                    view = _RegsView(regs, mm.arch.ip_reg, site)
                     args = [read(view, memory.read) for read in mm.arg_readers(consumer)]
                 probe = consumer.probe
                 event = Event(

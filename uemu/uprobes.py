@@ -108,10 +108,12 @@ class Mm:
     """Whether the dynamic linker's rendezvous breakpoint watches this mm's dlopens
     (or there is no dynamic linker to watch)."""
 
-    @property
-    def backend(self) -> Backend:
-        assert self.arch.backend is not None  # checked when the mm was created
-        return self.arch.backend
+    backend: Backend = field(init=False)
+    """The arch's tracing backend, kept at hand: it is needed at every hit."""
+
+    def __post_init__(self) -> None:
+        assert self.arch.backend is not None  # checked before an mm is created
+        self.backend = self.arch.backend
 
     @property
     def has_uprobes(self) -> bool:

@@ -372,6 +372,9 @@ class Rig:
         assert isinstance(plan, StepOutOfLine)
         setup = backend.prepare_xol(plan, slot, regs)
         assert len(setup.code) <= backend.slot_size
+        if not setup.restore:  # the core reuses such a setup for the next hit (XolSetup)
+            other = {name: value ^ ((1 << self.word * 8) - 1) for name, value in regs.items()}
+            assert backend.prepare_xol(plan, slot, {**other, self.ip_reg: regs[self.ip_reg]}) == setup
         self._write_code(slot, setup.code)
         self._set_registers(setup.regs)
         broken = ""
