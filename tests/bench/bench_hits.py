@@ -2,12 +2,14 @@
 loop (the floor any Python tracer can reach), and uemu (--count, and --json to
 a file).  Prints microseconds per hit and the ratios.
 
-    python3 tests/bench/bench_hits.py [ITERATIONS] [--repeat N]
+    python3 tests/bench/bench_hits.py [ITERATIONS] [--repeat N] [--one-cpu]
 
 The tight loop is samples/bench (``bench:sema``: a semaphore-guarded probe
 with two arguments); the program times its own loops, so start-up and
 attach costs are not counted.  Every figure is the median of --repeat
-interleaved rounds, after one warm-up round.
+interleaved rounds, after one warm-up round.  With --one-cpu every process
+runs on one CPU: a stop is then a plain context switch instead of a wake-up on
+another CPU, so the floor is lower and uemu's own work weighs more.
 """
 
 from __future__ import annotations
@@ -159,11 +161,19 @@ def interleaved(measures: dict[str, Callable[[], float | None]], repeat: int) ->
     return {name: None if None in values else statistics.median(values) for name, values in samples.items()}
 
 
+def pin_to_one_cpu() -> None:
+    """This process and every one it starts run on one CPU."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("iterations", type=int, nargs="?", default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--one-cpu", action="store_true", help="run everything on one CPU (inherited affinity)")
     args = parser.parse_args()
+    if args.one_cpu:
+        pin_to_one_cpu()
     if not BENCH.exists():
         sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
     n, repeat = args.iterations, args.repeat
@@ -175,7 +185,8 @@ def main() -> None:
         "uemu --json -o FILE": lambda: uemu(n, "--json"),
     }, repeat)
     floor = rows["ctypes ptrace floor"]
-    print(f"{PROBE}, {n} hits per run, median of {repeat} runs; cost per hit over the empty loop")
+    placement = "on one CPU" if args.one_cpu else "on any CPU"
+    print(f"{PROBE}, {n} hits per run, median of {repeat} runs {placement}; cost per hit over the empty loop")
     for name, value in rows.items():
         if value is None:
             print(f"  {name:28} unavailable (needs root and tracefs)")

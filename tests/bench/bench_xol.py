@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_hits import PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, _libc, interleaved, loop_ns
+from bench_hits import PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, _libc, interleaved, loop_ns, pin_to_one_cpu
 from ptrace.binding.linux_struct import user_regs_struct
 
 from uemu import arch, sdt
@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--one-cpu", action="store_true", help="run everything on one CPU (inherited affinity)")
     args = parser.parse_args()
     if args.one_cpu:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        pin_to_one_cpu()
     if not RAWPROBES.exists():
         sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
     mix = [site for site in sites(RAWPROBES) if site.function == "mix"]
