@@ -132,6 +132,10 @@ class Emulate(Plan):
 class StepOutOfLine(Plan):
     """The instruction runs in an XOL slot, with the backend's fixups around it."""
 
+    syscall: bool = field(default=False, kw_only=True)
+    """A system call instruction: its syscall stops must stay visible to the core,
+    which notices mappings there (a step of it ends at the syscall's exit)."""
+
 
 @dataclass(frozen=True)
 class Refuse(Plan):

@@ -431,7 +431,7 @@ class X86Backend:
                               reason="not supported by uemu: rip-relative and uses rsi, rdi and rbx")
         next_ip = (vaddr + len(code)) & self.mask
         return X86Step(vaddr=vaddr, size=len(code), text=text, code=code, fixup=fixup,
-                       one_stop=one_stop, riprel=riprel,
+                       one_stop=one_stop, riprel=riprel, syscall="int" in groups,
                        return_address=next_ip.to_bytes(self.word, "little"))
 
     def _goto(self, address: int) -> Effects:

@@ -17,6 +17,7 @@
  *   loop_sum(n)           a loop calling add() and mix() on alternate turns
  *   raw_fork()            on x86_64 the fork system call by a `syscall` of its
  *                         own (a probe there runs it out of line); fork() elsewhere
+ *   raw_mmap(len, fd)     likewise the mmap system call (private, r-x, offset 0)
  *
  * One "round" calls each of them once but raw_fork (loop_sum with n = i % 8);
  * after N rounds a thread prints "result PID TID rawprobes:work VALUE" (a
@@ -46,6 +47,11 @@
  *                                 exits 0; the parent then prints
  *                                 "child PID TID waited STATUS" (raw wait status),
  *                                 and N rounds again at the end
+ *   rawprobes map [N [far]]       N rounds, then the program's own file mapped
+ *                                 again whole by raw_mmap(): "map PID TID self
+ *                                 ADDRESS LENGTH", "sync PID TID mapped" (a tracer
+ *                                 must have armed its probes in that copy by then),
+ *                                 unmapped, N rounds again
  *
  * With "far" (64-bit targets only), the program first fills every gap of its
  * address space within 3 GiB of its code with PROT_NONE reservations, so a
@@ -71,10 +77,10 @@
 
 #define FUNCTION __attribute__((noinline, noipa))
 
-enum { ADD, MIX, LOAD, STORE, INDIRECT, LOOP, RAW_FORK, FUNCTIONS };
+enum { ADD, MIX, LOAD, STORE, INDIRECT, LOOP, RAW_FORK, RAW_MMAP, FUNCTIONS };
 static const char *const names[FUNCTIONS] = {
 	"rawprobes:add", "rawprobes:mix", "rawprobes:load_global", "rawprobes:store_global",
-	"rawprobes:call_indirect", "rawprobes:loop_sum", "rawprobes:raw_fork",
+	"rawprobes:call_indirect", "rawprobes:loop_sum", "rawprobes:raw_fork", "rawprobes:raw_mmap",
 };
 static __thread long calls[FUNCTIONS];
 
@@ -143,6 +149,49 @@ FUNCTION static long raw_fork(void)
 #else
 	return fork();
 #endif
+}
+
+FUNCTION static long raw_mmap(long length, long fd)
+{
+	calls[RAW_MMAP]++;
+#if defined(__x86_64__)
+	register long flags __asm__("r10") = MAP_PRIVATE;
+	register long file __asm__("r8") = fd;
+	register long offset __asm__("r9") = 0;
+	long result = 9; /* SYS_mmap */
+
+	__asm__ __volatile__("syscall"
+			     : "+a"(result)
+			     : "D"(0L), "S"(length), "d"((long)(PROT_READ | PROT_EXEC)), "r"(flags), "r"(file),
+			       "r"(offset)
+			     : "rcx", "r11", "memory");
+	return result;
+#else
+	return (long)mmap(NULL, (size_t)length, PROT_READ | PROT_EXEC, MAP_PRIVATE, (int)fd, 0);
+#endif
+}
+
+/* The program's own file mapped again by raw_mmap(): a tracer sees a new text
+ * mapping of a probed object, made by a probed instruction. */
+static void map_self(void)
+{
+	int fd = open("/proc/self/exe", O_RDONLY);
+	off_t size = fd < 0 ? -1 : lseek(fd, 0, SEEK_END);
+	long at;
+
+	if (size <= 0) {
+		perror("map: /proc/self/exe");
+		exit(1);
+	}
+	at = raw_mmap(size, fd);
+	if ((void *)at == MAP_FAILED || (at < 0 && at > -4096)) {
+		fprintf(stderr, "map: mmap failed (%ld)\n", at);
+		exit(1);
+	}
+	SAMPLE_LINE("map", "self", UNSIGNED(at, sizeof(long)), UNSIGNED(size, sizeof(long)));
+	sample_sync("mapped");
+	munmap((void *)at, (size_t)size);
+	close(fd);
 }
 
 static long round_of_calls(long i)
@@ -434,8 +483,13 @@ int main(int argc, char **argv)
 		child("raw_fork", raw_fork(), n);
 		rounds(n);
 		report_calls();
+	} else if (strcmp(mode, "map") == 0) {
+		rounds(n);
+		map_self();
+		rounds(n);
+		report_calls();
 	} else {
-		fprintf(stderr, "usage: rawprobes calls|time|signals|threads|fork [N [far]]\n");
+		fprintf(stderr, "usage: rawprobes calls|time|signals|threads|fork|map [N [far]]\n");
 		return 2;
 	}
 	sample_sync("end");

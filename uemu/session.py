@@ -633,14 +633,13 @@ class Session:
             return False
         step = task.xol
         if step is not None and step.setup.ends != "jump":
-            resume = ptrace.singlestep if step.setup.ends == "step" else ptrace.cont
+            self._resume_step(task)
         else:
             regs = self._regs(task, mm.arch)
             regs.fetch(task.tid)
             if mm.backend.trap_address(regs[mm.arch.ip_reg]) not in mm.installed:
                 return False
-            resume = ptrace.cont
-        resume(task.tid)
+            ptrace.cont(task.tid)
         task.stopped = False
         return True
 
@@ -654,10 +653,7 @@ class Session:
             sig = self._give_back_held(task)
         try:
             if task.xol is not None:
-                if task.xol.setup.ends == "step":
-                    ptrace.singlestep(task.tid)
-                else:
-                    ptrace.cont(task.tid)
+                self._resume_step(task)
             elif task.listening:
                 ptrace.listen(task.tid)
             elif task.syscall is not None or self._traces_every_syscall(task):
@@ -667,6 +663,20 @@ class Session:
             task.stopped = False
         except errors.TraceeGone:
             pass
+
+    def _resume_step(self, task: Task) -> None:
+        """A thread stepping out of line goes on by its step's ending.  A system call
+        stepped so is resumed with its syscall stops (seccomp's exit stop, or every
+        syscall's) where they are wanted: mappings are noticed there, and its exit
+        stop ends the step (``_finish_syscall_step``)."""
+        step = task.xol
+        sees_syscalls = task.syscall is not None or self._traces_every_syscall(task)
+        if step.setup.ends == "step" and not (step.plan.syscall and sees_syscalls):
+            ptrace.singlestep(task.tid)
+        elif sees_syscalls:
+            ptrace.syscall(task.tid)
+        else:
+            ptrace.cont(task.tid)
 
     def _traces_every_syscall(self, task: Task) -> bool:
         mm = task.mm
@@ -909,7 +919,10 @@ class Session:
             task.owed_signal = 0
             return
         try:
-            if task.syscall is not None:
+            # Not _resume(): a held signal given back from an event stop would be lost.
+            if task.xol is not None:
+                self._resume_step(task)
+            elif task.syscall is not None:
                 ptrace.syscall(task.tid)
             else:
                 ptrace.cont(task.tid)
@@ -930,7 +943,22 @@ class Session:
                 self._refresh_mappings(task.mm, kind, args, info.rval)
                 self._arm_rendezvous(task.mm)
         task.syscall = None
+        if info.op == ptrace.SYSCALL_INFO_EXIT and task.xol is not None:
+            self._finish_syscall_step(task)
         return 0
+
+    def _finish_syscall_step(self, task: Task) -> None:
+        """At the exit stop of a system call stepped out of line (resumed with
+        PTRACE_SYSCALL, not single-stepped): the instruction is done, ip just
+        after it in the slot, so the step ends here."""
+        step = task.xol
+        mm = task.mm
+        if step.setup.ends != "step" or not step.plan.syscall:
+            return
+        regs = self._regs(task, mm.arch)
+        regs.fetch(task.tid)
+        if regs[mm.arch.ip_reg] == step.slot + step.plan.size:
+            self._end_step(task, regs, mm.backend.finish_xol)
 
     def _note_mapping_syscall(self, task: Task, info: ptrace.SyscallInfo) -> None:
         """At a syscall's entry: if it may change file mappings, keep its kind and

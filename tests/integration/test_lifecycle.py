@@ -13,7 +13,7 @@ import sys
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced
-from tracee import Tracee, read_memory, stop_cli, tracer_pid, attach_cli, wait_until
+from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, tracer_pid, wait_until
 
 from uemu import sdt
 
@@ -22,7 +22,6 @@ needs_tracefs = pytest.mark.skipif(tracefs_reason() is not None, reason=str(trac
 RAWMAP_STEPS = ["text", "text-twice", "other-inode", "shared", "readonly", "uncovered", "data",
                 "text-again", "text-over", "unmap-text"]
 CUT_STEPS = ["text", "cut", "data-cut", "text-cut", "restore", "data", "text-again"]  # rawmap --cut
-UEMU = (sys.executable, "-m", "uemu")
 
 
 def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: bool = False,

@@ -38,7 +38,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from oracle import KernelUprobes, tracefs_reason
 from samplelog import Line, expected_hits, parse, per_probe, reported_hits, run_traced, run_untraced
-from tracee import Tracee, differences, file_memory, read_memory, stop_cli, tracer_pid, attach_cli, wait_until
+from tracee import (UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid,
+                    wait_until)
 
 from uemu import arch, sdt
 from uemu.arch.base import Plan, Refuse, StepOutOfLine
@@ -105,7 +106,7 @@ def sites(program: Path) -> tuple[Site, ...]:
     found = []
     with program.open("rb") as stream:
         symbols = ELFFile(stream).get_section_by_name(".symtab")
-        for function in (*FUNCTIONS, "raw_fork"):
+        for function in (*FUNCTIONS, "raw_fork", "raw_mmap"):
             [symbol] = symbols.get_symbol_by_name(function)
             start = symbol["st_value"]
             stream.seek(elf.file_offset(start, executable=True))
@@ -521,6 +522,56 @@ def test_a_child_forked_by_a_syscall_run_out_of_line_starts_after_it(runnable_bu
     assert [(event.pid, _offset(event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
 
 
+@pytest.mark.oracle
+@pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
+@pytest.mark.parametrize("far", [False, True], ids=["near", "far"])
+def test_a_mapping_made_by_a_probed_syscall_is_armed_before_the_program_goes_on(runnable_build, far):
+    """A probe on the mmap system call itself (``rawprobes map``: the program maps
+    its own file again through a ``syscall`` of its own), so the mapping is made
+    from a slot: when the program stands at its next sync point, the new copy
+    holds the same breakpoints as under kernel uprobes (their mmap hook), under
+    run (seccomp stops) and attach (every syscall stops); the step still ends
+    right, so the program's lines are as untraced."""
+    if runnable_build.target != "x86_64":
+        pytest.skip("raw_mmap makes a system call of its own on x86_64 only")
+    program = runnable_build.directory / "rawprobes"
+    every = sites(program)
+    [syscall] = [site for site in every if site.function == "raw_mmap" and site.text == "syscall"]
+    chosen = [syscall, next(site for site in every if site.function == "mix")]
+    argv = [program, "map", "2", *(["far"] if far else [])]
+
+    def trap_bytes_in_the_copy(tracee: Tracee, started: bool = False) -> list[str]:
+        if not started:
+            tracee.wait_sync("start")
+        tracee.release()
+        tracee.wait_sync("mapped")
+        [copy] = [line for line in tracee.lines() if line.kind == "map"]
+        address = int(copy.values[0])
+        seen = [read_memory(tracee.pid, address + site.file_offset, 1).hex() for site in chosen]
+        tracee.run_out()
+        return seen
+
+    with KernelUprobes(raw_kernel_sites(program, [site.file_offset for site in chosen]), with_args=False):
+        with Tracee(argv) as tracee:
+            kernel = trap_bytes_in_the_copy(tracee)
+    assert kernel == ["cc", "cc"], "the oracle did not arm the copy"
+    probe_words = words(program, chosen)
+    for mode in ("seccomp", "syscall"):
+        with Tracee(argv, under=(*UEMU, "run", f"--mappings={mode}", *probe_words, "--")) as tracee:
+            assert trap_bytes_in_the_copy(tracee) == kernel, f"run --mappings={mode}"
+    with Tracee(argv) as tracee:
+        tracee.wait_sync("start")
+        cli = attach_cli("--mappings=syscall", str(tracee.pid), *probe_words)
+        assert trap_bytes_in_the_copy(tracee, started=True) == kernel, "attach --mappings=syscall"
+        assert stop_cli(cli, None)[0] == 0
+    run = run_traced(argv, probe_words)
+    untraced, status = run_untraced(argv)
+    assert run.exit_status == status == 0
+    unplaced = lambda lines: [fact for fact in facts(lines) if fact[0] != "map"]  # noqa: E731  (addresses vary)
+    assert unplaced(run.lines) == unplaced(untraced)
+    assert Counter(_offset(event.name) for event in run.events)[syscall.file_offset] == 1
+
+
 # ---------------------------------------------------------------- every architecture
 
 
@@ -547,6 +598,13 @@ def accepted_offsets(program: Path) -> list[int]:
     return offsets
 
 
+def raw_kernel_sites(program: Path, offsets: Sequence[int]) -> list[tuple[sdt.ElfObject, sdt.Probe]]:
+    """Kernel uprobes at PATH:OFFSET, in the oracle's terms."""
+    elf = sdt.open_elf(str(program))
+    return [(elf, sdt.Probe(str(program), "raw", f"{offset:x}", elf.vaddr(offset), offset, None, None, "", None, -1))
+            for offset in offsets]
+
+
 @pytest.mark.oracle
 @pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
 def test_raw_probes_on_every_instruction_on_any_arch(runnable_build):
@@ -563,9 +621,7 @@ def test_raw_probes_on_every_instruction_on_any_arch(runnable_build):
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
     ours = Counter(_offset(event.name) for event in run.events)
-    kernel_sites = [(elf, sdt.Probe(str(program), "raw", f"{offset:x}", elf.vaddr(offset), offset,
-                                    None, None, "", None, -1)) for offset in offsets]
-    with KernelUprobes(kernel_sites, with_args=False) as kernel:
+    with KernelUprobes(raw_kernel_sites(program, offsets), with_args=False) as kernel:
         lines, status = run_untraced(argv)
         theirs = Counter({int(name.split(":")[1], 16): n for name, n in kernel.hits().items()})
     assert status == 0 and facts(lines) == facts(untraced)

@@ -148,9 +148,13 @@ def differences(before: dict, after: dict) -> list[str]:
     return changed
 
 
+UEMU = (sys.executable, "-m", "uemu")
+"""The command line of uemu itself, for ``Tracee(under=(*UEMU, "run", "--"))``."""
+
+
 def uemu_cli(*args: str) -> subprocess.Popen:
     """``uemu ARGS`` in its own process (leaving on signals is part of what is tested)."""
-    return subprocess.Popen([sys.executable, "-m", "uemu", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([*UEMU, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
