@@ -119,6 +119,7 @@ int main(int argc, char **argv)
 {
 	char path[4096];
 	unsigned long cut = 0;
+	int cutting = 0; /* --cut given: OFFSET may be 0 (text and probes in the first page) */
 	ElfW(Ehdr) header;
 	ElfW(Phdr) segments[32];
 	const ElfW(Phdr) *text = NULL, *data = NULL;
@@ -128,6 +129,7 @@ int main(int argc, char **argv)
 	page = sysconf(_SC_PAGESIZE);
 	if (argc > 2 && strcmp(argv[1], "--cut") == 0) {
 		cut = strtoul(argv[2], NULL, 0);
+		cutting = 1;
 		argc -= 2;
 		argv += 2;
 	}
@@ -142,7 +144,7 @@ int main(int argc, char **argv)
 		exe[n] = 0;
 		snprintf(path, sizeof(path), "%s/libsdtlib.so", dirname(exe));
 	}
-	fd = open(path, cut ? O_RDWR : O_RDONLY);
+	fd = open(path, cutting ? O_RDWR : O_RDONLY);
 	self = open("/proc/self/exe", O_RDONLY);
 	if (fd < 0 || self < 0)
 		fail("open");
@@ -168,7 +170,7 @@ int main(int argc, char **argv)
 
 	sample_sync("start");
 	char *base = reserve(span);
-	if (cut) {
+	if (cutting) {
 		size_t length;
 
 		map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
