@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections import Counter
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
@@ -220,7 +221,15 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
         tracee.release()
         events_file = tmp_path / "events.json"
         cli = attach_cli(str(tracee.pid), "longrun:tick", "--json", "-o", str(events_file))
-        wait_until(lambda: len([l for l in tracee.lines() if l.word == "longrun:tick"]) > 30, what="ticks")
+
+        def every_thread_ticked() -> bool:
+            # Per thread, not in all: on a slow (emulated) CPU one thread may lag
+            # the others by many ticks, and a thread with a single tick may lack
+            # its event (the race above).
+            ticks = Counter(line.tid for line in tracee.lines() if line.word == "longrun:tick")
+            return len(ticks) == threads and min(ticks.values()) >= 5
+
+        wait_until(every_thread_ticked, what="ticks of every thread")
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
         _left_alone(tracee.pid)
