@@ -643,13 +643,15 @@ class Session:
         task.stopped = False
         return True
 
-    def _resume(self, task: Task, sig: int) -> None:
-        """The one place a task is resumed (or parked while we are stopping everything)."""
+    def _resume(self, task: Task, sig: int, event_stop: bool = False) -> None:
+        """The one place a task is resumed (or parked while we are stopping everything).
+        An ``event_stop`` (PTRACE_EVENT_*) cannot deliver a signal: held ones wait
+        for the next stop that can."""
         if self._stopping:
             task.owed_signal = sig
             return
         task.owed_signal = 0
-        if task.xol is None and task.held and not sig:
+        if task.xol is None and task.held and not sig and not event_stop:
             sig = self._give_back_held(task)
         try:
             if task.xol is not None:
@@ -915,20 +917,7 @@ class Session:
         info = ptrace.syscall_info(task.tid)
         if not self._passthrough:
             self._note_mapping_syscall(task, info)
-        if self._stopping:
-            task.owed_signal = 0
-            return
-        try:
-            # Not _resume(): a held signal given back from an event stop would be lost.
-            if task.xol is not None:
-                self._resume_step(task)
-            elif task.syscall is not None:
-                ptrace.syscall(task.tid)
-            else:
-                ptrace.cont(task.tid)
-            task.stopped = False
-        except errors.TraceeGone:
-            pass
+        self._resume(task, 0, event_stop=True)
 
     def _on_syscall_stop(self, task: Task) -> int:
         """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""

@@ -254,11 +254,9 @@ class Uprobes:
         trap = backend.trap_bytes(uprobe.original)
         original = uprobe.original[: len(trap)]
         current = self._read_site(mm, uprobe, vaddr, len(trap))
-        if current is None:
-            mm.delayed.discard(uprobe)
-            return
         if current != trap:
-            self.warn(f"process {mm.pid}: breakpoint at {vaddr:#x} was overwritten by someone else; left as is")
+            if current is not None:  # an unreadable page was said already
+                self.warn(f"process {mm.pid}: breakpoint at {vaddr:#x} was overwritten by someone else; left as is")
             mm.delayed.discard(uprobe)
             return
         self.update_ref_ctr(mm, uprobe, -1)
