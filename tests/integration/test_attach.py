@@ -197,7 +197,7 @@ def test_threads_created_after_attaching_report_hits(samples, tmp_path):
         tracee.wait_sync("start")
         events_file = tmp_path / "events.json"
         cli = attach_cli(str(tracee.pid), "threads:*", "--json", "-o", str(events_file))
-        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         wait_until(lambda: _armed(tracee.pid, samples / "threads"), what="breakpoints")
         tracee.release()
         tracee.wait_sync("end")

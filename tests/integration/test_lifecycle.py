@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced
-from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, tracer_pid, wait_until
+from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, tracer_pid
 
 from uemu import sdt
 
@@ -83,7 +82,7 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
     with Tracee([program]) as tracee:
         tracee.wait_sync("start")
         cli = attach_cli("--mappings=syscall", str(tracee.pid))
-        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         under_attach = _observe(tracee, library, started=True)
         assert stop_cli(cli, None) == (0, "", "")  # the program's exit ends it
     nop = open(library.path, "rb").read()[library.probes[0].file_offset:][:1].hex()
@@ -153,7 +152,7 @@ def test_a_pending_increment_is_dropped_on_detach_without_a_write(samples):
                         state["kernel"] = KernelUprobes(sdt_sites(library.path), with_args=False).__enter__()
                     else:
                         state["cli"] = attach_cli("--mappings=syscall", str(tracee.pid))
-                        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+                        assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
                 elif step == "shared":  # ...and leave before the data
                     if oracle == "kernel":
                         state["kernel"].__exit__(None, None, None)
@@ -221,7 +220,7 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
         tracee.wait_sync("before-dlopen")
         events_file = tmp_path / "events"
         cli = attach_cli(str(tracee.pid), "--json", "-o", str(events_file))
-        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
+        assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         for label in ("before-mprotect", "before-dlclose", "before-reopen", "end"):
             tracee.release()
             tracee.wait_sync(label)
@@ -241,8 +240,7 @@ def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_pat
         tracee.wait_sync("start")
         events_file = tmp_path / "events"
         cli = attach_cli(f"--mappings={mappings}", str(tracee.pid), "--json", "-o", str(events_file))
-        wait_until(lambda: tracer_pid(tracee.pid) != 0, what="uemu to attach")
-        wait_until(lambda: events_file.exists(), what="uemu to arm")
+        assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         tracee.release()
         tracee.wait_sync("end")
         code, _, err = stop_cli(cli, signal.SIGINT)

@@ -613,7 +613,6 @@ def test_raw_probes_on_every_instruction_on_any_arch(runnable_build):
     stepped or trapped slots), the program's lines as untraced, and every site's
     hits equal to kernel uprobes' at the same PATH:OFFSET."""
     program = runnable_build.directory / "rawprobes"
-    elf = sdt.open_elf(str(program))
     offsets = accepted_offsets(program)
     argv = [program, "calls", "3"]
     run = run_traced(argv, [f"{program}:{offset:#x}" for offset in offsets])
