@@ -13,8 +13,9 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_XOL_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups,
+from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine, XolSetup,
+                   frozen_map)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, PcStep, PcStepFixups,
                           disassemble, goto, signed)
 
 if TYPE_CHECKING:
@@ -336,8 +337,8 @@ class Aarch64Backend(PcStepFixups):
         back = plan.vaddr - slot_vaddr  # (vaddr + 4) - (slot + 4)
         if -(1 << 27) <= back < 1 << 27:
             jump = 0x14000000 | (back >> 2 & 0x3FFFFFF)
-            return XolSetup(plan.code + jump.to_bytes(4, "little"), {"pc": slot_vaddr}, "jump", restore=NO_REGS)
-        return XolSetup(plan.code, {"pc": slot_vaddr}, "step", restore=NO_REGS)
+            return XolSetup(plan.code + jump.to_bytes(4, "little"), {"pc": slot_vaddr}, StepEnd.JUMP, restore=NO_REGS)
+        return XolSetup(plan.code, {"pc": slot_vaddr}, StepEnd.STEP, restore=NO_REGS)
 
 
 
@@ -356,7 +357,7 @@ AARCH64 = Arch(
     syscall_insn=b"\x01\x00\x00\xd4",  # svc #0
     syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5"),
     syscall_return="x0",
-    xol_syscalls=frozen_map(GENERIC_XOL_SYSCALLS),
+    syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
     backend=Aarch64Backend(),
 )
 

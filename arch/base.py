@@ -8,7 +8,9 @@ never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol
 
@@ -32,6 +34,23 @@ class SpecRegister:
 def frozen_map(mapping: Mapping) -> Mapping:
     """A read-only mapping for dataclass fields (frozen dataclasses need hashable-ish data)."""
     return MappingProxyType(dict(mapping))
+
+
+class MappingSyscall(StrEnum):
+    """What a system call does to mappings, which says where its range is in its
+    arguments.  After each the kernel runs ``uprobe_mmap``/``uprobe_munmap``, and so
+    must uemu."""
+
+    MMAP = "mmap"
+    """(addr, length, prot, flags, fd, offset): the result is the new mapping's start."""
+    OLD_MMAP = "old_mmap"
+    """i386's old mmap: one pointer to the six ``mmap`` arguments as words in memory."""
+    MUNMAP = "munmap"
+    MPROTECT = "mprotect"
+    """Splits and merges VMAs but keeps their pages (and our breakpoints)."""
+    MREMAP = "mremap"
+    """(old address, old size, new size, flags, new address): pages move with our breakpoints."""
+    REMAP_FILE_PAGES = "remap_file_pages"
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,9 @@ class Arch:
     """Bytes per regset slot."""
     audit_arch: int = 0
     """``AUDIT_ARCH_*`` value seccomp reports for this ABI (``seccomp_data.arch``)."""
-    mapping_syscalls: Mapping[int, str] = field(default_factory=dict)
-    """Syscall number -> kind (``mmap old_mmap munmap mprotect mremap
-    remap_file_pages``) for the syscalls that create, move, split or drop file
-    mappings: after each the kernel runs ``uprobe_mmap``/``uprobe_munmap``, and
-    so must uemu.  The kind says where the affected range is in the arguments."""
+    mapping_syscalls: Mapping[int, MappingSyscall] = field(default_factory=dict)
+    """Syscall number -> kind, for the syscalls that create, move, split or drop
+    file mappings."""
     syscall_insn: bytes = b""
     """The system-call instruction; uemu finds one in the vDSO to make the tracee call
     mmap for its XOL area."""
@@ -79,14 +96,38 @@ class Arch:
     """The register holding the syscall number, then those of up to six arguments."""
     syscall_return: str = ""
     """The register holding a syscall's result."""
-    xol_syscalls: Mapping[str, int] = field(default_factory=dict)
-    """Numbers of ``mmap``, ``munmap`` and ``madvise``, which manage the XOL area."""
+    syscall_numbers: Mapping[str, int] = field(default_factory=dict)
+    """Numbers of the system calls uemu makes the tracee run (``mmap``, ``munmap``,
+    ``madvise``), and of those it makes itself on a host of this arch (``kcmp``)."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 
     @property
     def word_size(self) -> int:
         return self.elf_class // 8
+
+    @property
+    def byte_order(self) -> str:
+        """``int.from_bytes`` order of the tracee's words (big only where the arch says so)."""
+        return "big" if self.little_endian is False else "little"
+
+    def tracing_backend(self) -> "Backend":
+        """The backend, or UnsupportedArch for an arch uemu lists but cannot trace."""
+        if self.backend is None:
+            from uemu.errors import UnsupportedArch
+
+            raise UnsupportedArch(self.name, self.elf_class, "uemu can list its probes but not trace them")
+        return self.backend
+
+    def mapping_syscall_arguments(self, kind: MappingSyscall, args: tuple[int, ...],
+                                  read_memory: Callable[[int, int], bytes]) -> tuple[int, ...]:
+        """The arguments of a mapping syscall as ``mmap`` takes them (``OLD_MMAP``
+        passes a pointer to them)."""
+        if kind is not MappingSyscall.OLD_MMAP:
+            return args
+        word = self.word_size
+        raw = read_memory(args[0], 6 * word)
+        return tuple(int.from_bytes(raw[i : i + word], self.byte_order) for i in range(0, 6 * word, word))
 
 
 # --------------------------------------------------------------------------
@@ -144,15 +185,23 @@ class Refuse(Plan):
     reason: str = ""
 
 
+class StepEnd(StrEnum):
+    """How control comes back from an XOL slot."""
+
+    STEP = "step"
+    """PTRACE_SINGLESTEP one instruction, then ``finish_xol``."""
+    TRAP = "trap"
+    """Resume; the slot ends in a trap (riscv has no single-step), then ``finish_xol``."""
+    JUMP = "jump"
+    """Resume; the slot jumps back to the next instruction itself: no second stop."""
+
+
 @dataclass(frozen=True)
 class XolSetup:
     """How to run one out-of-line step.
 
     ``code`` goes into the slot at ``slot_vaddr``; ``regs`` are set before resuming
-    (ip = slot, scratch registers).  ``ends`` says how control comes back:
-    ``"step"``  PTRACE_SINGLESTEP one instruction, then ``finish_xol``;
-    ``"trap"``  resume; the slot ends in a trap (riscv has no single-step), then ``finish_xol``;
-    ``"jump"``  resume; the slot jumps back to the next instruction itself, no second stop.
+    (ip = slot, scratch registers).  ``ends`` says how control comes back.
     ``restore`` holds registers the setup borrowed (x86's rip-relative scratch
     register) with their values at the site; the core puts them back before
     ``finish_xol`` or ``abort_xol``, whether the step completed or faulted.
@@ -162,7 +211,7 @@ class XolSetup:
 
     code: bytes
     regs: Mapping[str, int]
-    ends: str
+    ends: StepEnd
     restore: Mapping[str, int] = field(default_factory=dict)
 
 

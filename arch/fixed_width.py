@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from .base import Effects, Regs, StepOutOfLine, frozen_map
+from .base import Effects, MappingSyscall, Regs, StepOutOfLine, frozen_map
 
 if TYPE_CHECKING:
     import capstone
@@ -16,15 +16,15 @@ if TYPE_CHECKING:
 # Syscalls after which file mappings may have changed, from asm-generic/unistd.h: the table of
 # arm64 and of every port since (riscv, loongarch).  brk and shmat never touch file mappings.
 GENERIC_MAPPING_SYSCALLS = {
-    222: "mmap",
-    215: "munmap",
-    226: "mprotect",
-    216: "mremap",
-    234: "remap_file_pages",
-    288: "mprotect",  # pkey_mprotect
+    222: MappingSyscall.MMAP,
+    215: MappingSyscall.MUNMAP,
+    226: MappingSyscall.MPROTECT,
+    216: MappingSyscall.MREMAP,
+    234: MappingSyscall.REMAP_FILE_PAGES,
+    288: MappingSyscall.MPROTECT,  # pkey_mprotect
 }
-GENERIC_XOL_SYSCALLS = {"mmap": 222, "munmap": 215, "madvise": 233}
-"""The syscalls that manage the XOL area, in the same table."""
+GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "kcmp": 272}
+"""The other syscalls uemu needs (Arch.syscall_numbers), in the same table."""
 
 
 MASK64 = (1 << 64) - 1

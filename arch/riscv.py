@@ -13,8 +13,9 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine, XolSetup, frozen_map
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_XOL_SYSCALLS, MASK64, NO_REGS, PcStep, PcStepFixups,
+from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine, XolSetup,
+                   frozen_map)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, PcStep, PcStepFixups,
                           disassemble, goto, signed)
 
 if TYPE_CHECKING:
@@ -305,8 +306,8 @@ class RiscvBackend(PcStepFixups):
         """
         back = plan.vaddr - slot_vaddr  # (vaddr + size) - (slot + size)
         if back in _JAL_RANGE:
-            return XolSetup(plan.code + _jal_zero(back), {"pc": slot_vaddr}, "jump", restore=NO_REGS)
-        return XolSetup(plan.code + EBREAK, {"pc": slot_vaddr}, "trap", restore=NO_REGS)
+            return XolSetup(plan.code + _jal_zero(back), {"pc": slot_vaddr}, StepEnd.JUMP, restore=NO_REGS)
+        return XolSetup(plan.code + EBREAK, {"pc": slot_vaddr}, StepEnd.TRAP, restore=NO_REGS)
 
 
 
@@ -332,7 +333,7 @@ RISCV64 = Arch(
     syscall_insn=b"\x73\x00\x00\x00",  # ecall
     syscall_regs=("a7", "a0", "a1", "a2", "a3", "a4", "a5"),
     syscall_return="a0",
-    xol_syscalls=frozen_map(GENERIC_XOL_SYSCALLS),
+    syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
     backend=RiscvBackend(),
 )
 

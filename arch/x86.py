@@ -9,7 +9,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepOutOfLine,
+from .base import (Arch, Effects, Emulate, MappingSyscall, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine,
                    XolSetup, frozen_map)
 
 if TYPE_CHECKING:
@@ -77,21 +77,21 @@ _I386_PAIR_HIGH = {"eax": "edx", "edx": "ecx", "ecx": "ebx", "ebx": "esi", "esi"
 # brk and shmat only ever touch anonymous or shared memory, which never holds
 # a probe VMA or a counter VMA.
 _X86_64_MAPPING_SYSCALLS = {
-    9: "mmap",
-    10: "mprotect",
-    11: "munmap",
-    25: "mremap",
-    216: "remap_file_pages",
-    329: "mprotect",  # pkey_mprotect
+    9: MappingSyscall.MMAP,
+    10: MappingSyscall.MPROTECT,
+    11: MappingSyscall.MUNMAP,
+    25: MappingSyscall.MREMAP,
+    216: MappingSyscall.REMAP_FILE_PAGES,
+    329: MappingSyscall.MPROTECT,  # pkey_mprotect
 }
 _I386_MAPPING_SYSCALLS = {
-    90: "old_mmap",  # arguments in a struct in memory
-    91: "munmap",
-    125: "mprotect",
-    163: "mremap",
-    192: "mmap",  # mmap2
-    257: "remap_file_pages",
-    380: "mprotect",  # pkey_mprotect
+    90: MappingSyscall.OLD_MMAP,  # arguments in a struct in memory
+    91: MappingSyscall.MUNMAP,
+    125: MappingSyscall.MPROTECT,
+    163: MappingSyscall.MREMAP,
+    192: MappingSyscall.MMAP,  # mmap2
+    257: MappingSyscall.REMAP_FILE_PAGES,
+    380: MappingSyscall.MPROTECT,  # pkey_mprotect
 }
 
 
@@ -485,7 +485,7 @@ class X86Backend:
             disp = riprel.target - (slot_vaddr + plan.size)
             if disp not in _INT32:
                 slot_regs[riprel.scratch] = plan.vaddr + plan.size
-                return XolSetup(riprel.scratch_code, slot_regs, "step",
+                return XolSetup(riprel.scratch_code, slot_regs, StepEnd.STEP,
                                 restore={riprel.scratch: regs[riprel.scratch]})
             start = riprel.disp_offset
             code = code[:start] + disp.to_bytes(4, "little", signed=True) + code[start + 4:]
@@ -495,8 +495,8 @@ class X86Backend:
                 back = (back + (1 << 31) & _MASK32) - (1 << 31)  # rel32 wraps in 32-bit mode
             if back in _INT32:
                 return XolSetup(code + b"\xe9" + back.to_bytes(4, "little", signed=True),
-                                slot_regs, "jump", restore=_NO_REGS)
-        return XolSetup(code, slot_regs, "step", restore=_NO_REGS)
+                                slot_regs, StepEnd.JUMP, restore=_NO_REGS)
+        return XolSetup(code, slot_regs, StepEnd.STEP, restore=_NO_REGS)
 
     def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """default_post_xol_op(): ip back near the site, or the call's return address fixed.
@@ -578,7 +578,7 @@ X86_64 = Arch(
     syscall_insn=b"\x0f\x05",  # syscall
     syscall_regs=("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9"),
     syscall_return="rax",
-    xol_syscalls=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28}),
+    syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "kcmp": 312}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     backend=X86Backend(mode64=True),
@@ -598,7 +598,7 @@ I386 = Arch(
     syscall_insn=b"\xcd\x80",  # int $0x80
     syscall_regs=("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"),
     syscall_return="eax",
-    xol_syscalls=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219}),  # mmap2: offset in pages
+    syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "kcmp": 349}),  # mmap2
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),

@@ -81,6 +81,27 @@ class UnsupportedArch(BadInput):
         self.elf_class = elf_class
 
 
+class CommandNotFound(NotFound):
+    """``uemu run``'s command does not exist: 127, as a shell says."""
+
+    exit_code = 127
+
+    def __init__(self, command: str):
+        super().__init__(f"{command}: no such file")
+        self.command = command
+
+
+class CommandNotExecutable(UemuError):
+    """``uemu run``'s command cannot be executed: 126, as a shell says."""
+
+    exit_code = 126
+
+    def __init__(self, command: str, reason: str):
+        super().__init__(f"cannot run {command}: {reason}")
+        self.command = command
+        self.reason = reason
+
+
 class ProbeNotFound(UemuError):
     """A probe pattern matched nothing; ``near`` holds the closest names."""
 

@@ -16,10 +16,11 @@ import os
 import signal
 import sys
 from ctypes import addressof, c_uint32, c_uint64, sizeof
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ptrace.binding import func as _binding
-from ptrace.binding.linux_struct import iovec_struct, siginfo
+from ptrace.binding.linux_struct import iovec_struct
 
 from .errors import TraceeGone
 
@@ -110,26 +111,10 @@ def detach(tid: int, sig: int = 0) -> None:
     _request(PTRACE_DETACH, tid, 0, sig)
 
 
-def set_options(tid: int, options: int) -> None:
-    _request(PTRACE_SETOPTIONS, tid, 0, options)
-
-
 def event_message(tid: int) -> int:
     value = ctypes.c_ulong()
     _request(PTRACE_GETEVENTMSG, tid, 0, addressof(value))
     return value.value
-
-
-def signal_info(tid: int) -> siginfo | None:
-    """The siginfo of a signal-delivery stop; None in a group-stop (EINVAL)."""
-    info = siginfo()
-    try:
-        _request(PTRACE_GETSIGINFO, tid, 0, addressof(info))
-    except OSError as err:
-        if err.errno == errno.EINVAL:
-            return None
-        raise
-    return info
 
 
 class Regset:
@@ -162,6 +147,42 @@ class Regset:
 
     def snapshot(self) -> dict[str, int]:
         return {name: self.words[i] for name, i in self.index.items()}
+
+    def update(self, values: Mapping[str, int]) -> bool:
+        """Set registers; True when one changed (a store is then needed)."""
+        changed = False
+        for name, value in values.items():
+            if self[name] != value:
+                self[name] = value
+                changed = True
+        return changed
+
+    def at(self, ip_reg: str, ip: int) -> RegsView:
+        """These registers with ip read as ``ip`` (as at a probed site, whatever the trap left)."""
+        return RegsView(self, ip_reg, ip)
+
+
+class RegsView(Mapping[str, int]):
+    """Registers as consumers and backends see them: a Regset whose ip reads as
+    given (x86 reports ip after the int3; a consumer must see the site)."""
+
+    __slots__ = ("regs", "ip_reg", "ip")
+
+    def __init__(self, regs: Regset, ip_reg: str, ip: int):
+        self.regs = regs
+        self.ip_reg = ip_reg
+        self.ip = ip
+
+    def __getitem__(self, name: str) -> int:
+        return self.ip if name == self.ip_reg else self.regs[name]
+
+    __call__ = __getitem__  # argspec readers call registers by name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.regs.index)
+
+    def __len__(self) -> int:
+        return len(self.regs.index)
 
 
 class Memory:
@@ -214,22 +235,14 @@ class Memory:
             self.fd = -1
 
 
-def wait(flags: int = 0) -> tuple[int, int]:
-    """One ``waitpid(-1, __WALL)``: (tid, raw status); (0, 0) with WNOHANG and nothing ready."""
-    return os.waitpid(-1, WALL | flags)
+def wait() -> tuple[int, int]:
+    """One blocking ``waitpid(-1, __WALL)``: (tid, raw status) of the next stop of any task."""
+    return os.waitpid(-1, WALL)
 
 
-def stop_event(status: int) -> int:
-    """The PTRACE_EVENT_* of a stop status (0 for a plain signal stop)."""
-    return (status >> 16) & 0xFF
-
-
-def is_group_stop(status: int) -> bool:
-    """Under SEIZE a group-stop reports PTRACE_EVENT_STOP with a stopping signal."""
-    return stop_event(status) == EVENT_STOP and os.WSTOPSIG(status) in _STOPPING_SIGNALS
-
-
-_STOPPING_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+def wait_for(tid: int) -> int:
+    """The raw status of the next stop of one task."""
+    return os.waitpid(tid, WALL)[1]
 
 
 PTRACE_GET_SYSCALL_INFO = 0x420E

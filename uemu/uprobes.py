@@ -7,6 +7,11 @@ one (or records a delayed entry when no counter VMA exists yet), each
 breakpoint removed lowers it.  The arch backend decides what to do with the
 original instruction; this module never decodes.
 
+Here too, as in the kernel, are the hit (``handle_swbp``: breakpoint address
+-> uprobe -> consumers -> emulate or step out of line) and what fork, exec and
+exit do to an mm's uprobe state (``dup_mmap``, ``clear_state``).  The XOL
+half lives in ``xol.py``, the consumers' reports in ``consumers.py``.
+
 Differs from the kernel, because uemu is a tracer and the tracee must survive
 it: a site whose memory differs from the file (another tracer's breakpoint) is
 left alone and reported instead of overwritten ("uprobes always wins"), and a
@@ -20,15 +25,19 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from uemu import arch as arches
 from uemu.arch import Arch
-from uemu.arch.base import Backend, Plan, Refuse
+from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 
-from . import argspec, errors
+from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
 from .ptrace import Memory
 from .sdt import MappedObject
-from .xol import XolArea
+
+if TYPE_CHECKING:
+    from .tasks import Task
 
 FileId = tuple[int, int]
 
@@ -85,6 +94,15 @@ class Uprobe:
         return plan
 
 
+@dataclass(frozen=True)
+class Hit:
+    """A trap at one of our breakpoints."""
+
+    uprobe: Uprobe
+    site: int
+    """The breakpoint's address in this mm."""
+
+
 @dataclass(eq=False)
 class Mm:
     """One traced address space (kernel: ``mm_struct`` with ``MMF_HAS_UPROBES``).
@@ -101,8 +119,9 @@ class Mm:
     objects: dict[FileId, MappedObject] = field(default_factory=dict)
     installed: dict[int, Uprobe] = field(default_factory=dict)
     delayed: set[Uprobe] = field(default_factory=set)
-    readers: dict[Consumer, list] = field(default_factory=dict)
-    xol_area: XolArea | None = None
+    readers: dict[Consumer, list[Any]] = field(default_factory=dict)
+    """Argument readers per consumer, built on first hit by ``consumers.py``."""
+    xol_area: xol.XolArea | None = None
     """Where this mm's displaced instructions run (kernel: ``mm->uprobes_state.xol_area``)."""
     rendezvous_armed: bool = False
     """Whether the dynamic linker's rendezvous breakpoint watches this mm's dlopens
@@ -112,32 +131,14 @@ class Mm:
     """The arch's tracing backend, kept at hand: it is needed at every hit."""
 
     def __post_init__(self) -> None:
-        assert self.arch.backend is not None  # checked before an mm is created
-        self.backend = self.arch.backend
+        self.backend = self.arch.tracing_backend()
 
     @property
     def has_uprobes(self) -> bool:
         return bool(self.installed or self.delayed)
 
-    def arg_readers(self, consumer: Consumer) -> list:
-        """Argument readers of a consumer in this mm (symbols resolve by this mm's load bias)."""
-        readers = self.readers.get(consumer)
-        if readers is None:
-            obj = next((o for o in self.objects.values() if o.elf.path == consumer.probe.object), None)
-            resolve = None
-            if obj is not None:
-                near = consumer.probe.address
-
-                def resolve(name: str, obj: MappedObject = obj, near: int = near) -> int | None:
-                    return obj.symbol_runtime_address(name, near)
-
-            little = obj.elf.little_endian if obj is not None else None
-            readers = [
-                argspec.make_reader(spec, self.arch, resolve, little_endian=little)
-                for spec in argspec.parse_all(consumer.probe.args, self.arch)
-            ]
-            self.readers[consumer] = readers
-        return readers
+    def object_of(self, path: str) -> MappedObject | None:
+        return next((o for o in self.objects.values() if o.elf.path == path), None)
 
 
 class Uprobes:
@@ -197,7 +198,8 @@ class Uprobes:
 
     def _new_uprobe(self, mapped: MappedObject, offset: int, ref_ctr_offset: int) -> Uprobe:
         path = mapped.elf.path
-        backend = mapped_backend(mapped)
+        elf = mapped.elf
+        backend = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian).tracing_backend()
         source = mapped.elf.source
         size = os.stat(source).st_size
         if offset > size:
@@ -280,6 +282,40 @@ class Uprobes:
             self.remove_breakpoint(mm, vaddr)
         mm.delayed.clear()
 
+    # ---- the hit ---------------------------------------------------------------
+
+    def find_active_uprobe(self, mm: Mm, regs: ptrace.Regset) -> Hit | None:
+        """Kernel: ``find_active_uprobe()``: the breakpoint of ours this trap is
+        from, or None (the program's own int3, raise(SIGTRAP), a debugger)."""
+        site = mm.backend.trap_address(regs[mm.arch.ip_reg])
+        uprobe = mm.installed.get(site)
+        return None if uprobe is None else Hit(uprobe, site)
+
+    def handle_swbp(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset,
+                    report: Callable[[Task, Mm, Hit, ptrace.Regset], None] | None) -> None:
+        """Kernel: ``handle_swbp()``: the consumers (``report``, None for a task we
+        only keep safe), then the original instruction: emulated (an SDT nop: no
+        second stop) or stepped out of line (``pre_ssout()``)."""
+        if report is not None:
+            report(task, mm, hit, regs)
+        plan = hit.uprobe.plan_at(mm.backend, hit.site)
+        if isinstance(plan, StepOutOfLine):
+            xol.start_step(task, mm, plan, hit.site, regs)
+            return
+        assert isinstance(plan, Emulate)  # a refused plan never got a breakpoint
+        effects = mm.backend.emulate(plan, regs.at(mm.arch.ip_reg, hit.site))
+        for address, data in effects.writes:
+            mm.memory.write(address, data)
+        if regs.update(effects.regs):
+            regs.store(task.tid)
+
+    @staticmethod
+    def restart_at_site(task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> None:
+        """Leaving: the breakpoint is about to be restored; the thread runs the
+        original instruction again (kernel: a hit racing unregister restarts)."""
+        regs[mm.arch.ip_reg] = hit.site
+        regs.store(task.tid)
+
     # ---- reference counters -------------------------------------------------
 
     def update_ref_ctr(self, mm: Mm, uprobe: Uprobe, delta: int) -> bool:
@@ -349,6 +385,22 @@ class Uprobes:
         for vaddr in [v for v in mm.installed if start <= v < end]:
             del mm.installed[vaddr]
 
+    def dup_mmap(self, parent: Mm, child_pid: int) -> Mm:
+        """Kernel: ``uprobe_dup_mmap()``: the child has our breakpoints and the counter
+        values in its copied pages; delayed entries are not copied."""
+        mm = Mm(child_pid, parent.arch, ptrace.Memory(child_pid), list(parent.vmas), dict(parent.objects))
+        mm.installed = dict(parent.installed)
+        mm.rendezvous_armed = parent.rendezvous_armed
+        return mm
+
+    @staticmethod
+    def clear_state(mm: Mm) -> None:
+        """Kernel: ``uprobe_clear_state()``: the mm is gone (exit, exec) or no longer
+        ours; delayed entries dropped, nothing written."""
+        mm.delayed.clear()
+        mm.installed.clear()
+        mm.memory.close()
+
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
         ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
@@ -357,14 +409,3 @@ class Uprobes:
             del mm.installed[vaddr]
         for vaddr, uprobe in moved.items():
             mm.installed[vaddr - old_start + new_start] = uprobe
-
-
-def mapped_backend(mapped: MappedObject) -> Backend:
-    """The tracing backend for an object's architecture, or UnsupportedArch."""
-    from uemu import arch
-
-    elf = mapped.elf
-    found = arch.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
-    if found.backend is None:
-        raise errors.UnsupportedArch(found.name, elf.elf_class, "uemu can list its probes but not trace them")
-    return found.backend

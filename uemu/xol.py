@@ -1,27 +1,38 @@
-"""The XOL area: executable slots in the tracee where displaced instructions run.
+"""Out-of-line steps: the XOL area in each mm, its slots, and a thread's step.
 
-Kernel: ``xol_area`` (one ``[uprobes]`` page per mm, slots handed to a thread
-for one hit).  Differs: the kernel installs a special mapping itself; uemu
-makes the tracee call mmap (a syscall injected at a syscall instruction found
-in the vDSO), near the probed code so x86_64 rip-relative displacements still
-reach, and marks it MADV_DONTFORK so a forked child does not inherit it (the
-kernel's area is VM_DONTCOPY).  A slot belongs to one thread: the same thread
-cannot be in two places, so rewriting its slot at its next hit is safe even
-when its last slot returned by itself ("jump").
+Kernel: the XOL half of kernel/events/uprobes.c: ``xol_area`` (one
+``[uprobes]`` page per mm, a slot handed to a thread for one hit),
+``pre_ssout()`` (start a step), ``handle_singlestep()`` with
+``uprobe_deny_signal()`` (the step's own trap finishes it, a fault aborts it,
+other signals wait), ``arch_uprobe_post_xol``/``abort_xol`` through the backend.
+
+Differs: the kernel installs a special mapping itself; uemu makes the tracee
+call mmap (``inject.py``), near the probed code so x86_64 rip-relative
+displacements still reach, and marks it MADV_DONTFORK so a forked child does
+not inherit it (the kernel's area is VM_DONTCOPY).  A slot belongs to one
+thread: the same thread cannot be in two places, so rewriting its slot at its
+next hit is safe even when its last slot returned by itself (``JUMP``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from uemu.arch import Arch
-from uemu.arch.base import StepOutOfLine, XolSetup
+from uemu.arch.base import Effects, Regs, StepEnd, StepOutOfLine, XolSetup
 
 from . import errors, ptrace
-from .maps import Vma
+from .inject import find_syscall_insn, inject_syscall
+from .maps import Vma, read_maps
+from .stops import ResumeOp
+
+if TYPE_CHECKING:
+    from .tasks import Task
+    from .uprobes import Mm
 
 PAGE = 4096
 AREA_SIZE = 16 * PAGE
@@ -32,7 +43,8 @@ MADV_DONTFORK = 10
 NEAR = 1 << 30
 """Look for a gap this close to the probed code (rip-relative disp32 reaches ±2 GiB)."""
 
-HoldSignal = Callable[[int, bytes], None]
+Fixup = Callable[[StepOutOfLine, int, Regs], Effects]
+"""A backend's ``finish_xol`` or ``abort_xol``."""
 
 
 @dataclass
@@ -78,27 +90,17 @@ class XolArea:
     def slot_at(self, address: int) -> int:
         return address - (address - self.start) % self.slot_size
 
-
-def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
-    """An address holding the arch's syscall instruction: in the vDSO first, else in
-    any executable mapping (only its first 64 KiB are read)."""
-    insn = arch.syscall_insn
-    align = 1 if len(insn) < 4 else len(insn)
-    candidates = sorted((v for v in vmas if v.executable), key=lambda v: v.path != "[vdso]")
-    for vma in candidates:
-        try:
-            data = memory.read(vma.start, min(vma.end - vma.start, 16 * PAGE))
-        except OSError:
-            continue
-        pos = data.find(insn)
-        while pos >= 0:
-            if pos % align == 0:
-                return vma.start + pos
-            pos = data.find(insn, pos + 1)
-    raise errors.UemuError(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
+    def step_at(self, address: int) -> ActiveStep:
+        """The step last set up in the slot holding ``address``."""
+        slot = self.slot_at(address)
+        plan, setup = self.plans[slot]
+        return ActiveStep(plan, slot, setup)
 
 
-def gap_near(vmas: Sequence[Vma], near: int, size: int) -> int | None:
+# ---- the area ----------------------------------------------------------------------
+
+
+def gap_near(vmas: list[Vma], near: int, size: int) -> int | None:
     """The start of an unmapped range of ``size`` bytes closest to ``near`` (within
     ``NEAR``), leaving a page free on both sides."""
     ordered = sorted(vmas, key=lambda v: v.start)
@@ -113,54 +115,17 @@ def gap_near(vmas: Sequence[Vma], near: int, size: int) -> int | None:
     return best
 
 
-def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: int,
-                   args: Sequence[int], hold: HoldSignal) -> int:
-    """Make a stopped thread execute one system call and come back unchanged.
-
-    The thread's registers (already fetched into ``regs``) are saved, pointed at
-    the syscall instruction ``at`` with the call's registers, and resumed with
-    PTRACE_SYSCALL to its exit stop (passing our own seccomp stop, if any).
-    Signals that arrive meanwhile are handed to ``hold`` and owed to the program.
-    """
-    saved = regs.snapshot()
-    regs[arch.ip_reg] = at
-    for name, value in zip(arch.syscall_regs, (number, *args)):
-        regs[name] = value & ((1 << (8 * arch.regset_word)) - 1)
-    regs.store(tid)
-    try:
-        ptrace.syscall(tid)
-        while True:
-            _, status = os.waitpid(tid, ptrace.WALL)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                raise errors.TraceeGone(tid)
-            sig = os.WSTOPSIG(status)
-            event = ptrace.stop_event(status)
-            if event == 0 and sig == signal.SIGTRAP | 0x80:
-                info = ptrace.syscall_info(tid)
-                if info.op == ptrace.SYSCALL_INFO_EXIT:
-                    result = info.rval
-                    break
-            elif event == 0 and sig != signal.SIGTRAP:
-                hold(sig, ptrace.signal_info_bytes(tid))
-            ptrace.syscall(tid)
-    finally:
-        for name, value in saved.items():
-            regs[name] = value
-        regs.store(tid)
-    return result
-
-
-def create_area(tid: int, regs: ptrace.Regset, arch: Arch, vmas: Sequence[Vma],
-                memory: ptrace.Memory, near: int, slot_size: int, hold: HoldSignal) -> XolArea:
+def create_area(task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
     """Map an XOL area in the thread's process, as close to ``near`` as a gap allows."""
-    at = find_syscall_insn(arch, vmas, memory)
-    numbers = arch.xol_syscalls
+    arch = mm.arch
+    at = find_syscall_insn(arch, mm.vmas, mm.memory)
+    numbers = arch.syscall_numbers
 
     def call(name: str, *args: int) -> int:
-        return inject_syscall(tid, regs, arch, at, numbers[name], args, hold)
+        return inject_syscall(task.tid, regs, arch, at, numbers[name], args, task.hold)
 
     start = -1
-    hint = gap_near(vmas, near, AREA_SIZE)
+    hint = gap_near(mm.vmas, near, AREA_SIZE)
     if hint is not None:
         start = call("mmap", hint, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if start < 0 or (hint is not None and start != hint):
@@ -168,12 +133,200 @@ def create_area(tid: int, regs: ptrace.Regset, arch: Arch, vmas: Sequence[Vma],
             call("munmap", start, AREA_SIZE)  # an old kernel took NOREPLACE as a mere hint
         start = call("mmap", 0, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if start < 0:
-        raise errors.UemuError(f"process {memory.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
+        raise errors.UemuError(f"process {mm.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
     call("madvise", start, AREA_SIZE, MADV_DONTFORK)
-    return XolArea(start, AREA_SIZE, slot_size)
+    mm.vmas = read_maps(mm.pid)
+    return XolArea(start, AREA_SIZE, mm.backend.slot_size)
 
 
-def remove_area(tid: int, regs: ptrace.Regset, arch: Arch, vmas: Sequence[Vma],
-                memory: ptrace.Memory, area: XolArea, hold: HoldSignal) -> None:
-    at = find_syscall_insn(arch, vmas, memory)
-    inject_syscall(tid, regs, arch, at, arch.xol_syscalls["munmap"], (area.start, area.size), hold)
+def remove_area(task: Task, mm: Mm) -> None:
+    """Unmap the area, making one of the process's parked threads call munmap."""
+    area = mm.xol_area
+    if area is None:
+        return
+    regs = task.registers(mm.arch)
+    regs.fetch(task.tid)
+    at = find_syscall_insn(mm.arch, mm.vmas, mm.memory)
+    inject_syscall(task.tid, regs, mm.arch, at, mm.arch.syscall_numbers["munmap"], (area.start, area.size),
+                   task.hold)
+    mm.xol_area = None
+
+
+# ---- a thread's step ------------------------------------------------------------------
+
+
+def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.Regset) -> None:
+    """Kernel: ``pre_ssout()``: a slot for this thread, the backend's bytes and
+    registers; STEP and TRAP endings leave an ActiveStep to finish at the next stop."""
+    area = mm.xol_area or _create_area_keeping(task, mm, site, regs)
+    slot = area.take_slot(task.tid)
+    if slot is None:
+        raise errors.UemuError(f"process {mm.pid}: every XOL slot is taken ({len(area.slots)} threads)")
+    last = area.plans.get(slot)
+    if last is not None and last[0] is plan and not last[1].restore:
+        setup = last[1]  # it borrows no register: the same bytes, already in the slot
+    else:
+        setup = mm.backend.prepare_xol(plan, slot, regs.at(mm.arch.ip_reg, site))
+        if area.code.get(slot) != setup.code:
+            mm.memory.write(slot, setup.code)
+            area.code[slot] = setup.code
+        area.plans[slot] = (plan, setup)
+    if regs.update(setup.regs):
+        regs.store(task.tid)
+    if setup.ends is not StepEnd.JUMP:
+        task.xol = ActiveStep(plan, slot, setup)
+
+
+def _create_area_keeping(task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
+    """Create the area from a thread stopped at a hit, its registers as they were."""
+    before = regs.snapshot()
+    mm.xol_area = create_area(task, mm, near, regs)
+    assert regs.snapshot() == before
+    return mm.xol_area
+
+
+def on_signal(task: Task, mm: Mm, sig: int) -> int | None:
+    """A signal stop of a thread that is stepping out of line or stands in a slot.
+
+    Kernel: ``handle_singlestep()`` and ``uprobe_deny_signal()``: the step's own
+    trap finishes it; a fault raised by the displaced instruction aborts it
+    (ip back to the site, the signal delivered there); any other signal is held
+    until the step is over.  Returns the signal to resume with, or None when
+    the stop has nothing to do with XOL (the registers are fetched either way).
+    """
+    area = mm.xol_area
+    assert area is not None
+    regs = task.registers(mm.arch)
+    regs.fetch(task.tid)
+    ip = regs[mm.arch.ip_reg]
+    step = task.xol
+    if step is None:
+        if not area.contains(ip):
+            return None
+        step = area.step_at(ip)
+        if ip != step.slot:
+            # A JUMP slot: the instruction ran; only the jump back is left.
+            if regs.update({mm.arch.ip_reg: step.plan.vaddr + step.plan.size}):
+                regs.store(task.tid)
+            return sig
+        task.xol = step = ActiveStep(step.plan, step.slot,
+                                     XolSetup(step.setup.code, {}, StepEnd.STEP, step.setup.restore))
+    if _step_done(mm, step, sig, ip):
+        end_step(task, mm, regs, mm.backend.finish_xol)
+        return 0
+    info = ptrace.signal_info_bytes(task.tid)
+    if _is_fault(sig, info) and ip == step.slot:
+        end_step(task, mm, regs, mm.backend.abort_xol)
+        return sig
+    task.held.append((sig, info))
+    return 0
+
+
+def _step_done(mm: Mm, step: ActiveStep, sig: int, ip: int) -> bool:
+    if sig != signal.SIGTRAP:
+        return False
+    if step.setup.ends is StepEnd.TRAP:
+        return mm.backend.trap_address(ip) == step.slot + step.plan.size
+    return ip != step.slot
+
+
+def end_step(task: Task, mm: Mm, regs: ptrace.Regset, fix: Fixup) -> None:
+    """Put back what the setup borrowed, then the backend's finish or abort fix-ups."""
+    step = task.xol
+    assert step is not None
+    task.xol = None
+    regs.update(step.setup.restore)
+    effects = fix(step.plan, step.slot, regs.at(mm.arch.ip_reg, regs[mm.arch.ip_reg]))
+    for address, data in effects.writes:
+        mm.memory.write(address, data)
+    regs.update(effects.regs)
+    regs.store(task.tid)
+
+
+def finish_syscall_step(task: Task, mm: Mm) -> None:
+    """At the exit stop of a system call stepped out of line (resumed with
+    PTRACE_SYSCALL, not single-stepped): the instruction is done, ip just
+    after it in the slot, so the step ends here."""
+    step = task.xol
+    if step is None or step.setup.ends is not StepEnd.STEP or not step.plan.syscall:
+        return
+    regs = task.registers(mm.arch)
+    regs.fetch(task.tid)
+    if regs[mm.arch.ip_reg] == step.slot + step.plan.size:
+        end_step(task, mm, regs, mm.backend.finish_xol)
+
+
+def leave_slot(task: Task, mm: Mm) -> None:
+    """Leaving: a thread inside a slot goes back to its site (instruction not run)
+    or past it (it ran), with borrowed registers restored."""
+    area = mm.xol_area
+    assert area is not None
+    regs = task.registers(mm.arch)
+    regs.fetch(task.tid)
+    ip = regs[mm.arch.ip_reg]
+    if task.xol is None:
+        if not area.contains(ip):
+            return
+        task.xol = area.step_at(ip)
+    step = task.xol
+    if ip == step.slot:
+        end_step(task, mm, regs, mm.backend.abort_xol)
+    elif step.setup.ends is StepEnd.JUMP:
+        task.xol = None
+        if regs.update({mm.arch.ip_reg: step.plan.vaddr + step.plan.size}):
+            regs.store(task.tid)
+    else:
+        end_step(task, mm, regs, mm.backend.finish_xol)
+
+
+def finish_step_in_child(child: int, mm: Mm, step: ActiveStep) -> None:
+    """A task created by a system call its creator ran out of line (a probe on
+    fork's or clone's ``syscall``) starts in the creator's slot, after the
+    instruction: a forked child has no such slot (MADV_DONTFORK), a thread's
+    slot has nothing to run after it.  Finish the step in the child as in the
+    creator: borrowed registers back, ip after the probed instruction.  (The
+    kernel kills parent and child here, Linux 6.18.)"""
+    regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+    regs.fetch(child)
+    regs.update(step.setup.restore)
+    effects = mm.backend.finish_xol(step.plan, step.slot, regs.at(mm.arch.ip_reg, regs[mm.arch.ip_reg]))
+    regs.update(effects.regs)
+    regs.store(child)
+
+
+def resume_op(step: ActiveStep, sees_syscalls: bool) -> ResumeOp:
+    """How a stepping thread goes on.  A system call stepped so is resumed with
+    its syscall stops where they are wanted: mappings are noticed there, and its
+    exit stop ends the step (``finish_syscall_step``)."""
+    if step.setup.ends is StepEnd.STEP and not (step.plan.syscall and sees_syscalls):
+        return ResumeOp.SINGLESTEP
+    return ResumeOp.SYSCALL if sees_syscalls else ResumeOp.CONT
+
+
+def give_back_held(task: Task) -> int:
+    """Resume with the first held signal (its own siginfo); re-raise the others."""
+    sig, info = task.held.pop(0)
+    try:
+        ptrace.set_signal_info(task.tid, info)
+    except OSError:
+        pass  # not in a signal-delivery stop: the kernel makes its own siginfo
+    for other, _ in task.held:
+        _tgkill(task.pid, task.tid, other)
+    task.held.clear()
+    return sig
+
+
+_FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP})
+
+
+def _is_fault(sig: int, info: bytes) -> bool:
+    """Raised by the instruction itself (the kernel's si_code > 0), not sent by someone."""
+    return sig in _FAULT_SIGNALS and ptrace.signal_code(info) > 0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of another process (glibc's tgkill)."""
+    _libc.tgkill(pid, tid, sig)

@@ -1,0 +1,87 @@
+"""What a hit produces for its consumers: counts, decoded arguments, events.
+
+Kernel: kernel/trace/trace_uprobe.c's handler (``uprobe_dispatcher`` ->
+``__uprobe_trace_func``): each consumer of the hit uprobe counts the hit and,
+when someone listens, fetches the probe's arguments (``fetch``) and writes an
+event.  Argument readers are built once per consumer and mm (an object's
+symbols resolve through that mm's load bias) and kept in ``Mm.readers``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import argspec, ptrace
+from .events import Event
+from .uprobes import Consumer, Hit, Mm
+
+if TYPE_CHECKING:
+    from .tasks import Task
+
+Handler = Callable[[Event], None]
+
+
+class Reporter:
+    """Hands each hit to the user's handlers and queue, counting as it goes."""
+
+    def __init__(self, decode_args: bool, on_limit: Callable[[], None]):
+        self.decode_args = decode_args
+        self.handlers: list[Handler] = []
+        self.queue: deque[Event] | None = None
+        """Events for ``Session.events()``, delivered after the thread resumed."""
+        self.event_count = 0
+        self.max_events: int | None = None
+        self._on_limit = on_limit
+
+    def report(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> None:
+        """Every consumer of the hit uprobe, with registers as at the site."""
+        wants_events = bool(self.handlers) or self.queue is not None
+        for consumer in hit.uprobe.consumers:
+            consumer.hits += 1
+            self.event_count += 1
+            if wants_events:
+                self._emit(task, mm, consumer, hit.site, regs)
+            if self.max_events is not None and self.event_count >= self.max_events:
+                self._on_limit()
+
+    def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.Regset) -> None:
+        memory = mm.memory
+        args = None
+        if self.decode_args:
+            view = regs.at(mm.arch.ip_reg, site)
+            args = [read(view, memory.read) for read in arg_readers(mm, consumer)]
+        probe = consumer.probe
+        event = Event(
+            time.monotonic_ns(), task.pid, task.tid, probe.object, probe.provider, probe.name, site,
+            probe.args.split() if probe.args else [], args, memory.read_string,
+        )
+        for handler in self.handlers:
+            handler(event)
+        if self.queue is not None:
+            event.read_string = None
+            self.queue.append(event)
+
+
+def arg_readers(mm: Mm, consumer: Consumer) -> list[argspec.Reader]:
+    """Argument readers of a consumer in ``mm``, built on its first hit there."""
+    readers = mm.readers.get(consumer)
+    if readers is None:
+        obj = mm.object_of(consumer.probe.object)
+        resolve = None
+        if obj is not None:
+            near = consumer.probe.address
+
+            def resolve(name: str) -> int | None:
+                assert obj is not None
+                return obj.symbol_runtime_address(name, near)
+
+        little = obj.elf.little_endian if obj is not None else None
+        readers = [
+            argspec.make_reader(spec, mm.arch, resolve, little_endian=little)
+            for spec in argspec.parse_all(consumer.probe.args, mm.arch)
+        ]
+        mm.readers[consumer] = readers
+    return readers

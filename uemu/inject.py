@@ -1,0 +1,82 @@
+"""Making a stopped thread of the tracee run one system call for uemu.
+
+uemu needs the tracee to map memory for it (the XOL area) and to unmap it
+again; only the tracee can.  The thread's registers are saved, pointed at a
+syscall instruction already in the tracee (the vDSO's first), resumed with
+PTRACE_SYSCALL to the call's exit stop, and put back.  This is the one place
+besides the session's loop that waits for a stop: it waits for this thread
+only, and hands signals that arrive meanwhile to a ``hold`` callback so the
+program gets them afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Sequence
+
+from uemu.arch import Arch
+
+from . import errors, ptrace
+from .maps import Vma
+from .stops import StopKind, classify
+
+HoldSignal = Callable[[int, bytes], None]
+
+_SCAN = 64 * 1024
+"""Bytes of each executable mapping searched for a syscall instruction."""
+
+
+def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
+    """An address holding the arch's syscall instruction: in the vDSO first, else in
+    any executable mapping (only its first 64 KiB are read)."""
+    insn = arch.syscall_insn
+    align = 1 if len(insn) < 4 else len(insn)
+    candidates = sorted((v for v in vmas if v.executable), key=lambda v: v.path != "[vdso]")
+    for vma in candidates:
+        try:
+            data = memory.read(vma.start, min(vma.end - vma.start, _SCAN))
+        except OSError:
+            continue
+        pos = data.find(insn)
+        while pos >= 0:
+            if pos % align == 0:
+                return vma.start + pos
+            pos = data.find(insn, pos + 1)
+    raise errors.UemuError(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
+
+
+def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: int,
+                   args: Sequence[int], hold: HoldSignal) -> int:
+    """Run one system call in a stopped thread and give it its registers back.
+
+    ``regs`` holds the thread's registers, already fetched; it holds them again
+    on return.  Our own seccomp stop, if any, is passed; signals that arrive
+    meanwhile go to ``hold``, owed to the program.  Returns the call's result
+    (a negative errno on failure).
+    """
+    saved = regs.snapshot()
+    regs[arch.ip_reg] = at
+    mask = (1 << (8 * arch.regset_word)) - 1
+    for name, value in zip(arch.syscall_regs, (number, *args)):
+        regs[name] = value & mask
+    regs.store(tid)
+    try:
+        return _run_to_exit(tid, hold)
+    finally:
+        regs.update(saved)
+        regs.store(tid)
+
+
+def _run_to_exit(tid: int, hold: HoldSignal) -> int:
+    ptrace.syscall(tid)
+    while True:
+        stop = classify(tid, ptrace.wait_for(tid))
+        if stop.kind is StopKind.EXITED:
+            raise errors.TraceeGone(tid)
+        if stop.kind is StopKind.SYSCALL:
+            info = ptrace.syscall_info(tid)
+            if info.op == ptrace.SYSCALL_INFO_EXIT:
+                return info.rval
+        elif stop.kind is StopKind.SIGNAL and stop.sig != signal.SIGTRAP:
+            hold(stop.sig, ptrace.signal_info_bytes(tid))
+        ptrace.syscall(tid)

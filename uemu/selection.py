@@ -1,0 +1,168 @@
+"""PROBE words -> uprobes and consumers in each object a process maps.
+
+Kernel: kernel/trace/trace_uprobe.c turns a ``uprobe_events`` line into a
+registration; here each PROBE word (``probespec.py``) is matched against
+every object as it appears (at attach, exec and each new mapping) and each
+site it selects becomes one consumer of the site's uprobe (``Uprobes.register``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from . import errors, probespec, sdt
+from .probespec import ProbeSpec, RawUprobe, SdtPattern
+from .uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
+
+Site = tuple[int, int, ProbeInfo]
+"""(file offset, ref_ctr_offset, what to report) of one selected site."""
+
+
+class Selection:
+    """The PROBE words of a session and the consumers they made."""
+
+    def __init__(self, words: Sequence[str], uprobes: Uprobes):
+        self.specs: list[ProbeSpec] = [probespec.parse(text) for text in words]
+        self.uprobes = uprobes
+        self.consumers: list[Consumer] = []
+        self._seen_files: set[tuple[int, int]] = set()
+
+    def remove(self, words: Sequence[str]) -> list[Uprobe]:
+        """Forget some words; the uprobes left without any consumer."""
+        self.specs = [spec for spec in self.specs if spec.text not in words]
+        return [u for word in words for u in self.uprobes.unregister(word)]
+
+    def register_object(self, mapped: sdt.MappedObject) -> list[Uprobe]:
+        """Uprobes for the sites the PROBE words select in one object (once per file)."""
+        if mapped.file_id in self._seen_files:
+            return self.uprobes.by_file.get(mapped.file_id, [])
+        self._seen_files.add(mapped.file_id)
+        chosen: dict[tuple[int, int, ProbeInfo, str], None] = {}
+        for spec in self.specs or [SdtPattern(None, "*", "*", "*:*")]:
+            for offset, ref, info in selected(spec, mapped):
+                chosen[offset, ref, info, spec.text] = None
+        uprobes = []
+        for offset, ref, info, word in chosen:
+            uprobe = self.uprobes.register(mapped, offset, ref, info, word)
+            for consumer in uprobe.consumers:
+                if consumer not in self.consumers:
+                    self.consumers.append(consumer)
+            uprobes.append(uprobe)
+        return uprobes
+
+    def resolve_or_fail(self, mm: Mm) -> None:
+        """Every PROBE word must match something in the process (near matches named)."""
+        for spec in self.specs:
+            if not any(selected(spec, mapped) for mapped in mm.objects.values()):
+                if isinstance(spec, SdtPattern):
+                    probes = [p for m in mm.objects.values() for p in m.elf.probes]
+                    raise errors.ProbeNotFound(spec.text, probespec.near_matches(spec, probes))
+                raise errors.ProbeNotFound(spec.text)
+
+    def check_spawn(self, argv: Sequence[str]) -> None:
+        """Before starting anything, check that each PROBE word can match the
+        program, its start-up libraries or a named file."""
+        if not self.specs:
+            return
+        candidates = _program_and_libraries(argv[0])
+        objects = []
+        for path in candidates:
+            try:
+                objects.append(sdt.open_elf(path))
+            except errors.UemuError:
+                continue
+        for spec in self.specs:
+            named = spec.object if isinstance(spec, SdtPattern) else spec.path
+            if named and os.path.isfile(named) and named not in candidates:
+                objects.append(sdt.open_elf(named))
+            if not any(_file_matches(spec, obj) for obj in objects):
+                if isinstance(spec, SdtPattern):
+                    near = probespec.near_matches(spec, [p for o in objects for p in o.probes])
+                    raise errors.ProbeNotFound(spec.text, near)
+                raise errors.ProbeNotFound(spec.text)
+
+    def counts(self) -> dict[str, int]:
+        """Hits per probe name (``provider:name``) over all its sites."""
+        totals: dict[str, int] = {}
+        for consumer in self.consumers:
+            name = consumer.probe.full_name
+            totals[name] = totals.get(name, 0) + consumer.hits
+        return totals
+
+
+def selected(spec: ProbeSpec, mapped: sdt.MappedObject) -> list[Site]:
+    """The sites ``spec`` selects in ``mapped``."""
+    elf = mapped.elf
+    if isinstance(spec, SdtPattern):
+        return [
+            (p.file_offset, p.semaphore_offset or 0, _probe_info(p))
+            for p in elf.probes
+            if spec.matches(p) and p.file_offset is not None
+        ]
+    if not _same_file(spec.path, mapped.file_id):
+        return []
+    if isinstance(spec, RawUprobe):
+        offset, ref = spec.offset, spec.ref_ctr_offset
+    else:
+        vaddr = elf.symbol_address(spec.symbol)
+        if vaddr is None:
+            raise errors.ProbeNotFound(spec.text, [f"{spec.path} has no symbol {spec.symbol!r}"])
+        found = elf.file_offset(vaddr + spec.offset, executable=True)
+        if found is None:
+            raise errors.UprobeError(f"{spec.text}: not in an executable segment")
+        offset, ref = found, 0
+    vaddr = elf.vaddr(offset)
+    name = f"p_{_event_stem(spec.path)}_{offset:#x}"
+    return [(offset, ref, ProbeInfo(elf.path, "uprobes", name, vaddr if vaddr is not None else offset, ""))]
+
+
+def _probe_info(probe: sdt.Probe) -> ProbeInfo:
+    return ProbeInfo(probe.object, probe.provider, probe.name, probe.address, probe.args)
+
+
+def _same_file(path: str, file_id: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == file_id
+
+
+def _file_matches(spec: ProbeSpec, obj: sdt.ElfObject) -> bool:
+    if isinstance(spec, SdtPattern):
+        return any(spec.matches(p) for p in obj.probes)
+    return os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)
+
+
+def _event_stem(path: str) -> str:
+    """tracefs' default event name stem: the basename up to the first . - or _."""
+    base = os.path.basename(path)
+    for i, char in enumerate(base):
+        if char in ".-_":
+            return base[:i]
+    return base
+
+
+def _program_and_libraries(program: str) -> list[str]:
+    """The program's path and the shared libraries ``ldd`` says it loads at start."""
+    path = program if "/" in program else (shutil.which(program) or program)
+    paths = [path]
+    ldd = shutil.which("ldd")
+    if ldd is None or not os.path.isfile(path):
+        return paths
+    try:
+        out = subprocess.run([ldd, path], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return paths
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts:
+            target = parts[parts.index("=>") + 1]
+            if target.startswith("/"):
+                paths.append(target)
+        elif parts and parts[0].startswith("/"):
+            paths.append(parts[0])
+    return paths

@@ -1,0 +1,237 @@
+"""Tasks and address spaces we trace, and how they come and go.
+
+Kernel: kernel/fork.c and kernel/exit.c as uprobes sees them.  A task
+creation is known in two halves that come in either order, the creator's
+PTRACE_EVENT_{FORK,VFORK,CLONE} and the new task's first stop; once both are
+known (``_adopt``) a thread joins its creator's mm, and a process either
+inherits a copy of our uprobe state (``Uprobes.dup_mmap``) and is followed,
+or is cleaned (our bytes out, our counts undone) and let go before it runs a
+single instruction.  exec drops the old mm (nothing to restore); an exit
+forgets whatever the task held.
+
+Every decision about a stopped task ends in a ``Resume`` the session carries
+out; this module never resumes a task itself.  "Let go" is one verb:
+``let_go`` detaches a task that holds none of our bytes, or keeps it as a
+silent tracee where a tracer must stay (the seccomp mapping filter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from uemu.arch import Arch
+
+from . import process, ptrace, sdt, xol
+from .maps import read_maps
+from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
+from .uprobes import Mm, Uprobes
+from .xol import ActiveStep
+
+if TYPE_CHECKING:
+    from .mappings import MappingCall
+
+
+@dataclass(eq=False)
+class Task:
+    """One traced thread."""
+
+    tid: int
+    pid: int
+    mm: Mm | None
+    report: bool = True
+    """False for a task we only keep safe (a child not followed): its hits are not reported."""
+    stopped: bool = True
+    """In a ptrace-stop that we have not resumed yet."""
+    listening: bool = False
+    """In a group-stop we answered with PTRACE_LISTEN."""
+    at_signal_stop: bool = False
+    """Its current stop can deliver a signal on resume (``Stop.delivers_signals``);
+    a new task's first stop cannot."""
+    owed_signal: int = 0
+    """A signal taken from the program while parked; given back when it resumes or at detach."""
+    syscall: MappingCall | None = None
+    """The mapping syscall this thread is inside (kind, arguments), between its seccomp or
+    entry stop and its exit stop (``mappings.py``)."""
+    regs: ptrace.Regset | None = None
+    xol: ActiveStep | None = None
+    """The displaced instruction this thread is executing in its XOL slot."""
+    held: list[tuple[int, bytes]] = field(default_factory=list)
+    """Signals (number, siginfo) held back during an out-of-line step, owed afterwards."""
+
+    def registers(self, arch: Arch) -> ptrace.Regset:
+        """This task's register buffer (reused from stop to stop)."""
+        if self.regs is None:
+            self.regs = ptrace.Regset(arch.regset, arch.regset_word)
+        return self.regs
+
+    def hold(self, sig: int, info: bytes) -> None:
+        """Keep a signal for the program until the task is ours no more."""
+        self.held.append((sig, info))
+
+
+@dataclass
+class _PendingChild:
+    """Half of a task creation: the new task's first stop came before its
+    creator's event (``status``), or the event before the stop (``parent``), or
+    the task was let go and waits for its first stop to be detached (``release``)."""
+
+    status: int | None = None
+    parent: Task | None = None
+    kind: StopKind = StopKind.FORK
+    release: Task | None = None
+    step: ActiveStep | None = None
+    """The out-of-line step the creator was in: the new task starts in its slot."""
+
+
+class Tracees:
+    """Every task (thread) and mm (address space) of the traced process tree."""
+
+    def __init__(self, uprobes: Uprobes, follow_forks: bool, needs_tracer: Callable[[], bool],
+                 warn: Callable[[str], None]):
+        self.uprobes = uprobes
+        self.follow_forks = follow_forks
+        self.needs_tracer = needs_tracer
+        """Whether every task must keep a tracer until it exits (seccomp mapping filter)."""
+        self.warn = warn
+        self.tasks: dict[int, Task] = {}
+        self.mms: dict[int, Mm] = {}
+        """pid -> its mm; processes sharing one (vfork) map to the same object."""
+        self._pending: dict[int, _PendingChild] = {}
+        self.child_pid: int | None = None
+        """The spawned command's pid, whose exit status ``exit_status`` keeps."""
+        self.exit_status: int | None = None
+
+    def unique_mms(self) -> list[Mm]:
+        return list({id(mm): mm for mm in self.mms.values()}.values())
+
+    def new_mm(self, pid: int, arch: Arch) -> Mm:
+        """A fresh mm for a process we are about to arm: its maps and objects now."""
+        mm = Mm(pid, arch, ptrace.Memory(pid), read_maps(pid))
+        objects, warnings = sdt.mapped_objects(pid, mm.vmas)
+        for warning in warnings:
+            self.warn(warning)
+        mm.objects = {o.file_id: o for o in objects}
+        self.mms[pid] = mm
+        return mm
+
+    # ---- creation ------------------------------------------------------------------
+
+    def on_new_task(self, parent: Task, kind: StopKind, child: int) -> list[tuple[Task, Resume]]:
+        """The creator's half (fork, vfork, clone); the child's held first stop
+        resumes now if it came first."""
+        pending = self._pending.pop(child, None)
+        if pending is None:
+            self._pending[child] = _PendingChild(parent=parent, kind=kind, step=parent.xol)
+            return []
+        return self._adopt(child, parent, kind, pending.status, parent.xol)
+
+    def on_unknown_stop(self, stop: Stop) -> list[tuple[Task, Resume]]:
+        """A stop of a task we do not know yet: a new task's first stop, or the exit
+        of one that died before its creator's event."""
+        pending = self._pending.pop(stop.tid, None)
+        if stop.kind is StopKind.EXITED:
+            return []
+        if pending is not None and pending.release is not None:
+            return [(pending.release, Resume(ResumeOp.DETACH))]
+        if pending is not None and pending.parent is not None:
+            return self._adopt(stop.tid, pending.parent, pending.kind, stop.status, pending.step)
+        # Its first stop came before its creator's event: keep it stopped until then.
+        self._pending[stop.tid] = _PendingChild(status=stop.status)
+        return []
+
+    def _adopt(self, child: int, parent: Task, kind: StopKind, first_status: int | None,
+               step: ActiveStep | None) -> list[tuple[Task, Resume]]:
+        """Both halves of a task creation are known; decide the child's fate."""
+        stopped = first_status is not None
+        if step is not None and parent.mm is not None:
+            xol.finish_step_in_child(child, parent.mm, step)
+        if kind is StopKind.CLONE and process.tgid(child) == parent.pid:
+            task = Task(child, parent.pid, parent.mm, report=parent.report, stopped=stopped)
+            self.tasks[child] = task
+            return [(task, GO_ON)] if stopped else []
+        follow = self.follow_forks and parent.report
+        task = Task(child, child, None, report=follow, stopped=stopped)
+        self.tasks[child] = task
+        mm = parent.mm
+        if mm is not None:
+            if process.shares_memory(parent.pid, child):
+                task.mm = mm
+                self.mms.setdefault(child, mm)
+            else:
+                task.mm = self.uprobes.dup_mmap(mm, child)
+                self.mms[child] = task.mm
+                if not follow:
+                    # Clean it before it runs a single instruction: our bytes out, our counts undone.
+                    self.uprobes.remove_all(task.mm)
+                    self._forget_mm(task.mm, child)
+                    task.mm = None
+        if task.mm is None:
+            task.report = False
+            if not follow:
+                resume = self.let_go(task)
+                return [(task, resume)] if stopped else []
+        return [(task, GO_ON)] if stopped else []
+
+    # ---- letting go -----------------------------------------------------------------------
+
+    def let_go(self, task: Task) -> Resume:
+        """Stop tracing a task that holds none of our bytes: detach it now (or at
+        its first stop, still to come: KEEP), or, under the seccomp filter, keep it
+        as a silent tracee until it exits."""
+        task.report = False
+        if self.needs_tracer():
+            return GO_ON
+        if not task.stopped:
+            # Its first stop is still to come; ``on_unknown_stop`` detaches it then.
+            del self.tasks[task.tid]
+            self._pending[task.tid] = _PendingChild(release=task)
+            return KEEP
+        return Resume(ResumeOp.DETACH)
+
+    def exited(self, task: Task, status: int) -> None:
+        """The task is gone; forget what it held (kernel: exit_mm -> uprobe_clear_state)."""
+        del self.tasks[task.tid]
+        mm = task.mm
+        if mm is not None and mm.xol_area is not None:
+            mm.xol_area.free_slot(task.tid)
+        if task.tid == task.pid == self.child_pid:
+            self.exit_status = shell_status(status)
+        if mm is not None and not any(t.mm is mm for t in self.tasks.values()):
+            self.leave_mm(mm, task.pid)
+
+    def exec(self, task: Task) -> None:
+        """The old image is gone (nothing to restore).  A non-leader thread that
+        execs takes the leader's id; every other thread of the old image is gone
+        without a report."""
+        pid = task.pid
+        for other in [t for t in self.tasks.values() if t.pid == pid and t is not task]:
+            del self.tasks[other.tid]
+        self.tasks.pop(task.tid, None)
+        task.tid = pid
+        self.tasks[pid] = task
+        task.syscall = None
+        task.regs = None
+        if task.mm is not None:
+            self.leave_mm(task.mm, pid)
+        task.mm = None
+
+    def leave_mm(self, mm: Mm, pid: int) -> None:
+        """Process ``pid`` left ``mm`` (exit or exec): forget it, without writing,
+        unless another process still shares it (vfork)."""
+        if self.mms.get(pid) is mm:
+            del self.mms[pid]
+        if not any(t.mm is mm for t in self.tasks.values() if t.pid != pid):
+            self._forget_mm(mm, pid)
+
+    def _forget_mm(self, mm: Mm, pid: int) -> None:
+        self.uprobes.clear_state(mm)
+        if self.mms.get(pid) is mm:
+            del self.mms[pid]
+
+    def parked(self) -> list[Task]:
+        return [t for t in self.tasks.values() if t.stopped]
+
+    def all_parked(self) -> bool:
+        return all(t.stopped for t in self.tasks.values())
