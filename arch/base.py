@@ -36,6 +36,12 @@ def frozen_map(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
 
+_ERESTART_RESTARTBLOCK = -516
+_RESTART_ERRORS = frozenset({-512, -513, -514, _ERESTART_RESTARTBLOCK})
+"""The kernel-internal ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND and
+ERESTART_RESTARTBLOCK (include/linux/errno.h): never for the program's eyes."""
+
+
 class MappingSyscall(StrEnum):
     """What a system call does to mappings, which says where its range is in its
     arguments.  After each the kernel runs ``uprobe_mmap``/``uprobe_munmap``, and so
@@ -96,6 +102,13 @@ class Arch:
     """The register holding the syscall number, then those of up to six arguments."""
     syscall_return: str = ""
     """The register holding a syscall's result."""
+    syscall_orig_reg: str = ""
+    """Where the registers keep the number of the syscall a task is inside
+    (x86 ``orig_rax``), for restarting one the tracer interrupted; empty where
+    the kernel prepares the restart before any ptrace-stop can see the
+    registers (arm64 and riscv64 ``arch_do_signal_or_restart``)."""
+    restart_syscall: int = -1
+    """The number of ``restart_syscall``, which ERESTART_RESTARTBLOCK restarts."""
     syscall_numbers: Mapping[str, int] = field(default_factory=dict)
     """Numbers of the system calls uemu makes the tracee run (``mmap``, ``munmap``,
     ``madvise``), and of those it makes itself on a host of this arch (``kcmp``)."""
@@ -118,6 +131,24 @@ class Arch:
 
             raise UnsupportedArch(self.name, self.elf_class, "uemu can list its probes but not trace them")
         return self.backend
+
+    def restarted_syscall(self, regs: Regs) -> dict[str, int]:
+        """The registers to give back a task interrupted inside a syscall that the
+        kernel would restart, as it does when no signal handler runs (x86's
+        ``arch_do_signal_or_restart`` after ``get_signal()`` found nothing):
+        ERESTARTSYS, ERESTARTNOINTR and ERESTARTNOHAND run the same call again,
+        ERESTART_RESTARTBLOCK calls ``restart_syscall``; the ip moves back over
+        the syscall instruction.  Empty when there is nothing to restart."""
+        if not self.syscall_orig_reg:
+            return {}
+        mask = (1 << 8 * self.regset_word) - 1
+        sign = 1 << (8 * self.regset_word - 1)
+        number = regs[self.syscall_orig_reg]
+        error = ((regs[self.syscall_return] & mask) ^ sign) - sign
+        if number & sign or error not in _RESTART_ERRORS:
+            return {}
+        again = self.restart_syscall if error == _ERESTART_RESTARTBLOCK else number
+        return {self.syscall_return: again, self.ip_reg: (regs[self.ip_reg] - len(self.syscall_insn)) & mask}
 
     def mapping_syscall_arguments(self, kind: MappingSyscall, args: tuple[int, ...],
                                   read_memory: Callable[[int, int], bytes]) -> tuple[int, ...]:

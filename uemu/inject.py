@@ -7,6 +7,18 @@ PTRACE_SYSCALL to the call's exit stop, and put back.  This is the one place
 besides the session's loop that waits for a stop: it waits for this thread
 only, and hands signals that arrive meanwhile to a ``hold`` callback so the
 program gets them afterwards.
+
+Only a thread stopped outside any system call's kernel path may be used: in
+a signal-delivery, group or interrupt stop (``INJECTABLE``).  At a
+PTRACE_EVENT_{CLONE,FORK,EXEC,SECCOMP} stop the thread is still inside its
+own syscall, whose result would overwrite ours and whose registers we would
+then put back half-done (a parent told clone failed while its thread runs).
+A thread interrupted inside a blocking call is fine, but its registers hold
+the kernel-internal ERESTART* code the kernel would have turned into a
+restart on its way back to user space; put back as they were after our call,
+that code would reach the program (read() returning -1 with errno 512).  So
+the call is restarted as the kernel restarts it when no handler runs
+(``Arch.restarted_syscall``).
 """
 
 from __future__ import annotations
@@ -19,6 +31,9 @@ from uemu.arch import Arch
 from . import errors, ptrace
 from .maps import Vma
 from .stops import StopKind, classify
+
+INJECTABLE = frozenset({StopKind.SIGNAL, StopKind.GROUP, StopKind.INTERRUPT})
+"""Stops of a thread outside any syscall's kernel path (ptrace-stops inside get_signal)."""
 
 HoldSignal = Callable[[int, bytes], None]
 
@@ -49,10 +64,11 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
                    args: Sequence[int], hold: HoldSignal) -> int:
     """Run one system call in a stopped thread and give it its registers back.
 
-    ``regs`` holds the thread's registers, already fetched; it holds them again
-    on return.  Our own seccomp stop, if any, is passed; signals that arrive
-    meanwhile go to ``hold``, owed to the program.  Returns the call's result
-    (a negative errno on failure).
+    The thread must be stopped in one of the ``INJECTABLE`` stops.  ``regs``
+    holds its registers, already fetched; it holds them again on return, with
+    an interrupted syscall of its own made ready to restart.  Our own seccomp
+    stop, if any, is passed; signals that arrive meanwhile go to ``hold``, owed
+    to the program.  Returns the call's result (a negative errno on failure).
     """
     saved = regs.snapshot()
     regs[arch.ip_reg] = at
@@ -64,6 +80,7 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
         return _run_to_exit(tid, hold)
     finally:
         regs.update(saved)
+        regs.update(arch.restarted_syscall(saved))
         regs.store(tid)
 
 

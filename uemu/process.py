@@ -105,6 +105,17 @@ def threads(pid: int) -> list[int]:
         raise errors.NoSuchProcess(pid) from None
 
 
+def in_syscall(tid: int) -> bool:
+    """Whether a stopped task is inside a system call (``/proc/TID/syscall`` names
+    one), rather than stopped between two instructions of its own."""
+    try:
+        with open(f"/proc/{tid}/syscall") as stream:
+            first = stream.read().split(maxsplit=1)[:1]
+    except (FileNotFoundError, ProcessLookupError):
+        raise errors.TraceeGone(tid) from None
+    return first not in (["-1"], ["running"])
+
+
 def tgid(tid: int) -> int:
     return status(tid).tgid
 
@@ -119,21 +130,22 @@ def executable_arch(pid: int) -> Arch:
     except PermissionError:
         raise attach_denied(pid) from None
     found = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
-    if found.backend is None:
-        raise errors.UnsupportedArch(found.name, elf.elf_class, "uemu can list its probes but not trace them")
+    found.tracing_backend()
     return found
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_SYS_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272}.get(os.uname().machine)
 KCMP_VM = 1
 
 
 def shares_memory(pid1: int, pid2: int) -> bool:
-    """Whether two processes share one address space (vfork, CLONE_VM), by kcmp(2)."""
-    if _SYS_KCMP is None:
-        raise errors.UnsupportedArch(os.uname().machine, what="no kcmp syscall number known")
-    result = _libc.syscall(_SYS_KCMP, pid1, pid2, KCMP_VM, 0, 0)
+    """Whether two processes share one address space (vfork, CLONE_VM), by kcmp(2)
+    (numbered as on the machine uemu runs on)."""
+    host = arches.by_name(os.uname().machine)
+    kcmp = host.syscall_numbers.get("kcmp")
+    if kcmp is None:
+        raise errors.UnsupportedArch(host.name, what="no kcmp syscall number known")
+    result = _libc.syscall(kcmp, pid1, pid2, KCMP_VM, 0, 0)
     if result < 0:
         err = ctypes.get_errno()
         if err == errno.ESRCH:

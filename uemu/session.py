@@ -340,7 +340,7 @@ class Session:
             self.tracees.exited(task, stop.status)
             return
         task.stopped = True
-        task.at_signal_stop = stop.delivers_signals
+        task.stop_kind = stop.kind
         try:
             resume = self._handlers[stop.kind](self, task, stop)
         except errors.TraceeGone:
@@ -561,7 +561,7 @@ class Session:
             try:
                 self.uprobes.remove_all(mm)
                 if mm.xol_area is not None:
-                    xol.remove_area(next(t for t in tasks.values() if t.mm is mm and t.stopped), mm)
+                    xol.remove_area(self._injectable(mm), mm)
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")
         if self._needs_tracer():
@@ -569,6 +569,22 @@ class Session:
             return
         for task in list(tasks.values()):
             self._resume(task, Resume(ResumeOp.DETACH))
+
+    def _injectable(self, mm: Mm) -> Task:
+        """A parked thread of ``mm`` a syscall may be injected into (``inject.py``),
+        preferably one outside any call.  If every one is parked inside its own
+        syscall (a clone or exec event stop), one goes on to an interrupt stop."""
+        parked = [t for t in self.tracees.tasks.values() if t.mm is mm and t.stopped]
+        if not parked:
+            raise errors.TraceeGone(mm.pid)
+        ready = [t for t in parked if t.injectable]
+        if ready:
+            return min(ready, key=lambda t: process.in_syscall(t.tid))
+        task = parked[0]
+        ptrace.interrupt(task.tid)
+        self._resume(task, Resume(ResumeOp.CONT, urgent=True))
+        self._run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
+        return self._injectable(mm)
 
     def _pass_through(self) -> None:
         """Stay the tracer, doing nothing, until every task has exited: under our

@@ -66,12 +66,6 @@ class Stop:
     def creates_task(self) -> bool:
         return self.kind in (StopKind.CLONE, StopKind.FORK, StopKind.VFORK)
 
-    @property
-    def delivers_signals(self) -> bool:
-        """Only signal-delivery and syscall stops can give the program a signal on
-        resume; a PTRACE_EVENT_* stop ignores it (ptrace(2))."""
-        return self.kind in (StopKind.SIGNAL, StopKind.SYSCALL)
-
 
 def classify(tid: int, status: int) -> Stop:
     """A raw ``waitpid`` status as a typed stop.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from uemu.arch import Arch
 
 from . import process, ptrace, sdt, xol
+from .inject import INJECTABLE
 from .maps import read_maps
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
@@ -46,9 +47,8 @@ class Task:
     """In a ptrace-stop that we have not resumed yet."""
     listening: bool = False
     """In a group-stop we answered with PTRACE_LISTEN."""
-    at_signal_stop: bool = False
-    """Its current stop can deliver a signal on resume (``Stop.delivers_signals``);
-    a new task's first stop cannot."""
+    stop_kind: StopKind = StopKind.INTERRUPT
+    """The kind of its current (or last) stop; a new task's first stop is an interrupt-like one."""
     owed_signal: int = 0
     """A signal taken from the program while parked; given back when it resumes or at detach."""
     syscall: MappingCall | None = None
@@ -69,6 +69,17 @@ class Task:
     def hold(self, sig: int, info: bytes) -> None:
         """Keep a signal for the program until the task is ours no more."""
         self.held.append((sig, info))
+
+    @property
+    def at_signal_stop(self) -> bool:
+        """Whether its stop can deliver a signal on resume: a signal-delivery or
+        syscall stop can, a PTRACE_EVENT_* stop ignores it (ptrace(2))."""
+        return self.stop_kind in (StopKind.SIGNAL, StopKind.SYSCALL)
+
+    @property
+    def injectable(self) -> bool:
+        """Stopped where a system call may be injected (``inject.INJECTABLE``)."""
+        return self.stopped and self.stop_kind in INJECTABLE
 
 
 @dataclass
@@ -234,4 +245,8 @@ class Tracees:
         return [t for t in self.tasks.values() if t.stopped]
 
     def all_parked(self) -> bool:
-        return all(t.stopped for t in self.tasks.values())
+        """Every task stopped, and no new task's first stop still due: a task
+        created while everything was being stopped (its creator's event seen)
+        must be adopted too, or it would be left behind with our bytes."""
+        return all(t.stopped for t in self.tasks.values()) and not any(
+            p.parent is not None for p in self._pending.values())
