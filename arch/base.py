@@ -271,6 +271,11 @@ class Backend(Protocol):
     def emulate(self, plan: Emulate, regs: Regs) -> Effects:
         """Carry out an ``Emulate`` plan as the CPU would, from the state at ``plan.vaddr``."""
 
+    def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
+        """A plan to step out of line when carrying out ``plan`` could not write the
+        tracee's memory (a push on a bad stack), so the CPU raises the fault the
+        program would get; None where an emulation writes no memory."""
+
     def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> XolSetup:
         """Slot contents and register changes to run the instruction at ``slot_vaddr``."""
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from .base import Effects, MappingSyscall, Regs, StepOutOfLine, frozen_map
+from .base import Effects, Emulate, MappingSyscall, Regs, StepOutOfLine, frozen_map
 
 if TYPE_CHECKING:
     import capstone
@@ -78,3 +78,7 @@ class PcStepFixups:
     def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """pc back to the site (arch_uprobe_abort_xol())."""
         return plan.aborted
+
+    def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
+        """None: these emulations (branches, adr, bl's link register) write no memory."""
+        return None

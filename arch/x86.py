@@ -218,6 +218,10 @@ class Fixup(Enum):
     """Indirect or far call: the pushed return address becomes vaddr + size; ip is right."""
     NONE = "none"
     """ret, lret, indirect and far jmp: ip is already where the instruction sent it."""
+    RESTART = "restart"
+    """A stand-in for an emulated call whose push failed: it pushed where the call would,
+    so the stack now has room (the kernel grew it); undo its push and run the site again
+    (the kernel's branch_post_xol_op())."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -508,7 +512,30 @@ class X86Backend:
             return Effects(regs={self.ip_reg: (regs[self.ip_reg] + plan.vaddr - slot_vaddr) & self.mask})
         if plan.fixup is Fixup.CALL:
             return Effects(writes=((regs[self.sp_reg], plan.return_address),))
+        if plan.fixup is Fixup.RESTART:
+            return Effects(regs={self.ip_reg: plan.vaddr, self.sp_reg: (regs[self.sp_reg] + self.word) & self.mask})
         return _NO_EFFECTS
+
+    def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
+        """What to step out of line when emulating ``plan`` could not write the stack.
+
+        Kernel: branch_emulate_op() and push_emulate_op() fail when the push faults, and
+        the instruction is single-stepped instead, so the CPU raises the fault the
+        program would get (SIGSEGV at the site, after abort_xol) or the kernel grows the
+        stack.  ``push reg`` steps itself; ``call rel32`` steps ``call .+5`` (pushes as
+        the call would, lands back in the slot), then restarts at the site.
+        """
+        if isinstance(plan, X86Push):
+            number = self.numbered.index(plan.register)
+            code = (b"\x41" if number >= 8 else b"") + bytes([0x50 + (number & 7)])
+            fixup = Fixup.IP
+        elif isinstance(plan, X86Call):
+            code, fixup = b"\xe8\x00\x00\x00\x00", Fixup.RESTART
+        else:
+            return None
+        next_ip = (plan.vaddr + plan.size) & self.mask
+        return X86Step(vaddr=plan.vaddr, size=len(code), text=f"{plan.text} (its push stepped)", code=code,
+                       fixup=fixup, one_stop=False, riprel=None, return_address=next_ip.to_bytes(self.word, "little"))
 
     def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """ip back to the site so the signal names it (arch_uprobe_abort_xol()); the scratch

@@ -47,6 +47,12 @@
  *                                 exits 0; the parent then prints
  *                                 "child PID TID waited STATUS" (raw wait status),
  *                                 and N rounds again at the end
+ *   rawprobes badstack [N]        N times a `call` (at the global label
+ *                                 rawprobes_bad_call, x86 only) made with the stack
+ *                                 pointer at 0x1000, where nothing can be mapped:
+ *                                 the push faults and a SIGSEGV handler on its own
+ *                                 stack prints "segv PID TID badstack ADDRESS CODE"
+ *                                 (si_addr, si_code) and jumps back
  *   rawprobes map [N [far]]       N rounds, then the program's own file mapped
  *                                 again whole by raw_mmap(): "map PID TID self
  *                                 ADDRESS LENGTH", "sync PID TID mapped" (a tracer
@@ -65,6 +71,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,6 +364,58 @@ static void timed_loops(long n)
 	sink = value;
 }
 
+/* A call whose push faults: the stack pointer points where nothing is mapped. */
+#if defined(__x86_64__)
+#define BAD_STACK_CALL(saved) \
+	__asm__ volatile("mov %%rsp, %0\n\tmov $0x1000, %%rsp\n\t.globl rawprobes_bad_call\n" \
+			 "rawprobes_bad_call:\n\tcall 1f\n1:\tmov %0, %%rsp" : "=&r"(saved) :: "memory")
+#elif defined(__i386__)
+#define BAD_STACK_CALL(saved) \
+	__asm__ volatile("mov %%esp, %0\n\tmov $0x1000, %%esp\n\t.globl rawprobes_bad_call\n" \
+			 "rawprobes_bad_call:\n\tcall 1f\n1:\tmov %0, %%esp" : "=&r"(saved) :: "memory")
+#endif
+
+static sigjmp_buf bad_stack_return;
+
+static void on_sigsegv(int sig, siginfo_t *info, void *context)
+{
+	(void)sig;
+	(void)context;
+	SAMPLE_LINE("segv", "badstack", UNSIGNED((uintptr_t)info->si_addr, sizeof(void *)), ARG(info->si_code));
+	siglongjmp(bad_stack_return, 1);
+}
+
+static void bad_stack_calls(long n)
+{
+#ifdef BAD_STACK_CALL
+	static char alternate[1 << 16];
+	stack_t stack = { .ss_sp = alternate, .ss_size = sizeof(alternate) };
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigsegv;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+	if (sigaltstack(&stack, NULL) != 0 || sigaction(SIGSEGV, &sa, NULL) != 0) {
+		perror("rawprobes");
+		exit(1);
+	}
+	for (long i = 0; i < n; i++) {
+		if (sigsetjmp(bad_stack_return, 1) == 0) {
+			unsigned long saved;
+
+			BAD_STACK_CALL(saved);
+			(void)saved;
+			fprintf(stderr, "rawprobes: the call on a bad stack did not fault\n");
+			exit(1);
+		}
+	}
+#else
+	(void)n;
+	fprintf(stderr, "rawprobes: badstack is x86 only\n");
+	exit(2);
+#endif
+}
+
 static volatile sig_atomic_t received;
 
 /* Whether the handler interrupted code of a loaded object: the program, a library,
@@ -488,8 +547,10 @@ int main(int argc, char **argv)
 		map_self();
 		rounds(n);
 		report_calls();
+	} else if (strcmp(mode, "badstack") == 0) {
+		bad_stack_calls(n);
 	} else {
-		fprintf(stderr, "usage: rawprobes calls|time|signals|threads|fork|map [N [far]]\n");
+		fprintf(stderr, "usage: rawprobes calls|time|signals|threads|fork|map|badstack [N [far]]\n");
 		return 2;
 	}
 	sample_sync("end");

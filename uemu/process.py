@@ -53,11 +53,23 @@ def check_attachable(pid: int) -> Status:
         raise errors.AttachRefused(f"process {pid} ({st.name}) is a zombie")
     if is_kernel_thread(pid):
         raise errors.AttachRefused(f"process {pid} ({st.name}) is a kernel thread")
-    if st.tracer_pid:
-        raise errors.AttachRefused(
-            f"process {pid} ({st.name}) is already traced by {st.tracer_pid} ({comm(st.tracer_pid)})"
-        )
+    for tid in threads(pid):
+        check_untraced(pid, tid)
     return st
+
+
+def check_untraced(pid: int, tid: int) -> None:
+    """AttachRefused naming the tracer when one thread of ``pid`` already has one
+    (``strace -p TID`` on a single thread): ptrace allows one tracer per thread."""
+    try:
+        st = status(tid)
+    except errors.NoSuchProcess:
+        return  # the thread ended meanwhile
+    if st.tracer_pid:
+        who = f"process {pid}" if tid == pid else f"thread {tid} of process {pid}"
+        raise errors.AttachRefused(
+            f"{who} ({st.name}) is already traced by {st.tracer_pid} ({comm(st.tracer_pid)})"
+        )
 
 
 def is_kernel_thread(pid: int) -> bool:

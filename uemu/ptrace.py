@@ -185,11 +185,22 @@ class RegsView(Mapping[str, int]):
         return len(self.regs.index)
 
 
+_USER_END = 1 << 63
+"""No user address reaches this far (the file offset of /proc/PID/mem is a signed
+64-bit off_t); the tracee controls pointers and must not make us fail on one."""
+
+
+def _check_range(pid: int, address: int, size: int) -> None:
+    if address < 0 or address + size > _USER_END:
+        raise OSError(errno.EFAULT, f"no user memory at {address:#x} in process {pid}")
+
+
 class Memory:
     """A process's memory through /proc/PID/mem: exact-size reads and writes.
 
     Writes to read-only text go through (FOLL_FORCE) and land in the process's
-    private copy of the page, as the kernel's own uprobe writes do.
+    private copy of the page, as the kernel's own uprobe writes do.  Any address
+    the tracee makes up is accepted: one that no process can map is EFAULT.
     """
 
     def __init__(self, pid: int):
@@ -200,12 +211,14 @@ class Memory:
             raise TraceeGone(pid) from None
 
     def read(self, address: int, size: int) -> bytes:
+        _check_range(self.pid, address, size)
         data = os.pread(self.fd, size, address)
         if len(data) != size:
             raise OSError(errno.EFAULT, f"short read at {address:#x} in process {self.pid}")
         return data
 
     def write(self, address: int, data: bytes) -> None:
+        _check_range(self.pid, address, len(data))
         if os.pwrite(self.fd, data, address) != len(data):
             raise OSError(errno.EFAULT, f"short write at {address:#x} in process {self.pid}")
 
@@ -217,6 +230,7 @@ class Memory:
         while len(out) < limit:
             chunk = min(limit - len(out), 4096 - (address + len(out)) % 4096)
             try:
+                _check_range(self.pid, address + len(out), chunk)
                 data = os.pread(self.fd, chunk, address + len(out))
             except OSError:
                 data = b""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from . import errors, probespec, sdt
 from .probespec import ProbeSpec, RawUprobe, SdtPattern
-from .uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
+from .uprobes import Consumer, ProbeInfo, Uprobe, Uprobes
 
 Site = tuple[int, int, ProbeInfo]
 """(file offset, ref_ctr_offset, what to report) of one selected site."""
@@ -53,12 +53,12 @@ class Selection:
             uprobes.append(uprobe)
         return uprobes
 
-    def resolve_or_fail(self, mm: Mm) -> None:
-        """Every PROBE word must match something in the process (near matches named)."""
+    def resolve_or_fail(self, objects: Sequence[sdt.MappedObject]) -> None:
+        """Every PROBE word must match something in a process's objects (near matches named)."""
         for spec in self.specs:
-            if not any(selected(spec, mapped) for mapped in mm.objects.values()):
+            if not any(selected(spec, mapped) for mapped in objects):
                 if isinstance(spec, SdtPattern):
-                    probes = [p for m in mm.objects.values() for p in m.elf.probes]
+                    probes = [p for m in objects for p in m.elf.probes]
                     raise errors.ProbeNotFound(spec.text, probespec.near_matches(spec, probes))
                 raise errors.ProbeNotFound(spec.text)
 

@@ -107,21 +107,24 @@ class Session:
     def attach(self, pid: int) -> Session:
         """Seize every thread of a running process and arm the probes."""
         process.check_attachable(pid)
-        arch = process.executable_arch(pid)
         self._choose_mode(MappingMode.RENDEZVOUS)
         assert self.tracker is not None
         if not self.tracker.attachable:
             raise errors.BadInput(f"{self.tracker.mode} mapping tracking needs 'uemu run': "
                                   "a running process cannot get the filter")
-        mm = self.tracees.new_mm(pid, arch)
-        self.selection.resolve_or_fail(mm)
+        # Each word must match before the process is touched; the objects are read
+        # again once it is stopped (it may have exec'd or mapped more meanwhile).
+        process.executable_arch(pid)
+        self.selection.resolve_or_fail(self.tracees.objects_of(pid, read_maps(pid)))
         self._install_signal_handlers()
         self._stopping = True
         try:
-            self._seize_all(pid, mm)
-            # The maps read before seizing may be stale: a thread ran until its stop.
-            mm.vmas = read_maps(pid)
-            mappings.update_objects(mm, mm.vmas, self.warn)
+            self._seize_all(pid)
+            mm = self.tracees.tasks[pid].mm or self.tracees.new_mm(pid, process.executable_arch(pid))
+            for task in self.tracees.tasks.values():
+                if task.pid == pid and task.mm is None:
+                    task.mm = mm
+            self.selection.resolve_or_fail(list(mm.objects.values()))
             self._arm(mm, mm.vmas)
         except BaseException:
             self.close()
@@ -266,13 +269,13 @@ class Session:
 
     # ---- attaching -----------------------------------------------------------------------
 
-    def _seize_all(self, pid: int, mm: Mm) -> None:
+    def _seize_all(self, pid: int) -> None:
         """Seize and stop every thread, repeating until no new thread appears
-        (threads created meanwhile by seized threads are auto-attached)."""
+        (threads created meanwhile by seized threads are auto-attached).  A thread
+        that another tracer holds refuses the whole attach, naming the tracer."""
         tasks = self.tracees.tasks
-        seized: set[int] = set()
         while True:
-            fresh = [t for t in process.threads(pid) if t not in seized and t not in tasks]
+            fresh = [t for t in process.threads(pid) if t not in tasks]
             if not fresh:
                 break
             for tid in fresh:
@@ -281,19 +284,13 @@ class Session:
                 except errors.TraceeGone:
                     continue
                 except OSError as err:
-                    if tid == pid:
-                        if err.errno == errno.EPERM:
-                            status = process.status(pid)
-                            if status.tracer_pid:
-                                raise errors.AttachRefused(
-                                    f"process {pid} is already traced by {status.tracer_pid} "
-                                    f"({process.comm(status.tracer_pid)})"
-                                ) from None
-                            raise process.attach_denied(pid) from None
+                    if err.errno != errno.EPERM:
                         raise
-                    continue
-                seized.add(tid)
-                tasks[tid] = Task(tid, pid, mm, stopped=False)
+                    process.check_untraced(pid, tid)
+                    if tid != pid:
+                        continue  # a thread exiting as we came: it is gone next time
+                    raise process.attach_denied(pid) from None
+                tasks[tid] = Task(tid, pid, None, stopped=False)
                 ptrace.interrupt(tid)
         self._run_until(self.tracees.all_parked)
 

@@ -25,7 +25,8 @@ from uemu.arch import Arch
 
 from . import process, ptrace, sdt, xol
 from .inject import INJECTABLE
-from .maps import read_maps
+from .maps import Vma, read_maps
+from .sdt import MappedObject
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
 from .xol import ActiveStep
@@ -110,6 +111,8 @@ class Tracees:
         self.mms: dict[int, Mm] = {}
         """pid -> its mm; processes sharing one (vfork) map to the same object."""
         self._pending: dict[int, _PendingChild] = {}
+        self._objects: dict[int, dict[tuple[int, int], MappedObject]] = {}
+        """Objects opened for a look at a process before attaching, kept for its mm."""
         self.child_pid: int | None = None
         """The spawned command's pid, whose exit status ``exit_status`` keeps."""
         self.exit_status: int | None = None
@@ -119,13 +122,24 @@ class Tracees:
 
     def new_mm(self, pid: int, arch: Arch) -> Mm:
         """A fresh mm for a process we are about to arm: its maps and objects now."""
-        mm = Mm(pid, arch, ptrace.Memory(pid), read_maps(pid))
-        objects, warnings = sdt.mapped_objects(pid, mm.vmas)
-        for warning in warnings:
-            self.warn(warning)
-        mm.objects = {o.file_id: o for o in objects}
+        vmas = read_maps(pid)
+        mm = Mm(pid, arch, ptrace.Memory(pid), vmas)
+        mm.objects = {o.file_id: o for o in self.objects_of(pid, vmas)}
         self.mms[pid] = mm
         return mm
+
+    def objects_of(self, pid: int, vmas: list[Vma]) -> list[MappedObject]:
+        """The ELF objects mapped in ``vmas`` of ``pid``; those opened at an earlier
+        look at the same process are reused (attach looks before it seizes)."""
+        known = self._objects.setdefault(pid, {})
+        unknown = [v for v in vmas if v.file_backed and v.file_id not in known]
+        if unknown:
+            objects, warnings = sdt.mapped_objects(pid, unknown)
+            for warning in warnings:
+                self.warn(warning)
+            known.update((o.file_id, o) for o in objects)
+        mapped = {v.file_id for v in vmas}
+        return [o for file_id, o in known.items() if file_id in mapped]
 
     # ---- creation ------------------------------------------------------------------
 

@@ -304,8 +304,18 @@ class Uprobes:
             return
         assert isinstance(plan, Emulate)  # a refused plan never got a breakpoint
         effects = mm.backend.emulate(plan, regs.at(mm.arch.ip_reg, hit.site))
-        for address, data in effects.writes:
-            mm.memory.write(address, data)
+        try:
+            for address, data in effects.writes:
+                mm.memory.write(address, data)
+        except OSError:
+            # A push onto a stack that is not there: step it, so the CPU faults (or
+            # the kernel grows the stack) as without us.  Kernel: emulation fails,
+            # the instruction is single-stepped.
+            stand_in = mm.backend.step_instead(plan)
+            if stand_in is None:
+                raise
+            xol.start_step(task, mm, stand_in, hit.site, regs)
+            return
         if regs.update(effects.regs):
             regs.store(task.tid)
 

@@ -294,3 +294,76 @@ def test_traps() -> None:
     assert X86_64.trap_bytes(b"\x90") == b"\xcc"
     assert X86_64.is_trap(b"\xcc\x90") and not X86_64.is_trap(b"\xcd\x03") and not X86_64.is_trap(b"")
     assert X86_64.trap_address(SITE + 1) == SITE
+
+
+# ---- a push that cannot be emulated is stepped instead -------------------------------------
+
+_STACK_TOP = 0x7FFF0000
+_SLOT = 0x10000000
+
+
+def _run_one(mode64: bool, code: bytes, at: int, regs: dict[str, int], stack: bool) -> tuple[dict[str, int], bytes | None, int | None]:
+    """One instruction in unicorn: registers after, the stack word below the old sp, the
+    address of a write fault (None when it ran)."""
+    import unicorn
+    from unicorn import x86_const
+
+    emu = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64 if mode64 else unicorn.UC_MODE_32)
+    emu.mem_map(at & ~0xFFF, 0x2000)
+    emu.mem_write(at, code + b"\xf4")
+    if stack:
+        emu.mem_map(_STACK_TOP - 0x10000, 0x10000)
+    names = {"sp": x86_const.UC_X86_REG_RSP if mode64 else x86_const.UC_X86_REG_ESP,
+             "ip": x86_const.UC_X86_REG_RIP if mode64 else x86_const.UC_X86_REG_EIP,
+             "ax": x86_const.UC_X86_REG_RAX if mode64 else x86_const.UC_X86_REG_EAX}
+    emu.reg_write(names["sp"], regs["sp"])
+    emu.reg_write(names["ax"], regs["ax"])
+    faulted: list[int] = []
+
+    def on_fault(uc, access, address, size, value, data) -> bool:
+        faulted.append(address)
+        return False
+
+    emu.hook_add(unicorn.UC_HOOK_MEM_WRITE_UNMAPPED, on_fault)
+    try:
+        emu.emu_start(at, at + len(code) + 0x1000, count=1)
+    except unicorn.UcError:
+        pass
+    after = {"sp": emu.reg_read(names["sp"]), "ip": emu.reg_read(names["ip"]), "ax": emu.reg_read(names["ax"])}
+    word = 8 if mode64 else 4
+    below = bytes(emu.mem_read(regs["sp"] - word, word)) if stack else None
+    return after, below, faulted[0] if faulted else None
+
+
+@pytest.mark.parametrize("mode64", [True, False], ids=["x86_64", "i386"])
+@pytest.mark.parametrize("hex_code", ["e800010000", "50"])
+def test_a_push_that_cannot_be_emulated_is_stepped_to_the_same_end(mode64: bool, hex_code: str) -> None:
+    """The stand-in faults at the address the instruction's own push faults at, and with a
+    stack it leaves the state the instruction leaves (push) or the site to run again (call)."""
+    backend = X86_64 if mode64 else I386
+    ip, sp = ("rip", "rsp") if mode64 else ("eip", "esp")
+    plan = backend.analyze(bytes.fromhex(hex_code), SITE)
+    stand_in = backend.step_instead(plan)
+    assert isinstance(stand_in, X86Step)
+    setup = backend.prepare_xol(stand_in, _SLOT, {ip: SITE, sp: _STACK_TOP, "rax": 7, "eax": 7})
+    assert setup.ends == "step" and setup.regs == {ip: _SLOT}
+    for stack in (False, True):
+        start = {"sp": _STACK_TOP if stack else 0x1000, "ax": 7}
+        in_place = _run_one(mode64, bytes.fromhex(hex_code), SITE, start, stack)
+        slot_run = _run_one(mode64, setup.code, _SLOT, start, stack)
+        if not stack:
+            assert in_place[2] is not None and slot_run[2] == in_place[2]
+            assert backend.abort_xol(stand_in, _SLOT, {ip: _SLOT}).regs == {ip: SITE}
+            continue
+        effects = backend.finish_xol(stand_in, _SLOT, {ip: slot_run[0]["ip"], sp: slot_run[0]["sp"]})
+        if isinstance(plan, X86Push):
+            assert effects.regs[ip] == in_place[0]["ip"] and slot_run[0]["sp"] == in_place[0]["sp"]
+            assert slot_run[1] == in_place[1]
+        else:
+            assert effects.regs == {ip: SITE, sp: _STACK_TOP}
+
+
+def test_only_pushing_emulations_have_a_stand_in() -> None:
+    assert X86_64.step_instead(analyze64("90")) is None
+    assert X86_64.step_instead(analyze64("eb10")) is None
+    assert X86_64.step_instead(analyze64("4157")).code == bytes.fromhex("4157")

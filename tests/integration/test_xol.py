@@ -475,6 +475,24 @@ def _status(process: subprocess.Popen) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
 
 
+# ---------------------------------------------------------------- faults while carrying out a hit
+
+
+@pytest.mark.parametrize("mode", ["seccomp", "syscall"])
+def test_a_call_on_a_bad_stack_faults_as_without_uemu(runnable_build, mode):
+    """A probed ``call rel32`` whose push cannot be written (the stack pointer points at
+    nothing) gets the SIGSEGV the CPU gives it untraced, at the same address; the
+    program's handler reports it and goes on, and uemu goes on too."""
+    program = runnable_build.directory / "rawprobes"
+    argv = [program, "badstack", "3"]
+    untraced, status = run_untraced(argv)
+    assert status == 0 and [line.kind for line in untraced].count("segv") == 3
+    run = run_traced(argv, [f"{program}:rawprobes_bad_call"], mappings=mode)
+    assert run.exit_status == 0
+    assert facts(run.lines) == facts(untraced)
+    assert len(run.events) == 3
+
+
 # ---------------------------------------------------------------- fork
 
 
