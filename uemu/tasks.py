@@ -185,7 +185,7 @@ class Tracees:
                 task.mm = mm
                 self.mms.setdefault(child, mm)
             else:
-                task.mm = self.uprobes.dup_mmap(mm, child)
+                task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
                 if not follow:
                     # Clean it before it runs a single instruction: our bytes out, our counts undone.

@@ -395,10 +395,12 @@ class Uprobes:
         for vaddr in [v for v in mm.installed if start <= v < end]:
             del mm.installed[vaddr]
 
-    def dup_mmap(self, parent: Mm, child_pid: int) -> Mm:
-        """Kernel: ``uprobe_dup_mmap()``: the child has our breakpoints and the counter
-        values in its copied pages; delayed entries are not copied."""
-        mm = Mm(child_pid, parent.arch, ptrace.Memory(child_pid), list(parent.vmas), dict(parent.objects))
+    @staticmethod
+    def dup_mmap(parent: Mm, memory: Memory) -> Mm:
+        """Kernel: ``uprobe_dup_mmap()``: the child (whose ``memory`` this is) has our
+        breakpoints and the counter values in its copied pages; delayed entries are
+        not copied."""
+        mm = Mm(memory.pid, parent.arch, memory, list(parent.vmas), dict(parent.objects))
         mm.installed = dict(parent.installed)
         mm.rendezvous_armed = parent.rendezvous_armed
         return mm

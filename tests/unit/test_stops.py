@@ -1,0 +1,52 @@
+"""Wait statuses as typed stops (strace's next_event), built as the kernel encodes them."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from uemu import ptrace
+from uemu.stops import Resume, ResumeOp, Stop, StopKind, classify, deliver, shell_status
+
+
+def stopped(sig: int, event: int = 0) -> int:
+    """A ptrace-stop status: 0x7f, the signal, the PTRACE_EVENT_* above."""
+    return 0x7F | (sig << 8) | (event << 16)
+
+
+@pytest.mark.parametrize(("status", "kind", "sig"), [
+    (3 << 8, StopKind.EXITED, 0),  # exit(3)
+    (signal.SIGKILL, StopKind.EXITED, 0),  # killed
+    (stopped(signal.SIGTRAP), StopKind.SIGNAL, signal.SIGTRAP),  # our int3
+    (stopped(signal.SIGUSR1), StopKind.SIGNAL, signal.SIGUSR1),
+    (stopped(signal.SIGTRAP | 0x80), StopKind.SYSCALL, 0),  # TRACESYSGOOD
+    (stopped(signal.SIGSTOP, ptrace.EVENT_STOP), StopKind.GROUP, signal.SIGSTOP),
+    (stopped(signal.SIGTTIN, ptrace.EVENT_STOP), StopKind.GROUP, signal.SIGTTIN),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_STOP), StopKind.INTERRUPT, 0),  # PTRACE_INTERRUPT
+    (stopped(signal.SIGTRAP, ptrace.EVENT_CLONE), StopKind.CLONE, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_FORK), StopKind.FORK, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_VFORK), StopKind.VFORK, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_EXEC), StopKind.EXEC, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_SECCOMP), StopKind.SECCOMP, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_VFORK_DONE), StopKind.OTHER, 0),
+    (stopped(signal.SIGTRAP, ptrace.EVENT_EXIT), StopKind.OTHER, 0),
+])
+def test_classify(status: int, kind: StopKind, sig: int) -> None:
+    stop = classify(42, status)
+    assert (stop.tid, stop.kind, stop.sig) == (42, kind, sig)
+
+
+def test_task_creating_stops() -> None:
+    creating = {kind for kind in StopKind if Stop(1, 0, kind).creates_task}
+    assert creating == {StopKind.CLONE, StopKind.FORK, StopKind.VFORK}
+
+
+def test_resumes() -> None:
+    assert deliver(0) == Resume() and deliver(signal.SIGUSR1) == Resume(ResumeOp.AUTO, signal.SIGUSR1)
+    assert not Resume().urgent
+
+
+def test_shell_status() -> None:
+    assert shell_status(7 << 8) == 7
+    assert shell_status(signal.SIGSEGV) == 128 + signal.SIGSEGV
