@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
@@ -47,7 +48,9 @@ _SEIZE_OPTIONS = (
     | ptrace.O_TRACEEXEC
     | ptrace.O_TRACESECCOMP
 )
-_LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+_LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CHECK_INTERVAL = 1.0
+"""Seconds between looks for sites and counters changed behind uemu's back."""
 
 MAPPINGS_MODES = tuple(mode.value for mode in MappingMode)
 
@@ -86,6 +89,9 @@ class Session:
         self._stopping = False
         self._passthrough = False
         self._old_handlers: dict[int, object] = {}
+        self._deadline: float | None = None
+        self._check_due = False
+        self._kernel_uprobes_said: set[int] = set()
         self._closed = False
 
     # ---- public API -----------------------------------------------------------
@@ -157,7 +163,8 @@ class Session:
         if handler is not None:
             self.add_handler(handler)
         self.reporter.max_events = max_events
-        self._install_signal_handlers(duration)
+        self._install_signal_handlers()
+        self._start_timer(duration)
         try:
             while self._step():
                 pass
@@ -170,7 +177,8 @@ class Session:
         decoded already, ``read_string`` is not available (use a handler)."""
         queue = self.reporter.queue = deque()
         self.reporter.max_events = max_events
-        self._install_signal_handlers(duration)
+        self._install_signal_handlers()
+        self._start_timer(duration)
         try:
             while True:
                 while queue:
@@ -267,6 +275,30 @@ class Session:
                 self.uprobes.remove_uprobe(mm, uprobe)
         self._resume_parked()
 
+    def _check_tampering(self) -> None:
+        """Look for sites and counters of ours that someone else changed (a kernel
+        uprobe or bpftrace leaving a site we share), and mend them with every
+        thread stopped.  Also say once when kernel uprobes are at work in a
+        traced process: a site probed by both is theirs while they stay."""
+        tampered = []
+        for mm in self.tracees.unique_mms():
+            try:
+                vmas = read_maps(mm.pid)
+            except errors.NoSuchProcess:
+                continue  # gone: its exit is on its way
+            if mm.pid not in self._kernel_uprobes_said and any(v.path == "[uprobes]" for v in vmas):
+                self._kernel_uprobes_said.add(mm.pid)
+                self.warn(f"process {mm.pid}: kernel uprobes are active in it ([uprobes] is mapped); "
+                          "a site probed by both takes the kernel's path and uemu sees no hit there")
+            if self.uprobes.find_tampering(mm):
+                tampered.append(mm)
+        if not tampered or not self._stop_all():
+            self._stopping = False
+            return
+        for mm in tampered:
+            self.uprobes.mend(mm, self.uprobes.find_tampering(mm))  # again, with every thread stopped
+        self._resume_parked()
+
     # ---- attaching -----------------------------------------------------------------------
 
     def _seize_all(self, pid: int) -> None:
@@ -326,6 +358,9 @@ class Session:
             self._in_loop = False
         if self._removals:
             self._remove_pending()
+        if self._check_due:
+            self._check_due = False
+            self._check_tampering()
         return self._stop_reason is None and bool(self.tracees.tasks)
 
     def _dispatch(self, stop: Stop) -> None:
@@ -593,16 +628,36 @@ class Session:
 
     # ---- signals to uemu itself -------------------------------------------------------------
 
-    def _install_signal_handlers(self, duration: float | None = None) -> None:
+    def _install_signal_handlers(self) -> None:
         """From the first ptrace call on, a leaving signal only records why we leave
         (installed once; the session's close puts the old handlers back)."""
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or self._old_handlers:
             return
+        for sig in _LEAVING_SIGNALS:
+            self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
+        self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _start_timer(self, duration: float | None) -> None:
+        """One timer serves --duration and the look for changes behind our back."""
         if not self._old_handlers:
-            for sig in _LEAVING_SIGNALS:
-                self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
+            return  # not the main thread: no signals, no timer
         if duration is not None:
-            signal.setitimer(signal.ITIMER_REAL, duration)
+            self._deadline = time.monotonic() + duration
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        delay = CHECK_INTERVAL
+        if self._deadline is not None:
+            delay = min(delay, max(self._deadline - time.monotonic(), 1e-6))
+        signal.setitimer(signal.ITIMER_REAL, delay)
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.stop("duration")
+            return
+        self._check_due = True
+        self._wake()
+        self._arm_timer()
 
     def _restore_signal_handlers(self) -> None:
         if self._old_handlers:
@@ -614,7 +669,7 @@ class Session:
     def _on_leaving_signal(self, signum: int, frame: FrameType | None) -> None:
         """Never raise here: the loop may be in the middle of a hit.  Record why and
         wake the blocking wait with an interrupt stop instead."""
-        self.stop("duration" if signum == signal.SIGALRM else signal.Signals(signum).name)
+        self.stop(signal.Signals(signum).name)
 
     def _wake(self) -> None:
         for task in self.tracees.tasks.values():

@@ -25,6 +25,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from uemu import arch as arches
@@ -94,6 +95,36 @@ class Uprobe:
         return plan
 
 
+class Tamper(Enum):
+    """What someone else did to a site or counter of ours."""
+
+    RESTORED = "restored"
+    """The file's bytes are back at a breakpoint of ours."""
+    CHANGED = "changed"
+    """Bytes that are neither ours nor the file's."""
+    LOWERED = "lowered"
+    """A counter below the count we raised."""
+
+
+@dataclass(frozen=True)
+class Tampering:
+    what: Tamper
+    vaddr: int
+    uprobe: Uprobe | None
+    found: bytes | int
+
+    def describe(self) -> str:
+        if self.uprobe is not None:
+            where = f"the breakpoint at {self.vaddr:#x} ({self.uprobe.path}+{self.uprobe.offset:#x})"
+            if self.what is Tamper.RESTORED:
+                return (f"{where} was removed behind uemu's back (the file's bytes are there again: a kernel "
+                        "uprobe, bpftrace or gdb leaving the same site?); armed again")
+            assert isinstance(self.found, bytes)
+            return f"{where} now holds {self.found.hex()}, neither ours nor the file's; uemu leaves that site alone"
+        return (f"the semaphore at {self.vaddr:#x} is {self.found}, below the count uemu raised (a kernel uprobe "
+                "leaving a shared site lowers a count it never raised); raised again")
+
+
 @dataclass(frozen=True)
 class Hit:
     """A trap at one of our breakpoints."""
@@ -126,6 +157,11 @@ class Mm:
     rendezvous_armed: bool = False
     """Whether the dynamic linker's rendezvous breakpoint watches this mm's dlopens
     (or there is no dynamic linker to watch)."""
+    raised: dict[int, int] = field(default_factory=dict)
+    """Counter address -> how many times uemu raised it and has not lowered it since:
+    what to undo, and what a counter lowered behind our back is compared with."""
+    reported: set[tuple[int, str]] = field(default_factory=set)
+    """(address, what) already said about sites and counters changed behind our back."""
 
     backend: Backend = field(init=False)
     """The arch's tracing backend, kept at hand: it is needed at every hit."""
@@ -349,7 +385,7 @@ class Uprobes:
     def change_counter(self, mm: Mm, uprobe: Uprobe, vaddr: int, delta: int) -> bool:
         """Kernel: ``__update_ref_ctr()``: a signed 16-bit counter at exactly ``vaddr``,
         never driven below zero, with no overflow check."""
-        fmt = "<h" if mm.arch.little_endian in (True, None) else ">h"
+        fmt = _counter_format(mm)
         try:
             (value,) = struct.unpack(fmt, mm.memory.read(vaddr, 2))
             if value + delta < 0:
@@ -359,6 +395,11 @@ class Uprobes:
             mm.memory.write(vaddr, new)
             if mm.memory.read(vaddr, 2) != new:
                 raise OSError(f"counter at {vaddr:#x} did not keep the written value")
+            count = mm.raised.get(vaddr, 0) + delta
+            if count > 0:
+                mm.raised[vaddr] = count
+            else:
+                mm.raised.pop(vaddr, None)
         except OSError as err:
             what = "increment" if delta > 0 else "decrement"
             self.warn(
@@ -367,6 +408,63 @@ class Uprobes:
             )
             return False
         return True
+
+    # ---- changes behind our back -----------------------------------------------
+
+    def find_tampering(self, mm: Mm) -> list[Tampering]:
+        """What others changed of ours (read only, safe while the threads run).
+
+        Differs: the kernel's "uprobes always wins" leaves it nothing to notice.  A
+        kernel uprobe (or bpftrace, or gdb) placed on one of our sites finds our int3,
+        takes the site's hits, and when it leaves writes the file's byte back and
+        lowers the counter we raised (uprobe_write_opcode() -> update_ref_ctr(-1)).
+        """
+        found = []
+        for vaddr, uprobe in mm.installed.items():
+            trap = mm.backend.trap_bytes(uprobe.original)
+            try:
+                current = mm.memory.read(vaddr, len(trap))
+            except OSError:
+                continue  # its page went; the munmap that took it is noticed elsewhere
+            if current == uprobe.original[: len(trap)]:
+                found.append(Tampering(Tamper.RESTORED, vaddr, uprobe, current))
+            elif current != trap:
+                found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))
+        for vaddr, ours in mm.raised.items():
+            value = self._read_counter(mm, vaddr)
+            if value is not None and value < ours:
+                found.append(Tampering(Tamper.LOWERED, vaddr, None, value))
+        return found
+
+    def mend(self, mm: Mm, found: list[Tampering]) -> None:
+        """Undo what ``find_tampering`` found, once every thread is stopped: arm a
+        restored site again, raise a lowered counter back to our count, let go of a
+        site someone else now owns (lowering our count, as a removal does).  Each
+        finding is said once per address."""
+        for item in found:
+            if (item.vaddr, item.what.value) not in mm.reported:
+                mm.reported.add((item.vaddr, item.what.value))
+                self.warn(f"process {mm.pid}: {item.describe()}")
+            if item.what is Tamper.LOWERED:
+                self._write_counter(mm, item.vaddr, mm.raised[item.vaddr])
+                continue
+            assert item.uprobe is not None
+            if item.what is Tamper.RESTORED:
+                mm.memory.write(item.vaddr, mm.backend.trap_bytes(item.uprobe.original))
+            else:
+                del mm.installed[item.vaddr]
+                self.update_ref_ctr(mm, item.uprobe, -1)
+
+    @staticmethod
+    def _read_counter(mm: Mm, vaddr: int) -> int | None:
+        try:
+            return int(struct.unpack(_counter_format(mm), mm.memory.read(vaddr, 2))[0])
+        except OSError:
+            return None
+
+    @staticmethod
+    def _write_counter(mm: Mm, vaddr: int, value: int) -> None:
+        mm.memory.write(vaddr, struct.pack(_counter_format(mm), value))
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -391,9 +489,12 @@ class Uprobes:
 
     def munmap(self, mm: Mm, start: int, end: int) -> None:
         """Kernel: ``uprobe_munmap()``: the breakpoints went with the pages; no write,
-        no counter change, delayed entries stay."""
+        no counter change, delayed entries stay.  Counters we raised in the range
+        went too: nothing to undo there any more."""
         for vaddr in [v for v in mm.installed if start <= v < end]:
             del mm.installed[vaddr]
+        for vaddr in [v for v in mm.raised if start <= v < end]:
+            del mm.raised[vaddr]
 
     @staticmethod
     def dup_mmap(parent: Mm, memory: Memory) -> Mm:
@@ -402,6 +503,7 @@ class Uprobes:
         not copied."""
         mm = Mm(memory.pid, parent.arch, memory, list(parent.vmas), dict(parent.objects))
         mm.installed = dict(parent.installed)
+        mm.raised = dict(parent.raised)
         mm.rendezvous_armed = parent.rendezvous_armed
         return mm
 
@@ -411,13 +513,19 @@ class Uprobes:
         ours; delayed entries dropped, nothing written."""
         mm.delayed.clear()
         mm.installed.clear()
+        mm.raised.clear()
         mm.memory.close()
 
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
         ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
-        moved = {v: u for v, u in mm.installed.items() if old_start <= v < old_start + old_size}
-        for vaddr in moved:
-            del mm.installed[vaddr]
-        for vaddr, uprobe in moved.items():
-            mm.installed[vaddr - old_start + new_start] = uprobe
+        for table in (mm.installed, mm.raised):
+            moved = {v: x for v, x in table.items() if old_start <= v < old_start + old_size}
+            for vaddr in moved:
+                del table[vaddr]
+            table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
+
+
+def _counter_format(mm: Mm) -> str:
+    """A signed 16-bit counter in the tracee's byte order."""
+    return "<h" if mm.arch.little_endian in (True, None) else ">h"

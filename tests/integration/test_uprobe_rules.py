@@ -186,3 +186,48 @@ def test_a_counter_zeroed_behind_our_back_is_not_driven_negative(samples):
         assert err.count("ref_ctr going negative") == 3, err
         assert file_memory(tracee.pid) == before
         assert os.path.exists(f"/proc/{tracee.pid}")
+
+
+@needs_tracefs
+def test_a_kernel_uprobe_leaving_a_shared_site_is_noticed_and_mended(samples, tmp_path):
+    """A kernel uprobe placed on a site uemu armed finds uemu's int3 and takes the
+    site's hits; when it goes it writes the file's byte back and lowers the
+    semaphore uemu raised (uprobe_write_opcode -> update_ref_ctr(-1)).  uemu notices
+    within its periodic look, says so once, arms the site and raises the counter
+    again, and reports hits from then on; at the end every byte and counter is back."""
+    path = str(samples / "longrun")
+    [tick] = [p for _, p in sdt_sites(path) if p.full_name == "longrun:tick"]
+    events = tmp_path / "events.json"
+    with Tracee([samples / "longrun", "2", "5"]) as tracee:
+        wait_until(tracee.lines, what="the program's first lines")
+        counter = _counter_address(tracee.pid, path, tick)
+        before = file_memory(tracee.pid, writable=False)
+        cli = attach_cli(str(tracee.pid), "longrun:tick", "--json", "-o", str(events))
+        wait_until(lambda: events.exists() and events.read_text().count("\n") >= 4, what="uemu's first hits")
+        # uemu is held still while the kernel comes and goes, so the state it leaves can be seen.
+        cli.send_signal(signal.SIGSTOP)
+        wait_until(lambda: _state(cli.pid) == "T", what="uemu to stop")
+        event = f"{GROUP}/shared"
+        _append("uprobe_events", f"p:{event} {os.path.realpath(path)}:{tick.file_offset:#x}({tick.semaphore_offset:#x})")
+        try:
+            _write(f"events/{event}/enable", "1")
+            assert semaphore(tracee.pid, counter) == 1, "the kernel found our int3: it raised nothing"
+        finally:
+            _write(f"events/{event}/enable", "0")
+            _append("uprobe_events", f"-:{event}")
+        assert _site_bytes(tracee.pid, path, [tick]) == [_file_bytes(path, tick)]
+        assert semaphore(tracee.pid, counter) == 0, "the kernel lowered the count uemu raised"
+        seen = events.read_text().count("\n")
+        cli.send_signal(signal.SIGCONT)
+        wait_until(lambda: events.read_text().count("\n") >= seen + 4, timeout=10, what="hits after mending")
+        assert semaphore(tracee.pid, counter) == 1 and _site_bytes(tracee.pid, path, [tick]) == ["cc"]
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0
+        assert err.count("was removed behind uemu's back") == 1, err
+        assert err.count("below the count uemu raised") == 1, err
+        assert file_memory(tracee.pid, writable=False) == before and semaphore(tracee.pid, counter) == 0
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stream:
+        return stream.read().rsplit(")", 1)[1].split()[0]
