@@ -334,6 +334,7 @@ class Aarch64Backend(PcStepFixups):
         Every stepped instruction falls through to the next one (branches are simulated or
         refused), so any of them may jump back.
         """
+        assert isinstance(plan, PcStep)
         back = plan.vaddr - slot_vaddr  # (vaddr + 4) - (slot + 4)
         if -(1 << 27) <= back < 1 << 27:
             jump = 0x14000000 | (back >> 2 & 0x3FFFFFF)

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
+from typing import Literal, Protocol, TypeVar
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class SpecRegister:
     shift: int = 0
 
 
-def frozen_map(mapping: Mapping) -> Mapping:
+def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:
     """A read-only mapping for dataclass fields (frozen dataclasses need hashable-ish data)."""
     return MappingProxyType(dict(mapping))
 
@@ -120,7 +124,7 @@ class Arch:
         return self.elf_class // 8
 
     @property
-    def byte_order(self) -> str:
+    def byte_order(self) -> Literal["little", "big"]:
         """``int.from_bytes`` order of the tracee's words (big only where the arch says so)."""
         return "big" if self.little_endian is False else "little"
 

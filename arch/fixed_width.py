@@ -73,10 +73,12 @@ class PcStepFixups:
 
     def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """pc = vaddr + size (arch_uprobe_post_xol())."""
+        assert isinstance(plan, PcStep)
         return plan.finished
 
     def abort_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """pc back to the site (arch_uprobe_abort_xol())."""
+        assert isinstance(plan, PcStep)
         return plan.aborted
 
     def step_instead(self, plan: Emulate) -> StepOutOfLine | None:

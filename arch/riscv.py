@@ -304,6 +304,7 @@ class RiscvBackend(PcStepFixups):
         No stepped instruction reads pc or leaves the slot (jumps, branches and auipc are
         simulated), so any of them may jump back.
         """
+        assert isinstance(plan, PcStep)
         back = plan.vaddr - slot_vaddr  # (vaddr + size) - (slot + size)
         if back in _JAL_RANGE:
             return XolSetup(plan.code + _jal_zero(back), {"pc": slot_vaddr}, StepEnd.JUMP, restore=NO_REGS)

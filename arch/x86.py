@@ -457,6 +457,7 @@ class X86Backend:
         if isinstance(plan, X86Call):
             return Effects(regs={self.ip_reg: plan.target, self.sp_reg: sp},
                            writes=((sp, plan.return_address),))
+        assert isinstance(plan, X86Push)
         value = regs[plan.register] & self.mask
         return Effects(regs={self.ip_reg: (plan.vaddr + plan.size) & self.mask, self.sp_reg: sp},
                        writes=((sp, value.to_bytes(self.word, "little")),))
@@ -482,6 +483,7 @@ class X86Backend:
         reach of the target, else through the scratch register (kernel method), loaded with
         vaddr + size and listed in ``restore``.
         """
+        assert isinstance(plan, X86Step)
         code = plan.code
         slot_regs = {self.ip_reg: slot_vaddr}
         riprel = plan.riprel
@@ -508,6 +510,7 @@ class X86Backend:
         The scratch register comes back from ``XolSetup.restore``, applied by the caller.
         TF needs no care: ptrace's single-step sets and clears its own.
         """
+        assert isinstance(plan, X86Step)
         if plan.fixup is Fixup.IP:
             return Effects(regs={self.ip_reg: (regs[self.ip_reg] + plan.vaddr - slot_vaddr) & self.mask})
         if plan.fixup is Fixup.CALL:

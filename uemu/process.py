@@ -163,4 +163,4 @@ def shares_memory(pid1: int, pid2: int) -> bool:
         if err == errno.ESRCH:
             raise errors.TraceeGone(pid2)
         raise OSError(err, os.strerror(err))
-    return result == 0
+    return bool(result == 0)

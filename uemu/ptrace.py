@@ -75,7 +75,7 @@ def _request(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
         if err == errno.ESRCH:
             raise TraceeGone(tid)
         raise OSError(err, f"ptrace({request:#x}, {tid}): {os.strerror(err)}")
-    return result
+    return int(result)
 
 
 _MINUS_ONE = (1 << (8 * ctypes.sizeof(ctypes.c_ulong))) - 1  # -1 as the binding's unsigned long result

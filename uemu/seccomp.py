@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from uemu.arch import Arch
 
@@ -30,6 +31,16 @@ _NR_OFFSET = 0  # offsetof(struct seccomp_data, nr)
 _ARCH_OFFSET = 4  # offsetof(struct seccomp_data, arch)
 
 
+@dataclass(frozen=True)
+class _Insn:
+    """One classic-BPF instruction, its jumps by label."""
+
+    opcode: int
+    k: int
+    if_true: str | None = None
+    if_false: str | None = None
+
+
 def mapping_filter(arches: Iterable[Arch]) -> bytes:
     """A classic-BPF program: RET_TRACE for each arch's mapping syscalls, ALLOW
     for everything else (other syscalls, other ABIs such as x32)::
@@ -37,35 +48,30 @@ def mapping_filter(arches: Iterable[Arch]) -> bytes:
         ld arch; jeq A1 ? next : L1; ld nr; jeq n.. -> trace; ret allow
         L1: ld arch; jeq A2 ...;  ret allow;  trace: ret trace
     """
-    code: list[tuple] = []  # (op, k, jump-if-true label, jump-if-false label) or ("label", name)
+    code: list[_Insn | str] = []  # a str is a label: the position of the next instruction
     for index, arch in enumerate(arches):
         other = f"arch{index + 1}"
-        code.append(("ld", _ARCH_OFFSET, None, None))
-        code.append(("jeq", arch.audit_arch, None, other))
-        code.append(("ld", _NR_OFFSET, None, None))
-        code += [("jeq", number, "trace", None) for number in sorted(arch.mapping_syscalls)]
-        code.append(("ret", SECCOMP_RET_ALLOW, None, None))
-        code.append(("label", other))
-    code.append(("ret", SECCOMP_RET_ALLOW, None, None))
-    code.append(("label", "trace"))
-    code.append(("ret", SECCOMP_RET_TRACE, None, None))
+        code += [_Insn(_BPF_LD_W_ABS, _ARCH_OFFSET), _Insn(_BPF_JEQ_K, arch.audit_arch, None, other),
+                 _Insn(_BPF_LD_W_ABS, _NR_OFFSET)]
+        code += [_Insn(_BPF_JEQ_K, number, "trace") for number in sorted(arch.mapping_syscalls)]
+        code += [_Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), other]
+    code += [_Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), "trace", _Insn(_BPF_RET_K, SECCOMP_RET_TRACE)]
     return _assemble(code)
 
 
-def _assemble(code: list[tuple]) -> bytes:
+def _assemble(code: list[_Insn | str]) -> bytes:
     labels: dict[str, int] = {}
-    insns = []
+    insns: list[_Insn] = []
     for item in code:
-        if item[0] == "label":
-            labels[item[1]] = len(insns)
+        if isinstance(item, str):
+            labels[item] = len(insns)
         else:
             insns.append(item)
     out = []
-    for pos, (op, k, if_true, if_false) in enumerate(insns):
-        jt = labels[if_true] - pos - 1 if if_true else 0
-        jf = labels[if_false] - pos - 1 if if_false else 0
-        opcode = {"ld": _BPF_LD_W_ABS, "jeq": _BPF_JEQ_K, "ret": _BPF_RET_K}[op]
-        out.append(struct.pack("=HBBI", opcode, jt, jf, k))
+    for pos, insn in enumerate(insns):
+        jt = labels[insn.if_true] - pos - 1 if insn.if_true else 0
+        jf = labels[insn.if_false] - pos - 1 if insn.if_false else 0
+        out.append(struct.pack("=HBBI", insn.opcode, jt, jf, insn.k))
     return b"".join(out)
 
 

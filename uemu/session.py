@@ -34,7 +34,7 @@ from . import errors, mappings, process, ptrace, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
 from .maps import Vma, read_maps
-from .mappings import MappingMode
+from .mappings import MappingMode, Tracker
 from .selection import Selection
 from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify, deliver
 from .tasks import Task, Tracees
@@ -81,7 +81,7 @@ class Session:
         self.reporter = Reporter(decode_args, lambda: self.stop("max-events"))
         self.tracees = Tracees(self.uprobes, follow_forks, self._needs_tracer, self.warn)
         self._mode = _mode(mappings) if mappings is not None else None
-        self.tracker: mappings.Tracker | None = None
+        self.tracker: Tracker | None = None
         """The mapping mode's decisions, chosen by ``attach`` or ``spawn``."""
         self._removals: list[str] = []
         self._in_loop = False

@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -39,6 +39,8 @@ from .sdt import MappedObject
 
 if TYPE_CHECKING:
     from .tasks import Task
+
+_T = TypeVar("_T")
 
 FileId = tuple[int, int]
 
@@ -121,7 +123,7 @@ class Tampering:
                         "uprobe, bpftrace or gdb leaving the same site?); armed again")
             assert isinstance(self.found, bytes)
             return f"{where} now holds {self.found.hex()}, neither ours nor the file's; uemu leaves that site alone"
-        return (f"the semaphore at {self.vaddr:#x} is {self.found}, below the count uemu raised (a kernel uprobe "
+        return (f"the semaphore at {self.vaddr:#x} is {self.found!r}, below the count uemu raised (a kernel uprobe "
                 "leaving a shared site lowers a count it never raised); raised again")
 
 
@@ -519,11 +521,16 @@ class Uprobes:
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
         ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
-        for table in (mm.installed, mm.raised):
-            moved = {v: x for v, x in table.items() if old_start <= v < old_start + old_size}
-            for vaddr in moved:
-                del table[vaddr]
-            table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
+        _move(mm.installed, old_start, old_size, new_start)
+        _move(mm.raised, old_start, old_size, new_start)
+
+
+def _move(table: dict[int, _T], old_start: int, old_size: int, new_start: int) -> None:
+    """Re-key the entries of ``table`` in the moved range."""
+    moved = {vaddr: x for vaddr, x in table.items() if old_start <= vaddr < old_start + old_size}
+    for vaddr in moved:
+        del table[vaddr]
+    table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
 
 
 def _counter_format(mm: Mm) -> str:
