@@ -135,6 +135,9 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("--duration", metavar="SECONDS", type=float, help="stop tracing after this long")
     parser.add_argument("--max-events", metavar="N", type=int, help="stop tracing after N hits")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a PROBE that matches nothing at start is an error (else it waits for objects "
+                        "loaded later)")
     parser.add_argument("--ready-file", metavar="FILE",
                         help="create FILE once the probes are armed (a script can wait for it)")
     parser.add_argument(
@@ -182,6 +185,7 @@ def _session(args: argparse.Namespace) -> Session:
         follow_forks=args.follow_forks,
         decode_args=not args.count,
         mappings=args.mappings,
+        strict=args.strict,
     )
 
 

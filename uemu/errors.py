@@ -107,9 +107,9 @@ class ProbeNotFound(UemuError):
 
     exit_code = 6
 
-    def __init__(self, pattern: str, near: Sequence[str] = ()):
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        super().__init__(f"no probe matches {pattern!r}{hint}")
+    def __init__(self, pattern: str, near: Sequence[str] = (), hint: str = ""):
+        did_you_mean = f"; did you mean {', '.join(near)}?" if near else ""
+        super().__init__(f"no probe matches {pattern!r}{did_you_mean}" + (f" ({hint})" if hint else ""))
         self.pattern = pattern
         self.near = list(near)
 

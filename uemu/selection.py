@@ -4,6 +4,12 @@ Kernel: kernel/trace/trace_uprobe.c turns a ``uprobe_events`` line into a
 registration; here each PROBE word (``probespec.py``) is matched against
 every object as it appears (at attach, exec and each new mapping) and each
 site it selects becomes one consumer of the site's uprobe (``Uprobes.register``).
+
+A word that matches nothing when tracing starts is pending, as gdb's pending
+breakpoints are: it is armed in every object mapped later whose probes it
+matches (dlopen, exec, children followed with -f), and said at the end if it
+never matched.  ``strict`` makes it an error at start instead.  Kernel
+uprobes, keyed by inode, see later mappings by construction.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import errors, probespec, sdt
 from .probespec import ProbeSpec, RawUprobe, SdtPattern
@@ -24,11 +30,17 @@ Site = tuple[int, int, ProbeInfo]
 class Selection:
     """The PROBE words of a session and the consumers they made."""
 
-    def __init__(self, words: Sequence[str], uprobes: Uprobes):
+    def __init__(self, words: Sequence[str], uprobes: Uprobes, warn: Callable[[str], None], strict: bool = False):
         self.specs: list[ProbeSpec] = [probespec.parse(text) for text in words]
         self.uprobes = uprobes
+        self.warn = warn
+        self.strict = strict
         self.consumers: list[Consumer] = []
         self._seen_files: set[tuple[int, int]] = set()
+        self._matched: set[str] = set()
+        """Words that selected a site somewhere."""
+        self._seen_probes: dict[str, sdt.Probe] = {}
+        """One SDT probe per name, of every object registered: the near matches of a pending word."""
 
     def remove(self, words: Sequence[str]) -> list[Uprobe]:
         """Forget some words; the uprobes left without any consumer."""
@@ -44,6 +56,9 @@ class Selection:
         for spec in self.specs or [SdtPattern(None, "*", "*", "*:*")]:
             for offset, ref, info in selected(spec, mapped):
                 chosen[offset, ref, info, spec.text] = None
+                self._matched.add(spec.text)
+        for probe in mapped.elf.probes:
+            self._seen_probes.setdefault(probe.full_name, probe)
         uprobes = []
         for offset, ref, info, word in chosen:
             uprobe = self.uprobes.register(mapped, offset, ref, info, word)
@@ -53,20 +68,20 @@ class Selection:
             uprobes.append(uprobe)
         return uprobes
 
-    def resolve_or_fail(self, objects: Sequence[sdt.MappedObject]) -> None:
-        """Every PROBE word must match something in a process's objects (near matches named)."""
+    def check_process(self, objects: Sequence[sdt.MappedObject], pid: int) -> None:
+        """At attach: each word that matches nothing in the process's objects now
+        is pending (said now), or with ``strict`` an error naming the closest probes."""
         for spec in self.specs:
             if not any(selected(spec, mapped) for mapped in objects):
-                if isinstance(spec, SdtPattern):
-                    probes = [p for m in objects for p in m.elf.probes]
-                    raise errors.ProbeNotFound(spec.text, probespec.near_matches(spec, probes))
-                raise errors.ProbeNotFound(spec.text)
+                self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
+        if not self.specs and not any(m.elf.probes for m in objects):
+            self.warn(f"process {pid} has no SDT probes in the objects it maps now; "
+                      "uemu watches for objects it maps later")
 
     def check_spawn(self, argv: Sequence[str]) -> None:
-        """Before starting anything, check that each PROBE word can match the
-        program, its start-up libraries or a named file."""
-        if not self.specs:
-            return
+        """Before starting anything: each word that can match neither the program,
+        its start-up libraries nor a file it names is pending (said now), or with
+        ``strict`` an error naming the closest probes."""
         candidates = _program_and_libraries(argv[0])
         objects = []
         for path in candidates:
@@ -74,15 +89,35 @@ class Selection:
                 objects.append(sdt.open_elf(path))
             except errors.UemuError:
                 continue
+        where = f"{argv[0]} and its start-up libraries"
         for spec in self.specs:
             named = spec.object if isinstance(spec, SdtPattern) else spec.path
             if named and os.path.isfile(named) and named not in candidates:
                 objects.append(sdt.open_elf(named))
             if not any(_file_matches(spec, obj) for obj in objects):
-                if isinstance(spec, SdtPattern):
-                    near = probespec.near_matches(spec, [p for o in objects for p in o.probes])
-                    raise errors.ProbeNotFound(spec.text, near)
-                raise errors.ProbeNotFound(spec.text)
+                self._not_yet(spec, [p for o in objects for p in o.probes], where)
+        if not self.specs and not any(o.probes for o in objects):
+            self.warn(f"no SDT probes in {where}; uemu watches for objects loaded later")
+
+    def _not_yet(self, spec: ProbeSpec, probes: Sequence[sdt.Probe], where: str) -> None:
+        near = probespec.near_matches(spec, probes) if isinstance(spec, SdtPattern) else []
+        if self.strict:
+            raise errors.ProbeNotFound(spec.text, near, f"in {where}; a library loaded later (dlopen) is "
+                                       "matched only once it is mapped: drop --strict, or name it by path "
+                                       "(/path/to/libfoo.so:PROVIDER:NAME) to check it before starting")
+        hint = f" (closest: {', '.join(near)})" if near else ""
+        self.warn(f"{spec.text!r} matches nothing in {where}{hint}; it stays pending for objects mapped "
+                  "later (dlopen, exec, children followed with -f)")
+
+    def report_pending(self) -> None:
+        """At the end: the words that never matched, with the closest probes seen."""
+        seen = list(self._seen_probes.values())
+        for spec in self.specs:
+            if spec.text in self._matched:
+                continue
+            near = probespec.near_matches(spec, seen) if isinstance(spec, SdtPattern) else []
+            hint = f"; closest probes seen: {', '.join(near)}" if near else ""
+            self.warn(f"{spec.text!r} never matched a probe{hint}")
 
     def counts(self) -> dict[str, int]:
         """Hits per probe name (``provider:name``) over all its sites."""

@@ -61,9 +61,10 @@ class Session:
     Use ``spawn(argv)`` or ``attach(pid)``, then ``run(handler)`` or iterate
     ``events()``; the session detaches cleanly on every way out.  ``probes`` are
     PROBE words (``[OBJECT:]PROVIDER:NAME`` globs, ``PATH:OFFSET[(REF)]``,
-    ``PATH:SYMBOL[+OFF]``); none means every SDT probe.  ``mappings`` is a
-    ``MappingMode`` (or its name); by default ``seccomp`` for spawn and
-    ``rendezvous`` for attach.
+    ``PATH:SYMBOL[+OFF]``); none means every SDT probe.  A word that matches
+    nothing yet stays pending for objects mapped later; ``strict`` makes that an
+    error (``ProbeNotFound``).  ``mappings`` is a ``MappingMode`` (or its name);
+    by default ``seccomp`` for spawn and ``rendezvous`` for attach.
     """
 
     def __init__(
@@ -74,10 +75,11 @@ class Session:
         decode_args: bool = True,
         mappings: str | None = None,
         warn: Callable[[str], None] | None = None,
+        strict: bool = False,
     ):
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
         self.uprobes = Uprobes(self.warn)
-        self.selection = Selection(probes, self.uprobes)
+        self.selection = Selection(probes, self.uprobes, self.warn, strict)
         self.reporter = Reporter(decode_args, lambda: self.stop("max-events"))
         self.tracees = Tracees(self.uprobes, follow_forks, self._needs_tracer, self.warn)
         self._mode = _mode(mappings) if mappings is not None else None
@@ -90,6 +92,8 @@ class Session:
         self._passthrough = False
         self._old_handlers: dict[int, object] = {}
         self._deadline: float | None = None
+        self._traced = False
+        """Tracing began (attach or spawn armed something): pending words are said at the end."""
         self._check_due = False
         self._kernel_uprobes_said: set[int] = set()
         self._closed = False
@@ -121,7 +125,7 @@ class Session:
         # Each word must match before the process is touched; the objects are read
         # again once it is stopped (it may have exec'd or mapped more meanwhile).
         process.executable_arch(pid)
-        self.selection.resolve_or_fail(self.tracees.objects_of(pid, read_maps(pid)))
+        self.selection.check_process(self.tracees.objects_of(pid, read_maps(pid)), pid)
         self._install_signal_handlers()
         self._stopping = True
         try:
@@ -130,11 +134,11 @@ class Session:
             for task in self.tracees.tasks.values():
                 if task.pid == pid and task.mm is None:
                     task.mm = mm
-            self.selection.resolve_or_fail(list(mm.objects.values()))
             self._arm(mm, mm.vmas)
         except BaseException:
             self.close()
             raise
+        self._traced = True
         self._resume_parked()
         return self
 
@@ -154,6 +158,7 @@ class Session:
         self._run_until(lambda: not tasks or any(t.mm for t in tasks.values()))
         if self.exit_status is not None and not tasks:
             raise child.exec_failure(argv)
+        self._traced = True
         return self
 
     def run(self, handler: Handler | None = None, *, duration: float | None = None,
@@ -219,6 +224,8 @@ class Session:
         self._closed = True
         try:
             self._detach_all()
+            if self._traced:
+                self.selection.report_pending()
         finally:
             self._restore_signal_handlers()
             for mm in self.tracees.unique_mms():
