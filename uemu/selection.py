@@ -41,6 +41,8 @@ class Selection:
         """Words that selected a site somewhere."""
         self._seen_probes: dict[str, sdt.Probe] = {}
         """One SDT probe per name, of every object registered: the near matches of a pending word."""
+        self._scope = "the traced processes"
+        """What was traced, for the end-of-run messages."""
 
     def remove(self, words: Sequence[str]) -> list[Uprobe]:
         """Forget some words; the uprobes left without any consumer."""
@@ -71,12 +73,10 @@ class Selection:
     def check_process(self, objects: Sequence[sdt.MappedObject], pid: int) -> None:
         """At attach: each word that matches nothing in the process's objects now
         is pending (said now), or with ``strict`` an error naming the closest probes."""
+        self._scope = f"process {pid} or anything it mapped while traced"
         for spec in self.specs:
             if not any(selected(spec, mapped) for mapped in objects):
                 self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
-        if not self.specs and not any(m.elf.probes for m in objects):
-            self.warn(f"process {pid} has no SDT probes in the objects it maps now; "
-                      "uemu watches for objects it maps later")
 
     def check_spawn(self, argv: Sequence[str]) -> None:
         """Before starting anything: each word that can match neither the program,
@@ -90,14 +90,13 @@ class Selection:
             except errors.UemuError:
                 continue
         where = f"{argv[0]} and its start-up libraries"
+        self._scope = f"{argv[0]} or anything it loaded"
         for spec in self.specs:
             named = spec.object if isinstance(spec, SdtPattern) else spec.path
             if named and os.path.isfile(named) and named not in candidates:
                 objects.append(sdt.open_elf(named))
             if not any(_file_matches(spec, obj) for obj in objects):
                 self._not_yet(spec, [p for o in objects for p in o.probes], where)
-        if not self.specs and not any(o.probes for o in objects):
-            self.warn(f"no SDT probes in {where}; uemu watches for objects loaded later")
 
     def _not_yet(self, spec: ProbeSpec, probes: Sequence[sdt.Probe], where: str) -> None:
         near = probespec.near_matches(spec, probes) if isinstance(spec, SdtPattern) else []
@@ -110,7 +109,10 @@ class Selection:
                   "later (dlopen, exec, children followed with -f)")
 
     def report_pending(self) -> None:
-        """At the end: the words that never matched, with the closest probes seen."""
+        """At the end: the words that never matched, with the closest probes seen,
+        or that there was nothing at all to trace."""
+        if not self.specs and not self.consumers:
+            self.warn(f"nothing was traced: no SDT probe in {self._scope}")
         seen = list(self._seen_probes.values())
         for spec in self.specs:
             if spec.text in self._matched:
