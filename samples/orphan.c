@@ -7,9 +7,9 @@
  * may stop it anywhere and inject its own) until SIGUSR1.  Then:
  *   1. MODE handler: raise(SIGTRAP), which must reach its own handler ("trap" below);
  *      MODE raise: raise(SIGTRAP) with SIGTRAP at SIG_DFL: it must die of it;
- *   2. "sema" for orphan:tick; THREADS threads each run ROUNDS rounds, passing
- *      orphan:tick while its semaphore is raised, then print "hits PID TID orphan:tick
- *      N"; "sema" again;
+ *   2. "sema" for orphan:tick; THREADS threads (the main thread and THREADS - 1 new
+ *      ones) each run ROUNDS rounds, passing orphan:tick while its semaphore is raised,
+ *      then print "hits PID TID orphan:tick N"; "sema" again;
  *   3. "action PID TID KIND FLAGS": its SIGTRAP action now, KIND own (its handler),
  *      default or other, FLAGS its sa_flags;
  *   4. MODE handler: raise(SIGTRAP) again;
@@ -105,13 +105,14 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "default"))
 		raise(SIGTRAP);
 	EXPECT_SEMA(orphan, tick);
-	for (long i = 0; i < threads; i++) {
+	for (long i = 1; i < threads; i++) {
 		if (pthread_create(&workers[i], NULL, loop, (void *)i) != 0) {
 			perror("pthread_create");
 			return 1;
 		}
 	}
-	for (long i = 0; i < threads; i++)
+	loop(0); /* the main thread too: the only one a tracer that follows no clone traces */
+	for (long i = 1; i < threads; i++)
 		pthread_join(workers[i], NULL);
 	EXPECT_SEMA(orphan, tick);
 	report_action();

@@ -12,10 +12,11 @@ The tracer is a forked child of the test, killed as uemu would be by the OOM kil
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,9 @@ from tracee import differences, file_memory, wait_until
 from uemu import ptrace, sdt, xol
 from uemu.arch import by_name
 from uemu.maps import read_maps
-from uemu.net import PROT_EXEC, PROT_READ, Net, map_area, read_table
+from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
 from uemu.runtime import has_blob
-from uemu.runtime.layout import TableState
+from uemu.runtime.layout import SlotFlags, TableState
 
 SI_TKILL = -6
 SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
@@ -43,8 +44,17 @@ class Armed:
     base: int
 
 
-def _arm(pid: int, trapped: bool, report: int) -> None:
-    """The tracer (a forked child): arm ``pid``, say so on ``report``, then wait to die."""
+def _arm(pid: int, mode: str, report: int) -> None:
+    """The tracer (a forked child): arm ``pid``, say so on ``report``, then leave the
+    program as ``mode`` says and wait to die:
+
+    running   running;
+    trapped   stopped at the breakpoint (the signal-delivery stop of its SIGTRAP);
+    slot      stopped at the breakpoint, its ip moved to an XOL slot holding the site's
+              instruction and a trap, with the slot's table record;
+    inject    inside a system call made through the runtime's inject stub, with the
+              registers to give back in the inject record.
+    """
     ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
     ptrace.interrupt(pid)
     os.waitpid(pid, ptrace.WALL)
@@ -76,21 +86,40 @@ def _arm(pid: int, trapped: bool, report: int) -> None:
     value = int.from_bytes(memory.read(semaphore, 2), "little")
     net.raise_counter(semaphore)
     memory.write(semaphore, (value + 1).to_bytes(2, "little"))
-    ptrace.cont(pid)
+    if mode == "inject":  # as xol.inject_syscall, through the stub, dying at the entry stop
+        net.begin_inject(pid, regs.snapshot())
+        regs[arch.ip_reg] = net.inject_syscall
+        numbers = (arch.xol_syscalls["mprotect"], net.table, 4096, PROT_READ | PROT_WRITE)  # changes nothing
+        for name, value in zip(arch.syscall_regs, numbers, strict=False):
+            regs[name] = value
+        regs.store(pid)
+        ptrace.syscall(pid)
+        os.waitpid(pid, ptrace.WALL)
+    else:
+        ptrace.cont(pid)
     os.write(report, f"armed {site} {semaphore} {base}\n".encode())
-    if trapped:
-        while True:  # the program's thread stops at our breakpoint; we die with it stopped there
+    if mode in ("trapped", "slot"):
+        while True:  # until the thread stops at our breakpoint; we die with it stopped there
             tid, status = os.waitpid(-1, ptrace.WALL)
-            if os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP:
-                os.write(report, b"trapped\n")
+            regs.fetch(tid)
+            if arch.backend.trap_address(regs[arch.ip_reg]) == site:
                 break
+            # its raise(SIGTRAP) goes on to the program, through the runtime's handler
             ptrace.cont(tid, os.WSTOPSIG(status) if ptrace.stop_event(status) == 0 else 0)
+        if mode == "slot":
+            slot = net.slots_area[0]
+            insn = orig[:len(trap)]  # an SDT nop: one instruction as long as the trap
+            memory.write(slot, insn + trap)
+            net.set_slot(slot, slot + len(insn), site, len(insn), SlotFlags.FIX_IP)
+            regs[arch.ip_reg] = slot
+            regs.store(tid)
+        os.write(report, b"stopped\n")
     while True:
         signal.pause()
 
 
 @contextmanager
-def tracer(pid: int, trapped: bool = False) -> Iterator[tuple[Armed, object]]:
+def tracer(pid: int, mode: str) -> Iterator[tuple[Armed, Callable[[], str]]]:
     """Fork a tracer that arms ``pid``; yields what it armed and a way to read its next line."""
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -98,17 +127,23 @@ def tracer(pid: int, trapped: bool = False) -> Iterator[tuple[Armed, object]]:
         status = 1
         try:
             os.close(read_end)
-            _arm(pid, trapped, write_end)
+            _arm(pid, mode, write_end)
         except BaseException as err:  # noqa: BLE001  (the child must never return into pytest)
             os.write(2, f"tracer: {err!r}\n".encode())
         finally:
             os._exit(status)
     os.close(write_end)
     lines = os.fdopen(read_end, "r")
+
+    def line() -> str:
+        ready, _, _ = select.select([lines], [], [], 20)
+        assert ready, "the tracer hangs"
+        return lines.readline()
+
     try:
-        words = lines.readline().split()
+        words = line().split()
         assert words and words[0] == "armed", "the tracer failed (see stderr)"
-        yield Armed(child, *(int(w) for w in words[1:])), lines
+        yield Armed(child, *(int(w) for w in words[1:])), line
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
@@ -181,18 +216,20 @@ def orphan_program(runnable_build) -> Path:
     return program
 
 
-def _orphaned_run(program: Path, mode: str, threads: int, trapped: bool) -> tuple[int, list[Line], list[str]]:
+def _orphaned_run(program: Path, mode: str, threads: int, tracer_mode: str = "running",
+                  ) -> tuple[int, list[Line], list[str]]:
     orphan = Orphan(program, mode, str(threads))
+    stopped = tracer_mode in ("trapped", "slot")
     try:
         before = file_memory(orphan.pid, writable=False)
-        with tracer(orphan.pid, trapped) as (armed, report):
-            if trapped:
+        with tracer(orphan.pid, tracer_mode) as (armed, report):
+            if stopped:
                 orphan.go()
-                assert report.readline().strip() == "trapped"
+                assert report().strip() == "stopped"
         # the tracer is dead: nothing of it undone by it
         table = read_table(armed.base, ptrace.Memory(orphan.pid))
         assert [site.addr for _, site in table.sites] == [armed.site]
-        if not trapped:
+        if not stopped:
             orphan.go()
         wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
         changed = []
@@ -208,7 +245,7 @@ def _orphaned_run(program: Path, mode: str, threads: int, trapped: bool) -> tupl
 @pytest.mark.parametrize("threads", [1, 4])
 def test_program_outlives_its_tracer(orphan_program: Path, threads: int) -> None:
     """The tracer dies while the program runs; its threads then meet the breakpoint."""
-    status, lines, changed = _orphaned_run(orphan_program, "handler", threads, trapped=False)
+    status, lines, changed = _orphaned_run(orphan_program, "handler", threads)
     assert status == 0
     assert changed == [], "text differs from before the tracer came"
     got = facts(lines)
@@ -221,15 +258,19 @@ def test_program_outlives_its_tracer(orphan_program: Path, threads: int) -> None
     assert got["action"][0][0] == "own" and int(got["action"][0][1]) & (SA_SIGINFO | SA_RESTART)
 
 
-def test_tracer_dies_with_the_thread_stopped_at_its_breakpoint(orphan_program: Path) -> None:
-    """The tracer dies while the thread sits in the signal-delivery stop of our trap:
-    on Linux 6.x that SIGTRAP is dropped and the thread resumes past the int3 (harmless
-    over an SDT nop); its next pass meets the breakpoint untraced and the net restores."""
-    status, lines, changed = _orphaned_run(orphan_program, "handler", 1, trapped=True)
+@pytest.mark.parametrize("tracer_mode", ["trapped", "slot", "inject"])
+def test_tracer_dies_with_the_thread_stopped(orphan_program: Path, tracer_mode: str) -> None:
+    """The tracer dies while the thread is stopped: at our breakpoint (Linux 6.18 drops
+    the stop's SIGTRAP: the thread resumes past the int3, harmless over an SDT nop, and
+    meets the breakpoint untraced at its next pass: R1); moved into an XOL slot (it runs
+    the instruction there and meets the slot's trap: R2); or inside a system call injected
+    through the runtime's stub (it meets the stub's trap: R5)."""
+    status, lines, changed = _orphaned_run(orphan_program, "handler", 1, tracer_mode)
     assert status == 0
     assert changed == []
     got = facts(lines)
     assert got["sema"][-1] == ("0",)
+    assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
     assert got["action"][0][0] == "own"
 
 
@@ -237,7 +278,7 @@ def test_tracer_dies_with_the_thread_stopped_at_its_breakpoint(orphan_program: P
 def test_default_action_comes_back(orphan_program: Path, mode: str) -> None:
     """SIGTRAP at SIG_DFL: the action goes back to SIG_DFL; a raise(SIGTRAP) that is not
     ours kills the program through the net exactly as it does untraced."""
-    status, lines, changed = _orphaned_run(orphan_program, mode, 2, trapped=False)
+    status, lines, changed = _orphaned_run(orphan_program, mode, 2)
     oracle_status, oracle = untraced(orphan_program, mode, "2")
     assert status == oracle_status
     assert facts(lines).get("action") == facts(oracle).get("action")
