@@ -53,7 +53,9 @@ def _arm(pid: int, mode: str, report: int) -> None:
     slot      stopped at the breakpoint, its ip moved to an XOL slot holding the site's
               instruction and a trap, with the slot's table record;
     inject    inside a system call made through the runtime's inject stub, with the
-              registers to give back in the inject record.
+              registers to give back in the inject record;
+    detach    detached cleanly, as uemu leaves: its writes undone, the table DETACHED,
+              then a SIGTRAP of its own for the handler to put the program's action back.
     """
     ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
     ptrace.interrupt(pid)
@@ -95,6 +97,24 @@ def _arm(pid: int, mode: str, report: int) -> None:
         regs.store(pid)
         ptrace.syscall(pid)
         os.waitpid(pid, ptrace.WALL)
+    elif mode == "detach":
+        memory.write(site, orig[:len(trap)])
+        net.remove_site(site)
+        memory.write(semaphore, value.to_bytes(2, "little"))
+        net.lower_counter(semaphore)
+        net.set_state(TableState.DETACHED)
+        os.kill(pid, signal.SIGTRAP)  # R6: from the tracer's pid
+        ptrace.cont(pid)
+        while True:
+            _, status = os.waitpid(pid, ptrace.WALL)
+            if ptrace.stop_event(status) == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
+                break
+            ptrace.cont(pid)
+        ptrace.cont(pid, signal.SIGTRAP)
+        wait_until(net.action_back, what="the handler to put the action back")
+        ptrace.interrupt(pid)
+        os.waitpid(pid, ptrace.WALL)
+        ptrace.detach(pid)
     else:
         ptrace.cont(pid)
     os.write(report, f"armed {site} {semaphore} {base}\n".encode())
@@ -226,9 +246,9 @@ def _orphaned_run(program: Path, mode: str, threads: int, tracer_mode: str = "ru
             if stopped:
                 orphan.go()
                 assert report().strip() == "stopped"
-        # the tracer is dead: nothing of it undone by it
+        # the tracer is dead: nothing of it undone by it, unless it detached first
         table = read_table(armed.base, ptrace.Memory(orphan.pid))
-        assert [site.addr for _, site in table.sites] == [armed.site]
+        assert [site.addr for _, site in table.sites] == ([] if tracer_mode == "detach" else [armed.site])
         if not stopped:
             orphan.go()
         wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
@@ -272,6 +292,19 @@ def test_tracer_dies_with_the_thread_stopped(orphan_program: Path, tracer_mode: 
     assert got["sema"][-1] == ("0",)
     assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
     assert got["action"][0][0] == "own"
+
+
+def test_uemu_leaving_asks_the_handler_for_the_action_back(orphan_program: Path) -> None:
+    """R6: a clean detach needs no injected rt_sigaction (which could not be made safe
+    against uemu dying right after it): the handler puts the program's action back when
+    uemu's own SIGTRAP arrives with the table DETACHED."""
+    status, lines, changed = _orphaned_run(orphan_program, "handler", 2, "detach")
+    assert status == 0 and changed == []
+    got = facts(lines)
+    assert got["sema"] == [("0",), ("0",)]
+    assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
+    _, oracle = untraced(orphan_program, "handler", "2")
+    assert got["action"] == facts(oracle)["action"]
 
 
 @pytest.mark.parametrize("mode", ["default", "raise"])
