@@ -25,12 +25,13 @@ import pytest
 from samplelog import Line, parse
 from tracee import differences, file_memory, wait_until
 
-from uemu import ptrace, sdt, xol
+from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
 from uemu.maps import read_maps
 from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
+from uemu.stops import StopKind, classify
 
 SI_TKILL = -6
 SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
@@ -68,13 +69,13 @@ def _arm(pid: int, mode: str, report: int) -> None:
     arch = by_name(program.elf.arch_name)
     regs = ptrace.Regset(arch.regset, arch.regset_word)
     regs.fetch(pid)
-    at = xol.find_syscall_insn(arch, vmas, memory)
+    at = inject.find_syscall_insn(arch, vmas, memory)
 
     def hold(sig: int, info: bytes) -> None:
         raise AssertionError(f"signal {sig} while injecting")
 
     def call(name: str, *args: int) -> int:
-        return xol.inject_syscall(pid, regs, arch, at, arch.xol_syscalls[name], args, hold)
+        return inject.inject_syscall(pid, regs, arch, at, arch.syscall_numbers[name], args, hold)
 
     base = map_area(arch, call)
     net = Net(arch, base, memory)
@@ -88,10 +89,11 @@ def _arm(pid: int, mode: str, report: int) -> None:
     value = int.from_bytes(memory.read(semaphore, 2), "little")
     net.raise_counter(semaphore)
     memory.write(semaphore, (value + 1).to_bytes(2, "little"))
-    if mode == "inject":  # as xol.inject_syscall, through the stub, dying at the entry stop
-        net.begin_inject(pid, regs.snapshot())
+    if mode == "inject":  # as inject.inject_syscall, through the stub, dying at the entry stop
+        saved = regs.snapshot()
+        net.begin_inject(pid, {**saved, **arch.restarted_syscall(saved)})
         regs[arch.ip_reg] = net.inject_syscall
-        numbers = (arch.xol_syscalls["mprotect"], net.table, 4096, PROT_READ | PROT_WRITE)  # changes nothing
+        numbers = (arch.syscall_numbers["mprotect"], net.table, 4096, PROT_READ | PROT_WRITE)  # changes nothing
         for name, value in zip(arch.syscall_regs, numbers, strict=False):
             regs[name] = value
         regs.store(pid)
@@ -106,8 +108,8 @@ def _arm(pid: int, mode: str, report: int) -> None:
         os.kill(pid, signal.SIGTRAP)  # R6: from the tracer's pid
         ptrace.cont(pid)
         while True:
-            _, status = os.waitpid(pid, ptrace.WALL)
-            if ptrace.stop_event(status) == 0 and os.WSTOPSIG(status) == signal.SIGTRAP:
+            stop = classify(pid, os.waitpid(pid, ptrace.WALL)[1])
+            if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGTRAP:
                 break
             ptrace.cont(pid)
         ptrace.cont(pid, signal.SIGTRAP)
@@ -125,7 +127,8 @@ def _arm(pid: int, mode: str, report: int) -> None:
             if arch.backend.trap_address(regs[arch.ip_reg]) == site:
                 break
             # its raise(SIGTRAP) goes on to the program, through the runtime's handler
-            ptrace.cont(tid, os.WSTOPSIG(status) if ptrace.stop_event(status) == 0 else 0)
+            stop = classify(tid, status)
+            ptrace.cont(tid, stop.sig if stop.kind is StopKind.SIGNAL else 0)
         if mode == "slot":
             slot = net.slots_area[0]
             insn = orig[:len(trap)]  # an SDT nop: one instruction as long as the trap
