@@ -45,14 +45,27 @@ def state(m: Machine) -> TableState:
     return TableState(read_table(m.base, m.memory).header.state)
 
 
+def raise_semaphore(m: Machine) -> None:
+    """The semaphore at DATA, raised by uemu from 0 (table first, as uemu does)."""
+    m.net.raise_counter(DATA)
+    m.set_u16(DATA, 1)
+
+
+def assert_restored(m: Machine, site: int, orig: bytes) -> None:
+    """A trap at ``site`` returned there, with its bytes and the semaphore back."""
+    delivery = trap_at(m, site)
+    assert ip(m, delivery) == site
+    assert m.memory.read(site, len(orig)) == orig
+    assert m.u16(DATA) == 0
+
+
 # ----- R1: a breakpoint of uemu's ----------------------------------------------------
 
 def test_breakpoint_restores_everything_and_returns_to_the_site(machine: Machine) -> None:
     m = armed(machine)
     sites = [TEXT + 0x100, TEXT + 0x200]
     originals = [m.arm(site) for site in sites]
-    m.set_u16(DATA, 1)
-    m.net.raise_counter(DATA)
+    raise_semaphore(m)
     delivery = trap_at(m, sites[1])
     assert ip(m, delivery) == sites[1]
     assert [m.memory.read(site, len(orig)) for site, orig in zip(sites, originals, strict=True)] == originals
@@ -152,12 +165,8 @@ def test_a_page_that_is_gone_is_skipped(machine: Machine) -> None:
     m.net.add_site(UNMAPPED, bytes(len(m.trap)), m.trap, PROT_READ | PROT_EXEC)
     m.net.raise_counter(UNMAPPED + 0x10)
     m.uc.mem_unmap(UNMAPPED, 0x1000)
-    m.set_u16(DATA, 1)
-    m.net.raise_counter(DATA)
-    delivery = trap_at(m, site)
-    assert ip(m, delivery) == site
-    assert m.memory.read(site, len(orig)) == orig
-    assert m.u16(DATA) == 0
+    raise_semaphore(m)
+    assert_restored(m, site, orig)
 
 
 @pytest.mark.parametrize("proc_mem", ["absent", "never"])
@@ -167,12 +176,8 @@ def test_without_proc_self_mem_it_makes_the_page_writable_for_the_copy(machine: 
     m.kernel.proc_mem = proc_mem
     site = TEXT + 0x100
     orig = m.arm(site)
-    m.set_u16(DATA, 1)
-    m.net.raise_counter(DATA)
-    delivery = trap_at(m, site)
-    assert ip(m, delivery) == site
-    assert m.memory.read(site, len(orig)) == orig
-    assert m.u16(DATA) == 0
+    raise_semaphore(m)
+    assert_restored(m, site, orig)
     protections = [args[2] for name, args in m.kernel.calls if name == "mprotect"]
     assert protections == [PROT_READ | PROT_EXEC | PROT_WRITE, PROT_READ | PROT_EXEC]
     assert next(perms for start, _, perms in m.uc.mem_regions() if start == TEXT) == 1 | 4  # r-x again
@@ -186,8 +191,7 @@ def test_under_memory_deny_write_execute_without_proc_the_site_stays(machine: Ma
     m.kernel.mdwe = True
     site = TEXT + 0x100
     m.arm(site)
-    m.set_u16(DATA, 1)
-    m.net.raise_counter(DATA)
+    raise_semaphore(m)
     trap_at(m, site)
     assert m.memory.read(site, len(m.trap)) == m.trap, "no way to write it: left, never a crash"
     assert m.u16(DATA) == 0, "data pages need no mprotect"

@@ -214,8 +214,8 @@ def check_elf(name: str, data: bytes) -> bytes:
 def source_hash(target: Target) -> str:
     """What went into one blob: the sources and the generated header and linker script."""
     digest = hashlib.sha256()
-    for path in (SRC / "runtime.c", SRC / f"arch_{target.arch}.h"):
-        digest.update(path.read_bytes())
+    for path in sorted(SRC.glob("*.[ch]")):  # every source, whichever this ABI includes
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     digest.update(c_header(arches.by_name(target.arch)).encode())
     digest.update(linker_script().encode())
     digest.update(" ".join((*target.compiler, *COMMON_FLAGS, *target.flags, *LINK_FLAGS)).encode())

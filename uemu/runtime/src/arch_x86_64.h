@@ -1,4 +1,4 @@
-/* x86_64: system calls, the signal restorer and the inject stub (arch/x86/entry/syscalls/syscall_64.tbl). */
+/* x86_64: system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) and instructions. */
 
 #define SYS_close 3
 #define SYS_mprotect 10
@@ -20,33 +20,14 @@
 #define TORN_WRITE_ORDER 1
 #define TRAP_INSN_BYTE 0xcc
 
-/* syscall: number in rax, arguments in rdi rsi rdx r10 r8 r9; rcx and r11 clobbered. */
-__asm__(".pushsection .text.uemu_stubs,\"ax\",@progbits\n"
-        ".globl uemu_syscall\n.hidden uemu_syscall\n.type uemu_syscall,@function\n"
-        "uemu_syscall:\n"
-        "    mov %rdi, %rax\n    mov %rsi, %rdi\n    mov %rdx, %rsi\n    mov %rcx, %rdx\n"
-        "    mov %r8, %r10\n    mov %r9, %r8\n    mov 8(%rsp), %r9\n"
-        "    syscall\n    ret\n"
-        ".globl uemu_restorer\n.hidden uemu_restorer\n"
-        "uemu_restorer:\n    mov $" STR(SYS_rt_sigreturn) ", %eax\n    syscall\n    hlt\n"
-        ".globl uemu_inject_syscall\n.hidden uemu_inject_syscall\n"
-        ".globl uemu_inject_trap\n.hidden uemu_inject_trap\n"
-        "uemu_inject_syscall:\n    syscall\nuemu_inject_trap:\n    int3\n"
-        ".popsection\n");
-
-static inline long sys_pread64(long fd, void *buf, unsigned long len, uint64_t offset)
-{
-    return uemu_syscall(SYS_pread64, fd, (long)buf, (long)len, (long)offset, 0, 0);
-}
-
-static inline long sys_pwrite64(long fd, const void *buf, unsigned long len, uint64_t offset)
-{
-    return uemu_syscall(SYS_pwrite64, fd, (long)buf, (long)len, (long)offset, 0, 0);
-}
+#define ASM_SYSCALL "syscall"
+#define ASM_TRAP "int3"
+/* uemu_syscall(nr, a..f): number in rax, arguments in rdi rsi rdx r10 r8 r9. */
+#define ASM_SYSCALL_BODY                                                        \
+    "    mov %rdi, %rax\n    mov %rsi, %rdi\n    mov %rdx, %rsi\n"              \
+    "    mov %rcx, %rdx\n    mov %r8, %r10\n    mov %r9, %r8\n    mov 8(%rsp), %r9\n" \
+    "    syscall\n    ret\n"
+#define ASM_RESTORER "    mov $" STR(SYS_rt_sigreturn) ", %eax\n    syscall\n    hlt\n"
 
 /* x86 keeps instruction fetch coherent with stores. */
-static inline void sync_icache(uint64_t start, unsigned long len)
-{
-    (void)start;
-    (void)len;
-}
+#define sync_icache(start, len) ((void)(start), (void)(len))

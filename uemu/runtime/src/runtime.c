@@ -30,7 +30,36 @@
 
 long uemu_syscall(long nr, long a, long b, long c, long d, long e, long f);
 
-#include ARCH_HEADER /* syscall numbers, the stubs in assembly, fault-safe icache sync */
+#include ARCH_HEADER /* syscall numbers, instructions, icache sync */
+
+#ifndef ASM_PROLOGUE
+#define ASM_PROLOGUE ""
+#define ASM_EPILOGUE ""
+#endif
+#ifndef OFFSET_ARGS
+#define OFFSET_ARGS(offset) (long)(offset), 0
+#endif
+
+/* The entry points that must be assembly: the system call, the signal restorer
+ * (rt_sigreturn, for SA_RESTORER), and the inject stub (the ABI's syscall instruction
+ * followed by its trap, so a thread uemu left in an injected call reaches the handler). */
+#define ASM_GLOBAL(name) ".globl " #name "\n.hidden " #name "\n" #name ":\n"
+__asm__(".pushsection .text.uemu_stubs,\"ax\",%progbits\n" ASM_PROLOGUE
+        ASM_GLOBAL(uemu_syscall) ASM_SYSCALL_BODY
+        ASM_GLOBAL(uemu_restorer) ASM_RESTORER
+        ASM_GLOBAL(uemu_inject_syscall) "    " ASM_SYSCALL "\n"
+        ASM_GLOBAL(uemu_inject_trap) "    " ASM_TRAP "\n"
+        ASM_EPILOGUE ".popsection\n");
+
+static long sys_pread64(long fd, void *buf, unsigned long len, uint64_t offset)
+{
+    return uemu_syscall(SYS_pread64, fd, (long)buf, (long)len, OFFSET_ARGS(offset), 0);
+}
+
+static long sys_pwrite64(long fd, const void *buf, unsigned long len, uint64_t offset)
+{
+    return uemu_syscall(SYS_pwrite64, fd, (long)buf, (long)len, OFFSET_ARGS(offset), 0);
+}
 
 #define SIGTRAP 5
 #define SI_USER 0
