@@ -251,6 +251,22 @@ def test_call_fixup_and_borrowed_register(machine: Machine) -> None:
     assert ip(m, delivery) == site + length
 
 
+def test_a_stepped_call_gets_its_return_address_fixed_wherever_it_went(machine: Machine) -> None:
+    """R4 after an indirect call stepped in a slot: ip is the call's target, outside the
+    slot; the return address it pushed (past the slot) becomes past the site."""
+    m = armed(machine)
+    word = m.arch.word_size
+    site, slot, length = TEXT + 0x100, m.net.slots_area[0] + 0x100, 2
+    sp = STACK + STACK_SIZE - 4096
+    m.memory.write(sp, (slot + length).to_bytes(word, "little"))
+    m.net.set_slot(slot, trap_addr=slot + length, site=site, insn_len=length, flags=SlotFlags.FIX_CALL)
+    m.net.set_thread(4242, ThreadFlags.STEP, step_slot=slot)
+    target = TEXT + 0x900
+    delivery = m.deliver(target, TRAP_TRACE, sp=sp)
+    assert ip(m, delivery) == target
+    assert m.read_word(sp) == site + length
+
+
 def test_a_step_in_flight_when_the_tracer_died(machine: Machine) -> None:
     """R4: STEP and a single-step trap: FIX_IP only when ip stayed within the slot; a taken
     branch leaves ip where it went."""

@@ -497,7 +497,8 @@ static void finish_step(struct table_header *t, const struct slot *slot, unsigne
     uc_set(uc, UC_IP_OFF, after);
     if ((slot->flags & SLOT_FIX_IP) && in_slot)
         uc_set(uc, UC_IP_OFF, slot->site + (after - slot->slot));
-    if ((slot->flags & SLOT_FIX_CALL) && in_slot && slot->word == sizeof(unsigned long)) {
+    /* A stepped call left ip at its target: only the return address tells. */
+    if ((slot->flags & SLOT_FIX_CALL) && slot->word == sizeof(unsigned long)) {
         unsigned long sp = uc_get(uc, UC_SP_OFF), ret, fixed = slot->site + slot->insn_len;
         struct memio io;
 
