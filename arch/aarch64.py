@@ -13,10 +13,10 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine, XolSetup,
-                   frozen_map)
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, PcStep, PcStepFixups,
-                          disassemble, goto, signed)
+from .base import (Arch, Effects, Emulate, KernelSigaction, Plan, Refuse, Regs, SpecRegister, StepEnd,
+                   StepOutOfLine, XolSetup, frozen_map)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, TRAP_BRKPT,
+                          UCONTEXT_MCONTEXT, PcStep, PcStepFixups, disassemble, goto, signed)
 
 if TYPE_CHECKING:
     import capstone
@@ -40,6 +40,9 @@ def _aarch64_spec_registers() -> dict[str, SpecRegister]:
 
 # NT_PRSTATUS is struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h): regs[31], sp, pc, pstate.
 _REGSET = (*(f"x{n}" for n in range(31)), "sp", "pc", "pstate")
+# struct sigcontext (arch/arm64/include/uapi/asm/sigcontext.h): fault_address, then regs[31],
+# sp, pc, pstate: the regset's order.
+_UCONTEXT = {name: UCONTEXT_MCONTEXT + 8 + 8 * i for i, name in enumerate(_REGSET)}
 
 # ===========================================================================
 # The instruction backend.  Kernel: arch/arm64/kernel/probes/ (v6.x) and the encoding
@@ -359,6 +362,9 @@ AARCH64 = Arch(
     syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5"),
     syscall_return="x0",
     syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
+    ucontext_regs=frozen_map(_UCONTEXT),
+    sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
+    trap_si_code=TRAP_BRKPT,
     backend=Aarch64Backend(),
 )
 

@@ -35,6 +35,22 @@ class SpecRegister:
     shift: int = 0
 
 
+@dataclass(frozen=True)
+class KernelSigaction:
+    """The kernel's ``struct sigaction`` of one ABI, as rt_sigaction reads and writes it
+    (include/linux/signal_types.h: handler, flags, restorer where the arch has
+    __ARCH_HAS_SA_RESTORER, mask last; i386 tasks get compat_sigaction's 4-byte words)."""
+
+    size: int
+    word: int
+    """Bytes of the handler, flags and restorer fields."""
+    handler: int
+    flags: int
+    restorer: int | None
+    """Offset of sa_restorer; None where the kernel returns through the vDSO only (riscv)."""
+    mask: int
+
+
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:
     """A read-only mapping for dataclass fields (frozen dataclasses need hashable-ish data)."""
     return MappingProxyType(dict(mapping))
@@ -115,7 +131,17 @@ class Arch:
     """The number of ``restart_syscall``, which ERESTART_RESTARTBLOCK restarts."""
     syscall_numbers: Mapping[str, int] = field(default_factory=dict)
     """Numbers of the system calls uemu makes the tracee run (``mmap``, ``munmap``,
-    ``madvise``), and of those it makes itself on a host of this arch (``kcmp``)."""
+    ``madvise`` for the XOL area; ``mprotect`` and ``rt_sigaction`` for the in-target
+    runtime, ``uemu.net``), and of those it makes itself on a host of this arch (``kcmp``)."""
+    ucontext_regs: Mapping[str, int] = field(default_factory=dict)
+    """Byte offset of each general register (by its ``regset`` name, ip and sp included) in
+    the ``ucontext`` a signal handler receives: what the in-target runtime reads and
+    changes (uapi asm/sigcontext.h and asm/ucontext.h)."""
+    sigaction: KernelSigaction | None = None
+    """The kernel's sigaction layout, where uemu installs the in-target runtime."""
+    trap_si_code: int = 0
+    """si_code of the SIGTRAP its breakpoint instruction raises (x86 int3: SI_KERNEL;
+    brk and ebreak: TRAP_BRKPT)."""
     backend: "Backend | None" = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 

@@ -23,8 +23,16 @@ GENERIC_MAPPING_SYSCALLS = {
     234: MappingSyscall.REMAP_FILE_PAGES,
     288: MappingSyscall.MPROTECT,  # pkey_mprotect
 }
-GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "kcmp": 272}
+GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "mprotect": 226, "rt_sigaction": 134,
+                           "kcmp": 272}
 """The other syscalls uemu needs (Arch.syscall_numbers), in the same table."""
+TRAP_BRKPT = 1
+"""si_code of the SIGTRAP of a brk or ebreak in user mode (send_user_sigtrap(TRAP_BRKPT),
+do_trap(regs, SIGTRAP, TRAP_BRKPT, ...))."""
+UCONTEXT_MCONTEXT = 176
+"""Offset of uc_mcontext in arm64's and riscv's struct ucontext: uc_flags, uc_link, uc_stack
+(40 bytes), uc_sigmask with room for glibc's 1024-bit set (128), then the 16-aligned
+struct sigcontext."""
 
 
 MASK64 = (1 << 64) - 1

@@ -13,10 +13,10 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine, XolSetup,
-                   frozen_map)
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, PcStep, PcStepFixups,
-                          disassemble, goto, signed)
+from .base import (Arch, Effects, Emulate, KernelSigaction, Plan, Refuse, Regs, SpecRegister, StepEnd,
+                   StepOutOfLine, XolSetup, frozen_map)
+from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, TRAP_BRKPT,
+                          UCONTEXT_MCONTEXT, PcStep, PcStepFixups, disassemble, goto, signed)
 
 if TYPE_CHECKING:
     import capstone
@@ -43,6 +43,9 @@ def _riscv_spec_registers() -> dict[str, SpecRegister]:
 # NT_PRSTATUS is struct user_regs_struct (arch/riscv/include/uapi/asm/ptrace.h): pc where x0
 # would be, then x1..x31.
 _REGSET = ("pc", *_ABI_NAMES[1:])
+# struct sigcontext (arch/riscv/include/uapi/asm/sigcontext.h) starts with that same
+# struct user_regs_struct.
+_UCONTEXT = {name: UCONTEXT_MCONTEXT + 8 * i for i, name in enumerate(_REGSET)}
 
 
 # ===========================================================================
@@ -335,6 +338,9 @@ RISCV64 = Arch(
     syscall_regs=("a7", "a0", "a1", "a2", "a3", "a4", "a5"),
     syscall_return="a0",
     syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
+    ucontext_regs=frozen_map(_UCONTEXT),
+    sigaction=KernelSigaction(size=24, word=8, handler=0, flags=8, restorer=None, mask=16),
+    trap_si_code=TRAP_BRKPT,
     backend=RiscvBackend(),
 )
 

@@ -9,8 +9,8 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, MappingSyscall, Plan, Refuse, Regs, SpecRegister, StepEnd, StepOutOfLine,
-                   XolSetup, frozen_map)
+from .base import (Arch, Effects, Emulate, KernelSigaction, MappingSyscall, Plan, Refuse, Regs, SpecRegister,
+                   StepEnd, StepOutOfLine, XolSetup, frozen_map)
 
 if TYPE_CHECKING:
     import capstone
@@ -67,6 +67,16 @@ _I386_REGSET = (
     "ebx", "ecx", "edx", "esi", "edi", "ebp", "eax", "ds", "es", "fs", "gs",
     "orig_eax", "eip", "cs", "eflags", "esp", "ss",
 )  # fmt: skip
+
+# Where a signal handler finds each register: struct ucontext's uc_mcontext (a struct
+# sigcontext) after uc_flags, uc_link and uc_stack (arch/x86/include/uapi/asm/sigcontext.h:
+# sigcontext_64 and sigcontext_32, whose sp is what sigreturn restores).
+_X86_64_UCONTEXT = {name: 40 + 8 * i for i, name in enumerate(
+    ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx", "rdx",
+     "rax", "rcx", "rsp", "rip", "eflags"))}
+_I386_UCONTEXT = {name: 20 + 4 * i for i, name in enumerate(
+    ("gs", "fs", "es", "ds", "edi", "esi", "ebp", "esp", "ebx", "edx", "ecx", "eax", "trapno", "err",
+     "eip", "cs", "eflags")) if name not in ("trapno", "err")}
 
 # GCC keeps a DImode value in a pair of consecutive hard registers in its own
 # order ax, dx, cx, bx, si, di, bp; the note names only the low one (-8@%ecx is
@@ -610,9 +620,13 @@ X86_64 = Arch(
     syscall_return="rax",
     syscall_orig_reg="orig_rax",
     restart_syscall=219,
-    syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "kcmp": 312}),
+    syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "mprotect": 10, "rt_sigaction": 13,
+                                "kcmp": 312}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
+    ucontext_regs=frozen_map(_X86_64_UCONTEXT),
+    sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
+    trap_si_code=0x80,  # SI_KERNEL: do_int3_user() -> do_trap() -> force_sig()
     backend=X86Backend(mode64=True),
 )
 
@@ -632,10 +646,14 @@ I386 = Arch(
     syscall_return="eax",
     syscall_orig_reg="orig_eax",
     restart_syscall=0,
-    syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "kcmp": 349}),  # mmap2
+    syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "mprotect": 125,  # mmap2
+                                "rt_sigaction": 174, "kcmp": 349}),
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),
+    ucontext_regs=frozen_map(_I386_UCONTEXT),
+    sigaction=KernelSigaction(size=20, word=4, handler=0, flags=4, restorer=8, mask=12),  # compat_sigaction
+    trap_si_code=0x80,
     backend=X86Backend(mode64=False),
 )
 

@@ -1,0 +1,325 @@
+"""The in-target runtime in real processes: a tracer arms samples/orphan the way uemu
+does (the area, the handler with the program's action saved, a breakpoint and a raised
+semaphore, each written to the table first), then dies of SIGKILL without undoing
+anything.  The program must go on as if never traced: its own lines (and an untraced run
+of it) are the oracle, its text must be byte-identical to what it was before, its
+semaphore back to 0, its own SIGTRAP action back, and a raise(SIGTRAP) must reach its
+own handler, before and after the net has undone everything.
+
+The tracer is a forked child of the test, killed as uemu would be by the OOM killer.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from samplelog import Line, parse
+from tracee import differences, file_memory, wait_until
+
+from uemu import inject, ptrace, sdt
+from uemu.arch import by_name
+from uemu.maps import read_maps
+from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
+from uemu.runtime import has_blob
+from uemu.runtime.layout import SlotFlags, TableState
+from uemu.stops import StopKind, classify
+
+SI_TKILL = -6
+SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
+
+
+@dataclass
+class Armed:
+    tracer: int
+    site: int
+    semaphore: int
+    base: int
+
+
+def _arm(pid: int, mode: str, report: int) -> None:
+    """The tracer (a forked child): arm ``pid``, say so on ``report``, then leave the
+    program as ``mode`` says and wait to die:
+
+    running   running;
+    trapped   stopped at the breakpoint (the signal-delivery stop of its SIGTRAP);
+    slot      stopped at the breakpoint, its ip moved to an XOL slot holding the site's
+              instruction and a trap, with the slot's table record;
+    inject    inside a system call made through the runtime's inject stub, with the
+              registers to give back in the inject record;
+    detach    detached cleanly, as uemu leaves: its writes undone, the table DETACHED,
+              then a SIGTRAP of its own for the handler to put the program's action back.
+    """
+    ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
+    ptrace.interrupt(pid)
+    os.waitpid(pid, ptrace.WALL)
+    vmas = read_maps(pid)
+    memory = ptrace.Memory(pid)
+    objects, _ = sdt.mapped_objects(pid, vmas)
+    program = next(obj for obj in objects if any(p.full_name == "orphan:tick" for p in obj.elf.probes))
+    probe = next(p for p in program.elf.probes if p.full_name == "orphan:tick")
+    arch = by_name(program.elf.arch_name)
+    regs = ptrace.Regset(arch.regset, arch.regset_word)
+    regs.fetch(pid)
+    at = inject.find_syscall_insn(arch, vmas, memory)
+
+    def hold(sig: int, info: bytes) -> None:
+        raise AssertionError(f"signal {sig} while injecting")
+
+    def call(name: str, *args: int) -> int:
+        return inject.inject_syscall(pid, regs, arch, at, arch.syscall_numbers[name], args, hold)
+
+    base = map_area(arch, call)
+    net = Net(arch, base, memory)
+    net.install(call, tracer_pid=os.getpid())
+    site = program.runtime_address(probe.file_offset)
+    semaphore = program.runtime_semaphore(probe.semaphore_offset)
+    orig = memory.read(site, arch.backend.max_insn_len)
+    trap = arch.backend.trap_bytes(orig)
+    net.add_site(site, orig, trap, PROT_READ | PROT_EXEC)
+    memory.write(site, trap)
+    value = int.from_bytes(memory.read(semaphore, 2), "little")
+    net.raise_counter(semaphore)
+    memory.write(semaphore, (value + 1).to_bytes(2, "little"))
+    if mode == "inject":  # as inject.inject_syscall, through the stub, dying at the entry stop
+        saved = regs.snapshot()
+        net.begin_inject(pid, {**saved, **arch.restarted_syscall(saved)})
+        regs[arch.ip_reg] = net.inject_syscall
+        numbers = (arch.syscall_numbers["mprotect"], net.table, 4096, PROT_READ | PROT_WRITE)  # changes nothing
+        for name, value in zip(arch.syscall_regs, numbers, strict=False):
+            regs[name] = value
+        regs.store(pid)
+        ptrace.syscall(pid)
+        os.waitpid(pid, ptrace.WALL)
+    elif mode == "detach":
+        memory.write(site, orig[:len(trap)])
+        net.remove_site(site)
+        memory.write(semaphore, value.to_bytes(2, "little"))
+        net.lower_counter(semaphore)
+        net.set_state(TableState.DETACHED)
+        os.kill(pid, signal.SIGTRAP)  # R6: from the tracer's pid
+        ptrace.cont(pid)
+        while True:
+            stop = classify(pid, os.waitpid(pid, ptrace.WALL)[1])
+            if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGTRAP:
+                break
+            ptrace.cont(pid)
+        ptrace.cont(pid, signal.SIGTRAP)
+        wait_until(net.action_back, what="the handler to put the action back")
+        ptrace.interrupt(pid)
+        os.waitpid(pid, ptrace.WALL)
+        ptrace.detach(pid)
+    else:
+        ptrace.cont(pid)
+    os.write(report, f"armed {site} {semaphore} {base}\n".encode())
+    if mode in ("trapped", "slot"):
+        while True:  # until the thread stops at our breakpoint; we die with it stopped there
+            tid, status = os.waitpid(-1, ptrace.WALL)
+            regs.fetch(tid)
+            if arch.backend.trap_address(regs[arch.ip_reg]) == site:
+                break
+            # its raise(SIGTRAP) goes on to the program, through the runtime's handler
+            stop = classify(tid, status)
+            ptrace.cont(tid, stop.sig if stop.kind is StopKind.SIGNAL else 0)
+        if mode == "slot":
+            slot = net.slots_area[0]
+            insn = orig[:len(trap)]  # an SDT nop: one instruction as long as the trap
+            memory.write(slot, insn + trap)
+            net.set_slot(slot, slot + len(insn), site, len(insn), SlotFlags.FIX_IP)
+            regs[arch.ip_reg] = slot
+            regs.store(tid)
+        os.write(report, b"stopped\n")
+    while True:
+        signal.pause()
+
+
+@contextmanager
+def tracer(pid: int, mode: str) -> Iterator[tuple[Armed, Callable[[], str]]]:
+    """Fork a tracer that arms ``pid``; yields what it armed and a way to read its next line."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            os.close(read_end)
+            _arm(pid, mode, write_end)
+        except BaseException as err:  # noqa: BLE001  (the child must never return into pytest)
+            os.write(2, f"tracer: {err!r}\n".encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    lines = os.fdopen(read_end, "r")
+
+    def line() -> str:
+        ready, _, _ = select.select([lines], [], [], 20)
+        assert ready, "the tracer hangs"
+        return lines.readline()
+
+    try:
+        words = line().split()
+        assert words and words[0] == "armed", "the tracer failed (see stderr)"
+        yield Armed(child, *(int(w) for w in words[1:])), line
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        lines.close()
+
+
+class Orphan:
+    """samples/orphan, its lines in a file; it spins until SIGUSR1, and waits at ``done``."""
+
+    def __init__(self, program: Path, *args: str):
+        self._out = tempfile.NamedTemporaryFile("r", prefix="orphan-")
+        env = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1")
+        self.process = subprocess.Popen([str(program), *args], stdin=subprocess.PIPE, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = self.process.pid
+        wait_until(lambda: self.sync("ready"), what="orphan to start")
+
+    def lines(self) -> list[Line]:
+        self._out.seek(0)
+        return parse(self._out.read())
+
+    def sync(self, label: str) -> bool:
+        return any(line.kind == "sync" and line.word == label for line in self.lines())
+
+    def go(self) -> None:
+        os.kill(self.pid, signal.SIGUSR1)
+
+    def finish(self) -> int:
+        """Let it exit from ``done`` (or wait for its death)."""
+        self.process.stdin.close()
+        return self.process.wait(30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()
+
+
+def untraced(program: Path, *args: str) -> tuple[int, list[Line]]:
+    """The oracle: the same run without any tracer."""
+    orphan = Orphan(program, *args)
+    try:
+        orphan.go()
+        if orphan.process.poll() is None:
+            wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        return orphan.finish(), orphan.lines()
+    finally:
+        orphan.close()
+
+
+def facts(lines: list[Line]) -> dict[str, list[tuple[str, ...]]]:
+    """What the program says about itself, minus what differs from run to run (pids,
+    addresses, hit counts)."""
+    out: dict[str, list[tuple[str, ...]]] = {}
+    for line in lines:
+        if line.kind in ("trap", "action", "sync"):
+            out.setdefault(line.kind, []).append((line.word, *line.values))
+        elif line.kind == "sema":
+            out.setdefault("sema", []).append(line.values[-1:])
+    return out
+
+
+@pytest.fixture
+def orphan_program(runnable_build) -> Path:
+    program = runnable_build.directory / "orphan"
+    arch = sdt.open_elf(str(program)).arch_name
+    if not has_blob(arch):
+        pytest.skip(f"no in-target runtime for {arch}")
+    return program
+
+
+def _orphaned_run(program: Path, mode: str, threads: int, tracer_mode: str = "running",
+                  ) -> tuple[int, list[Line], list[str]]:
+    orphan = Orphan(program, mode, str(threads))
+    stopped = tracer_mode in ("trapped", "slot")
+    try:
+        before = file_memory(orphan.pid, writable=False)
+        with tracer(orphan.pid, tracer_mode) as (armed, report):
+            if stopped:
+                orphan.go()
+                assert report().strip() == "stopped"
+        # the tracer is dead: nothing of it undone by it, unless it detached first
+        table = read_table(armed.base, ptrace.Memory(orphan.pid))
+        assert [site.addr for _, site in table.sites] == ([] if tracer_mode == "detach" else [armed.site])
+        if not stopped:
+            orphan.go()
+        wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        changed = []
+        if orphan.process.poll() is None:
+            changed = differences(before, file_memory(orphan.pid, writable=False))
+            state = read_table(armed.base, ptrace.Memory(orphan.pid)).header.state
+            assert state == TableState.DETACHED
+        return orphan.finish(), orphan.lines(), changed
+    finally:
+        orphan.close()
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_program_outlives_its_tracer(orphan_program: Path, threads: int) -> None:
+    """The tracer dies while the program runs; its threads then meet the breakpoint."""
+    status, lines, changed = _orphaned_run(orphan_program, "handler", threads)
+    assert status == 0
+    assert changed == [], "text differs from before the tracer came"
+    got = facts(lines)
+    assert got["sema"] == [("1",), ("0",)], "raised by the tracer, then lowered by the net"
+    assert sum(int(line.values[0]) for line in lines if line.kind == "hits") >= 1
+    # its own raise(SIGTRAP) reached its own handler, through the net and after it
+    assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
+    _, oracle = untraced(orphan_program, "handler", str(threads))
+    assert got["action"] == facts(oracle)["action"]
+    assert got["action"][0][0] == "own" and int(got["action"][0][1]) & (SA_SIGINFO | SA_RESTART)
+
+
+@pytest.mark.parametrize("tracer_mode", ["trapped", "slot", "inject"])
+def test_tracer_dies_with_the_thread_stopped(orphan_program: Path, tracer_mode: str) -> None:
+    """The tracer dies while the thread is stopped: at our breakpoint (Linux 6.18 drops
+    the stop's SIGTRAP: the thread resumes past the int3, harmless over an SDT nop, and
+    meets the breakpoint untraced at its next pass: R1); moved into an XOL slot (it runs
+    the instruction there and meets the slot's trap: R2); or inside a system call injected
+    through the runtime's stub (it meets the stub's trap: R5)."""
+    status, lines, changed = _orphaned_run(orphan_program, "handler", 1, tracer_mode)
+    assert status == 0
+    assert changed == []
+    got = facts(lines)
+    assert got["sema"][-1] == ("0",)
+    assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
+    assert got["action"][0][0] == "own"
+
+
+def test_uemu_leaving_asks_the_handler_for_the_action_back(orphan_program: Path) -> None:
+    """R6: a clean detach needs no injected rt_sigaction (which could not be made safe
+    against uemu dying right after it): the handler puts the program's action back when
+    uemu's own SIGTRAP arrives with the table DETACHED."""
+    status, lines, changed = _orphaned_run(orphan_program, "handler", 2, "detach")
+    assert status == 0 and changed == []
+    got = facts(lines)
+    assert got["sema"] == [("0",), ("0",)]
+    assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
+    _, oracle = untraced(orphan_program, "handler", "2")
+    assert got["action"] == facts(oracle)["action"]
+
+
+@pytest.mark.parametrize("mode", ["default", "raise"])
+def test_default_action_comes_back(orphan_program: Path, mode: str) -> None:
+    """SIGTRAP at SIG_DFL: the action goes back to SIG_DFL; a raise(SIGTRAP) that is not
+    ours kills the program through the net exactly as it does untraced."""
+    status, lines, changed = _orphaned_run(orphan_program, mode, 2)
+    oracle_status, oracle = untraced(orphan_program, mode, "2")
+    assert status == oracle_status
+    assert facts(lines).get("action") == facts(oracle).get("action")
+    if mode == "default":
+        assert status == 0 and changed == []
+        assert facts(lines)["sema"] == [("1",), ("0",)]
+    else:
+        assert status == -signal.SIGTRAP

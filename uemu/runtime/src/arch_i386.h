@@ -1,0 +1,36 @@
+/* i386: system call numbers (arch/x86/entry/syscalls/syscall_32.tbl) and instructions. */
+
+#define SYS_close 6
+#define SYS_getpid 20
+#define SYS_mprotect 125
+#define SYS_sched_yield 158
+#define SYS_nanosleep 162
+#define SYS_rt_sigreturn 173
+#define SYS_rt_sigaction 174
+#define SYS_pread64 180
+#define SYS_pwrite64 181
+#define SYS_gettid 224
+#define SYS_tgkill 270
+#define SYS_openat 295
+#define SYS_process_vm_readv 347
+#define SYS_process_vm_writev 348
+
+#define TORN_WRITE_ORDER 1
+#define TRAP_INSN_BYTE 0xcc
+
+/* A 64-bit file offset goes in two registers, low word first. */
+#define OFFSET_ARGS(offset) (long)(offset), (long)((offset) >> 32)
+
+#define ASM_SYSCALL "int $0x80"
+#define ASM_TRAP "int3"
+/* uemu_syscall(nr, a..f), cdecl: number in eax, arguments in ebx ecx edx esi edi ebp.  In
+ * assembly because ebp (and, under -fPIE, ebx) cannot be named in inline asm constraints. */
+#define ASM_SYSCALL_BODY                                                        \
+    "    push %ebp\n    push %edi\n    push %esi\n    push %ebx\n"              \
+    "    mov 20(%esp), %eax\n    mov 24(%esp), %ebx\n    mov 28(%esp), %ecx\n"  \
+    "    mov 32(%esp), %edx\n    mov 36(%esp), %esi\n    mov 40(%esp), %edi\n"  \
+    "    mov 44(%esp), %ebp\n    int $0x80\n"                                   \
+    "    pop %ebx\n    pop %esi\n    pop %edi\n    pop %ebp\n    ret\n"
+#define ASM_RESTORER "    mov $" STR(SYS_rt_sigreturn) ", %eax\n    int $0x80\n    hlt\n"
+
+#define sync_icache(start, len) ((void)(start), (void)(len))

@@ -1,0 +1,605 @@
+/*
+ * uemu's in-target runtime ("the net"): a SIGTRAP handler inside every traced process
+ * that undoes everything uemu wrote there when uemu is gone.
+ *
+ * While uemu lives, ptrace takes every SIGTRAP first and this handler runs only for a
+ * trap uemu found not to be its own (then it chains to the program's action) or when
+ * uemu asks it to put the program's action back (R6).  When uemu is dead (SIGKILL, OOM,
+ * a crash), a thread meeting one of uemu's breakpoints lands here: the table in the
+ * area's data part (uemu/runtime/layout.py) says what uemu wrote, and the handler writes
+ * the program's bytes back, lowers the semaphores uemu raised, brings a thread left in
+ * an XOL slot to where its step would have ended, puts the program's SIGTRAP action back
+ * and returns to the site, where the original instruction now runs.
+ *
+ * Written once, compiled for each ABI into a flat position-independent blob by
+ * uemu/runtime/build.py: no libc, no global data, no run-time relocations.  The area's
+ * base is the blob's own start (a PC-relative address); the table is CODE_SIZE further.
+ * Every access to the program's memory goes through /proc/self/mem or
+ * process_vm_readv/writev, so a page that is gone costs a skipped entry, never a fault.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+#include "layout.h" /* generated: the table's records, the area's sizes, this ABI's facts */
+
+#pragma GCC visibility push(hidden)
+
+long uemu_syscall(long nr, long a, long b, long c, long d, long e, long f);
+
+#include ARCH_HEADER /* syscall numbers, instructions, icache sync */
+
+#ifndef ASM_PROLOGUE
+#define ASM_PROLOGUE ""
+#define ASM_EPILOGUE ""
+#endif
+#ifndef OFFSET_ARGS
+#define OFFSET_ARGS(offset) (long)(offset), 0
+#endif
+
+/* The entry points that must be assembly: the system call, the signal restorer
+ * (rt_sigreturn, for SA_RESTORER), and the inject stub (the ABI's syscall instruction
+ * followed by its trap, so a thread uemu left in an injected call reaches the handler). */
+#define ASM_GLOBAL(name) ".globl " #name "\n.hidden " #name "\n" #name ":\n"
+__asm__(".pushsection .text.uemu_stubs,\"ax\",%progbits\n" ASM_PROLOGUE
+        ASM_GLOBAL(uemu_syscall) ASM_SYSCALL_BODY
+        ASM_GLOBAL(uemu_restorer) ASM_RESTORER
+        ASM_GLOBAL(uemu_inject_syscall) "    " ASM_SYSCALL "\n"
+        ASM_GLOBAL(uemu_inject_trap) "    " ASM_TRAP "\n"
+        ASM_EPILOGUE ".popsection\n");
+
+static long sys_pread64(long fd, void *buf, unsigned long len, uint64_t offset)
+{
+    return uemu_syscall(SYS_pread64, fd, (long)buf, (long)len, OFFSET_ARGS(offset), 0);
+}
+
+static long sys_pwrite64(long fd, const void *buf, unsigned long len, uint64_t offset)
+{
+    return uemu_syscall(SYS_pwrite64, fd, (long)buf, (long)len, OFFSET_ARGS(offset), 0);
+}
+
+#define SIGTRAP 5
+#define SI_USER 0
+#define SI_TKILL (-6)
+#define TRAP_TRACE 2
+#define SA_RESETHAND 0x80000000UL
+#define SIG_DFL 0UL
+#define SIG_IGN 1UL
+#define AT_FDCWD (-100)
+#define O_RDWR 02
+#define O_CLOEXEC 02000000
+#define PROT_WRITE 2
+#define ESRCH 3
+#define SIGSET_SIZE 8
+
+extern const char uemu_blob_start[];
+extern const char uemu_inject_trap[];
+void uemu_trap_handler(int sig, void *info, void *uc);
+
+/* The head of the kernel's siginfo: the union after si_code is pointer-aligned. */
+struct ksiginfo {
+    int32_t signo;
+    int32_t err;
+    int32_t code;
+    union {
+        struct {
+            int32_t pid;
+            uint32_t uid;
+        } kill;
+        unsigned long align;
+    } u;
+};
+
+struct iovec {
+    void *base;
+    unsigned long len;
+};
+
+struct timespec {
+    long sec;
+    long nsec;
+};
+
+/* gcc may emit calls to these four even in freestanding code. */
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+
+void *memmove(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+
+    if (d < s)
+        return memcpy(dst, src, n);
+    while (n--)
+        d[n] = s[n];
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+    unsigned char *d = dst;
+
+    while (n--)
+        *d++ = (unsigned char)c;
+    return dst;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const unsigned char *x = a, *y = b;
+
+    for (; n; n--, x++, y++)
+        if (*x != *y)
+            return *x - *y;
+    return 0;
+}
+
+static long sys0(long nr)
+{
+    return uemu_syscall(nr, 0, 0, 0, 0, 0, 0);
+}
+
+static long sys3(long nr, long a, long b, long c)
+{
+    return uemu_syscall(nr, a, b, c, 0, 0, 0);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The table and the ucontext
+ * ------------------------------------------------------------------------------------ */
+
+/* The table, CODE_SIZE past the blob's start.  The empty asm hides the symbol from the
+ * compiler: folded into "symbol + 1 MiB", aarch64's gcc would load that address from a
+ * literal pool that needs a run-time relocation. */
+static struct table_header *table(void)
+{
+    const char *base = uemu_blob_start;
+
+    __asm__("" : "+r"(base));
+    return (struct table_header *)(base + CODE_SIZE);
+}
+
+#define TABLE_ARRAY(t, type) ((struct type *)((char *)(t) + (t)->type##s_off))
+
+static struct inject_header *inject_of(struct table_header *t)
+{
+    return (struct inject_header *)((char *)t + INJECT_OFF);
+}
+
+static unsigned long uc_get(void *uc, uint32_t off)
+{
+    return *(unsigned long *)((char *)uc + off);
+}
+
+static void uc_set(void *uc, uint32_t off, unsigned long value)
+{
+    *(unsigned long *)((char *)uc + off) = value;
+}
+
+static uint32_t load(const uint32_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static void store(uint32_t *p, uint32_t v)
+{
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Fault-safe access to the program's memory
+ * ------------------------------------------------------------------------------------ */
+
+struct memio {
+    long fd; /* /proc/self/mem, or negative when it cannot be opened */
+    long pid;
+};
+
+static void mem_open(struct memio *io, struct table_header *t)
+{
+    io->pid = sys0(SYS_getpid);
+    io->fd = sys3(SYS_openat, AT_FDCWD, (long)t->mem_path, O_RDWR | O_CLOEXEC);
+}
+
+static void mem_close(struct memio *io)
+{
+    if (io->fd >= 0)
+        sys3(SYS_close, io->fd, 0, 0);
+}
+
+static int vm_copy(struct memio *io, long nr, uint64_t addr, void *buf, unsigned long len)
+{
+    struct iovec local = { buf, len };
+    struct iovec remote = { (void *)(uintptr_t)addr, len };
+
+    return uemu_syscall(nr, io->pid, (long)&local, 1, (long)&remote, 1, 0) == (long)len ? 0 : -1;
+}
+
+static int mem_read(struct memio *io, uint64_t addr, void *buf, unsigned long len)
+{
+    if (io->fd >= 0 && sys_pread64(io->fd, buf, len, addr) == (long)len)
+        return 0;
+    return vm_copy(io, SYS_process_vm_readv, addr, buf, len);
+}
+
+/* Writable data (semaphores, the stack): /proc/self/mem, else process_vm_writev. */
+static int mem_write_data(struct memio *io, uint64_t addr, const void *buf, unsigned long len)
+{
+    if (io->fd >= 0 && sys_pwrite64(io->fd, buf, len, addr) == (long)len)
+        return 0;
+    return vm_copy(io, SYS_process_vm_writev, addr, (void *)buf, len);
+}
+
+/*
+ * Code: /proc/self/mem writes through read-only text as uemu's own writes do, and the
+ * kernel syncs the instruction cache.  Where that is refused (no /proc, or
+ * proc_mem.force_override=never|ptrace): make the pages writable for the copy, then put
+ * their protection back.  Under memory-deny-write-execute that mprotect fails and the
+ * site stays as it is.
+ */
+static int mem_write_code(struct memio *io, uint64_t addr, const void *buf, unsigned long len, uint32_t prot)
+{
+    uint64_t start = addr & ~(uint64_t)(PAGE - 1);
+    uint64_t end = (addr + len + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+    int err;
+
+    if (io->fd >= 0 && sys_pwrite64(io->fd, buf, len, addr) == (long)len)
+        return 0;
+    if (sys3(SYS_mprotect, (long)start, (long)(end - start), (long)(prot | PROT_WRITE)) != 0)
+        return -1;
+    err = vm_copy(io, SYS_process_vm_writev, addr, (void *)buf, len);
+    sys3(SYS_mprotect, (long)start, (long)(end - start), (long)prot);
+    if (!err)
+        sync_icache(addr, len);
+    return err;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Undoing uemu's writes
+ * ------------------------------------------------------------------------------------ */
+
+/*
+ * The program's bytes back at a site that still holds uemu's, and only then: a site
+ * rewritten since (the program's own code, another tool) is left alone.  Kernel: like
+ * set_orig_insn() -> uprobe_write_opcode(), which verifies the opcode first.
+ */
+static void restore_site(struct memio *io, const struct site *s)
+{
+    uint8_t cur[sizeof s->trap];
+    unsigned long len = s->len;
+
+    if (len == 0 || len > sizeof cur || mem_read(io, s->addr, cur, len) || memcmp(cur, s->trap, len))
+        return;
+#if TORN_WRITE_ORDER
+    /* A thread may execute here meanwhile: first an int3 at the first byte (it traps and
+     * waits for our lock), then the tail, then the first byte; never a torn instruction. */
+    if (len > 1) {
+        static const uint8_t int3 = TRAP_INSN_BYTE;
+
+        if (mem_write_code(io, s->addr, &int3, 1, s->prot) ||
+            mem_write_code(io, s->addr + 1, s->orig + 1, len - 1, s->prot))
+            return;
+        mem_write_code(io, s->addr, s->orig, 1, s->prot);
+        return;
+    }
+#endif
+    mem_write_code(io, s->addr, s->orig, len, s->prot);
+}
+
+/* A 16-bit signed semaphore lowered as often as uemu raised it, never below 0 (Kernel:
+ * __update_ref_ctr() refuses to go negative).  ``raised`` is zeroed so a restore that is
+ * redone (a fork copied a half-done one) does not lower twice. */
+static void lower_counter(struct memio *io, struct counter *c)
+{
+    uint32_t n = c->raised;
+    int16_t value, was;
+
+    c->raised = 0;
+    if (!n || mem_read(io, c->addr, &value, sizeof value))
+        return;
+    for (was = value; n && value > 0; n--)
+        value--;
+    if (value != was)
+        mem_write_data(io, c->addr, &value, sizeof value);
+}
+
+/* Take the table's lock: 0 when free, else the tid of its holder.  A holder that is not a
+ * thread of this process any more (a fork copied the lock held) is taken over.  Returns 0
+ * when this very thread holds it (re-entered through a handler of the program). */
+static int lock_table(struct table_header *t, long pid, long tid)
+{
+    for (;;) {
+        uint32_t holder = 0;
+
+        if (__atomic_compare_exchange_n(&t->lock, &holder, (uint32_t)tid, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            return 1;
+        if (holder == (uint32_t)tid)
+            return 0;
+        if (sys3(SYS_tgkill, pid, holder, 0) == -ESRCH &&
+            __atomic_compare_exchange_n(&t->lock, &holder, (uint32_t)tid, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            return 1;
+        sys0(SYS_sched_yield);
+    }
+}
+
+static unsigned long action_word(const uint8_t *action, unsigned off)
+{
+    return *(const unsigned long *)(action + off);
+}
+
+static void set_default_action(void)
+{
+    static const uint8_t dfl[KSA_SIZE];
+
+    uemu_syscall(SYS_rt_sigaction, SIGTRAP, (long)dfl, 0, SIGSET_SIZE, 0, 0);
+}
+
+/* The program's own SIGTRAP action back, if ours is still installed. */
+static void put_action_back(struct table_header *t)
+{
+    uint8_t cur[KSA_SIZE];
+
+    if (uemu_syscall(SYS_rt_sigaction, SIGTRAP, 0, (long)cur, SIGSET_SIZE, 0, 0) == 0 &&
+        action_word(cur, KSA_HANDLER) == (unsigned long)uemu_trap_handler)
+        uemu_syscall(SYS_rt_sigaction, SIGTRAP, (long)t->saved_action, 0, SIGSET_SIZE, 0, 0);
+    store(&t->action_back, 1);
+}
+
+/*
+ * Undo everything, once, whichever thread comes first; the others wait for the lock and
+ * find it done.  Then, outside the lock, wait restore_delay_ms before putting the
+ * program's action back: a thread that trapped on a breakpoint just before it was
+ * restored may still be on its way to signal delivery, and must find our action.
+ */
+static void restore_all(struct table_header *t)
+{
+    long pid = sys0(SYS_getpid), tid = sys0(SYS_gettid);
+    struct memio io;
+    uint32_t i, state;
+
+    if (!lock_table(t, pid, tid))
+        return;
+    state = load(&t->state);
+    if (state != STATE_ARMED && state != STATE_RESTORING) {
+        store(&t->lock, 0);
+        return;
+    }
+    store(&t->state, STATE_RESTORING);
+    mem_open(&io, t);
+    for (i = 0; i < t->sites_cap; i++)
+        if (TABLE_ARRAY(t, site)[i].state == SITE_ARMED)
+            restore_site(&io, &TABLE_ARRAY(t, site)[i]);
+    for (i = 0; i < t->counters_cap; i++)
+        lower_counter(&io, &TABLE_ARRAY(t, counter)[i]);
+    mem_close(&io);
+    store(&t->state, STATE_RESTORED);
+    store(&t->lock, 0);
+
+    if (t->restore_delay_ms) {
+        struct timespec delay = { t->restore_delay_ms / 1000, (t->restore_delay_ms % 1000) * 1000000L };
+
+        sys3(SYS_nanosleep, (long)&delay, 0, 0);
+    }
+    put_action_back(t);
+    store(&t->state, STATE_DETACHED);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Deciding whether a trap is ours, and what to change in the thread
+ * ------------------------------------------------------------------------------------ */
+
+enum verdict {
+    NOT_OURS,
+    AT_SITE,      /* R1: return to the site, where the original instruction is back */
+    SWALLOWED,    /* R3: the registers uemu set are right; the trap was the stop's */
+    STEP_DONE,    /* R2, R4: finish an out-of-line step */
+    INJECT_DONE,  /* R5: give back the registers of an injected syscall */
+};
+
+struct trap {
+    int code;
+    unsigned long ip;
+    unsigned long addr; /* ip - TRAP_IP_ADJUST: the trap instruction's address */
+    long tid;
+    enum verdict verdict;
+    struct slot *slot;
+    unsigned long after; /* where the step stopped (R2: the slot's trap; R4: ip) */
+    struct thread *thread;
+};
+
+static struct site *find_site(struct table_header *t, unsigned long addr)
+{
+    uint32_t i;
+
+    for (i = 0; i < t->sites_cap; i++)
+        if (TABLE_ARRAY(t, site)[i].state == SITE_ARMED && TABLE_ARRAY(t, site)[i].addr == addr)
+            return &TABLE_ARRAY(t, site)[i];
+    return 0;
+}
+
+static struct slot *find_slot(struct table_header *t, unsigned long trap_addr)
+{
+    uint32_t i;
+
+    for (i = 0; i < t->slots_cap; i++)
+        if ((TABLE_ARRAY(t, slot)[i].flags & SLOT_VALID) && TABLE_ARRAY(t, slot)[i].trap_addr == trap_addr)
+            return &TABLE_ARRAY(t, slot)[i];
+    return 0;
+}
+
+static struct thread *find_thread(struct table_header *t, long tid)
+{
+    uint32_t i;
+
+    for (i = 0; i < t->threads_cap; i++)
+        if (TABLE_ARRAY(t, thread)[i].tid == (uint32_t)tid && TABLE_ARRAY(t, thread)[i].flags)
+            return &TABLE_ARRAY(t, thread)[i];
+    return 0;
+}
+
+/*
+ * R1-R5.  Only a trap the kernel raised (si_code > 0) can be ours.  R3 comes first: it
+ * names this very thread, ip and sp, and an instruction uemu emulated may leave ip just
+ * past a site (a 1-byte push), which R1 would take for the site's trap and run again.
+ */
+static void classify(struct table_header *t, struct trap *trap, void *uc)
+{
+    struct thread *thread = find_thread(t, trap->tid);
+    struct inject_header *inject = inject_of(t);
+    unsigned long inject_trap = (unsigned long)uemu_inject_trap;
+
+    trap->verdict = NOT_OURS;
+    trap->thread = thread;
+    if (trap->code <= 0)
+        return;
+    if (thread && (thread->flags & THREAD_SWALLOW) && thread->swallow_ip == trap->ip &&
+        thread->swallow_sp == uc_get(uc, UC_SP_OFF)) {
+        trap->verdict = SWALLOWED;
+    } else if (trap->code == TRAP_SI_CODE && find_site(t, trap->addr)) {
+        trap->verdict = AT_SITE;
+    } else if ((trap->code == TRAP_SI_CODE && (trap->slot = find_slot(t, trap->addr))) ||
+               (trap->code == TRAP_TRACE && (trap->slot = find_slot(t, trap->ip)))) {
+        trap->verdict = STEP_DONE;
+        trap->after = trap->slot->trap_addr;
+    } else if (thread && (thread->flags & THREAD_STEP) && trap->code == TRAP_TRACE &&
+               thread->step_slot < t->slots_cap) {
+        trap->verdict = STEP_DONE;
+        trap->slot = &TABLE_ARRAY(t, slot)[thread->step_slot];
+        trap->after = trap->ip;
+    } else if (load(&inject->state) == INJECT_ACTIVE && inject->tid == (uint32_t)trap->tid &&
+               (trap->addr == inject_trap || trap->ip == inject_trap)) {
+        trap->verdict = INJECT_DONE;
+    }
+}
+
+/*
+ * Where the step would have ended, then the kernel's post-xol fix-ups.  Kernel:
+ * default_post_xol_op() (FIX_IP, FIX_CALL) and riprel_post_xol() (SCRATCH).
+ */
+static void finish_step(struct table_header *t, const struct slot *slot, unsigned long after, void *uc)
+{
+    unsigned long end = slot->slot + slot->insn_len;
+    int in_slot = after >= slot->slot && after <= end;
+
+    uc_set(uc, UC_IP_OFF, after);
+    if ((slot->flags & SLOT_FIX_IP) && in_slot)
+        uc_set(uc, UC_IP_OFF, slot->site + (after - slot->slot));
+    /* A stepped call left ip at its target: only the return address tells. */
+    if ((slot->flags & SLOT_FIX_CALL) && slot->word == sizeof(unsigned long)) {
+        unsigned long sp = uc_get(uc, UC_SP_OFF), ret, fixed = slot->site + slot->insn_len;
+        struct memio io;
+
+        mem_open(&io, t);
+        if (!mem_read(&io, sp, &ret, sizeof ret) && ret == end)
+            mem_write_data(&io, sp, &fixed, sizeof fixed);
+        mem_close(&io);
+    }
+    if ((slot->flags & SLOT_SCRATCH) && slot->scratch_off < UC_REGS_END)
+        uc_set(uc, slot->scratch_off, (unsigned long)slot->scratch_value);
+}
+
+static void give_back_injected(struct table_header *t, void *uc)
+{
+    struct inject_header *inject = inject_of(t);
+    struct inject_reg *regs = (struct inject_reg *)((char *)t + INJECT_REGS_OFF);
+    uint32_t i;
+
+    for (i = 0; i < inject->count && i < INJECT_REGS; i++)
+        if (regs[i].offset < UC_REGS_END)
+            uc_set(uc, regs[i].offset, (unsigned long)regs[i].value);
+    store(&inject->state, INJECT_IDLE);
+}
+
+/*
+ * Not ours: what the program's own action would have done.  Our action carries the
+ * program's flags and mask, so the thread's mask is already the one its handler expects.
+ * Kernel: force_sig_info_to_task() resets an ignored fault signal to SIG_DFL; a default
+ * SIGTRAP is re-raised to be delivered at sigreturn, when the mask allows it.
+ */
+static void chain(struct table_header *t, int sig, struct ksiginfo *info, void *uc)
+{
+    unsigned long handler = action_word(t->saved_action, KSA_HANDLER);
+    unsigned long flags = action_word(t->saved_action, KSA_FLAGS);
+
+    if (handler == SIG_IGN && info->code <= 0)
+        return;
+    if (handler == SIG_DFL || handler == SIG_IGN) {
+        set_default_action();
+        sys3(SYS_tgkill, sys0(SYS_getpid), sys0(SYS_gettid), SIGTRAP);
+        return;
+    }
+    if (flags & SA_RESETHAND)
+        set_default_action();
+    ((void (*)(int, void *, void *))handler)(sig, info, uc);
+}
+
+static int is_valid(const struct table_header *t)
+{
+    static const uint8_t magic[] = TABLE_MAGIC_INIT;
+
+    return !memcmp(t->magic, magic, sizeof t->magic) && t->version == TABLE_VERSION;
+}
+
+/* R6: uemu, leaving, asks for the program's action back with a SIGTRAP of its own. */
+static int is_request(struct table_header *t, const struct ksiginfo *info)
+{
+    return (info->code == SI_TKILL || info->code == SI_USER) && (uint64_t)info->u.kill.pid == t->tracer_pid &&
+           load(&t->state) == STATE_DETACHED;
+}
+
+void uemu_trap_handler(int sig, void *siginfo, void *uc)
+{
+    struct table_header *t = table();
+    struct ksiginfo *info = siginfo;
+    struct trap trap;
+
+    if (!is_valid(t)) {
+        set_default_action();
+        sys3(SYS_tgkill, sys0(SYS_getpid), sys0(SYS_gettid), SIGTRAP);
+        return;
+    }
+    if (is_request(t, info)) {
+        put_action_back(t);
+        return;
+    }
+    trap.code = info->code;
+    trap.ip = uc_get(uc, UC_IP_OFF);
+    trap.addr = trap.ip - TRAP_IP_ADJUST;
+    trap.tid = sys0(SYS_gettid);
+    trap.slot = 0;
+    classify(t, &trap, uc);
+    if (trap.verdict == NOT_OURS) {
+        chain(t, sig, info, uc);
+        return;
+    }
+    restore_all(t);
+    switch (trap.verdict) {
+    case AT_SITE:
+        uc_set(uc, UC_IP_OFF, trap.addr);
+        break;
+    case STEP_DONE:
+        finish_step(t, trap.slot, trap.after, uc);
+        break;
+    case INJECT_DONE:
+        give_back_injected(t, uc);
+        break;
+    case SWALLOWED:
+    case NOT_OURS:
+        break;
+    }
+    if (trap.thread)
+        trap.thread->flags = 0; /* used up: this thread's next trap is judged afresh */
+}
