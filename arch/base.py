@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Flag, StrEnum
 from types import MappingProxyType
 from typing import Literal, Protocol, TypeVar
 
@@ -246,6 +246,16 @@ class Refuse(Plan):
     reason: str = ""
 
 
+class Finish(Flag):
+    """What finishing a step does (the kernel's UPROBE_FIX_* flags), for a step whose
+    thread uemu's in-target runtime must finish if uemu dies."""
+
+    IP = 1
+    """ip moves from the slot back near the site (when it is still in the slot)."""
+    CALL = 2
+    """The return address a call pushed is made the site's."""
+
+
 class StepEnd(StrEnum):
     """How control comes back from an XOL slot."""
 
@@ -308,6 +318,9 @@ class Backend(Protocol):
 
     def prepare_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> XolSetup:
         """Slot contents and register changes to run the instruction at ``slot_vaddr``."""
+
+    def finish_kind(self, plan: StepOutOfLine) -> Finish:
+        """What ``finish_xol`` fixes, as flags the in-target runtime can apply alone."""
 
     def finish_xol(self, plan: StepOutOfLine, slot_vaddr: int, regs: Regs) -> Effects:
         """Fix-ups after the step so the state is as if it ran at ``plan.vaddr``."""

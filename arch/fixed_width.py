@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from .base import Effects, Emulate, MappingSyscall, Regs, StepOutOfLine, frozen_map
+from .base import Effects, Emulate, Finish, MappingSyscall, Regs, StepOutOfLine, frozen_map
 
 if TYPE_CHECKING:
     import capstone
@@ -24,7 +24,7 @@ GENERIC_MAPPING_SYSCALLS = {
     288: MappingSyscall.MPROTECT,  # pkey_mprotect
 }
 GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "mprotect": 226, "rt_sigaction": 134,
-                           "kcmp": 272}
+                           "kcmp": 272, "memfd_create": 279, "ftruncate": 46, "close": 57}
 """The other syscalls uemu needs (Arch.syscall_numbers), in the same table."""
 TRAP_BRKPT = 1
 """si_code of the SIGTRAP of a brk or ebreak in user mode (send_user_sigtrap(TRAP_BRKPT),
@@ -88,6 +88,10 @@ class PcStepFixups:
         """pc back to the site (arch_uprobe_abort_xol())."""
         assert isinstance(plan, PcStep)
         return plan.aborted
+
+    def finish_kind(self, plan: StepOutOfLine) -> Finish:
+        """pc = vaddr + size: the runtime's FIX_IP (the slot holds one instruction)."""
+        return Finish.IP
 
     def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
         """None: these emulations (branches, adr, bl's link register) write no memory."""

@@ -9,7 +9,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, KernelSigaction, MappingSyscall, Plan, Refuse, Regs, SpecRegister,
+from .base import (Arch, Effects, Emulate, Finish, KernelSigaction, MappingSyscall, Plan, Refuse, Regs, SpecRegister,
                    StepEnd, StepOutOfLine, XolSetup, frozen_map)
 
 if TYPE_CHECKING:
@@ -529,6 +529,14 @@ class X86Backend:
             return Effects(regs={self.ip_reg: plan.vaddr, self.sp_reg: (regs[self.sp_reg] + self.word) & self.mask})
         return _NO_EFFECTS
 
+    def finish_kind(self, plan: StepOutOfLine) -> Finish:
+        """Fixup.IP -> IP, CALL -> CALL, NONE -> nothing.  Differs: a stand-in call's
+        RESTART (sp back, ip to the site) has no runtime flag; IP lets a thread left in
+        its slot go on past the site, the pushed word still on its stack."""
+        assert isinstance(plan, X86Step)
+        return {Fixup.IP: Finish.IP, Fixup.CALL: Finish.CALL, Fixup.NONE: Finish(0), Fixup.RESTART: Finish.IP}[
+            plan.fixup]
+
     def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
         """What to step out of line when emulating ``plan`` could not write the stack.
 
@@ -621,7 +629,7 @@ X86_64 = Arch(
     syscall_orig_reg="orig_rax",
     restart_syscall=219,
     syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "mprotect": 10, "rt_sigaction": 13,
-                                "kcmp": 312}),
+                                "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_X86_64_UCONTEXT),
@@ -647,7 +655,8 @@ I386 = Arch(
     syscall_orig_reg="orig_eax",
     restart_syscall=0,
     syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "mprotect": 125,  # mmap2
-                                "rt_sigaction": 174, "kcmp": 349}),
+                                "rt_sigaction": 174, "kcmp": 349, "memfd_create": 356, "ftruncate": 93,
+                                "close": 6}),
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),

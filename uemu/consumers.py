@@ -36,8 +36,8 @@ class Reporter:
         self.max_events: int | None = None
         self._on_limit = on_limit
 
-    def report(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> None:
-        """Every consumer of the hit uprobe, with registers as at the site."""
+    def report(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.RegsView) -> None:
+        """Every consumer of the hit uprobe; ``regs`` are as at the site."""
         wants_events = bool(self.handlers) or self.queue is not None
         for consumer in hit.uprobe.consumers:
             consumer.hits += 1
@@ -47,12 +47,11 @@ class Reporter:
             if self.max_events is not None and self.event_count >= self.max_events:
                 self._on_limit()
 
-    def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.Regset) -> None:
+    def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:
         memory = mm.memory
         args = None
         if self.decode_args:
-            view = regs.at(mm.arch.ip_reg, site)
-            args = [read(view, memory.read) for read in arg_readers(mm, consumer)]
+            args = [read(regs, memory.read) for read in arg_readers(mm, consumer)]
         probe = consumer.probe
         event = Event(
             time.monotonic_ns(), task.pid, task.tid, probe.object, probe.provider, probe.name, site,

@@ -26,14 +26,21 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Sequence
 
+from typing import TYPE_CHECKING
+
 from uemu.arch import Arch
 
 from . import errors, ptrace
 from .maps import Vma
 from .stops import StopKind, classify
 
+if TYPE_CHECKING:
+    from .tasks import Task
+    from .uprobes import Mm
+
 INJECTABLE = frozenset({StopKind.SIGNAL, StopKind.GROUP, StopKind.INTERRUPT})
-"""Stops of a thread outside any syscall's kernel path (ptrace-stops inside get_signal)."""
+"""Stops of a thread outside any syscall's kernel path (ptrace-stops inside get_signal).
+A syscall-exit stop is one too, but only the stop's handler knows it is an exit."""
 
 HoldSignal = Callable[[int, bytes], None]
 
@@ -82,6 +89,37 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
         regs.update(saved)
         regs.update(arch.restarted_syscall(saved))
         regs.store(tid)
+
+
+def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
+    """``call(name, *args)``: system calls (``Arch.syscall_numbers`` names) made by
+    ``task``, stopped where one may be injected, in ``mm``.
+
+    Once the mm has the in-target runtime, a call goes through its stub (syscall
+    instruction, then a trap), with the registers to give back written in the
+    runtime's table first: if uemu dies meanwhile, the trap brings the thread
+    back as it was (the runtime's R5).  Before the runtime exists, or to remove it
+    (``through_net`` False: the stub goes with the area), the vDSO's syscall
+    instruction is used and uemu's death within the call would leave the thread
+    with the call's registers.
+    """
+    arch = mm.arch
+    net = mm.net if through_net else None
+    at = net.inject_syscall if net is not None else find_syscall_insn(arch, mm.vmas, mm.memory)
+    regs = task.registers(arch)
+
+    def call(name: str, *args: int) -> int:
+        regs.fetch(task.tid)
+        if net is None:
+            return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+        saved = regs.snapshot()
+        net.begin_inject(task.tid, {**saved, **arch.restarted_syscall(saved)})
+        try:
+            return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+        finally:
+            net.end_inject()
+
+    return call
 
 
 def _run_to_exit(tid: int, hold: HoldSignal) -> int:

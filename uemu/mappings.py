@@ -74,6 +74,10 @@ class Tracker:
     def armed(self, mm: Mm, uprobes: Uprobes) -> None:
         """Called after each arming of ``mm`` (attach, exec, a mapping change)."""
 
+    def wants_breakpoint(self, mm: Mm) -> bool:
+        """Whether ``armed`` may put a breakpoint of uemu's own into ``mm``."""
+        return False
+
     def owns(self, uprobe: Uprobe) -> bool:
         """Whether a hit on ``uprobe`` means "mappings may have changed"."""
         return False
@@ -120,10 +124,13 @@ class RendezvousTracker(Tracker):
     def owns(self, uprobe: Uprobe) -> bool:
         return uprobe in self.breakpoints
 
+    def wants_breakpoint(self, mm: Mm) -> bool:
+        return not mm.rendezvous_armed and any(_is_linker(m) for m in mm.objects.values())
+
     def armed(self, mm: Mm, uprobes: Uprobes) -> None:
         if mm.rendezvous_armed:
             return
-        linkers = [m for m in mm.objects.values() if os.path.basename(m.elf.path).startswith("ld")]
+        linkers = [m for m in mm.objects.values() if _is_linker(m)]
         linker = next((m for m in linkers if m.symbol_runtime_address("_r_debug") is not None), None)
         if linker is None:
             mm.rendezvous_armed = not linkers
@@ -140,6 +147,10 @@ class RendezvousTracker(Tracker):
         uprobes.install_breakpoint(mm, uprobe, r_brk)
         self.breakpoints.add(uprobe)
         mm.rendezvous_armed = True
+
+
+def _is_linker(mapped: sdt.MappedObject) -> bool:
+    return os.path.basename(mapped.elf.path).startswith("ld")
 
 
 def tracker(mode: MappingMode) -> Tracker:

@@ -22,6 +22,8 @@ undoes them (uemu cleans unfollowed children itself).
 
 from __future__ import annotations
 
+import copy
+import errno
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -59,22 +61,32 @@ InjectedCall = Callable[..., int]
 stopped thread of the process, returning its result (-errno on failure)."""
 
 
-def map_area(arch: Arch, call: InjectedCall, hint: int = 0) -> int:
+def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> int:
     """Map the area in the process: read+exec code, then read+write data, never both.
 
     With ``hint``, the area goes exactly there or, if that fails (taken, or a kernel that
     takes MAP_FIXED_NOREPLACE as a mere hint), anywhere.  The data part is made writable
     by an mprotect, so no page is ever W+X (memory-deny-write-execute permits this).
+
+    With ``name`` (the address of a NUL-terminated name in the process), the area is a
+    private mapping of a memfd of that name, so /proc/PID/maps shows it for what it is
+    (``/memfd:uemu-net (deleted)``; the kernel names its own area ``[uprobes]``, and
+    anonymous areas can only be named where CONFIG_ANON_VMA_NAME is on), and it is
+    not counted among the program's anonymous executable mappings.  Where a memfd
+    cannot be had, the area is anonymous.
     """
     rx = PROT_READ | PROT_EXEC
+    fd, flags = _area_file(call, name)
     start = -1
     if hint:
-        start = call("mmap", hint, layout.AREA_SIZE, rx, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        start = call("mmap", hint, layout.AREA_SIZE, rx, flags | MAP_FIXED_NOREPLACE, fd, 0)
         if start >= 0 and start != hint:
             call("munmap", start, layout.AREA_SIZE)
             start = -1
     if start < 0:
-        start = call("mmap", 0, layout.AREA_SIZE, rx, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        start = call("mmap", 0, layout.AREA_SIZE, rx, flags, fd, 0)
+    if fd >= 0:
+        call("close", fd)
     if start < 0:
         raise errors.UemuError(f"mmap of the in-target runtime's area failed: {os.strerror(-start)}")
     result = call("mprotect", start + layout.CODE_SIZE, layout.DATA_SIZE, PROT_READ | PROT_WRITE)
@@ -82,6 +94,24 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0) -> int:
         call("munmap", start, layout.AREA_SIZE)
         raise errors.UemuError(f"mprotect of the in-target runtime's table failed: {os.strerror(-result)}")
     return start
+
+
+MFD_CLOEXEC, MFD_EXEC = 0x1, 0x10
+
+
+def _area_file(call: InjectedCall, name: int) -> tuple[int, int]:
+    """(fd, mmap flags) for the area: a memfd of ``name`` AREA_SIZE long, or anonymous."""
+    if not name:
+        return -1, MAP_PRIVATE | MAP_ANONYMOUS
+    fd = call("memfd_create", name, MFD_CLOEXEC | MFD_EXEC)
+    if fd == -errno.EINVAL:  # a kernel before 6.3 knows no MFD_EXEC (memfds were executable then)
+        fd = call("memfd_create", name, MFD_CLOEXEC)
+    if fd < 0:
+        return -1, MAP_PRIVATE | MAP_ANONYMOUS
+    if call("ftruncate", fd, layout.AREA_SIZE) < 0:
+        call("close", fd)
+        return -1, MAP_PRIVATE | MAP_ANONYMOUS
+    return fd, MAP_PRIVATE
 
 
 class _Entries:
@@ -204,6 +234,23 @@ class Net:
         self.memory.write(self.our_action_address, self.our_action(saved))
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
 
+    def uninstall(self, call: InjectedCall) -> None:
+        """Put the program's action back and unmap the area, once uemu has undone every
+        write the table lists and no thread is inside the area.  ``call`` must not use
+        the area's own stub: the area goes."""
+        self._rt_sigaction(call, self.saved_action_address, 0)
+        result = call("munmap", self.base, layout.AREA_SIZE)
+        if result < 0:
+            raise errors.UemuError(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
+
+    def fork(self, memory: Memory) -> Net:
+        """The net of a forked child, whose area and table are copies of this one's."""
+        child = Net(self.arch, self.base, memory, self.capacities)
+        child._sites, child._counters = copy.deepcopy(self._sites), copy.deepcopy(self._counters)
+        child._slots, child._threads = copy.deepcopy(self._slots), copy.deepcopy(self._threads)
+        child._raised = dict(self._raised)
+        return child
+
     def _rt_sigaction(self, call: InjectedCall, new: int, old: int) -> None:
         result = call("rt_sigaction", signal.SIGTRAP, new, old, SIGSET_SIZE)
         if result < 0:
@@ -266,6 +313,18 @@ class Net:
         raised = self._raised.get(addr, 0)
         if raised:
             self._set_raised(addr, raised - 1)
+
+    def forget_counter(self, addr: int) -> None:
+        """The counter's page went (munmap): nothing there to lower any more."""
+        self._set_raised(addr, 0)
+
+    def move_counter(self, old: int, new: int) -> None:
+        """The counter's page moved (mremap) with the count uemu raised in it: the new
+        entry first, so the table never claims less than uemu raised."""
+        raised = self._raised.get(old, 0)
+        if raised:
+            self._set_raised(new, raised)
+            self._set_raised(old, 0)
 
     def _set_raised(self, addr: int, raised: int) -> None:
         if raised == 0:

@@ -157,24 +157,29 @@ class Regset:
                 changed = True
         return changed
 
-    def at(self, ip_reg: str, ip: int) -> RegsView:
-        """These registers with ip read as ``ip`` (as at a probed site, whatever the trap left)."""
-        return RegsView(self, ip_reg, ip)
+    def at(self, ip_reg: str, ip: int, before: Mapping[str, int] | None = None) -> RegsView:
+        """These registers with ip read as ``ip`` (as at a probed site, whatever the trap
+        left), and those in ``before`` with the values they had before uemu set them."""
+        return RegsView(self, ip_reg, ip, before)
 
 
 class RegsView(Mapping[str, int]):
     """Registers as consumers and backends see them: a Regset whose ip reads as
     given (x86 reports ip after the int3; a consumer must see the site)."""
 
-    __slots__ = ("regs", "ip_reg", "ip")
+    __slots__ = ("before", "ip", "ip_reg", "regs")
 
-    def __init__(self, regs: Regset, ip_reg: str, ip: int):
+    def __init__(self, regs: Regset, ip_reg: str, ip: int, before: Mapping[str, int] | None = None):
         self.regs = regs
         self.ip_reg = ip_reg
         self.ip = ip
+        self.before = before or {}
 
     def __getitem__(self, name: str) -> int:
-        return self.ip if name == self.ip_reg else self.regs[name]
+        if name == self.ip_reg:
+            return self.ip
+        before = self.before.get(name)
+        return self.regs[name] if before is None else before
 
     __call__ = __getitem__  # argspec readers call registers by name
 

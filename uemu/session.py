@@ -30,15 +30,17 @@ from types import FrameType
 
 from uemu.arch.base import StepEnd
 
-from . import errors, mappings, process, ptrace, spawn, xol
+from . import errors, inject, mappings, process, ptrace, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
 from .maps import Vma, read_maps
 from .mappings import MappingMode, Tracker
 from .selection import Selection
-from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify, deliver
+from .net import Net, map_area
+from .runtime.layout import AREA_SIZE
+from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
 from .tasks import Task, Tracees
-from .uprobes import Consumer, Mm, Uprobes
+from .uprobes import Consumer, Hit, Mm, Uprobes
 
 _SEIZE_OPTIONS = (
     ptrace.O_TRACESYSGOOD
@@ -92,6 +94,8 @@ class Session:
         self._passthrough = False
         self._old_handlers: dict[int, object] = {}
         self._deadline: float | None = None
+        self._waiting: list[tuple[Task, Hit]] = []
+        """Threads stopped at a hit until an XOL slot is free."""
         self._traced = False
         """Tracing began (attach or spawn armed something): pending words are said at the end."""
         self._check_due = False
@@ -104,6 +108,11 @@ class Session:
     def exit_status(self) -> int | None:
         """The spawned command's exit status as the shell reports it (128+N for signal N)."""
         return self.tracees.exit_status
+
+    @property
+    def child_pid(self) -> int | None:
+        """The spawned command's pid."""
+        return self.tracees.child_pid
 
     @property
     def consumers(self) -> list[Consumer]:
@@ -134,7 +143,7 @@ class Session:
             for task in self.tracees.tasks.values():
                 if task.pid == pid and task.mm is None:
                     task.mm = mm
-            self._arm(mm, mm.vmas)
+            self._arm(mm, mm.vmas, self._injectable(mm))
         except BaseException:
             self.close()
             raise
@@ -147,17 +156,21 @@ class Session:
         self._choose_mode(MappingMode.SECCOMP)
         assert self.tracker is not None
         self.selection.check_spawn(argv)
-        child = spawn.fork_stopped(argv, env, self.tracker.spawn_filter())
-        self.tracees.child_pid = child.pid
         self._install_signal_handlers()
-        ptrace.seize(child.pid, _SEIZE_OPTIONS | ptrace.O_EXITKILL)
+        child = spawn.fork_waiting(argv, env, self.tracker.spawn_filter())
+        self.tracees.child_pid = child.pid
+        # Under the seccomp filter the command cannot live without a tracer (its mmaps
+        # would fail): it dies with uemu.  Otherwise the net lets it outlive uemu.
+        ptrace.seize(child.pid, _SEIZE_OPTIONS | (ptrace.O_EXITKILL if self.tracker.needs_tracer else 0))
         self.tracees.tasks[child.pid] = Task(child.pid, child.pid, None, stopped=False)
-        os.kill(child.pid, signal.SIGCONT)
-        # Run until the exec stop has armed the new image (or the child died trying).
+        child.go()
+        # Run until the new image is armed (or the child died trying).
         tasks = self.tracees.tasks
-        self._run_until(lambda: not tasks or any(t.mm for t in tasks.values()))
+        self._run_until(lambda: not tasks or any(t.mm is not None and not t.arm_pending for t in tasks.values()))
         if self.exit_status is not None and not tasks:
-            raise child.exec_failure(argv)
+            failure = child.exec_failure(argv)
+            if failure is not None:
+                raise failure
         self._traced = True
         return self
 
@@ -257,19 +270,39 @@ class Session:
 
     # ---- arming ------------------------------------------------------------------------
 
-    def _arm(self, mm: Mm, new_vmas: list[Vma]) -> None:
-        """Register what the PROBE words select in newly seen objects, then run the
-        kernel's mmap hook over the new VMAs (delayed counters, then breakpoints)."""
+    def _arm(self, mm: Mm, new_vmas: list[Vma], task: Task) -> None:
+        """Register what the PROBE words select in newly seen objects, put the net in
+        before the first breakpoint, then run the kernel's mmap hook over the new
+        VMAs (delayed counters, then breakpoints).  ``task`` is a thread of ``mm``
+        stopped where a syscall may be injected (``inject.py``)."""
         for mapped in list(mm.objects.values()):
             if any(v.file_id == mapped.file_id for v in new_vmas):
                 self.selection.register_object(mapped)
-        self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
         assert self.tracker is not None
+        if mm.net is None and (self.tracker.wants_breakpoint(mm) or any(
+                u.consumers for v in new_vmas for u in self.uprobes.by_file.get(v.file_id, ()))):
+            self._set_net(task, mm)
+        self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
         self.tracker.armed(mm, self.uprobes)
 
-    def _mappings_changed(self, mm: Mm, call: mappings.MappingCall | None, result: int) -> None:
+    def _set_net(self, task: Task, mm: Mm) -> None:
+        """The in-target runtime (``net.py``): mapped near the probed code (XOL slots
+        reach it with rel32), its handler installed, before any breakpoint."""
+        call = inject.caller(task, mm)
+        near = next((v.start for v in mm.vmas if v.executable and v.file_id in self.uprobes.by_file), 0)
+        hint = xol.gap_near(mm.vmas, near, AREA_SIZE) if near else None
+        try:
+            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, b"uemu-net")),
+                         mm.memory)
+            mm.net.install(call, os.getpid())
+        except errors.UemuError as err:
+            mm.net = None
+            raise errors.UemuError(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None
+        mm.vmas = read_maps(mm.pid)
+
+    def _mappings_changed(self, task: Task, mm: Mm, call: mappings.MappingCall | None, result: int) -> None:
         new_vmas = mappings.refresh(mm, call, result, self.uprobes, self.warn)
-        self._arm(mm, new_vmas)
+        self._arm(mm, new_vmas, task)
 
     def _remove_pending(self) -> None:
         words, self._removals = self._removals, []
@@ -365,6 +398,8 @@ class Session:
             self._in_loop = False
         if self._removals:
             self._remove_pending()
+        if self._waiting:
+            self._serve_waiting()
         if self._check_due:
             self._check_due = False
             self._check_tampering()
@@ -474,9 +509,50 @@ class Session:
             return GO_ON
         assert self.tracker is not None
         if self.tracker.owns(hit.uprobe):
-            self._mappings_changed(mm, None, 0)
-        self.uprobes.handle_swbp(task, mm, hit, regs, self.reporter.report if task.report else None)
-        return GO_ON
+            self._mappings_changed(task, mm, None, 0)
+        return self._handle_hit(task, mm, hit, regs)
+
+    def _handle_hit(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> Resume:
+        """The hit proper; a thread that finds every XOL slot taken waits, stopped,
+        for one (kernel: ``xol_get_insn_slot()`` sleeps) and is handled again."""
+        report = self.reporter.report if task.report else None
+        if self.uprobes.handle_swbp(task, mm, hit, regs, report):
+            return GO_ON
+        assert mm.xol_area is not None
+        if self._reclaim_slots(mm) and self.uprobes.handle_swbp(task, mm, hit, regs, report):
+            return GO_ON
+        self._waiting.append((task, hit))
+        return KEEP
+
+    def _reclaim_slots(self, mm: Mm) -> bool:
+        """Slots of JUMP steps (which need no second stop) stay with their threads, which
+        may still be inside; a stopped thread whose ip is elsewhere gives its slot back."""
+        area = mm.xol_area
+        assert area is not None
+        freed = False
+        for tid, slot in list(area.slots.items()):
+            task = self.tracees.tasks.get(tid)
+            if task is None or not task.stopped or task.xol is not None:
+                continue
+            regs = task.registers(mm.arch)
+            regs.fetch(tid)
+            if not slot <= regs[mm.arch.ip_reg] < slot + area.slot_size:
+                area.free_slot(tid)
+                freed = True
+        return freed
+
+    def _serve_waiting(self) -> None:
+        """Threads waiting for an XOL slot try again (one may have been freed)."""
+        waiting, self._waiting = self._waiting, []
+        for task, hit in waiting:
+            if task.tid not in self.tracees.tasks or task.mm is None:
+                continue
+            if self._stopping:
+                self.uprobes.restart_at_site(task, task.mm, hit, task.registers(task.mm.arch))
+                continue
+            resume = self._handle_hit(task, task.mm, hit, task.registers(task.mm.arch))
+            if resume is GO_ON:
+                self._resume(task, resume)
 
     def _on_syscall(self, task: Task, stop: Stop) -> Resume:
         """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""
@@ -486,9 +562,13 @@ class Session:
             return GO_ON
         call, task.syscall = task.syscall, None
         mm = task.mm
+        if info.op == ptrace.SYSCALL_INFO_EXIT and mm is not None and task.arm_pending:
+            task.arm_pending = False  # execve's exit: the new image before its first instruction
+            self._arm(mm, mm.vmas, task)
+            return GO_ON
         if info.op == ptrace.SYSCALL_INFO_EXIT and mm is not None:
             if call is not None and not self._passthrough:
-                self._mappings_changed(mm, call, info.rval)
+                self._mappings_changed(task, mm, call, info.rval)
             if task.xol is not None:
                 xol.finish_syscall_step(task, mm)
         return GO_ON
@@ -553,8 +633,10 @@ class Session:
         except errors.UnsupportedArch as err:
             self.warn(f"process {task.pid} exec'd a program uemu cannot trace ({err.message}); leaving it alone")
             return self.tracees.let_go(task)
-        self._arm(task.mm, task.mm.vmas)
-        return GO_ON
+        # The exec stop is inside execve, where no syscall can be injected for the net:
+        # arm at execve's syscall-exit stop, before the new image's first instruction.
+        task.arm_pending = True
+        return Resume(ResumeOp.SYSCALL)
 
     def _on_other_event(self, task: Task, stop: Stop) -> Resume:
         return GO_ON
@@ -596,11 +678,15 @@ class Session:
                     xol.leave_slot(task, task.mm)
                 except errors.TraceeGone:
                     pass
+        self._serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:
                 self.uprobes.remove_all(mm)
                 if mm.xol_area is not None:
                     xol.remove_area(self._injectable(mm), mm)
+                if mm.net is not None:
+                    mm.net.uninstall(inject.caller(self._injectable(mm), mm, through_net=False))
+                    mm.net = None
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")
         if self._needs_tracer():
@@ -700,6 +786,17 @@ def _mode(name: str | MappingMode) -> MappingMode:
         return MappingMode(name)
     except ValueError:
         raise errors.BadInput(f"unknown mapping tracking {name!r}; one of {', '.join(MAPPINGS_MODES)}") from None
+
+
+def _scratch_string(task: Task, mm: Mm, text: bytes) -> int:
+    """Put a NUL-terminated string where a stopped thread's stack has room for a
+    system call to read it: below the stack pointer and the x86-64 red zone, where
+    the program keeps nothing while the thread is stopped."""
+    regs = task.registers(mm.arch)
+    regs.fetch(task.tid)
+    address = (regs[mm.arch.sp_reg] - 512 - len(text)) & ~15
+    mm.memory.write(address, text + b"\0")
+    return address
 
 
 def _sigtrap_pending(tid: int) -> bool:

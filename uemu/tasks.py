@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
 
-from . import process, ptrace, sdt, xol
+from . import inject, process, ptrace, sdt, xol
 from .inject import INJECTABLE
+from .runtime.layout import ThreadFlags
 from .maps import Vma, read_maps
 from .sdt import MappedObject
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
@@ -33,6 +34,7 @@ from .xol import ActiveStep
 
 if TYPE_CHECKING:
     from .mappings import MappingCall
+    from .net import Net
 
 
 @dataclass(eq=False)
@@ -48,6 +50,9 @@ class Task:
     """In a ptrace-stop that we have not resumed yet."""
     listening: bool = False
     """In a group-stop we answered with PTRACE_LISTEN."""
+    arm_pending: bool = False
+    """A new image (exec) to arm at execve's syscall-exit stop, before its first
+    instruction, where the net can be put in."""
     stop_kind: StopKind = StopKind.INTERRUPT
     """The kind of its current (or last) stop; a new task's first stop is an interrupt-like one."""
     owed_signal: int = 0
@@ -60,12 +65,21 @@ class Task:
     """The displaced instruction this thread is executing in its XOL slot."""
     held: list[tuple[int, bytes]] = field(default_factory=list)
     """Signals (number, siginfo) held back during an out-of-line step, owed afterwards."""
+    _net_record: tuple[ThreadFlags, int, int, int | None] | None = field(default=None, repr=False)
 
     def registers(self, arch: Arch) -> ptrace.Regset:
         """This task's register buffer (reused from stop to stop)."""
         if self.regs is None:
             self.regs = ptrace.Regset(arch.regset, arch.regset_word)
         return self.regs
+
+    def net_record(self, net: Net, flags: ThreadFlags, ip: int, sp: int, step_slot: int | None) -> None:
+        """Tell the net, before uemu changes this stopped thread's registers, how to
+        finish its hit if uemu dies (written only when it differs from the last)."""
+        record = (flags, ip, sp, step_slot)
+        if record != self._net_record:
+            net.set_thread(self.tid, flags, ip, sp, step_slot)
+            self._net_record = record
 
     def hold(self, sig: int, info: bytes) -> None:
         """Keep a signal for the program until the task is ours no more."""
@@ -188,8 +202,7 @@ class Tracees:
                 task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
                 if not follow:
-                    # Clean it before it runs a single instruction: our bytes out, our counts undone.
-                    self.uprobes.remove_all(task.mm)
+                    self._clean(task, task.mm)
                     self._forget_mm(task.mm, child)
                     task.mm = None
         if task.mm is None:
@@ -198,6 +211,15 @@ class Tracees:
                 resume = self.let_go(task)
                 return [(task, resume)] if stopped else []
         return [(task, GO_ON)] if stopped else []
+
+    def _clean(self, task: Task, mm: Mm) -> None:
+        """A child not followed, before it runs a single instruction (it is stopped at
+        its first stop, where a syscall may be injected): our bytes out, our counts
+        undone, the program's SIGTRAP action back and the net's area unmapped."""
+        self.uprobes.remove_all(mm)
+        if mm.net is not None:
+            mm.net.uninstall(inject.caller(task, mm, through_net=False))
+            mm.net = None
 
     # ---- letting go -----------------------------------------------------------------------
 
@@ -221,6 +243,11 @@ class Tracees:
         mm = task.mm
         if mm is not None and mm.xol_area is not None:
             mm.xol_area.free_slot(task.tid)
+        if mm is not None and mm.net is not None:
+            try:
+                mm.net.clear_thread(task.tid)
+            except OSError:
+                pass  # the whole process is gone with its table
         if task.tid == task.pid == self.child_pid:
             self.exit_status = shell_status(status)
         if mm is not None and not any(t.mm is mm for t in self.tasks.values()):

@@ -34,7 +34,9 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
+from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
 from .ptrace import Memory
+from .runtime.layout import ThreadFlags
 from .sdt import MappedObject
 
 if TYPE_CHECKING:
@@ -154,6 +156,9 @@ class Mm:
     delayed: set[Uprobe] = field(default_factory=set)
     readers: dict[Consumer, list[Any]] = field(default_factory=dict)
     """Argument readers per consumer, built on first hit by ``consumers.py``."""
+    net: Net | None = None
+    """The in-target runtime and its table (``net.py``): present before the first
+    breakpoint goes in, and told of every byte and count before it changes."""
     xol_area: xol.XolArea | None = None
     """Where this mm's displaced instructions run (kernel: ``mm->uprobes_state.xol_area``)."""
     rendezvous_armed: bool = False
@@ -280,10 +285,14 @@ class Uprobes:
             return
         if not self.update_ref_ctr(mm, uprobe, +1):
             return  # kernel: the opcode is not written when the counter cannot be raised
+        if mm.net is not None:
+            mm.net.add_site(vaddr, expected, trap, _prot_at(mm, vaddr))
         try:
             mm.memory.write(vaddr, trap)
         except OSError:
             self.update_ref_ctr(mm, uprobe, -1)  # kernel: roll back when the opcode write fails
+            if mm.net is not None:
+                mm.net.remove_site(vaddr)
             raise
         mm.installed[vaddr] = uprobe
 
@@ -298,9 +307,13 @@ class Uprobes:
             if current is not None:  # an unreadable page was said already
                 self.warn(f"process {mm.pid}: breakpoint at {vaddr:#x} was overwritten by someone else; left as is")
             mm.delayed.discard(uprobe)
+            if mm.net is not None:
+                mm.net.remove_site(vaddr)
             return
         self.update_ref_ctr(mm, uprobe, -1)
         mm.memory.write(vaddr, original)
+        if mm.net is not None:
+            mm.net.remove_site(vaddr)
         if mm.memory.read(vaddr, len(original)) != original:
             self.warn(f"process {mm.pid}: could not restore the original bytes at {vaddr:#x}")
 
@@ -330,16 +343,32 @@ class Uprobes:
         return None if uprobe is None else Hit(uprobe, site)
 
     def handle_swbp(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset,
-                    report: Callable[[Task, Mm, Hit, ptrace.Regset], None] | None) -> None:
-        """Kernel: ``handle_swbp()``: the consumers (``report``, None for a task we
-        only keep safe), then the original instruction: emulated (an SDT nop: no
-        second stop) or stepped out of line (``pre_ssout()``)."""
-        if report is not None:
-            report(task, mm, hit, regs)
+                    report: Callable[[Task, Mm, Hit, ptrace.RegsView], None] | None) -> bool:
+        """Kernel: ``handle_swbp()``: the original instruction, emulated (an SDT nop:
+        no second stop) or stepped out of line (``pre_ssout()``), and the consumers
+        (``report``, None for a task we only keep safe), which see the registers as
+        at the site.  False when no XOL slot is free: nothing was done, the thread
+        waits (kernel: ``xol_get_insn_slot()`` sleeps) and the hit is handled again.
+
+        Differs in order: the kernel runs the consumers first.  uemu first sets the
+        registers the hit leaves, so that a thread whose tracer dies while the
+        consumers run (Python work, the longest part of a hit) goes on right: the
+        kernel drops the SIGTRAP of a thread whose tracer dies in its signal-delivery
+        stop and resumes it as its registers say (uemu/runtime/README: R3).
+        """
         plan = hit.uprobe.plan_at(mm.backend, hit.site)
+        before = self._carry_out(task, mm, hit, plan, regs)
+        if before is None:
+            return False
+        if report is not None:
+            report(task, mm, hit, regs.at(mm.arch.ip_reg, hit.site, before))
+        return True
+
+    def _carry_out(self, task: Task, mm: Mm, hit: Hit, plan: Plan, regs: ptrace.Regset) -> dict[str, int] | None:
+        """Emulate or start the step; the registers it changed, with their values at
+        the site (None: no slot, nothing changed)."""
         if isinstance(plan, StepOutOfLine):
-            xol.start_step(task, mm, plan, hit.site, regs)
-            return
+            return xol.start_step(task, mm, plan, hit.site, regs)
         assert isinstance(plan, Emulate)  # a refused plan never got a breakpoint
         effects = mm.backend.emulate(plan, regs.at(mm.arch.ip_reg, hit.site))
         try:
@@ -352,10 +381,17 @@ class Uprobes:
             stand_in = mm.backend.step_instead(plan)
             if stand_in is None:
                 raise
-            xol.start_step(task, mm, stand_in, hit.site, regs)
-            return
-        if regs.update(effects.regs):
+            return xol.start_step(task, mm, stand_in, hit.site, regs)
+        changed = {name: value for name, value in effects.regs.items() if regs[name] != value}
+        before = {name: regs[name] for name in changed}
+        if changed:
+            if mm.net is not None:
+                ip, sp = mm.arch.ip_reg, mm.arch.sp_reg
+                task.net_record(mm.net, ThreadFlags.SWALLOW, changed.get(ip, regs[ip]), changed.get(sp, regs[sp]),
+                                None)
+            regs.update(changed)
             regs.store(task.tid)
+        return before
 
     @staticmethod
     def restart_at_site(task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> None:
@@ -394,9 +430,15 @@ class Uprobes:
                 self.warn(f"ref_ctr going negative. vaddr: {vaddr:#x}, curr val: {value}, delta: {delta}")
                 return False
             new = struct.pack(fmt, ((value + delta + 0x8000) & 0xFFFF) - 0x8000)
-            mm.memory.write(vaddr, new)
-            if mm.memory.read(vaddr, 2) != new:
-                raise OSError(f"counter at {vaddr:#x} did not keep the written value")
+            self._counted(mm, vaddr, delta, before=True)
+            try:
+                mm.memory.write(vaddr, new)
+                if mm.memory.read(vaddr, 2) != new:
+                    raise OSError(f"counter at {vaddr:#x} did not keep the written value")
+            except OSError:
+                self._counted(mm, vaddr, -delta, before=delta < 0)  # the table is true again
+                raise
+            self._counted(mm, vaddr, delta, before=False)
             count = mm.raised.get(vaddr, 0) + delta
             if count > 0:
                 mm.raised[vaddr] = count
@@ -455,7 +497,20 @@ class Uprobes:
                 mm.memory.write(item.vaddr, mm.backend.trap_bytes(item.uprobe.original))
             else:
                 del mm.installed[item.vaddr]
+                if mm.net is not None:
+                    mm.net.remove_site(item.vaddr)
                 self.update_ref_ctr(mm, item.uprobe, -1)
+
+    @staticmethod
+    def _counted(mm: Mm, vaddr: int, delta: int, before: bool) -> None:
+        """Tell the net of a counter change: an increment before it is written, a
+        decrement after, so the table never claims less than uemu raised."""
+        if mm.net is None or (delta > 0) != before:
+            return
+        if delta > 0:
+            mm.net.raise_counter(vaddr)
+        else:
+            mm.net.lower_counter(vaddr)
 
     @staticmethod
     def _read_counter(mm: Mm, vaddr: int) -> int | None:
@@ -495,8 +550,12 @@ class Uprobes:
         went too: nothing to undo there any more."""
         for vaddr in [v for v in mm.installed if start <= v < end]:
             del mm.installed[vaddr]
+            if mm.net is not None:
+                mm.net.remove_site(vaddr)
         for vaddr in [v for v in mm.raised if start <= v < end]:
             del mm.raised[vaddr]
+            if mm.net is not None:
+                mm.net.forget_counter(vaddr)
 
     @staticmethod
     def dup_mmap(parent: Mm, memory: Memory) -> Mm:
@@ -507,6 +566,8 @@ class Uprobes:
         mm.installed = dict(parent.installed)
         mm.raised = dict(parent.raised)
         mm.rendezvous_armed = parent.rendezvous_armed
+        if parent.net is not None:
+            mm.net = parent.net.fork(memory)  # the area and its table were copied with the pages
         return mm
 
     @staticmethod
@@ -521,6 +582,16 @@ class Uprobes:
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
         ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
+        net = mm.net
+        if net is not None:
+            for vaddr, uprobe in mm.installed.items():
+                if old_start <= vaddr < old_start + old_size:
+                    trap = mm.backend.trap_bytes(uprobe.original)
+                    net.add_site(vaddr - old_start + new_start, uprobe.original, trap, _prot_at(mm, vaddr))
+                    net.remove_site(vaddr)
+            for vaddr in mm.raised:
+                if old_start <= vaddr < old_start + old_size:
+                    net.move_counter(vaddr, vaddr - old_start + new_start)
         _move(mm.installed, old_start, old_size, new_start)
         _move(mm.raised, old_start, old_size, new_start)
 
@@ -531,6 +602,15 @@ def _move(table: dict[int, _T], old_start: int, old_size: int, new_start: int) -
     for vaddr in moved:
         del table[vaddr]
     table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
+
+
+def _prot_at(mm: Mm, vaddr: int) -> int:
+    """PROT_* of the page at ``vaddr`` (the net's fallback restore puts it back)."""
+    vma = next((v for v in mm.vmas if v.start <= vaddr < v.end), None)
+    if vma is None:
+        return PROT_READ | PROT_EXEC
+    return (PROT_READ if vma.readable else 0) | (PROT_WRITE if vma.writable else 0) | (
+        PROT_EXEC if vma.executable else 0)
 
 
 def _counter_format(mm: Mm) -> str:

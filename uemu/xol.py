@@ -7,12 +7,16 @@ Kernel: the XOL half of kernel/events/uprobes.c: ``xol_area`` (one
 other signals wait), ``arch_uprobe_post_xol``/``abort_xol`` through the backend.
 
 Differs: the kernel installs a special mapping itself; uemu makes the tracee
-call mmap (``inject.py``), near the probed code so x86_64 rip-relative
-displacements still reach, and marks it MADV_DONTFORK so a forked child does
-not inherit it (the kernel's area is VM_DONTCOPY).  A slot belongs to one
-thread: the same thread cannot be in two places, so rewriting its slot at its
-next hit is safe even when its last slot returned by itself (``JUMP``).
+call mmap (through the net's stub, ``inject.caller``) at the first step, near
+the stepped code so x86_64 rip-relative displacements still reach, and marks
+it MADV_DONTFORK so a forked child does not inherit it (the kernel's area is
+VM_DONTCOPY).  A slot belongs to one thread: the same thread cannot be in two
+places, so rewriting its slot at its next hit is safe even when its last slot
+returned by itself (``JUMP``).  A slot stepped one instruction at a time
+ends in a trap after that instruction, and the net's table says how to finish
+the step, so a thread left there when uemu dies reaches the runtime's handler.
 """
+
 
 from __future__ import annotations
 
@@ -23,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from uemu.arch.base import Effects, Regs, StepEnd, StepOutOfLine, XolSetup
+from uemu.arch.base import Effects, Finish, Regs, StepEnd, StepOutOfLine, XolSetup
 
-from . import errors, ptrace
-from .inject import find_syscall_insn, inject_syscall
+from . import errors, inject, ptrace
 from .maps import Vma, read_maps
+from .runtime.layout import SlotFlags, ThreadFlags
 from .stops import ResumeOp
 
 if TYPE_CHECKING:
@@ -35,7 +39,8 @@ if TYPE_CHECKING:
     from .uprobes import Mm
 
 PAGE = 4096
-AREA_SIZE = 16 * PAGE
+AREA_SIZE = 256 * PAGE
+"""Room for thousands of slots; untouched pages cost nothing."""
 PROT_READ_EXEC = 0x1 | 0x4
 MAP_PRIVATE_ANONYMOUS = 0x02 | 0x20
 MAP_FIXED_NOREPLACE = 0x100000
@@ -115,15 +120,9 @@ def gap_near(vmas: list[Vma], near: int, size: int) -> int | None:
     return best
 
 
-def create_area(task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
+def create_area(task: Task, mm: Mm, near: int) -> XolArea:
     """Map an XOL area in the thread's process, as close to ``near`` as a gap allows."""
-    arch = mm.arch
-    at = find_syscall_insn(arch, mm.vmas, mm.memory)
-    numbers = arch.syscall_numbers
-
-    def call(name: str, *args: int) -> int:
-        return inject_syscall(task.tid, regs, arch, at, numbers[name], args, task.hold)
-
+    call = inject.caller(task, mm)
     start = -1
     hint = gap_near(mm.vmas, near, AREA_SIZE)
     if hint is not None:
@@ -140,49 +139,72 @@ def create_area(task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
 
 
 def remove_area(task: Task, mm: Mm) -> None:
-    """Unmap the area, making one of the process's parked threads call munmap."""
+    """Unmap the area (every thread out of it), by a call of one of the process's parked threads."""
     area = mm.xol_area
-    if area is None:
-        return
-    regs = task.registers(mm.arch)
-    regs.fetch(task.tid)
-    at = find_syscall_insn(mm.arch, mm.vmas, mm.memory)
-    inject_syscall(task.tid, regs, mm.arch, at, mm.arch.syscall_numbers["munmap"], (area.start, area.size),
-                   task.hold)
-    mm.xol_area = None
+    if area is not None:
+        inject.caller(task, mm)("munmap", area.start, area.size)
+        mm.xol_area = None
 
 
 # ---- a thread's step ------------------------------------------------------------------
 
 
-def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.Regset) -> None:
+def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.Regset) -> dict[str, int] | None:
     """Kernel: ``pre_ssout()``: a slot for this thread, the backend's bytes and
-    registers; STEP and TRAP endings leave an ActiveStep to finish at the next stop."""
-    area = mm.xol_area or _create_area_keeping(task, mm, site, regs)
+    registers; STEP and TRAP endings leave an ActiveStep to finish at the next stop.
+    Returns the registers changed, with their values before; None when every slot
+    is taken: the thread must wait for one (kernel: ``xol_get_insn_slot()``
+    sleeps), its registers untouched."""
+    assert mm.net is not None  # it comes before the first breakpoint
+    area = mm.xol_area
+    if area is None:
+        area = mm.xol_area = _create_area_keeping(task, mm, site, regs)
     slot = area.take_slot(task.tid)
     if slot is None:
-        raise errors.UemuError(f"process {mm.pid}: every XOL slot is taken ({len(area.slots)} threads)")
+        return None
     last = area.plans.get(slot)
     if last is not None and last[0] is plan and not last[1].restore:
         setup = last[1]  # it borrows no register: the same bytes, already in the slot
     else:
         setup = mm.backend.prepare_xol(plan, slot, regs.at(mm.arch.ip_reg, site))
-        if area.code.get(slot) != setup.code:
-            mm.memory.write(slot, setup.code)
-            area.code[slot] = setup.code
+        code = setup.code
+        if setup.ends is StepEnd.STEP:
+            code += mm.backend.trap_bytes(code)  # never run while uemu steps; reached if uemu dies
+        if setup.ends is not StepEnd.JUMP:
+            scratch = next(iter(setup.restore.items()), None)
+            mm.net.set_slot(slot, slot + plan.size, site, plan.size, _slot_flags(mm, plan), scratch)
+        if area.code.get(slot) != code:
+            mm.memory.write(slot, code)
+            area.code[slot] = code
         area.plans[slot] = (plan, setup)
+    flags = ThreadFlags.SWALLOW if setup.ends is StepEnd.JUMP else ThreadFlags.SWALLOW | ThreadFlags.STEP
+    task.net_record(mm.net, flags, slot, regs[mm.arch.sp_reg], None if setup.ends is StepEnd.JUMP else slot)
+    before = {name: regs[name] for name in setup.regs}
     if regs.update(setup.regs):
         regs.store(task.tid)
     if setup.ends is not StepEnd.JUMP:
         task.xol = ActiveStep(plan, slot, setup)
+    return before
 
 
 def _create_area_keeping(task: Task, mm: Mm, near: int, regs: ptrace.Regset) -> XolArea:
     """Create the area from a thread stopped at a hit, its registers as they were."""
     before = regs.snapshot()
-    mm.xol_area = create_area(task, mm, near, regs)
+    area = create_area(task, mm, near)
+    regs.fetch(task.tid)
     assert regs.snapshot() == before
-    return mm.xol_area
+    return area
+
+
+def _slot_flags(mm: Mm, plan: StepOutOfLine) -> SlotFlags:
+    """How the runtime finishes a step left in a slot (kernel: the fix-up flags)."""
+    finish = mm.backend.finish_kind(plan)
+    flags = SlotFlags(0)
+    if finish & Finish.IP:
+        flags |= SlotFlags.FIX_IP
+    if finish & Finish.CALL:
+        flags |= SlotFlags.FIX_CALL
+    return flags
 
 
 def on_signal(task: Task, mm: Mm, sig: int) -> int | None:

@@ -93,11 +93,16 @@ def sdt_sites(*paths: str) -> list[tuple[sdt.ElfObject, sdt.Probe]]:
 
 
 class KernelUprobes:
-    """Kernel uprobes on SDT sites, enabled for the duration of a ``with``."""
+    """Kernel uprobes on SDT sites, enabled for the duration of a ``with``.
+
+    Their events are enabled in a tracefs instance of their own, whose buffer no
+    other user of tracefs clears or fills (tests of other checkouts may run beside)."""
 
     def __init__(self, sites: Sequence[tuple[sdt.ElfObject, sdt.Probe]], with_args: bool = True):
         self.sites: list[KernelSite] = []
         self.definitions: list[str] = []
+        self.files: dict[str, str] = {}
+        self.instance = f"instances/{GROUP}"
         for index, (elf, probe) in enumerate(sites):
             event = f"s{index}"
             specs = argspec.parse_all(probe.args, "x86_64") if with_args and elf.arch_name == "x86_64" else []
@@ -109,37 +114,41 @@ class KernelUprobes:
                     args.append(f"a{len(args)}={arg}")
             ref = f"({probe.semaphore_offset:#x})" if probe.semaphore_offset else ""
             place = f"{os.path.realpath(elf.path)}:{probe.file_offset:#x}{ref}"
+            self.files[event] = os.path.realpath(elf.path)
             self.definitions.append(f"p:{GROUP}/{event} {place} {' '.join(args)}".rstrip())
             self.sites.append(KernelSite(event, probe, tuple(fetched)))
 
     def __enter__(self) -> KernelUprobes:
         for definition in self.definitions:
             _append("uprobe_events", definition)
-        _write("trace", "")
-        _write("tracing_on", "1")
-        _write(f"events/{GROUP}/enable", "1")
+        (TRACEFS / self.instance).mkdir(exist_ok=True)
+        _write(f"{self.instance}/trace", "")
+        _write(f"{self.instance}/tracing_on", "1")
+        _write(f"{self.instance}/events/{GROUP}/enable", "1")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _write(f"events/{GROUP}/enable", "0")
+        _write(f"{self.instance}/events/{GROUP}/enable", "0")
         for site in self.sites:
             _append("uprobe_events", f"-:{GROUP}/{site.event}")
+        (TRACEFS / self.instance).rmdir()
 
     def hits(self) -> Counter[str]:
         """Hits per probe name, summed over its sites (uprobe_profile's nhit)."""
-        by_event = {site.event: site.probe.full_name for site in self.sites}  # profile lines omit the group
+        # Profile lines name the file and the event but not the group: both must be ours.
+        by_event = {(self.files[site.event], site.event): site.probe.full_name for site in self.sites}
         counts: Counter[str] = Counter()
         for line in (TRACEFS / "uprobe_profile").read_text().splitlines():
             fields = line.split()
-            if len(fields) == 3 and fields[1] in by_event:
-                counts[by_event[fields[1]]] += int(fields[2])
+            if len(fields) == 3 and (fields[0], fields[1]) in by_event:
+                counts[by_event[fields[0], fields[1]]] += int(fields[2])
         return counts
 
     def records(self) -> list[tuple[str, list[int | None], int]]:
         """(probe name, argument values with None where not fetched, thread) per hit, in order."""
         by_event = {site.event: site for site in self.sites}
         out = []
-        for line in (TRACEFS / "trace").read_text().splitlines():
+        for line in (TRACEFS / self.instance / "trace").read_text().splitlines():
             match = _TRACE_LINE.search(line)
             if match is None or match.group(2) not in by_event:
                 continue
