@@ -17,8 +17,9 @@ awaited after uemu is gone: every thread has passed its sites several times."""
 PROGRESS_TIMEOUT = 5.0
 
 
-def judge(target: Target, outcome: Outcome) -> None:
-    why = target.progress(ORPHANED_TURNS, PROGRESS_TIMEOUT)
+def judge(target: Target, outcome: Outcome, ticks: int = 0, timeout: float = PROGRESS_TIMEOUT) -> None:
+    """``ticks``: slow periods to await too, where the slow probe is the one hit."""
+    why = target.progress(ORPHANED_TURNS, timeout, ticks)
     if why is None:
         outcome.harmed += harm(target.known_pid, target.lines())
         if anonymous_code(target.known_pid):

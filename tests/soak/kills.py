@@ -1,7 +1,9 @@
 """``kill -9`` of uemu at random moments while it traces samples/survival.
 
 Moments: while arming (after the seize for ``attach``, after the fork for
-``run``), under a hot semaphore-guarded probe, during out-of-line steps in jump
+``run``), armed but before any hit (``cold``: the slow guarded probe every
+0.5 s, whose next pass is the first orphaned hit), under a hot semaphore-guarded
+probe, during out-of-line steps in jump
 and in step slots (raw probes on work()), while following forks (``-f``, the
 sample forking a child every 50 ms), and while leaving (SIGINT, then SIGKILL
 within 50 ms).  Then the target must make its first orphaned hits and be judged
@@ -20,17 +22,21 @@ import time
 from dataclasses import dataclass
 
 from conftest import Build
-from judge import judge
+from judge import PROGRESS_TIMEOUT, judge
 from sites import stepped
 from tally import Outcome
 from target import UEMU, Target, Uemu, wait_for
 from tracee import tracer_pid
 
-MOMENTS = ("arming", "hot", "jump", "step", "forks", "leaving")
+MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "leaving")
 THREADS = 4
 SLOW_MS = 3000
-"""survival:slow every 3 s, as in the issue; 50 ms where the sample forks."""
+"""survival:slow every 3 s, as in the issue; 0.5 s where it is the probe hit,
+50 ms where the sample forks."""
+COLD_MS = 500
 FORK_MS = 50
+LIFETIME_MS = 120_000
+"""survival's own end: no target outlives a try that lost track of it."""
 ARMING_WINDOW = {"attach": 0.1, "run": 0.3}
 """Seconds after the seize (attach) or the fork (run) in which a kill lands at
 random: about the time arming takes here (attach 30-130 ms, run up to 0.7 s
@@ -78,6 +84,7 @@ class Kill:
         raw = stepped(program, "work")
         return {
             "arming": ["survival:*", raw["jump"], raw["step"]],
+            "cold": ["survival:slow"],
             "hot": ["survival:hot"],
             "jump": [raw["jump"]],
             "step": [raw["step"]],
@@ -88,8 +95,8 @@ class Kill:
     def __call__(self, rng: random.Random) -> Outcome:
         outcome = Outcome()
         forks = self.moment == "forks"
-        argv = [self.build.directory / "survival", THREADS, FORK_MS if forks else SLOW_MS, 0,
-                *(["fork"] if forks else [])]
+        slow_ms = {"forks": FORK_MS, "cold": COLD_MS}.get(self.moment, SLOW_MS)
+        argv = [self.build.directory / "survival", THREADS, slow_ms, LIFETIME_MS, *(["fork"] if forks else [])]
         options = ["-o", "/dev/null", *(["-f"] if forks else [])]
         if self.command == "attach":
             target = Target(argv)
@@ -108,7 +115,10 @@ class Kill:
                 return outcome
             if self.repair:
                 _repair(target.pid, outcome)
-            judge(target, outcome)
+            if self.moment == "cold":  # two slow periods: one whole pass after the kill
+                judge(target, outcome, ticks=2, timeout=PROGRESS_TIMEOUT + 2 * COLD_MS / 1000)
+            else:
+                judge(target, outcome)
         finally:
             target.close()
             uemu.close()

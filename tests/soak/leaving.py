@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from conftest import Build
 from judge import judge
-from kills import SLOW_MS, THREADS
+from kills import LIFETIME_MS, SLOW_MS, THREADS
 from sites import stepped
 from tally import Outcome
 from target import Target, Uemu, describe
@@ -43,7 +43,7 @@ interpreter starting, the seize, arming and the first hits."""
 
 
 def _survival_under(command: str, build: Build, probes: list[str]) -> tuple[Target, Uemu]:
-    argv = [build.directory / "survival", THREADS, SLOW_MS, 0]
+    argv = [build.directory / "survival", THREADS, SLOW_MS, LIFETIME_MS]
     if command == "attach":
         target = Target(argv)
         target.wait_line("sync")

@@ -201,13 +201,21 @@ class Target:
         except (OSError, ValueError):
             return None
 
-    def progress(self, count: int, timeout: float) -> str | None:
-        """Wait until it made ``count`` more turns.  None when it did; else why not."""
-        start = self.turns()
+    def ticks(self) -> int:
+        """The survival sample's slow periods so far (its ``tick`` lines)."""
+        return sum(line.kind == "tick" for line in self.lines())
+
+    def progress(self, count: int, timeout: float, ticks: int = 0) -> str | None:
+        """Wait until it made ``count`` more turns and ``ticks`` more slow periods.
+        None when it did; else why not."""
+        start, ticked = self.turns(), self.ticks()
         if start is None:
             return "ended"
-        if wait_for(lambda: (self.turns() or start) - start >= count or self.ended(), timeout, 0.01) \
-                and not self.ended():
+
+        def done() -> bool:
+            return ((self.turns() or start) - start >= count and self.ticks() >= ticked + ticks) or self.ended()
+
+        if wait_for(done, timeout, 0.01) and not self.ended():
             return None
         if self.ended():
             return "ended"
@@ -226,10 +234,10 @@ class Target:
         return False
 
     def close(self) -> None:
+        if self.uemu is not None:  # first: a command it had started becomes ours
+            self.uemu.close()
         pid = self.pid
-        if not self.ended() and pid is not None:
+        if pid is not None and not self.ended():
             os.kill(pid, signal.SIGKILL)
             self.wait_end(10.0)
-        if self.uemu is not None:
-            self.uemu.close()
         self._out.close()
