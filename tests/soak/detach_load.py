@@ -72,6 +72,8 @@ def classify(message: str, outcome: Outcome) -> None:
     """Put one failure in the soak's columns."""
     if "ended with signal" in message:
         outcome.died.append(message)
+    elif "ended with status" in message:  # it ran past a sync it waits at: a blocking read returned
+        outcome.harmed.append(message)
     elif "internal error" in message or "Traceback" in message:
         outcome.internal.append(message)
     elif "timed out" in message:

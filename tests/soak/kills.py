@@ -111,7 +111,6 @@ class Kill:
             uemu.finish(30)
             outcome.internal += uemu.failures()
             if target.pid is None:
-                outcome.notes["killed before the command existed"] += 1
                 return outcome
             if self.repair:
                 _repair(target.pid, outcome)
@@ -144,6 +143,8 @@ class Kill:
             outcome.notes["uemu had ended before the kill"] += 1
         elif not uemu.ready.exists():
             outcome.notes["killed before armed"] += 1
+        if target.pid is None:  # run: found while still uemu's child, or never
+            outcome.notes["killed before the command existed"] += 1
         uemu.send(signal.SIGKILL)
 
 

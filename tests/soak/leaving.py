@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from conftest import Build
 from judge import judge
-from kills import LIFETIME_MS, SLOW_MS, THREADS
+from kills import LIFETIME_MS, SLOW_MS, THREADS, TRACING_WINDOW
 from sites import stepped
 from tally import Outcome
 from target import Target, Uemu, describe
@@ -38,8 +38,9 @@ KERNEL_INTERNAL = range(512, 531)
 LEAVE_TIMEOUT = 30.0
 STOP_SECONDS = 5.0
 START_WINDOW = 1.2
-"""Seconds from uemu's start in which a leaving signal lands at random: the
-interpreter starting, the seize, arming and the first hits."""
+"""Seconds from uemu's start in which a leaving signal lands at random in half
+the tries: the interpreter starting, the seize, arming and the first hits; in
+the other half, within TRACING_WINDOW once armed."""
 
 
 def _survival_under(command: str, build: Build, probes: list[str]) -> tuple[Target, Uemu]:
@@ -79,6 +80,9 @@ def _uemu_ended(command: str, uemu: Uemu, target: Target, after: str, outcome: O
         outcome.hangs.append(f"uemu {command} did not end in {LEAVE_TIMEOUT:g} s after {after}")
     else:
         outcome.notes[f"uemu {command} exit {describe(code)}"] += 1
+        said = uemu.stderr().strip().splitlines()
+        if code != 0 and said and code <= 128:  # its own error, not the command's status
+            outcome.notes[f"uemu {command} said: {said[-1]}"] += 1
         if command == "run" and target.code is None and code > 128:
             outcome.died.append(f"ended with signal {signal.Signals(code - 128).name} (uemu run's status)")
     outcome.internal += uemu.failures()
@@ -124,7 +128,7 @@ class Stopped:
 
 @dataclass(frozen=True)
 class Signalled:
-    """A leaving signal at a random moment from uemu's start."""
+    """A leaving signal at a random moment from uemu's start, or while it traces."""
 
     command: str
     signo: signal.Signals
@@ -147,7 +151,11 @@ class Signalled:
         outcome = Outcome()
         target, uemu = _survival_under(self.command, self.build, _every_kind(self.build))
         try:
-            time.sleep(rng.uniform(0, START_WINDOW))
+            if rng.random() < 0.5:
+                time.sleep(rng.uniform(0, START_WINDOW))
+            else:
+                uemu.wait_ready()
+                time.sleep(rng.uniform(0, TRACING_WINDOW))
             if not uemu.ready.exists():
                 outcome.notes["signalled before armed"] += 1
             if target.pid is None:  # run: the command does not exist yet

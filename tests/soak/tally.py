@@ -5,6 +5,7 @@ a kernel-internal errno), uemu's tracebacks and internal errors, and hangs."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -45,8 +46,9 @@ class Tally:
             seen = getattr(outcome, column)
             if seen:
                 self.counts[column] += 1
-                self.examples[column].update(seen)
-        self.notes.update(outcome.notes)
+                self.examples[column].update(_general(message) for message in seen)
+        for note, times in outcome.notes.items():
+            self.notes[_general(note)] += times
 
     @property
     def clean(self) -> bool:
@@ -68,6 +70,11 @@ class Tally:
         if self.notes:
             lines.append("    notes: " + ", ".join(f"{note} x{n}" for note, n in sorted(self.notes.items())))
         return lines
+
+
+def _general(message: str) -> str:
+    """The same message from another try reads the same: no process ids."""
+    return re.sub(r"\bprocess \d+", "process N", message)
 
 
 def header(width: int) -> str:

@@ -183,7 +183,7 @@ class Target:
         except ChildProcessError:  # still uemu's: alive while /proc says so
             try:
                 return process_state(pid) in ("Z", "X")
-            except FileNotFoundError:
+            except OSError:
                 return True
         if done:
             self.code = os.waitstatus_to_exitcode(status)
@@ -208,6 +208,8 @@ class Target:
     def progress(self, count: int, timeout: float, ticks: int = 0) -> str | None:
         """Wait until it made ``count`` more turns and ``ticks`` more slow periods.
         None when it did; else why not."""
+        if not self.wait_line("counter", timeout):
+            return "ended" if self.ended() else f"not started in {timeout:g} s"
         start, ticked = self.turns(), self.ticks()
         if start is None:
             return "ended"
@@ -219,8 +221,14 @@ class Target:
             return None
         if self.ended():
             return "ended"
-        states = sorted({process_state(int(tid)) for tid in os.listdir(f"/proc/{self.pid}/task")})
-        return f"no progress in {timeout:g} s (thread states {''.join(states)})"
+        return f"no progress in {timeout:g} s (thread states {self.states()})"
+
+    def states(self) -> str:
+        """Its threads' states (``/proc/PID/task/*/stat``): ``S``, ``t`` (a ptrace stop)..."""
+        try:
+            return "".join(sorted({process_state(int(tid)) for tid in os.listdir(f"/proc/{self.pid}/task")}))
+        except OSError:
+            return "gone"
 
     def stop(self, timeout: float = 10.0) -> bool:
         """SIGTERM, as a user ends it; False when it did not end in time (then SIGKILL)."""
