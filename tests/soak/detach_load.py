@@ -42,10 +42,10 @@ def busy_loops(count: int = 2) -> Iterator[None]:
             loop.wait()
 
 
-def run_tests(builds: Sequence[str] | None) -> dict[str, str | None]:
+def run_tests(builds: Sequence[str] | None, ends: Sequence[str] = ENDS) -> dict[str, str | None]:
     """One pytest run: test id -> None when it passed, else its failure's first line.
-    ``builds`` None: every runnable build (as ``-k`` selects them)."""
-    selection = ([f"{TEST}[{build}-{ends}]" for build in builds for ends in ENDS] if builds is not None
+    ``builds`` None: every runnable build and both slot ends (as ``-k`` selects them)."""
+    selection = ([f"{TEST}[{build}-{end}]" for build in builds for end in ends] if builds is not None
                  else ["tests/integration/test_xol.py", "-k", "test_detach_while_threads_run_through_slots"])
     with tempfile.NamedTemporaryFile(suffix=".xml") as report:
         try:
@@ -91,16 +91,19 @@ class DetachLoad:
     builds: tuple[str, ...] | None
     full: int
     short: int
+    ends: tuple[str, ...] = ENDS
     available = None
 
     @property
     def name(self) -> str:
-        return f"detach-load/{','.join(self.builds) if self.builds else 'all-builds'}"
+        if self.builds is None:
+            return "detach-load/all-builds"
+        return f"detach-load/{','.join(self.builds)}/{','.join(self.ends)}"
 
     def __call__(self, rng: random.Random) -> Outcome:
         outcome = Outcome()
         with busy_loops():
-            results = run_tests(self.builds)
+            results = run_tests(self.builds, self.ends)
         for test, message in results.items():
             outcome.notes[f"{'passed' if message is None else 'failed'} {test}"] += 1
             if message is not None:
@@ -109,7 +112,7 @@ class DetachLoad:
 
 
 def scenarios() -> list[DetachLoad]:
-    return [DetachLoad(None, full=200, short=0), DetachLoad(("x86_64-O2",), full=0, short=1)]
+    return [DetachLoad(None, full=200, short=0), DetachLoad(("x86_64-O2",), full=0, short=1, ends=("jump",))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -286,7 +286,7 @@ class Swarm:
 
     @property
     def short(self) -> int:
-        return int(self.command == "run" and self.build.target == "x86_64" and self.threads < 1000)
+        return int(self.command == "attach" and self.build.target == "x86_64" and self.threads < 1000)
 
     def __call__(self, rng: random.Random) -> Outcome:
         return Parked(self.command, 0, self.build, hitters=self.threads, pause_us=500_000,
