@@ -119,8 +119,6 @@ def test_an_error_of_attach_leaves_the_target_unharmed(survival, how, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
-@pytest.mark.xfail(strict=True, reason="issue 9: attach hangs with the target frozen when one thread is "
-                   "already traced (item 2)")
 def test_attach_refuses_a_process_one_of_whose_threads_is_traced(survival):
     """``strace -p TID`` on a non-leader thread first: uemu refuses at once with
     the tracer named (exit 7), and every thread goes on running."""
