@@ -37,10 +37,11 @@ COLD_MS = 500
 FORK_MS = 50
 LIFETIME_MS = 120_000
 """survival's own end: no target outlives a try that lost track of it."""
-ARMING_WINDOW = {"attach": 0.1, "run": 0.3}
-"""Seconds after the seize (attach) or the fork (run) in which a kill lands at
-random: about the time arming takes here (attach 30-130 ms, run up to 0.7 s
-when loaded); the notes say how many kills came before uemu was armed."""
+ARMING_SPAN = 1.2
+"""A kill while arming lands at random within this many times the time arming
+took in a try that was not killed (measured once per scenario and soak run,
+from the seize for attach, from the fork for run); the notes say how many
+kills came before uemu was armed."""
 TRACING_WINDOW = 0.4
 LEAVING_WINDOW = 0.05
 
@@ -92,8 +93,7 @@ class Kill:
             "leaving": ["survival:hot", raw["jump"], raw["step"]],
         }[self.moment]
 
-    def __call__(self, rng: random.Random) -> Outcome:
-        outcome = Outcome()
+    def _start(self) -> tuple[Target, Uemu]:
         forks = self.moment == "forks"
         slow_ms = {"forks": FORK_MS, "cold": COLD_MS}.get(self.moment, SLOW_MS)
         argv = [self.build.directory / "survival", THREADS, slow_ms, LIFETIME_MS, *(["fork"] if forks else [])]
@@ -101,11 +101,26 @@ class Kill:
         if self.command == "attach":
             target = Target(argv)
             target.wait_line("sync")
-            uemu = Uemu("attach", [*options, str(target.pid), *self.probes()])
-        else:
-            target = Target(argv, under=[*options, *self.probes()])
-            assert target.uemu is not None
-            uemu = target.uemu
+            return target, Uemu("attach", [*options, str(target.pid), *self.probes()])
+        target = Target(argv, under=[*options, *self.probes()])
+        assert target.uemu is not None
+        return target, target.uemu
+
+    @property
+    def _start_word(self) -> str:
+        return "seize" if self.command == "attach" else "fork"
+
+    def _seized(self, uemu: Uemu, target: Target) -> bool:
+        """Wait until uemu holds the target (attach) or has started it (run), or has ended."""
+        if self.command == "attach":
+            return wait_for(lambda: tracer_pid(target.known_pid) == uemu.pid or uemu.process.poll() is not None, 30)
+        return wait_for(lambda: target.pid is not None or uemu.process.poll() is not None, 30)
+
+    def __call__(self, rng: random.Random) -> Outcome:
+        outcome = Outcome()
+        if self.moment == "arming":
+            arming_time(self)  # measured before this try starts, once
+        target, uemu = self._start()
         try:
             self._kill(uemu, target, rng, outcome)
             uemu.finish(30)
@@ -125,13 +140,11 @@ class Kill:
 
     def _kill(self, uemu: Uemu, target: Target, rng: random.Random, outcome: Outcome) -> None:
         if self.moment == "arming":
-            if self.command == "attach":
-                started = wait_for(lambda: tracer_pid(target.known_pid) == uemu.pid or uemu.process.poll() is not None, 30)
-            else:
-                started = wait_for(lambda: target.pid is not None or uemu.process.poll() is not None, 30)
-            if not started:
+            window = ARMING_SPAN * arming_time(self)
+            outcome.notes[f"killed within {window * 1000:.0f} ms of the {self._start_word}"] += 1
+            if not self._seized(uemu, target):
                 outcome.hangs.append("uemu neither seized nor ended in 30 s")
-            time.sleep(rng.uniform(0, ARMING_WINDOW[self.command]))
+            time.sleep(rng.uniform(0, window))
         else:
             if not uemu.wait_ready():
                 outcome.notes[f"uemu ended before it was armed ({uemu.process.returncode})"] += 1
@@ -146,6 +159,23 @@ class Kill:
         if target.pid is None:  # run: found while still uemu's child, or never
             outcome.notes["killed before the command existed"] += 1
         uemu.send(signal.SIGKILL)
+
+
+@functools.cache
+def arming_time(kill: Kill) -> float:
+    """Seconds from the seize (attach) or the fork (run) to armed, in a try left
+    to end the ordinary way."""
+    target, uemu = kill._start()
+    try:
+        kill._seized(uemu, target)
+        began = time.monotonic()
+        uemu.wait_ready()
+        return time.monotonic() - began
+    finally:
+        uemu.send(signal.SIGINT)
+        uemu.finish(30)
+        target.close()
+        uemu.close()
 
 
 def _repair(pid: int, outcome: Outcome) -> None:
