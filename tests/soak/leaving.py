@@ -31,7 +31,8 @@ from judge import judge
 from kills import LIFETIME_MS, SLOW_MS, THREADS, TRACING_WINDOW
 from sites import stepped
 from tally import Outcome
-from target import Target, Uemu, describe
+from target import Target, Uemu, describe, wait_for
+from tracee import process_state
 
 KERNEL_INTERNAL = range(512, 531)
 """ERESTARTSYS .. (include/linux/errno.h): never meant for user space."""
@@ -75,17 +76,19 @@ def _leave(command: str, target: Target, uemu: Uemu, signo: int, outcome: Outcom
 def _uemu_ended(command: str, uemu: Uemu, target: Target, after: str, outcome: Outcome) -> None:
     """uemu's end once told to leave: its exit code or a hang, its own failures, and
     for run the command's death when uemu reaped it (status 128+N: signal N)."""
-    code = uemu.finish(LEAVE_TIMEOUT)
-    if code is None:
-        outcome.hangs.append(f"uemu {command} did not end in {LEAVE_TIMEOUT:g} s after {after}")
-    else:
-        outcome.notes[f"uemu {command} exit {describe(code)}"] += 1
-        said = uemu.stderr().strip().splitlines()
-        if code != 0 and said and code <= 128:  # its own error, not the command's status
-            outcome.notes[f"uemu {command} said: {said[-1]}"] += 1
-        if command == "run" and target.code is None and code > 128:
-            outcome.died.append(f"ended with signal {signal.Signals(code - 128).name} (uemu run's status)")
+    if not wait_for(lambda: uemu.process.poll() is not None, LEAVE_TIMEOUT):
+        outcome.hangs.append(f"uemu {command} did not end in {LEAVE_TIMEOUT:g} s after {after} (uemu "
+                             f"{process_state(uemu.pid)}, target threads {target.states()})")
+    code = uemu.finish(0)
     outcome.internal += uemu.failures()
+    if code is None:
+        return
+    outcome.notes[f"uemu {command} exit {describe(code)}"] += 1
+    said = uemu.stderr().strip().splitlines()
+    if code != 0 and said and code <= 128:  # its own error, not the command's status
+        outcome.notes[f"uemu {command} said: {said[-1]}"] += 1
+    if command == "run" and target.code is None and code > 128:
+        outcome.died.append(f"ended with signal {signal.Signals(code - 128).name} (uemu run's status)")
 
 
 @dataclass(frozen=True)
@@ -180,11 +183,12 @@ def woke(target: Target, parkers: int, outcome: Outcome) -> None:
         if err in KERNEL_INTERNAL:
             outcome.harmed.append(f"{line.word} returned {result} with errno {err} (kernel-internal)")
             outcome.notes[f"{line.word}: errno {err}"] += 1
-        elif early and line.word == "epoll_wait" and err == errno.EINTR:
+        elif line.word == "epoll_wait" and err == errno.EINTR:
             outcome.notes["epoll_wait: EINTR (what any ptrace stop does: see parked/strace)"] += 1
         elif early or err:
-            outcome.harmed.append(f"{line.word} returned early: {result}, errno {err}")
-            outcome.notes[f"{line.word}: early, errno {err}"] += 1
+            when = "early" if early else "after the release"
+            outcome.harmed.append(f"{line.word} returned {result}, errno {err}, {when}")
+            outcome.notes[f"{line.word}: errno {err}, {when}"] += 1
     if len(reports) != parkers + 1:
         outcome.harmed.append(f"{len(reports)} of {parkers + 1} parked threads reported")
     wrong = [int(line.values[0]) for line in lines if line.kind == "result" and line.values != ("0",)]
