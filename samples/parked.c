@@ -18,9 +18,10 @@
  *
  * CALL read, futex, nanosleep or epoll_wait; RETURN what the call returned;
  * ERRNO errno when it returned -1, else 0; EARLY 1 when it returned before the
- * release (nanosleep: before its deadline).  Untraced, and under any correct
- * tracer, every line is "read 1 0 0", "futex 0 0 0", "nanosleep 0 0 0" or
- * "epoll_wait 1 0 0".  Each hitter prints "hits PID TID parked:step CALLS",
+ * release (nanosleep: before its deadline).  Untraced every line is "read 1 0 0",
+ * "futex 0 0 0", "nanosleep 0 0 0" or "epoll_wait 1 0 0".  Any ptrace stop
+ * (strace and gdb too) also gives "epoll_wait -1 4 ..." (man 7 signal), and
+ * "futex -1 11 0" when the release comes while the thread is stopped.  Each hitter prints "hits PID TID parked:step CALLS",
  * and "result PID TID parked:wrong N", the number of times step() returned
  * something else than its formula (0 whatever a tracer does).
  *

@@ -185,6 +185,8 @@ def woke(target: Target, parkers: int, outcome: Outcome) -> None:
             outcome.notes[f"{line.word}: errno {err}"] += 1
         elif line.word == "epoll_wait" and err == errno.EINTR:
             outcome.notes["epoll_wait: EINTR (what any ptrace stop does: see parked/strace)"] += 1
+        elif line.word == "futex" and err == errno.EAGAIN and not early:
+            outcome.notes["futex: EAGAIN, woken while in a ptrace stop (the kernel's restart sees the new value)"] += 1
         elif early or err:
             when = "early" if early else "after the release"
             outcome.harmed.append(f"{line.word} returned {result}, errno {err}, {when}")
