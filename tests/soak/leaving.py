@@ -62,15 +62,20 @@ def _every_kind(build: Build) -> list[str]:
 
 
 def _leave(command: str, target: Target, uemu: Uemu, signo: int, outcome: Outcome) -> None:
-    """Tell uemu to leave, and judge the target: after uemu's end for attach, before
-    it for run (uemu run ends with the command)."""
+    """Tell uemu to leave, and judge the target."""
     uemu.send(signo)
+    _judge_leaving(command, target, uemu, signal.Signals(signo).name, outcome)
+
+
+def _judge_leaving(command: str, target: Target, uemu: Uemu, after: str, outcome: Outcome) -> None:
+    """Judge the target after uemu's end for attach, before it for run (uemu run
+    ends with the command)."""
     if command == "attach":
-        _uemu_ended(command, uemu, target, signal.Signals(signo).name, outcome)
+        _uemu_ended(command, uemu, target, after, outcome)
         judge(target, outcome)
     else:
         judge(target, outcome)
-        _uemu_ended(command, uemu, target, signal.Signals(signo).name, outcome)
+        _uemu_ended(command, uemu, target, after, outcome)
 
 
 def _uemu_ended(command: str, uemu: Uemu, target: Target, after: str, outcome: Outcome) -> None:
@@ -161,13 +166,18 @@ class Signalled:
                 time.sleep(rng.uniform(0, TRACING_WINDOW))
             if not uemu.ready.exists():
                 outcome.notes["signalled before armed"] += 1
-            if target.pid is None:  # run: the command does not exist yet
-                uemu.send(self.signo)
-                if uemu.finish(LEAVE_TIMEOUT) is None:
-                    outcome.hangs.append(f"uemu run did not end in {LEAVE_TIMEOUT:g} s")
-                outcome.notes["signalled before the command existed"] += 1
+            if target.pid is not None:
+                _leave(self.command, target, uemu, self.signo, outcome)
                 return outcome
-            _leave(self.command, target, uemu, self.signo, outcome)
+            # run, the command not started yet: uemu may end, or start it and stay until it ends
+            outcome.notes["signalled before the command existed"] += 1
+            uemu.send(self.signo)
+            if wait_for(lambda: target.pid is not None or uemu.process.poll() is not None, LEAVE_TIMEOUT) \
+                    and target.pid is not None:
+                outcome.notes["uemu run started the command after the signal"] += 1
+                _judge_leaving(self.command, target, uemu, self.signo.name, outcome)
+            else:
+                _uemu_ended(self.command, uemu, target, self.signo.name, outcome)
         finally:
             target.close()
             uemu.close()
