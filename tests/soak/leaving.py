@@ -92,7 +92,7 @@ def _uemu_ended(command: str, uemu: Uemu, target: Target, after: str, outcome: O
     said = uemu.stderr().strip().splitlines()
     if code != 0 and said and code <= 128:  # its own error, not the command's status
         outcome.notes[f"uemu {command} said: {said[-1]}"] += 1
-    if command == "run" and target.code is None and code > 128:
+    if command == "run" and target.pid is not None and target.code is None and code > 128:
         outcome.died.append(f"ended with signal {signal.Signals(code - 128).name} (uemu run's status)")
 
 
