@@ -1,0 +1,196 @@
+"""``kill -9`` of uemu at random moments while it traces samples/survival.
+
+Moments: while arming (after the seize for ``attach``, after the fork for
+``run``), armed but before any hit (``cold``: the slow guarded probe every
+0.5 s, whose next pass is the first orphaned hit), under a hot semaphore-guarded
+probe, during out-of-line steps in jump
+and in step slots (raw probes on work()), while following forks (``-f``, the
+sample forking a child every 50 ms), and while leaving (SIGINT, then SIGKILL
+within 50 ms).  Then the target must make its first orphaned hits and be judged
+(judge.py).  ``run`` sets PTRACE_O_EXITKILL (README): its rows say what that
+does.  The repair variant runs ``uemu repair PID`` right after the kill, once
+that command exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from conftest import Build
+from judge import PROGRESS_TIMEOUT, judge
+from sites import stepped
+from tally import Outcome
+from target import UEMU, Target, Uemu, wait_for
+from tracee import tracer_pid
+
+MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "leaving")
+THREADS = 4
+SLOW_MS = 3000
+"""survival:slow every 3 s, as in the issue; 0.5 s where it is the probe hit,
+50 ms where the sample forks."""
+COLD_MS = 500
+FORK_MS = 50
+LIFETIME_MS = 120_000
+"""survival's own end: no target outlives a try that lost track of it."""
+ARMING_SPAN = 1.2
+"""A kill while arming lands at random within this many times the time arming
+took in a try that was not killed (measured once per scenario and soak run,
+from the seize for attach, from the fork for run); the notes say how many
+kills came before uemu was armed."""
+TRACING_WINDOW = 0.4
+LEAVING_WINDOW = 0.05
+
+
+@functools.cache
+def repair_available() -> bool:
+    return subprocess.run([*UEMU, "repair", "--help"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          check=False).returncode == 0
+
+
+@dataclass(frozen=True)
+class Kill:
+    command: str
+    """attach or run"""
+    moment: str
+    build: Build
+    repair: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"kill9/{self.command}/{self.moment}/{self.build.name}" + ("/repair" if self.repair else "")
+
+    @property
+    def full(self) -> int:
+        """200 tries of attach (the issue's goal: 0 dead in 200); run dies by design (EXITKILL)."""
+        return 200 if self.command == "attach" else 20
+
+    @property
+    def short(self) -> int:
+        if self.command == "attach" and not self.repair:
+            return 1
+        return int(self.moment == "hot" and self.build.target == "x86_64")
+
+    @property
+    def available(self) -> str | None:
+        """Why the scenario cannot run here, or None."""
+        return "repair: not available" if self.repair and not repair_available() else None
+
+    def probes(self) -> list[str]:
+        program = self.build.directory / "survival"
+        raw = stepped(program, "work")
+        return {
+            "arming": ["survival:*", raw["jump"], raw["step"]],
+            "cold": ["survival:slow"],
+            "hot": ["survival:hot"],
+            "jump": [raw["jump"]],
+            "step": [raw["step"]],
+            "forks": ["survival:hot", raw["jump"]],
+            "leaving": ["survival:hot", raw["jump"], raw["step"]],
+        }[self.moment]
+
+    def _start(self) -> tuple[Target, Uemu]:
+        forks = self.moment == "forks"
+        slow_ms = {"forks": FORK_MS, "cold": COLD_MS}.get(self.moment, SLOW_MS)
+        argv = [self.build.directory / "survival", THREADS, slow_ms, LIFETIME_MS, *(["fork"] if forks else [])]
+        options = ["-o", "/dev/null", *(["-f"] if forks else [])]
+        if self.command == "attach":
+            target = Target(argv)
+            target.wait_line("sync")
+            return target, Uemu("attach", [*options, str(target.pid), *self.probes()])
+        target = Target(argv, under=[*options, *self.probes()])
+        assert target.uemu is not None
+        return target, target.uemu
+
+    @property
+    def _start_word(self) -> str:
+        return "seize" if self.command == "attach" else "fork"
+
+    def _seized(self, uemu: Uemu, target: Target) -> bool:
+        """Wait until uemu holds the target (attach) or has started it (run), or has ended."""
+        if self.command == "attach":
+            return wait_for(lambda: tracer_pid(target.known_pid) == uemu.pid or uemu.process.poll() is not None, 30)
+        return wait_for(lambda: target.pid is not None or uemu.process.poll() is not None, 30)
+
+    def __call__(self, rng: random.Random) -> Outcome:
+        outcome = Outcome()
+        if self.moment == "arming":
+            arming_time(self)  # measured before this try starts, once
+        target, uemu = self._start()
+        try:
+            self._kill(uemu, target, rng, outcome)
+            uemu.finish(30)
+            outcome.internal += uemu.failures()
+            if target.pid is None:
+                return outcome
+            if self.repair:
+                _repair(target.pid, outcome)
+            if self.moment == "cold":  # two slow periods: one whole pass after the kill
+                judge(target, outcome, ticks=2, timeout=PROGRESS_TIMEOUT + 2 * COLD_MS / 1000)
+            else:
+                judge(target, outcome)
+        finally:
+            target.close()
+            uemu.close()
+        return outcome
+
+    def _kill(self, uemu: Uemu, target: Target, rng: random.Random, outcome: Outcome) -> None:
+        if self.moment == "arming":
+            window = ARMING_SPAN * arming_time(self)
+            outcome.notes[f"killed within {window * 1000:.0f} ms of the {self._start_word}"] += 1
+            if not self._seized(uemu, target):
+                outcome.hangs.append("uemu neither seized nor ended in 30 s")
+            time.sleep(rng.uniform(0, window))
+        else:
+            if not uemu.wait_ready():
+                outcome.notes[f"uemu ended before it was armed ({uemu.process.returncode})"] += 1
+            time.sleep(rng.uniform(0, TRACING_WINDOW))
+            if self.moment == "leaving":
+                uemu.send(signal.SIGINT)
+                time.sleep(rng.uniform(0, LEAVING_WINDOW))
+        if uemu.process.poll() is not None:
+            outcome.notes["uemu had ended before the kill"] += 1
+        elif not uemu.ready.exists():
+            outcome.notes["killed before armed"] += 1
+        if target.pid is None:  # run: found while still uemu's child, or never
+            outcome.notes["killed before the command existed"] += 1
+        uemu.send(signal.SIGKILL)
+
+
+@functools.cache
+def arming_time(kill: Kill) -> float:
+    """Seconds from the seize (attach) or the fork (run) to armed, in a try left
+    to end the ordinary way."""
+    target, uemu = kill._start()
+    try:
+        kill._seized(uemu, target)
+        began = time.monotonic()
+        uemu.wait_ready()
+        return time.monotonic() - began
+    finally:
+        uemu.send(signal.SIGINT)
+        uemu.finish(30)
+        target.close()
+        uemu.close()
+
+
+def _repair(pid: int, outcome: Outcome) -> None:
+    try:
+        result = subprocess.run([*UEMU, "repair", str(pid)], capture_output=True, text=True, timeout=30,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        outcome.hangs.append("uemu repair did not end in 30 s")
+        return
+    outcome.notes[f"repair exit {result.returncode}"] += 1
+    if "Traceback" in result.stderr or "internal error" in result.stderr:
+        outcome.internal.append("repair: " + result.stderr.strip().splitlines()[-1])
+
+
+def scenarios(builds: list[Build]) -> list[Kill]:
+    return [Kill(command, moment, build, repair)
+            for repair in (False, True) for command in ("attach", "run") if not (repair and command == "run")
+            for moment in MOMENTS for build in builds]
