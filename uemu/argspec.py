@@ -38,6 +38,11 @@ Value = int | float | None
 Reader = Callable[[Regs, ReadMemory], Value]
 
 _SIZES = frozenset({1, 2, 4, 8, 12, 16})
+USER_ADDRESS_LIMIT = 1 << 63
+"""Addresses at or above this are never read: no Linux arch gives user space
+memory there (TASK_SIZE is at most 2^56), and /proc/PID/mem's offset is a signed
+loff_t.  An operand the tracee points there reads as unknown, as the kernel's
+fetch of a kernel address fails."""
 
 
 @dataclass(frozen=True)
@@ -371,8 +376,9 @@ def make_reader(spec: ArgSpec, arch: Arch | str, symbol_address: SymbolAddress |
 
     Integers are truncated to ``spec.size`` and sign- or zero-extended; floats
     are decoded from their bytes; a value that cannot be read gives None
-    (unparsed spec, unresolved symbol, 16-byte value in one register, a
-    ``read_memory`` OSError).  ``symbol_address`` is asked once, here.
+    (unparsed spec, unresolved symbol, 16-byte value in one register, an
+    address at or above ``USER_ADDRESS_LIMIT``, a ``read_memory`` OSError).
+    ``symbol_address`` is asked once, here.
     ``little_endian`` overrides the arch's byte order and is required for
     memory operands where the arch covers both (mips64).
     """
@@ -507,6 +513,7 @@ def _index_value(spec: ArgSpec, arch: Arch) -> Callable[[int], int]:
 def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) -> Reader:
     size, decode = spec.size, _decoder(spec, arch, little)
     address_mask = (1 << 8 * arch.word_size) - 1
+    last_start = USER_ADDRESS_LIMIT - size  # the value's last byte must lie below the limit
     constant = symbol_base + spec.offset
     base = spec.base
     # rip with a symbol: the assembler never saw this text, the symbol is the address.
@@ -518,8 +525,11 @@ def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) ->
         order, signed = ("little" if little else "big"), spec.signed
 
         def read_base_offset(regs: Regs, read_memory: ReadMemory) -> Value:
+            at = (regs(base) + constant) & address_mask
+            if at > last_start:
+                return None
             try:
-                data = read_memory((regs(base) + constant) & address_mask, size)
+                data = read_memory(at, size)
             except OSError:
                 return None
             return int.from_bytes(data, order, signed=signed) if len(data) == size else None
@@ -542,8 +552,11 @@ def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) ->
             return (start + index_value(regs(index)) * scale + constant) & address_mask
 
     def read(regs: Regs, read_memory: ReadMemory) -> Value:
+        at = address(regs)
+        if at > last_start:
+            return None
         try:
-            data = read_memory(address(regs), size)
+            data = read_memory(at, size)
         except OSError:
             return None
         return decode(data) if len(data) == size else None
