@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 
 from . import errors, probespec, sdt
+from .objects import MappedObject
 from .probespec import ProbeSpec, RawUprobe, SdtPattern
 from .uprobes import Consumer, ProbeInfo, Uprobe, Uprobes
 
@@ -49,7 +50,7 @@ class Selection:
         self.specs = [spec for spec in self.specs if spec.text not in words]
         return [u for word in words for u in self.uprobes.unregister(word)]
 
-    def register_object(self, mapped: sdt.MappedObject) -> list[Uprobe]:
+    def register_object(self, mapped: MappedObject) -> list[Uprobe]:
         """Uprobes for the sites the PROBE words select in one object (once per file)."""
         if mapped.file_id in self._seen_files:
             return self.uprobes.by_file.get(mapped.file_id, [])
@@ -130,7 +131,7 @@ class Selection:
         return totals
 
 
-def selected(spec: ProbeSpec, mapped: sdt.MappedObject) -> list[Site]:
+def selected(spec: ProbeSpec, mapped: MappedObject) -> list[Site]:
     """The sites ``spec`` selects in ``mapped``."""
     elf = mapped.elf
     if isinstance(spec, SdtPattern):

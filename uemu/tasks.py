@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
 
-from . import process, ptrace, sdt, xol
+from . import process, ptrace, xol
 from .inject import INJECTABLE
 from .maps import Vma, read_maps
-from .sdt import MappedObject
+from .objects import MappedObject, mapped_objects
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
 from .xol import ActiveStep
@@ -134,7 +134,7 @@ class Tracees:
         known = self._objects.setdefault(pid, {})
         unknown = [v for v in vmas if v.file_backed and v.file_id not in known]
         if unknown:
-            objects, warnings = sdt.mapped_objects(pid, unknown)
+            objects, warnings = mapped_objects(pid, unknown)
             for warning in warnings:
                 self.warn(warning)
             known.update((o.file_id, o) for o in objects)

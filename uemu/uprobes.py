@@ -35,7 +35,7 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
 from .ptrace import Memory
-from .sdt import MappedObject
+from .objects import MappedObject
 
 if TYPE_CHECKING:
     from .tasks import Task

@@ -1,0 +1,260 @@
+"""An untrusted ELF file's header tables, read within the file's real size.
+
+Every ELF file uemu reads (a path on the command line, a file a tracee maps, a
+library the dynamic linker would load) may be hostile or broken.  This module
+is the one place that opens one: without blocking (a FIFO) and only when it
+is a regular file (a device may act on open), with each header table checked
+against the file's size before it is read, and each section read at most up to
+a limit its caller names.  pyelftools parses the structures (both classes,
+both byte orders); what it would read unchecked (a table offset past the end,
+a section size of 2^63) is checked here first.
+
+The program headers are required: the kernel refuses to run a file without a
+sound table (``load_elf_phdrs()``).  The section headers are not (a program
+runs without them), so a missing or broken section header table is a fact
+(``ElfHeaders.sections_problem``), never an error.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.common.utils import struct_parse
+from elftools.elf.elffile import ELFFile
+
+from . import errors
+
+PF_X = 0x1
+SHF_COMPRESSED = 0x800
+SHN_XINDEX = 0xFFFF
+MAX_PROGRAM_HEADERS = 65536
+"""Bytes of program headers the kernel reads at most (``load_elf_phdrs()``)."""
+MAX_SECTIONS = 1 << 20
+"""Section headers read at most: C++ objects with ``-ffunction-sections`` pass
+65,280 (the ``e_shnum`` escape), none comes near a million."""
+MAX_SECTION_NAMES = 16 << 20
+"""Bytes of section names read at most (a big ``.shstrtab`` holds a few hundred KiB)."""
+
+
+class Unsound(ValueError):
+    """A header table or section that lies outside the file, or holds more than uemu reads."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One program header, with the gABI's field names."""
+
+    p_type: str | int
+    """pyelftools' name (``PT_LOAD``), or the number of a type it does not know."""
+    p_offset: int
+    p_vaddr: int
+    p_filesz: int
+    p_memsz: int
+    p_flags: int
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.p_flags & PF_X)
+
+    def file_offset(self, vaddr: int) -> int | None:
+        """File offset of ``vaddr`` if this segment maps it from the file."""
+        if self.p_vaddr <= vaddr < self.p_vaddr + self.p_filesz:
+            return vaddr - self.p_vaddr + self.p_offset
+        return None
+
+    def vaddr(self, offset: int) -> int | None:
+        if self.p_offset <= offset < self.p_offset + self.p_filesz:
+            return offset - self.p_offset + self.p_vaddr
+        return None
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section header, with the gABI's field names and its name resolved."""
+
+    index: int
+    name: str
+    sh_type: str | int
+    sh_flags: int
+    sh_addr: int
+    sh_offset: int
+    sh_size: int
+    sh_link: int
+
+
+@dataclass
+class ElfHeaders:
+    """An open ELF file: pyelftools' view, and its header tables checked.
+
+    ``sections`` is empty and ``sections_problem`` says why when the file has
+    no usable section header table.
+    """
+
+    path: str
+    stream: BinaryIO
+    size: int
+    elf: ELFFile
+    segments: list[Segment]
+    sections: list[Section]
+    sections_problem: str | None
+
+    def section(self, name: str) -> Section | None:
+        """The first section of that name (the order ld and readelf use)."""
+        return next((s for s in self.sections if s.name == name), None)
+
+    def section_data(self, section: Section, limit: int) -> bytes:
+        """A section's bytes as stored, when there are at most ``limit`` of
+        them, all inside the file and not compressed."""
+        if section.sh_type == "SHT_NOBITS":
+            return b""
+        if section.sh_flags & SHF_COMPRESSED:
+            raise Unsound(f"section {section.name} is compressed")
+        if section.sh_size > limit:
+            raise Unsound(
+                f"section {section.name} claims {section.sh_size} bytes, more than uemu reads ({limit})"
+            )
+        return self.read(section.sh_offset, section.sh_size, f"section {section.name}")
+
+    def read(self, offset: int, size: int, what: str) -> bytes:
+        """``size`` bytes at ``offset``, which must lie inside the file."""
+        if offset + size > self.size:
+            raise Unsound(f"{what} runs past the end of the file ({self.size} bytes)")
+        self.stream.seek(offset)
+        data = self.stream.read(size)
+        if len(data) != size:
+            raise Unsound(f"{what}: the file shrank while read")
+        return data
+
+
+@contextmanager
+def open_headers(path: str, source: str | None = None) -> Iterator[ElfHeaders]:
+    """Open ``path`` (read from ``source`` when given: ``/proc/PID/map_files/...``)
+    and check its header tables.
+
+    Raises ``ElfFormatError`` for what is no ELF file or has no sound program
+    header table, ``Unreadable`` for what is no regular file, and whatever
+    ``errors.from_os_error`` makes of an OSError, inside the ``with`` body too.
+    """
+    with errors.os_errors(path):
+        stream, size = _open_regular(path, source or path)
+        with stream:
+            yield _read_headers(path, stream, size)
+
+
+def _open_regular(path: str, source: str) -> tuple[BinaryIO, int]:
+    # stat first: opening a FIFO blocks and opening a device may act (a tape
+    # rewinds, a watchdog arms).  O_NONBLOCK covers a swap between stat and open.
+    _check_regular(path, os.stat(source).st_mode)
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    stream = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st.st_mode)
+    except BaseException:
+        stream.close()
+        raise
+    return stream, st.st_size
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _check_regular(path: str, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise errors.ElfFormatError(path, "is a directory, not an ELF file")
+    if not stat.S_ISREG(mode):
+        raise errors.Unreadable(path, f"is {_KINDS.get(stat.S_IFMT(mode), 'no regular file')}, not an ELF file")
+
+
+def _read_headers(path: str, stream: BinaryIO, size: int) -> ElfHeaders:
+    if size == 0:
+        raise errors.ElfFormatError(path, "is empty, not an ELF file")
+    if stream.read(4) != b"\x7fELF":
+        raise errors.ElfFormatError(path, "not an ELF file")
+    stream.seek(0)
+    try:
+        elf = ELFFile(stream)
+        segments = _program_headers(elf, size)
+    except (ELFError, struct.error, ValueError) as err:
+        raise errors.ElfFormatError(path, f"malformed ELF: {err}") from None
+    try:
+        sections, problem = _section_headers(elf, size), None
+    except (ELFError, struct.error, ValueError) as err:
+        sections, problem = [], str(err)
+    return ElfHeaders(path, stream, size, elf, segments, sections, problem)
+
+
+def _check_table(what: str, offset: int, size: int, file_size: int) -> None:
+    if offset + size > file_size:
+        raise Unsound(
+            f"{what} ({size} bytes at offset {offset:#x}) runs past the end of the file ({file_size} bytes)"
+        )
+
+
+def _program_headers(elf: ELFFile, size: int) -> list[Segment]:
+    """Kernel: ``load_elf_phdrs()`` wants e_phentsize == sizeof(Elf_Phdr) and at
+    most 64 KiB of them (so no PN_XNUM escape either)."""
+    count, entsize, offset = elf["e_phnum"], elf["e_phentsize"], elf["e_phoff"]
+    if count == 0:
+        return []
+    expected = elf.structs.Elf_Phdr.sizeof()
+    if entsize != expected:
+        raise Unsound(f"program header size {entsize}, expected {expected}")
+    if count * entsize > MAX_PROGRAM_HEADERS:
+        raise Unsound(f"{count} program headers, more than the kernel reads")
+    _check_table("program header table", offset, count * entsize, size)
+    headers = [struct_parse(elf.structs.Elf_Phdr, elf.stream, offset + i * entsize) for i in range(count)]
+    return [
+        Segment(h["p_type"], h["p_offset"], h["p_vaddr"], h["p_filesz"], h["p_memsz"], h["p_flags"])
+        for h in headers
+    ]
+
+
+def _section_headers(elf: ELFFile, size: int) -> list[Section]:
+    """The section header table, with names; gABI escapes for e_shnum and
+    e_shstrndx that do not fit (both in section 0)."""
+    offset, entsize = elf["e_shoff"], elf["e_shentsize"]
+    if offset == 0:
+        raise Unsound("no section headers")
+    expected = elf.structs.Elf_Shdr.sizeof()
+    if entsize != expected:
+        raise Unsound(f"section header size {entsize}, expected {expected}")
+    _check_table("section header table", offset, entsize, size)
+    first = struct_parse(elf.structs.Elf_Shdr, elf.stream, offset)
+    count = elf["e_shnum"] or first["sh_size"]
+    if count > MAX_SECTIONS:
+        raise Unsound(f"{count} section headers, more than uemu reads ({MAX_SECTIONS})")
+    _check_table("section header table", offset, count * entsize, size)
+    headers = [first] + [struct_parse(elf.structs.Elf_Shdr, elf.stream, offset + i * entsize) for i in range(1, count)]
+    names_index = first["sh_link"] if elf["e_shstrndx"] == SHN_XINDEX else elf["e_shstrndx"]
+    if not 0 < names_index < count:
+        raise Unsound(f"section names in section {names_index} of {count}")
+    names = headers[names_index]
+    if names["sh_size"] > MAX_SECTION_NAMES:
+        raise Unsound(f"section names claim {names['sh_size']} bytes, more than uemu reads")
+    _check_table("section names", names["sh_offset"], names["sh_size"], size)
+    elf.stream.seek(names["sh_offset"])
+    table = elf.stream.read(names["sh_size"])
+    return [
+        Section(i, _name(table, h["sh_name"]), h["sh_type"], h["sh_flags"], h["sh_addr"], h["sh_offset"],
+                h["sh_size"], h["sh_link"])
+        for i, h in enumerate(headers)
+    ]
+
+
+def _name(table: bytes, offset: int) -> str:
+    """A NUL-terminated name in a string table; one past its end reads as empty."""
+    end = table.find(b"\0", offset)
+    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "surrogateescape")
