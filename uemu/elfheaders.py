@@ -23,6 +23,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
@@ -93,8 +94,9 @@ class Section:
 class ElfHeaders:
     """An open ELF file: pyelftools' view, and its header tables checked.
 
-    ``sections`` is empty and ``sections_problem`` says why when the file has
-    no usable section header table.
+    The section headers are read on first use (ldso.py never needs them);
+    ``sections`` is then empty and ``sections_problem`` says why when the file
+    has no usable section header table.
     """
 
     path: str
@@ -102,8 +104,21 @@ class ElfHeaders:
     size: int
     elf: ELFFile
     segments: list[Segment]
-    sections: list[Section]
-    sections_problem: str | None
+
+    @cached_property
+    def _section_table(self) -> tuple[list[Section], str | None]:
+        try:
+            return _section_headers(self.elf, self.size), None
+        except (ELFError, struct.error, ValueError) as err:
+            return [], str(err)
+
+    @property
+    def sections(self) -> list[Section]:
+        return self._section_table[0]
+
+    @property
+    def sections_problem(self) -> str | None:
+        return self._section_table[1]
 
     def section(self, name: str) -> Section | None:
         """The first section of that name (the order ld and readelf use)."""
@@ -143,12 +158,14 @@ def open_headers(path: str, source: str | None = None) -> Iterator[ElfHeaders]:
     ``errors.from_os_error`` makes of an OSError, inside the ``with`` body too.
     """
     with errors.os_errors(path):
-        stream, size = _open_regular(path, source or path)
+        stream, size = open_regular(path, source or path)
         with stream:
             yield _read_headers(path, stream, size)
 
 
-def _open_regular(path: str, source: str) -> tuple[BinaryIO, int]:
+def open_regular(path: str, source: str) -> tuple[BinaryIO, int]:
+    """``source`` open for reading, and its size, if it is a regular file
+    (``path`` names it in errors).  OSError is the caller's to translate."""
     # stat first: opening a FIFO blocks and opening a device may act (a tape
     # rewinds, a watchdog arms).  O_NONBLOCK covers a swap between stat and open.
     _check_regular(path, os.stat(source).st_mode)
@@ -189,11 +206,7 @@ def _read_headers(path: str, stream: BinaryIO, size: int) -> ElfHeaders:
         segments = _program_headers(elf, size)
     except (ELFError, struct.error, ValueError) as err:
         raise errors.ElfFormatError(path, f"malformed ELF: {err}") from None
-    try:
-        sections, problem = _section_headers(elf, size), None
-    except (ELFError, struct.error, ValueError) as err:
-        sections, problem = [], str(err)
-    return ElfHeaders(path, stream, size, elf, segments, sections, problem)
+    return ElfHeaders(path, stream, size, elf, segments)
 
 
 def _check_table(what: str, offset: int, size: int, file_size: int) -> None:

@@ -8,6 +8,7 @@ returns for it; the codes are documented in the README.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -160,7 +161,7 @@ def from_os_error(err: OSError, path: str, pid: int | None = None) -> UemuError:
     if pid is not None and err.errno in (errno.ENOENT, errno.ESRCH):
         return NoSuchProcess(pid)
     if err.errno in _UNRESOLVED:
-        return NoSuchFile(path, "no such file" if err.errno == errno.ENOENT else err.strerror.lower())
+        return NoSuchFile(path, "no such file" if err.errno == errno.ENOENT else os.strerror(err.errno).lower())
     if err.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(f"cannot read {path}")
     if err.errno == errno.EISDIR:
