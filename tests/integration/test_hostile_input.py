@@ -147,10 +147,10 @@ def test_a_note_section_claiming_gigabytes_is_not_read(sparse_elf: Path) -> None
 
 def test_a_tracee_mapping_such_a_file_costs_nothing(sparse_elf: Path) -> None:
     """The process's view (list PID, attach) opens every mapped ELF file."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import mmap, sys; f = open(sys.argv[1], 'rb'); "
-         "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print('mapped', flush=True); sys.stdin.read()",
-         str(sparse_elf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    script = ("import mmap, sys; f = open(sys.argv[1], 'rb'); "
+              "m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print('mapped', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(sparse_elf)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "mapped\n"
         rss, result = max_rss_kib("list", str(holder.pid))
