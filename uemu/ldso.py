@@ -52,7 +52,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from . import errors
-from .elfheaders import ElfHeaders, Unsound, open_headers, open_regular
+from .elfheaders import PT_DYNAMIC, PT_INTERP, PT_LOAD, ElfHeaders, Unsound, open_headers, open_regular
 
 LD_SO_CACHE = "/etc/ld.so.cache"
 LD_SO_CONF = "/etc/ld.so.conf"
@@ -108,7 +108,7 @@ class _Abi:
 
     @classmethod
     def of(cls, headers: ElfHeaders) -> _Abi:
-        return cls(headers.elf.elfclass, headers.elf.little_endian, headers.elf["e_machine"])
+        return cls(headers.header.elf_class, headers.header.little_endian, str(headers.header.e_machine))
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def _shebang(path: str) -> str | None:
 
 def _interp(headers: ElfHeaders) -> str | None:
     for segment in headers.segments:
-        if segment.p_type == "PT_INTERP":
+        if segment.p_type == PT_INTERP:
             data = headers.read(segment.p_offset, min(segment.p_filesz, MAX_STRING), "PT_INTERP")
             return os.fsdecode(data.split(b"\0", 1)[0])
     return None
@@ -220,7 +220,7 @@ def _dynamic(headers: ElfHeaders) -> _Dynamic:
     into a file offset through PT_LOAD.  An object with DT_RUNPATH has no
     DT_RPATH (get-dynamic-info.h).
     """
-    segment = next((s for s in headers.segments if s.p_type == "PT_DYNAMIC"), None)
+    segment = next((s for s in headers.segments if s.p_type == PT_DYNAMIC), None)
     if segment is None:
         return _Dynamic()
     entries = list(_dynamic_entries(headers, segment.p_offset, segment.p_filesz))
@@ -251,7 +251,7 @@ def _file_offset(headers: ElfHeaders, vaddr: int | None) -> int | None:
     if vaddr is None:
         return None
     for segment in headers.segments:
-        if segment.p_type == "PT_LOAD":
+        if segment.p_type == PT_LOAD:
             offset = segment.file_offset(vaddr)
             if offset is not None:
                 return offset
@@ -260,7 +260,7 @@ def _file_offset(headers: ElfHeaders, vaddr: int | None) -> int | None:
 
 def _dynamic_entries(headers: ElfHeaders, offset: int, size: int) -> Iterator[tuple[int, int]]:
     """(d_tag, d_val) up to DT_NULL; gABI Elf32_Dyn/Elf64_Dyn."""
-    entry = struct.Struct(("<" if headers.elf.little_endian else ">") + ("qQ" if headers.elf.elfclass == 64 else "iI"))
+    entry = struct.Struct(headers.header.byte_order + ("qQ" if headers.header.elf_class == 64 else "iI"))
     size = min(size, MAX_DYNAMIC, headers.size - offset)
     if size <= 0:
         return

@@ -15,13 +15,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.relocation import RelocationHandler
-from elftools.elf.sections import SymbolTableSection
 
 from . import errors
-from .elfheaders import ElfHeaders, Section, Segment, Unsound, open_headers
+from .elfheaders import PT_LOAD, SHT_NOTE, ElfHeaders, Section, Segment, Unsound, open_headers
+
+if TYPE_CHECKING:
+    from elftools.elf.sections import SymbolTableSection
 
 NT_STAPSDT = 3
 NT_GNU_BUILD_ID = 3
@@ -147,6 +149,8 @@ class SymbolTable:
     def read(cls, headers: ElfHeaders) -> SymbolTable:
         """Both symbol tables; one too big, outside the file or broken is skipped
         (a probe whose argument names a symbol then reads it as unknown)."""
+        from elftools.elf.sections import SymbolTableSection  # only tracing needs it: listing stays fast
+
         table = cls()
         for section_name in (".symtab", ".dynsym"):
             found = headers.section(section_name)
@@ -210,14 +214,14 @@ def open_elf(path: str, source: str | None = None) -> ElfObject:
 
 
 def _read_elf(headers: ElfHeaders, source: str) -> ElfObject:
-    elf = headers.elf
+    header = headers.header
     obj = ElfObject(
         path=headers.path,
-        e_machine=elf["e_machine"],
-        e_type=elf["e_type"],
-        elf_class=elf.elfclass,
-        little_endian=elf.little_endian,
-        segments=[seg for seg in headers.segments if seg.p_type == "PT_LOAD"],
+        e_machine=str(header.e_machine),
+        e_type=str(header.e_type),
+        elf_class=header.elf_class,
+        little_endian=header.little_endian,
+        segments=[seg for seg in headers.segments if seg.p_type == PT_LOAD],
         build_id=None,
         source=source,
     )
@@ -234,7 +238,7 @@ def _build_id(headers: ElfHeaders) -> str | None:
     if section is None:
         return None
     try:
-        for note in _iter_raw_notes(headers.section_data(section, MAX_NOTE_SECTION), headers.elf.little_endian):
+        for note in _iter_raw_notes(headers.section_data(section, MAX_NOTE_SECTION), headers.header.little_endian):
             if note.owner == b"GNU\0" and note.type == NT_GNU_BUILD_ID:
                 return note.desc.hex()
     except (_BrokenFraming, Unsound):
@@ -280,7 +284,7 @@ def _collect_probes(headers: ElfHeaders, obj: ElfObject) -> None:
     addr_fmt = ("<" if obj.little_endian else ">") + ("QQQ" if obj.elf_class == 64 else "III")
     index = 0
     for section in headers.sections:
-        if section.name != ".note.stapsdt" or section.sh_type != "SHT_NOTE":
+        if section.name != ".note.stapsdt" or section.sh_type != SHT_NOTE:
             continue
         try:
             for raw in _iter_raw_notes(_note_data(headers, section), obj.little_endian):
@@ -300,11 +304,13 @@ def _note_data(headers: ElfHeaders, section: Section) -> bytes:
     """A note section's bytes; in a relocatable object (.o) with its relocations
     applied, as readelf shows it: sites then hold their offsets in .text."""
     data = headers.section_data(section, MAX_NOTE_SECTION)
-    elf = headers.elf
-    if elf["e_type"] != "ET_REL":
+    if headers.header.e_type != "ET_REL":
         return data
+    from elftools.elf.relocation import RelocationHandler  # relocatable objects only: listing stays fast
+
     stream = io.BytesIO(data)
     try:
+        elf = headers.elf
         handler = RelocationHandler(elf)
         relocations = handler.find_relocations_for_section(elf.get_section(section.index))
         if relocations is None:
