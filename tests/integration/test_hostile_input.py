@@ -306,3 +306,28 @@ def test_an_operand_address_of_2_63_reads_as_unknown(far_pointer: Path) -> None:
     assert result.returncode == 0
     [line] = [line for line in result.stderr.splitlines() if '"far"' in line]
     assert '"args": [null, null, 9223372036854775808]' in line, line
+
+
+@pytest.mark.xfail(strict=True, reason="session: spawn takes an empty exec-error pipe for ENOEXEC; a command the "
+                   "kernel kills inside execve, past its point of no return, is reported 126 instead of its 139")
+@pytest.mark.parametrize("damage", ["cut inside a segment", "e_phnum 127"])
+def test_run_reports_the_status_of_a_command_killed_in_its_exec(samples: Path, tmp_path: Path, damage: str) -> None:
+    """The kernel maps such a file and then cannot finish (ENOMEM past the point
+    of no return): it kills the process with SIGSEGV, and a shell says 139.
+    The exec-error pipe is closed by that exec (close-on-exec) with nothing in
+    it, and spawn.Spawned.exec_failure reads that as ENOEXEC ("cannot run ...:
+    Exec format error", 126).  An empty pipe means the exec got past its point
+    of no return: the child's own status is the answer."""
+    data = bytearray((samples / "basic").read_bytes())
+    if damage == "e_phnum 127":
+        struct.pack_into("<H", data, 56, 127)  # Elf64_Ehdr.e_phnum
+    else:
+        del data[8192:]
+    path = tmp_path / "damaged"
+    path.write_bytes(data)
+    path.chmod(0o755)
+    alone = subprocess.run([str(path), "1"], capture_output=True, check=False)
+    assert alone.returncode == -signal.SIGSEGV  # the kernel ran it, and killed it
+    result = uemu("run", "--", str(path), "1")
+    sane(result)
+    assert result.returncode == 128 + signal.SIGSEGV, result.stderr
