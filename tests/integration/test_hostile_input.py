@@ -331,3 +331,17 @@ def test_run_reports_the_status_of_a_command_killed_in_its_exec(samples: Path, t
     result = uemu("run", "--", str(path), "1")
     sane(result)
     assert result.returncode == 128 + signal.SIGSEGV, result.stderr
+
+
+def test_read_maps_gives_paths_that_open_again(tmp_path: Path) -> None:
+    """A mapping's path as the tracee's file system spells it: undecodable bytes
+    become lone surrogates (os.fsdecode), so the very file opens again."""
+    import mmap
+
+    from uemu.maps import read_maps
+
+    path = tmp_path / NON_UTF8
+    path.write_bytes(b"mapped")
+    with path.open("rb") as stream, mmap.mmap(stream.fileno(), 0, prot=mmap.PROT_READ):
+        [vma] = [v for v in read_maps(os.getpid()) if v.path.endswith(NON_UTF8)]
+        assert os.fsencode(vma.path) == os.fsencode(str(path)) and Path(vma.path).read_bytes() == b"mapped"
