@@ -419,6 +419,34 @@ def run_subprocess(probe: str | None, item: Input, args: Sequence[str], cwd: Pat
     return verdict
 
 
+RUN_PROGRAMS = (("basic", "basic:*"), ("sema", "sema:*"), ("linked", "sdtlib:*"), ("argforms", "argforms:*"))
+"""Samples mutated as ``run``'s command, each with a PROBE word of its own."""
+
+
+def run_seed(build: Path, seed: int, work: Path) -> Verdict:
+    """Input ``seed`` of ``run``: a sample of RUN_PROGRAMS mutated, with no PROBE
+    word, its own or ``*:*``.  ``work`` must hold libsdtlib.so (``linked``
+    finds it through RUNPATH $ORIGIN)."""
+    name, probe = RUN_PROGRAMS[seed % len(RUN_PROGRAMS)]
+    item = mutate(Layout.read(build / name), seed, work, RUNNABLE_MUTATIONS)
+    verdict = run_subprocess((None, probe, "*:*")[seed % 3], item, ["1"], work)
+    verdict.what = f"seed {seed}: {verdict.what}"
+    item.path.unlink()
+    return verdict
+
+
+def special_file_verdicts(work: Path) -> Iterator[Verdict]:
+    """Every special file through ``list`` and ``list --json`` in this process,
+    one of them as a process, and through ``run`` when a command can name it."""
+    with special_files(work / "special") as paths:
+        for n, path in enumerate(paths):
+            for json in (False, True):
+                yield list_in_process(path, str(path), json)
+            yield list_subprocess(path, str(path), n % 2 == 0, work)
+            if path.parent == work / "special":
+                yield run_subprocess(None, Input(-1, path, path, str(path)), [], work)
+
+
 @dataclass
 class Counts:
     """What the soak prints: inputs, exit-code histogram, problems by kind."""

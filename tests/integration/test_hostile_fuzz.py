@@ -19,8 +19,7 @@ import pytest
 
 LIST_SEEDS = range(1200)
 LIST_PROCESS_SEEDS = range(100_000, 100_030)
-RUN_SEEDS = range(200_000, 200_016)
-RUN_PROGRAMS = (("basic", "basic:*"), ("sema", "sema:*"), ("linked", "sdtlib:*"))
+RUN_SEEDS = range(200_000, 200_020)
 
 
 def builds(samples: Path) -> list[Path]:
@@ -52,14 +51,11 @@ def test_list_in_process(samples: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_debug")
-def test_list_of_special_files(tmp_path: Path) -> None:
+def test_special_files(tmp_path: Path) -> None:
     counts = elffuzz.Counts()
-    with elffuzz.special_files(tmp_path / "special") as paths:
-        for path in paths:
-            for json in (False, True):
-                counts.add(elffuzz.list_in_process(path, str(path), json))
-                counts.add(elffuzz.list_subprocess(path, str(path), json, tmp_path))
-    check(counts, "list of special files")
+    for verdict in elffuzz.special_file_verdicts(tmp_path):
+        counts.add(verdict)
+    check(counts, "special files")
 
 
 def test_list_as_processes(samples: Path, tmp_path: Path) -> None:
@@ -73,16 +69,10 @@ def test_list_as_processes(samples: Path, tmp_path: Path) -> None:
 
 def test_run(samples: Path, tmp_path: Path) -> None:
     """The mutated program as the command: uemu exits with its own status or says why."""
-    shutil.copy(samples / "libsdtlib.so", tmp_path)  # linked finds it through RUNPATH $ORIGIN
+    shutil.copy(samples / "libsdtlib.so", tmp_path)
     counts = elffuzz.Counts()
     for seed in RUN_SEEDS:
-        name, probe = RUN_PROGRAMS[seed % len(RUN_PROGRAMS)]
-        item = elffuzz.mutate(elffuzz.Layout.read(samples / name), seed, tmp_path, elffuzz.RUNNABLE_MUTATIONS)
-        counts.add(elffuzz.run_subprocess((None, probe)[seed % 2], item, ["1"], tmp_path))
-    with elffuzz.special_files(tmp_path / "special") as paths:
-        for path in paths[:8]:  # the ones in tmp_path: /dev and /proc entries are not commands to run
-            item = elffuzz.Input(-1, path, path, str(path))
-            counts.add(elffuzz.run_subprocess(None, item, ["1"], tmp_path))
+        counts.add(elffuzz.run_seed(samples, seed, tmp_path))
     check(counts, "run")
 
 

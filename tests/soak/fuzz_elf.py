@@ -31,9 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-import elffuzz
-
-RUN_PROGRAMS = (("basic", "basic:*"), ("sema", "sema:*"), ("linked", "sdtlib:*"), ("argforms", "argforms:*"))
+import elffuzz  # found through the path above
 
 
 def _build(target: str) -> Path:
@@ -94,30 +92,18 @@ def _list(corpus: list[elffuzz.Layout], seeds: range | list[int], every: int, wo
 
 def _special(work: Path) -> tuple[str, bool]:
     counts = elffuzz.Counts()
-    with elffuzz.special_files(work / "special") as paths:
-        for path in paths:
-            for json in (False, True):
-                counts.add(elffuzz.list_in_process(path, str(path), json))
-                counts.add(elffuzz.list_subprocess(path, str(path), json, work))
-            if path.parent == work / "special":
-                counts.add(elffuzz.run_subprocess(None, elffuzz.Input(-1, path, path, str(path)), [], work))
+    for verdict in elffuzz.special_file_verdicts(work):
+        counts.add(verdict)
     report = counts.report("special files (list, list --json, run)")
     print(report, flush=True)
     return report, bool(counts.problems)
 
 
 def _run(build: Path, seeds: range | list[int], work: Path) -> tuple[str, bool]:
-    layouts = {name: elffuzz.Layout.read(build / name) for name, _ in RUN_PROGRAMS}
     counts = elffuzz.Counts()
     started = time.monotonic()
     for n, seed in enumerate(seeds):
-        name, probe = RUN_PROGRAMS[seed % len(RUN_PROGRAMS)]
-        item = elffuzz.mutate(layouts[name], seed, work, elffuzz.RUNNABLE_MUTATIONS)
-        verdict = elffuzz.run_subprocess((None, probe, "*:*")[seed % 3], item, ["1"], work)
-        if verdict.failed:
-            verdict.what = f"seed {seed}: {verdict.what}"
-        counts.add(verdict)
-        item.path.unlink()
+        counts.add(elffuzz.run_seed(build, seed, work))
         if n and n % 100 == 0:
             print(f"  run: {n} inputs, {time.monotonic() - started:.0f} s", flush=True)
     report = counts.report("run")
