@@ -59,6 +59,9 @@ LD_SO_CONF = "/etc/ld.so.conf"
 LD_SO_PRELOAD = "/etc/ld.so.preload"
 MAX_OBJECTS = 4096
 """Objects loaded at most: a hostile chain of DT_NEEDED ends here."""
+MAX_NEEDED = 1024
+"""DT_NEEDED entries of one object followed at most (a program has dozens; each
+costs a search of every directory)."""
 MAX_DYNAMIC = 1 << 20
 """Bytes of PT_DYNAMIC read at most (a big library's holds a few hundred)."""
 MAX_STRING = 4096
@@ -238,7 +241,7 @@ def _dynamic(headers: ElfHeaders) -> _Dynamic:
 
     runpath = string(table.get(DT_RUNPATH))
     return _Dynamic(
-        needed=tuple(s for tag, value in entries if tag == DT_NEEDED if (s := string(value))),
+        needed=tuple(filter(None, map(string, [value for tag, value in entries if tag == DT_NEEDED][:MAX_NEEDED]))),
         soname=string(table.get(DT_SONAME)),
         rpath=None if runpath is not None else string(table.get(DT_RPATH)),
         runpath=runpath,

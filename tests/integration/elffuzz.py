@@ -330,6 +330,31 @@ def list_in_process(path: Path, what: str, json: bool) -> Verdict:
     return _judge(verdict, err.getvalue(), LIST_CODES.__contains__)
 
 
+def ldso_in_process(path: Path, what: str) -> Verdict:
+    """``ldso.startup_objects`` (what ``run`` asks before it starts a command):
+    it must end and return, whatever the file holds."""
+    from uemu import ldso
+
+    def alarm(signum: int, frame: object) -> None:
+        raise _Hang
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, IN_PROCESS_TIMEOUT)
+    verdict = Verdict("ldso.startup_objects", what, 0)
+    try:
+        objects = ldso.startup_objects(str(path), {"PATH": os.defpath})
+        if objects[:1] != [str(path)]:
+            verdict.undocumented.append(f"the program is not first: {objects[:2]}")
+    except _Hang:
+        verdict.hangs.append(f"no end after {IN_PROCESS_TIMEOUT} s")
+    except Exception as err:  # noqa: BLE001 - any exception is a failure to report
+        verdict.tracebacks.append(f"{type(err).__name__}: {err}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return verdict
+
+
 def _limits() -> None:
     """The child's limits: CPU seconds (a mutated program that loops gets
     SIGXCPU, as it would untraced) and address space."""

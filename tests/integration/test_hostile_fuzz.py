@@ -39,14 +39,18 @@ def no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_debug")
 def test_list_in_process(samples: Path, tmp_path: Path) -> None:
+    """Every input through list and list --json; every tenth through ldso too."""
     corpus = elffuzz.corpus(builds(samples), max_notes=64)
-    counts = elffuzz.Counts()
+    counts, ldso = elffuzz.Counts(), elffuzz.Counts()
     for seed in LIST_SEEDS:
         item = elffuzz.mutate(corpus[seed % len(corpus)], seed, tmp_path)
         for json in (False, True):
             counts.add(elffuzz.list_in_process(item.path, f"seed {seed}: {item.what}", json))
+        if seed % 10 == 0:
+            ldso.add(elffuzz.ldso_in_process(item.path, f"seed {seed}: {item.what}"))
         item.path.unlink()
     check(counts, "list in-process")
+    check(ldso, "ldso.startup_objects")
     assert counts.inputs == 2 * len(LIST_SEEDS) and counts.codes["5"] > 0 and counts.codes["0"] > 0
 
 

@@ -6,8 +6,8 @@
 
 The mutator and the judge are integration/elffuzz.py's, shared with CI's
 short mode (integration/test_hostile_fuzz.py).  Inputs go through ``uemu list``
-and ``uemu list --json`` in this process (``uemu.cli.main``, an alarm against
-hangs), every ``--every``-th one also as a real process, and through
+and ``uemu list --json`` and ``ldso.startup_objects`` in this process
+(``uemu.cli.main``, an alarm against hangs), every ``--every``-th one also as a real process, and through
 ``uemu run [PROBE] -- FILE`` (always a process, beside the file run alone).
 Printed per command: inputs, the exit-code histogram, tracebacks, hangs,
 internal errors, exit statuses the README does not document, known failures;
@@ -73,21 +73,23 @@ def main() -> int:
 
 
 def _list(corpus: list[elffuzz.Layout], seeds: range | list[int], every: int, work: Path) -> tuple[str, bool]:
-    in_process, as_process = elffuzz.Counts(), elffuzz.Counts()
+    in_process, as_process, ldso = elffuzz.Counts(), elffuzz.Counts(), elffuzz.Counts()
     started = time.monotonic()
     for n, seed in enumerate(seeds):
         item = elffuzz.mutate(corpus[seed % len(corpus)], seed, work)
         what = f"seed {seed}: {item.what}"
         for json in (False, True):
             in_process.add(elffuzz.list_in_process(item.path, what, json))
+        ldso.add(elffuzz.ldso_in_process(item.path, what))
         if n % every == 0:
             as_process.add(elffuzz.list_subprocess(item.path, what, seed % 2 == 0, work))
         item.path.unlink()
         if n and n % 2000 == 0:
             print(f"  list: {n} inputs, {time.monotonic() - started:.0f} s", flush=True)
-    report = in_process.report("list in-process") + "\n" + as_process.report("list as processes")
+    report = "\n".join((in_process.report("list in-process"), as_process.report("list as processes"),
+                        ldso.report("ldso.startup_objects")))
     print(report, flush=True)
-    return report, bool(in_process.problems or as_process.problems)
+    return report, bool(in_process.problems or as_process.problems or ldso.problems)
 
 
 def _special(work: Path) -> tuple[str, bool]:
