@@ -84,12 +84,13 @@ class ElfObject:
     @property
     def arch_name(self) -> str:
         """Our architecture name, or the raw machine when uemu does not know it."""
-        from uemu import arch
+        from uemu.arch import for_elf  # the registry imports every arch: only callers that need it pay
 
         try:
-            return arch.for_elf(self.e_machine, self.elf_class, self.little_endian).name
+            name: str = for_elf(self.e_machine, self.elf_class, self.little_endian).name
         except errors.UnsupportedArch:
             return self.e_machine
+        return name
 
     def file_offset(self, vaddr: int, executable: bool | None = None) -> int | None:
         """vaddr -> file offset through PT_LOAD (pyelftools' ``address_offsets``).

@@ -71,7 +71,7 @@ class Selection:
             uprobes.append(uprobe)
         return uprobes
 
-    def check_process(self, objects: Sequence[sdt.MappedObject], pid: int) -> None:
+    def check_process(self, objects: Sequence[MappedObject], pid: int) -> None:
         """At attach: each word that matches nothing in the process's objects now
         is pending (said now), or with ``strict`` an error naming the closest probes."""
         self._scope = f"process {pid} or anything it mapped while traced"
