@@ -342,7 +342,8 @@ def _decode_stapsdt(
         raise errors.NoteFormatError(
             obj.path, index, "expected provider, name and arguments ending at the descriptor's end"
         )
-    provider, name, args = (s.decode("utf-8", "backslashreplace") for s in strings[:3])
+    # surrogateescape: the bytes that are not UTF-8 stay what they were, for printing to escape (events.escape)
+    provider, name, args = (s.decode("utf-8", "surrogateescape") for s in strings[:3])
     if not name:
         raise errors.NoteFormatError(obj.path, index, "empty probe name")
     # Prelink moves the object but cannot rewrite unallocated notes; the
