@@ -156,7 +156,7 @@ def test_a_tracee_mapping_such_a_file_costs_nothing(sparse_elf: Path) -> None:
         rss, result = max_rss_kib("list", str(holder.pid))
         sane(result)
         assert f"claims {8 << 30} bytes" in result.stderr and rss < 200 * 1024, (rss, result.stderr)
-        rss, result = max_rss_kib("attach", "--duration", "0.2", str(holder.pid), "nomatch:nomatch")
+        rss, result = max_rss_kib("attach", "--strict", "--duration", "0.2", str(holder.pid), "nomatch:nomatch")
         refused(result, 6, "nomatch")
         assert rss < 200 * 1024, f"{rss} KiB"
     finally:
