@@ -19,6 +19,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from uemu.arch import Arch, SpecRegister, by_name
 
@@ -38,6 +39,11 @@ Value = int | float | None
 Reader = Callable[[Regs, ReadMemory], Value]
 
 _SIZES = frozenset({1, 2, 4, 8, 12, 16})
+USER_ADDRESS_LIMIT = 1 << 63
+"""Addresses at or above this are never read: no Linux arch gives user space
+memory there (TASK_SIZE is at most 2^56), and /proc/PID/mem's offset is a signed
+loff_t.  An operand the tracee points there reads as unknown, as the kernel's
+fetch of a kernel address fails."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +207,7 @@ def parse(spec: str, arch: Arch | str) -> ArgSpec:
     )
 
 
-def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> dict:
+def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
     if not operand:
         raise _Unparsed("empty operand")
     if _RELOCATION.search(operand):
@@ -273,7 +279,7 @@ def _displacement(text: str, dialect: _Dialect) -> tuple[int, str | None, bool]:
     return offset, symbol, gotoff
 
 
-def _immediate(text: str, dialect: _Dialect) -> dict:
+def _immediate(text: str, dialect: _Dialect) -> dict[str, Any]:
     if dialect.float_immediates and _FLOAT.fullmatch(text):
         return {"kind": "imm", "value": float(text)}
     offset, symbol, gotoff = _displacement(text, dialect)
@@ -286,7 +292,7 @@ def _immediate(text: str, dialect: _Dialect) -> dict:
 
 def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: int = 1,
             offset: int = 0, symbol: str | None = None, gotoff: bool = False,
-            index_signed: bool = False) -> dict:
+            index_signed: bool = False) -> dict[str, Any]:
     """The fields of a memory operand from its register tokens."""
     if not (base.strip() or index.strip()):
         raise _Unparsed("address without register")
@@ -299,7 +305,7 @@ def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: in
     return fields
 
 
-def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict:
+def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
     """``disp(base,index,scale)`` (AT&T), ``D(X,B)`` (s390), ``D(B)`` (ppc, riscv, mips)."""
     offset, symbol, gotoff = _displacement(disp, dialect) if disp.strip() else (0, None, False)
     parts = inside.split(",")
@@ -315,7 +321,7 @@ def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict
     raise _Unparsed(f"cannot read address ({inside})")
 
 
-def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> dict:
+def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
     """ppc indexed ``RA,RB`` (no implicit scaling: the compiler already scaled
     RB); loongarch ``$rB,off`` and ``$rB,$rI``."""
     base, second = operand.split(",", 1)
@@ -325,7 +331,7 @@ def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> dict:
     return _memory(arch, dialect, base, offset=offset, symbol=symbol)
 
 
-def _bracket_memory(inside: str, arch: Arch, dialect: _Dialect) -> dict:
+def _bracket_memory(inside: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
     """``[b]``, ``[b, off]``, ``[b, #off]``, ``[b, i]``, ``[b, -i]``,
     ``[b, i, lsl #n]``, ``[b, wi, sxtw]``, ``[b, wi, uxtw #n]``."""
     parts = [part.strip() for part in inside.split(",")]
@@ -371,8 +377,9 @@ def make_reader(spec: ArgSpec, arch: Arch | str, symbol_address: SymbolAddress |
 
     Integers are truncated to ``spec.size`` and sign- or zero-extended; floats
     are decoded from their bytes; a value that cannot be read gives None
-    (unparsed spec, unresolved symbol, 16-byte value in one register, a
-    ``read_memory`` OSError).  ``symbol_address`` is asked once, here.
+    (unparsed spec, unresolved symbol, 16-byte value in one register, an
+    address at or above ``USER_ADDRESS_LIMIT``, a ``read_memory`` OSError).
+    ``symbol_address`` is asked once, here.
     ``little_endian`` overrides the arch's byte order and is required for
     memory operands where the arch covers both (mips64).
     """
@@ -412,7 +419,7 @@ def _int_from_bits(size: int, signed: bool) -> Callable[[int], int]:
 
 def _decoder(spec: ArgSpec, arch: Arch, little: bool) -> Callable[[bytes], Value]:
     """bytes of the value in memory order -> value."""
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     if not spec.is_float:
         signed = spec.signed
         return lambda data: int.from_bytes(data, order, signed=signed)
@@ -473,6 +480,8 @@ def _immediate_reader(spec: ArgSpec, arch: Arch, symbol_base: int) -> Reader:
 def _register_reader(spec: ArgSpec, arch: Arch) -> Reader:
     """Registers hold integers; a float's bytes are the register's low bytes."""
     name, shift, size = spec.reg, spec.reg_shift, spec.size
+    assert name is not None  # a "reg" spec names its register
+    decode: Callable[[int], Value]
     if spec.is_float:
         decode_bytes = _decoder(spec, arch, True)
         decode = lambda bits: decode_bytes((bits & ((1 << 8 * size) - 1)).to_bytes(size, "little"))  # noqa: E731
@@ -506,7 +515,8 @@ def _index_value(spec: ArgSpec, arch: Arch) -> Callable[[int], int]:
 
 def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) -> Reader:
     size, decode = spec.size, _decoder(spec, arch, little)
-    address_mask = (1 << 8 * arch.word_size) - 1
+    address_mask: int = (1 << 8 * arch.word_size) - 1
+    last_start = USER_ADDRESS_LIMIT - size  # the value's last byte must lie below the limit
     constant = symbol_base + spec.offset
     base = spec.base
     # rip with a symbol: the assembler never saw this text, the symbol is the address.
@@ -515,11 +525,16 @@ def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) ->
     index = spec.index if spec.index != ZERO_REGISTER else None
 
     if base is not None and index is None and not spec.is_float:
-        order, signed = ("little" if little else "big"), spec.signed
+        base_reg = base
+        order: Literal["little", "big"] = "little" if little else "big"
+        signed = spec.signed
 
         def read_base_offset(regs: Regs, read_memory: ReadMemory) -> Value:
+            at = (regs(base_reg) + constant) & address_mask
+            if at > last_start:
+                return None
             try:
-                data = read_memory((regs(base) + constant) & address_mask, size)
+                data = read_memory(at, size)
             except OSError:
                 return None
             return int.from_bytes(data, order, signed=signed) if len(data) == size else None
@@ -532,18 +547,24 @@ def _memory_reader(spec: ArgSpec, arch: Arch, symbol_base: int, little: bool) ->
         def address(regs: Regs) -> int:
             return fixed
     elif index is None:
+        assert base is not None  # the case before took both None
+        only_base = base
+
         def address(regs: Regs) -> int:
-            return (regs(base) + constant) & address_mask
+            return (regs(only_base) + constant) & address_mask
     else:
-        index_value, scale = _index_value(spec, arch), spec.scale
+        index_reg, index_value, scale = index, _index_value(spec, arch), spec.scale
 
         def address(regs: Regs) -> int:
             start = regs(base) if base is not None else 0
-            return (start + index_value(regs(index)) * scale + constant) & address_mask
+            return (start + index_value(regs(index_reg)) * scale + constant) & address_mask
 
     def read(regs: Regs, read_memory: ReadMemory) -> Value:
+        at = address(regs)
+        if at > last_start:
+            return None
         try:
-            data = read_memory(address(regs), size)
+            data = read_memory(at, size)
         except OSError:
             return None
         return decode(data) if len(data) == size else None

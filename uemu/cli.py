@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from . import errors, probespec, sdt
 from .maps import read_maps
+from .objects import MappedObject, mapped_objects
 
 if TYPE_CHECKING:  # the tracer is imported only by the commands that trace: listing stays fast
     from .events import Event
@@ -261,7 +262,7 @@ class _Row:
     runtime_semaphore: int | None = None
 
     @classmethod
-    def mapped(cls, probe: sdt.Probe, mapped: sdt.MappedObject) -> _Row:
+    def mapped(cls, probe: sdt.Probe, mapped: MappedObject) -> _Row:
         return cls(
             probe,
             True,
@@ -276,7 +277,7 @@ def _file_rows(path: str) -> tuple[list[_Row], list[str]]:
 
 
 def _process_rows(pid: int) -> tuple[list[_Row], list[str]]:
-    objects, warnings = sdt.mapped_objects(pid, read_maps(pid))
+    objects, warnings = mapped_objects(pid, read_maps(pid))
     rows = []
     for mapped in objects:
         warnings += mapped.elf.warnings + [e.message for e in mapped.elf.note_errors]

@@ -7,7 +7,10 @@ returns for it; the codes are documented in the README.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class UemuError(Exception):
@@ -27,9 +30,10 @@ class NotFound(UemuError):
 
 
 class NoSuchFile(NotFound):
-    def __init__(self, path: str):
-        super().__init__(f"{path}: no such file")
+    def __init__(self, path: str, detail: str = "no such file"):
+        super().__init__(f"{path}: {detail}")
         self.path = path
+        self.detail = detail
 
 
 class NoSuchProcess(NotFound):
@@ -56,6 +60,15 @@ class BadInput(UemuError):
 
 
 class ElfFormatError(BadInput):
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class Unreadable(BadInput):
+    """A file that exists but cannot be read as one: not a regular file, an I/O error."""
+
     def __init__(self, path: str, detail: str):
         super().__init__(f"{path}: {detail}")
         self.path = path
@@ -132,3 +145,36 @@ class TraceeGone(UemuError):
     def __init__(self, pid: int):
         super().__init__(f"process {pid} is gone")
         self.pid = pid
+
+
+# Errors of path resolution: the name leads to no file (exit 3, as ENOENT).
+_UNRESOLVED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
+def from_os_error(err: OSError, path: str, pid: int | None = None) -> UemuError:
+    """The error, with its documented exit code, for an OSError met reading ``path``.
+
+    ``pid``: ``path`` is under /proc/PID, so a vanished entry means the process
+    is gone.  What is neither missing nor denied (EIO from /proc/PID/mem, EINVAL,
+    ENXIO) is input uemu cannot read: exit 5 with the system's words.
+    """
+    if pid is not None and err.errno in (errno.ENOENT, errno.ESRCH):
+        return NoSuchProcess(pid)
+    if err.errno in _UNRESOLVED:
+        return NoSuchFile(path, "no such file" if err.errno == errno.ENOENT else os.strerror(err.errno).lower())
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(f"cannot read {path}")
+    if err.errno == errno.EISDIR:
+        return Unreadable(path, "is a directory")
+    return Unreadable(path, f"cannot read: {err.strerror or err}")
+
+
+@contextmanager
+def os_errors(path: str, pid: int | None = None) -> Iterator[None]:
+    """The one boundary where the system's errors become ours (psutil's
+    ``wrap_exceptions``): every OSError raised inside leaves as the UemuError
+    ``from_os_error`` gives, chained to it for UEMU_DEBUG."""
+    try:
+        yield
+    except OSError as err:
+        raise from_os_error(err, path, pid) from err

@@ -24,8 +24,9 @@ from enum import StrEnum
 from uemu import arch as arches
 from uemu.arch.base import MappingSyscall
 
-from . import ptrace, sdt, seccomp
+from . import ptrace, seccomp
 from .maps import Vma, read_maps
+from .objects import MappedObject, mapped_objects
 from .tasks import Task
 from .uprobes import Mm, Uprobe, Uprobes
 
@@ -149,7 +150,7 @@ class RendezvousTracker(Tracker):
         mm.rendezvous_armed = True
 
 
-def _is_linker(mapped: sdt.MappedObject) -> bool:
+def _is_linker(mapped: MappedObject) -> bool:
     return os.path.basename(mapped.elf.path).startswith("ld")
 
 
@@ -225,7 +226,7 @@ def update_objects(mm: Mm, new_vmas: list[Vma], warn: Warn) -> None:
     Argument readers of an object that moved are rebuilt (its symbols moved too)."""
     unknown = [v for v in new_vmas if v.file_backed and v.file_id not in mm.objects]
     if unknown:
-        objects, warnings = sdt.mapped_objects(mm.pid, unknown)
+        objects, warnings = mapped_objects(mm.pid, unknown)
         for warning in warnings:
             warn(warning)
         for mapped in objects:

@@ -1,5 +1,10 @@
 """A process's VMAs from ``/proc/PID/maps``, and the kernel's two VMA predicates.
 
+A mapped file's path is whatever bytes the tracee's file system holds: it is
+decoded as ``os.fsdecode`` does (undecodable bytes become lone surrogates), so
+it round-trips to ``open()`` and printing must escape it.  The kernel prints a
+newline in a path as ``\012`` (``seq_file_path()``), which we keep as shown.
+
 Kernel: ``valid_vma()`` decides where breakpoints go, ``valid_ref_ctr_vma()``
 where a semaphore may be changed (kernel/events/uprobes.c).  Differs: the
 kernel tests ``VM_MAYEXEC``, which maps does not show; a file on a ``noexec``
@@ -112,12 +117,6 @@ def parse_maps(text: str) -> list[Vma]:
 
 
 def read_maps(pid: int) -> list[Vma]:
-    try:
-        with open(f"/proc/{pid}/maps") as stream:
-            return parse_maps(stream.read())
-    except FileNotFoundError:
-        raise errors.NoSuchProcess(pid) from None
-    except ProcessLookupError:
-        raise errors.NoSuchProcess(pid) from None
-    except PermissionError:
-        raise errors.AccessDenied(f"cannot read /proc/{pid}/maps") from None
+    path = f"/proc/{pid}/maps"
+    with errors.os_errors(path, pid), open(path, "rb") as stream:
+        return parse_maps(os.fsdecode(stream.read()))

@@ -3,56 +3,35 @@
 Notes are found through the section headers (the note section is not
 allocated, so no PT_NOTE covers it) and decoded by hand: pyelftools names every
 type-3 note ``NT_GNU_BUILD_ID`` whatever its owner, so we match the owner
-``stapsdt`` first (shared/reference/usdt-format.md §2).
+``stapsdt`` first (shared/reference/usdt-format.md §2).  Files are opened and
+their tables bounded by ``elfheaders``; a file whose section headers are gone
+still runs, so it is an object without probes and a warning, never an error.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import struct
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
-from elftools.common.exceptions import ELFError, ELFRelocationError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationHandler
+from elftools.common.exceptions import ELFError
 
 from . import errors
-from .maps import Vma, find_counter_vma, is_probe_vma
+from .elfheaders import PT_LOAD, SHT_NOTE, ElfHeaders, Section, Segment, Unsound, open_headers
+
+if TYPE_CHECKING:
+    from elftools.elf.sections import SymbolTableSection
 
 NT_STAPSDT = 3
 NT_GNU_BUILD_ID = 3
-PF_X = 0x1
-
-
-@dataclass(frozen=True)
-class LoadSegment:
-    """One PT_LOAD program header, with the gABI's field names."""
-
-    p_vaddr: int
-    p_memsz: int
-    p_offset: int
-    p_filesz: int
-    p_flags: int
-
-    @property
-    def executable(self) -> bool:
-        return bool(self.p_flags & PF_X)
-
-    def file_offset(self, vaddr: int) -> int | None:
-        """File offset of ``vaddr`` if this segment maps it from the file."""
-        if self.p_vaddr <= vaddr < self.p_vaddr + self.p_filesz:
-            return vaddr - self.p_vaddr + self.p_offset
-        return None
-
-    def vaddr(self, offset: int) -> int | None:
-        if self.p_offset <= offset < self.p_offset + self.p_filesz:
-            return offset - self.p_offset + self.p_vaddr
-        return None
+MAX_NOTE_SECTION = 16 << 20
+"""Bytes of one note section read at most: libjvm's ``.note.stapsdt``, the
+biggest seen, holds 52 KiB; a file claiming gigabytes is not believed."""
+MAX_SYMBOL_TABLE = 256 << 20
+"""Bytes of one symbol table read at most (libjvm's ``.symtab``: 1.6 MiB)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +72,8 @@ class ElfObject:
     e_type: str
     elf_class: int
     little_endian: bool
-    segments: list[LoadSegment]
+    segments: list[Segment]
+    """The PT_LOAD program headers."""
     build_id: str | None
     probes: list[Probe] = field(default_factory=list)
     note_errors: list[errors.NoteFormatError] = field(default_factory=list)
@@ -104,12 +84,13 @@ class ElfObject:
     @property
     def arch_name(self) -> str:
         """Our architecture name, or the raw machine when uemu does not know it."""
-        from uemu import arch
+        from uemu.arch import for_elf  # the registry imports every arch: only callers that need it pay
 
         try:
-            return arch.for_elf(self.e_machine, self.elf_class, self.little_endian).name
+            name: str = for_elf(self.e_machine, self.elf_class, self.little_endian).name
         except errors.UnsupportedArch:
             return self.e_machine
+        return name
 
     def file_offset(self, vaddr: int, executable: bool | None = None) -> int | None:
         """vaddr -> file offset through PT_LOAD (pyelftools' ``address_offsets``).
@@ -138,10 +119,10 @@ class ElfObject:
         """The object's symbols, read on first use only: listing never needs them,
         and big libraries have hundreds of thousands."""
         try:
-            with open(self.source or self.path, "rb") as stream:
-                return SymbolTable.read(ELFFile(stream))
-        except (OSError, ELFError):
-            return SymbolTable()
+            with open_headers(self.path, self.source or None) as headers:
+                return SymbolTable.read(headers)
+        except errors.UemuError:
+            return SymbolTable()  # the file went away or changed: no symbols, arguments read as unknown
 
     def symbol_address(self, name: str, near: int | None = None) -> int | None:
         """Link-time address of ``name`` as code at address ``near`` sees it."""
@@ -166,27 +147,39 @@ class SymbolTable:
     """(start, end, file index) of each static function, sorted."""
 
     @classmethod
-    def read(cls, elf: ELFFile) -> SymbolTable:
+    def read(cls, headers: ElfHeaders) -> SymbolTable:
+        """Both symbol tables; one too big, outside the file or broken is skipped
+        (a probe whose argument names a symbol then reads it as unknown)."""
+        from elftools.elf.sections import SymbolTableSection  # only tracing needs it: listing stays fast
+
         table = cls()
         for section_name in (".symtab", ".dynsym"):
-            section = elf.get_section_by_name(section_name)
-            if section is None:
+            found = headers.section(section_name)
+            if found is None or found.sh_size > MAX_SYMBOL_TABLE or found.sh_offset + found.sh_size > headers.size:
                 continue
-            file_index = 0
-            for sym in section.iter_symbols():
-                kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
-                if kind == "STT_FILE":
-                    file_index += 1
-                elif not sym.name or sym["st_shndx"] == "SHN_UNDEF":
-                    continue
-                elif bind != "STB_LOCAL":
-                    table.globals.setdefault(sym.name, sym["st_value"])
-                elif section_name == ".symtab":
-                    table.locals.setdefault(sym.name, []).append((file_index, sym["st_value"]))
-                    if kind == "STT_FUNC":
-                        table.local_functions.append((sym["st_value"], sym["st_value"] + sym["st_size"], file_index))
+            try:
+                section = headers.elf.get_section(found.index)
+                if isinstance(section, SymbolTableSection):  # not some other type under that name
+                    table._add(section_name, section)
+            except (ELFError, struct.error, ValueError):
+                continue
         table.local_functions.sort()
         return table
+
+    def _add(self, section_name: str, section: SymbolTableSection) -> None:
+        file_index = 0
+        for sym in section.iter_symbols():
+            kind, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+            if kind == "STT_FILE":
+                file_index += 1
+            elif not sym.name or sym["st_shndx"] == "SHN_UNDEF":
+                continue
+            elif bind != "STB_LOCAL":
+                self.globals.setdefault(sym.name, sym["st_value"])
+            elif section_name == ".symtab":
+                self.locals.setdefault(sym.name, []).append((file_index, sym["st_value"]))
+                if kind == "STT_FUNC":
+                    self.local_functions.append((sym["st_value"], sym["st_value"] + sym["st_size"], file_index))
 
     def lookup(self, name: str, near: int | None = None) -> int | None:
         candidates = self.locals.get(name, [])
@@ -217,53 +210,39 @@ def open_elf(path: str, source: str | None = None) -> ElfObject:
     that differs (``/proc/PID/map_files/...`` for a process in another mount
     namespace).
     """
-    source = source or path
-    try:
-        stream = open(source, "rb")
-    except FileNotFoundError:
-        raise errors.NoSuchFile(path) from None
-    except IsADirectoryError:
-        raise errors.ElfFormatError(path, "is a directory, not an ELF file") from None
-    except PermissionError:
-        raise errors.AccessDenied(f"cannot read {path}") from None
-    with stream:
-        return _read_elf(path, source, stream)
+    with open_headers(path, source) as headers:
+        return _read_elf(headers, source or path)
 
 
-def _read_elf(path: str, source: str, stream: BinaryIO) -> ElfObject:
-    if stream.read(4) != b"\x7fELF":
-        raise errors.ElfFormatError(path, "not an ELF file")
-    stream.seek(0)
-    try:
-        elf = ELFFile(stream)
-        obj = ElfObject(
-            path=path,
-            e_machine=elf["e_machine"],
-            e_type=elf["e_type"],
-            elf_class=elf.elfclass,
-            little_endian=elf.little_endian,
-            segments=[
-                LoadSegment(seg["p_vaddr"], seg["p_memsz"], seg["p_offset"], seg["p_filesz"], seg["p_flags"])
-                for seg in elf.iter_segments("PT_LOAD")
-            ],
-            build_id=_build_id(elf),
-            source=source,
-        )
-        _collect_probes(elf, obj)
-    except (ELFError, struct.error, ValueError) as err:
-        raise errors.ElfFormatError(path, f"malformed ELF: {err}") from None
+def _read_elf(headers: ElfHeaders, source: str) -> ElfObject:
+    header = headers.header
+    obj = ElfObject(
+        path=headers.path,
+        e_machine=str(header.e_machine),
+        e_type=str(header.e_type),
+        elf_class=header.elf_class,
+        little_endian=header.little_endian,
+        segments=[seg for seg in headers.segments if seg.p_type == PT_LOAD],
+        build_id=None,
+        source=source,
+    )
+    if headers.sections_problem is not None:
+        obj.warnings.append(f"{obj.path}: {headers.sections_problem}; no SDT notes readable")
+        return obj
+    obj.build_id = _build_id(headers)
+    _collect_probes(headers, obj)
     return obj
 
 
-def _build_id(elf: ELFFile) -> str | None:
-    section = elf.get_section_by_name(".note.gnu.build-id")
+def _build_id(headers: ElfHeaders) -> str | None:
+    section = headers.section(".note.gnu.build-id")
     if section is None:
         return None
     try:
-        for note in _iter_raw_notes(section.data(), elf.little_endian):
+        for note in _iter_raw_notes(headers.section_data(section, MAX_NOTE_SECTION), headers.header.little_endian):
             if note.owner == b"GNU\0" and note.type == NT_GNU_BUILD_ID:
                 return note.desc.hex()
-    except _BrokenFraming:
+    except (_BrokenFraming, Unsound):
         pass  # a broken build-id note only costs us the build-id
     return None
 
@@ -300,42 +279,46 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _collect_probes(elf: ELFFile, obj: ElfObject) -> None:
-    base_section = elf.get_section_by_name(".stapsdt.base")
-    base_addr = base_section["sh_addr"] if base_section is not None else None
+def _collect_probes(headers: ElfHeaders, obj: ElfObject) -> None:
+    base_section = headers.section(".stapsdt.base")
+    base_addr = base_section.sh_addr if base_section is not None else None
     addr_fmt = ("<" if obj.little_endian else ">") + ("QQQ" if obj.elf_class == 64 else "III")
     index = 0
-    for section in elf.iter_sections():
-        if section.name != ".note.stapsdt" or section["sh_type"] != "SHT_NOTE":
+    for section in headers.sections:
+        if section.name != ".note.stapsdt" or section.sh_type != SHT_NOTE:
             continue
         try:
-            for raw in _iter_raw_notes(_note_data(elf, section), obj.little_endian):
+            for raw in _iter_raw_notes(_note_data(headers, section), obj.little_endian):
                 if raw.owner == b"stapsdt\0":
                     try:
                         obj.probes.append(_decode_stapsdt(obj, raw, index, addr_fmt, base_addr))
                     except errors.NoteFormatError as err:
                         obj.note_errors.append(err)
                 index += 1
-        except _BrokenFraming as err:
+        except (_BrokenFraming, Unsound) as err:
             obj.note_errors.append(errors.NoteFormatError(obj.path, index, str(err)))
     if obj.probes and base_addr is None:
         obj.warnings.append(f"{obj.path}: no .stapsdt.base section; addresses used without prelink adjustment")
 
 
-def _note_data(elf: ELFFile, section) -> bytes:
+def _note_data(headers: ElfHeaders, section: Section) -> bytes:
     """A note section's bytes; in a relocatable object (.o) with its relocations
     applied, as readelf shows it: sites then hold their offsets in .text."""
-    if elf["e_type"] != "ET_REL":
-        return section.data()
-    handler = RelocationHandler(elf)
-    relocations = handler.find_relocations_for_section(section)
-    if relocations is None:
-        return section.data()
-    stream = io.BytesIO(section.data())
+    data = headers.section_data(section, MAX_NOTE_SECTION)
+    if headers.header.e_type != "ET_REL":
+        return data
+    from elftools.elf.relocation import RelocationHandler  # relocatable objects only: listing stays fast
+
+    stream = io.BytesIO(data)
     try:
+        elf = headers.elf
+        handler = RelocationHandler(elf)
+        relocations = handler.find_relocations_for_section(elf.get_section(section.index))
+        if relocations is None:
+            return data
         handler.apply_section_relocations(stream, relocations)
-    except ELFRelocationError:
-        return section.data()  # an arch pyelftools cannot relocate (riscv): fields as stored
+    except (ELFError, struct.error, ValueError):
+        return data  # an arch pyelftools cannot relocate (riscv), or broken relocations: fields as stored
     return stream.getvalue()
 
 
@@ -359,7 +342,8 @@ def _decode_stapsdt(
         raise errors.NoteFormatError(
             obj.path, index, "expected provider, name and arguments ending at the descriptor's end"
         )
-    provider, name, args = (s.decode("utf-8", "backslashreplace") for s in strings[:3])
+    # surrogateescape: the bytes that are not UTF-8 stay what they were, for printing to escape (events.escape)
+    provider, name, args = (s.decode("utf-8", "surrogateescape") for s in strings[:3])
     if not name:
         raise errors.NoteFormatError(obj.path, index, "empty probe name")
     # Prelink moves the object but cannot rewrite unallocated notes; the
@@ -389,97 +373,3 @@ def group_sites(probes: list[Probe]) -> dict[tuple[str, str, str], list[Probe]]:
     for probe in probes:
         groups.setdefault((probe.object, probe.provider, probe.name), []).append(probe)
     return groups
-
-
-@dataclass
-class MappedObject:
-    """An ELF object as one process maps it: the file, its identity, its VMAs."""
-
-    elf: ElfObject
-    file_id: tuple[int, int]
-    vmas: list[Vma]
-
-    def runtime_address(self, offset: int) -> int | None:
-        """Where the byte at file ``offset`` is in the process's code: the first
-        probe VMA covering it (the one the kernel would patch)."""
-        for vma in self.vmas:
-            if is_probe_vma(vma, self.file_id, offset):
-                return vma.offset_to_vaddr(offset)
-        return None
-
-    def runtime_semaphore(self, ref_ctr_offset: int) -> int | None:
-        vma = find_counter_vma(self.vmas, self.file_id, ref_ctr_offset)
-        return vma.offset_to_vaddr(ref_ctr_offset) if vma else None
-
-    @property
-    def load_bias(self) -> int:
-        """Runtime minus link-time address, from the first VMA that maps a segment."""
-        for vma in self.vmas:
-            vaddr = self.elf.vaddr(vma.offset)
-            if vaddr is not None:
-                return vma.start - vaddr
-        return 0
-
-    def symbol_runtime_address(self, name: str, near: int | None = None) -> int | None:
-        """Where a symbol is in this process; ``near`` is the link-time address of the
-        code referring to it (picks the right one of several same-named statics)."""
-        vaddr = self.elf.symbol_address(name, near)
-        return None if vaddr is None else vaddr + self.load_bias
-
-
-def mapped_objects(pid: int, vmas: list[Vma]) -> tuple[list[MappedObject], list[str]]:
-    """Every ELF file mapped in ``pid``, with warnings for files we could not open.
-
-    Each file is opened through ``/proc/PID/map_files`` (the very file the
-    mapping holds, even deleted or in another mount namespace), else through
-    ``/proc/PID/root``, and checked against the (device, inode) of its mapping.
-    """
-    by_file: dict[tuple[int, int], list[Vma]] = {}
-    for vma in vmas:
-        if vma.file_backed and vma.path.startswith("/"):
-            by_file.setdefault(vma.file_id, []).append(vma)
-    objects, warnings = [], []
-    for file_id, file_vmas in by_file.items():
-        first = file_vmas[0]
-        path = first.path.removesuffix(" (deleted)")
-        fd = _open_mapped_file(pid, first)
-        if fd is None:
-            warnings.append(f"{path}: cannot open it as mapped in process {pid}; its probes are not listed")
-            continue
-        try:
-            elf = open_elf(path, f"/proc/self/fd/{fd}")
-        except errors.UemuError as err:
-            os.close(fd)
-            if not isinstance(err, errors.ElfFormatError):  # mapped data files (locales, fonts) are not ELF
-                warnings.append(err.message)
-            continue
-        weakref.finalize(elf, os.close, fd)
-        objects.append(MappedObject(elf, file_id, file_vmas))
-    return objects, warnings
-
-
-def _open_mapped_file(pid: int, vma: Vma) -> int | None:
-    """A descriptor of the mapping's own file, or None.
-
-    The file is opened through /proc and the descriptor kept: a
-    ``map_files`` entry disappears as soon as the mapping is split or
-    replaced (ld.so remaps segments over its first reservation), but the
-    symbols are read later, on first need.
-    """
-    candidates = (
-        f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}",
-        f"/proc/{pid}/root{vma.path}",
-    )
-    for candidate in candidates:
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        st = os.fstat(fd)
-        # Overlay and bind mounts can show another file under the same path:
-        # only the mapping's (device, inode) proves it is the mapped file.
-        if (st.st_dev, st.st_ino) == vma.file_id:
-            return fd
-        os.close(fd)
-    return None
-

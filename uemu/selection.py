@@ -15,11 +15,10 @@ uprobes, keyed by inode, see later mappings by construction.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from . import errors, probespec, sdt
+from . import errors, ldso, probespec, sdt
+from .objects import MappedObject
 from .probespec import ProbeSpec, RawUprobe, SdtPattern
 from .uprobes import Consumer, ProbeInfo, Uprobe, Uprobes
 
@@ -49,7 +48,7 @@ class Selection:
         self.specs = [spec for spec in self.specs if spec.text not in words]
         return [u for word in words for u in self.uprobes.unregister(word)]
 
-    def register_object(self, mapped: sdt.MappedObject) -> list[Uprobe]:
+    def register_object(self, mapped: MappedObject) -> list[Uprobe]:
         """Uprobes for the sites the PROBE words select in one object (once per file)."""
         if mapped.file_id in self._seen_files:
             return self.uprobes.by_file.get(mapped.file_id, [])
@@ -70,7 +69,7 @@ class Selection:
             uprobes.append(uprobe)
         return uprobes
 
-    def check_process(self, objects: Sequence[sdt.MappedObject], pid: int) -> None:
+    def check_process(self, objects: Sequence[MappedObject], pid: int) -> None:
         """At attach: each word that matches nothing in the process's objects now
         is pending (said now), or with ``strict`` an error naming the closest probes."""
         self._scope = f"process {pid} or anything it mapped while traced"
@@ -78,11 +77,12 @@ class Selection:
             if not any(selected(spec, mapped) for mapped in objects):
                 self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
 
-    def check_spawn(self, argv: Sequence[str]) -> None:
+    def check_spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
         """Before starting anything: each word that can match neither the program,
-        its start-up libraries nor a file it names is pending (said now), or with
-        ``strict`` an error naming the closest probes."""
-        candidates = _program_and_libraries(argv[0])
+        its start-up libraries (found as ld.so would, without running anything) nor
+        a file it names is pending (said now), or with ``strict`` an error naming the
+        closest probes."""
+        candidates = ldso.startup_objects(argv[0], env)
         objects = []
         for path in candidates:
             try:
@@ -130,7 +130,7 @@ class Selection:
         return totals
 
 
-def selected(spec: ProbeSpec, mapped: sdt.MappedObject) -> list[Site]:
+def selected(spec: ProbeSpec, mapped: MappedObject) -> list[Site]:
     """The sites ``spec`` selects in ``mapped``."""
     elf = mapped.elf
     if isinstance(spec, SdtPattern):
@@ -181,25 +181,3 @@ def _event_stem(path: str) -> str:
         if char in ".-_":
             return base[:i]
     return base
-
-
-def _program_and_libraries(program: str) -> list[str]:
-    """The program's path and the shared libraries ``ldd`` says it loads at start."""
-    path = program if "/" in program else (shutil.which(program) or program)
-    paths = [path]
-    ldd = shutil.which("ldd")
-    if ldd is None or not os.path.isfile(path):
-        return paths
-    try:
-        out = subprocess.run([ldd, path], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return paths
-    for line in out.splitlines():
-        parts = line.split()
-        if "=>" in parts:
-            target = parts[parts.index("=>") + 1]
-            if target.startswith("/"):
-                paths.append(target)
-        elif parts and parts[0].startswith("/"):
-            paths.append(parts[0])
-    return paths

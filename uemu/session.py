@@ -155,7 +155,7 @@ class Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
         self._choose_mode(MappingMode.SECCOMP)
         assert self.tracker is not None
-        self.selection.check_spawn(argv)
+        self.selection.check_spawn(argv, os.environ if env is None else env)
         self._install_signal_handlers()
         child = spawn.fork_waiting(argv, env, self.tracker.spawn_filter())
         self.tracees.child_pid = child.pid

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
 
-from . import inject, process, ptrace, sdt, xol
+from . import inject, process, ptrace, xol
 from .inject import INJECTABLE
 from .runtime.layout import ThreadFlags
 from .maps import Vma, read_maps
-from .sdt import MappedObject
+from .objects import MappedObject, mapped_objects
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
 from .xol import ActiveStep
@@ -143,17 +143,22 @@ class Tracees:
         return mm
 
     def objects_of(self, pid: int, vmas: list[Vma]) -> list[MappedObject]:
-        """The ELF objects mapped in ``vmas`` of ``pid``; those opened at an earlier
-        look at the same process are reused (attach looks before it seizes)."""
+        """The ELF objects mapped in ``vmas`` of ``pid``, each with its VMAs there.  A
+        file opened at an earlier look at the same process (attach looks before it
+        seizes) is not read again; its VMAs are this look's (an exec in between maps
+        the same ld.so elsewhere)."""
         known = self._objects.setdefault(pid, {})
         unknown = [v for v in vmas if v.file_backed and v.file_id not in known]
         if unknown:
-            objects, warnings = sdt.mapped_objects(pid, unknown)
+            objects, warnings = mapped_objects(pid, unknown)
             for warning in warnings:
                 self.warn(warning)
             known.update((o.file_id, o) for o in objects)
-        mapped = {v.file_id for v in vmas}
-        return [o for file_id, o in known.items() if file_id in mapped]
+        by_file: dict[tuple[int, int], list[Vma]] = {}
+        for vma in vmas:
+            if vma.file_id in known:
+                by_file.setdefault(vma.file_id, []).append(vma)
+        return [MappedObject(known[file_id].elf, file_id, file_vmas) for file_id, file_vmas in by_file.items()]
 
     # ---- creation ------------------------------------------------------------------
 

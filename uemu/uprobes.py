@@ -36,8 +36,8 @@ from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
 from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
 from .ptrace import Memory
+from .objects import MappedObject
 from .runtime.layout import ThreadFlags
-from .sdt import MappedObject
 
 if TYPE_CHECKING:
     from .tasks import Task

@@ -20,6 +20,11 @@ from uemu.maps import Vma, read_maps
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+UEMU_AREA = "/memfd:uemu-net (deleted)"
+"""uemu's own area (its in-target runtime), no file of the program: after uemu's death
+it stays mapped, inert, as the kernel's [uprobes] area stays (README: reliability)."""
+
+
 def text_differences(pid: int) -> list[str]:
     """Where an executable file mapping's bytes differ from its file: the file as
     mapped (``/proc/PID/map_files``, right even if the path was replaced since),
@@ -27,7 +32,7 @@ def text_differences(pid: int) -> list[str]:
     found = []
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for vma in read_maps(pid):
-            if vma.executable and vma.file_backed:
+            if vma.executable and vma.file_backed and vma.path != UEMU_AREA:
                 found += _mapping_differences(pid, mem, vma)
     return found
 

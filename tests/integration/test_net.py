@@ -28,6 +28,7 @@ from tracee import differences, file_memory, wait_until
 from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
 from uemu.maps import read_maps
+from uemu.objects import mapped_objects
 from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
@@ -63,7 +64,7 @@ def _arm(pid: int, mode: str, report: int) -> None:
     os.waitpid(pid, ptrace.WALL)
     vmas = read_maps(pid)
     memory = ptrace.Memory(pid)
-    objects, _ = sdt.mapped_objects(pid, vmas)
+    objects, _ = mapped_objects(pid, vmas)
     program = next(obj for obj in objects if any(p.full_name == "orphan:tick" for p in obj.elf.probes))
     probe = next(p for p in program.elf.probes if p.full_name == "orphan:tick")
     arch = by_name(program.elf.arch_name)

@@ -146,7 +146,7 @@ def test_attach_refuses_a_process_one_of_whose_threads_is_traced(survival):
 # ---------------------------------------------------------------- 3. attach racing exec
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: attach racing exec ends in an internal error (item 3)")
+
 def test_attach_to_a_program_execing_itself_in_a_loop(samples):
     """samples/exec with a generation count it never reaches: each attach (up to
     ten, short) sees a new image mid-exec at some point.  No internal error, and
@@ -169,7 +169,7 @@ def test_attach_to_a_program_execing_itself_in_a_loop(samples):
 # ---------------------------------------------------------------- kill -9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: a target dies at its first hit after kill -9 of uemu")
+
 def test_kill_9_of_attach_leaves_the_target_unharmed(survival):
     """``kill -9`` of ``uemu attach`` under a hot guarded probe: the threads' next
     hits run the original instruction, the counters come back to 0."""
@@ -181,7 +181,7 @@ def test_kill_9_of_attach_leaves_the_target_unharmed(survival):
     assert_unharmed(survival)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the ld.so rendezvous breakpoint is left after kill -9 (item 10)")
+
 def test_kill_9_of_attach_leaves_no_rendezvous_breakpoint(samples):
     """uemu's own breakpoint at ld.so's ``_dl_debug_state`` (c3 -> cc) is covered
     as the probes are: after ``kill -9`` the program's next dlopen, the first

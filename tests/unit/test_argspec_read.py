@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import math
+import os
 import platform
 import struct
 
@@ -379,8 +380,19 @@ def test_zero_registers_read_zero_without_asking(arch: str, spec: str) -> None:
 def test_addresses_wrap_at_the_word_size() -> None:
     top = memory(0xFFFFFFFC, b"\x01\x02\x03\x04")
     assert value("-4@-8(%ebp)", "i386", {"ebp": 4}, top) == 0x04030201
-    top64 = memory((1 << 64) - 8, b"\x01\x02\x03\x04\x05\x06\x07\x08")
-    assert value("1@-8(%rbp)", "x86_64", {"rbp": 0}, top64) == 1
+    low64 = memory(8, b"\x01\x02\x03\x04\x05\x06\x07\x08")
+    assert value("1@16(%rbp)", "x86_64", {"rbp": (1 << 64) - 8}, low64) == 1
+
+
+@pytest.mark.parametrize("spec", ["8@-8(%rbp)", "8@(%rbp,%rdx,1)", "8@9223372036854775800(%rdx)", "8@-8"])
+def test_addresses_from_2_63_up_are_unknown_not_an_error(spec: str) -> None:
+    """/proc/PID/mem's offset is a signed loff_t: os.pread raises OverflowError
+    (not OSError) from 2^63 up, where no Linux arch has user memory anyway."""
+    with open("/proc/self/mem", "rb", buffering=0) as mem:
+        def read_memory(address: int, size: int) -> bytes:
+            return os.pread(mem.fileno(), size, address)
+
+        assert value(spec, "x86_64", {"rbp": 0, "rdx": 1 << 63}, read_memory) is None
 
 
 # --------------------------------------------------------------------------
