@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import SupportsIndex
 
 from .events import Event, Value
 
@@ -140,14 +139,15 @@ class Trace:
             raise RuntimeError("the trace is filled when its with block ends: read it after the block")
 
     def _name_hint(self, probe: str) -> list[str]:
-        """Why a probe has no hits: armed and silent, or a name close to one that fired."""
+        """Why a probe has no hits: armed and silent, or a misspelt name."""
         if probe in self.probes:
             return [f"{probe} was armed but never fired"]
+        return [self._near(probe) or f"{probe} is not a probe uemu armed"]
+
+    def _near(self, probe: str) -> str | None:
         names = sorted(set(self.probes) | set(self._args))
         near = difflib.get_close_matches(probe, names, n=1, cutoff=0.75)
-        if near:
-            return [f"did you mean {near[0]} ({_times(len(self._args.get(near[0], [])), 'hit')})?"]
-        return [f"{probe} is not a probe uemu armed"]
+        return f"did you mean {near[0]} ({_times(len(self._args.get(near[0], [])), 'hit')})?" if near else None
 
     def _summary(self) -> list[str]:
         fired = ", ".join(f"{probe} {len(hits)}" for probe, hits in sorted(self._args.items()))
@@ -177,8 +177,7 @@ class Count(int):
         return count
 
     def explain(self, op: str, expected: object) -> list[str]:
-        wanted = f"{_OP_WORDS.get(op, op + ' ')}{expected!r}"
-        lines = [f"{self.probe} fired {_times(int(self), 'time')}, expected {wanted}"]
+        lines = [f"{self.probe} fired {_times(int(self), 'time')}, expected {_wanted(op, expected)}"]
         if not self:
             lines += self.trace._name_hint(self.probe)
         return lines + self.trace._summary()
@@ -198,7 +197,7 @@ class HitArgs(tuple[Arg, ...]):
 
     def explain(self, op: str, expected: object) -> list[str]:
         got = tuple(self)
-        lines = [f"arguments of {self.probe} #{self.number} were {got!r}, expected {expected!r}"]
+        lines = [f"arguments of {self.probe} #{self.number} were {got!r}, expected {_wanted(op, expected)}"]
         if op != "==" or not isinstance(expected, tuple):
             return lines
         lines[0] += _differences(got, expected)
@@ -227,7 +226,7 @@ class HitList(list[HitArgs]):
 
     def explain(self, op: str, expected: object) -> list[str]:
         if op != "==" or not isinstance(expected, list):
-            return [f"arguments of {self.probe} were {list(self)!r}, expected {op} {expected!r}"]
+            return [f"arguments of {self.probe} were {list(self)!r}, expected {_wanted(op, expected)}"]
         got = [tuple(hit) for hit in self]
         first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
         if first is None:
@@ -252,6 +251,10 @@ def explain(op: str, left: object, right: object) -> list[str] | None:
 
 _OP_WORDS = {"==": "", "!=": "not ", "<": "fewer than ", "<=": "at most ", ">": "more than ", ">=": "at least "}
 _FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _wanted(op: str, expected: object) -> str:
+    return f"{_OP_WORDS.get(op, op + ' ')}{expected!r}"
 
 
 def _times(n: int, what: str) -> str:
@@ -291,7 +294,8 @@ def undeclared_strings(strings: Mapping[str, frozenset[int]], trace: Trace) -> l
     problems = []
     for probe, indexes in sorted(strings.items()):
         if probe not in trace.probes:
-            problems.append(f"strings= names {probe}, which uemu did not arm; " + trace._name_hint(probe)[0])
+            problems.append("; ".join(filter(None, [f"strings= names {probe}, which uemu did not arm",
+                                                    trace._near(probe)])))
             continue
         arity = max((len(args) for args in trace._args.get(probe, [])), default=None)
         beyond = sorted(i for i in indexes if arity is not None and i >= arity)

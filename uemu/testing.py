@@ -56,17 +56,18 @@ class Usdt:
         return Tracing(job, timeout)
 
     def attach(self, pid: int, probes: Sequence[str] = (), *, strings: Strings | None = None,
-               follow_forks: bool = False, mappings: str | None = None, strsize: int = 256,
-               timeout: float = DEFAULT_TIMEOUT) -> Tracing:
+               follow_forks: bool = False, mappings: str | None = None, strsize: int = 256) -> Tracing:
         """Attach to a running process; the block's end detaches, leaving it as it was."""
         job = _Job(_Attach(pid), list(probes), _declared(strings), follow_forks, mappings, strsize)
-        return Tracing(job, timeout)
+        return Tracing(job, DEFAULT_TIMEOUT)
 
 
 @dataclass(frozen=True)
 class _Spawn:
     argv: list[str]
     env: dict[str, str] | None
+    orphaned = signal.SIGKILL
+    """What the tracer gets if the test process dies: the command dies with it."""
 
     @property
     def name(self) -> str:
@@ -81,6 +82,8 @@ class _Spawn:
 @dataclass(frozen=True)
 class _Attach:
     pid: int
+    orphaned = signal.SIGTERM
+    """What the tracer gets if the test process dies: it leaves the process as it was."""
 
     @property
     def name(self) -> str:
@@ -343,7 +346,7 @@ def _tracer_main(channel: int, job: _Job, parent: int, stdout: IO[bytes] | None)
     returns into the test's code."""
     try:
         _own_group(0)
-        _die_with(parent)
+        _die_with(parent, job.target.orphaned)
         if stdout is not None:
             os.dup2(stdout.fileno(), 1)  # the command inherits it
         warnings: list[str] = []
@@ -375,12 +378,12 @@ def _own_group(pid: int) -> None:
         pass
 
 
-def _die_with(parent: int) -> None:
-    """SIGTERM (a clean leave) if the test process dies first."""
+def _die_with(parent: int, sig: signal.Signals) -> None:
+    """``sig`` when the test process dies first (or has died already)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    libc.prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
 
 
 def _send(channel: int, message: _Message) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -162,6 +163,39 @@ def test_a_trace_given_up_while_uemu_forks_the_command(usdt, samples, monkeypatc
         with usdt.run([samples / "longrun", "1", "5"], env=env):
             pass
     assert _left_behind(marker) == []
+
+
+def _dies_in_the_block(trace_call: str) -> subprocess.CompletedProcess[str]:
+    """A test process that SIGKILLs itself inside ``with usdt.TRACE_CALL``."""
+    script = (f"import os, signal\nfrom uemu.testing import Usdt\nwith Usdt().{trace_call}:\n"
+              "    print('armed', flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_command_dies_with_its_test_process(samples):
+    marker = f"UEMU_TEST_MARK={os.getpid()}-orphaned"
+    env = dict(os.environ, UEMU_TEST_MARK=marker.split("=", 1)[1])
+    died = _dies_in_the_block(f"run([{str(samples / 'longrun')!r}, '1', '5'], env={env!r})")
+    assert died.returncode == -signal.SIGKILL and died.stdout == "armed\n", died.stderr
+    wait_until(lambda: not _left_behind(marker), what="the command to die")
+
+
+def test_an_attached_process_is_left_as_it_was_when_the_test_process_dies(samples, tmp_path):
+    out = tmp_path / "out"
+    out.touch()
+    program = subprocess.Popen([samples / "longrun", "2", "5"], env=dict(os.environ, SAMPLE_OUT=str(out)))
+    try:
+        wait_until(lambda: _hits(out, "longrun:beat"), what="longrun to start")
+        died = _dies_in_the_block(f"attach({program.pid}, ['longrun:tick'])")
+        assert died.returncode == -signal.SIGKILL and died.stdout == "armed\n", died.stderr
+        wait_until(lambda: tracer_pid(program.pid) == 0, what="the tracer to leave")
+        ticks = len(_hits(out, "longrun:tick"))
+        beats = len(_hits(out, "longrun:beat"))
+        wait_until(lambda: len(_hits(out, "longrun:beat")) > beats + 10, what="beats after the tracer left")
+        assert len(_hits(out, "longrun:tick")) <= ticks + 2  # its semaphore is back at 0
+    finally:
+        program.terminate()
+    assert program.wait(20) == 0
 
 
 # ---- failure messages, as pytest prints them ------------------------------------------
