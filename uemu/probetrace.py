@@ -155,7 +155,7 @@ class Trace:
         lines = [f"fired: {fired}" if fired else "nothing fired"]
         if silent:
             lines.append(f"armed, never fired: {silent}")
-        return lines
+        return lines + [f"uemu warned: {warning}" for warning in self.warnings]
 
     def _listing(self, probe: str) -> list[str]:
         hits = self._args.get(probe, [])

@@ -48,18 +48,20 @@ class Usdt:
 
     def run(self, argv: Sequence[str | os.PathLike[str]], probes: Sequence[str] = (), *,
             strings: Strings | None = None, env: dict[str, str] | None = None, follow_forks: bool = False,
-            mappings: str | None = None, strsize: int = 256, timeout: float = DEFAULT_TIMEOUT) -> Tracing:
+            mappings: str | None = None, strict: bool = False, strsize: int = 256,
+            timeout: float = DEFAULT_TIMEOUT) -> Tracing:
         """Start ``argv`` under uemu; the block's end waits for it to exit (killed
         after ``timeout`` seconds, which fails the test)."""
         command = [os.fspath(arg) for arg in argv]
-        job = _Job(_Spawn(command, env), list(probes), _declared(strings), follow_forks, mappings, strsize)
-        return Tracing(job, timeout)
+        options = _Options(list(probes), _declared(strings), follow_forks, mappings, strict, strsize)
+        return Tracing(_Job(_Spawn(command, env), options), timeout)
 
     def attach(self, pid: int, probes: Sequence[str] = (), *, strings: Strings | None = None,
-               follow_forks: bool = False, mappings: str | None = None, strsize: int = 256) -> Tracing:
+               follow_forks: bool = False, mappings: str | None = None, strict: bool = False,
+               strsize: int = 256) -> Tracing:
         """Attach to a running process; the block's end detaches, leaving it as it was."""
-        job = _Job(_Attach(pid), list(probes), _declared(strings), follow_forks, mappings, strsize)
-        return Tracing(job, DEFAULT_TIMEOUT)
+        options = _Options(list(probes), _declared(strings), follow_forks, mappings, strict, strsize)
+        return Tracing(_Job(_Attach(pid), options), DEFAULT_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,10 @@ class _Spawn:
 
     def start(self, session: Session) -> int:
         session.spawn(self.argv, self.env)
-        assert session.child_pid is not None
-        return session.child_pid
+        # Session does not say its command's pid: it is the tracer's only child.
+        with open(f"/proc/self/task/{os.getpid()}/children") as stream:
+            (pid,) = map(int, stream.read().split())
+        return pid
 
 
 @dataclass(frozen=True)
@@ -95,15 +99,23 @@ class _Attach:
 
 
 @dataclass(frozen=True)
-class _Job:
-    """What the tracer process does: one session, its hits recorded."""
+class _Options:
+    """The session's (``Session``'s own, then the strings to read at each hit)."""
 
-    target: _Spawn | _Attach
     probes: list[str]
     strings: dict[str, frozenset[int]]
     follow_forks: bool
     mappings: str | None
+    strict: bool
     strsize: int
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the tracer process does: one session, its hits recorded."""
+
+    target: _Spawn | _Attach
+    options: _Options
 
 
 @dataclass(frozen=True)
@@ -198,7 +210,7 @@ class Tracing:
             raise _failure(message)
         assert self.trace is not None
         self.trace.complete(message, stdout)
-        problems = undeclared_strings(self.job.strings, self.trace)
+        problems = undeclared_strings(self.job.options.strings, self.trace)
         if spawned and forced:
             problems.insert(0, f"{self.job.target.name} did not exit within {self.timeout:g} s: uemu killed it")
         if problems:
@@ -355,8 +367,10 @@ def _tracer_main(channel: int, job: _Job, parent: int, stdout: IO[bytes] | None)
             warnings.append(message)
             print(f"uemu: warning: {message}", file=sys.stderr, flush=True)
 
-        recorder = _Recorder(job.strings, job.strsize)
-        with Session(job.probes, follow_forks=job.follow_forks, mappings=job.mappings, warn=warn) as session:
+        options = job.options
+        recorder = _Recorder(options.strings, options.strsize)
+        with Session(options.probes, follow_forks=options.follow_forks, mappings=options.mappings,
+                     strict=options.strict, warn=warn) as session:
             _send(channel, _Armed(job.target.start(session)))
             session.run(recorder.hit)
         _send(channel, Report(recorder.events, recorder.args, list(session.counts()), session.exit_status, warnings))

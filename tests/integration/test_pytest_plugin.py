@@ -105,7 +105,7 @@ def test_attach_then_leave_as_it_was(usdt, samples, tmp_path):
 
 def test_a_probe_word_that_matches_nothing_is_uemus_own_error(usdt, samples):
     with pytest.raises(ProbeNotFound, match="did you mean cache:miss"):
-        with usdt.run([samples / "cache"], probes=["cache:mis"]):
+        with usdt.run([samples / "cache"], probes=["cache:mis"], strict=True):
             pass
 
 
@@ -249,6 +249,11 @@ def test_undeclared_string(usdt):
         pass
     assert trace.args("cache:evict")[0] == (3, b"key-3")
 
+def test_misspelt_probe_word(usdt):
+    with usdt.run([CACHE, "--fill", "10"], probes=["cache:mis"]) as trace:
+        pass
+    assert trace.count("cache:miss") == 10
+
 def test_misspelt_string_declaration(usdt):
     with usdt.run([CACHE, "--fill", "10"], probes=["cache:*"], strings={{"cache:evcit": 1}}):
         pass
@@ -287,12 +292,15 @@ def test_failure_messages(pytester, samples):
     out.fnmatch_lines(["*test_undeclared_string*",
                        "E * argument 1 is a number: to read it as a string, declare it: "
                        "strings={'cache:evict': 1}"])
+    out.fnmatch_lines(["*test_misspelt_probe_word*", "E * cache:miss fired 0 times, expected 10",
+                       "E * nothing fired", "E * uemu warned: 'cache:mis' never matched a probe; closest probes "
+                       "seen: cache:miss, *"])
     out.fnmatch_lines(["*test_misspelt_string_declaration*",
                        "E * strings= names cache:evcit, which uemu did not arm; did you mean cache:evict (6 hits)?"])
     out.fnmatch_lines(["*test_command_that_does_not_exit*",
                        f"E * {samples / 'longrun'} did not exit within 1 s: uemu killed it",
                        "E * fired: longrun:beat *"])
     out.fnmatch_lines(["*test_exception_in_the_block*", "E * KeyError: 'from the block'"])
-    result.assert_outcomes(passed=1, failed=12)
+    result.assert_outcomes(passed=1, failed=13)
     # The block's exception ended the program at once, not after its 600 s.
     assert result.duration < 300
