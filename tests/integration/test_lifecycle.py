@@ -11,7 +11,7 @@ import signal
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
-from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced
+from samplelog import counts, expected_hits, json_hits, parse, per_probe, reported_hits, run_traced
 from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, tracer_pid
 
 from uemu import sdt
@@ -205,11 +205,12 @@ def test_children_not_followed_are_cleaned_before_they_run(samples):
     assert counts(reported_hits(run.events)) == counts([h for h in hits if h[2] == parent])
 
 
-def test_exec_through_a_shell_reports_the_new_images_probes(samples):
-    run = run_traced(["sh", "-c", f"exec {samples / 'basic'} 2"])
-    assert run.exit_status == 0
-    assert counts(reported_hits(run.events)) == counts(expected_hits(run.lines))
-    assert run.events and {e.object for e in run.events} == {str(samples / "basic")}
+def test_exec_through_a_shell_reports_the_new_images_probes(usdt, samples):
+    with usdt.run(["sh", "-c", f"exec {samples / 'basic'} 2"]) as trace:
+        pass
+    assert trace.exit_status == 0
+    assert trace.counts() == counts(expected_hits(parse(trace.stdout.decode())))
+    assert trace.events and {e.object for e in trace.events} == {str(samples / "basic")}
 
 
 def test_dlopen_while_attached_arms_each_load(samples, tmp_path):

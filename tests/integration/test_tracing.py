@@ -10,7 +10,6 @@ from oracle import KernelUprobes, bpftrace_counts, bpftrace_reason, sdt_sites, t
 from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced, run_untraced
 
 from uemu import argspec, sdt
-from uemu.session import Session
 
 # (sample, argv after the program, libraries of the build it loads)
 PROGRAMS = [
@@ -72,22 +71,19 @@ def _unknowable(expected, events, program):
     return out
 
 
-def test_probe_selection_and_exit_status(samples):
-    run = run_traced([samples / "basic", "2"], ["basic:loop", "*:end"])
-    assert counts(reported_hits(run.events)) == {"basic:loop": 2, "basic:end": 1}
+def test_probe_selection_and_exit_status(usdt, samples):
+    with usdt.run([samples / "basic", "2"], probes=["basic:loop", "*:end"]) as trace:
+        pass
+    assert trace.counts() == {"basic:loop": 2, "basic:end": 1}
+    assert trace.probes == ["basic:end", "basic:loop"]
+    assert trace.exit_status == 0
 
 
-def test_strings_read_from_the_tracee_while_stopped(samples):
+def test_strings_read_from_the_tracee_while_stopped(usdt, samples):
     """A handler runs while the thread is stopped at the hit: %s-style reads work."""
-    texts = []
-
-    def read(event):
-        texts.append(event.read_string(event.args[0], 256))
-
-    session = Session(["basic:string"])
-    session.spawn([str(samples / "basic"), "1"])
-    session.run(read)
-    assert texts == [b"hello, probe"]
+    with usdt.run([samples / "basic", "1"], probes=["basic:string"], strings={"basic:string": 0}) as trace:
+        pass
+    assert trace.args("basic:string") == [(b"hello, probe", 12)]
 
 
 @pytest.mark.oracle
