@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, NoReturn
@@ -77,9 +77,8 @@ class _Spawn:
 
     def start(self, session: Session) -> int:
         session.spawn(self.argv, self.env)
-        # Session does not say its command's pid: it is the tracer's only child.
-        with open(f"/proc/self/task/{os.getpid()}/children") as stream:
-            (pid,) = map(int, stream.read().split())
+        pid = session.child_pid
+        assert pid is not None  # spawn returned: the command was started
         return pid
 
 
