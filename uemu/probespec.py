@@ -47,6 +47,11 @@ class RawUprobe:
     ref_ctr_offset: int
     text: str
 
+    @property
+    def place(self) -> str:
+        """OFFSET(REF) as the word wrote it: what its hits are named."""
+        return self.text[len(self.path) + 1 :]
+
 
 @dataclass(frozen=True)
 class SymbolUprobe:
@@ -56,6 +61,11 @@ class SymbolUprobe:
     symbol: str
     offset: int
     text: str
+
+    @property
+    def place(self) -> str:
+        """SYMBOL[+OFFSET] as the word wrote it: what its hits are named."""
+        return self.text[len(self.path) + 1 :]
 
 
 ProbeSpec = SdtPattern | RawUprobe | SymbolUprobe

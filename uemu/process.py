@@ -128,6 +128,27 @@ def in_syscall(tid: int) -> bool:
     return first not in (["-1"], ["running"])
 
 
+def descendants(root: int) -> list[int]:
+    """Every process whose parent chain reaches ``root``, parents before children
+    (from /proc/PID/stat; a process may end or be born while this reads)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                ppid = int(stream.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], list(children.get(root, ()))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue += children.get(pid, ())
+    return found
+
+
 def tgid(tid: int) -> int:
     return status(tid).tgid
 

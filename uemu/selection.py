@@ -152,8 +152,11 @@ def selected(spec: ProbeSpec, mapped: MappedObject) -> list[Site]:
             raise errors.UprobeError(f"{spec.text}: not in an executable segment")
         offset, ref = found, 0
     vaddr = elf.vaddr(offset)
-    name = f"p_{_event_stem(spec.path)}_{offset:#x}"
-    return [(offset, ref, ProbeInfo(elf.path, "uprobes", name, vaddr if vaddr is not None else offset, ""))]
+    # Named after what the user wrote: FILE:SYMBOL[+OFF] or FILE:OFFSET, FILE the object's
+    # name.  Differs: tracefs names such an event p_STEM_0xOFFSET.  Two words on one
+    # address (longjmp, siglongjmp) are two consumers under two names, as in the kernel.
+    info = ProbeInfo(elf.path, os.path.basename(spec.path), spec.place, vaddr if vaddr is not None else offset, "")
+    return [(offset, ref, info)]
 
 
 def _probe_info(probe: sdt.Probe) -> ProbeInfo:
@@ -172,12 +175,3 @@ def _file_matches(spec: ProbeSpec, obj: sdt.ElfObject) -> bool:
     if isinstance(spec, SdtPattern):
         return any(spec.matches(p) for p in obj.probes)
     return os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)
-
-
-def _event_stem(path: str) -> str:
-    """tracefs' default event name stem: the basename up to the first . - or _."""
-    base = os.path.basename(path)
-    for i, char in enumerate(base):
-        if char in ".-_":
-            return base[:i]
-    return base

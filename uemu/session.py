@@ -124,7 +124,34 @@ class Session:
         self.reporter.handlers.append(handler)
 
     def attach(self, pid: int) -> Session:
-        """Seize every thread of a running process and arm the probes."""
+        """Seize every thread of a running process and arm the probes; with
+        ``follow_forks``, every process already descended from it too (children
+        created later are followed as they come).  Call again for more processes."""
+        self._attach_process(pid)
+        if self.tracees.follow_forks:
+            self._attach_descendants(pid)
+        return self
+
+    def _attach_descendants(self, root: int) -> None:
+        """Every process whose parent chain reaches ``root``, found from /proc and
+        attached by the same rules, until a look finds no new one (a process
+        forked meanwhile by a traced one is auto-attached already)."""
+        tried: set[int] = set()
+        while True:
+            traced = {task.pid for task in self.tracees.tasks.values()}
+            fresh = [pid for pid in process.descendants(root) if pid not in tried and pid not in traced]
+            if not fresh:
+                return
+            for pid in fresh:
+                tried.add(pid)
+                try:
+                    self._attach_process(pid, descendant=True)
+                except (errors.NotFound, errors.TraceeGone):
+                    continue  # it ended meanwhile
+                except (errors.AttachRefused, errors.AccessDenied, errors.UnsupportedArch) as err:
+                    self.warn(f"{err.message}; its probes are not traced")
+
+    def _attach_process(self, pid: int, descendant: bool = False) -> None:
         process.check_attachable(pid)
         self._choose_mode(MappingMode.RENDEZVOUS)
         assert self.tracker is not None
@@ -134,7 +161,8 @@ class Session:
         # Each word must match before the process is touched; the objects are read
         # again once it is stopped (it may have exec'd or mapped more meanwhile).
         process.executable_arch(pid)
-        self.selection.check_process(self.tracees.objects_of(pid, read_maps(pid)), pid)
+        if not descendant:
+            self.selection.check_process(self.tracees.objects_of(pid, read_maps(pid)), pid)
         self._install_signal_handlers()
         self._stopping = True
         try:
@@ -144,12 +172,15 @@ class Session:
                 if task.pid == pid and task.mm is None:
                     task.mm = mm
             self._arm(mm, mm.vmas, self._injectable(mm))
+        except (errors.NotFound, errors.TraceeGone):
+            if not descendant:
+                self.close()
+            raise  # a descendant that ended meanwhile: its tasks report their exits
         except BaseException:
             self.close()
             raise
         self._traced = True
         self._resume_parked()
-        return self
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
@@ -364,7 +395,7 @@ class Session:
                     raise process.attach_denied(pid) from None
                 tasks[tid] = Task(tid, pid, None, stopped=False)
                 ptrace.interrupt(tid)
-        self._run_until(self.tracees.all_parked)
+        self._run_until(lambda: self.tracees.all_parked(pid))
 
     # ---- the loop ------------------------------------------------------------------------
 

@@ -290,9 +290,10 @@ class Tracees:
     def parked(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.stopped]
 
-    def all_parked(self) -> bool:
-        """Every task stopped, and no new task's first stop still due: a task
-        created while everything was being stopped (its creator's event seen)
-        must be adopted too, or it would be left behind with our bytes."""
-        return all(t.stopped for t in self.tasks.values()) and not any(
-            p.parent is not None for p in self._pending.values())
+    def all_parked(self, pid: int | None = None) -> bool:
+        """Every task (of process ``pid``) stopped, and no new task's first stop
+        still due: a task created while everything was being stopped (its
+        creator's event seen) must be adopted too, or it would be left behind with
+        our bytes."""
+        return all(t.stopped for t in self.tasks.values() if pid is None or t.pid == pid) and not any(
+            p.parent is not None and (pid is None or p.parent.pid == pid) for p in self._pending.values())

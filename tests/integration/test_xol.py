@@ -164,9 +164,14 @@ def words(program: Path, chosen: Sequence[Site]) -> list[str]:
     return [site.word(program, index) for index, site in enumerate(chosen)]
 
 
-def _offset(name: str) -> int:
-    """The file offset in a raw probe's name, which follows tracefs: ``p_STEM_0xOFFSET``."""
-    return int(name.rsplit("_", 1)[1], 16)
+def _offset(program: Path, name: str) -> int:
+    """The file offset of a raw probe by its name, which is its word's place:
+    ``SYMBOL``, ``SYMBOL+0xOFF`` or ``0xOFFSET`` (``Site.word``)."""
+    if name[:1].isdigit():
+        return int(name, 16)
+    symbol, _, extra = name.partition("+")
+    return next(site.file_offset for site in sites(program)
+                if site.function == symbol and site.offset == (int(extra, 16) if extra else 0))
 
 
 def _rawprobes(build: Build, far: bool) -> Path:
@@ -252,7 +257,7 @@ def traced_rounds(build: Build, far: bool) -> TracedRounds:
             tracee.release()
             status = tracee.finish()
             lines = tracee.lines()
-        hits = Counter(_offset(json.loads(line)["name"]) for line in events.read().splitlines())
+        hits = Counter(_offset(program, json.loads(line)["name"]) for line in events.read().splitlines())
     return TracedRounds(lines, status, hits, nearest, farthest)
 
 
@@ -426,7 +431,7 @@ def test_signals_arriving_during_out_of_line_steps_are_delivered_after(runnable_
     assert status == untraced_status == 0
     assert handled == [(line.word, line.values) for line in untraced if line.kind == "signal"]
     assert handled == [("usr1", (str(n), "1")) for n in range(1, USR1_SIGNALS + 1)]
-    reported = Counter({(traced[0].pid, _offset(name)): int(n)
+    reported = Counter({(traced[0].pid, _offset(program, name.split(":", 1)[1])): int(n)
                         for name, n in (line.split() for line in counts_file.read_text().splitlines())})
     assert reported == site_hits_as_calls(chosen, traced)
 
@@ -514,7 +519,7 @@ def test_fork_from_a_program_with_an_xol_area(runnable_build, follow):
     expected = site_hits_as_calls(chosen, run.lines)
     if not follow:
         expected = Counter({key: n for key, n in expected.items() if key[0] == parent})
-    reported = Counter((event.pid, _offset(event.name)) for event in run.events)
+    reported = Counter((event.pid, _offset(program, event.name)) for event in run.events)
     assert reported == expected
 
 
@@ -537,7 +542,7 @@ def test_a_child_forked_by_a_syscall_run_out_of_line_starts_after_it(runnable_bu
         "a child forked from inside a slot did not survive"
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
-    assert [(event.pid, _offset(event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
+    assert [(event.pid, _offset(program, event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
 
 
 @pytest.mark.oracle
@@ -587,7 +592,7 @@ def test_a_mapping_made_by_a_probed_syscall_is_armed_before_the_program_goes_on(
     assert run.exit_status == status == 0
     unplaced = lambda lines: [fact for fact in facts(lines) if fact[0] != "map"]  # noqa: E731  (addresses vary)
     assert unplaced(run.lines) == unplaced(untraced)
-    assert Counter(_offset(event.name) for event in run.events)[syscall.file_offset] == 1
+    assert Counter(_offset(program, event.name) for event in run.events)[syscall.file_offset] == 1
 
 
 # ---------------------------------------------------------------- every architecture
@@ -637,7 +642,7 @@ def test_raw_probes_on_every_instruction_on_any_arch(runnable_build):
     untraced, status = run_untraced(argv)
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
-    ours = Counter(_offset(event.name) for event in run.events)
+    ours = Counter(_offset(program, event.name) for event in run.events)
     with KernelUprobes(raw_kernel_sites(program, offsets), with_args=False) as kernel:
         lines, status = run_untraced(argv)
         theirs = Counter({int(name.split(":")[1], 16): n for name, n in kernel.hits().items()})
