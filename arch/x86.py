@@ -321,7 +321,19 @@ class X86Backend:
     # -- traps --------------------------------------------------------------
 
     def trap_bytes(self, original: bytes) -> bytes:
-        return b"\xcc"
+        """int3, and over an instruction of two bytes or more a second int3 one byte in.
+
+        Differs: the kernel writes one int3.  The second is never run while uemu lives:
+        the instruction's bytes after the first are not executed in place.  But the
+        kernel drops the SIGTRAP of a thread whose tracer dies while it is stopped at
+        the first, and resumes it one byte in, inside the instruction; the second int3
+        brings that thread to the in-target runtime, which puts it back at the site.
+        """
+        return b"\xcc\xcc" if self._length(original) >= 2 else b"\xcc"
+
+    def _length(self, code: bytes) -> int:
+        """The length of the instruction ``code`` starts with (1 when undecodable)."""
+        return next((insn.size for insn in _capstone(self.mode64).disasm(code, 0, 1)), 1)
 
     def is_trap(self, code: bytes) -> bool:
         """int3 only, as the kernel's is_trap_insn() (= is_swbp_insn() on x86).

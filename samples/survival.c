@@ -30,6 +30,7 @@
 #define _SDT_HAS_SEMAPHORES 1
 #include "sample.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -111,9 +112,12 @@ static void fork_child(void)
 		}
 		_exit(wrong != 0);
 	}
-	if (waitpid(pid, &status, 0) != pid) {
-		perror("waitpid");
-		exit(1);
+	/* SIGTERM or SIGINT (no SA_RESTART: they end the loops) may interrupt the wait. */
+	while (waitpid(pid, &status, 0) != pid) {
+		if (errno != EINTR) {
+			perror("waitpid");
+			exit(1);
+		}
 	}
 	SAMPLE_LINE("child", "waited", ARG(status));
 }

@@ -470,7 +470,9 @@ class Uprobes:
                 current = mm.memory.read(vaddr, len(trap))
             except OSError:
                 continue  # its page went; the munmap that took it is noticed elsewhere
-            if current == uprobe.original[: len(trap)]:
+            if current[:1] == uprobe.original[:1] and current != trap:
+                # The file's first byte is back (a kernel uprobe writes back the byte it
+                # found our int3 on; an x86 second int3 may still be there).
                 found.append(Tampering(Tamper.RESTORED, vaddr, uprobe, current))
             elif current != trap:
                 found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))

@@ -33,8 +33,9 @@ def test_trap_bytes_decode_as_the_trap(arch: Arch) -> None:
     machine = MACHINES[arch.name]
     for nop in machine.nops:
         trap = arch.backend.trap_bytes(bytes.fromhex(nop.hex))
-        decoded = next(machine.disassembler().disasm(trap, SITE))
-        assert decoded.mnemonic in machine.trap_mnemonics and decoded.size == len(trap)
+        decoded = list(machine.disassembler().disasm(trap, SITE))  # x86 puts a second int3 in a long one
+        assert all(d.mnemonic in machine.trap_mnemonics for d in decoded) and sum(d.size for d in decoded) == len(trap)
+        assert len(trap) <= len(bytes.fromhex(nop.hex))
         assert arch.backend.is_trap(trap)
         assert not arch.backend.is_trap(bytes.fromhex(nop.hex))
 

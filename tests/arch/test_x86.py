@@ -292,6 +292,8 @@ def test_ret_keeps_its_ip() -> None:
 
 def test_traps() -> None:
     assert X86_64.trap_bytes(b"\x90") == b"\xcc"
+    assert X86_64.trap_bytes(bytes.fromhex("0f1f440000")) == b"\xcc\xcc"  # nop5: a second int3 inside
+    assert I386.trap_bytes(bytes.fromhex("55")) == b"\xcc"  # push: the next byte is the next instruction
     assert X86_64.is_trap(b"\xcc\x90") and not X86_64.is_trap(b"\xcd\x03") and not X86_64.is_trap(b"")
     assert X86_64.trap_address(SITE + 1) == SITE
 

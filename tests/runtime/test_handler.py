@@ -215,6 +215,37 @@ def test_x86_multi_byte_sites_go_back_int3_first() -> None:
     assert m.memory.read(site, 5) == nop5
 
 
+@pytest.mark.parametrize("name", ["x86_64", "i386"])
+def test_x86_a_thread_resumed_inside_a_long_instruction_goes_back_to_the_site(name: str) -> None:
+    """The kernel drops the SIGTRAP of a thread whose tracer dies while it is stopped at
+    uemu's int3, and resumes it one byte in; over an instruction of two bytes or more
+    uemu writes a second int3 there, which brings the thread back to the site."""
+    m = armed(Machine(name))
+    site = TEXT + 0x100
+    nop5 = bytes.fromhex("0f1f440000")
+    m.memory.write(site, nop5)
+    trap = m.arch.backend.trap_bytes(nop5)
+    assert trap == b"\xcc\xcc"
+    m.net.add_site(site, nop5, trap, PROT_READ | PROT_EXEC)
+    m.memory.write(site, trap)
+    delivery = trap_at(m, site + 1)
+    assert ip(m, delivery) == site
+    assert m.memory.read(site, 5) == nop5
+    assert delivery.program_calls == []
+
+
+def test_x86_a_trap_one_byte_past_a_one_byte_site_is_not_ours() -> None:
+    """After a 1-byte instruction the next byte is the next instruction: no second int3,
+    and a trap there belongs to whoever put it there."""
+    m = armed(Machine("x86_64"))
+    site = TEXT + 0x100
+    m.memory.write(site, b"\x55\xcc")  # push rbp; then the program's own int3
+    m.net.add_site(site, b"\x55", b"\xcc", PROT_READ | PROT_EXEC)
+    m.memory.write(site, b"\xcc")
+    delivery = trap_at(m, site + 1)
+    assert delivery.program_calls, "chained to the program's action"
+
+
 # ----- R2, R4: a thread left in an XOL slot ------------------------------------------
 
 def test_a_thread_reaching_the_slots_trap_goes_back_past_the_site(machine: Machine) -> None:

@@ -430,6 +430,19 @@ static struct site *find_site(struct table_header *t, unsigned long addr)
     return 0;
 }
 
+/*
+ * x86 writes a second int3 one byte into an instruction of two bytes or more (never run
+ * while uemu lives).  The kernel drops the SIGTRAP of a thread whose tracer dies in its
+ * signal-delivery stop and resumes it after the first int3, inside the instruction: the
+ * second one brings it here, and it belongs at the site.
+ */
+static struct site *shadow_of(struct table_header *t, unsigned long addr)
+{
+    struct site *site = find_site(t, addr - 1);
+
+    return site && site->len >= 2 && site->trap[1] == site->trap[0] ? site : 0;
+}
+
 static struct slot *find_slot(struct table_header *t, unsigned long trap_addr)
 {
     uint32_t i;
@@ -470,6 +483,9 @@ static void classify(struct table_header *t, struct trap *trap, void *uc)
         trap->verdict = SWALLOWED;
     } else if (trap->code == TRAP_SI_CODE && find_site(t, trap->addr)) {
         trap->verdict = AT_SITE;
+    } else if (trap->code == TRAP_SI_CODE && TRAP_IP_ADJUST && shadow_of(t, trap->addr)) {
+        trap->verdict = AT_SITE;
+        trap->addr -= 1;
     } else if ((trap->code == TRAP_SI_CODE && (trap->slot = find_slot(t, trap->addr))) ||
                (trap->code == TRAP_TRACE && (trap->slot = find_slot(t, trap->ip)))) {
         trap->verdict = STEP_DONE;
