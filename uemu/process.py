@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 from dataclasses import dataclass
 
 from uemu import arch as arches
@@ -115,6 +116,18 @@ def threads(pid: int) -> list[int]:
         return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
     except (FileNotFoundError, ProcessLookupError):
         raise errors.NoSuchProcess(pid) from None
+
+
+def blocks_sigtrap(tid: int) -> bool:
+    """Whether the thread blocks SIGTRAP (``SigBlk`` of /proc/TID/status)."""
+    try:
+        with open(f"/proc/{tid}/status") as stream:
+            for line in stream:
+                if line.startswith("SigBlk:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+    except (FileNotFoundError, ProcessLookupError):
+        pass  # gone meanwhile
+    return False
 
 
 def in_syscall(tid: int) -> bool:

@@ -172,6 +172,8 @@ class Session:
                 if task.pid == pid and task.mm is None:
                     task.mm = mm
             self._arm(mm, mm.vmas, self._injectable(mm))
+            if mm.net is not None:
+                self._warn_sigtrap_blocked(pid)
         except (errors.NotFound, errors.TraceeGone):
             if not descendant:
                 self.close()
@@ -181,6 +183,16 @@ class Session:
             raise
         self._traced = True
         self._resume_parked()
+
+    def _warn_sigtrap_blocked(self, pid: int) -> None:
+        """What the kernel leaves no way around: a thread that blocks SIGTRAP when it
+        meets a breakpoint of a tracer that is gone is killed (force_sig_fault() resets
+        the action to the default), whatever the net inside the process could do."""
+        blocking = [t.tid for t in self.tracees.tasks.values() if t.pid == pid and process.blocks_sigtrap(t.tid)]
+        if blocking:
+            self.warn(f"process {pid}: thread{'s' if len(blocking) > 1 else ''} "
+                      f"{', '.join(map(str, blocking))} block{'' if len(blocking) > 1 else 's'} SIGTRAP: "
+                      "if uemu dies, such a thread meeting one of its breakpoints is killed by the kernel")
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""

@@ -5,7 +5,10 @@ appear after attaching, side by side with kernel uprobes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -259,3 +262,25 @@ def _armed(pid: int, program) -> bool:
         file.seek(probe.file_offset)
         original = file.read(1)
     return read_memory(pid, vma.offset_to_vaddr(probe.file_offset), 1) != original
+
+
+def test_threads_that_block_sigtrap_are_named(samples):
+    """What the kernel leaves no way around: a thread blocking SIGTRAP that meets a
+    breakpoint of a tracer that is gone is killed (force_sig_fault resets the action),
+    whatever the net does; uemu names such threads when it arms the process."""
+    blocked = ("import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP}); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    program = subprocess.Popen([sys.executable, "-c", blocked, str(samples / "longrun"), "1", "5"],
+                               env=dict(os.environ, SAMPLE_OUT=os.devnull))
+    try:
+        wait_until(lambda: os.readlink(f"/proc/{program.pid}/exe").endswith("longrun"), what="the exec")
+        warnings: list[str] = []
+        session = Session(["longrun:tick"], warn=warnings.append)
+        session.attach(program.pid)
+        session.close()
+        threads = ", ".join(map(str, sorted(int(t) for t in os.listdir(f"/proc/{program.pid}/task"))))
+        assert warnings == [f"process {program.pid}: threads {threads} block SIGTRAP: if uemu dies, such a "
+                            "thread meeting one of its breakpoints is killed by the kernel"], "the worker inherits the mask"
+    finally:
+        program.kill()
+        program.wait()
