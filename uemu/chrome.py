@@ -38,10 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from .events import Event, Value, escape, json_number
+from .events import Event, Value, escape, escape_name, json_number
 from .probespec import SdtPattern
 
 _EXACT_IN_DOUBLE = 1 << 53
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,8 @@ class ChromeTrace:
             self._stacks[thread] = []
             self._name_thread(event.pid, event.tid)
         role = self._role(event)
-        name = escape(f"{event.provider}:{event.name}") if self.name is None else self.name(event)
-        category = escape(event.provider)
+        name = escape_name(f"{event.provider}:{event.name}") if self.name is None else self.name(event)
+        category = escape_name(event.provider)
         if role is None:
             self._emit(event, "i", name, category, _args("arg", event.args), s="t")
         elif role[0] == "begin":
@@ -149,7 +150,7 @@ class ChromeTrace:
         self._line(record, f',"ts":{ts}')
 
     def _line(self, record: dict[str, object], tail: str = "") -> None:
-        text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        text = _COMPACT_JSON.encode(record)
         self.stream.write(("\n" if self._first else ",\n") + text[:-1] + tail + "}")
         self._first = False
 

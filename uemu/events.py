@@ -15,6 +15,7 @@ byte 0xff (printed ``\\xff``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -22,6 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Value = int | float | None
+
+STRICT_JSON = json.JSONEncoder(allow_nan=False)
+"""JSON with no NaN or Infinity (made once: ``json.dumps`` with options builds an encoder per call)."""
 
 
 @dataclass(slots=True)
@@ -47,20 +51,22 @@ class Event:
 
     def to_json(self) -> str:
         """One JSON object (strict JSON: see ``json_number``); strings escaped."""
-        return json.dumps(
-            {
-                "ts_ns": self.ts_ns,
-                "pid": self.pid,
-                "tid": self.tid,
-                "object": escape(self.object),
-                "provider": escape(self.provider),
-                "name": escape(self.name),
-                "address": self.address,
-                "args": None if self.args is None else [json_number(v) for v in self.args],
-                "specs": [escape(spec) for spec in self.specs],
-            },
-            allow_nan=False,
-        )
+        record = {
+            "ts_ns": self.ts_ns,
+            "pid": self.pid,
+            "tid": self.tid,
+            "object": escape_name(self.object),
+            "provider": escape_name(self.provider),
+            "name": escape_name(self.name),
+            "address": self.address,
+            "args": self.args,
+            "specs": list(map(escape_name, self.specs)),
+        }
+        try:
+            return STRICT_JSON.encode(record)
+        except ValueError:  # a NaN or an infinity: rare, so looked for only then
+            record["args"] = [json_number(v) for v in self.args or ()]
+            return STRICT_JSON.encode(record)
 
 
 # ---- escaping ------------------------------------------------------------------
@@ -79,6 +85,11 @@ def escape(text: str | bytes) -> str:
             return text  # the usual case, kept cheap: it runs for every hit
         text = _utf8(text)
     return _NOT_PLAIN.sub(lambda m: _BYTE_TEXT[ord(m.group())], text.decode("latin-1"))
+
+
+escape_name = functools.lru_cache(maxsize=4096)(escape)
+"""``escape`` for the few texts every hit repeats (paths, probe names, specs):
+cached, and called without a Python frame."""
 
 
 def _utf8(text: str) -> bytes:
@@ -114,7 +125,7 @@ def format_value(value: Value) -> str:
 def text_line(event: Event) -> str:
     """``SECONDS.MICROS PID/TID provider:name ARG...`` (CLOCK_MONOTONIC seconds)."""
     seconds, ns = divmod(event.ts_ns, 1_000_000_000)
-    head = f"{seconds}.{ns // 1000:06d} {event.pid}/{event.tid} {escape(event.provider)}:{escape(event.name)}"
+    head = f"{seconds}.{ns // 1000:06d} {event.pid}/{event.tid} {escape_name(event.provider)}:{escape_name(event.name)}"
     if not event.args:
         return head + "\n"
     return head + " " + " ".join(map(format_value, event.args)) + "\n"

@@ -64,8 +64,14 @@ class Conversion:
     width_arg: int | None = None
     precision: int | None = None
     precision_arg: int | None = None
+    fast: str | None = None
+    """A Python ``%`` spec that prints an integer as C would, when one exists."""
 
     def render(self, args: list[Value], event: Event, strsize: int) -> str:
+        if self.fast is not None:
+            value = args[self.arg] if self.arg < len(args) else None
+            if type(value) is int and value:  # 0 is where "%.0d", "%#x" and "%#o" differ
+                return self.fast % (value & MASK64 if self.kind in "uxXo" else value)
         width, flags = self.width, self.flags
         if self.width_arg is not None:
             given = _int_arg(args, self.width_arg)
@@ -136,7 +142,17 @@ class PrintfFormat:
         width, width_arg = self._field(match["width"], spec, "width")
         precision, precision_arg = self._field(match["precision"], spec, "precision")
         arg = _position(match["pos"], spec) if numbered else self._take()
-        return Conversion(match["kind"], match["flags"], arg, width, width_arg, precision, precision_arg)
+        kind, flags = match["kind"], match["flags"]
+        fast = None
+        if kind in "diuxX" and width_arg is None and precision_arg is None:
+            # Python's % is C's here once the flags C ignores are gone: '0' with a
+            # precision, '+' and ' ' on unsigned conversions.
+            if precision is not None:
+                flags = flags.replace("0", "")
+            if kind in "uxX":
+                flags = flags.replace("+", "").replace(" ", "")
+            fast = _spec(flags, width, precision, "d" if kind in "diu" else kind)
+        return Conversion(kind, match["flags"], arg, width, width_arg, precision, precision_arg, fast)
 
     def _take(self) -> int:
         self._next_arg += 1
