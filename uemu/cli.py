@@ -113,7 +113,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     each command's words are parsed intermixed, which argparse cannot do through
     subparsers, so the command word picks its parser here."""
     top, commands = _parsers()
-    command: list[str] = []
+    command: list[str] | None = None
     if argv[:1] == ["run"] and "--" in argv:
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1 :]
@@ -123,7 +123,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_intermixed_args(argv[1:])
     args.command = argv[0]
     if args.command == "run":
-        if not command:
+        if command is None:  # no "--": the words are the command
             command, args.probes = args.probes, []
         if not command:
             parser.error("run needs a command: uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]")

@@ -39,6 +39,7 @@ CLOSED_STDOUT = ("sh", "-c", 'exec "$@" >&-', "sh")
     (["run", "--ready-file", "/tmp", "--", "true"], ["is a directory"]),
     (["run", "-o", "/nonexistent/out", "--", "true"], ["-o /nonexistent/out", "No such file"]),
     (["run"], ["run needs a command"]),
+    (["run", "basic:loop", "--"], ["run needs a command"]),
     (["attach"], ["attach needs a PID"]),
     (["attach", "sema:*", "1"], ["PIDs come before the PROBEs"]),
     (["attach", "-p", "x1"], ["not a PID"]),
