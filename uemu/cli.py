@@ -1,34 +1,41 @@
 """Command line: ``uemu list | attach | run``.
 
-A thin layer over the library: parse words, call the API, print.  Every
-``UemuError`` becomes one line on stderr and its exit code; no traceback
-reaches the user for bad input.
+A thin layer over the library: parse words, check them, call the API, print.
+Every option is checked, and every file uemu writes is opened or checked,
+before anything is written into a process; every step after arming runs under
+the session's one way out (``Session.close``).  Every ``UemuError`` becomes
+one line on stderr and its exit code; text that comes from a file or a tracee
+is escaped (``events.escape``) wherever it is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from . import errors, probespec, sdt
+from . import __version__, errors, probespec, sdt
+from .chrome import ChromeTrace, SlicePair, read_comm
+from .events import Event, count_lines, escape, text_line
 from .maps import read_maps
 from .objects import MappedObject, mapped_objects
+from .printf import FIELD_LIMIT, FormatError, PrintfFormat
 
 if TYPE_CHECKING:  # the tracer is imported only by the commands that trace: listing stays fast
-    from .events import Event
     from .session import Session
 
 EXIT_CODES = """\
 exit status:
   0  success (run: the command's own status, or 128+N if signal N killed it)
   1  a failure while tracing
-  2  bad usage
+  2  bad usage: an unknown option, a bad value (format, duration, count), a file
+     uemu must write that cannot be written
   3  no such file or process
   4  permission denied
   5  bad input: not an ELF file, malformed notes, unsupported architecture
@@ -37,49 +44,107 @@ exit status:
   8  a probe the kernel would refuse (offset mismatch, alignment, instruction)
 """
 
+MAX_DURATION = 1e9
+"""Seconds (31 years): the most setitimer() takes whole, and more than any trace."""
+
+MAPPINGS = ("seccomp", "rendezvous", "syscall", "exec")
+
+
+class UsageError(errors.UemuError):
+    """The command line itself is wrong: an option, a value, a file it names."""
+
+    exit_code = 2
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command: list[str] = []
-    if argv[:1] == ["run"] and "--" in argv:
-        cut = argv.index("--")
-        argv, command = argv[:cut], argv[cut + 1 :]
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        if not command:
-            command, args.probes = args.probes, []
-        if not command:
-            parser.error("run needs a command: uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]")
-        args.argv = command
     try:
-        return args.handler(args)
+        args = _parse(argv)
+        return args.handler(args)  # type: ignore[no-any-return]
     except errors.UemuError as err:
-        print(f"uemu: {err.message}", file=sys.stderr)
+        _say(f"uemu: {escape(err.message)}")
         return err.exit_code
     except BrokenPipeError:
         # `uemu list | head`: the reader left; say nothing more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence(sys.stdout)
         return 0
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # a bug of ours: the session has already restored the tracee
         if os.environ.get("UEMU_DEBUG"):
             raise
-        print(f"uemu: internal error: {type(err).__name__}: {err} (UEMU_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        _say(f"uemu: internal error: {type(err).__name__}: {escape(str(err))} (UEMU_DEBUG=1 shows the traceback)")
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr to say it on."""
+    if sys.stderr is not None:
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # stderr is gone: nobody is left to tell
+
+
+def _warn(message: str) -> None:
+    """The session's warnings: built from names and paths of the tracee, so escaped."""
+    _say(f"uemu: warning: {escape(message)}")
+
+
+def _silence(stream: TextIO | None) -> None:
+    """Point a stream whose reader left at /dev/null, so that the flush at exit
+    does not complain again."""
+    if stream is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+# ---- parsing ----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one-line UsageErrors (exit 2), as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Options may come anywhere before ``--`` (``uemu attach PID --json PROBE``):
+    each command's words are parsed intermixed, which argparse cannot do through
+    subparsers, so the command word picks its parser here."""
+    top, commands = _parsers()
+    command: list[str] | None = None
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
+    if not argv or argv[0] not in commands:
+        return top.parse_args(argv)  # --help, --version, or a usage error
+    parser = commands[argv[0]]
+    args = parser.parse_intermixed_args(argv[1:])
+    args.command = argv[0]
+    if args.command == "run":
+        if command is None:  # no "--": the words are the command
+            command, args.probes = args.probes, []
+        if not command:
+            parser.error("run needs a command: uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]")
+        args.argv = command
+    elif args.command == "attach":
+        _split_pids(args, parser)
+    if args.command != "list":
+        _check_tracing_options(args)
+    return args
+
+
+def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
+    top = _Parser(
         prog="uemu",
         description="SDT (USDT) probes traced from user space with ptrace, as kernel uprobes would.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    listing = commands.add_parser(
+    top.add_argument("--version", action="version", version=f"uemu {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    listing = sub.add_parser(
         "list",
         help="list the SDT probes of a file or a process",
         description="List SDT probes of an ELF file (path) or of every object mapped in a process (PID).",
@@ -91,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
     listing.set_defaults(handler=_cmd_list)
 
-    run = commands.add_parser(
+    run = sub.add_parser(
         "run",
         help="start a command under trace and report its probe hits",
         usage="uemu run [OPTIONS] [PROBE...] -- CMD [ARGS...]",
@@ -105,19 +170,22 @@ def _parser() -> argparse.ArgumentParser:
     _tracing_options(run, default_mappings="seccomp")
     run.set_defaults(handler=_cmd_run)
 
-    attach = commands.add_parser(
+    attach = sub.add_parser(
         "attach",
-        help="trace a running process",
-        description="Attach to every thread of PID and report probe hits until Ctrl-C, SIGTERM, "
-        "SIGHUP, --duration, --max-events or the process's exit; then restore it and detach.",
+        help="trace running processes",
+        usage="uemu attach [OPTIONS] PID [PID...] [PROBE...]",
+        description="Attach to every thread of each PID and report probe hits until Ctrl-C, SIGTERM, "
+        "SIGHUP, --duration, --max-events or the processes' exit; then restore them and detach. "
+        "The leading all-digit words are PIDs, the others PROBEs.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    attach.add_argument("pid", metavar="PID", type=int)
-    attach.add_argument("probes", metavar="PROBE", nargs="*", help=_PROBE_HELP)
+    attach.add_argument("words", metavar="PID|PROBE", nargs="*", help="PIDs, then " + _PROBE_HELP)
+    attach.add_argument("-p", "--pid", dest="pids", metavar="PID", type=_pid, action="append", default=[],
+                        help="a process to trace (repeatable; as strace -p)")
     _tracing_options(attach, default_mappings="rendezvous")
     attach.set_defaults(handler=_cmd_attach)
-    return parser
+    return top, {"list": listing, "run": run, "attach": attach}
 
 
 _PROBE_HELP = (
@@ -127,14 +195,25 @@ _PROBE_HELP = (
 
 
 def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> None:
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="one JSON object per hit (JSON Lines)")
-    output.add_argument("--format", metavar="FMT", help="printf-style line per hit: %%d %%i %%u %%x %%X %%o %%c %%s %%p %%f %%%%")
-    output.add_argument("--count", action="store_true", help="print hit counts per probe at the end instead")
-    parser.add_argument("--strsize", metavar="N", type=int, default=256, help="bytes read for %%s (default 256)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--output-format", choices=("text", "json", "chrome"),
+                       help="a line per hit (text, the default), JSON Lines, or a Chrome/Perfetto "
+                       "trace (Trace Event Format JSON)")
+    shape.add_argument("--json", dest="output_format", action="store_const", const="json",
+                       help="--output-format json")
+    shape.add_argument("-c", "--count", action="store_true", help="print hit counts per probe at the end instead")
+    parser.add_argument("--format", metavar="FMT",
+                        help="printf-style line per hit (%%d %%i %%u %%x %%o %%c %%s %%.*s %%p %%f %%e %%g "
+                        "%%%%, flags, width, precision, %%N$ positions, \\n \\t \\xHH escapes); with "
+                        "chrome output, the events' names")
+    parser.add_argument("--slice", metavar="BEGIN=END", type=_slice_pair, action="append", default=[],
+                        help="chrome output: hits of BEGIN and END (two probe globs) open and close "
+                        "nested slices per thread; their probes are traced too (repeatable)")
+    parser.add_argument("-s", "--strsize", metavar="N", type=_string_size, default=256,
+                        help="bytes read for %%s (default 256)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write hits to FILE")
-    parser.add_argument("--duration", metavar="SECONDS", type=float, help="stop tracing after this long")
-    parser.add_argument("--max-events", metavar="N", type=int, help="stop tracing after N hits")
+    parser.add_argument("--duration", metavar="SECONDS", type=_seconds, help="stop tracing after this long")
+    parser.add_argument("--max-events", metavar="N", type=_positive, help="stop tracing after N hits")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument("--strict", action="store_true",
                         help="a PROBE that matches nothing at start is an error (else it waits for objects "
@@ -143,7 +222,7 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
                         help="create FILE once the probes are armed (a script can wait for it)")
     parser.add_argument(
         "--mappings",
-        choices=("seccomp", "rendezvous", "syscall", "exec"),
+        choices=MAPPINGS,
         default=default_mappings,
         help="how new mappings (dlopen, mmap) are noticed: a seccomp filter stopping only mapping "
         "syscalls (run only), the dynamic linker's dlopen breakpoint, a stop at every syscall, or only "
@@ -151,31 +230,138 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     )
 
 
-# ---- run and attach ---------------------------------------------------------------
+# ---- option values ------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_DURATION:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is more than 0 and at most {MAX_DURATION:g} seconds")
+    return value
+
+
+def _whole(text: str, low: int, high: float, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not low <= value <= high:
+        limit = "" if math.isinf(high) else f" and at most {high}"
+        raise argparse.ArgumentTypeError(f"{text!r}: {what} is at least {low}{limit}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _whole(text, 1, math.inf, "a count")
+
+
+def _string_size(text: str) -> int:
+    return _whole(text, 0, FIELD_LIMIT, "a string size")
+
+
+def _pid(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a PID: {text!r}")
+    return _whole(text, 1, math.inf, "a PID")
+
+
+def _slice_pair(text: str) -> SlicePair:
+    begin, _, end = text.partition("=")
+    try:
+        ends = [probespec.parse(word) for word in (begin, end) if word and "=" not in word]
+    except errors.BadInput:
+        ends = []
+    if len(ends) == 2 and begin != end:
+        first, second = ends
+        if isinstance(first, probespec.SdtPattern) and isinstance(second, probespec.SdtPattern):
+            return SlicePair(first, second)
+    raise argparse.ArgumentTypeError(f"{text!r}: a slice is BEGIN=END, two different [OBJECT:]PROVIDER:NAME globs")
+
+
+def _split_pids(args: argparse.Namespace, parser: _Parser) -> None:
+    """``attach PID [PID...] [PROBE...]``: the leading all-digit words are PIDs."""
+    words = args.words
+    lead = next((i for i, word in enumerate(words) if not (word.isascii() and word.isdigit())), len(words))
+    try:
+        pids = args.pids + [_pid(word) for word in words[:lead]]
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    if not pids:
+        late = any(word.isascii() and word.isdigit() for word in words)
+        parser.error(("the PIDs come before the PROBEs" if late else "attach needs a PID")
+                     + ": uemu attach [OPTIONS] PID [PID...] [PROBE...]")
+    args.pids = list(dict.fromkeys(pids))
+    args.probes = words[lead:]
+
+
+def _check_tracing_options(args: argparse.Namespace) -> None:
+    """What no single option's parser can see: combinations, the format, the
+    ready file's directory.  All before anything is traced."""
+    args.output_format = args.output_format or "text"
+    if args.command == "attach" and args.mappings == "seccomp":
+        raise UsageError("--mappings seccomp needs 'uemu run': a running process cannot be given the "
+                         "filter (attach takes rendezvous, syscall or exec)")
+    if args.format is not None and (args.count or args.output_format == "json"):
+        raise UsageError("--format shapes text lines or chrome event names: not with --json or --count")
+    if args.slice and args.output_format != "chrome":
+        raise UsageError("--slice pairs probes into the slices of --output-format chrome")
+    if args.output_format == "chrome" and args.command == "run" and args.output is None:
+        raise UsageError("run writes a chrome trace with -o FILE: its stderr is the command's")
+    args.printf = None
+    if args.format is not None:
+        try:
+            args.printf = PrintfFormat(args.format, args.strsize, escape_literal=args.output_format == "chrome")
+        except FormatError as err:
+            raise UsageError(f"--format: {err}") from None
+    if args.ready_file is not None:
+        _check_creatable("--ready-file", args.ready_file)
+    # The slices' probes are traced too; with no other PROBE, only they are.
+    args.probes = list(dict.fromkeys([*args.probes, *(p.text for s in args.slice for p in (s.begin, s.end))]))
+
+
+def _check_creatable(option: str, path: str) -> None:
+    """A file created only after arming must be known creatable before it."""
+    directory = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        problem = "is a directory"
+    elif not os.path.isdir(directory):
+        problem = f"no directory {directory}"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"cannot create files in {directory}"
+    else:
+        return
+    raise UsageError(f"{option} {path}: {problem}")
+
+
+# ---- run and attach -------------------------------------------------------------------
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     session = _session(args)
-    with _output(args, default=sys.stderr) as stream:
+    sink = _Sink.open(args, sys.stderr, "stderr")
+    try:
         session.spawn(args.argv)
-        _ready(args)
-        _trace(session, args, stream)
+        _trace(session, args, sink)
+    finally:
+        session.close()
+        sink.close()
     return session.exit_status if session.exit_status is not None else 0
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
     session = _session(args)
-    with _output(args, default=sys.stdout) as stream:
-        session.attach(args.pid)
-        _ready(args)
-        _trace(session, args, stream)
+    sink = _Sink.open(args, sys.stdout, "stdout")
+    try:
+        for pid in args.pids:
+            session.attach(pid)
+        _trace(session, args, sink)
+    finally:
+        session.close()
+        sink.close()
     return 0
-
-
-def _ready(args: argparse.Namespace) -> None:
-    if args.ready_file is not None:
-        with open(args.ready_file, "w"):
-            pass
 
 
 def _session(args: argparse.Namespace) -> Session:
@@ -187,42 +373,112 @@ def _session(args: argparse.Namespace) -> Session:
         decode_args=not args.count,
         mappings=args.mappings,
         strict=args.strict,
+        warn=_warn,
     )
 
 
-def _trace(session: Session, args: argparse.Namespace, stream: TextIO) -> None:
-    from .events import PrintfFormat, escape, text_line
-
-    if args.count:
-        session.run(duration=args.duration, max_events=args.max_events)
-        for name, hits in sorted(session.counts().items()):
-            stream.write(f"{escape(name)} {hits}\n")
-        return
-    if args.json:
-        render: Callable[[Event], str] = lambda event: event.to_json() + "\n"
-    elif args.format is not None:
+def _trace(session: Session, args: argparse.Namespace, sink: _Sink) -> None:
+    """Everything after arming; the caller closes the session on every way out."""
+    if args.ready_file is not None:
         try:
-            render = PrintfFormat(args.format, args.strsize).render
-        except ValueError as err:
-            raise errors.BadInput(str(err)) from None
-    else:
-        render = text_line
-    write = stream.write
-    session.run(lambda event: write(render(event)), duration=args.duration, max_events=args.max_events)
+            with open(args.ready_file, "w"):
+                pass
+        except OSError as err:
+            raise errors.UemuError(f"cannot create --ready-file {args.ready_file}: {err.strerror}") from None
+    session.run(sink.handler(session), duration=args.duration, max_events=args.max_events)
+    sink.finish(session)
 
 
-@contextmanager
-def _output(args: argparse.Namespace, default: TextIO) -> Iterator[TextIO]:
-    if args.output is None:
-        yield default
-        default.flush()
-        return
-    try:
-        stream = open(args.output, "w", buffering=1 << 16)
-    except OSError as err:
-        raise errors.UemuError(f"cannot write {args.output}: {err.strerror}") from None
-    with stream:
-        yield stream
+@dataclass
+class _Sink:
+    """Where hits go and in what shape: opened and checked before anything is armed."""
+
+    stream: TextIO
+    where: str
+    owned: bool
+    count: bool
+    render: Callable[[Event], str] | None = None
+    chrome: ChromeTrace | None = None
+    failure: OSError | None = None
+
+    @classmethod
+    def open(cls, args: argparse.Namespace, default: TextIO | None, default_name: str) -> _Sink:
+        if args.output is not None:
+            try:
+                stream: TextIO = open(args.output, "w", buffering=1 << 16, encoding="utf-8",
+                                      errors="surrogateescape")
+            except OSError as err:
+                raise UsageError(f"-o {args.output}: cannot write it: {err.strerror}") from None
+            sink = cls(stream, args.output, True, args.count)
+        elif default is None:
+            raise UsageError(f"{default_name} is closed: give -o FILE for the hits")
+        else:
+            if isinstance(default, io.TextIOWrapper):
+                default.reconfigure(errors="surrogateescape")  # argv's bytes in --format come back as given
+            sink = cls(default, default_name, False, args.count)
+        try:
+            sink._shape(args)
+        except BaseException:
+            sink.close()
+            raise
+        return sink
+
+    def _shape(self, args: argparse.Namespace) -> None:
+        if args.count:
+            return
+        if args.output_format == "chrome":
+            name = None if args.printf is None else args.printf.text
+            self.chrome = ChromeTrace(self.stream, args.slice, name=name, comm=read_comm)
+        elif args.output_format == "json":
+            self.render = lambda event: event.to_json() + "\n"
+        else:
+            self.render = text_line if args.printf is None else args.printf.render
+
+    def handler(self, session: Session) -> Callable[[Event], None] | None:
+        """The hit handler: a write that fails stops tracing (the session then
+        restores everything) and is reported by ``finish``."""
+        if self.count:
+            return None
+        if self.chrome is not None:
+            write: Callable[[Event], object] = self.chrome.write
+        else:
+            render, put = self.render, self.stream.write
+            assert render is not None
+            write = lambda event: put(render(event))  # noqa: E731
+
+        def on_hit(event: Event) -> None:
+            if self.failure is None:
+                try:
+                    write(event)
+                except OSError as err:
+                    self.failure = err
+                    session.stop("output")
+
+        return on_hit
+
+    def finish(self, session: Session) -> None:
+        """What is written at the end (counts, the trace's close), then a flush;
+        a reader that left is said nothing to, any other failure is an error."""
+        try:
+            if self.failure is None:
+                if self.count:
+                    self.stream.writelines(count_lines(session.counts()))
+                if self.chrome is not None:
+                    self.chrome.close()
+            self.stream.flush()
+        except OSError as err:
+            self.failure = self.failure or err
+        if isinstance(self.failure, BrokenPipeError):
+            _silence(self.stream)
+        elif self.failure is not None:
+            raise errors.UemuError(f"cannot write hits to {self.where}: {self.failure.strerror}")
+
+    def close(self) -> None:
+        if self.owned:
+            try:
+                self.stream.close()
+            except OSError:
+                pass  # finish() has said what went wrong, or an earlier error is on its way
 
 
 # ---- list ------------------------------------------------------------------
@@ -235,12 +491,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         rows, warnings = _file_rows(args.target)
     for warning in warnings:
-        print(f"uemu: warning: {warning}", file=sys.stderr)
+        _warn(warning)
     if not rows:
-        print(f"uemu: no SDT probes in {args.target}", file=sys.stderr)
+        _say(f"uemu: no SDT probes in {escape(args.target)}")
         return 0
     chosen = {id(p) for p in probespec.select([row.probe for row in rows], patterns)}
     rows = [row for row in rows if id(row.probe) in chosen]
+    if sys.stdout is None:
+        raise UsageError("stdout is closed: nowhere to list the probes")
     (_print_json if args.json else _print_table)(rows, sys.stdout.write)
     return 0
 
@@ -289,14 +547,14 @@ def _print_json(rows: list[_Row], write: Callable[[str], object]) -> None:
     for row in rows:
         p = row.probe
         record = {
-            "object": p.object,
-            "provider": p.provider,
-            "name": p.name,
+            "object": escape(p.object),
+            "provider": escape(p.provider),
+            "name": escape(p.name),
             "address": p.address,
             "file_offset": p.file_offset,
             "semaphore": p.semaphore,
             "semaphore_offset": p.semaphore_offset,
-            "args": p.args,
+            "args": escape(p.args),
             "build_id": p.build_id,
         }
         if row.in_process:
@@ -320,9 +578,10 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
             if r.probe.semaphore is not None
         )
         semaphore = ",".join(f"{_hex(where)}(off {_hex(offset)})" for where, offset in semaphores) or "-"
-        layouts = list(dict.fromkeys(r.probe.args for r in sites))
+        layouts = " | ".join(escape(layout) for layout in dict.fromkeys(r.probe.args for r in sites))
         count = f"{len(sites)} site" + ("s" if len(sites) > 1 else "")
-        write(f"{obj} {provider}:{name} [{count}] {addresses} semaphore={semaphore} args: {' | '.join(layouts)}\n")
+        write(f"{escape(obj)} {escape(provider)}:{escape(name)} [{count}] {addresses} "
+              f"semaphore={semaphore} args: {layouts}\n")
 
 
 def _hex(value: int | None) -> str:

@@ -1,17 +1,31 @@
-"""The record of one probe hit, and the ways the CLI prints it.
+"""The record of one probe hit, the one escaping of untrusted text, and the
+text and JSON lines the CLI prints for a hit.
 
-Everything that comes from the tracee (names from its notes, strings from its
-memory) is escaped before it reaches a terminal: no control sequence passes.
+Escaping (README "Escaping"): everything that comes from a file or a tracee
+(names from notes, paths, strings from memory, messages built from them) is
+printed as printable ASCII.  A byte is itself when it is printable ASCII and
+not a backslash; a backslash is ``\\\\``; newline, tab and carriage return are
+``\\n \\t \\r``; every other byte is ``\\xHH``.  Text is taken as the bytes it
+came from (UTF-8, with the bytes that were not UTF-8 kept by
+``surrogateescape``), so the printed form names exactly one byte string:
+``codecs.escape_decode`` gives it back.  No control sequence reaches a
+terminal, and a literal ``\\xff`` (printed ``\\\\xff``) cannot be taken for the
+byte 0xff (printed ``\\xff``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Value = int | float | None
+
+STRICT_JSON = json.JSONEncoder(allow_nan=False)
+"""JSON with no NaN or Infinity (made once: ``json.dumps`` with options builds an encoder per call)."""
 
 
 @dataclass(slots=True)
@@ -36,32 +50,68 @@ class Event:
     read_string: Callable[[int, int], bytes | None] | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ts_ns": self.ts_ns,
-                "pid": self.pid,
-                "tid": self.tid,
-                "object": self.object,
-                "provider": self.provider,
-                "name": self.name,
-                "address": self.address,
-                "args": self.args,
-                "specs": self.specs,
-            },
-            allow_nan=True,
-        )
+        """One JSON object (strict JSON: see ``json_number``); strings escaped."""
+        record = {
+            "ts_ns": self.ts_ns,
+            "pid": self.pid,
+            "tid": self.tid,
+            "object": escape_name(self.object),
+            "provider": escape_name(self.provider),
+            "name": escape_name(self.name),
+            "address": self.address,
+            "args": self.args,
+            "specs": list(map(escape_name, self.specs)),
+        }
+        try:
+            return STRICT_JSON.encode(record)
+        except ValueError:  # a NaN or an infinity: rare, so looked for only then
+            record["args"] = [json_number(v) for v in self.args or ()]
+            return STRICT_JSON.encode(record)
 
 
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+# ---- escaping ------------------------------------------------------------------
+
+_BYTE_TEXT = tuple(
+    {0x5C: "\\\\", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}.get(b, chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}")
+    for b in range(256)
+)
+_NOT_PLAIN = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # printable ASCII but the backslash
 
 
 def escape(text: str | bytes) -> str:
-    """Printable ASCII stays; everything else becomes a C-style escape."""
-    if isinstance(text, bytes):
-        text = text.decode("latin-1")
-    text = text.replace("\\", "\\\\")
-    return _UNPRINTABLE.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+    """The printable-ASCII form of untrusted text (module docstring)."""
+    if isinstance(text, str):
+        if text.isascii() and text.isprintable() and "\\" not in text:
+            return text  # the usual case, kept cheap: it runs for every hit
+        text = _utf8(text)
+    return _NOT_PLAIN.sub(lambda m: _BYTE_TEXT[ord(m.group())], text.decode("latin-1"))
+
+
+escape_name = functools.lru_cache(maxsize=4096)(escape)
+"""``escape`` for the few texts every hit repeats (paths, probe names, specs):
+cached, and called without a Python frame."""
+
+
+def _utf8(text: str) -> bytes:
+    """The bytes a str came from: ``surrogateescape`` gives back the bytes that
+    were not UTF-8 (os.fsdecode, argv, /proc); any other lone surrogate keeps
+    its own UTF-8-like form rather than failing."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+# ---- values ---------------------------------------------------------------------
+
+
+def json_number(value: Value) -> int | float | str | None:
+    """A value as strict JSON allows it: NaN and the infinities, which JSON has
+    no number for, become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+    (what JavaScript's ``Number()`` and Python's ``float()`` read back)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def format_value(value: Value) -> str:
@@ -75,85 +125,12 @@ def format_value(value: Value) -> str:
 def text_line(event: Event) -> str:
     """``SECONDS.MICROS PID/TID provider:name ARG...`` (CLOCK_MONOTONIC seconds)."""
     seconds, ns = divmod(event.ts_ns, 1_000_000_000)
-    head = f"{seconds}.{ns // 1000:06d} {event.pid}/{event.tid} {escape(event.provider)}:{escape(event.name)}"
+    head = f"{seconds}.{ns // 1000:06d} {event.pid}/{event.tid} {escape_name(event.provider)}:{escape_name(event.name)}"
     if not event.args:
         return head + "\n"
     return head + " " + " ".join(map(format_value, event.args)) + "\n"
 
 
-# ---- --format ----------------------------------------------------------------
-
-_CONVERSION = re.compile(r"%([-+ #0]*)(\d+)?(?:\.(\d+))?([diuxXocspf%])")
-_BACKSLASH = {"n": "\n", "t": "\t", "\\": "\\", "r": "\r", '"': '"'}
-
-
-@dataclass(frozen=True)
-class Conversion:
-    flags: str
-    width: str
-    precision: str | None
-    kind: str
-
-    def spec(self, kind: str) -> str:
-        precision = f".{self.precision}" if self.precision is not None else ""
-        return f"%{self.flags}{self.width}{precision}{kind}"
-
-
-class PrintfFormat:
-    """A printf-style format applied to a hit's arguments in order.
-
-    ``%d %i %u %x %X %o %c %p %f`` format numbers (``%u %x %X %o`` as unsigned
-    64-bit), ``%s`` reads a NUL-terminated string at the argument's address
-    from the tracee (at most ``strsize`` bytes), ``%%`` is a percent sign.
-    Backslash escapes ``\\n \\t \\\\`` in the format work as in printf(1).
-    """
-
-    def __init__(self, fmt: str, strsize: int = 256):
-        self.strsize = strsize
-        self.pieces: list[str | Conversion] = []
-        pos = 0
-        fmt = re.sub(r"\\(.)", lambda m: _BACKSLASH.get(m.group(1), m.group(0)), fmt)
-        for match in _CONVERSION.finditer(fmt):
-            self.pieces.append(fmt[pos : match.start()])
-            flags, width, precision, kind = match.groups()
-            if kind == "%":
-                self.pieces.append("%")
-            else:
-                self.pieces.append(Conversion(flags, width or "", precision, kind))
-            pos = match.end()
-        self.pieces.append(fmt[pos:])
-        if "%" in "".join(p for p in self.pieces if isinstance(p, str) and p != "%"):
-            raise ValueError(f"unsupported conversion in format {fmt!r}")
-        self.needs_strings = any(isinstance(p, Conversion) and p.kind == "s" for p in self.pieces)
-
-    def render(self, event: Event) -> str:
-        args = iter(event.args or ())
-        out = []
-        for piece in self.pieces:
-            if isinstance(piece, str):
-                out.append(piece)
-                continue
-            value = next(args, None)
-            out.append(self._convert(piece, value, event))
-        return "".join(out) + "\n"
-
-    def _convert(self, conv: Conversion, value: Value, event: Event) -> str:
-        if value is None:
-            return conv.spec("s") % "?"
-        kind = conv.kind
-        if kind == "f":
-            return conv.spec("f") % float(value)
-        number = int(value)
-        if kind in "di":
-            return conv.spec("d") % number
-        if kind in "uxXo":
-            return conv.spec("d" if kind == "u" else kind) % (number & 0xFFFFFFFFFFFFFFFF)
-        if kind == "p":
-            return conv.spec("s") % f"{number & 0xFFFFFFFFFFFFFFFF:#x}"
-        if kind == "c":
-            return conv.spec("s") % escape(bytes([number & 0xFF]))
-        # %s: the argument is a pointer into the tracee
-        if event.read_string is None or number == 0:
-            return conv.spec("s") % ("(null)" if number == 0 else "?")
-        text = event.read_string(number, self.strsize)
-        return conv.spec("s") % ("?" if text is None else escape(text))
+def count_lines(counts: dict[str, int]) -> Sequence[str]:
+    """``--count``: ``provider:name HITS`` per probe, sorted by name."""
+    return [f"{escape(name)} {hits}\n" for name, hits in sorted(counts.items())]

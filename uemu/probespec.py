@@ -15,9 +15,21 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import errors
 from .sdt import Probe
+
+
+class ProbeName(Protocol):
+    """What a glob looks at: a probe of a note, or the event of its hit."""
+
+    @property
+    def object(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def name(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class SdtPattern:
     name: str
     text: str
 
-    def matches(self, probe: Probe) -> bool:
+    def matches(self, probe: ProbeName) -> bool:
         if self.object is not None and not (
             fnmatch.fnmatchcase(probe.object, self.object)
             or fnmatch.fnmatchcase(os.path.basename(probe.object), self.object)

@@ -15,21 +15,12 @@ import time
 
 import pytest
 from samplelog import expected_hits, parse
-from tracee import stop_cli, tracer_pid, attach_cli, wait_until
+from tracee import attach_cli, compile_program, one_error_line, stop_cli, tracer_pid, wait_until
 
 
 def uemu(*args: str, stdin: str | None = None, prefix: tuple[str, ...] = (), env=None):
     return subprocess.run([*prefix, sys.executable, "-m", "uemu", *args], capture_output=True, text=True,
                           input=stdin, timeout=60, env=env)
-
-
-def _one_error_line(result, code: int, *words: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("uemu: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 # ---- run: the command's own status and streams ---------------------------------------
@@ -92,17 +83,12 @@ def test_count_prints_one_line_per_probe_at_the_end(samples):
 @pytest.fixture(scope="module")
 def escaper(tmp_path_factory):
     """A program whose probe passes a string full of terminal control bytes."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    directory = tmp_path_factory.mktemp("escaper")
-    source = directory / "escaper.c"
-    source.write_text(
+    return compile_program(
+        tmp_path_factory.mktemp("escaper"), "escaper",
         '#include <sys/sdt.h>\n'
         'int main(void) { const char *s = "red\\033[31m bell\\a tab\\t nl\\n hi\\377"; '
-        'STAP_PROBE1(esc, text, s); return 0; }\n'
+        'STAP_PROBE1(esc, text, s); return 0; }\n',
     )
-    subprocess.run(["gcc", "-O1", str(source), "-o", str(directory / "escaper")], check=True)
-    return directory / "escaper"
 
 
 def test_text_from_the_tracee_is_escaped(escaper):
@@ -116,11 +102,11 @@ def test_text_from_the_tracee_is_escaped(escaper):
 
 
 def test_no_such_pid():
-    _one_error_line(uemu("attach", "999999999"), 3, "no such process")
+    one_error_line(uemu("attach", "999999999"), 3, "no such process")
 
 
 def test_kernel_thread():
-    _one_error_line(uemu("attach", "2"), 7, "kernel thread")
+    one_error_line(uemu("attach", "2"), 7, "kernel thread")
 
 
 def test_zombie():
@@ -128,7 +114,7 @@ def test_zombie():
     wait_until(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
                what="a zombie")
     try:
-        _one_error_line(uemu("attach", str(child.pid)), 7, "zombie")
+        one_error_line(uemu("attach", str(child.pid)), 7, "zombie")
     finally:
         child.wait()
 
@@ -138,7 +124,7 @@ def test_already_traced_names_the_tracer(samples):
     first = attach_cli(str(target.pid))
     try:
         wait_until(lambda: tracer_pid(target.pid) == first.pid, what="the first tracer")
-        _one_error_line(uemu("attach", str(target.pid)), 7, "already traced", f"by {first.pid}", "python")
+        one_error_line(uemu("attach", str(target.pid)), 7, "already traced", f"by {first.pid}", "python")
     finally:
         stop_cli(first, signal.SIGINT)
         target.kill()
@@ -157,7 +143,7 @@ def test_permission_denied_explains_the_ways_out():
         wait_until(lambda: open(f"/proc/{target.pid}/status").read().count("65534") >= 1, what="nobody")
         result = uemu("attach", str(target.pid),
                       prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all"))
-        _one_error_line(result, 4, "permission denied", "CAP_SYS_PTRACE", "uemu run")
+        one_error_line(result, 4, "permission denied", "CAP_SYS_PTRACE", "uemu run")
     finally:
         target.kill()
         target.wait()
@@ -169,8 +155,8 @@ def test_no_probe_matches_names_the_near_ones(samples):
     target = subprocess.Popen([str(samples / "sema"), "1"], stdin=subprocess.PIPE,
                               env=dict(os.environ, SAMPLE_SYNC="1", SAMPLE_OUT=os.devnull))
     try:
-        _one_error_line(uemu("attach", "--strict", str(target.pid), "sema:gaurded"), 6, "sema:gaurded",
-                        "sema:guarded")
+        one_error_line(uemu("attach", "--strict", str(target.pid), "sema:gaurded"), 6, "sema:gaurded",
+                       "sema:guarded")
         assert tracer_pid(target.pid) == 0
         result = uemu("attach", "--duration", "0.5", str(target.pid), "sema:gaurded")
         assert result.returncode == 0
@@ -183,6 +169,6 @@ def test_no_probe_matches_names_the_near_ones(samples):
 
 
 def test_run_errors():
-    _one_error_line(uemu("run", "--", "/no/such/program"), 127, "no such file")
-    _one_error_line(uemu("run", "--", "/etc/passwd"), 126, "Permission denied")
-    _one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")
+    one_error_line(uemu("run", "--", "/no/such/program"), 127, "no such file")
+    one_error_line(uemu("run", "--", "/etc/passwd"), 126, "Permission denied")
+    one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")

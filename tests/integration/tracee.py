@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 from samplelog import Line, parse
 
 from uemu.maps import read_maps
@@ -148,6 +150,16 @@ def differences(before: dict, after: dict) -> list[str]:
     return changed
 
 
+def compile_program(directory: Path, name: str, source: str, *flags: str) -> Path:
+    """A small C program a test writes for itself (a case no sample should carry),
+    built with gcc -O1 into ``directory``; the test skips without gcc."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (directory / f"{name}.c").write_text(source)
+    subprocess.run(["gcc", "-O1", *flags, str(directory / f"{name}.c"), "-o", str(directory / name)], check=True)
+    return directory / name
+
+
 UEMU = (sys.executable, "-m", "uemu")
 """The command line of uemu itself, for ``Tracee(under=(*UEMU, "run", "--"))``."""
 
@@ -166,6 +178,17 @@ def attach_cli(*args: str) -> subprocess.Popen:
     process = uemu_cli("attach", "--ready-file", str(ready), *args)
     wait_until(lambda: ready.exists() or process.poll() is not None, what="uemu to arm")
     return process
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    """The CLI failed as documented: exit ``code``, one ``uemu: ...`` line on stderr
+    holding ``words``, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("uemu: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
 
 
 def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]:
