@@ -101,15 +101,19 @@ def find_counter_vma(vmas: list[Vma], file_id: tuple[int, int], ref_ctr_offset: 
 
 
 def parse_maps(text: str) -> list[Vma]:
+    """Kernel: show_map() ends each line with a LF and escapes only a LF inside a
+    path (as ``\\012``); any other byte, CR included, is printed as it is.
+    Differs: a path holding the four characters ``\\012`` reads back as a LF;
+    the VMA's file is still told by its device and inode, never by this path."""
     vmas = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         # address perms offset dev inode [path]; the path may contain spaces.
         fields = line.split(None, 5)
         if len(fields) < 5:
             continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
         major, minor = (int(x, 16) for x in fields[3].split(":"))
-        path = fields[5] if len(fields) == 6 else ""
+        path = fields[5].replace("\\012", "\n") if len(fields) == 6 else ""
         vmas.append(
             Vma(start, end, fields[1], int(fields[2], 16), os.makedev(major, minor), int(fields[4]), path)
         )

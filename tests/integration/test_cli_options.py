@@ -151,7 +151,6 @@ def test_attach_takes_options_after_the_pid_and_p(samples, uemu, tmp_path):
         tracee.run_out()
 
 
-@pytest.mark.xfail(strict=True, reason="session: several pids")
 def test_attach_several_running_processes(samples, tmp_path):
     targets = [subprocess.Popen([str(samples / "longrun"), "1", "2", "60000"],
                                 env=dict(os.environ, SAMPLE_OUT=os.devnull)) for _ in range(2)]

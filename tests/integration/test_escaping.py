@@ -117,8 +117,6 @@ def test_tracing_escapes_hits(traced):
     assert event["specs"] == [f"-4@${ARG_SHOWN}6789"] and event["args"] == [None]
 
 
-@pytest.mark.xfail(strict=True, reason="maps: parse_maps splits lines with str.splitlines (a CR ends a line) "
-                                       "and keeps the kernel's \\012 for a LF")
 def test_tracing_a_program_whose_name_holds_cr_and_lf(hostile):
     result = run("run", "--json", "--", hostile)
     assert result.returncode == 0
