@@ -235,10 +235,17 @@ class Net:
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
 
     def uninstall(self, call: InjectedCall) -> None:
-        """Put the program's action back and unmap the area, once uemu has undone every
-        write the table lists and no thread is inside the area.  ``call`` must not use
+        """Put the program's action back (unless it set one itself meanwhile) and unmap
+        the area, once uemu has undone every write the table lists and no thread is
+        inside the area.  ``call`` must not use
         the area's own stub: the area goes."""
-        self._rt_sigaction(call, self.saved_action_address, 0)
+        self._rt_sigaction(call, 0, self.our_action_address)
+        current = self.memory.read(self.our_action_address, self._sigaction.size)
+        layout_ = self._sigaction
+        handler = int.from_bytes(current[layout_.handler:layout_.handler + layout_.word], "little")
+        if handler == self.trap_handler:
+            self._rt_sigaction(call, self.saved_action_address, 0)
+        # else the program set its action where uemu could not see it (sigtrap.py): it stays
         result = call("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
             raise errors.UemuError(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
@@ -284,10 +291,18 @@ class Net:
         out[layout_.flags:layout_.flags + word] = flags.to_bytes(word, "little")
         return bytes(out)
 
-    def set_saved_action(self, saved: bytes) -> None:
-        """The program changed its SIGTRAP action while traced (uemu saw its rt_sigaction):
-        the table keeps the one to chain to and to put back."""
-        self.memory.write(self.saved_action_address, saved[:self._sigaction.size])
+    def program_action(self) -> bytes:
+        """The program's own SIGTRAP action, as the table keeps it (raw kernel bytes)."""
+        return self.memory.read(self.saved_action_address, self._sigaction.size)
+
+    def take_program_action(self, action: bytes) -> None:
+        """The program sets its SIGTRAP action while traced (uemu saw its rt_sigaction
+        at entry, ``sigtrap.py``): the table keeps it to chain to and to put back, and
+        the kernel is to be given ``our_action_address``, the net's action with the
+        program's new mask and flags.  The saved action is written first: if uemu dies
+        between the two writes, the handler chains to the program's new action."""
+        self.memory.write(self.saved_action_address, action[:self._sigaction.size])
+        self.memory.write(self.our_action_address, self.our_action(action))
 
     # ----- what uemu writes -----------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``uemu run`` installs it in the child before exec: each mmap, munmap,
 mprotect or mremap then gives the tracer a PTRACE_EVENT_SECCOMP stop (and one
-more at its exit), and every other syscall runs at full speed.  The price: a
+more at its exit), and every other syscall runs at full speed.  So does an
+rt_sigaction on SIGTRAP, whose action uemu's safety net holds (``sigtrap.py``).  The price: a
 filter cannot be removed, and SECCOMP_RET_TRACE with no tracer makes the
 syscall fail with ENOSYS, so a process under this filter must keep a tracer
 until it exits (uemu stays attached, doing nothing, after it has removed its
@@ -12,6 +13,7 @@ probes) -- see the README.
 from __future__ import annotations
 
 import ctypes
+import signal
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ _BPF_JEQ_K = 0x15
 _BPF_RET_K = 0x06
 _NR_OFFSET = 0  # offsetof(struct seccomp_data, nr)
 _ARCH_OFFSET = 4  # offsetof(struct seccomp_data, arch)
+_ARG0_LOW_OFFSET = 16  # offsetof(struct seccomp_data, args[0]), its low half on a little-endian ABI
 
 
 @dataclass(frozen=True)
@@ -42,20 +45,25 @@ class _Insn:
 
 
 def mapping_filter(arches: Iterable[Arch]) -> bytes:
-    """A classic-BPF program: RET_TRACE for each arch's mapping syscalls, ALLOW
-    for everything else (other syscalls, other ABIs such as x32)::
+    """A classic-BPF program: RET_TRACE for each arch's mapping syscalls and its
+    rt_sigaction(SIGTRAP, ...), ALLOW for everything else (other syscalls, other
+    signals, other ABIs such as x32)::
 
-        ld arch; jeq A1 ? next : L1; ld nr; jeq n.. -> trace; ret allow
+        ld arch; jeq A1 ? next : L1; ld nr; jeq n.. -> trace;
+            jeq rt_sigaction ? next : allow; ld args[0]; jeq SIGTRAP -> trace; ret allow
         L1: ld arch; jeq A2 ...;  ret allow;  trace: ret trace
     """
     code: list[_Insn | str] = []  # a str is a label: the position of the next instruction
     for index, arch in enumerate(arches):
+        assert arch.little_endian, "the low half of args[0] is read at its little-endian place"
         other = f"arch{index + 1}"
         code += [_Insn(_BPF_LD_W_ABS, _ARCH_OFFSET), _Insn(_BPF_JEQ_K, arch.audit_arch, None, other),
                  _Insn(_BPF_LD_W_ABS, _NR_OFFSET)]
         code += [_Insn(_BPF_JEQ_K, number, "trace") for number in sorted(arch.mapping_syscalls)]
-        code += [_Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), other]
-    code += [_Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), "trace", _Insn(_BPF_RET_K, SECCOMP_RET_TRACE)]
+        code += [_Insn(_BPF_JEQ_K, arch.syscall_numbers["rt_sigaction"], None, "allow"),
+                 _Insn(_BPF_LD_W_ABS, _ARG0_LOW_OFFSET), _Insn(_BPF_JEQ_K, signal.SIGTRAP, "trace"),
+                 _Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), other]
+    code += ["allow", _Insn(_BPF_RET_K, SECCOMP_RET_ALLOW), "trace", _Insn(_BPF_RET_K, SECCOMP_RET_TRACE)]
     return _assemble(code)
 
 

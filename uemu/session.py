@@ -30,7 +30,7 @@ from types import FrameType
 
 from uemu.arch.base import StepEnd
 
-from . import errors, inject, mappings, process, ptrace, spawn, xol
+from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
 from .maps import Vma, read_maps
@@ -494,7 +494,7 @@ class Session:
     def _auto_op(self, task: Task) -> ResumeOp:
         """How a task goes on by its state: its out-of-line step, LISTEN after a
         group-stop, syscall stops where mappings are watched, else CONT."""
-        sees_syscalls = task.syscall is not None or self._stops_every_syscall(task)
+        sees_syscalls = task.syscall is not None or task.sigaction is not None or self._stops_every_syscall(task)
         if task.xol is not None:
             return xol.resume_op(task.xol, sees_syscalls)
         if task.listening:
@@ -602,7 +602,10 @@ class Session:
         info = ptrace.syscall_info(task.tid)
         if info.op == ptrace.SYSCALL_INFO_ENTRY:
             mappings.note_syscall(task, info)
+            sigtrap.at_entry(task, info)
             return GO_ON
+        if task.sigaction is not None:
+            sigtrap.at_exit(task, info)
         call, task.syscall = task.syscall, None
         mm = task.mm
         if info.op == ptrace.SYSCALL_INFO_EXIT and mm is not None and task.arm_pending:
@@ -621,6 +624,7 @@ class Session:
         info = ptrace.syscall_info(task.tid)
         if not self._passthrough:
             mappings.note_syscall(task, info)
+        sigtrap.at_entry(task, info)
         return GO_ON
 
     def _on_group_stop(self, task: Task, stop: Stop) -> Resume:
@@ -648,7 +652,7 @@ class Session:
             return None
         step = task.xol
         if step is not None and step.setup.ends is not StepEnd.JUMP:
-            sees_syscalls = task.syscall is not None or self._stops_every_syscall(task)
+            sees_syscalls = task.syscall is not None or task.sigaction is not None or self._stops_every_syscall(task)
             return Resume(xol.resume_op(step, sees_syscalls), urgent=True)
         regs = task.registers(mm.arch)
         regs.fetch(task.tid)

@@ -35,6 +35,7 @@ from .xol import ActiveStep
 if TYPE_CHECKING:
     from .mappings import MappingCall
     from .net import Net
+    from .sigtrap import SigactionCall
 
 
 @dataclass(eq=False)
@@ -60,6 +61,9 @@ class Task:
     syscall: MappingCall | None = None
     """The mapping syscall this thread is inside (kind, arguments), between its seccomp or
     entry stop and its exit stop (``mappings.py``)."""
+    sigaction: SigactionCall | None = None
+    """An rt_sigaction on SIGTRAP this thread is inside, between its entry and exit stops
+    (``sigtrap.py``)."""
     regs: ptrace.Regset | None = None
     xol: ActiveStep | None = None
     """The displaced instruction this thread is executing in its XOL slot."""
@@ -268,7 +272,7 @@ class Tracees:
         self.tasks.pop(task.tid, None)
         task.tid = pid
         self.tasks[pid] = task
-        task.syscall = None
+        task.syscall = task.sigaction = None
         task.regs = None
         if task.mm is not None:
             self.leave_mm(task.mm, pid)
