@@ -274,6 +274,7 @@ def test_threads_that_block_sigtrap_are_named(samples):
                                env=dict(os.environ, SAMPLE_OUT=os.devnull))
     try:
         wait_until(lambda: os.readlink(f"/proc/{program.pid}/exe").endswith("longrun"), what="the exec")
+        wait_until(lambda: len(os.listdir(f"/proc/{program.pid}/task")) == 2, what="the worker thread")
         warnings: list[str] = []
         session = Session(["longrun:tick"], warn=warnings.append)
         session.attach(program.pid)
