@@ -7,15 +7,17 @@ that names the thread of a hit without a system call.  The runtime's ``uemu_hit(
 only reads it (but a thread's ``depth``); uemu writes it through /proc/PID/mem, each
 entry in one write within a page.
 
-A site's index and its ops are reused only after ``QUARANTINE_NS``: a thread that read
-them just before uemu freed them is still fetching (the runtime checks the site's id
-again once it holds room in the ring, and drops a hit whose site changed under it).
+A site's index is never given to another site: its trampoline (which passes it) is
+never rewritten either, because a thread may still be inside it, or interrupted there
+by a signal whose handler runs for as long as it likes.  The same site armed again
+(a library mapped again at the same address) gets its index back.  Fetch ops are
+written anew at each arming and never reused: the runtime checks a site's id again once
+it holds room in the ring and drops a hit whose site changed under it, but a thread
+reading ops must never find another site's.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from uemu.arch import Arch
@@ -25,31 +27,6 @@ from .fetch import FetchProgram
 from .net import Memory
 from .runtime import layout
 from .runtime.layout import JumpCapacities, JumpsFlags, JumpSite, JumpSiteState, JumpsState, TpSlot
-
-QUARANTINE_NS = 2_000_000_000
-"""How long a freed site index or ops range waits before it is used again."""
-
-
-@dataclass
-class _Free:
-    """Ranges [start, start + length) of an array, free since ``at`` (ns)."""
-
-    items: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def give(self, start: int, length: int) -> None:
-        self.items.append((start, length, time.monotonic_ns()))
-
-    def take(self, length: int) -> int | None:
-        now = time.monotonic_ns()
-        for number, (start, have, since) in enumerate(self.items):
-            if have >= length and now - since >= QUARANTINE_NS:
-                if have == length:
-                    del self.items[number]
-                else:
-                    self.items[number] = (start + length, have - length, since)
-                return start
-        return None
-
 
 class JumpTable:
     """The jump path's part of the area at ``base`` in ``memory``."""
@@ -63,9 +40,6 @@ class JumpTable:
         self._array = {name: self.address + offset for name, offset in capacities.offsets().items()}
         self._sites_unused = 0
         self._ops_unused = 0
-        self._free_sites = _Free()
-        self._free_ops = _Free()
-        self._site_ops: dict[int, tuple[int, int]] = {}
         self._tp_slot: dict[int, int] = {}
         """Thread pointer -> its slot."""
         self._tp_tids: dict[int, set[int]] = {}
@@ -104,49 +78,30 @@ class JumpTable:
 
     # ---- sites -------------------------------------------------------------------------
 
-    def add_site(self, addr: int, ident: int, program: FetchProgram) -> int:
-        """Write a site's fetch program and its entry; returns the index its trampoline
-        passes.  Before the jump that leads there is written."""
+    def take_index(self) -> int | None:
+        """A site index never used in this address space; None when the table is full."""
+        if self._sites_unused >= self.capacities.jump_sites:
+            return None
+        self._sites_unused += 1
+        return self._sites_unused - 1
+
+    def set_site(self, index: int, addr: int, ident: int, program: FetchProgram) -> None:
+        """Write a site's fetch program and its entry, before the jump that leads there."""
         nops = len(program.ops)
-        start = self._take_ops(nops)
+        if self._ops_unused + nops > self.capacities.fetch_ops:
+            raise errors.UemuError(f"the jump table is full: {self.capacities.fetch_ops} fetch ops")
+        start = self._ops_unused
+        self._ops_unused += nops
         for number, op in enumerate(program.ops):
             self._write("fetch_ops", layout.FETCH_OP, start + number, layout.FETCH_OP.encode(op))
-        index = self._free_sites.take(1)
-        if index is None:
-            if self._sites_unused >= self.capacities.jump_sites:
-                self._give_ops(start, nops)
-                raise errors.UemuError(f"the jump table is full: {self.capacities.jump_sites} sites")
-            index = self._sites_unused
-            self._sites_unused += 1
-        self._site_ops[index] = (start, nops)
         entry = JumpSite(addr=addr, id=ident, state=JumpSiteState.ON, ops=start, nops=nops,
                          record=program.record_size)
         self._write("jump_sites", layout.JUMP_SITE, index, layout.JUMP_SITE.encode(entry))
-        return index
 
     def remove_site(self, index: int) -> None:
         """After the jump that leads to the site is gone: its hits under way are dropped."""
         self._write("jump_sites", layout.JUMP_SITE, index, bytes([JumpSiteState.FREE]),
                     layout.JUMP_SITE.offset("state"))
-        start, nops = self._site_ops.pop(index)
-        self._free_sites.give(index, 1)
-        self._give_ops(start, nops)
-
-    def _take_ops(self, count: int) -> int:
-        if not count:
-            return 0
-        start = self._free_ops.take(count)
-        if start is not None:
-            return start
-        if self._ops_unused + count > self.capacities.fetch_ops:
-            raise errors.UemuError(f"the jump table is full: {self.capacities.fetch_ops} fetch ops")
-        start = self._ops_unused
-        self._ops_unused += count
-        return start
-
-    def _give_ops(self, start: int, count: int) -> None:
-        if count:
-            self._free_ops.give(start, count)
 
     def _write(self, array: str, record: layout.Record[Any], index: int, data: bytes, offset: int = 0) -> None:
         self.memory.write(self._array[array] + index * record.size + offset, data)
@@ -206,9 +161,6 @@ class JumpTable:
         """The table of a child forked from this process (its part is a copy of ours)."""
         child = JumpTable(self.arch, self.address - layout.CODE_SIZE - layout.JUMPS_OFF, memory, self.capacities)
         child._sites_unused, child._ops_unused = self._sites_unused, self._ops_unused
-        child._free_sites.items = list(self._free_sites.items)
-        child._free_ops.items = list(self._free_ops.items)
-        child._site_ops = dict(self._site_ops)
         child._tp_slot = dict(self._tp_slot)
         child._tp_tids = {tp: set(tids) for tp, tids in self._tp_tids.items()}
         return child

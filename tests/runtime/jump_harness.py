@@ -120,7 +120,9 @@ class JumpMachine:
                                strings=strings, strsize=strsize)
         ident = len(self.programs) + 1 if ident is None else ident
         self.programs[ident] = program
-        index = self.table.add_site(site.vaddr, ident, program)
+        index = self.table.take_index()
+        assert index is not None
+        self.table.set_site(index, site.vaddr, ident, program)
         code_bytes = self.jumps.trampoline(site, trampoline, index, self.m.base + self.m.net.blob.hit_entry)
         assert code_bytes is not None and len(code_bytes) <= self.jumps.tramp_size
         self.m.memory.write(trampoline, code_bytes)
