@@ -54,6 +54,7 @@ import ctypes
 import io
 import os
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -470,6 +471,15 @@ class JumpPath:
             if final:
                 events.release()
         return count
+
+    def wait(self, timeout_ns: int) -> None:
+        """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's
+        sleep): on the futex of the one ring there is, else in short naps."""
+        rings = list(self._rings)
+        if len(rings) == 1:
+            rings[0].sleep(timeout_ns)
+        else:
+            time.sleep(min(timeout_ns, 5_000_000) / 1e9)
 
     def lost(self) -> int:
         """Events dropped so far: by producers (full ring under --drop, a re-entered hit
