@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from jumptrace import JumpTrace
-from samplelog import Line, counts, expected_hits, per_probe, reported_hits
+from oracle import KernelUprobes, sdt_sites, tracefs_reason
+from samplelog import Line, counts, expected_hits, per_probe, reported_hits, run_untraced
 from tracee import Tracee, differences, file_memory, process_state
 
 from uemu import sdt
@@ -58,3 +59,75 @@ def test_basic_every_site_jumped_values_as_the_program_says(build) -> None:
     assert per_probe(reported_hits(trace.events)) == per_probe(expected)
     assert {event.pid for event in trace.events} == {lines[0].pid}
     assert trace.path.lost() == 0
+
+
+def test_kernel_uprobes_on_the_same_sites_count_and_fetch_the_same(build) -> None:
+    """The second oracle: kernel uprobes on the very sites, in an untraced run."""
+    reason = tracefs_reason()
+    if reason:
+        pytest.skip(reason)
+    if build.target != "x86_64":
+        pytest.skip("the oracle's fetch-args are written for x86_64")
+    program = build.directory / "basic"
+    trace, lines, _ = traced_run(program, "5")
+    jumped = trace.jumped_names - {"basic:end"}
+    with KernelUprobes(sdt_sites(str(program))) as kernel:
+        untraced, _ = run_untraced([program, "5"])
+        records = kernel.records()
+    theirs = [(name, tuple(values), tid) for name, values, tid in records if name in jumped]
+    ours = reported_hits(trace.events)
+    assert counts(theirs) == counts(ours)
+    # each against its own run's truth (pointers differ from run to run)
+    for hits, truth in ((theirs, untraced), (ours, lines)):
+        want = per_probe([hit for hit in expected_hits(truth) if hit[0] in jumped])
+        for key, values in per_probe(hits).items():
+            assert [[v for v, w in zip(got, exp) if v is not None] for got, exp in zip(values, want[key])] == \
+                [[w for v, w in zip(got, exp) if v is not None] for got, exp in zip(values, want[key])], key
+
+
+def test_threads_created_after_attaching_are_named_by_their_thread_pointer(build) -> None:
+    trace, lines, changed = traced_run(build.directory / "threads", "4", "50")
+    assert changed == []
+    jumped = trace.jumped_names
+    assert "threads:work" in jumped, trace.refused
+    expected = [hit for hit in expected_hits(lines) if hit[0] in jumped]
+    assert per_probe(reported_hits(trace.events)) == per_probe(expected)
+    assert len({e.tid for e in trace.events}) >= 5
+
+
+def test_strings_are_copied_at_the_hit(build) -> None:
+    trace, lines, _ = traced_run(build.directory / "basic", "1", patterns=("basic:string",), strings=(0,),
+                                 strsize=64)
+    if "basic:string" not in trace.jumped_names:
+        pytest.skip(f"basic:string keeps the trap here: {trace.refused}")
+    [event] = trace.events
+    [text] = [line for line in lines if line.kind == "text"]
+    assert event.read_string is not None
+    assert event.read_string(event.args[0], 64) == " ".join(text.values).encode()
+
+
+def test_a_signal_handler_passes_probes_while_its_thread_may_be_inside_a_trampoline(build) -> None:
+    """signals: a 100 µs SIGALRM timer interrupts the loop passing signals:loop, and the
+    handler passes signals:handler; the program's own int3, raise(SIGTRAP), SIGSTOP and
+    SIGCONT pass through as they would untraced."""
+    trace, lines, changed = traced_run(build.directory / "signals", "400")
+    assert changed == []
+    oracle, status = run_untraced([build.directory / "signals", "400"])
+    assert status == 0
+    jumped = trace.jumped_names
+    assert {"signals:loop", "signals:handler"} <= jumped, trace.refused
+    expected = [hit for hit in expected_hits(lines) if hit[0] in jumped]
+    assert per_probe(reported_hits(trace.events)) == per_probe(expected)
+    assert [(line.word, line.values) for line in lines if line.kind == "signal"] == \
+        [(line.word, line.values) for line in oracle if line.kind == "signal"]
+
+
+def test_the_red_zone_below_rsp_survives_a_hit(build) -> None:
+    trace, lines, changed = traced_run(build.directory / "redzone", "3000")
+    assert changed == []
+    if "redzone:leaf" not in trace.jumped_names:
+        pytest.skip(f"the site keeps the trap here: {trace.refused}")
+    assert len(trace.events) == 3000
+    [result] = [line for line in lines if line.kind == "result"]
+    assert int(result.values[0]) == 78 * 3000 * 2999 // 2
+    assert [e.args for e in trace.events] == [[i] for i in range(3000)]
