@@ -42,6 +42,9 @@ class JumpTrace:
     pid: int
     patterns: Sequence[str] = ("*",)
     options: dict[str, object] = field(default_factory=dict)
+    raw: Sequence[int] = ()
+    """File offsets in the program itself for raw uprobes (their events' names: the
+    offset in hex, as tracefs names raw probes)."""
     require_jumps: bool = False
     """Every selected site must take a jump (else the test says which and why); by default
     sites the process refuses (a pun target inside a mapping) are left alone (no trap
@@ -129,6 +132,14 @@ class JumpTrace:
         self.path.thread_started(self.mm, tid, thread_pointer(self.arch, tid, regs))
 
     def _select(self, objects: Sequence[sdt.MappedObject]) -> None:
+        exe = os.readlink(f"/proc/{self.pid}/exe")
+        program = next(o for o in objects if o.elf.path == exe)
+        for offset in self.raw:
+            vaddr = program.runtime_address(offset)
+            info = ProbeInfo(program.elf.path, "raw", f"{offset:x}", program.elf.vaddr(offset), "")
+            uprobe = self.uprobes.register(program, offset, 0, info, f"{exe}:{offset:#x}")
+            if vaddr is not None:
+                self.sites.append(Armed(uprobe, vaddr, Trap("not planned")))
         for mapped in objects:
             for probe in mapped.elf.probes:
                 if probe.file_offset is None or not any(fnmatch.fnmatch(probe.full_name, p) for p in self.patterns):

@@ -7,15 +7,20 @@ program's text identical after leaving, semaphores exactly as the trap path leav
 from __future__ import annotations
 
 import os
+import select
+import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from jumptrace import JumpTrace
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import Line, counts, expected_hits, per_probe, reported_hits, run_untraced
-from tracee import Tracee, differences, file_memory, process_state
+from test_net import SI_TKILL, Orphan, facts
+from tracee import Tracee, differences, file_memory, process_state, wait_until
 
 from uemu import sdt
+from uemu.jumps import Jump
 from uemu.runtime import has_blob
 
 
@@ -29,13 +34,13 @@ def build(runnable_build):
     return runnable_build
 
 
-def traced_run(program: Path, *args: str, patterns=("*",), **options) -> tuple[JumpTrace, list[Line], list[str]]:
+def traced_run(program: Path, *args: str, patterns=("*",), raw=(), **options) -> tuple[JumpTrace, list[Line], list[str]]:
     """Run ``program`` attached at its start sync, until its end sync; leave; let it end."""
     tracee = Tracee([program, *args])
     try:
         tracee.wait_sync("start")
         before = file_memory(tracee.pid, writable=False)
-        trace = JumpTrace(tracee.pid, patterns, options)
+        trace = JumpTrace(tracee.pid, patterns, options, raw=raw)
         try:
             tracee.release()
             trace.pump(lambda: any(line.kind == "sync" and line.word == "end" for line in tracee.lines()))
@@ -131,3 +136,96 @@ def test_the_red_zone_below_rsp_survives_a_hit(build) -> None:
     [result] = [line for line in lines if line.kind == "result"]
     assert int(result.values[0]) == 78 * 3000 * 2999 // 2
     assert [e.args for e in trace.events] == [[i] for i in range(3000)]
+
+
+def _trace_and_wait(pid: int, report: int) -> None:
+    """The tracer (a forked child): arm the orphan's jump sites, say which, then wait to
+    be killed, leaving everything in place."""
+    trace = JumpTrace(pid, ("orphan:*",))
+    os.write(report, (" ".join(sorted(trace.jumped_names)) + "\n").encode())
+    while True:
+        signal.pause()
+
+
+def test_a_program_outlives_its_tracer_with_jump_sites_armed(build) -> None:
+    """uemu SIGKILLed with every site jumped: no site ever traps, so the net's restore
+    runs from a hit: the ring fills with nobody reading, a hit waiting for room asks
+    TracerPid (0), restores everything (the jumps, the semaphore, the program's SIGTRAP
+    action) and the program goes on as if never traced."""
+    program = build.directory / "orphan"
+    orphan = Orphan(program, "handler", "2", "400000")
+    try:
+        before = file_memory(orphan.pid, writable=False)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(read_end)
+                _trace_and_wait(orphan.pid, write_end)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        with os.fdopen(read_end) as lines:
+            ready, _, _ = select.select([lines], [], [], 30)
+            assert ready, "the tracer hangs"
+            jumped = lines.readline().split()
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        if "orphan:tick" not in jumped:
+            pytest.skip("orphan:tick keeps the trap in this process")
+        orphan.go()
+        wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        assert orphan.process.poll() is None, orphan.process.stderr.read()
+        assert differences(before, file_memory(orphan.pid, writable=False)) == []
+        got = facts(orphan.lines())
+        assert got["sema"] == [("1",), ("0",)], "raised by the tracer, lowered by the net from a hit"
+        assert got["trap"] == [("1", str(SI_TKILL)), ("2", str(SI_TKILL))]
+        assert got["action"][0][0] == "own"
+        assert orphan.finish() == 0
+    finally:
+        orphan.close()
+
+
+def spaced_passes(offsets: list[int], room: int = 5) -> list[list[int]]:
+    """Sites in passes where no two lie within ``room`` bytes (a pun depends on the four
+    bytes after its site, which must hold no other site of ours)."""
+    left, passes = sorted(offsets), []
+    while left:
+        chosen, rest, last = [], [], None
+        for offset in left:
+            if last is None or offset >= last + room:
+                chosen.append(offset)
+                last = offset
+            else:
+                rest.append(offset)
+        passes.append(chosen)
+        left = rest
+    return passes
+
+
+def test_jumps_over_the_rawprobes_instructions(build) -> None:
+    """Raw sites on the instructions of samples/rawprobes's functions: where a jump
+    fits, the instruction runs displaced in the trampoline (the backend's one-stop slot
+    code: ALU, moves, rip-relative loads and stores) or is a nop.  The program's lines
+    stay as untraced, and every jumped site's hits equal kernel uprobes' on it."""
+    from test_xol import facts as line_facts, probed, raw_kernel_sites, rounds_argv
+
+    reason = tracefs_reason()
+    if reason:
+        pytest.skip(reason)
+    program = build.directory / "rawprobes"
+    offsets = [site.file_offset for site in probed(program)]
+    with KernelUprobes(raw_kernel_sites(program, offsets), with_args=False) as kernel:
+        untraced, status = run_untraced(rounds_argv(program, False))
+        theirs = {int(name.split(":")[1], 16): n for name, n in kernel.hits().items()}
+    assert status == 0
+    displaced = 0
+    for chosen in spaced_passes(offsets):
+        trace, lines, changed = traced_run(program, "calls", "3", patterns=(), raw=chosen)
+        assert changed == []
+        assert line_facts(lines) == line_facts(untraced)
+        jumped = {int(a.uprobe.consumers[0].probe.name, 16): a for a in trace.sites if isinstance(a.how, Jump)}
+        ours = Counter(int(e.name, 16) for e in trace.events)
+        assert {offset: ours.get(offset, 0) for offset in jumped} == {offset: theirs.get(offset, 0) for offset in jumped}
+        displaced += sum(1 for a in jumped.values() if a.how.site.displaced is not None)
+    assert displaced >= 10, "jumps over real instructions, not only nops"
