@@ -697,7 +697,7 @@ class X86Jumps:
         target = (vaddr + JMP_REL32 + int.from_bytes(code[1:JMP_REL32], "little", signed=True)) % self.space
         return SiteJump(vaddr=vaddr, at=vaddr, length=1, form=JumpForm.PUN, displaced=displaced,
                         resume=vaddr + size, target=target, reach=(target, target + 1),
-                        why=f"pun over {plan.text!r}: target {target:#x}")
+                        why=f"pun over {plan.text!r}")
 
     def _jump(self, plan: Plan, at: int, displaced: StepOutOfLine | None, resume: int, why: str) -> SiteJump:
         if self.mode64:

@@ -154,6 +154,8 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
     listing.add_argument("target", metavar="TARGET", help="an ELF file, or a PID (all digits)")
     listing.add_argument("patterns", metavar="PATTERN", nargs="*", help="[OBJECT:]PROVIDER:NAME globs")
     listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
+    listing.add_argument("--plan", action="store_true",
+                         help="per site, whether its hits will take a jump (jump, pun) or the trap, and why")
     listing.set_defaults(handler=_cmd_list)
 
     run = sub.add_parser(
@@ -499,6 +501,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = [row for row in rows if id(row.probe) in chosen]
     if sys.stdout is None:
         raise UsageError("stdout is closed: nowhere to list the probes")
+    if args.plan:
+        _print_plans(rows, args.json, sys.stdout.write, int(args.target) if args.target.isdigit() else None)
+        return 0
     (_print_json if args.json else _print_table)(rows, sys.stdout.write)
     return 0
 
@@ -582,6 +587,29 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
         count = f"{len(sites)} site" + ("s" if len(sites) > 1 else "")
         write(f"{escape(obj)} {escape(provider)}:{escape(name)} [{count}] {addresses} "
               f"semaphore={semaphore} args: {layouts}\n")
+
+
+def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object], pid: int | None) -> None:
+    """One line per site: the path its hits will take (uemu/jumps.py decides)."""
+    from .jumps import plan_of_site, start_brk
+
+    vmas = read_maps(pid) if pid is not None else None
+    brk = start_brk(pid) if pid is not None else None
+    sites: dict[str, list[int]] = {}
+    for row in rows:
+        sites.setdefault(row.probe.object, []).append(row.runtime_address if row.in_process else row.probe.address)
+    elves = {elf.path: elf for elf in (sdt.open_elf(obj) for obj in sites)}
+    for row in rows:
+        p, where = row.probe, row.runtime_address if row.in_process else row.probe.address
+        if p.file_offset is None or where is None:
+            continue
+        plan = plan_of_site(elves[p.object], p.file_offset, where, (a for a in sites[p.object] if a != where), vmas,
+                            brk)
+        if as_json:
+            write(json.dumps({"object": p.object, "provider": p.provider, "name": p.name, "address": where,
+                              "plan": plan.path, "why": plan.why}) + "\n")
+        else:
+            write(f"{p.object} {p.provider}:{p.name} {_hex(where)} {plan.path}: {plan.why}\n")
 
 
 def _hex(value: int | None) -> str:

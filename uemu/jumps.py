@@ -55,16 +55,18 @@ import io
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from uemu import arch as arches
 from uemu.arch import Arch
+from uemu.arch.base import Plan
 from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
 
-from . import errors, ptrace, ring
+from . import errors, ptrace, ring, sdt
 from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
@@ -78,7 +80,7 @@ PAGE = layout.PAGE
 RING_NAME = b"uemu-ring\0"
 STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
-HEAP_ROOM = 1 << 30
+HEAP_ROOM = 256 << 20
 """Nor this close above the heap's start: brk grows there."""
 _USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 38}
 """Where user space ends (the smallest of each arch's layouts: 47-bit x86_64, a 32-bit
@@ -153,6 +155,8 @@ class _MmJumps:
     """[start, end) of every trampoline on a landing page."""
     page_fill: dict[int, int] = field(default_factory=dict)
     """Landing page -> first free byte, for trampolines placed anywhere on it."""
+    brk: int | None = None
+    """The process's start_brk: no landing page where the heap may grow."""
 
 
 class JumpPath:
@@ -187,34 +191,18 @@ class JumpPath:
         return decided
 
     def _plan(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> Jump | Trap:
-        backend = mm.arch.jumps
-        if backend is None:
-            return Trap(f"no jump path for {mm.arch.name}")
         if uprobe.internal:
             return Trap(TRAP_BRANCH)
-        choice = backend.choose(uprobe.plan_at(mm.backend, vaddr), uprobe.original)
-        if isinstance(choice, NoJump):
-            return Trap(choice.why)
-        neighbour = self._neighbour(mm, uprobe, vaddr, choice)
-        if neighbour is not None:
-            return Trap(f"another probed site at {neighbour:#x} lies in the bytes the jump depends on")
-        if choice.target is not None and not 0 < choice.target < _USER_TOP.get(mm.arch.name, 1 << 47):
-            return Trap(f"pun target {choice.target:#x} is outside user space")
+        neighbours = (vaddr + other.offset - uprobe.offset for other in self.uprobes.by_file.get(uprobe.file_id, ())
+                      if other is not uprobe)
+        choice = choose(mm.arch, uprobe.plan_at(mm.backend, vaddr), uprobe.original, neighbours)
+        if isinstance(choice, Trap):
+            return choice
         try:
             program = self._program(mm, uprobe)
         except NotFetchable as why:
             return Trap(str(why))
         return Jump(choice, uprobe, program)
-
-    def _neighbour(self, mm: Mm, uprobe: Uprobe, vaddr: int, site: SiteJump) -> int | None:
-        """Another uprobe of the same file between the probe and the end of what the jump
-        covers or depends on (a pun's four displacement bytes, a skipped nop run)."""
-        end = max(site.at + site.length, site.resume, vaddr + 5 if site.form is JumpForm.PUN else 0)
-        for other in self.uprobes.by_file.get(uprobe.file_id, ()):
-            where = vaddr + other.offset - uprobe.offset
-            if other is not uprobe and vaddr < where < end:
-                return where
-        return None
 
     def _program(self, mm: Mm, uprobe: Uprobe) -> FetchProgram:
         """The fetch program of the uprobe's consumers (one record serves them all)."""
@@ -253,7 +241,8 @@ class JumpPath:
         table.set_ring(events.target_address)
         table.set_state(JumpsState.ON)
         self._rings.append(events)
-        self._mms[mm] = _MmJumps(mm, net, table, events, backend, next_trampoline=net.base + layout.TRAMP_OFF)
+        self._mms[mm] = _MmJumps(mm, net, table, events, backend, next_trampoline=net.base + layout.TRAMP_OFF,
+                                 brk=start_brk(mm.pid))
         mm.vmas = read_maps(mm.pid)
 
     # ---- writing ---------------------------------------------------------------------------
@@ -340,7 +329,7 @@ class JumpPath:
         if site.target is not None:
             why = self._map_landing(state, site.target, size, call)
             if why:
-                return Trap(f"pun target {site.target:#x}: {why}")
+                return Trap(f"{site.why}: target {site.target:#x}: {why}")
             address = site.target
         elif site.reach[0] <= state.next_trampoline < site.reach[1] - size and \
                 state.next_trampoline + size <= state.net.base + layout.CODE_SIZE:
@@ -423,16 +412,7 @@ class JumpPath:
 
     @staticmethod
     def _allowed(state: _MmJumps, start: int, end: int) -> str:
-        """Why not here ('' if fine): outside user space, or where the main stack or the
-        heap may grow."""
-        if start < _mmap_min_addr() or end > _USER_TOP.get(state.mm.arch.name, 1 << 47):
-            return "outside user space"
-        for vma in state.mm.vmas:
-            if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
-                return "where the stack may grow"
-            if vma.path == "[heap]" and vma.start < end and start < vma.start + HEAP_ROOM:
-                return "where the heap may grow"
-        return ""
+        return landing_refused(state.mm.arch, state.mm.vmas, start, end, state.brk, mapped_ok=True)
 
     # ---- records -----------------------------------------------------------------------------
 
@@ -519,7 +499,8 @@ class JumpPath:
                         sites={vaddr: _Site(s.jump, s.index, s.trampoline, s.written, s.original, s.armed)
                                for vaddr, s in state.sites.items()},
                         int3_first=set(state.int3_first), next_trampoline=state.next_trampoline,
-                        pages=set(state.pages), used=list(state.used), page_fill=dict(state.page_fill))
+                        pages=set(state.pages), used=list(state.used), page_fill=dict(state.page_fill),
+                        brk=state.brk)
         self._mms[child] = copy
 
     def forget(self, mm: Mm) -> None:
@@ -555,6 +536,89 @@ class JumpPath:
         for events in self._rings:
             events.close()
         self._rings.clear()
+
+
+def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Iterable[int], absolute: bool = True) -> SiteJump | Trap:
+    """The arch's choice for a site whose instruction the backend analysed as ``plan``
+    (``code``: the file's bytes from the site on), unless another site uemu writes (at
+    ``neighbours``) lies where the jump covers or depends on: a pun's four
+    displacement bytes, a nop run it skips.  Pure: ``uemu list --plan`` asks it too
+    (``absolute`` False: the address is an object's link-time one, its load address yet
+    unknown, so user space cannot be checked)."""
+    if arch.jumps is None:
+        return Trap(f"no jump path for {arch.name}")
+    choice = arch.jumps.choose(plan, code)
+    if isinstance(choice, NoJump):
+        return Trap(choice.why)
+    vaddr = choice.vaddr
+    end = max(choice.at + choice.length, choice.resume, vaddr + 5 if choice.form is JumpForm.PUN else 0)
+    for where in neighbours:
+        if vaddr < where < end:
+            return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
+    if absolute and choice.target is not None and not 0 < choice.target < _USER_TOP.get(arch.name, 1 << 47):
+        return Trap(f"pun target {choice.target:#x} is outside user space")
+    return choice
+
+
+def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
+                    mapped_ok: bool = False) -> str:
+    """Why no landing page may hold [start, end) ('' if one may): outside user space,
+    where the main stack or the heap (from ``brk``, the process's start_brk) may grow,
+    or (unless ``mapped_ok``: mmap's MAP_FIXED_NOREPLACE will tell) a mapping there."""
+    if start < _mmap_min_addr() or end > _USER_TOP.get(arch.name, 1 << 47):
+        return "outside user space"
+    if brk is not None and brk < end and start < brk + HEAP_ROOM:
+        return "where the heap may grow"
+    for vma in vmas:
+        if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
+            return "where the stack may grow"
+        if not mapped_ok and vma.start < end and start < vma.end:
+            return f"{vma.path or 'an anonymous mapping'} is there"
+    return ""
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What ``uemu list --plan`` says of one site."""
+
+    path: str
+    """"jump", "pun" or "trap"."""
+    why: str
+
+
+def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours: Iterable[int],
+                 vmas: Sequence[Vma] | None = None, brk: int | None = None) -> SitePlan:
+    """The path a probe site will take, from its file alone (``address`` link-time, a pun
+    target inside the object's own image keeps the trap) or in a process (``address``
+    and ``neighbours`` at run time, ``vmas`` its mappings: a pun target needs free room
+    there, and none where the heap grows from ``brk``).  ``neighbours``: the addresses
+    of the other sites uemu would write."""
+    arch = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
+    if arch.backend is None or arch.jumps is None:
+        return SitePlan("trap", f"no jump path for {arch.name}")
+    with open(elf.source or elf.path, "rb") as stream:
+        stream.seek(file_offset)
+        code = stream.read(arch.backend.max_insn_len)
+    if arch.backend.is_trap(code):
+        return SitePlan("trap", "the file holds a trap instruction there (uprobes refuse it)")
+    absolute = vmas is not None or elf.e_type == "ET_EXEC"
+    choice = choose(arch, arch.backend.analyze(code, address), code, neighbours, absolute)
+    if isinstance(choice, Trap):
+        return SitePlan("trap", choice.why)
+    if choice.target is None:
+        return SitePlan("jump", choice.why)
+    end = choice.target + arch.jumps.tramp_size
+    half = 1 << (8 * arch.word_size - 1)
+    distance = (choice.target - address + half) % (2 * half) - half
+    target = f"target {choice.target:#x}" if absolute else f"target {distance:+#x} from the site"
+    if vmas is None:
+        for segment in elf.segments:
+            if segment.p_vaddr < end and choice.target < segment.p_vaddr + segment.p_memsz:
+                return SitePlan("trap", f"{choice.why}: {target}, inside the object's own image")
+        return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
+    refused = landing_refused(arch, vmas, choice.target, end, brk)
+    return SitePlan("trap", f"{choice.why}: {target}: {refused}") if refused else \
+        SitePlan("pun", f"{choice.why}: {target}, free")
 
 
 def _captured(strings: dict[int, bytes]) -> Callable[[int, int], bytes | None]:
@@ -611,6 +675,16 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
     except (OSError, ELFError, ValueError, TypeError):
         pass
     return 0
+
+
+def start_brk(pid: int) -> int | None:
+    """Where the process's heap starts (/proc/PID/stat field 47, start_brk)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return int(fields[47 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def thread_pointer_readable(pid: int, arch: Arch) -> bool:

@@ -6,6 +6,7 @@ program's text identical after leaving, semaphores exactly as the trap path leav
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -229,3 +230,31 @@ def test_jumps_over_the_rawprobes_instructions(build) -> None:
         assert {offset: ours.get(offset, 0) for offset in jumped} == {offset: theirs.get(offset, 0) for offset in jumped}
         displaced += sum(1 for a in jumped.values() if a.how.site.displaced is not None)
     assert displaced >= 10, "jumps over real instructions, not only nops"
+
+
+def test_list_plan_says_which_sites_will_jump(build, uemu) -> None:
+    """``uemu list --plan`` per site: from the file (pun targets against the object's
+    own image), and in a process, where it says what arming then does."""
+    program = build.directory / "basic"
+    listed = uemu("list", "--plan", "--json", str(program))
+    assert listed.returncode == 0, listed.stderr
+    plans = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {p["name"] for p in plans} == {p.name for p in sdt.open_elf(str(program)).probes}
+    assert all(p["plan"] in ("jump", "pun", "trap") and p["why"] for p in plans)
+    tracee = Tracee([program, "2"])
+    try:
+        tracee.wait_sync("start")
+        in_process = uemu("list", "--plan", "--json", str(tracee.pid))
+        trace = JumpTrace(tracee.pid, ("*",), {})
+        try:
+            predicted = {f"{p['provider']}:{p['name']}" for p in map(json.loads, in_process.stdout.splitlines())
+                         if p["plan"] != "trap"}
+            assert predicted == trace.jumped_names, trace.refused
+        finally:
+            trace.detach()
+            trace.close()
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+    finally:
+        tracee.close()
