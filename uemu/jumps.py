@@ -54,6 +54,7 @@ import ctypes
 import io
 import os
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -177,6 +178,8 @@ class JumpPath:
         self._recorded: dict[int, _Recorded] = {}
         self._next_id = 1
         self._plans: dict[tuple[int, int, int], Jump | Trap] = {}
+        self._draining = threading.Lock()
+        """drain() may be called by the reader thread and by the loop (at the end)."""
 
     # ---- deciding ------------------------------------------------------------------------
 
@@ -423,34 +426,44 @@ class JumpPath:
 
     def drain(self, emit: Emit, final: bool = False) -> int:
         """Hand every hit recorded since the last call to ``emit``, one call per consumer,
-        ring by ring (each ring in its own order; uemu/ringfeed.py sorts by time).
+        ring by ring (each ring in its own order; uemu/ringfeed.py sorts by time); their
+        room in the ring is given back at once.  Thread-safe.
         ``final``: uemu is done with the rings (records nobody finished are skipped and
         counted).  Returns how many records were read."""
+        with self._draining:
+            return self._drain(emit, final)
+
+    def _drain(self, emit: Emit, final: bool) -> int:
         count = 0
         for events in list(self._rings):
-            records = events.take(final)
-            count += len(records)
-            buffer = events.view
-            for record in records:
-                info = self._recorded.get(record.id)
-                if info is None:
-                    continue
-                args: list[object] | None = None
-                strings: dict[int, bytes] = {}
-                if self.decode_args:
-                    decoded, strings = info.program.decode(buffer, record.offset)
-                    args = list(decoded)
-                read_string = _captured(strings) if strings else None
-                for consumer, specs in zip(info.consumers, info.specs):
-                    if args is None:
-                        emit(consumer, None)
-                        continue
-                    probe = consumer.probe
-                    emit(consumer, Event(record.ts_ns, record.pid, record.tid, probe.object, probe.provider,
-                                         probe.name, info.vaddr, specs, list(args), read_string))  # type: ignore[arg-type]
-            if final:
+            while True:
+                records = events.take(final)
+                self._emit(events, records, emit)
                 events.release()
+                count += len(records)
+                if len(records) < ring.TAKE_MAX:
+                    break
         return count
+
+    def _emit(self, events: ring.Ring, records: list[ring.RawRecord], emit: Emit) -> None:
+        buffer = events.view
+        for record in records:
+            info = self._recorded.get(record.id)
+            if info is None:
+                continue
+            args: list[object] | None = None
+            strings: dict[int, bytes] = {}
+            if self.decode_args:
+                decoded, strings = info.program.decode(buffer, record.offset)
+                args = list(decoded)
+            read_string = _captured(strings) if strings else None
+            for consumer, specs in zip(info.consumers, info.specs):
+                if args is None:
+                    emit(consumer, None)
+                    continue
+                probe = consumer.probe
+                emit(consumer, Event(record.ts_ns, record.pid, record.tid, probe.object, probe.provider,
+                                     probe.name, info.vaddr, specs, list(args), read_string))  # type: ignore[arg-type]
 
     def wait(self, timeout_ns: int) -> None:
         """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's

@@ -232,8 +232,8 @@ class Ring:
         return self._address
 
     def sleep(self, timeout_ns: int) -> None:
-        """Wait until a producer finishes a record (it wakes us), or ``timeout_ns``."""
-        self._give_back()
+        """Wait until a producer finishes a record (it wakes us), or ``timeout_ns``.  Writes
+        nothing but ``reader_wait``: a take under way in another thread is safe."""
         self._set_u32("reader_wait", 1)
         host().fence()
         word = _U32.unpack_from(self.view, self.data + (self.tail & (self.size - 1)))[0]
