@@ -216,6 +216,12 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("-o", "--output", metavar="FILE", help="write hits to FILE")
     parser.add_argument("--duration", metavar="SECONDS", type=_seconds, help="stop tracing after this long")
     parser.add_argument("--max-events", metavar="N", type=_positive, help="stop tracing after N hits")
+    parser.add_argument("--no-jumps", dest="jumps", action="store_false",
+                        help="every site takes a breakpoint and a stop per hit (by default a site where a "
+                        "jump fits takes the jump path: no stop; 'uemu list --plan' says which)")
+    parser.add_argument("--drop", action="store_true",
+                        help="jump path: a hit finding the event ring full is dropped (and counted) instead "
+                        "of waiting for room")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument("--strict", action="store_true",
                         help="a PROBE that matches nothing at start is an error (else it waits for objects "
@@ -376,6 +382,10 @@ def _session(args: argparse.Namespace) -> Session:
         mappings=args.mappings,
         strict=args.strict,
         warn=_warn,
+        jumps=args.jumps,
+        strings=args.printf.string_args if args.printf is not None else (),
+        strsize=args.strsize,
+        drop=args.drop,
     )
 
 
@@ -609,7 +619,8 @@ def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object]
             write(json.dumps({"object": p.object, "provider": p.provider, "name": p.name, "address": where,
                               "plan": plan.path, "why": plan.why}) + "\n")
         else:
-            write(f"{p.object} {p.provider}:{p.name} {_hex(where)} {plan.path}: {plan.why}\n")
+            write(f"{escape(p.object)} {escape(p.provider)}:{escape(p.name)} {_hex(where)} {plan.path}: "
+                  f"{escape(plan.why)}\n")
 
 
 def _hex(value: int | None) -> str:

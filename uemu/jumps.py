@@ -8,34 +8,36 @@ hit (uemu/fetch.py); uemu reads the ring without any ptrace stop.  Everything el
 stays the trap path's: uemu keeps every thread seized, and the core keeps the life
 cycle (semaphores, delayed increments, fork, exec, mappings) exactly as it is.
 
-``JumpPath`` is the one seam with the session.  What the session calls, and when:
+``JumpPath`` is the one seam.  The core (uemu/uprobes.py) calls it as ``Uprobes.jumps``
+where it writes and forgets breakpoints; the session (uemu/session.py) where only it
+can tell.  What is called, and when:
 
 =============================  ==========================================================
-attach / exec / spawn's exec   ``setup(mm, net, call)`` after ``net.install``, before any
-                               site is armed (makes the ring, fills the table's header);
-                               then ``thread_started`` for every thread.
-arming a uprobe's site         ``plan(mm, uprobe, vaddr)``: a ``Jump`` or a ``Trap``
-                               (why).  For a Jump: raise the counter as for a trap
-                               (the core's job), then ``arm(mm, jump, call)``; False
-                               means "use the trap" (lower nothing: arm the breakpoint).
-removing a site                ``disarm(mm, vaddr)`` where ``is_jumped(mm, vaddr)``, in
-                               place of writing the original byte; then the counter.
-a new thread (clone stop)      ``thread_started(mm, tid, thread_pointer(...))`` before
-                               resuming it; ``thread_exited(mm, tid)`` at its exit.
-a SIGTRAP not at a breakpoint  ``trap_at(mm, address)``: where to resume a thread that
-                               met the int3 a 5-byte jump is written behind; no report.
-fork (child stopped)           ``dup(parent, child, child_net)``; for a child not
-                               followed, ``disarm_all(child)`` as its breakpoints are.
-exec, exit                     ``forget(mm)``: the image is gone, nothing to write.
-detach                         ``leave(mm)`` before restoring (recording off), then
-                               ``disarm`` each jumped site; after every mm is done,
-                               ``drain(emit, final=True)``.  The trampolines, the
-                               area and the ring stay mapped: a thread inside one (or
-                               interrupted there by a signal whose handler still runs)
-                               goes on through it and back to the program by itself.
+the net is installed in an mm  ``setup(mm, net, call)`` (session), before any site is
+(attach, exec, first probe)    armed: the ring, the table's header, every stopped
+                               thread's thread pointer.
+arming (``_arm``)              ``calling(mm, call)`` (session): how to inject the mmaps
+                               of landing pages while ``Uprobes.mmap`` arms.
+a site is armed                ``install(mm, uprobe, vaddr)`` (core, the counter raised
+                               already): True jumped; else the core writes a breakpoint.
+a site is removed              ``remove(mm, vaddr)`` (core), then the counter.
+munmap of a site's page        ``unmapped(mm, vaddr)`` (core): nothing written.
+a new thread (clone stop)      ``thread_seen(mm, tid)`` (tasks.py) before resuming it;
+                               ``thread_exited(mm, tid)`` at its exit.
+a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (session): where to resume a
+                               thread that met the int3 a 5-byte jump is written behind.
+fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a child not
+                               followed then loses its jumps with its breakpoints.
+exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
+detach                         ``leave(mm)`` (session) before the sites are removed
+                               (recording off); then ``keeps_area(mm)``: the net's area
+                               stays mapped (with the ring and the landing pages): a
+                               thread inside a trampoline (or interrupted there by a
+                               signal whose handler still runs) goes on through it and
+                               back to the program by itself.
 any time, from any thread      ``drain(emit)``: the hits recorded since (the reader
                                thread of uemu/ringfeed.py calls it).
-the end                        ``lost()``: events dropped, said exactly.
+the end                        ``drain(emit, final=True)``, ``lost()``, ``close()``.
 uemu's death                   nothing: the in-target net lists every jump as a site and
                                restores it at the first hit or trap after uemu is gone.
 =============================  ==========================================================
@@ -180,6 +182,7 @@ class JumpPath:
         self._plans: dict[tuple[int, int, int], Jump | Trap] = {}
         self._draining = threading.Lock()
         """drain() may be called by the reader thread and by the loop (at the end)."""
+        self._callers: dict[Mm, InjectedCall] = {}
 
     # ---- deciding ------------------------------------------------------------------------
 
@@ -247,6 +250,39 @@ class JumpPath:
         self._mms[mm] = _MmJumps(mm, net, table, events, backend, next_trampoline=net.base + layout.TRAMP_OFF,
                                  brk=start_brk(mm.pid))
         mm.vmas = read_maps(mm.pid)
+        for name in os.listdir(f"/proc/{mm.pid}/task"):
+            self.thread_seen(mm, int(name))
+
+    # ---- the core's calls (uprobes.JumpSites) ----------------------------------------------
+
+    def calling(self, mm: Mm, call: InjectedCall) -> None:
+        """How to make system calls in ``mm`` (a stopped thread's) while the core arms."""
+        self._callers[mm] = call
+
+    def install(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> bool | None:
+        decided = self.plan(mm, uprobe, vaddr)
+        call = self._callers.get(mm)
+        if isinstance(decided, Trap) or call is None or mm not in self._mms:
+            return None
+        return self.arm(mm, decided, call) is None
+
+    def remove(self, mm: Mm, vaddr: int) -> None:
+        self.disarm(mm, vaddr)
+
+    def unmapped(self, mm: Mm, vaddr: int) -> None:
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if state is None or placed is None or not placed.armed:
+            return
+        state.net.remove_site(placed.jump.site.at)
+        state.table.remove_site(placed.index)
+        placed.armed = False
+
+    def keeps_area(self, mm: Mm) -> bool:
+        """Whether the net's area must stay mapped when uemu leaves ``mm``: trampolines
+        are in it (see the table above)."""
+        state = self._mms.get(mm)
+        return state is not None and bool(state.sites)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -306,10 +342,6 @@ class JumpPath:
         state.net.remove_site(at)
         state.table.remove_site(placed.index)
         placed.armed = False
-
-    def disarm_all(self, mm: Mm) -> None:
-        for vaddr in self.jumped(mm):
-            self.disarm(mm, vaddr)
 
     def _write_jump(self, state: _MmJumps, at: int, data: bytes) -> None:
         """One write where one store covers it; else int3 at the first byte, the rest, the
@@ -486,6 +518,19 @@ class JumpPath:
         if state is not None:
             state.table.thread_started(tid, tp)
 
+    def thread_seen(self, mm: Mm, tid: int) -> None:
+        """Thread ``tid`` of ``mm`` is stopped: its hits will name it by its thread
+        pointer (one it does not have yet, or one that cannot be read: its hits ask
+        gettid)."""
+        if mm not in self._mms:
+            return
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        try:
+            regs.fetch(tid)
+        except (OSError, errors.UemuError):
+            return  # running, or gone
+        self.thread_started(mm, tid, thread_pointer(mm.arch, tid, regs))
+
     def thread_exited(self, mm: Mm, tid: int) -> None:
         state = self._mms.get(mm)
         if state is not None:
@@ -498,12 +543,13 @@ class JumpPath:
         state = self._mms.get(mm)
         return address if state is not None and address in state.int3_first else None
 
-    def dup(self, parent: Mm, child: Mm, child_net: Net) -> None:
+    def dup(self, parent: Mm, child: Mm) -> None:
         """A fork: the child (stopped) has copies of the parent's jumps, trampolines, table
         and landing pages, and shares its ring.  Its records must say its pid; the
         thread table names the parent's threads."""
         state = self._mms.get(parent)
-        if state is None:
+        child_net = child.net
+        if state is None or child_net is None:
             return
         table = state.table.copy_for(child.memory)
         table.set_pid(child.pid)
@@ -519,6 +565,7 @@ class JumpPath:
     def forget(self, mm: Mm) -> None:
         """exec or exit: the image is gone with everything uemu wrote there."""
         self._mms.pop(mm, None)
+        self._callers.pop(mm, None)
         self._plans = {key: value for key, value in self._plans.items() if key[0] != id(mm)}
 
     def leave(self, mm: Mm) -> None:

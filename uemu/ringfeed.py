@@ -2,11 +2,13 @@
 
 The session's loop blocks in waitpid, and a jumped site never makes a stop, so ring
 events cannot wait for the loop.  A reader thread drains the rings (``JumpPath.drain``)
-as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; the
-trap path's events, made by the loop at its stops, are ``push``-ed in.  Both wait in one
-heap for ``window_ns`` and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
-the vDSO in the target, time.monotonic_ns in uemu), delivered under ``lock`` by
-whichever thread holds it: the reader, or the loop at ``flush``.  So handlers see
+as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; its
+events wait in a heap for ``window_ns`` (records of several threads and processes
+finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
+the vDSO in the target, time.monotonic_ns in uemu).  The trap path's events are handed
+out by the loop at their stop, at once (a handler may still read the stopped thread's
+memory); ``before`` first drains the rings and hands out every older ring event.  All
+under ``lock``, by whichever thread holds it: the reader, or the loop.  So handlers see
 events in time order, one at a time, from one thread at a time.
 
 The order is exact for events that reach uemu within the window of their hit; a thread
@@ -61,18 +63,25 @@ class RingFeed:
 
     # ---- the two ways in ----------------------------------------------------------------
 
-    def push(self, consumer: Consumer, event: Event | None) -> None:
-        """A hit of the trap path (or any other): delivered in its time's turn."""
+    def before(self, ts_ns: int) -> None:
+        """A hit of the trap path made at ``ts_ns`` is about to be handed out (by the
+        caller, holding ``lock``): the ring's hits made before it go first."""
         with self.lock:
-            if event is None:
-                self._deliver(consumer, None)
-            else:
-                heapq.heappush(self._heap, (event.ts_ns, next(self._order), consumer, event))
+            self._drain(self._take)
+            self.flush(ts_ns)
 
     def _take(self, consumer: Consumer, event: Event | None) -> None:
-        self.push(consumer, event)
+        """A ring event: counted at once when it carries nothing, else in its time's turn."""
+        if event is None:
+            self._deliver(consumer, None)
+        else:
+            heapq.heappush(self._heap, (event.ts_ns, next(self._order), consumer, event))
 
     # ---- the reader thread ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="uemu-ring-reader", daemon=True)
@@ -81,7 +90,8 @@ class RingFeed:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
-                got = self._drain(self._take)
+                with self.lock:
+                    got = self._drain(self._take)
                 delivered = self.flush(time.monotonic_ns() - self.window_ns)
                 if delivered and self.on_ready is not None:
                     self.on_ready()
@@ -112,7 +122,8 @@ class RingFeed:
             self._thread.join()
             self._thread = None
         if final_drain is not None:
-            final_drain(self._take)
+            with self.lock:
+                final_drain(self._take)
         self.flush()
         if self.error is not None:
             error, self.error = self.error, None

@@ -9,6 +9,10 @@ means is decided elsewhere: the hit in ``uprobes.py`` and ``xol.py``, task
 creation, exec and exit in ``tasks.py``, mapping changes in ``mappings.py``,
 what the user asked for in ``selection.py``, reports in ``consumers.py``.
 
+Hits of sites where a jump fits take the jump path (``jumps.py``: no stop, events
+read from a ring by ``ringfeed.py``'s reader thread); the session only calls its seam
+where only the session can tell (see jumps.py's table).
+
 Leaving is the same code on every way out (end of the program, Ctrl-C,
 SIGTERM, SIGHUP, --duration, --max-events, an exception inside uemu): stop
 every thread, move threads out of XOL slots, restore every byte from the
@@ -33,10 +37,12 @@ from uemu.arch.base import StepEnd
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
+from .jumps import JumpPath
 from .maps import Vma, read_maps
 from .mappings import MappingMode, Tracker
 from .selection import Selection
 from .net import Net, map_area
+from .ringfeed import RingFeed
 from .runtime.layout import AREA_SIZE
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
 from .tasks import Task, Tracees
@@ -55,6 +61,9 @@ CHECK_INTERVAL = 1.0
 """Seconds between looks for sites and counters changed behind uemu's back."""
 
 MAPPINGS_MODES = tuple(mode.value for mode in MappingMode)
+WAKE_SIGNAL = signal.SIGURG
+"""Sent by another thread of uemu (the ring's reader) to the tracing thread, whose
+handler then wakes the loop: only the tracing thread may use ptrace."""
 
 
 class Session:
@@ -66,7 +75,11 @@ class Session:
     ``PATH:SYMBOL[+OFF]``); none means every SDT probe.  A word that matches
     nothing yet stays pending for objects mapped later; ``strict`` makes that an
     error (``ProbeNotFound``).  ``mappings`` is a ``MappingMode`` (or its name);
-    by default ``seccomp`` for spawn and ``rendezvous`` for attach.
+    by default ``seccomp`` for spawn and ``rendezvous`` for attach.  ``jumps``
+    (default) lets each site where a jump fits take the jump path; ``strings``
+    (argument indexes) are copied at its hits, up to ``strsize`` bytes, for
+    ``Event.read_string`` (``--format``'s %s).  ``drop``: a hit finding the ring
+    full is dropped (counted) instead of waiting for room.
     """
 
     def __init__(
@@ -78,6 +91,10 @@ class Session:
         mappings: str | None = None,
         warn: Callable[[str], None] | None = None,
         strict: bool = False,
+        jumps: bool = True,
+        strings: Sequence[int] = (),
+        strsize: int = 256,
+        drop: bool = False,
     ):
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
         self.uprobes = Uprobes(self.warn)
@@ -101,6 +118,17 @@ class Session:
         self._check_due = False
         self._kernel_uprobes_said: set[int] = set()
         self._closed = False
+        self._tracer = threading.get_ident()
+        """The thread that may use ptrace (the one that attaches or spawns)."""
+        self.jumps: JumpPath | None = None
+        self._feed: RingFeed | None = None
+        if jumps:
+            self.jumps = JumpPath(self.uprobes, decode_args=decode_args, strings=strings, strsize=strsize,
+                                  drop=drop, warn=self.warn)
+            self.uprobes.jumps = self.jumps
+            self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver)
+            self.reporter.lock = self._feed.lock
+            self.reporter.before = self._feed.before
 
     # ---- public API -----------------------------------------------------------
 
@@ -127,6 +155,7 @@ class Session:
         """Seize every thread of a running process and arm the probes; with
         ``follow_forks``, every process already descended from it too (children
         created later are followed as they come).  Call again for more processes."""
+        self._tracer = threading.get_ident()
         self._attach_process(pid)
         if self.tracees.follow_forks:
             self._attach_descendants(pid)
@@ -198,6 +227,7 @@ class Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
         self._choose_mode(MappingMode.SECCOMP)
         assert self.tracker is not None
+        self._tracer = threading.get_ident()
         self.selection.check_spawn(argv, os.environ if env is None else env)
         self._install_signal_handlers()
         child = spawn.fork_waiting(argv, env, self.tracker.spawn_filter())
@@ -226,6 +256,7 @@ class Session:
         self.reporter.max_events = max_events
         self._install_signal_handlers()
         self._start_timer(duration)
+        self._start_feed(None)
         try:
             while self._step():
                 pass
@@ -240,6 +271,7 @@ class Session:
         self.reporter.max_events = max_events
         self._install_signal_handlers()
         self._start_timer(duration)
+        self._start_feed(self._wake)
         try:
             while True:
                 while queue:
@@ -260,7 +292,9 @@ class Session:
         every thread stopped.
         """
         self._removals.extend(words)
-        if not self._in_loop:
+        if threading.get_ident() != self._tracer:
+            self._wake()  # a handler of the jump path's hits, in the reader thread
+        elif not self._in_loop:
             self._remove_pending()
 
     def stop(self, reason: str = "stopped") -> None:
@@ -280,9 +314,12 @@ class Session:
         self._closed = True
         try:
             self._detach_all()
+            self._stop_feed()
             if self._traced:
                 self.selection.report_pending()
         finally:
+            if self.jumps is not None:
+                self.jumps.close()
             self._restore_signal_handlers()
             for mm in self.tracees.unique_mms():
                 mm.memory.close()
@@ -295,6 +332,27 @@ class Session:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # ---- the jump path's events ---------------------------------------------------------
+
+    def _start_feed(self, on_ready: Callable[[], None] | None) -> None:
+        """The reader thread hands the jump path's hits to the reporter (in it, for
+        handlers; ``on_ready`` wakes the loop for ``events()``'s queue)."""
+        if self._feed is not None and not self._feed.running:
+            self._feed.on_ready = on_ready
+            self._feed.start()
+
+    def _stop_feed(self) -> None:
+        """Every hit left in the rings (the sites are restored: no new one comes), and
+        the losses, said exactly."""
+        if self._feed is None or self.jumps is None:
+            return
+        jumps = self.jumps
+        self._feed.stop(lambda deliver: jumps.drain(deliver, final=True))
+        lost = jumps.lost()
+        if lost:
+            self.warn(f"{lost} hit{'s' if lost > 1 else ''} of the jump path lost (the event ring was full "
+                      "under --drop, or a thread left a hit midway)")
 
     # ---- mapping modes ---------------------------------------------------------------
 
@@ -325,6 +383,8 @@ class Session:
         if mm.net is None and (self.tracker.wants_breakpoint(mm) or any(
                 u.consumers for v in new_vmas for u in self.uprobes.by_file.get(v.file_id, ()))):
             self._set_net(task, mm)
+        if self.jumps is not None and mm.net is not None:
+            self.jumps.calling(mm, inject.caller(task, mm))
         self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
         self.tracker.armed(mm, self.uprobes)
 
@@ -342,6 +402,11 @@ class Session:
             mm.net = None
             raise errors.UemuError(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None
         mm.vmas = read_maps(mm.pid)
+        if self.jumps is not None:
+            try:
+                self.jumps.setup(mm, mm.net, call)
+            except errors.UemuError as err:
+                self.warn(f"process {mm.pid}: no jump path, every site takes a breakpoint: {err.message}")
 
     def _mappings_changed(self, task: Task, mm: Mm, call: mappings.MappingCall | None, result: int) -> None:
         new_vmas = mappings.refresh(mm, call, result, self.uprobes, self.warn)
@@ -546,6 +611,8 @@ class Session:
             regs.fetch(task.tid)
         hit = self.uprobes.find_active_uprobe(mm, regs)
         if hit is None:
+            if self._jump_being_written(task, mm, regs):
+                return GO_ON
             return deliver(signal.SIGTRAP)  # not ours: the program's int3, raise(SIGTRAP), a debugger
         if self._stopping:
             self.uprobes.restart_at_site(task, mm, hit, regs)
@@ -554,6 +621,18 @@ class Session:
         if self.tracker.owns(hit.uprobe):
             self._mappings_changed(task, mm, None, 0)
         return self._handle_hit(task, mm, hit, regs)
+
+    def _jump_being_written(self, task: Task, mm: Mm, regs: ptrace.Regset) -> bool:
+        """The int3 in front of a jump uemu was writing or removing (jumps.py): the
+        thread goes back to run what is whole there now."""
+        if self.jumps is None:
+            return False
+        resume = self.jumps.trap_at(mm, mm.backend.trap_address(regs[mm.arch.ip_reg]))
+        if resume is None:
+            return False
+        regs[mm.arch.ip_reg] = resume
+        regs.store(task.tid)
+        return True
 
     def _handle_hit(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> Resume:
         """The hit proper; a thread that finds every XOL slot taken waits, stopped,
@@ -728,11 +807,15 @@ class Session:
         self._serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:
+                keep_area = False
+                if self.jumps is not None:
+                    self.jumps.leave(mm)
+                    keep_area = self.jumps.keeps_area(mm)
                 self.uprobes.remove_all(mm)
                 if mm.xol_area is not None:
                     xol.remove_area(self._injectable(mm), mm)
                 if mm.net is not None:
-                    mm.net.uninstall(inject.caller(self._injectable(mm), mm, through_net=False))
+                    mm.net.uninstall(inject.caller(self._injectable(mm), mm, through_net=False), keep_area)
                     mm.net = None
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")
@@ -776,6 +859,7 @@ class Session:
         for sig in _LEAVING_SIGNALS:
             self._old_handlers[sig] = signal.signal(sig, self._on_leaving_signal)
         self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+        self._old_handlers[WAKE_SIGNAL] = signal.signal(WAKE_SIGNAL, self._on_wake_signal)
 
     def _start_timer(self, duration: float | None) -> None:
         """One timer serves --duration and the look for changes behind our back."""
@@ -811,7 +895,16 @@ class Session:
         wake the blocking wait with an interrupt stop instead."""
         self.stop(signal.Signals(signum).name)
 
+    def _on_wake_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._wake()
+
     def _wake(self) -> None:
+        """Make the loop's blocking wait return (an interrupt stop); from another thread
+        of uemu (the ring's reader), through a signal to the tracing thread."""
+        if threading.get_ident() != self._tracer:
+            if self._old_handlers:
+                signal.pthread_kill(self._tracer, WAKE_SIGNAL)
+            return
         for task in self.tracees.tasks.values():
             if not task.stopped:
                 try:

@@ -198,6 +198,7 @@ class Tracees:
         if kind is StopKind.CLONE and process.tgid(child) == parent.pid:
             task = Task(child, parent.pid, parent.mm, report=parent.report, stopped=stopped)
             self.tasks[child] = task
+            self._thread_seen(task)
             return [(task, GO_ON)] if stopped else []
         follow = self.follow_forks and parent.report
         task = Task(child, child, None, report=follow, stopped=stopped)
@@ -210,6 +211,7 @@ class Tracees:
             else:
                 task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
+                self._thread_seen(task)
                 if not follow:
                     self._clean(task, task.mm)
                     self._forget_mm(task.mm, child)
@@ -220,6 +222,12 @@ class Tracees:
                 resume = self.let_go(task)
                 return [(task, resume)] if stopped else []
         return [(task, GO_ON)] if stopped else []
+
+    def _thread_seen(self, task: Task) -> None:
+        """A new thread, stopped: the jump path names its hits by its thread pointer."""
+        jumps = self.uprobes.jumps
+        if jumps is not None and task.mm is not None and task.stopped:
+            jumps.thread_seen(task.mm, task.tid)
 
     def _clean(self, task: Task, mm: Mm) -> None:
         """A child not followed, before it runs a single instruction (it is stopped at
@@ -255,6 +263,8 @@ class Tracees:
         if mm is not None and mm.net is not None:
             try:
                 mm.net.clear_thread(task.tid)
+                if self.uprobes.jumps is not None:
+                    self.uprobes.jumps.thread_exited(mm, task.tid)
             except OSError:
                 pass  # the whole process is gone with its table
         if task.tid == task.pid == self.child_pid:
