@@ -30,11 +30,11 @@ fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a
                                followed then loses its jumps with its breakpoints.
 exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
 detach                         ``leave(mm)`` (session) before the sites are removed
-                               (recording off); then ``keeps_area(mm)``: the net's area
-                               stays mapped (with the ring and the landing pages): a
-                               thread inside a trampoline (or interrupted there by a
-                               signal whose handler still runs) goes on through it and
-                               back to the program by itself.
+                               (recording off); then ``keeps_area(mm, tids, call)``:
+                               the landing pages and the ring are unmapped, and the
+                               net's area too, unless a thread's ip is inside: then
+                               all stays mapped, inert, and the thread goes on through
+                               it and back to the program by itself.
 any time, from any thread      ``drain(emit)``: the hits recorded since (the reader
                                thread of uemu/ringfeed.py calls it).
 the end                        ``drain(emit, final=True)``, ``lost()``, ``close()``.
@@ -183,6 +183,11 @@ class JumpPath:
         self._draining = threading.Lock()
         """drain() may be called by the reader thread and by the loop (at the end)."""
         self._callers: dict[Mm, InjectedCall] = {}
+        self.reported_pid: Callable[[int, int], int | None] = lambda pid, tid: pid
+        """(pid, tid) of a record -> the pid its hit is reported with, None: not at all
+        (the session knows vfork children: they share their parent's table)."""
+        self.read = 0
+        """Records read from the rings so far (hits that took the jump path)."""
 
     # ---- deciding ------------------------------------------------------------------------
 
@@ -278,11 +283,38 @@ class JumpPath:
         state.table.remove_site(placed.index)
         placed.armed = False
 
-    def keeps_area(self, mm: Mm) -> bool:
-        """Whether the net's area must stay mapped when uemu leaves ``mm``: trampolines
-        are in it (see the table above)."""
+    def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
+        """Leaving ``mm`` (recording off, its jumps removed, its threads ``tids``
+        stopped): whether the net's area must stay mapped, inert, because a thread's ip
+        is in a trampoline or the runtime (a hit under way, a wait for room): it goes
+        on through it and back to the program by itself.  Otherwise the landing pages
+        and the ring are unmapped here (through ``call``, not the area's stub) and the
+        area may go.
+        Differs: the kernel's XOL area stays mapped for good.  Not seen here, as for
+        the XOL area's one-stop slots: a signal handler still running that interrupted
+        a trampoline (its frame's saved ip is there); a stack scan cannot tell such a
+        frame from stale return addresses of earlier hits."""
         state = self._mms.get(mm)
-        return state is not None and bool(state.sites)
+        if state is None or not state.sites:
+            return False
+        ranges = [(state.net.base, state.net.base + layout.CODE_SIZE),
+                  *((page, page + PAGE) for page in state.pages)]
+        if any(self._inside(mm, tid, ranges) for tid in tids):
+            return True
+        for page in sorted(state.pages):
+            call("munmap", page, PAGE)
+        state.pages.clear()
+        call("munmap", state.ring.target_address, PAGE + state.ring.size)
+        return False
+
+    @staticmethod
+    def _inside(mm: Mm, tid: int, ranges: Sequence[tuple[int, int]]) -> bool:
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        try:
+            regs.fetch(tid)
+        except (OSError, errors.UemuError):
+            return False  # gone
+        return any(start <= regs[mm.arch.ip_reg] < end for start, end in ranges)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -463,7 +495,9 @@ class JumpPath:
         ``final``: uemu is done with the rings (records nobody finished are skipped and
         counted).  Returns how many records were read."""
         with self._draining:
-            return self._drain(emit, final)
+            count = self._drain(emit, final)
+            self.read += count
+            return count
 
     def _drain(self, emit: Emit, final: bool) -> int:
         count = 0
@@ -481,7 +515,8 @@ class JumpPath:
         buffer = events.view
         for record in records:
             info = self._recorded.get(record.id)
-            if info is None:
+            pid = self.reported_pid(record.pid, record.tid)
+            if info is None or pid is None:
                 continue
             args: list[object] | None = None
             strings: dict[int, bytes] = {}
@@ -494,7 +529,7 @@ class JumpPath:
                     emit(consumer, None)
                     continue
                 probe = consumer.probe
-                emit(consumer, Event(record.ts_ns, record.pid, record.tid, probe.object, probe.provider,
+                emit(consumer, Event(record.ts_ns, pid, record.tid, probe.object, probe.provider,
                                      probe.name, info.vaddr, specs, list(args), read_string))  # type: ignore[arg-type]
 
     def wait(self, timeout_ns: int) -> None:

@@ -126,6 +126,7 @@ class Session:
             self.jumps = JumpPath(self.uprobes, decode_args=decode_args, strings=strings, strsize=strsize,
                                   drop=drop, warn=self.warn)
             self.uprobes.jumps = self.jumps
+            self.jumps.reported_pid = self.tracees.reported_pid
             self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver)
             self.reporter.lock = self._feed.lock
             self.reporter.before = self._feed.before
@@ -807,15 +808,16 @@ class Session:
         self._serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:
-                keep_area = False
                 if self.jumps is not None:
                     self.jumps.leave(mm)
-                    keep_area = self.jumps.keeps_area(mm)
                 self.uprobes.remove_all(mm)
                 if mm.xol_area is not None:
                     xol.remove_area(self._injectable(mm), mm)
                 if mm.net is not None:
-                    mm.net.uninstall(inject.caller(self._injectable(mm), mm, through_net=False), keep_area)
+                    call = inject.caller(self._injectable(mm), mm, through_net=False)
+                    keep_area = self.jumps is not None and self.jumps.keeps_area(
+                        mm, [t.tid for t in tasks.values() if t.mm is mm], call)
+                    mm.net.uninstall(call, keep_area)
                     mm.net = None
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")

@@ -129,6 +129,8 @@ class Tracees:
         self.mms: dict[int, Mm] = {}
         """pid -> its mm; processes sharing one (vfork) map to the same object."""
         self._pending: dict[int, _PendingChild] = {}
+        self._vforked: dict[int, Task] = {}
+        """Children that share their parent's mm (vfork): its jump table names the parent."""
         self._objects: dict[int, dict[tuple[int, int], MappedObject]] = {}
         """Objects opened for a look at a process before attaching, kept for its mm."""
         self.child_pid: int | None = None
@@ -208,6 +210,7 @@ class Tracees:
             if process.shares_memory(parent.pid, child):
                 task.mm = mm
                 self.mms.setdefault(child, mm)
+                self._vforked[child] = task
             else:
                 task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
@@ -222,6 +225,15 @@ class Tracees:
                 resume = self.let_go(task)
                 return [(task, resume)] if stopped else []
         return [(task, GO_ON)] if stopped else []
+
+    def reported_pid(self, pid: int, tid: int) -> int | None:
+        """The pid a jump path's hit of thread ``tid`` (recorded with ``pid``: its
+        mm's) is reported with; None: not reported (a vfork child not followed, as
+        its trap hits).  Safe from another thread."""
+        task = self._vforked.get(tid)
+        if task is None:
+            return pid
+        return task.pid if task.report else None
 
     def _thread_seen(self, task: Task) -> None:
         """A new thread, stopped: the jump path names its hits by its thread pointer."""
