@@ -15,6 +15,7 @@ copy; here the program is split the same way, with process_vm_readv for the copy
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def compile_args(args: str, arch: Arch, frame: HitFrame, resolve: argspec.Symbol
     offset = layout.RECORD_HEADER.size
     for number, spec in enumerate(argspec.parse_all(args, arch)):
         reader = argspec.make_reader(spec, arch, resolve, little_endian=little_endian)
-        added, pointer_at, step = _arg_ops(spec, arch, frame, resolve, reader, offset)
+        added, pointer_at, step = _arg_ops(spec, arch, frame, resolve, reader, offset, little_endian)
         ops += added
         offset += sum(_slot_size(op) for op in added)
         steps.append(step)
@@ -132,7 +133,7 @@ def _register_slot(name: str, arch: Arch, frame: HitFrame) -> int:
 
 
 def _arg_ops(spec: argspec.ArgSpec, arch: Arch, frame: HitFrame, resolve: argspec.SymbolAddress | None,
-             reader: argspec.Reader, offset: int) -> tuple[list[FetchOp], int | None, Step]:
+             reader: argspec.Reader, offset: int, little_endian: bool | None) -> tuple[list[FetchOp], int | None, Step]:
     """The ops of one argument, where its pointer lies in the record (None: nowhere), and
     its decoding step.  What the trap path cannot read either (unparsed, unresolved
     symbol) is fetched as nothing and decodes to the same None."""
@@ -163,7 +164,11 @@ def _arg_ops(spec: argspec.ArgSpec, arch: Arch, frame: HitFrame, resolve: argspe
                  index=layout.REG_NONE if index is None else _register_slot(index, arch, frame),
                  size=spec.size, index_bytes=spec.index_bytes, flags=flags, scale=spec.scale & 0xFF,
                  disp=disp & (1 << 64) - 1)
-    return [op], offset + 8, _memory_step(reader, spec.size, offset)
+    # The record holds the bytes the runtime read: the reader decodes them as if at
+    # address 0 (the address itself, which it would check, is not recorded).
+    at_zero = dataclasses.replace(spec, base=None, index=None, offset=0, symbol=None, gotoff=False)
+    decoder = argspec.make_reader(at_zero, arch, None, little_endian=little_endian)
+    return [op], offset + 8, _memory_step(decoder, spec.size, offset)
 
 
 def _constant_step(reader: argspec.Reader) -> Step:

@@ -40,6 +40,7 @@ from tracee import Tracee, process_state  # noqa: E402
 from uemu import sdt  # noqa: E402
 from uemu.jumps import plan_of_site, start_brk  # noqa: E402
 from uemu.maps import read_maps  # noqa: E402
+from uemu.objects import mapped_objects  # noqa: E402
 from uemu.ringfeed import RingFeed  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -154,7 +155,7 @@ def file_share(path: str) -> Counter[str]:
 
 
 def process_share(pid: int, path: str) -> Counter[str] | None:
-    objects, _ = sdt.mapped_objects(pid, read_maps(pid))
+    objects, _ = mapped_objects(pid, read_maps(pid))
     mapped = next((o for o in objects if os.path.realpath(o.elf.path) == os.path.realpath(path)), None)
     if mapped is None:
         return None

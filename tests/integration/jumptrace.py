@@ -23,6 +23,7 @@ from uemu.arch import by_name
 from uemu.events import Event
 from uemu.jumps import Jump, JumpPath, Trap, thread_pointer
 from uemu.maps import read_maps
+from uemu.objects import MappedObject, mapped_objects
 from uemu.net import Net, map_area
 from uemu.stops import StopKind, classify
 from uemu.uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
@@ -60,7 +61,7 @@ class JumpTrace:
         self._seize()
         vmas = read_maps(self.pid)
         memory = ptrace.Memory(self.pid)
-        objects, _ = sdt.mapped_objects(self.pid, vmas)
+        objects, _ = mapped_objects(self.pid, vmas)
         arch = by_name(next(o.elf.arch_name for o in objects if o.elf.path == os.readlink(f"/proc/{self.pid}/exe")))
         self.arch = arch
         self.regs = ptrace.Regset(arch.regset, arch.regset_word)
@@ -131,7 +132,7 @@ class JumpTrace:
         regs.fetch(tid)
         self.path.thread_started(self.mm, tid, thread_pointer(self.arch, tid, regs))
 
-    def _select(self, objects: Sequence[sdt.MappedObject]) -> None:
+    def _select(self, objects: Sequence[MappedObject]) -> None:
         exe = os.readlink(f"/proc/{self.pid}/exe")
         program = next(o for o in objects if o.elf.path == exe)
         for offset in self.raw:

@@ -60,7 +60,7 @@ def test_basic_every_site_jumped_values_as_the_program_says(build) -> None:
     trace, lines, changed = traced_run(build.directory / "basic", "5")
     assert changed == [], "the program's text is as before"
     jumped = trace.jumped_names - {"basic:end"}  # end: after the end sync, past our leaving
-    assert len(jumped) >= 4, trace.refused
+    assert len(jumped) >= 3, trace.refused  # non-PIE: some pun targets are outside user space
     expected = [hit for hit in expected_hits(lines) if hit[0] in jumped]
     assert per_probe(reported_hits(trace.events)) == per_probe(expected)
     assert {event.pid for event in trace.events} == {lines[0].pid}

@@ -20,14 +20,27 @@ def event(ts: int, tid: int = 1) -> Event:
     return Event(ts, 1, tid, "obj", "p", "n", 0x10, [], [])
 
 
-def test_events_leave_in_time_order_once_the_window_is_past() -> None:
+def ring(batches: list[list[Event | None]]):
+    """A drain that hands out one batch of ring events per call."""
+
+    def drain(deliver) -> int:
+        batch = batches.pop(0) if batches else []
+        for item in batch:
+            deliver(CONSUMER, item)
+        return len(batch)
+
+    return drain
+
+
+def test_ring_events_leave_in_time_order_before_a_trap_hit() -> None:
+    """A trap hit at ts 40 first hands out the ring's older events, in time order; the
+    younger one waits for the window (or the end)."""
     delivered: list[int] = []
-    feed = RingFeed(lambda deliver: 0, lambda ns: None, lambda c, e: delivered.append(e.ts_ns), window_ns=100)
-    for ts in (50, 10, 30):
-        feed.push(CONSUMER, event(ts))
-    assert feed.flush(20) == 1 and delivered == [10]
-    feed.push(CONSUMER, event(25))  # a ring event that arrives late, still inside the window
-    feed.flush(40)
+    feed = RingFeed(ring([[event(50), event(10), event(30)], [event(25)]]), lambda ns: None,
+                    lambda c, e: delivered.append(e.ts_ns), window_ns=100)
+    feed.before(20)
+    assert delivered == [10]
+    feed.before(40)  # 25: a ring event that arrives late, still before the trap hit's time
     assert delivered == [10, 25, 30]
     feed.stop()
     assert delivered == [10, 25, 30, 50]
@@ -35,8 +48,8 @@ def test_events_leave_in_time_order_once_the_window_is_past() -> None:
 
 def test_counting_alone_is_delivered_at_once() -> None:
     seen: list[object] = []
-    feed = RingFeed(lambda deliver: 0, lambda ns: None, lambda c, e: seen.append(e))
-    feed.push(CONSUMER, None)
+    feed = RingFeed(ring([[None]]), lambda ns: None, lambda c, e: seen.append(e))
+    feed.before(0)
     assert seen == [None]
 
 
