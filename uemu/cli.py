@@ -607,7 +607,9 @@ def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object]
     brk = start_brk(pid) if pid is not None else None
     sites: dict[str, list[int]] = {}
     for row in rows:
-        sites.setdefault(row.probe.object, []).append(row.runtime_address if row.in_process else row.probe.address)
+        at = row.runtime_address if row.in_process else row.probe.address
+        if at is not None:
+            sites.setdefault(row.probe.object, []).append(at)
     elves = {elf.path: elf for elf in (sdt.open_elf(obj) for obj in sites)}
     for row in rows:
         p, where = row.probe, row.runtime_address if row.in_process else row.probe.address

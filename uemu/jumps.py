@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -764,7 +765,7 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
         symbols = elf.get_section_by_name(".dynsym")
         base = min(s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
         for name in _VDSO_CLOCK:
-            found = symbols.get_symbol_by_name(name) if symbols is not None else None
+            found = symbols.get_symbol_by_name(name) if isinstance(symbols, SymbolTableSection) else None
             if found:
                 return int(vdso.start + found[0]["st_value"] - base)
     except (OSError, ELFError, ValueError, TypeError):

@@ -45,13 +45,16 @@ woken by every record (the futex wake costs the hitting thread a system call).""
 class RingFeed:
     def __init__(self, drain: Callable[[Deliver], int], wait: Callable[[int], None], deliver: Deliver, *,
                  window_ns: int = DEFAULT_WINDOW_NS, poll_ns: int = DEFAULT_POLL_NS,
-                 on_ready: Callable[[], None] | None = None):
+                 on_ready: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None):
         self._drain = drain
         self._wait = wait
         self._deliver = deliver
         self.window_ns = window_ns
         self.poll_ns = poll_ns
         self.on_ready = on_ready
+        self.on_error = on_error
+        """Called from the reader thread when it ends early (a handler raised): the loop
+        must notice, and ``stop`` raises the error in its thread."""
         self.lock = threading.RLock()
         """Held while handlers run; the session holds it to deliver or change its own state."""
         self._heap: list[tuple[int, int, Consumer, Event]] = []
@@ -101,6 +104,8 @@ class RingFeed:
                     self._wait(self.window_ns if self._heap else self.poll_ns)
         except BaseException as err:  # noqa: BLE001  (reported by stop(), in the loop's thread)
             self.error = err
+            if self.on_error is not None:
+                self.on_error()
 
     def flush(self, before_ns: int | None = None) -> int:
         """Deliver, in time order, every waiting event older than ``before_ns`` (all of

@@ -127,7 +127,8 @@ class Session:
                                   drop=drop, warn=self.warn)
             self.uprobes.jumps = self.jumps
             self.jumps.reported_pid = self.tracees.reported_pid
-            self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver)
+            self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver,
+                                  on_error=lambda: self.stop("error"))
             self.reporter.lock = self._feed.lock
             self.reporter.before = self._feed.before
 

@@ -1,20 +1,20 @@
-"""The jump path (issue 12): cost per hit beside a kernel uprobe on the same site, and the
-share of real SDT sites that can take a jump.
+"""The jump path (issue 12): cost per hit beside the trap path and a kernel uprobe on the
+same site, and the share of real SDT sites that can take a jump.
 
     python3 tests/bench/bench_jumps.py [ITERATIONS] [--repeat N] [--shares-only]
 
-Per hit: samples/bench's timed loops (the program times itself, so attaching is not
-counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset), and with
-the site jumped (punned: the SDT nop is one byte) through the jump path's components
-(tests/integration/jumptrace.py, the ring read by uemu/ringfeed.py's reader thread as
-the session will).  Cost per hit = (loop with the probe - empty loop) / hits.  The goal:
-a jumped hit at most 0.05x a kernel uprobe on the same site.
+Per hit: samples/bench's timed loops (the program times itself, so starting and arming
+are not counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset),
+under ``uemu run`` (the jump path, the default: the SDT nops are punned) counting only
+and writing every event to a file, and under ``uemu run --no-jumps`` (the trap path; a
+twentieth of the iterations: it is that much slower).  Cost per hit = (loop with the
+probe - empty loop) / hits.  The goal: a jumped hit at most 0.05x a kernel uprobe.
 
 Shares: per object, how many of its SDT sites take a jump (a whole jmp, or a pun whose
 target is free), judged from the file (a pun target inside the object's own image keeps
 the trap) and, where the program can be started here, in a running process (its
-mappings, heap and stack decide).  Objects: Debian's python3.11, PostgreSQL 15's
-postgres, OpenJDK 17's libjvm.so, libstdc++.
+mappings, heap and stack decide).  Objects: Debian's python3.11 and libpython3.11,
+PostgreSQL 15's postgres, OpenJDK 17's libjvm.so, libstdc++.
 """
 
 from __future__ import annotations
@@ -28,25 +28,24 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests" / "bench")]
+sys.path[:0] = [str(ROOT / "tests" / "bench")]
 
 from bench_hits import BENCH, loop_ns, run_sample  # noqa: E402
-from jumptrace import JumpTrace  # noqa: E402
-from tracee import Tracee, process_state  # noqa: E402
 
 from uemu import sdt  # noqa: E402
 from uemu.jumps import plan_of_site, start_brk  # noqa: E402
 from uemu.maps import read_maps  # noqa: E402
 from uemu.objects import mapped_objects  # noqa: E402
-from uemu.ringfeed import RingFeed  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
 PROBES = ("bench:nop", "bench:sema")
 OBJECTS = {
     "python3.11": "/usr/bin/python3.11",
+    "libpython3.11": "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0",
     "postgres": "/usr/lib/postgresql/15/bin/postgres",
     "libjvm.so": "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so",
     "libstdc++": "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
@@ -95,36 +94,27 @@ def _append(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def jumped(n: int) -> dict[str, float] | None:
-    """samples/bench attached at its start sync, both sites jumped, the ring read by a
-    RingFeed reader thread meanwhile (as the session will); None when a site keeps the
-    trap in this run (its pun target taken)."""
-    with Tracee([BENCH, str(n)]) as tracee:
-        tracee.wait_sync("start")
-        trace = JumpTrace(tracee.pid, PROBES, {"decode_args": True})
-        feed = RingFeed(trace.path.drain, trace.path.wait, trace.emit)
-        feed.start()
-        try:
-            if set(PROBES) - trace.jumped_names:
-                return None
-            tracee.release()
-            trace.pump(lambda: any(line.kind == "sync" and line.word == "end" for line in tracee.lines()),
-                       timeout=300)
-            trace.pump(lambda: process_state(tracee.pid) in ("S", "t"))
-        finally:
-            trace.detach()
-            feed.stop(lambda deliver: trace.path.drain(deliver, final=True))
-            trace.close()
-        output = "\n".join(f"{l.kind} {l.pid} {l.tid} {l.word} {' '.join(l.values)}" for l in tracee.lines())
-        assert trace.counts.get("bench:nop") == n, trace.counts
-        tracee.release()
-        tracee.finish()
+def under_uemu(*options: str, share: int = 1) -> Callable[[int], dict[str, float]]:
+    """samples/bench under ``uemu run OPTIONS`` (``share``: run 1/share of the iterations)."""
+
+    def measure(n: int) -> dict[str, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            output = run_sample([sys.executable, "-m", "uemu", "run", *options, "-o", f"{tmp}/events", "--"],
+                                max(n // share, 1000))
         return {probe: per_hit_ns(output, probe) for probe in PROBES}
+
+    return measure
 
 
 def per_hit(n: int, repeat: int) -> None:
     """Median of ``repeat`` interleaved rounds, after a warm-up round (as bench_hits)."""
-    measures = {"untraced": untraced, "kernel uprobe": kernel, "jump path": jumped}
+    measures: dict[str, Callable[[int], dict[str, float] | None]] = {
+        "untraced": untraced,
+        "kernel uprobe": kernel,
+        "jump path -c": under_uemu("-c"),
+        "jump path events": under_uemu("--json"),
+        "trap path -c": under_uemu("-c", "--no-jumps", share=20),
+    }
     samples: dict[str, dict[str, list[float]]] = {name: {probe: [] for probe in PROBES} for name in measures}
     for round_number in range(repeat + 1):
         for name, measure in measures.items():
@@ -134,14 +124,24 @@ def per_hit(n: int, repeat: int) -> None:
                     samples[name][probe].append(value[probe])
     rows = {name: {probe: statistics.median(values) for probe, values in by_probe.items() if values}
             for name, by_probe in samples.items()}
-    print(f"per hit, {n} hits per loop, median of {repeat} interleaved runs (ns over the empty loop)")
+    print(f"per hit, ns over the empty loop, {n} hits per loop (trap path {n // 20}), "
+          f"median of {repeat} interleaved runs")
     for probe in PROBES:
-        cells = [f"{name} {rows[name][probe]:7.1f}" if probe in rows[name] else f"{name} unavailable"
-                 for name in measures]
-        line = "   ".join(cells)
-        if probe in rows["kernel uprobe"] and probe in rows["jump path"]:
-            line += f"   jump/kernel {rows['jump path'][probe] / rows['kernel uprobe'][probe]:.3f}x (goal <= 0.05x)"
-        print(f"  {probe:11} {line}")
+        print(f"  {probe}")
+        kernel_ns = rows["kernel uprobe"].get(probe)
+        trap_ns = rows["trap path -c"].get(probe)
+        for name in measures:
+            value = rows[name].get(probe)
+            if value is None:
+                print(f"    {name:17} unavailable")
+                continue
+            ratios = []
+            if kernel_ns and name != "kernel uprobe" and name != "untraced":
+                ratios.append(f"{value / kernel_ns:.3f}x kernel")
+            if trap_ns and name.startswith("jump"):
+                ratios.append(f"{value / trap_ns:.4f}x trap path")
+            print(f"    {name:17} {value:9.1f}   {'   '.join(ratios)}")
+    print("  goal: jump path <= 0.05x kernel uprobe")
 
 
 # ---- shares -------------------------------------------------------------------------------
