@@ -280,6 +280,7 @@ class Session:
                     yield queue.popleft()
                 if not self._step():
                     break
+            self.close()  # the jump path's last hits join the queue
             while queue:
                 yield queue.popleft()
         finally:

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests" / "bench")]
 
-from bench_hits import BENCH, loop_ns, run_sample  # noqa: E402
+from bench_hits import BENCH, _tracefs_append, loop_ns, run_sample  # noqa: E402
 
 from uemu import sdt  # noqa: E402
 from uemu.jumps import plan_of_site, start_brk  # noqa: E402
@@ -75,23 +75,15 @@ def kernel(n: int) -> dict[str, float] | None:
     out = {}
     for probe, site in sites.items():
         ref = f"({site.semaphore_offset:#x})" if site.semaphore_offset else ""
-        _append(events, f"p:uemu_bench_jumps/hit {BENCH}:{site.file_offset:#x}{ref}\n")
+        _tracefs_append(events, f"p:uemu_bench_jumps/hit {BENCH}:{site.file_offset:#x}{ref}\n")
         enable = TRACEFS / "events/uemu_bench_jumps/hit/enable"
         try:
             enable.write_text("1")
             out[probe] = per_hit_ns(run_sample([], n), probe)
         finally:
             enable.write_text("0")
-            _append(events, "-:uemu_bench_jumps/hit\n")
+            _tracefs_append(events, "-:uemu_bench_jumps/hit\n")
     return out
-
-
-def _append(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def under_uemu(*options: str, share: int = 1) -> Callable[[int], dict[str, float]]:

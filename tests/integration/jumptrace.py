@@ -118,14 +118,7 @@ class JumpTrace:
 
     def _stop(self, tid: int) -> None:
         """Wait for the interrupt stop of ``tid``, keeping a signal that came first."""
-        while True:
-            stop = classify(tid, ptrace.wait_for(tid))
-            if stop.kind is StopKind.SIGNAL:
-                self.owed[tid] = stop.sig
-                ptrace.interrupt(tid)
-                ptrace.cont(tid)
-                continue
-            return
+        self._stop_or_exit(tid)
 
     def _thread_started(self, tid: int) -> None:
         regs = ptrace.Regset(self.arch.regset, self.arch.regset_word)

@@ -239,3 +239,16 @@ def test_max_events_is_exact_on_the_jump_path(build, tmp_path) -> None:
                              str(build.directory / "bench"), "100000"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(json_hits(out)) == 7
+
+
+def test_events_iterator_yields_the_jump_paths_hits(build, tmp_path) -> None:
+    """``Session.events()``: ring hits reach the loop's thread (the reader wakes it)."""
+    from samplelog import parse
+    from uemu.session import Session
+
+    out = tmp_path / "lines"
+    session = Session()
+    session.spawn([str(build.directory / "basic"), "4"], env=dict(os.environ, SAMPLE_OUT=str(out)))
+    events = list(session.events())
+    assert session.jumps is not None and session.jumps.read > 0
+    assert per_probe(reported_hits(events)) == per_probe(expected_hits(parse(out.read_text())))
