@@ -452,6 +452,7 @@ class _Sink:
         if self.count:
             return None
         if self.chrome is not None:
+            self.chrome.comm = session.thread_name
             write: Callable[[Event], object] = self.chrome.write
         else:
             render, put = self.render, self.stream.write

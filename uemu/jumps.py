@@ -71,6 +71,7 @@ from uemu.arch.base import Plan
 from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
 
 from . import errors, ptrace, ring, sdt
+from .chrome import read_comm
 from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
@@ -187,6 +188,9 @@ class JumpPath:
         self.reported_pid: Callable[[int, int], int | None] = lambda pid, tid: pid
         """(pid, tid) of a record -> the pid its hit is reported with, None: not at all
         (the session knows vfork children: they share their parent's table)."""
+        self.names: dict[tuple[int, int], bytes | None] = {}
+        """(pid, tid) -> the thread's name, read when its first record is (its hits reach
+        the output a little later, when it may be gone): ``thread_name``."""
         self.read = 0
         """Records read from the rings so far (hits that took the jump path)."""
 
@@ -519,6 +523,8 @@ class JumpPath:
             pid = self.reported_pid(record.pid, record.tid)
             if info is None or pid is None:
                 continue
+            if (pid, record.tid) not in self.names:
+                self.names[pid, record.tid] = read_comm(pid, record.tid)
             args: list[object] | None = None
             strings: dict[int, bytes] = {}
             if self.decode_args:
@@ -541,6 +547,10 @@ class JumpPath:
             rings[0].sleep(timeout_ns)
         else:
             time.sleep(min(timeout_ns, 5_000_000) / 1e9)
+
+    def thread_name(self, pid: int, tid: int) -> bytes | None:
+        """A thread's name as read at its first hit on the jump path, else now."""
+        return self.names.get((pid, tid)) or read_comm(pid, tid)
 
     def lost(self) -> int:
         """Events dropped so far: by producers (full ring under --drop, a re-entered hit

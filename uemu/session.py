@@ -35,6 +35,7 @@ from types import FrameType
 from uemu.arch.base import StepEnd
 
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
+from .chrome import read_comm
 from .consumers import Handler, Reporter
 from .events import Event
 from .jumps import JumpPath
@@ -122,6 +123,7 @@ class Session:
         """The thread that may use ptrace (the one that attaches or spawns)."""
         self.jumps: JumpPath | None = None
         self._feed: RingFeed | None = None
+        self._seize_options = _SEIZE_OPTIONS
         if jumps:
             self.jumps = JumpPath(self.uprobes, decode_args=decode_args, strings=strings, strsize=strsize,
                                   drop=drop, warn=self.warn)
@@ -131,6 +133,7 @@ class Session:
                                   on_error=lambda: self.stop("error"))
             self.reporter.lock = self._feed.lock
             self.reporter.before = self._feed.before
+            self._seize_options |= ptrace.O_TRACEEXIT
 
     # ---- public API -----------------------------------------------------------
 
@@ -236,7 +239,7 @@ class Session:
         self.tracees.child_pid = child.pid
         # Under the seccomp filter the command cannot live without a tracer (its mmaps
         # would fail): it dies with uemu.  Otherwise the net lets it outlive uemu.
-        ptrace.seize(child.pid, _SEIZE_OPTIONS | (ptrace.O_EXITKILL if self.tracker.needs_tracer else 0))
+        ptrace.seize(child.pid, self._seize_options | (ptrace.O_EXITKILL if self.tracker.needs_tracer else 0))
         self.tracees.tasks[child.pid] = Task(child.pid, child.pid, None, stopped=False)
         child.go()
         # Run until the new image is armed (or the child died trying).
@@ -305,6 +308,11 @@ class Session:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._wake()
+
+    def thread_name(self, pid: int, tid: int) -> bytes | None:
+        """A thread's name (/proc comm), as it was at its first hit where uemu read it
+        then (the jump path's hits are handed out a little later)."""
+        return read_comm(pid, tid) if self.jumps is None else self.jumps.thread_name(pid, tid)
 
     def counts(self) -> dict[str, int]:
         """Hits per probe name (``provider:name``) over all its sites."""
@@ -463,7 +471,7 @@ class Session:
                 break
             for tid in fresh:
                 try:
-                    ptrace.seize(tid, _SEIZE_OPTIONS)
+                    ptrace.seize(tid, self._seize_options)
                 except errors.TraceeGone:
                     continue
                 except OSError as err:
@@ -768,6 +776,10 @@ class Session:
         return Resume(ResumeOp.SYSCALL)
 
     def _on_other_event(self, task: Task, stop: Stop) -> Resume:
+        if self._feed is not None and stop.status >> 16 == ptrace.EVENT_EXIT:
+            # A thread about to exit: its jump path hits go out while /proc still
+            # names it (chrome's thread names).
+            self._feed.before(time.monotonic_ns())
         return GO_ON
 
     _handlers: dict[StopKind, Callable[[Session, Task, Stop], Resume]] = {
