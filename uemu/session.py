@@ -396,6 +396,7 @@ class Session:
             self._set_net(task, mm)
         if self.jumps is not None and mm.net is not None:
             self.jumps.calling(mm, inject.caller(task, mm))
+            self.jumps.thread_seen(mm, task.tid)  # a thread pointer set since (a new image's TLS)
         self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
         self.tracker.armed(mm, self.uprobes)
 
