@@ -211,6 +211,7 @@ class Tracees:
                 task.mm = mm
                 self.mms.setdefault(child, mm)
                 self._vforked[child] = task
+                self._thread_seen(task)  # its parent's thread pointer: both now ask gettid
             else:
                 task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
