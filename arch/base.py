@@ -7,13 +7,11 @@ never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Flag, StrEnum
 from types import MappingProxyType
 from typing import Literal, Protocol, TypeVar
-
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -142,7 +140,7 @@ class Arch:
     trap_si_code: int = 0
     """si_code of the SIGTRAP its breakpoint instruction raises (x86 int3: SI_KERNEL;
     brk and ebreak: TRAP_BRKPT)."""
-    backend: "Backend | None" = None
+    backend: Backend | None = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
 
     @property
@@ -154,7 +152,7 @@ class Arch:
         """``int.from_bytes`` order of the tracee's words (big only where the arch says so)."""
         return "big" if self.little_endian is False else "little"
 
-    def tracing_backend(self) -> "Backend":
+    def tracing_backend(self) -> Backend:
         """The backend, or UnsupportedArch for an arch uemu lists but cannot trace."""
         if self.backend is None:
             from uemu.errors import UnsupportedArch

@@ -9,8 +9,22 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, Finish, KernelSigaction, MappingSyscall, Plan, Refuse, Regs, SpecRegister,
-                   StepEnd, StepOutOfLine, XolSetup, frozen_map)
+from .base import (
+    Arch,
+    Effects,
+    Emulate,
+    Finish,
+    KernelSigaction,
+    MappingSyscall,
+    Plan,
+    Refuse,
+    Regs,
+    SpecRegister,
+    StepEnd,
+    StepOutOfLine,
+    XolSetup,
+    frozen_map,
+)
 
 if TYPE_CHECKING:
     import capstone

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Sequence
-
 from typing import TYPE_CHECKING
 
 from uemu.arch import Arch

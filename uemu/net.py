@@ -35,8 +35,21 @@ from uemu.arch.base import KernelSigaction
 
 from . import errors, runtime
 from .runtime import layout
-from .runtime.layout import (Capacities, Counter, InjectHeader, InjectReg, InjectState, Site, SiteState, Slot,
-                             SlotFlags, TableHeader, TableState, Thread, ThreadFlags)
+from .runtime.layout import (
+    Capacities,
+    Counter,
+    InjectHeader,
+    InjectReg,
+    InjectState,
+    Site,
+    SiteState,
+    Slot,
+    SlotFlags,
+    TableHeader,
+    TableState,
+    Thread,
+    ThreadFlags,
+)
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000

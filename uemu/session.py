@@ -33,11 +33,11 @@ from uemu.arch.base import StepEnd
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
-from .maps import Vma, read_maps
 from .mappings import MappingMode, Tracker
-from .selection import Selection
+from .maps import Vma, read_maps
 from .net import Net, map_area
 from .runtime.layout import AREA_SIZE
+from .selection import Selection
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
 from .tasks import Task, Tracees
 from .uprobes import Consumer, Hit, Mm, Uprobes

@@ -25,9 +25,9 @@ from uemu.arch import Arch
 
 from . import inject, process, ptrace, xol
 from .inject import INJECTABLE
-from .runtime.layout import ThreadFlags
 from .maps import Vma, read_maps
 from .objects import MappedObject, mapped_objects
+from .runtime.layout import ThreadFlags
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
 from .xol import ActiveStep

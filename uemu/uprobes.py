@@ -35,8 +35,8 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
 from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
-from .ptrace import Memory
 from .objects import MappedObject
+from .ptrace import Memory
 from .runtime.layout import ThreadFlags
 
 if TYPE_CHECKING:

@@ -8,8 +8,17 @@ from xol_harness import MACHINES
 
 from uemu.arch import by_name
 from uemu.arch.base import Refuse
-from uemu.arch.x86 import (GOOD_INSNS_32, GOOD_INSNS_64, Fixup, X86Backend, X86Call, X86CondJump,
-                           X86Jump, X86Push, X86Step)
+from uemu.arch.x86 import (
+    GOOD_INSNS_32,
+    GOOD_INSNS_64,
+    Fixup,
+    X86Backend,
+    X86Call,
+    X86CondJump,
+    X86Jump,
+    X86Push,
+    X86Step,
+)
 
 X86_64 = X86Backend(mode64=True)
 I386 = X86Backend(mode64=False)

@@ -154,7 +154,7 @@ MACHINES: dict[str, Machine] = {
         unicorn_mode=(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64),
         keystone_mode=(keystone.KS_ARCH_X86, keystone.KS_MODE_64),
         capstone_mode=(capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-        registers=_registers(x86_const, 
+        registers=_registers(x86_const,
             ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{n}" for n in range(8, 16)),
              "rip", "eflags"]),
         compared_only=_registers(x86_const, [f"xmm{n}" for n in range(16)]),

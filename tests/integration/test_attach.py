@@ -16,13 +16,13 @@ from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import expected_hits, json_hits, per_probe, reported_hits
 from tracee import (
     Tracee,
+    attach_cli,
     differences,
     file_memory,
     semaphore,
     stop_cli,
     thread_states,
     tracer_pid,
-    attach_cli,
     wait_until,
 )
 
@@ -251,10 +251,10 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
 
 def _armed(pid: int, program) -> bool:
     """A breakpoint is in the program's text (the first site's byte is no longer the file's)."""
-    from tracee import read_memory  # noqa: PLC0415
+    from tracee import read_memory
 
-    from uemu import sdt  # noqa: PLC0415
-    from uemu.maps import read_maps  # noqa: PLC0415
+    from uemu import sdt
+    from uemu.maps import read_maps
 
     probe = sdt.open_elf(str(program)).probes[0]
     vma = next(v for v in read_maps(pid) if v.path == str(program) and v.executable)

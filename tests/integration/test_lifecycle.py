@@ -74,9 +74,8 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
     text mapped after it, and is not taken back by munmap."""
     library = _library(runnable_build)
     program = runnable_build.directory / "rawmap"
-    with KernelUprobes(sdt_sites(library.path), with_args=False):
-        with Tracee([program]) as tracee:
-            kernel = _observe(tracee, library)
+    with KernelUprobes(sdt_sites(library.path), with_args=False), Tracee([program]) as tracee:
+        kernel = _observe(tracee, library)
     with Tracee([program], under=(*UEMU, "run", "--")) as tracee:
         under_run = _observe(tracee, library)
     with Tracee([program]) as tracee:
@@ -112,9 +111,8 @@ def test_writes_past_the_end_of_a_cut_file_fail_as_in_the_kernel(runnable_build,
     if where == "past-text" and cut < text_end:
         pytest.skip(f"{library.path}: the first semaphore shares a page with the text: no cut leaves the text whole")
     argv = [runnable_build.directory / "rawmap", "--cut", str(cut), copy]
-    with KernelUprobes(sdt_sites(library.path), with_args=False):
-        with Tracee(argv) as tracee:
-            kernel = _observe(tracee, library, steps=CUT_STEPS)
+    with KernelUprobes(sdt_sites(library.path), with_args=False), Tracee(argv) as tracee:
+        kernel = _observe(tracee, library, steps=CUT_STEPS)
     with Tracee(argv, under=(*UEMU, "run", "--")) as tracee:
         under_run = _observe(tracee, library, steps=CUT_STEPS)
         run_warnings = tracee.stderr()
@@ -184,7 +182,7 @@ def test_follow_forks_counts_equal_kernel_uprobes(samples, name, args):
 
 
 def _run_untraced(program, args):
-    from samplelog import run_untraced  # noqa: PLC0415
+    from samplelog import run_untraced
 
     return run_untraced([program, *args])
 

@@ -28,8 +28,8 @@ from tracee import differences, file_memory, wait_until
 from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
 from uemu.maps import read_maps
-from uemu.objects import mapped_objects
 from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
+from uemu.objects import mapped_objects
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
 from uemu.stops import StopKind, classify

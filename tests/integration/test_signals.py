@@ -10,7 +10,7 @@ import time
 
 import pytest
 from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced, run_untraced
-from tracee import Tracee, stop_cli, attach_cli, wait_until
+from tracee import Tracee, attach_cli, stop_cli, wait_until
 
 
 def _signal_facts(lines):

@@ -150,7 +150,7 @@ def _own_trap(samples) -> tuple[str, int]:
     data = open(path, "rb").read()
     text = next(seg for seg in elf.segments if seg.executable)
     start = text.p_offset
-    import capstone  # noqa: PLC0415
+    import capstone
 
     decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     for insn in decoder.disasm(data[start : start + text.p_filesz], start):

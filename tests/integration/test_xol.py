@@ -38,8 +38,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from oracle import KernelUprobes, tracefs_reason
 from samplelog import Line, expected_hits, parse, per_probe, reported_hits, run_traced, run_untraced
-from tracee import (UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid,
-                    wait_until)
+from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
 
 from uemu import arch, sdt
 from uemu.arch.base import Plan, Refuse, StepOutOfLine

@@ -10,8 +10,18 @@ import pytest
 
 from uemu import errors
 from uemu.arch import by_name
-from uemu.net import (MAP_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, PROT_WRITE, SA_RESETHAND, SA_RESTORER,
-                      SA_SIGINFO, Net, map_area, read_table)
+from uemu.net import (
+    MAP_FIXED_NOREPLACE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    SA_RESETHAND,
+    SA_RESTORER,
+    SA_SIGINFO,
+    Net,
+    map_area,
+    read_table,
+)
 from uemu.runtime import layout, load_blob
 from uemu.runtime.layout import Capacities, SiteState, SlotFlags, TableState, ThreadFlags
 
