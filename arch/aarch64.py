@@ -296,10 +296,7 @@ class Aarch64Backend(PcStepFixups):
     def _adr_effects(word: int, vaddr: int) -> Effects:
         """adr: vaddr + imm21; adrp: the 4 KiB page of vaddr + imm21 pages (simulate_adr_adrp())."""
         imm = signed((word >> 5 & 0x7FFFF) << 2 | (word >> 29 & 3), 21)
-        if word >> 31:
-            value = (vaddr & ~0xFFF) + (imm << 12)
-        else:
-            value = vaddr + imm
+        value = (vaddr & ~0xFFF) + (imm << 12) if word >> 31 else vaddr + imm
         regs = {"pc": (vaddr + 4) & MASK64}
         rd = _x(word & 0x1F)
         if rd is not None:

@@ -37,7 +37,7 @@ _HIGH8 = {"ah": "ax", "bh": "bx", "ch": "cx", "dh": "dx"}
 
 def _x86_64_spec_registers() -> dict[str, SpecRegister]:
     regs: dict[str, SpecRegister] = {}
-    for full, legacy, low8 in zip(_GPR64, _LEGACY, _LOW8):
+    for full, legacy, low8 in zip(_GPR64, _LEGACY, _LOW8, strict=True):
         regs[full] = SpecRegister(full, 8)
         regs["e" + legacy] = SpecRegister(full, 4)
         regs[legacy] = SpecRegister(full, 2)
@@ -57,7 +57,7 @@ def _x86_64_spec_registers() -> dict[str, SpecRegister]:
 
 def _i386_spec_registers() -> dict[str, SpecRegister]:
     regs: dict[str, SpecRegister] = {}
-    for legacy, low8 in zip(_LEGACY, _LOW8):
+    for legacy, low8 in zip(_LEGACY, _LOW8, strict=True):
         full = "e" + legacy
         regs[full] = SpecRegister(full, 4)
         regs[legacy] = SpecRegister(full, 2)

@@ -310,7 +310,7 @@ def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict
     offset, symbol, gotoff = _displacement(disp, dialect) if disp.strip() else (0, None, False)
     parts = inside.split(",")
     if dialect.paren == "att" and len(parts) <= 3:
-        base, index, scale = (parts + ["", "", ""])[:3]
+        base, index, scale = [*parts, "", "", ""][:3]
         if scale.strip() not in ("", "1", "2", "4", "8") or (scale.strip() and not index.strip()):
             raise _Unparsed(f"bad scale {scale!r}")
         return _memory(arch, dialect, base, index, int(scale or 1), offset, symbol, gotoff)

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
@@ -80,10 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _say(line: str) -> None:
     """One line on stderr, if there is a stderr to say it on."""
     if sys.stderr is not None:
-        try:
+        with suppress(OSError):  # stderr is gone: nobody is left to tell
             print(line, file=sys.stderr, flush=True)
-        except OSError:
-            pass  # stderr is gone: nobody is left to tell
 
 
 def _warn(message: str) -> None:
@@ -405,7 +404,8 @@ class _Sink:
     def open(cls, args: argparse.Namespace, default: TextIO | None, default_name: str) -> _Sink:
         if args.output is not None:
             try:
-                stream: TextIO = open(args.output, "w", buffering=1 << 16, encoding="utf-8",
+                # the sink owns the file past this function: close() closes it
+                stream: TextIO = open(args.output, "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
                                       errors="surrogateescape")
             except OSError as err:
                 raise UsageError(f"-o {args.output}: cannot write it: {err.strerror}") from None
@@ -475,10 +475,8 @@ class _Sink:
 
     def close(self) -> None:
         if self.owned:
-            try:
+            with suppress(OSError):  # finish() has said what went wrong, or an earlier error is on its way
                 self.stream.close()
-            except OSError:
-                pass  # finish() has said what went wrong, or an earlier error is on its way
 
 
 # ---- list ------------------------------------------------------------------

@@ -79,7 +79,7 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
     saved = regs.snapshot()
     regs[arch.ip_reg] = at
     mask = (1 << (8 * arch.regset_word)) - 1
-    for name, value in zip(arch.syscall_regs, (number, *args)):
+    for name, value in zip(arch.syscall_regs, (number, *args), strict=False):
         regs[name] = value & mask
     regs.store(tid)
     try:

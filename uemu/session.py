@@ -25,8 +25,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from types import FrameType
+from typing import ClassVar
 
 from uemu.arch.base import StepEnd
 
@@ -515,10 +517,8 @@ class Session:
         """Let a task go (it holds none of our bytes) with the signal it is owed."""
         self.tracees.tasks.pop(task.tid, None)
         sig = sig or task.owed_signal or (xol.give_back_held(task) if task.held else 0)
-        try:
+        with suppress(errors.TraceeGone):
             ptrace.detach(task.tid, sig)
-        except errors.TraceeGone:
-            pass
 
     # ---- stops ---------------------------------------------------------------------------
 
@@ -688,7 +688,7 @@ class Session:
     def _on_other_event(self, task: Task, stop: Stop) -> Resume:
         return GO_ON
 
-    _handlers: dict[StopKind, Callable[[Session, Task, Stop], Resume]] = {
+    _handlers: ClassVar[Mapping[StopKind, Callable[[Session, Task, Stop], Resume]]] = {
         StopKind.SIGNAL: _on_signal,
         StopKind.SYSCALL: _on_syscall,
         StopKind.SECCOMP: _on_seccomp,
@@ -721,10 +721,8 @@ class Session:
         tasks = self.tracees.tasks
         for task in list(tasks.values()):
             if task.mm is not None and task.mm.xol_area is not None:
-                try:
+                with suppress(errors.TraceeGone):
                     xol.leave_slot(task, task.mm)
-                except errors.TraceeGone:
-                    pass
         self._serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:

@@ -18,6 +18,7 @@ silent tracee where a tracer must stay (the seccomp mapping filter).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -253,10 +254,8 @@ class Tracees:
         if mm is not None and mm.xol_area is not None:
             mm.xol_area.free_slot(task.tid)
         if mm is not None and mm.net is not None:
-            try:
+            with suppress(OSError):  # the whole process is gone with its table
                 mm.net.clear_thread(task.tid)
-            except OSError:
-                pass  # the whole process is gone with its table
         if task.tid == task.pid == self.child_pid:
             self.exit_status = shell_status(status)
         if mm is not None and not any(t.mm is mm for t in self.tasks.values()):

@@ -21,9 +21,11 @@ the step, so a thread left there when uemu dies reaches the runtime's handler.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -110,7 +112,7 @@ def gap_near(vmas: list[Vma], near: int, size: int) -> int | None:
     ``NEAR``), leaving a page free on both sides."""
     ordered = sorted(vmas, key=lambda v: v.start)
     best = None
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         low, high = before.end + PAGE, after.start - PAGE - size
         if high < low:
             continue
@@ -328,10 +330,8 @@ def resume_op(step: ActiveStep, sees_syscalls: bool) -> ResumeOp:
 def give_back_held(task: Task) -> int:
     """Resume with the first held signal (its own siginfo); re-raise the others."""
     sig, info = task.held.pop(0)
-    try:
+    with suppress(OSError):  # not in a signal-delivery stop: the kernel makes its own siginfo
         ptrace.set_signal_info(task.tid, info)
-    except OSError:
-        pass  # not in a signal-delivery stop: the kernel makes its own siginfo
     for other, _ in task.held:
         _tgkill(task.pid, task.tid, other)
     task.held.clear()
