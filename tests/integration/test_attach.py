@@ -281,7 +281,8 @@ def test_threads_that_block_sigtrap_are_named(samples):
         session.close()
         threads = ", ".join(map(str, sorted(int(t) for t in os.listdir(f"/proc/{program.pid}/task"))))
         assert warnings == [f"process {program.pid}: threads {threads} block SIGTRAP: if uemu dies, such a "
-                            "thread meeting one of its breakpoints is killed by the kernel"], "the worker inherits the mask"
+                            "thread meeting one of its breakpoints is killed by the kernel"], \
+            "the worker inherits the mask"
     finally:
         program.kill()
         program.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
@@ -84,7 +85,7 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
         assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         under_attach = _observe(tracee, library, started=True)
         assert stop_cli(cli, None) == (0, "", "")  # the program's exit ends it
-    nop = open(library.path, "rb").read()[library.probes[0].file_offset:][:1].hex()
+    nop = Path(library.path).read_bytes()[library.probes[0].file_offset:][:1].hex()
     assert kernel["text"]["text"][0] != nop and kernel["data"]["data"][0] > 0, "the oracle did nothing"
     assert under_run == kernel
     assert under_attach == kernel
@@ -173,7 +174,7 @@ def test_follow_forks_counts_equal_kernel_uprobes(samples, name, args):
     program = samples / name
     sites = sdt_sites(str(program), str(samples / "libsdtlib.so"))
     with KernelUprobes(sites, with_args=False) as kernel:
-        lines, status = _run_untraced(program, args)
+        _lines, status = _run_untraced(program, args)
         kernel_counts = kernel.hits()
     run = run_traced([program, *args], follow_forks=True)
     assert status == 0 and run.exit_status == 0

@@ -178,7 +178,7 @@ class Orphan:
     """samples/orphan, its lines in a file; it spins until SIGUSR1, and waits at ``done``."""
 
     def __init__(self, program: Path, *args: str):
-        self._out = tempfile.NamedTemporaryFile("r", prefix="orphan-")
+        self._out = tempfile.NamedTemporaryFile("r", prefix="orphan-")  # noqa: SIM115  (closed by close())
         env = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1")
         self.process = subprocess.Popen([str(program), *args], stdin=subprocess.PIPE, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from samplelog import counts, expected_hits, per_probe, reported_hits, run_traced, run_untraced
@@ -42,7 +43,7 @@ def test_attach_delivers_every_signal_as_untraced(samples, untraced, tmp_path):
         tracee.wait_sync("start")
         cli = attach_cli(str(tracee.pid), "--json", "-o", str(tmp_path / "events"))
         wait_until(lambda: (tmp_path / "events").exists(), what="uemu to start")
-        wait_until(lambda: open(f"/proc/{tracee.pid}/status").read().find("TracerPid:\t0") < 0,
+        wait_until(lambda: Path(f"/proc/{tracee.pid}/status").read_text().find("TracerPid:\t0") < 0,
                    what="uemu to attach")
         tracee.release()
         # every 100 us timer signal passes a probe: slow where the CPU is emulated (test guests)

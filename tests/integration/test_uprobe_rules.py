@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from pathlib import Path
 
 import pytest
 from oracle import GROUP, _append, _write, sdt_sites, tracefs_reason
@@ -137,7 +138,7 @@ def test_the_kernel_refuses_them_too(samples):
         with pytest.raises(OSError) as refused:
             _append("uprobe_events", f"p:{GROUP}/other {_place(samples, first, first.semaphore_offset + 2)}")
         assert refused.value.errno == errno.EINVAL  # and "Reference counter offset mismatch" in the kernel log
-        events = open("/sys/kernel/tracing/uprobe_events").read()
+        events = Path("/sys/kernel/tracing/uprobe_events").read_text()
         assert f"{GROUP}/ok " in events and f"{GROUP}/other " not in events  # the first one stays
     finally:
         _append("uprobe_events", f"-:{GROUP}/ok")
@@ -147,7 +148,7 @@ def _own_trap(samples) -> tuple[str, int]:
     """The file offset of the signals sample's own int3 instruction."""
     path = str(samples / "signals")
     elf = sdt.open_elf(path)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     text = next(seg for seg in elf.segments if seg.executable)
     start = text.p_offset
     import capstone
@@ -208,7 +209,8 @@ def test_a_kernel_uprobe_leaving_a_shared_site_is_noticed_and_mended(samples, tm
         cli.send_signal(signal.SIGSTOP)
         wait_until(lambda: _state(cli.pid) == "T", what="uemu to stop")
         event = f"{GROUP}/shared"
-        _append("uprobe_events", f"p:{event} {os.path.realpath(path)}:{tick.file_offset:#x}({tick.semaphore_offset:#x})")
+        place = f"{os.path.realpath(path)}:{tick.file_offset:#x}({tick.semaphore_offset:#x})"
+        _append("uprobe_events", f"p:{event} {place}")
         try:
             _write(f"events/{event}/enable", "1")
             assert semaphore(tracee.pid, counter) == 1, "the kernel found our int3: it raised nothing"

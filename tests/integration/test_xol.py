@@ -541,7 +541,8 @@ def test_a_child_forked_by_a_syscall_run_out_of_line_starts_after_it(runnable_bu
         "a child forked from inside a slot did not survive"
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
-    assert [(event.pid, _offset(program, event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
+    hits = [(event.pid, _offset(program, event.name)) for event in run.events]
+    assert hits == [(run.lines[0].pid, syscall.file_offset)]
 
 
 @pytest.mark.oracle
@@ -573,9 +574,9 @@ def test_a_mapping_made_by_a_probed_syscall_is_armed_before_the_program_goes_on(
         tracee.run_out()
         return seen
 
-    with KernelUprobes(raw_kernel_sites(program, [site.file_offset for site in chosen]), with_args=False):
-        with Tracee(argv) as tracee:
-            kernel = trap_bytes_in_the_copy(tracee)
+    with KernelUprobes(raw_kernel_sites(program, [site.file_offset for site in chosen]), with_args=False), \
+            Tracee(argv) as tracee:
+        kernel = trap_bytes_in_the_copy(tracee)
     assert kernel == ["cc", "cc"], "the oracle did not arm the copy"
     probe_words = words(program, chosen)
     for mode in ("seccomp", "syscall"):

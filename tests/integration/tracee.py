@@ -39,8 +39,9 @@ class Tracee:
 
     def __init__(self, argv: Sequence[str | Path], env: dict[str, str] | None = None,
                  under: Sequence[str] = ()):
-        self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")
-        self._err = tempfile.NamedTemporaryFile("r", prefix="tracee-err-")
+        # both live as long as the Tracee: closed by close()
+        self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")  # noqa: SIM115
+        self._err = tempfile.NamedTemporaryFile("r", prefix="tracee-err-")  # noqa: SIM115
         environment = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1", **(env or {}))
         self.process = subprocess.Popen([*under, *(str(a) for a in argv)], stdin=subprocess.PIPE,
                                         env=environment, stdout=subprocess.DEVNULL, stderr=self._err)
@@ -145,8 +146,9 @@ def differences(before: dict, after: dict) -> list[str]:
             if old is None or new is None:
                 changed.append(f"{key[3]} {key[0]:#x}: mapping {'appeared' if old is None else 'vanished'}")
                 continue
-            first = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
-            changed.append(f"{key[3]} {key[0] + first:#x}: {old[first:first + 8].hex()} -> {new[first:first + 8].hex()}")
+            first = next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b)
+            was, now = old[first:first + 8].hex(), new[first:first + 8].hex()
+            changed.append(f"{key[3]} {key[0] + first:#x}: {was} -> {now}")
     return changed
 
 

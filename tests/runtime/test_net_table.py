@@ -134,7 +134,7 @@ def test_install_says_why_rt_sigaction_failed() -> None:
     net = net_for()
     calls = FakeCalls(net.memory, "x86_64")
     calls.results["rt_sigaction"] = [-errno.EFAULT]
-    with pytest.raises(errors.UemuError, match="rt_sigaction.*Bad address"):
+    with pytest.raises(errors.UemuError, match=r"rt_sigaction.*Bad address"):
         net.install(calls, tracer_pid=1)
 
 
