@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(argv)
-        return args.handler(args)  # type: ignore[no-any-return]
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except errors.UemuError as err:
         _say(f"uemu: {escape(err.message)}")
         return err.exit_code

@@ -28,7 +28,7 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from uemu.arch import Arch
 from uemu.arch.base import KernelSigaction
@@ -50,6 +50,12 @@ from .runtime.layout import (
     Thread,
     ThreadFlags,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_R = TypeVar("_R", bound="DataclassInstance")
+"""One record type of the table (``layout.Record``'s own)."""
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
@@ -432,10 +438,10 @@ class Net:
         offset = layout.TABLE_HEADER.offset("action_back")
         return self.memory.read(self.table + offset, 4) != b"\0\0\0\0"
 
-    def _write_entry(self, array: str, record: layout.Record[Any], index: int, entry: object) -> None:
+    def _write_entry(self, array: str, record: layout.Record[_R], index: int, entry: _R) -> None:
         self.memory.write(self._array[array] + index * record.size, record.encode(entry))
 
-    def _write_field(self, array: str, record: layout.Record[Any], index: int, name: str, data: bytes) -> None:
+    def _write_field(self, array: str, record: layout.Record[_R], index: int, name: str, data: bytes) -> None:
         self.memory.write(self._array[array] + index * record.size + record.offset(name), data)
 
     # ----- reading a table back -------------------------------------------------------
@@ -483,8 +489,8 @@ def read_table(base: int, memory: Memory) -> TableView:
     if header.magic != layout.TABLE_MAGIC or header.version != layout.TABLE_VERSION:
         raise errors.UemuError(f"no uemu table of version {layout.TABLE_VERSION} at {table:#x}")
 
-    def in_use(record: layout.Record[Any], offset: int, capacity: int,
-               used: Callable[[Any], object]) -> list[tuple[int, Any]]:
+    def in_use(record: layout.Record[_R], offset: int, capacity: int,
+               used: Callable[[_R], object]) -> list[tuple[int, _R]]:
         data = memory.read(table + offset, capacity * record.size)
         entries = (record.decode(data[i * record.size:(i + 1) * record.size]) for i in range(capacity))
         return [(index, entry) for index, entry in enumerate(entries) if used(entry)]

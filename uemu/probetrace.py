@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsIndex, overload
 
 from .events import Event, Value
 
@@ -214,7 +215,12 @@ class HitList(list[HitArgs]):
         super().__init__(hits)
         self.trace, self.probe = trace, probe
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # list's overloads
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> HitArgs: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[HitArgs]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> HitArgs | list[HitArgs]:
         __tracebackhide__ = True
         try:
             return super().__getitem__(index)

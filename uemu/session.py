@@ -53,6 +53,8 @@ _SEIZE_OPTIONS = (
     | ptrace.O_TRACESECCOMP
 )
 _LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+"""What ``signal.signal`` returns and takes back (None: not set from Python)."""
 CHECK_INTERVAL = 1.0
 """Seconds between looks for sites and counters changed behind uemu's back."""
 
@@ -94,7 +96,7 @@ class Session:
         self._stop_reason: str | None = None
         self._stopping = False
         self._passthrough = False
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, _SignalHandler] = {}
         self._deadline: float | None = None
         self._waiting: list[tuple[Task, Hit]] = []
         """Threads stopped at a hit until an XOL slot is free."""
@@ -801,7 +803,7 @@ class Session:
         if self._old_handlers:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def _on_leaving_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -40,6 +40,7 @@ from .ptrace import Memory
 from .runtime.layout import ThreadFlags
 
 if TYPE_CHECKING:
+    from . import argspec
     from .tasks import Task
 
 _T = TypeVar("_T")
@@ -154,7 +155,7 @@ class Mm:
     objects: dict[FileId, MappedObject] = field(default_factory=dict)
     installed: dict[int, Uprobe] = field(default_factory=dict)
     delayed: set[Uprobe] = field(default_factory=set)
-    readers: dict[Consumer, list[Any]] = field(default_factory=dict)
+    readers: dict[Consumer, list[argspec.Reader]] = field(default_factory=dict)
     """Argument readers per consumer, built on first hit by ``consumers.py``."""
     net: Net | None = None
     """The in-target runtime and its table (``net.py``): present before the first

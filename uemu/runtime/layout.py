@@ -22,7 +22,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PAGE = 4096
 CODE_SIZE = 1 << 20
@@ -100,29 +103,29 @@ _FORMATS = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
 _CTYPES = {"u8": "uint8_t", "u16": "uint16_t", "u32": "uint32_t", "u64": "uint64_t"}
 
 
-def u8() -> Any:
+def u8() -> int:
     return field(default=0, metadata={"ctype": "u8"})
 
 
-def u32() -> Any:
+def u32() -> int:
     return field(default=0, metadata={"ctype": "u32"})
 
 
-def u64() -> Any:
+def u64() -> int:
     return field(default=0, metadata={"ctype": "u64"})
 
 
-def raw(size: int) -> Any:
+def raw(size: int) -> bytes:
     """A byte array of ``size`` bytes (zero-padded when shorter)."""
     return field(default=b"", metadata={"ctype": "bytes", "size": size})
 
 
-def pad(size: int) -> Any:
+def pad(size: int) -> bytes:
     """Explicit padding, so that every field is naturally aligned on every ABI."""
     return field(default=b"", metadata={"ctype": "pad", "size": size}, repr=False, compare=False)
 
 
-R = TypeVar("R")
+R = TypeVar("R", bound="DataclassInstance")
 
 
 class Record(Generic[R]):
@@ -131,7 +134,7 @@ class Record(Generic[R]):
     def __init__(self, cls: type[R], cname: str):
         self.cls = cls
         self.cname = cname
-        self.members = [(f.name, f.metadata["ctype"], f.metadata.get("size", 1)) for f in fields(cls)]  # type: ignore[arg-type]
+        self.members = [(f.name, f.metadata["ctype"], f.metadata.get("size", 1)) for f in fields(cls)]
 
     @cached_property
     def struct(self) -> struct.Struct:
@@ -304,6 +307,7 @@ SLOT = Record(Slot, "slot")
 THREAD = Record(Thread, "thread")
 INJECT_HEADER = Record(InjectHeader, "inject_header")
 INJECT_REG = Record(InjectReg, "inject_reg")
+# Any: records of several types in one sequence (Record is invariant in its type)
 RECORDS: Sequence[Record[Any]] = (BLOB_HEADER, TABLE_HEADER, SITE, COUNTER, SLOT, THREAD,
                                   INJECT_HEADER, INJECT_REG)
 
