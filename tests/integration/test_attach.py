@@ -19,6 +19,7 @@ from tracee import (
     attach_cli,
     differences,
     file_memory,
+    interrupt_and_run_out,
     semaphore,
     stop_cli,
     thread_states,
@@ -204,10 +205,7 @@ def test_threads_created_after_attaching_report_hits(samples, tmp_path):
         wait_until(lambda: _armed(tracee.pid, samples / "threads"), what="breakpoints")
         tracee.release()
         tracee.wait_sync("end")
-        code, _, err = stop_cli(cli, signal.SIGINT)
-        assert code == 0 and err == "", err
-        tracee.run_out()
-        truth = expected_hits(tracee.lines())
+        truth = interrupt_and_run_out(tracee, cli)
     reported = json_hits(events_file)
     assert len({tid for *_, tid in reported}) == 5  # four workers and the main thread
     assert per_probe(reported) == per_probe(truth)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import counts, expected_hits, json_hits, parse, per_probe, reported_hits, run_traced
-from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, tracer_pid
+from tracee import UEMU, Tracee, attach_cli, interrupt_and_run_out, read_memory, stop_cli, tracer_pid
 
 from uemu import sdt
 
@@ -224,10 +224,7 @@ def test_dlopen_while_attached_arms_each_load(samples, tmp_path):
         for label in ("before-mprotect", "before-dlclose", "before-reopen", "end"):
             tracee.release()
             tracee.wait_sync(label)
-        code, _, err = stop_cli(cli, signal.SIGINT)
-        assert code == 0 and err == "", err
-        tracee.run_out()
-        truth = expected_hits(tracee.lines())
+        truth = interrupt_and_run_out(tracee, cli)
     assert truth and json_hits(events_file) == truth
 
 
@@ -243,10 +240,7 @@ def test_threads_loading_and_unloading_a_library_while_attached(samples, tmp_pat
         assert tracer_pid(tracee.pid) != 0, "uemu is not attached, yet it said it was armed"
         tracee.release()
         tracee.wait_sync("end")
-        code, _, err = stop_cli(cli, signal.SIGINT)
-        assert code == 0 and err == "", err
-        tracee.run_out()
-        truth = expected_hits(tracee.lines())
+        truth = interrupt_and_run_out(tracee, cli)
     reported = json_hits(events_file)
     assert counts(truth)["sdtlib:guarded"] == 45  # the semaphore was raised in every fresh mapping
     # sdtlib:call's third argument is the library's static call counter, which the

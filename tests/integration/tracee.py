@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from samplelog import Line, parse
+from samplelog import Line, expected_hits, parse
 
 from uemu.maps import read_maps
 
@@ -198,4 +199,13 @@ def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]
         process.send_signal(how)
     out, err = process.communicate(timeout=30)
     return process.returncode, out, err
+
+
+def interrupt_and_run_out(tracee: Tracee, cli: subprocess.Popen) -> list[tuple[str, tuple, int]]:
+    """Stop an attached uemu with SIGINT, which must leave quietly (exit 0, nothing on
+    stderr), let the program run to its end, and return the hits it printed."""
+    code, _, err = stop_cli(cli, signal.SIGINT)
+    assert code == 0 and err == "", err
+    tracee.run_out()
+    return expected_hits(tracee.lines())
 
