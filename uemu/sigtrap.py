@@ -21,6 +21,7 @@ orphaned breakpoint reaches the program's action.
 from __future__ import annotations
 
 import signal
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,5 @@ def at_exit(task: Task, info: ptrace.SyscallInfo) -> None:
     mm = task.mm
     if call is None or mm is None or not call.old_pointer or info.rval != 0:
         return
-    try:
+    with suppress(OSError):  # the kernel wrote there a moment ago: the program unmapped it meanwhile (another thread)
         mm.memory.write(call.old_pointer, call.previous)
-    except OSError:
-        pass  # the kernel wrote there a moment ago: the program unmapped it meanwhile (another thread)
