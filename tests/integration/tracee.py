@@ -18,9 +18,14 @@ from samplelog import Line, expected_hits, parse
 
 from uemu.maps import read_maps
 
+SLOWDOWN = float(os.environ.get("UEMU_TEST_SLOWDOWN", "1"))
+"""How many times slower than a native machine the tests run: the test guests
+(tests/vm/guest-tests.sh) set it, as their CPU is emulated.  Every wait here is
+stretched by it; a wait only lasts that long when what it waits for fails."""
+
 
 def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while True:
         value = condition()
         if value:
