@@ -163,7 +163,8 @@ class Tracees:
         for vma in vmas:
             if vma.file_id in known:
                 by_file.setdefault(vma.file_id, []).append(vma)
-        return [MappedObject(known[file_id].elf, file_id, file_vmas) for file_id, file_vmas in by_file.items()]
+        return [MappedObject(known[file_id].elf, file_id, file_vmas, known[file_id].ctime_ns)
+                for file_id, file_vmas in by_file.items()]
 
     # ---- creation ------------------------------------------------------------------
 

@@ -464,8 +464,11 @@ class Uprobes:
         takes the site's hits, and when it leaves writes the file's byte back and
         lowers the counter we raised (uprobe_write_opcode() -> update_ref_ctr(-1)).
         """
-        found = []
+        found: list[Tampering] = []
+        changed = {file_id for file_id, mapped in mm.objects.items() if mapped.file_changed()}
         for vaddr, uprobe in mm.installed.items():
+            if uprobe.file_id in changed:
+                continue  # not tampering: the file was cut or written, and the page went (objects.py)
             trap = mm.backend.trap_bytes(uprobe.original)
             try:
                 current = mm.memory.read(vaddr, len(trap))
@@ -478,6 +481,8 @@ class Uprobes:
             elif current != trap:
                 found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))
         for vaddr, ours in mm.raised.items():
+            if any(v.start <= vaddr < v.end and v.file_id in changed for v in mm.vmas):
+                continue
             value = self._read_counter(mm, vaddr)
             if value is not None and value < ours:
                 found.append(Tampering(Tamper.LOWERED, vaddr, None, value))
