@@ -603,7 +603,7 @@ class Session:
         """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""
         info = ptrace.syscall_info(task.tid)
         if info.op == ptrace.SYSCALL_INFO_ENTRY:
-            mappings.note_syscall(task, info)
+            mappings.note_syscall(task, info, self.uprobes)
             sigtrap.at_entry(task, info)
             return GO_ON
         if task.sigaction is not None:
@@ -625,7 +625,7 @@ class Session:
         """A mapping syscall is about to run: remember it and stop again at its exit."""
         info = ptrace.syscall_info(task.tid)
         if not self._passthrough:
-            mappings.note_syscall(task, info)
+            mappings.note_syscall(task, info, self.uprobes)
         sigtrap.at_entry(task, info)
         return GO_ON
 

@@ -126,7 +126,8 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
     """Map an XOL area in the thread's process, as close to ``near`` as a gap allows."""
     call = inject.caller(task, mm)
     start = -1
-    hint = gap_near(mm.vmas, near, AREA_SIZE)
+    # Fresh maps: mm.vmas may lack anonymous mappings (mappings.py lets their calls through).
+    hint = gap_near(read_maps(mm.pid), near, AREA_SIZE)
     if hint is not None:
         start = call("mmap", hint, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if start < 0 or (hint is not None and start != hint):
