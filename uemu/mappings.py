@@ -71,13 +71,6 @@ from .uprobes import FileId, Mm, Uprobe, Uprobes
 
 Warn = Callable[[str], None]
 
-# The flag values of asm-generic/mman-common.h and mman.h, which every arch with
-# ``mapping_syscalls`` (x86, arm64, riscv) uses; mips, parisc, sparc and alpha differ.
-_MAP_TYPE = 0x0F
-_MAP_SHARED = 0x01
-_MAP_SHARED_VALIDATE = 0x03
-_MAP_FIXED = 0x10
-_MAP_ANONYMOUS = 0x20
 _MREMAP_FIXED = 0x02
 
 
@@ -254,9 +247,9 @@ def matters(mm: Mm, call: MappingCall, uprobes: Uprobes, fd_lookup: FdLookup) ->
     args = call.args
     if call.kind in (MappingSyscall.MMAP, MappingSyscall.OLD_MMAP):
         start, length, _prot, flags, fd = args[:5]
-        if flags & _MAP_FIXED and touches(start, length):
+        if flags & seccomp.MAP_FIXED and touches(start, length):
             return True
-        if flags & _MAP_ANONYMOUS or (flags & _MAP_TYPE) in (_MAP_SHARED, _MAP_SHARED_VALIDATE):
+        if not seccomp.maps_file_privately(flags):
             return False
         fd &= 0xFFFFFFFF  # the kernel's fget() takes an unsigned int
         found = fd_lookup(fd) if fd < 0x80000000 else None
