@@ -22,7 +22,7 @@ from uemu.session import CHECK_INTERVAL
 needs_tracefs = pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
 
 RAWMAP_STEPS = ["text", "text-twice", "other-inode", "shared", "readonly", "uncovered", "data",
-                "text-again", "text-over", "unmap-text"]
+                "text-again", "text-over", "unmap-text", "text-moved", "text-split"]
 CUT_STEPS = ["text", "cut", "data-cut", "text-cut", "restore", "data", "text-again"]  # rawmap --cut
 
 
@@ -42,6 +42,8 @@ def _observe(tracee: Tracee, library: sdt.ElfObject, before_step=None, started: 
         maps = {line.word: [int(v) for v in line.values] for line in tracee.lines() if line.kind == "map"}
         if "unmap-text" in maps:
             del maps["text-again"], maps["text-over"], maps["unmap-text"]  # that text mapping is gone
+        if "text-moved" in maps:
+            del maps["text"]  # it is at text-moved now
         state = {}
         for name, (address, _, offset) in maps.items():
             if name.startswith("text"):
@@ -74,7 +76,8 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
     """Text mapped before the data: the increment waits (once, however often the
     text is patched), is not applied to another inode, a shared, a read-only or a
     non-covering mapping, is applied when the data appears, counts again for a
-    text mapped after it, and is not taken back by munmap."""
+    text mapped after it, and is not taken back by munmap.  A text moved by mremap
+    keeps its breakpoints, and so does one split by mprotect."""
     library = _library(runnable_build)
     program = runnable_build.directory / "rawmap"
     with KernelUprobes(sdt_sites(library.path), with_args=False), Tracee([program]) as tracee:
@@ -89,6 +92,8 @@ def test_delayed_semaphores_step_by_step_equal_kernel_uprobes(runnable_build):
         assert stop_cli(cli, None) == (0, "", "")  # the program's exit ends it
     nop = Path(library.path).read_bytes()[library.probes[0].file_offset:][:1].hex()
     assert kernel["text"]["text"][0] != nop and kernel["data"]["data"][0] > 0, "the oracle did nothing"
+    assert nop not in (kernel["text-moved"]["text-moved"][0], kernel["text-split"]["text-split"][0]), \
+        "the kernel's breakpoints moved with mremap and stayed through mprotect"
     assert under_run == kernel
     assert under_attach == kernel
 
