@@ -208,6 +208,26 @@ def test_a_private_file_mapping_is_looked_at_by_its_file(watching) -> None:
     assert looked == [3, 3, 4, 5, 6, 7, 8]
 
 
+def test_a_library_placed_by_the_dynamic_linker_is_judged_by_its_file(watching) -> None:
+    """ld.so reserves anonymous room for a library, then maps each segment over it
+    with MAP_FIXED from the file: replacing anonymous memory is nothing, the file is
+    everything."""
+    matters, _, looked = watching
+    assert matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 5, 0), "an ELF file not read yet"
+    assert matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 3, 0), "the probed file, again"
+    assert not matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 4, 0), "nothing selected in it"
+    assert looked == [5, 3, 4]
+
+
+def test_what_replaces_nothing_of_ours_is_let_go(watching) -> None:
+    """MAP_FIXED_NOREPLACE fails rather than replace (its bit is not MAP_FIXED's);
+    mremap with an old size of 0 duplicates a shared mapping, named by the old range."""
+    matters, _, _ = watching
+    assert not matters(MMAP, TEXT.start, 0x1000, 5, MAP_PRIVATE | MAP_ANONYMOUS | 0x100000, 0xFFFFFFFF, 0)
+    assert matters(MREMAP, TEXT.start, 0, 0x1000, MREMAP_MAYMOVE, 0), "a watched range, even of size 0"
+    assert not matters(MREMAP, ANON.start, 0, 0x1000, MREMAP_MAYMOVE, 0)
+
+
 def test_a_shared_mapping_holds_nothing_of_ours(watching) -> None:
     """valid_vma() and valid_ref_ctr_vma() refuse shared VMAs: even the probed file,
     mapped shared, gets no breakpoint and no counter (unless it replaces ours)."""
