@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_hits import interleaved  # noqa: E402
+from bench_hits import interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "build"
@@ -120,7 +120,8 @@ def main() -> None:
             if wall is None or cpu is None:
                 print(f"  {mode:11} killed after {args.timeout:.0f} s")
                 continue
-            print(f"  {mode:11} {wall:7.3f} s wall {_ratio(wall, base_wall)}   {cpu:7.3f} s CPU {_ratio(cpu, base_cpu)}")
+            print(f"  {mode:11} {wall:7.3f} s wall {_ratio(wall, base_wall)}   "
+                  f"{cpu:7.3f} s CPU {_ratio(cpu, base_cpu)}")
         print(f"  seccomp / rendezvous: {_ratio(walls['seccomp'], walls['rendezvous'])} wall, "
               f"{_ratio(command.cpu_median('seccomp'), command.cpu_median('rendezvous'))} CPU", flush=True)
 

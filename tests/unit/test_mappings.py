@@ -13,8 +13,8 @@ from uemu import mappings
 from uemu.arch import by_name
 from uemu.arch.base import MappingSyscall
 from uemu.mappings import FdFile, MappingCall, MappingMode
-from uemu.ptrace import SyscallInfo
 from uemu.objects import MappedObject
+from uemu.ptrace import SyscallInfo
 from uemu.tasks import Task
 from uemu.uprobes import Uprobes
 
