@@ -162,6 +162,15 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def sigtrap_pending(tid: int) -> bool:
+    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
+    with open(f"/proc/{tid}/status") as stream:
+        for line in stream:
+            if line.startswith("SigPnd:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+    return False
+
+
 def tgid(tid: int) -> int:
     return status(tid).tgid
 

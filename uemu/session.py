@@ -35,9 +35,10 @@ from uemu.arch.base import StepEnd
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
+from .journal import Journal
 from .mappings import MappingMode, Tracker
 from .maps import Vma, read_maps
-from .net import Net, map_area
+from .net import AREA_NAME, Net, map_area
 from .runtime.layout import AREA_SIZE
 from .selection import Selection
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
@@ -338,9 +339,10 @@ class Session:
         call = inject.caller(task, mm)
         near = next((v.start for v in mm.vmas if v.executable and v.file_id in self.uprobes.by_file), 0)
         hint = xol.gap_near(mm.vmas, near, AREA_SIZE) if near else None
+        journal = Journal.for_process(mm.pid, self.warn)  # before anything goes in (``uemu repair``)
         try:
-            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, b"uemu-net")),
-                         mm.memory)
+            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME)),
+                         mm.memory, journal=journal)
             mm.net.install(call, os.getpid())
         except errors.UemuError as err:
             mm.net = None
@@ -650,7 +652,7 @@ class Session:
         mid-instruction after an int3).  Let it run to its trap stop first, which
         handles that SIGTRAP, even while everything is being stopped."""
         mm = task.mm
-        if mm is None or not _sigtrap_pending(task.tid):
+        if mm is None or not process.sigtrap_pending(task.tid):
             return None
         step = task.xol
         if step is not None and step.setup.ends is not StepEnd.JUMP:
@@ -844,12 +846,3 @@ def _scratch_string(task: Task, mm: Mm, text: bytes) -> int:
     address = (regs[mm.arch.sp_reg] - 512 - len(text)) & ~15
     mm.memory.write(address, text + b"\0")
     return address
-
-
-def _sigtrap_pending(tid: int) -> bool:
-    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
-    with open(f"/proc/{tid}/status") as stream:
-        for line in stream:
-            if line.startswith("SigPnd:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
-    return False
