@@ -390,7 +390,10 @@ def read(directory: Directory, name: str) -> tuple[Identity, State]:
     fd = directory.open_journal(name, os.O_RDONLY)
     with os.fdopen(fd, "rb") as stream:
         data = stream.read(MAX_SIZE)
-    identity, state = parse(data.decode("ascii", "replace"))
+    try:
+        identity, state = parse(data.decode("ascii", "replace"))
+    except Unavailable as err:
+        raise Unavailable(f"{directory.path / name}: {err.message}; left alone") from None
     if identity.name != name:
         raise Unavailable(f"{directory.path / name} names another process ({identity.name}); left alone")
     return identity, state
@@ -432,6 +435,11 @@ class Journal:
         assert found is not None
         identity = Identity.of(pid)
         if found.exists(identity.name):
+            try:
+                read(found, identity.name)
+            except Unavailable as err:  # something else under its name: never written through
+                warn(f"{err.message}; no journal for process {pid}")
+                return cls.disabled()
             raise errors.AttachRefused(f"process {pid} still holds what an earlier uemu wrote into it "
                                        f"(journal {found.path / identity.name}): 'uemu repair {pid}' first")
         return cls(found, identity, warn)

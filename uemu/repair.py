@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import signal
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,10 +60,9 @@ from .uprobes import Mm
 
 Warn = Callable[[str], None]
 
-HANDLER_WAITS = 10
-"""Times repair lets the threads run for the handler to finish before it gives up on the
-area (each as long as the handler's own wait, plus a margin)."""
-MARGIN = 0.05
+HANDLER_TIME = 2.0
+"""Seconds a thread in the runtime's handler is given to return from it, beyond the
+handler's own wait, before repair leaves the area in place."""
 
 
 @dataclass
@@ -268,12 +266,6 @@ class _Holder(Session):
     def threads(self) -> list[Task]:
         return list(self.tracees.tasks.values())
 
-    def let_run(self, seconds: float) -> None:
-        """Resume the threads for a while (a stopped program stays stopped), then park them."""
-        self._resume_parked()
-        time.sleep(seconds)
-        self._stop_all()
-
     def caller(self, mm: Mm) -> tuple[Task, InjectedCall]:
         """A parked thread and its system calls, made at a syscall instruction of the vDSO
         (the area goes: its stub is not used)."""
@@ -346,15 +338,16 @@ class _Repair:
         return ips
 
     def _wait_for_the_handler(self) -> None:
-        """Threads running the runtime's handler (its wait before it puts the program's
-        action back) are let run until none is left in the area, unless the program is
-        stopped (then they cannot, and the area stays: ``_unmap``)."""
-        delay = (self.view.header.restore_delay_ms / 1000 if self.view is not None else 0) + MARGIN
-        for _ in range(HANDLER_WAITS):
-            inside = {tid for tid, ip in self._ips().items() if self._in_area(ip) and not self._in_stub(ip)}
-            if not inside or all(t.listening for t in self.holder.threads if t.tid in inside):
-                return
-            self.holder.let_run(delay)
+        """A thread in the runtime's handler (uemu died under it, or it waits before it
+        puts the program's action back) runs alone until it has returned from it; the
+        holder of the table's lock first, as the others wait for it.  One that does not
+        return in time keeps the area in place (``_unmap``)."""
+        lock = self.view.header.lock if self.view is not None else 0
+        delay = self.view.header.restore_delay_ms / 1000 if self.view is not None else 0
+        ips = self._ips()
+        inside = [t for t in self.holder.threads if self._in_area(ips[t.tid]) and not self._in_stub(ips[t.tid])]
+        for task in sorted(inside, key=lambda t: t.tid != lock):
+            _return_from_handler(task, self.arch, self._in_area, delay + HANDLER_TIME)
 
     def _take_back_traps(self) -> None:
         """A thread that met a breakpoint or a slot's trap of ours just before it was
@@ -544,8 +537,10 @@ class _Repair:
             self.writer.note_xol_area_gone()
         inside = [tid for tid, ip in ips.items() if self.base <= ip < self.base + layout.AREA_SIZE]
         if inside:
-            self.report.left = (f"process {self.pid}: uemu's area at {self.base:#x} is left: thread {inside[0]} "
-                                f"runs uemu's handler there; 'uemu repair {self.pid}' again once it has run")
+            tid = inside[0]
+            self.report.left = (f"process {self.pid}: uemu's area at {self.base:#x} is left: thread {tid} is in "
+                                f"it (at +{ips[tid] - self.base:#x}, uemu's handler); 'uemu repair {self.pid}' "
+                                "again once it has run")
             return
         _, call = self.holder.caller(self.mm)
         if call("munmap", self.base, layout.AREA_SIZE) == 0:
@@ -567,13 +562,69 @@ def _is_anonymous_code(vmas: list[Vma], start: int, size: int) -> bool:
         min(v.start for v in covering) == start and max(v.end for v in covering) == start + size
 
 
+def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool], seconds: float) -> None:
+    """Resume one thread alone, from system call to system call, until the rt_sigreturn
+    that takes it out of the runtime's signal frame: back where the trap was, no
+    instruction of the program run (unless the handler chains to the program's own, which
+    the thread was about to run).  The others stay parked, a stopped program stopped.
+
+    Its frame is left when rt_sigreturn brings ip outside the area and sp above where the
+    thread stood in the handler (a signal of the program's, handled meanwhile, returns
+    below).  On a signal stack of the program's the frame may sit below the interrupted
+    stack: then the thread is stopped at its time limit, inside, and the area stays."""
+    sigreturn = arch.syscall_numbers["rt_sigreturn"]
+    regs = task.registers(arch)
+    regs.fetch(task.tid)
+    floor = regs[arch.sp_reg]
+    returning = False
+    _hold_owed(task)
+
+    def time_up(signum: int, frame: object) -> None:
+        try:
+            ptrace.interrupt(task.tid)
+        except errors.TraceeGone:
+            pass
+
+    old = signal.signal(signal.SIGALRM, time_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        ptrace.syscall(task.tid)
+        while True:
+            stop = classify(task.tid, ptrace.wait_for(task.tid))
+            task.stop_kind = stop.kind
+            if stop.kind is StopKind.EXITED:
+                return
+            if stop.kind is StopKind.INTERRUPT:
+                return  # its time is up
+            if stop.kind is StopKind.SYSCALL:
+                info = ptrace.syscall_info(task.tid)
+                if info.op == ptrace.SYSCALL_INFO_ENTRY:
+                    returning = info.nr == sigreturn
+                elif returning:
+                    regs.fetch(task.tid)
+                    if not in_area(regs[arch.ip_reg]) and regs[arch.sp_reg] > floor:
+                        return
+            elif stop.kind is StopKind.SIGNAL:
+                task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))
+            ptrace.syscall(task.tid)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _hold_owed(task: Task) -> None:
+    """The signal a parked thread was stopped with, kept for the program before it is
+    resumed without it."""
+    if task.owed_signal and task.stop_kind is StopKind.SIGNAL:
+        task.hold(task.owed_signal, ptrace.signal_info_bytes(task.tid))
+        task.owed_signal = 0
+
+
 def _to_sigtrap_stop(task: Task) -> bool:
     """Run a parked thread to the signal-delivery stop of its pending SIGTRAP (other
     signals, the one it is parked with included, are held for the program); False if it
     exits."""
-    if task.owed_signal:
-        task.hold(task.owed_signal, ptrace.signal_info_bytes(task.tid))
-        task.owed_signal = 0
+    _hold_owed(task)
     ptrace.cont(task.tid)
     while True:
         stop = classify(task.tid, ptrace.wait_for(task.tid))
