@@ -379,10 +379,14 @@ class Net:
             self._set_raised(old, 0)
 
     def _set_raised(self, addr: int, raised: int) -> None:
-        if raised > self._raised.get(addr, 0):
+        """The journal is told before a raise and after a lowering: it claims at least
+        what the process holds."""
+        up = raised > self._raised.get(addr, 0)
+        if up:
             self.journal.note_counter(addr, raised)
         self._set_table_raised(addr, raised)
-        self.journal.note_counter(addr, raised)
+        if not up:
+            self.journal.note_counter(addr, raised)
 
     def _set_table_raised(self, addr: int, raised: int) -> None:
         if raised == 0:

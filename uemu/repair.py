@@ -392,6 +392,7 @@ class _Repair:
         it is in (``_unmap``)."""
         fixes = self._slot_fixes()
         xol_area = self.state.xol
+        inside_sites = self._inside_sites()
         for task in self.holder.threads:
             regs = task.registers(self.arch)
             regs.fetch(task.tid)
@@ -407,10 +408,19 @@ class _Repair:
                         break
             elif self._in_stub(ip):
                 self._give_back_injected(task.tid, changes)
+            elif ip in inside_sites:
+                changes[self.arch.ip_reg] = inside_sites[ip]
             else:
                 self._fix_return_address(task.tid, regs[self.arch.sp_reg], fixes)
             if regs.update(changes):
                 regs.store(task.tid)
+
+    def _inside_sites(self) -> dict[int, int]:
+        """Addresses inside an instruction that uemu's trap covers (x86 writes a second
+        int3 one byte into one of two bytes or more) -> its site.  The kernel drops the
+        SIGTRAP of a thread stopped at uemu's int3 when uemu dies and leaves it there,
+        one byte in: once the bytes are back, it must start the instruction again."""
+        return {addr + offset: addr for addr, (_, trap) in self._sites().items() for offset in range(1, len(trap))}
 
     def _give_back_injected(self, tid: int, changes: dict[str, int]) -> None:
         """A thread uemu left in a call it injected through the runtime's stub: the

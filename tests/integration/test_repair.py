@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,16 @@ def assert_as_before(pid: int, lines: list, caught_before: bool) -> None:
     assert tracer_pid(pid) == 0
 
 
+def stop_under_uemu(pid: int) -> None:
+    """SIGSTOP the program and wait until uemu has seen every thread into the group stop:
+    a thread still in its signal-delivery stop when uemu dies would run on (the kernel
+    drops a stop's signal the tracer has waited for) and meet a breakpoint."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: set(thread_states(pid).values()) == {"t"}, what="the program to stop")
+    time.sleep(0.5)  # uemu takes each stop in well under a millisecond: every thread listens
+    assert set(thread_states(pid).values()) == {"t"}
+
+
 def assert_goes_on(tracee: Tracee) -> None:
     start = turns(tracee.pid, tracee.lines())
     wait_until(lambda: turns(tracee.pid, tracee.lines()) > start + 100, what="the program's next turns")
@@ -138,12 +149,14 @@ def test_repair_of_a_program_stopped_when_uemu_died(samples: Path, journal_dir: 
         cli = attach_cli(str(tracee.pid), "survival:hot", "survival:slow")
         start = turns(tracee.pid, tracee.lines())
         wait_until(lambda: turns(tracee.pid, tracee.lines()) > start + 100, what="traced turns")
-        os.kill(tracee.pid, signal.SIGSTOP)
-        wait_until(lambda: process_state(tracee.pid) in ("T", "t"), what="the program to stop")
+        stop_under_uemu(tracee.pid)
+        assert cli.poll() is None, cli.communicate()
         cli.kill()
         cli.communicate(timeout=30)
         wait_until(lambda: tracer_pid(tracee.pid) == 0, what="the tracer to be gone")
-        assert process_state(tracee.pid) == "T"
+        # woken by the tracer's death, every thread goes back into the group stop (kernel:
+        # __ptrace_unlink) without a return to user space
+        wait_until(lambda: set(thread_states(tracee.pid).values()) == {"T"}, what="the group stop")
         result = uemu("repair", str(tracee.pid))
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert re.search(r"\b\d+ breakpoints restored; 2 semaphores lowered", result.stdout), result.stdout
@@ -167,6 +180,8 @@ def test_repair_with_threads_in_xol_slots(samples: Path, ends: str) -> None:
         start = turns(tracee.pid, tracee.lines())
         wait_until(lambda: turns(tracee.pid, tracee.lines()) > start + 200, what="traced turns")
         cli.send_signal(signal.SIGSTOP)
+        wait_until(lambda: process_state(cli.pid) == "T", what="uemu to stop")
+        lost = ends == "step" and lost_traps(tracee.pid, site_of(tracee.pid, word))  # ret: one byte
         os.kill(tracee.pid, signal.SIGSTOP)
         cli.kill()
         cli.communicate(timeout=30)
@@ -183,7 +198,36 @@ def test_repair_with_threads_in_xol_slots(samples: Path, ends: str) -> None:
         tracee.process.send_signal(signal.SIGTERM)
         assert tracee.process.wait(20) == 0
         wrong = [line.values for line in tracee.lines() if line.kind == "result"]
-        assert wrong and all(values == ("0",) for values in wrong), wrong
+        assert wrong
+        if not lost:  # else the documented window of a one-byte site: the thread skipped it
+            assert all(values == ("0",) for values in wrong), wrong
+
+
+def site_of(pid: int, word: str) -> int:
+    """The runtime address of a ``PATH:work+OFF`` word in the program's own mapping."""
+    path, _, offset = word.rpartition("+")
+    program = os.path.realpath(path.rsplit(":", 1)[0])
+    symbol = subprocess.run(["nm", program], capture_output=True, text=True, check=True).stdout
+    value = next(int(line.split()[0], 16) for line in symbol.splitlines() if line.endswith(" t work"))
+    low = min(int(line.split("-")[0], 16) for line in ptrace_maps(pid) if line.endswith(program))
+    return low + value + int(offset, 16)
+
+
+def lost_traps(pid: int, site: int) -> list[int]:
+    """Threads of a program whose tracer is frozen, stopped at the trap of the one-byte
+    site ``site`` (ip one past it) with a stop the tracer has already waited for (the
+    stop's signal, field 52 of /proc/TID/stat, is 0): if the tracer dies now, the kernel
+    resumes them past the site's instruction with the SIGTRAP dropped (README, "When
+    uemu is killed")."""
+    lost = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/syscall") as stream:
+            words = stream.read().split()
+        with open(f"/proc/{pid}/task/{tid}/stat") as stream:
+            exit_code = int(stream.read().rsplit(")", 1)[1].split()[49])
+        if words[0] == "-1" and int(words[2], 16) == site + 1 and exit_code == 0:
+            lost.append(int(tid))
+    return lost
 
 
 def test_repair_after_the_handler_ran(samples: Path, journal_dir: Path) -> None:
