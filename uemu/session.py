@@ -464,6 +464,7 @@ class Session:
             return
         task.stopped = True
         task.stop_kind = stop.kind
+        task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
         try:
             resume = self._handlers[stop.kind](self, task, stop)
         except errors.TraceeGone:
@@ -498,13 +499,19 @@ class Session:
             pass
 
     def _auto_op(self, task: Task) -> ResumeOp:
-        """How a task goes on by its state: its out-of-line step, LISTEN after a
-        group-stop, syscall stops where mappings are watched, else CONT."""
+        """How a task goes on by its state: LISTEN in a group-stop, its out-of-line
+        step, syscall stops where mappings are watched, else CONT.
+
+        A group-stop comes first, even in the middle of a step: any other restart would
+        let the thread run while its program is stopped, and its next stop would not be
+        one LISTEN may answer.  Differs: the kernel holds the stop until the step is over
+        (``uprobe_deny_signal()``); here the thread stays stopped in its slot, and the
+        step goes on after SIGCONT (``_on_interrupt``)."""
+        if task.listening:
+            return ResumeOp.LISTEN
         sees_syscalls = task.syscall is not None or task.sigaction is not None or self._stops_every_syscall(task)
         if task.xol is not None:
             return xol.resume_op(task.xol, sees_syscalls)
-        if task.listening:
-            return ResumeOp.LISTEN
         return ResumeOp.SYSCALL if sees_syscalls else ResumeOp.CONT
 
     def _resume_all(self, resumes: list[tuple[Task, Resume]]) -> None:
@@ -633,8 +640,7 @@ class Session:
 
     def _on_group_stop(self, task: Task, stop: Stop) -> Resume:
         """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
-        without us, and hear of SIGCONT (PTRACE_LISTEN)."""
-        task.listening = True
+        without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
         return GO_ON
 
     def _on_interrupt(self, task: Task, stop: Stop) -> Resume:
@@ -642,7 +648,6 @@ class Session:
         urgent = self._trap_still_queued(task)
         if urgent is not None:
             return urgent
-        task.listening = False
         return GO_ON
 
     def _trap_still_queued(self, task: Task) -> Resume | None:
