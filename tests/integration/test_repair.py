@@ -217,8 +217,8 @@ def lost_traps(pid: int, site: int) -> list[int]:
     """Threads of a program whose tracer is frozen, stopped at the trap of the one-byte
     site ``site`` (ip one past it) with a stop the tracer has already waited for (the
     stop's signal, field 52 of /proc/TID/stat, is 0): if the tracer dies now, the kernel
-    resumes them past the site's instruction with the SIGTRAP dropped (README, "When
-    uemu is killed")."""
+    resumes them past the site's instruction with the SIGTRAP dropped (README, "If uemu
+    dies")."""
     lost = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/syscall") as stream:
