@@ -23,16 +23,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from residue import UEMU_AREA, anonymous_code, counters_off, semaphores, text_differences, turns
+from residue import (
+    UEMU_AREA,
+    anonymous_code,
+    counters_off,
+    semaphores,
+    text_differences,
+    turns,
+)
 from test_net import Orphan, facts, untraced
-from tracee import UEMU, Tracee, attach_cli, process_state, stop_cli, thread_states, tracer_pid, wait_until
+from tracee import (
+    UEMU,
+    Tracee,
+    attach_cli,
+    process_state,
+    stop_cli,
+    thread_states,
+    tracer_pid,
+    wait_until,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "soak"))
-from sites import stepped  # noqa: E402
+from sites import stepped
 
-from uemu import journal, ptrace  # noqa: E402
-from uemu.net import read_table  # noqa: E402
-from uemu.runtime.layout import TableState  # noqa: E402
+from uemu import journal, ptrace
+from uemu.net import read_table
+from uemu.runtime.layout import TableState
 
 NEVER_MS = "600000"
 """samples/survival's slow probe period in a test that must see no hit of it."""
@@ -80,8 +96,8 @@ def sigtrap_caught(pid: int) -> bool:
 
 
 def table_state(pid: int) -> TableState:
-    base = next(int(line.split("-")[0], 16) for line in open(f"/proc/{pid}/maps")
-                if line.rstrip().endswith(UEMU_AREA) and " r-xp " in line)
+    base = next(int(line.split("-")[0], 16) for line in ptrace_maps(pid)
+                if line.endswith(UEMU_AREA) and " r-xp " in line)
     memory = ptrace.Memory(pid)
     try:
         return TableState(read_table(base, memory).header.state)

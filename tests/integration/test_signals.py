@@ -17,7 +17,7 @@ from samplelog import counts, expected_hits, per_probe, reported_hits, run_trace
 from tracee import Tracee, attach_cli, stop_cli, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "soak"))
-from sites import stepped  # noqa: E402
+from sites import stepped
 
 STOP_CYCLES = 20
 
@@ -112,7 +112,7 @@ def test_sigstop_and_sigcont_while_threads_step_out_of_line(samples, tmp_path):
             time.sleep(0.02)
             assert turns(tracee.pid, tracee.lines()) == stopped_at, "the program ran while stopped"
             os.kill(tracee.pid, signal.SIGCONT)
-            wait_until(lambda: turns(tracee.pid, tracee.lines()) > stopped_at + 5, what="the program to go on")
+            wait_until(lambda at=stopped_at: turns(tracee.pid, tracee.lines()) > at + 5, what="the program to go on")
             assert cli.poll() is None, cli.communicate()
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
