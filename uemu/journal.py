@@ -80,8 +80,8 @@ class Identity:
     @classmethod
     def of(cls, pid: int) -> Identity:
         try:
-            with open(f"/proc/{pid}/stat") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat", "rb") as stream:  # bytes: the name in it is the program's
+                fields = stream.read().rsplit(b")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             raise errors.NoSuchProcess(pid) from None
         return cls(pid, int(fields[19]), boot_id())
