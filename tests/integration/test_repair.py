@@ -369,7 +369,9 @@ def test_a_reused_pid_is_not_touched(samples: Path, journals: Path) -> None:
 def test_journal_is_private_and_holds_only_addresses_and_bytes(samples: Path, journals: Path) -> None:
     with survival(samples, NEVER_MS, "0") as tracee:
         cli = attach_cli(str(tracee.pid), "survival:hot", stepped(samples / "survival", "work")["jump"])
-        wait_until(lambda: "xol " in journal_file(journals, tracee.pid).read_text(), what="the XOL area")
+        wait_until(lambda: {"xol", "slot"} <= {record.split(" ", 1)[0] for record in
+                                             journal_file(journals, tracee.pid).read_text().splitlines()},
+                   what="the XOL area and a slot in the journal")
         info = os.stat(journals)
         assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.geteuid()
         path = journal_file(journals, tracee.pid)
