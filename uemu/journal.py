@@ -35,6 +35,7 @@ the net inside the process does not depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -203,10 +204,8 @@ class Directory:
 
     def remove(self, name: str) -> None:
         for each in (name, name + _NEW):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(each, dir_fd=self.fd)
-            except FileNotFoundError:
-                pass
 
     def exists(self, name: str) -> bool:
         try:
@@ -350,7 +349,7 @@ def decode(line: str) -> tuple[str, tuple[Value, ...]] | None:
         return None
     values: list[Value] = []
     try:
-        for kind_of, word in zip(_FIELDS[words[0]], words[1:]):
+        for kind_of, word in zip(_FIELDS[words[0]], words[1:], strict=True):
             if kind_of == _ADDR:
                 values.append(int(word, 16))
             elif kind_of == _BYTES:
@@ -542,10 +541,8 @@ class Journal:
             if self._fd is None and self.directory.exists(name):
                 # not ours: planted, or left by another uemu since ``for_process`` looked
                 raise FileExistsError(errno.EEXIST, "it exists and is not this uemu's")
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(new, dir_fd=self.directory.fd)
-            except FileNotFoundError:
-                pass
             fd = self.directory.create(new)
             os.write(fd, text.encode("ascii"))
             os.rename(new, name, src_dir_fd=self.directory.fd, dst_dir_fd=self.directory.fd)

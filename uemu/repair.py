@@ -39,6 +39,7 @@ cannot.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import struct
 from collections.abc import Callable
@@ -590,10 +591,8 @@ def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool],
     _hold_owed(task)
 
     def time_up(signum: int, frame: object) -> None:
-        try:
+        with contextlib.suppress(errors.TraceeGone):  # it ended meanwhile: its exit comes next
             ptrace.interrupt(task.tid)
-        except errors.TraceeGone:
-            pass
 
     old = signal.signal(signal.SIGALRM, time_up)
     signal.setitimer(signal.ITIMER_REAL, seconds)
