@@ -130,7 +130,8 @@ class Arch:
     syscall_numbers: Mapping[str, int] = field(default_factory=dict)
     """Numbers of the system calls uemu makes the tracee run (``mmap``, ``munmap``,
     ``madvise`` for the XOL area; ``mprotect`` and ``rt_sigaction`` for the in-target
-    runtime, ``uemu.net``), and of those it makes itself on a host of this arch (``kcmp``)."""
+    runtime, ``uemu.net``), of those it makes itself on a host of this arch (``kcmp``), and
+    ``rt_sigreturn``, which ``uemu repair`` waits for a thread in the runtime's handler to make."""
     ucontext_regs: Mapping[str, int] = field(default_factory=dict)
     """Byte offset of each general register (by its ``regset`` name, ip and sp included) in
     the ``ucontext`` a signal handler receives: what the in-target runtime reads and

@@ -5,6 +5,7 @@
   taking it runs once per configuration (its id is the configuration's name).
 - ``runnable_build``: the configurations this machine can run (x86_64, i386).
 - ``uemu``: runs the command line in a fresh interpreter, as users do.
+- ``journal_dir``: where uemu keeps its journals during the run (set for every test).
 
 A build skips the test with the reason when make, the configuration's compiler
 or its C library is missing, and fails it when the samples then fail to build
@@ -133,6 +134,16 @@ def _built(build: Build) -> Build:
     result = _make(build, "all")
     assert result.returncode == 0, f"make {build.name} failed:\n{result.stdout}{result.stderr}"
     return build
+
+
+@pytest.fixture(scope="session", autouse=True)
+def journal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """uemu's journals (uemu/journal.py) of this test run, in a directory of their own:
+    tests kill uemu, and their journals must not mix with those of real uemu runs in
+    /run/uemu or of another test run."""
+    path = tmp_path_factory.mktemp("journals") / "uemu"
+    os.environ["UEMU_JOURNAL_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

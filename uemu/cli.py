@@ -1,4 +1,4 @@
-"""Command line: ``uemu list | attach | run``.
+"""Command line: ``uemu list | attach | run | repair``.
 
 A thin layer over the library: parse words, check them, call the API, print.
 Every option is checked, and every file uemu writes is opened or checked,
@@ -130,7 +130,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         args.argv = command
     elif args.command == "attach":
         _split_pids(args, parser)
-    if args.command != "list":
+    if args.command in ("run", "attach"):
         _check_tracing_options(args)
     return args
 
@@ -185,7 +185,18 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
                         help="a process to trace (repeatable; as strace -p)")
     _tracing_options(attach, default_mappings="rendezvous")
     attach.set_defaults(handler=_cmd_attach)
-    return top, {"list": listing, "run": run, "attach": attach}
+    repair = sub.add_parser(
+        "repair",
+        help="undo what a uemu that died left in a process",
+        description="Restore PID from uemu's journal and the table inside it: breakpoints, raised semaphores, "
+        "the SIGTRAP action, uemu's areas. Without PID, list what the journals say is left behind "
+        "(and remove the journals of processes that are gone).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    repair.add_argument("pid", metavar="PID", type=_pid, nargs="?")
+    repair.set_defaults(handler=_cmd_repair)
+    return top, {"list": listing, "run": run, "attach": attach, "repair": repair}
 
 
 _PROBE_HELP = (
@@ -478,6 +489,28 @@ class _Sink:
         if self.owned:
             with suppress(OSError):  # finish() has said what went wrong, or an earlier error is on its way
                 self.stream.close()
+
+
+# ---- repair ----------------------------------------------------------------
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from . import repair
+
+    def warn(message: str) -> None:
+        print(f"uemu: warning: {message}", file=sys.stderr)
+
+    if args.pid is None:
+        lines, left = repair.left_behind(warn), None
+    else:
+        report = repair.repair(args.pid, warn)
+        lines, left = report.lines, report.left
+    for line in lines:
+        print(line)
+    if left is not None:
+        print(f"uemu: {left}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- list ------------------------------------------------------------------

@@ -14,6 +14,10 @@ Every method here is one write to the process's memory where it can be (a write 
 one page is all or nothing even if uemu is killed during it; no entry straddles a page),
 and the free lists make adding and removing O(1).
 
+Every write is also told to the net's journal (``journal.py``), outside the process:
+before the table on the way in, after it on the way out, so that both always claim at
+least what the process holds; ``uemu repair`` reads both (``repair.py``).
+
 Kernel: none; the kernel's uprobes cannot outlive themselves.  Differs from the kernel's
 xol_area (VM_DONTCOPY): the area is inherited by fork, because a forked child inherits
 uemu's breakpoints, raised counters and SIGTRAP action, so it must inherit the net that
@@ -34,6 +38,7 @@ from uemu.arch import Arch
 from uemu.arch.base import KernelSigaction
 
 from . import errors, runtime
+from .journal import Journal
 from .runtime import layout
 from .runtime.layout import (
     Capacities,
@@ -116,6 +121,9 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> in
 
 
 MFD_CLOEXEC, MFD_EXEC = 0x1, 0x10
+AREA_NAME = b"uemu-net"
+AREA_PATH = "/memfd:uemu-net (deleted)"
+"""How /proc/PID/maps names an area mapped with ``name`` pointing at ``AREA_NAME``."""
 
 
 def _area_file(call: InjectedCall, name: int) -> tuple[int, int]:
@@ -178,7 +186,8 @@ class _Entries:
 class Net:
     """The table of one address space, at ``base`` (the area's start) in ``memory``."""
 
-    def __init__(self, arch: Arch, base: int, memory: Memory, capacities: Capacities = layout.DEFAULT_CAPACITIES):
+    def __init__(self, arch: Arch, base: int, memory: Memory, capacities: Capacities = layout.DEFAULT_CAPACITIES,
+                 journal: Journal | None = None):
         self.arch = arch
         self.base = base
         self.memory = memory
@@ -192,6 +201,8 @@ class Net:
         self._raised: dict[int, int] = {}
         self._slots = _Entries(capacities.slots, "slot records")
         self._threads = _Entries(capacities.threads, "thread records")
+        self.journal = journal or Journal.disabled()
+        """The same writes, kept outside the process (``journal.py``)."""
 
     # ----- addresses in the area ------------------------------------------------------
 
@@ -236,6 +247,7 @@ class Net:
         saves the program's again, so the table holds it from the instant ours is in.
         Call with every thread of the process stopped, before any breakpoint.
         """
+        self.journal.note_area(self.base, layout.AREA_SIZE, self.arch.name)
         self.memory.write(self.base, self.blob.code)
         offsets, capacities = self.capacities.offsets(), self.capacities
         header = TableHeader(
@@ -250,6 +262,7 @@ class Net:
         self.memory.write(self.table, layout.TABLE_HEADER.encode(header))
         self._rt_sigaction(call, 0, self.saved_action_address)
         saved = self.memory.read(self.saved_action_address, self._sigaction.size)
+        self.journal.note_action(saved)
         self.memory.write(self.our_action_address, self.our_action(saved))
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
 
@@ -268,10 +281,12 @@ class Net:
         result = call("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
             raise errors.UemuError(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
+        self.journal.remove()  # nothing of uemu is left in the process
 
-    def fork(self, memory: Memory) -> Net:
-        """The net of a forked child, whose area and table are copies of this one's."""
-        child = Net(self.arch, self.base, memory, self.capacities)
+    def fork(self, memory: Memory, pid: int) -> Net:
+        """The net of forked child ``pid``, whose area and table are copies of this one's
+        (its journal too: ``Journal.fork``)."""
+        child = Net(self.arch, self.base, memory, self.capacities, self.journal.fork(pid))
         child._sites, child._counters = copy.deepcopy(self._sites), copy.deepcopy(self._counters)
         child._slots, child._threads = copy.deepcopy(self._slots), copy.deepcopy(self._threads)
         child._raised = dict(self._raised)
@@ -320,6 +335,7 @@ class Net:
         the kernel is to be given ``our_action_address``, the net's action with the
         program's new mask and flags.  The saved action is written first: if uemu dies
         between the two writes, the handler chains to the program's new action."""
+        self.journal.note_action(action[:self._sigaction.size])
         self.memory.write(self.saved_action_address, action[:self._sigaction.size])
         self.memory.write(self.our_action_address, self.our_action(action))
 
@@ -327,6 +343,7 @@ class Net:
 
     def add_site(self, addr: int, orig: bytes, trap: bytes, prot: int) -> None:
         """Before writing ``trap`` over ``orig`` at ``addr`` (``prot``: the page's PROT_*)."""
+        self.journal.note_site(addr, orig[:len(trap)], trap)
         index, _ = self._sites.take(addr)
         entry = Site(addr=addr, len=len(trap), state=SiteState.ARMED, prot=prot, orig=orig[:len(trap)], trap=trap)
         self._write_entry("sites", layout.SITE, index, entry)
@@ -336,6 +353,7 @@ class Net:
         index = self._sites.release(addr)
         if index is not None:
             self._write_field("sites", layout.SITE, index, "state", bytes([SiteState.FREE]))
+        self.journal.note_site_gone(addr)
 
     def raise_counter(self, addr: int) -> None:
         """Before raising the semaphore at ``addr`` by one.  If uemu dies between the two
@@ -361,6 +379,16 @@ class Net:
             self._set_raised(old, 0)
 
     def _set_raised(self, addr: int, raised: int) -> None:
+        """The journal is told before a raise and after a lowering: it claims at least
+        what the process holds."""
+        up = raised > self._raised.get(addr, 0)
+        if up:
+            self.journal.note_counter(addr, raised)
+        self._set_table_raised(addr, raised)
+        if not up:
+            self.journal.note_counter(addr, raised)
+
+    def _set_table_raised(self, addr: int, raised: int) -> None:
         if raised == 0:
             self._raised.pop(addr, None)
             index = self._counters.release(addr)

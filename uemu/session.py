@@ -35,9 +35,10 @@ from uemu.arch.base import StepEnd
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .consumers import Handler, Reporter
 from .events import Event
+from .journal import Journal
 from .mappings import MappingMode, Tracker
 from .maps import Vma, read_maps
-from .net import Net, map_area
+from .net import AREA_NAME, Net, map_area
 from .runtime.layout import AREA_SIZE
 from .selection import Selection
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
@@ -338,9 +339,10 @@ class Session:
         call = inject.caller(task, mm)
         near = next((v.start for v in mm.vmas if v.executable and v.file_id in self.uprobes.by_file), 0)
         hint = xol.gap_near(mm.vmas, near, AREA_SIZE) if near else None
+        journal = Journal.for_process(mm.pid, self.warn)  # before anything goes in (``uemu repair``)
         try:
-            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, b"uemu-net")),
-                         mm.memory)
+            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME)),
+                         mm.memory, journal=journal)
             mm.net.install(call, os.getpid())
         except errors.UemuError as err:
             mm.net = None
@@ -462,6 +464,7 @@ class Session:
             return
         task.stopped = True
         task.stop_kind = stop.kind
+        task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
         try:
             resume = self._handlers[stop.kind](self, task, stop)
         except errors.TraceeGone:
@@ -496,13 +499,19 @@ class Session:
             pass
 
     def _auto_op(self, task: Task) -> ResumeOp:
-        """How a task goes on by its state: its out-of-line step, LISTEN after a
-        group-stop, syscall stops where mappings are watched, else CONT."""
+        """How a task goes on by its state: LISTEN in a group-stop, its out-of-line
+        step, syscall stops where mappings are watched, else CONT.
+
+        A group-stop comes first, even in the middle of a step: any other restart would
+        let the thread run while its program is stopped, and its next stop would not be
+        one LISTEN may answer.  Differs: the kernel holds the stop until the step is over
+        (``uprobe_deny_signal()``); here the thread stays stopped in its slot, and the
+        step goes on after SIGCONT (``_on_interrupt``)."""
+        if task.listening:
+            return ResumeOp.LISTEN
         sees_syscalls = task.syscall is not None or task.sigaction is not None or self._stops_every_syscall(task)
         if task.xol is not None:
             return xol.resume_op(task.xol, sees_syscalls)
-        if task.listening:
-            return ResumeOp.LISTEN
         return ResumeOp.SYSCALL if sees_syscalls else ResumeOp.CONT
 
     def _resume_all(self, resumes: list[tuple[Task, Resume]]) -> None:
@@ -631,8 +640,7 @@ class Session:
 
     def _on_group_stop(self, task: Task, stop: Stop) -> Resume:
         """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
-        without us, and hear of SIGCONT (PTRACE_LISTEN)."""
-        task.listening = True
+        without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
         return GO_ON
 
     def _on_interrupt(self, task: Task, stop: Stop) -> Resume:
@@ -640,7 +648,6 @@ class Session:
         urgent = self._trap_still_queued(task)
         if urgent is not None:
             return urgent
-        task.listening = False
         return GO_ON
 
     def _trap_still_queued(self, task: Task) -> Resume | None:
@@ -650,7 +657,7 @@ class Session:
         mid-instruction after an int3).  Let it run to its trap stop first, which
         handles that SIGTRAP, even while everything is being stopped."""
         mm = task.mm
-        if mm is None or not _sigtrap_pending(task.tid):
+        if mm is None or not process.sigtrap_pending(task.tid):
             return None
         step = task.xol
         if step is not None and step.setup.ends is not StepEnd.JUMP:
@@ -844,12 +851,3 @@ def _scratch_string(task: Task, mm: Mm, text: bytes) -> int:
     address = (regs[mm.arch.sp_reg] - 512 - len(text)) & ~15
     mm.memory.write(address, text + b"\0")
     return address
-
-
-def _sigtrap_pending(tid: int) -> bool:
-    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
-    with open(f"/proc/{tid}/status") as stream:
-        for line in stream:
-            if line.startswith("SigPnd:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
-    return False

@@ -575,7 +575,7 @@ class Uprobes:
         mm.raised = dict(parent.raised)
         mm.rendezvous_armed = parent.rendezvous_armed
         if parent.net is not None:
-            mm.net = parent.net.fork(memory)  # the area and its table were copied with the pages
+            mm.net = parent.net.fork(memory, mm.pid)  # the area and its table were copied with the pages
         return mm
 
     @staticmethod
@@ -586,6 +586,8 @@ class Uprobes:
         mm.installed.clear()
         mm.raised.clear()
         mm.memory.close()
+        if mm.net is not None:
+            mm.net.journal.remove()  # gone with the image: nothing left to repair
 
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's

@@ -136,6 +136,8 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
         start = call("mmap", 0, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if start < 0:
         raise errors.UemuError(f"process {mm.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
+    if mm.net is not None:
+        mm.net.journal.note_xol_area(start, AREA_SIZE)  # its place is known only now
     call("madvise", start, AREA_SIZE, MADV_DONTFORK)
     mm.vmas = read_maps(mm.pid)
     return XolArea(start, AREA_SIZE, mm.backend.slot_size)
@@ -147,6 +149,8 @@ def remove_area(task: Task, mm: Mm) -> None:
     if area is not None:
         inject.caller(task, mm)("munmap", area.start, area.size)
         mm.xol_area = None
+        if mm.net is not None:
+            mm.net.journal.note_xol_area_gone()
 
 
 # ---- a thread's step ------------------------------------------------------------------
@@ -171,6 +175,7 @@ def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.
     else:
         setup = mm.backend.prepare_xol(plan, slot, regs.at(mm.arch.ip_reg, site))
         code = setup.code
+        mm.net.journal.note_slot(slot, site, plan.size, setup.ends.value)  # how to get a thread out of it
         if setup.ends is StepEnd.STEP:
             code += mm.backend.trap_bytes(code)  # never run while uemu steps; reached if uemu dies
         if setup.ends is not StepEnd.JUMP:
