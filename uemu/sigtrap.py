@@ -49,6 +49,8 @@ def at_entry(task: Task, info: ptrace.SyscallInfo) -> None:
     mm = task.mm
     if mm is None or mm.net is None or info.nr != mm.arch.syscall_numbers.get("rt_sigaction"):
         return
+    if task.pid != mm.pid:
+        return  # a vfork child: the table is its parent's, its actions are its own (posix_spawn resets them)
     sig, new_pointer, old_pointer, size = info.args[:4]
     if sig != signal.SIGTRAP or size != SIGSET_SIZE:
         return
