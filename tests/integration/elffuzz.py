@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from tracee import SLOWDOWN
 
 LIST_CODES = frozenset({0, 3, 4, 5})
 """What ``uemu list FILE`` may exit with (README "Exit status")."""
 UEMU_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 126, 127})
 """uemu's own codes: with one of these, stderr says ``uemu: ...``."""
-_SLOWDOWN = float(os.environ.get("UEMU_TEST_SLOWDOWN", "1"))
-"""The test guests emulate their CPU (tests/vm): a hang is told by a longer wait there."""
-IN_PROCESS_TIMEOUT = 10.0 * _SLOWDOWN
-SUBPROCESS_TIMEOUT = 30.0 * _SLOWDOWN
+# The test guests emulate their CPU (tests/vm): a hang is told by a longer wait there.
+IN_PROCESS_TIMEOUT = 10.0 * SLOWDOWN
+SUBPROCESS_TIMEOUT = 30.0 * SLOWDOWN
 
 
 # ---------------------------------------------------------------- the corpus
