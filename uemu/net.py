@@ -269,11 +269,10 @@ class Net:
     def uninstall(self, call: InjectedCall) -> None:
         """Put the program's action back (unless it set one itself meanwhile) and unmap
         the area, once uemu has undone every write the table lists and no thread is
-        inside the area.  ``call`` must not use
-        the area's own stub: the area goes."""
-        self._rt_sigaction(call, 0, self.our_action_address)
-        current = self.memory.read(self.our_action_address, self._sigaction.size)
+        inside the area.  ``call`` must not use the area's own stub: the area goes."""
         layout_ = self._sigaction
+        self._rt_sigaction(call, 0, self.our_action_address)
+        current = self.memory.read(self.our_action_address, layout_.size)
         handler = int.from_bytes(current[layout_.handler:layout_.handler + layout_.word], "little")
         if handler == self.trap_handler:
             self._rt_sigaction(call, self.saved_action_address, 0)
