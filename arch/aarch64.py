@@ -13,10 +13,34 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, KernelSigaction, Plan, Refuse, Regs, SpecRegister, StepEnd,
-                   StepOutOfLine, XolSetup, frozen_map)
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, TRAP_BRKPT,
-                          UCONTEXT_MCONTEXT, FixedWidthJumps, PcStep, PcStepFixups, disassemble, goto, signed)
+from .base import (
+    Arch,
+    Effects,
+    Emulate,
+    KernelSigaction,
+    Plan,
+    Refuse,
+    Regs,
+    SpecRegister,
+    StepEnd,
+    StepOutOfLine,
+    XolSetup,
+    frozen_map,
+)
+from .fixed_width import (
+    GENERIC_MAPPING_SYSCALLS,
+    GENERIC_SYSCALL_NUMBERS,
+    MASK64,
+    NO_REGS,
+    TRAP_BRKPT,
+    UCONTEXT_MCONTEXT,
+    FixedWidthJumps,
+    PcStep,
+    PcStepFixups,
+    disassemble,
+    goto,
+    signed,
+)
 from .jump import HitFrame
 
 if TYPE_CHECKING:
@@ -274,10 +298,7 @@ class Aarch64Backend(PcStepFixups):
     def _adr_effects(word: int, vaddr: int) -> Effects:
         """adr: vaddr + imm21; adrp: the 4 KiB page of vaddr + imm21 pages (simulate_adr_adrp())."""
         imm = signed((word >> 5 & 0x7FFFF) << 2 | (word >> 29 & 3), 21)
-        if word >> 31:
-            value = (vaddr & ~0xFFF) + (imm << 12)
-        else:
-            value = vaddr + imm
+        value = (vaddr & ~0xFFF) + (imm << 12) if word >> 31 else vaddr + imm
         regs = {"pc": (vaddr + 4) & MASK64}
         rd = _x(word & 0x1F)
         if rd is not None:

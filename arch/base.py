@@ -7,8 +7,7 @@ never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Flag, StrEnum
 from types import MappingProxyType
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .jump import JumpBackend
-
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -135,7 +133,8 @@ class Arch:
     syscall_numbers: Mapping[str, int] = field(default_factory=dict)
     """Numbers of the system calls uemu makes the tracee run (``mmap``, ``munmap``,
     ``madvise`` for the XOL area; ``mprotect`` and ``rt_sigaction`` for the in-target
-    runtime, ``uemu.net``), and of those it makes itself on a host of this arch (``kcmp``)."""
+    runtime, ``uemu.net``), of those it makes itself on a host of this arch (``kcmp``), and
+    ``rt_sigreturn``, which ``uemu repair`` waits for a thread in the runtime's handler to make."""
     ucontext_regs: Mapping[str, int] = field(default_factory=dict)
     """Byte offset of each general register (by its ``regset`` name, ip and sp included) in
     the ``ucontext`` a signal handler receives: what the in-target runtime reads and
@@ -145,7 +144,7 @@ class Arch:
     trap_si_code: int = 0
     """si_code of the SIGTRAP its breakpoint instruction raises (x86 int3: SI_KERNEL;
     brk and ebreak: TRAP_BRKPT)."""
-    backend: "Backend | None" = None
+    backend: Backend | None = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
     jumps: "JumpBackend | None" = None
     """The jump path's facts (arch/jump.py), where hits can run through trampolines."""
@@ -159,7 +158,7 @@ class Arch:
         """``int.from_bytes`` order of the tracee's words (big only where the arch says so)."""
         return "big" if self.little_endian is False else "little"
 
-    def tracing_backend(self) -> "Backend":
+    def tracing_backend(self) -> Backend:
         """The backend, or UnsupportedArch for an arch uemu lists but cannot trace."""
         if self.backend is None:
             from uemu.errors import UnsupportedArch

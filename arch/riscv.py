@@ -13,10 +13,34 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from . import register
-from .base import (Arch, Effects, Emulate, KernelSigaction, Plan, Refuse, Regs, SpecRegister, StepEnd,
-                   StepOutOfLine, XolSetup, frozen_map)
-from .fixed_width import (GENERIC_MAPPING_SYSCALLS, GENERIC_SYSCALL_NUMBERS, MASK64, NO_REGS, TRAP_BRKPT,
-                          UCONTEXT_MCONTEXT, FixedWidthJumps, PcStep, PcStepFixups, disassemble, goto, signed)
+from .base import (
+    Arch,
+    Effects,
+    Emulate,
+    KernelSigaction,
+    Plan,
+    Refuse,
+    Regs,
+    SpecRegister,
+    StepEnd,
+    StepOutOfLine,
+    XolSetup,
+    frozen_map,
+)
+from .fixed_width import (
+    GENERIC_MAPPING_SYSCALLS,
+    GENERIC_SYSCALL_NUMBERS,
+    MASK64,
+    NO_REGS,
+    TRAP_BRKPT,
+    UCONTEXT_MCONTEXT,
+    FixedWidthJumps,
+    PcStep,
+    PcStepFixups,
+    disassemble,
+    goto,
+    signed,
+)
 from .jump import HitFrame
 
 if TYPE_CHECKING:

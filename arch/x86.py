@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING
 
-from collections import defaultdict
-
 from . import register
-from .base import (Arch, Effects, Emulate, Finish, KernelSigaction, MappingSyscall, Plan, Refuse, Regs, SpecRegister,
-                   StepEnd, StepOutOfLine, XolSetup, frozen_map)
+from .base import (
+    Arch,
+    Effects,
+    Emulate,
+    Finish,
+    KernelSigaction,
+    MappingSyscall,
+    Plan,
+    Refuse,
+    Regs,
+    SpecRegister,
+    StepEnd,
+    StepOutOfLine,
+    XolSetup,
+    frozen_map,
+)
 from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits
 
 if TYPE_CHECKING:
@@ -26,7 +39,7 @@ _HIGH8 = {"ah": "ax", "bh": "bx", "ch": "cx", "dh": "dx"}
 
 def _x86_64_spec_registers() -> dict[str, SpecRegister]:
     regs: dict[str, SpecRegister] = {}
-    for full, legacy, low8 in zip(_GPR64, _LEGACY, _LOW8):
+    for full, legacy, low8 in zip(_GPR64, _LEGACY, _LOW8, strict=True):
         regs[full] = SpecRegister(full, 8)
         regs["e" + legacy] = SpecRegister(full, 4)
         regs[legacy] = SpecRegister(full, 2)
@@ -46,7 +59,7 @@ def _x86_64_spec_registers() -> dict[str, SpecRegister]:
 
 def _i386_spec_registers() -> dict[str, SpecRegister]:
     regs: dict[str, SpecRegister] = {}
-    for legacy, low8 in zip(_LEGACY, _LOW8):
+    for legacy, low8 in zip(_LEGACY, _LOW8, strict=True):
         full = "e" + legacy
         regs[full] = SpecRegister(full, 4)
         regs[legacy] = SpecRegister(full, 2)
@@ -776,7 +789,8 @@ X86_64 = Arch(
     syscall_orig_reg="orig_rax",
     restart_syscall=219,
     syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "mprotect": 10, "rt_sigaction": 13,
-                                "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3, "futex": 202}),
+                                "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3, "rt_sigreturn": 15,
+                                "futex": 202}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_X86_64_UCONTEXT),
@@ -804,7 +818,7 @@ I386 = Arch(
     restart_syscall=0,
     syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "mprotect": 125,  # mmap2
                                 "rt_sigaction": 174, "kcmp": 349, "memfd_create": 356, "ftruncate": 93,
-                                "close": 6, "futex": 240}),
+                                "close": 6, "rt_sigreturn": 173, "futex": 240}),
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),

@@ -16,6 +16,9 @@
  *   text-again   the text a third time             (increments again)
  *   text-over    the same text mapped over itself  (MAP_FIXED: a new VMA, armed again)
  *   unmap-text   that third text munmap-ed         (no decrement)
+ *   text-moved   the first text moved by mremap     (its breakpoints move with its pages)
+ *   text-split   the second text's first page made read-only by mprotect
+ *                (a split: the breakpoints stay, nothing counts again)
  *
  * With --cut OFFSET the steps show instead what happens to writes that
  * cannot succeed: the library (a copy the caller may change) is cut to OFFSET
@@ -189,8 +192,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	map_at("text", base, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd);
-	map_at("text-twice", reserve(span), text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC,
-	       MAP_PRIVATE, fd);
+	char *twice = reserve(span);
+	map_at("text-twice", twice, text->p_vaddr, text->p_offset, text->p_filesz, PROT_READ | PROT_EXEC, MAP_PRIVATE,
+	       fd);
 	map_at("other-inode", reserve(span), data->p_vaddr, 0, (unsigned long)page, PROT_READ | PROT_WRITE,
 	       MAP_PRIVATE, self);
 	map_at("shared", reserve(span), data->p_vaddr, data->p_offset, data->p_filesz, PROT_READ, MAP_SHARED, fd);
@@ -208,6 +212,19 @@ int main(int argc, char **argv)
 	SAMPLE_LINE("map", "unmap-text", UNSIGNED((uintptr_t)again, sizeof(void *)), UNSIGNED(0, sizeof(long)),
 		    UNSIGNED(0, sizeof(long)));
 	sample_sync("unmap-text");
+	unsigned long text_length = text->p_filesz + text->p_offset - page_down(text->p_offset);
+	char *moved = mremap(base + page_down(text->p_vaddr), text_length, text_length, MREMAP_MAYMOVE | MREMAP_FIXED,
+			     reserve(span));
+	if (moved == MAP_FAILED)
+		fail("mremap");
+	SAMPLE_LINE("map", "text-moved", UNSIGNED((uintptr_t)moved, sizeof(void *)),
+		    UNSIGNED(text_length, sizeof(long)), UNSIGNED(page_down(text->p_offset), sizeof(long)));
+	sample_sync("text-moved");
+	if (mprotect(twice + page_down(text->p_vaddr), (size_t)page, PROT_READ) != 0)
+		fail("mprotect");
+	SAMPLE_LINE("map", "text-split", UNSIGNED((uintptr_t)twice + page_down(text->p_vaddr), sizeof(void *)),
+		    UNSIGNED(text_length, sizeof(long)), UNSIGNED(page_down(text->p_offset), sizeof(long)));
+	sample_sync("text-split");
 	sample_sync("end");
 	return 0;
 }

@@ -5,9 +5,11 @@
   taking it runs once per configuration (its id is the configuration's name).
 - ``runnable_build``: the configurations this machine can run (x86_64, i386).
 - ``uemu``: runs the command line in a fresh interpreter, as users do.
+- ``journal_dir``: where uemu keeps its journals during the run (set for every test).
 
-A build fails the test when make fails (a broken sample is a defect), and skips
-it with the reason when make or the configuration's compiler is missing.
+A build skips the test with the reason when make, the configuration's compiler
+or its C library is missing, and fails it when the samples then fail to build
+(a broken sample is a defect).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The test guests (tests/vm) emulate their CPU: hypothesis's limits on the time
+# one example and its data may take (200 ms) are stretched as the waits of
+# tests/integration/tracee.py are.
+_SLOWDOWN = float(os.environ.get("UEMU_TEST_SLOWDOWN", "1"))
+if _SLOWDOWN > 1:
+    settings.register_profile("slowdown", deadline=200 * _SLOWDOWN, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("slowdown")
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 
@@ -85,19 +97,25 @@ def _is_elf(path: Path) -> bool:
 
 
 @functools.cache
-def _make(build: Build) -> None:
+def _make(build: Build, goal: str) -> subprocess.CompletedProcess[str]:
     """Run make for one configuration; a lock keeps parallel test sessions apart."""
     (SAMPLES_DIR / "build").mkdir(exist_ok=True)
     with open(SAMPLES_DIR / "build" / ".make.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        result = subprocess.run(
-            ["make", "-s", "-j2", "-C", str(SAMPLES_DIR),
+        return subprocess.run(
+            ["make", "-s", "-j2", "-C", str(SAMPLES_DIR), goal,
              f"TARGET={build.target}", f"OPT={build.opt}", f"PIE={'yes' if build.pie else 'no'}"],
             capture_output=True,
             text=True,
             check=False,
         )
-    assert result.returncode == 0, f"make {build.name} failed:\n{result.stdout}{result.stderr}"
+
+
+def _why(stderr: str) -> str:
+    """The lines of a failed build that say what is missing, without make's, directories or positions."""
+    said = [re.sub(r"^(\S*/|<stdin>:[\d:]+ )", "", line) for line in stderr.splitlines()
+            if re.search(r"error|cannot|not found", line) and not line.startswith(("make", "collect2"))]
+    return "; ".join(dict.fromkeys(said)) or stderr.strip()
 
 
 def _built(build: Build) -> Build:
@@ -106,8 +124,26 @@ def _built(build: Build) -> Build:
     for tool in ("make", COMPILERS[build.target], "dtrace"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: cannot build the {build.name} samples")
-    _make(build)
+    # samples/Makefile's toolchain goal first builds a small program with the
+    # configuration's compiler, C library and flags: where that fails this
+    # machine lacks a piece (a cross gcc's C library is only recommended), and
+    # where the samples fail after it, a sample is broken.
+    toolchain = _make(build, "toolchain")
+    if toolchain.returncode != 0:
+        pytest.skip(f"cannot build the {build.name} samples: {_why(toolchain.stderr)}")
+    result = _make(build, "all")
+    assert result.returncode == 0, f"make {build.name} failed:\n{result.stdout}{result.stderr}"
     return build
+
+
+@pytest.fixture(scope="session", autouse=True)
+def journal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """uemu's journals (uemu/journal.py) of this test run, in a directory of their own:
+    tests kill uemu, and their journals must not mix with those of real uemu runs in
+    /run/uemu or of another test run."""
+    path = tmp_path_factory.mktemp("journals") / "uemu"
+    os.environ["UEMU_JOURNAL_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

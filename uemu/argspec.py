@@ -19,7 +19,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Required, TypedDict
 
 from uemu.arch import Arch, SpecRegister, by_name
 
@@ -207,7 +207,25 @@ def parse(spec: str, arch: Arch | str) -> ArgSpec:
     )
 
 
-def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
+class _Operand(TypedDict, total=False):
+    """The ``ArgSpec`` fields an operand gives; the ``N@`` prefix gives the others."""
+
+    kind: Required[str]
+    reg: str
+    reg_bytes: int
+    reg_shift: int
+    base: str
+    index: str
+    index_bytes: int
+    index_signed: bool
+    scale: int
+    offset: int
+    symbol: str | None
+    gotoff: bool
+    value: int | float
+
+
+def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> _Operand:
     if not operand:
         raise _Unparsed("empty operand")
     if _RELOCATION.search(operand):
@@ -279,7 +297,7 @@ def _displacement(text: str, dialect: _Dialect) -> tuple[int, str | None, bool]:
     return offset, symbol, gotoff
 
 
-def _immediate(text: str, dialect: _Dialect) -> dict[str, Any]:
+def _immediate(text: str, dialect: _Dialect) -> _Operand:
     if dialect.float_immediates and _FLOAT.fullmatch(text):
         return {"kind": "imm", "value": float(text)}
     offset, symbol, gotoff = _displacement(text, dialect)
@@ -292,11 +310,11 @@ def _immediate(text: str, dialect: _Dialect) -> dict[str, Any]:
 
 def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: int = 1,
             offset: int = 0, symbol: str | None = None, gotoff: bool = False,
-            index_signed: bool = False) -> dict[str, Any]:
+            index_signed: bool = False) -> _Operand:
     """The fields of a memory operand from its register tokens."""
     if not (base.strip() or index.strip()):
         raise _Unparsed("address without register")
-    fields = {"kind": "mem", "offset": offset, "symbol": symbol, "gotoff": gotoff, "scale": scale}
+    fields: _Operand = {"kind": "mem", "offset": offset, "symbol": symbol, "gotoff": gotoff, "scale": scale}
     if base.strip():
         fields["base"] = _address_register(base, arch, dialect)[0]
     if index.strip():
@@ -305,12 +323,12 @@ def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: in
     return fields
 
 
-def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
+def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> _Operand:
     """``disp(base,index,scale)`` (AT&T), ``D(X,B)`` (s390), ``D(B)`` (ppc, riscv, mips)."""
     offset, symbol, gotoff = _displacement(disp, dialect) if disp.strip() else (0, None, False)
     parts = inside.split(",")
     if dialect.paren == "att" and len(parts) <= 3:
-        base, index, scale = (parts + ["", "", ""])[:3]
+        base, index, scale = [*parts, "", "", ""][:3]
         if scale.strip() not in ("", "1", "2", "4", "8") or (scale.strip() and not index.strip()):
             raise _Unparsed(f"bad scale {scale!r}")
         return _memory(arch, dialect, base, index, int(scale or 1), offset, symbol, gotoff)
@@ -321,7 +339,7 @@ def _paren_memory(disp: str, inside: str, arch: Arch, dialect: _Dialect) -> dict
     raise _Unparsed(f"cannot read address ({inside})")
 
 
-def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
+def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> _Operand:
     """ppc indexed ``RA,RB`` (no implicit scaling: the compiler already scaled
     RB); loongarch ``$rB,off`` and ``$rB,$rI``."""
     base, second = operand.split(",", 1)
@@ -331,7 +349,7 @@ def _comma_memory(operand: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]
     return _memory(arch, dialect, base, offset=offset, symbol=symbol)
 
 
-def _bracket_memory(inside: str, arch: Arch, dialect: _Dialect) -> dict[str, Any]:
+def _bracket_memory(inside: str, arch: Arch, dialect: _Dialect) -> _Operand:
     """``[b]``, ``[b, off]``, ``[b, #off]``, ``[b, i]``, ``[b, -i]``,
     ``[b, i, lsl #n]``, ``[b, wi, sxtw]``, ``[b, wi, uxtw #n]``."""
     parts = [part.strip() for part in inside.split(",")]

@@ -1,4 +1,4 @@
-"""Command line: ``uemu list | attach | run``.
+"""Command line: ``uemu list | attach | run | repair``.
 
 A thin layer over the library: parse words, check them, call the API, print.
 Every option is checked, and every file uemu writes is opened or checked,
@@ -17,6 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
@@ -60,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parse(argv)
-        return args.handler(args)  # type: ignore[no-any-return]
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except errors.UemuError as err:
         _say(f"uemu: {escape(err.message)}")
         return err.exit_code
@@ -80,10 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _say(line: str) -> None:
     """One line on stderr, if there is a stderr to say it on."""
     if sys.stderr is not None:
-        try:
+        with suppress(OSError):  # stderr is gone: nobody is left to tell
             print(line, file=sys.stderr, flush=True)
-        except OSError:
-            pass  # stderr is gone: nobody is left to tell
 
 
 def _warn(message: str) -> None:
@@ -130,7 +130,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         args.argv = command
     elif args.command == "attach":
         _split_pids(args, parser)
-    if args.command != "list":
+    if args.command in ("run", "attach"):
         _check_tracing_options(args)
     return args
 
@@ -187,7 +187,18 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
                         help="a process to trace (repeatable; as strace -p)")
     _tracing_options(attach, default_mappings="rendezvous")
     attach.set_defaults(handler=_cmd_attach)
-    return top, {"list": listing, "run": run, "attach": attach}
+    repair = sub.add_parser(
+        "repair",
+        help="undo what a uemu that died left in a process",
+        description="Restore PID from uemu's journal and the table inside it: breakpoints, raised semaphores, "
+        "the SIGTRAP action, uemu's areas. Without PID, list what the journals say is left behind "
+        "(and remove the journals of processes that are gone).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    repair.add_argument("pid", metavar="PID", type=_pid, nargs="?")
+    repair.set_defaults(handler=_cmd_repair)
+    return top, {"list": listing, "run": run, "attach": attach, "repair": repair}
 
 
 _PROBE_HELP = (
@@ -417,7 +428,8 @@ class _Sink:
     def open(cls, args: argparse.Namespace, default: TextIO | None, default_name: str) -> _Sink:
         if args.output is not None:
             try:
-                stream: TextIO = open(args.output, "w", buffering=1 << 16, encoding="utf-8",
+                # the sink owns the file past this function: close() closes it
+                stream: TextIO = open(args.output, "w", buffering=1 << 16, encoding="utf-8",  # noqa: SIM115
                                       errors="surrogateescape")
             except OSError as err:
                 raise UsageError(f"-o {args.output}: cannot write it: {err.strerror}") from None
@@ -488,10 +500,30 @@ class _Sink:
 
     def close(self) -> None:
         if self.owned:
-            try:
+            with suppress(OSError):  # finish() has said what went wrong, or an earlier error is on its way
                 self.stream.close()
-            except OSError:
-                pass  # finish() has said what went wrong, or an earlier error is on its way
+
+
+# ---- repair ----------------------------------------------------------------
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    from . import repair
+
+    def warn(message: str) -> None:
+        print(f"uemu: warning: {message}", file=sys.stderr)
+
+    if args.pid is None:
+        lines, left = repair.left_behind(warn), None
+    else:
+        report = repair.repair(args.pid, warn)
+        lines, left = report.lines, report.left
+    for line in lines:
+        print(line)
+    if left is not None:
+        print(f"uemu: {left}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- list ------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Sequence
-
 from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
@@ -80,7 +79,7 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
     saved = regs.snapshot()
     regs[arch.ip_reg] = at
     mask = (1 << (8 * arch.regset_word)) - 1
-    for name, value in zip(arch.syscall_regs, (number, *args)):
+    for name, value in zip(arch.syscall_regs, (number, *args), strict=False):
         regs[name] = value & mask
     regs.store(tid)
     try:
@@ -110,16 +109,43 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
 
     def call(name: str, *args: int) -> int:
         regs.fetch(task.tid)
-        if net is None:
-            return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
-        saved = regs.snapshot()
-        net.begin_inject(task.tid, {**saved, **arch.restarted_syscall(saved)})
         try:
-            return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+            if net is None:
+                return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+            saved = regs.snapshot()
+            net.begin_inject(task.tid, {**saved, **arch.restarted_syscall(saved)})
+            try:
+                return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+            finally:
+                net.end_inject()
         finally:
-            net.end_inject()
+            if task.stop_kind is StopKind.GROUP:
+                _back_to_group_stop(task)
 
     return call
+
+
+def _back_to_group_stop(task: Task) -> None:
+    """A thread taken out of its group-stop for a call is put back in it.
+
+    The call left it at a syscall-exit stop, which PTRACE_LISTEN refuses (EIO: only a
+    PTRACE_EVENT_STOP may be answered so), and any other restart would let it run in a
+    stopped program.  PTRACE_INTERRUPT, then a restart: on its way back to user space it
+    traps again before any instruction (kernel: ``do_jobctl_trap()``), as a group-stop
+    while its program is stopped, as a plain interrupt stop if SIGCONT came meanwhile."""
+    ptrace.interrupt(task.tid)
+    ptrace.cont(task.tid)
+    while True:
+        stop = classify(task.tid, ptrace.wait_for(task.tid))
+        if stop.kind is StopKind.EXITED:
+            raise errors.TraceeGone(task.tid)
+        if stop.kind in (StopKind.GROUP, StopKind.INTERRUPT):
+            task.stop_kind = stop.kind
+            task.listening = stop.kind is StopKind.GROUP
+            return
+        if stop.kind is StopKind.SIGNAL:
+            task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))
+        ptrace.cont(task.tid)
 
 
 def _run_to_exit(tid: int, hold: HoldSignal) -> int:

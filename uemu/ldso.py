@@ -166,7 +166,7 @@ def startup_objects(program: str, env: Mapping[str, str]) -> list[str]:
     cannot be read is left out: the list is what uemu may look in for probes.
     """
     path = _executable(program, env)
-    return [path] + _interpreter_objects(path, env, MAX_SHEBANGS)
+    return [path, *_interpreter_objects(path, env, MAX_SHEBANGS)]
 
 
 def _executable(program: str, env: Mapping[str, str]) -> str:
@@ -186,7 +186,7 @@ def _interpreter_objects(path: str, env: Mapping[str, str], shebangs: int) -> li
         interpreter = _shebang(path) if shebangs else None
         if interpreter is None:
             return []
-        return [interpreter] + _interpreter_objects(interpreter, env, shebangs - 1)
+        return [interpreter, *_interpreter_objects(interpreter, env, shebangs - 1)]
     except (errors.UemuError, Unsound):
         return []
     if interp is None:
@@ -578,7 +578,8 @@ class _Cache:
             return None
 
         entries: dict[str, list[tuple[int, int, str]]] = {}
-        for flags, key, value, _osversion, hwcap in struct.iter_unpack(endian + "iIIIQ", data[base + 48 : base + 48 + 24 * count]):
+        table = data[base + 48 : base + 48 + 24 * count]
+        for flags, key, value, _osversion, hwcap in struct.iter_unpack(endian + "iIIIQ", table):
             # entries name strings from the new header on; the extension from the file's start
             entries.setdefault(_c_string(data, base + key), []).append((flags, hwcap, _c_string(data, base + value)))
         return cls(entries, _hwcaps_names(data, endian, extension), system)
@@ -618,7 +619,9 @@ def _hwcaps_names(data: bytes, endian: str, extension: int) -> list[str]:
     magic, count = struct.unpack_from(endian + "II", data, extension)
     if magic != _CACHE_EXTENSION_MAGIC or extension + 8 + 16 * count > len(data):
         return []
-    for tag, _flags, offset, size in struct.iter_unpack(endian + "IIII", data[extension + 8 : extension + 8 + 16 * count]):
+    directory = data[extension + 8 : extension + 8 + 16 * count]
+    for tag, _flags, offset, size in struct.iter_unpack(endian + "IIII", directory):
         if tag == _CACHE_TAG_GLIBC_HWCAPS and offset + size <= len(data) and size % 4 == 0:
-            return [_c_string(data, index) for (index,) in struct.iter_unpack(endian + "I", data[offset : offset + size])]
+            names = struct.iter_unpack(endian + "I", data[offset : offset + size])
+            return [_c_string(data, index) for (index,) in names]
     return []

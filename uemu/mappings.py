@@ -12,11 +12,50 @@ filter), what is armed after each mm is (the dynamic linker's rendezvous).
 ``refresh`` then brings an mm up to date after a mapping syscall (its kind and
 arguments, noted at its entry stop) or a rendezvous, and returns the VMAs the
 core must arm.
+
+Which mapping syscalls are worth a look (``matters``, decided at the entry
+stop).  Measured on ``java -version``: 445 mapping syscalls, most of them
+mprotects of the JVM's anonymous memory; an exit stop and a read of
+/proc/PID/maps after each took half the tracer's time (now: 20).  Yet
+the kernel's hooks do something only for VMAs of a file that has uprobes
+(``valid_vma``/``valid_ref_ctr_vma`` and the inode lookup in
+``uprobe_mmap``), and VMAs of different files never merge.  So a call is
+let through without its exit stop when it cannot touch such a VMA:
+
+- a range (munmap, mprotect, remap_file_pages, an mremap's source, a
+  MAP_FIXED mmap's or MREMAP_FIXED target) that meets no VMA of a *watched*
+  file, one with a uprobe that has consumers (or is uemu's own);
+- an anonymous or MAP_SHARED mmap that replaces nothing (shared VMAs hold
+  neither breakpoints nor counters);
+- a private mmap of a file named by its fd (``/proc/TID/fd/N`` at the entry
+  stop) that is no regular file, is not ELF, or is an object already read
+  whose probes no PROBE word selected.
+
+Everything else (a watched file's VMAs touched, an ELF file not seen yet)
+gets the exit stop and a fresh read of the maps, because what the kernel
+made of it (splits, merges, the range an mmap without MAP_FIXED got) is
+exactly what the core needs: ``find_counter_vma`` takes the first counter
+VMA by address, ``Uprobes.mmap`` arms exactly the new VMAs.  Keeping an exact
+model of every VMA from the arguments alone would mean re-implementing the
+kernel's merge rules (anon_vma compatibility among them); reading the maps
+when a watched file is concerned costs a few dozen reads per start-up.
+
+What that leaves in ``mm.vmas``: the private VMAs of watched files exactly
+as the kernel has them (a file becomes watched when it is first read, from
+fresh maps, and every change to its private VMAs is read since), everything
+else as of the last read (an anonymous mapping or a shared one may be
+missing, an unwatched file's VMA stale).  Nothing of those decides anything
+about breakpoints or counters; the XOL area's gap is looked for in fresh
+maps.  Differs: another thread may ``dup2`` another
+file onto the fd between the entry stop and the kernel's look at it; a
+program racing its own mmap so would have a mapping the core was not told of.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,9 +67,11 @@ from . import ptrace, seccomp
 from .maps import Vma, read_maps
 from .objects import MappedObject, mapped_objects
 from .tasks import Task
-from .uprobes import Mm, Uprobe, Uprobes
+from .uprobes import FileId, Mm, Uprobe, Uprobes
 
 Warn = Callable[[str], None]
+
+_MREMAP_FIXED = 0x02
 
 
 class MappingMode(StrEnum):
@@ -166,13 +207,88 @@ def tracker(mode: MappingMode) -> Tracker:
 # ---- what a syscall did -------------------------------------------------------------
 
 
-def note_syscall(task: Task, info: ptrace.SyscallInfo) -> None:
-    """At a syscall's entry (or seccomp stop): if it may change file mappings, keep
-    its kind and arguments for its exit stop."""
+def note_syscall(task: Task, info: ptrace.SyscallInfo, uprobes: Uprobes) -> None:
+    """At a syscall's entry (or seccomp stop): if it may change mappings the core
+    watches (``matters``), keep its kind and arguments for its exit stop; else
+    the task goes on without one."""
     mm = task.mm
     kind = mm.arch.mapping_syscalls.get(info.nr) if mm is not None else None
-    if mm is not None and kind is not None:
-        task.syscall = MappingCall(kind, mm.arch.mapping_syscall_arguments(kind, info.args, mm.memory.read))
+    if mm is None or kind is None:
+        return
+    call = MappingCall(kind, mm.arch.mapping_syscall_arguments(kind, info.args, mm.memory.read))
+    if matters(mm, call, uprobes, lambda fd: fd_file(task.tid, fd)):
+        task.syscall = call
+
+
+@dataclass(frozen=True)
+class FdFile:
+    """The file an fd-backed mmap is about to map, as its descriptor shows it."""
+
+    file_id: FileId | None
+    """(device, inode); None when it could not be told (then it may be anything)."""
+    elf: bool
+    """Whether it starts as an ELF file does (or could not be read)."""
+
+
+FdLookup = Callable[[int], FdFile | None]
+"""fd -> the file behind it, or None where no probe can be: no such descriptor,
+or not a regular file (a device, a pipe)."""
+
+
+def matters(mm: Mm, call: MappingCall, uprobes: Uprobes, fd_lookup: FdLookup) -> bool:
+    """Whether ``call`` may create, change or remove a VMA of a watched file, or map
+    a file whose probes are not read yet: then its exit stop refreshes ``mm``."""
+    watched = _watched_files(uprobes)
+
+    def touches(start: int, length: int) -> bool:
+        end = start + length
+        return any(v.start < end and start < v.end and v.file_id in watched for v in mm.vmas)
+
+    args = call.args
+    if call.kind in (MappingSyscall.MMAP, MappingSyscall.OLD_MMAP):
+        start, length, _prot, flags, fd = args[:5]
+        if flags & seccomp.MAP_FIXED and touches(start, length):
+            return True
+        if not seccomp.maps_file_privately(flags):
+            return False
+        fd &= 0xFFFFFFFF  # the kernel's fget() takes an unsigned int
+        found = fd_lookup(fd) if fd < 0x80000000 else None
+        if found is None:
+            return False
+        return found.file_id in watched or (found.file_id not in mm.objects and found.elf)
+    if call.kind is MappingSyscall.MREMAP:
+        old_start, old_size, new_size, flags, new_start = args[:5]
+        # An old size of 0 duplicates a shared mapping: the old range still names it.
+        return touches(old_start, max(old_size, 1)) or bool(flags & _MREMAP_FIXED and touches(new_start, new_size))
+    return touches(args[0], args[1])  # munmap, mprotect, remap_file_pages
+
+
+def _watched_files(uprobes: Uprobes) -> set[FileId]:
+    """The files whose VMAs the core acts on: those with a uprobe someone still wants."""
+    return {f for f, found in uprobes.by_file.items() if any(u.consumers or u.internal for u in found)}
+
+
+def fd_file(tid: int, fd: int) -> FdFile | None:
+    """The file behind a task's descriptor, through /proc/TID/fd (the task's own
+    table: a process sharing the mm need not share its files)."""
+    link = f"/proc/{tid}/fd/{fd}"
+    try:
+        st = os.stat(link)
+    except OSError as err:
+        return None if err.errno == errno.ENOENT else FdFile(None, True)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        opened = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return FdFile((st.st_dev, st.st_ino), True)
+    try:
+        magic = os.pread(opened, 4, 0)
+    except OSError:
+        magic = b"\x7fELF"
+    finally:
+        os.close(opened)
+    return FdFile((st.st_dev, st.st_ino), magic == b"\x7fELF")
 
 
 def refresh(mm: Mm, call: MappingCall | None, result: int, uprobes: Uprobes, warn: Warn) -> list[Vma]:
@@ -231,8 +347,12 @@ def update_objects(mm: Mm, new_vmas: list[Vma], warn: Warn) -> None:
             warn(warning)
         for mapped in objects:
             mm.objects[mapped.file_id] = mapped
+    by_file: dict[FileId, list[Vma]] = {}
+    for vma in mm.vmas:
+        if vma.file_backed:
+            by_file.setdefault(vma.file_id, []).append(vma)
     for mapped in mm.objects.values():
-        vmas = [v for v in mm.vmas if v.file_id == mapped.file_id]
+        vmas = by_file.get(mapped.file_id, [])
         if vmas != mapped.vmas:
             mapped.vmas = vmas
             for consumer in [c for c in mm.readers if c.probe.object == mapped.elf.path]:

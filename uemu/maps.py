@@ -3,7 +3,8 @@
 A mapped file's path is whatever bytes the tracee's file system holds: it is
 decoded as ``os.fsdecode`` does (undecodable bytes become lone surrogates), so
 it round-trips to ``open()`` and printing must escape it.  The kernel prints a
-newline in a path as ``\012`` (``seq_file_path()``), which we keep as shown.
+newline in a path as ``\012`` (``seq_file_path()``), which ``parse_maps`` turns
+back into the newline.
 
 Kernel: ``valid_vma()`` decides where breakpoints go, ``valid_ref_ctr_vma()``
 where a semaphore may be changed (kernel/events/uprobes.c).  Differs: the

@@ -14,6 +14,10 @@ Every method here is one write to the process's memory where it can be (a write 
 one page is all or nothing even if uemu is killed during it; no entry straddles a page),
 and the free lists make adding and removing O(1).
 
+Every write is also told to the net's journal (``journal.py``), outside the process:
+before the table on the way in, after it on the way out, so that both always claim at
+least what the process holds; ``uemu repair`` reads both (``repair.py``).
+
 Kernel: none; the kernel's uprobes cannot outlive themselves.  Differs from the kernel's
 xol_area (VM_DONTCOPY): the area is inherited by fork, because a forked child inherits
 uemu's breakpoints, raised counters and SIGTRAP action, so it must inherit the net that
@@ -28,15 +32,35 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from uemu.arch import Arch
 from uemu.arch.base import KernelSigaction
 
 from . import errors, runtime
+from .journal import Journal
 from .runtime import layout
-from .runtime.layout import (Capacities, Counter, InjectHeader, InjectReg, InjectState, Site, SiteState, Slot,
-                             SlotFlags, TableHeader, TableState, Thread, ThreadFlags)
+from .runtime.layout import (
+    Capacities,
+    Counter,
+    InjectHeader,
+    InjectReg,
+    InjectState,
+    Site,
+    SiteState,
+    Slot,
+    SlotFlags,
+    TableHeader,
+    TableState,
+    Thread,
+    ThreadFlags,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_R = TypeVar("_R", bound="DataclassInstance")
+"""One record type of the table (``layout.Record``'s own)."""
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
@@ -97,6 +121,9 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> in
 
 
 MFD_CLOEXEC, MFD_EXEC = 0x1, 0x10
+AREA_NAME = b"uemu-net"
+AREA_PATH = "/memfd:uemu-net (deleted)"
+"""How /proc/PID/maps names an area mapped with ``name`` pointing at ``AREA_NAME``."""
 
 
 def _area_file(call: InjectedCall, name: int) -> tuple[int, int]:
@@ -159,7 +186,8 @@ class _Entries:
 class Net:
     """The table of one address space, at ``base`` (the area's start) in ``memory``."""
 
-    def __init__(self, arch: Arch, base: int, memory: Memory, capacities: Capacities = layout.DEFAULT_CAPACITIES):
+    def __init__(self, arch: Arch, base: int, memory: Memory, capacities: Capacities = layout.DEFAULT_CAPACITIES,
+                 journal: Journal | None = None):
         self.arch = arch
         self.base = base
         self.memory = memory
@@ -173,6 +201,8 @@ class Net:
         self._raised: dict[int, int] = {}
         self._slots = _Entries(capacities.slots, "slot records")
         self._threads = _Entries(capacities.threads, "thread records")
+        self.journal = journal or Journal.disabled()
+        """The same writes, kept outside the process (``journal.py``)."""
 
     # ----- addresses in the area ------------------------------------------------------
 
@@ -217,6 +247,7 @@ class Net:
         saves the program's again, so the table holds it from the instant ours is in.
         Call with every thread of the process stopped, before any breakpoint.
         """
+        self.journal.note_area(self.base, layout.AREA_SIZE, self.arch.name)
         self.memory.write(self.base, self.blob.code)
         offsets, capacities = self.capacities.offsets(), self.capacities
         header = TableHeader(
@@ -231,18 +262,19 @@ class Net:
         self.memory.write(self.table, layout.TABLE_HEADER.encode(header))
         self._rt_sigaction(call, 0, self.saved_action_address)
         saved = self.memory.read(self.saved_action_address, self._sigaction.size)
+        self.journal.note_action(saved)
         self.memory.write(self.our_action_address, self.our_action(saved))
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
 
     def uninstall(self, call: InjectedCall, keep_area: bool = False) -> None:
         """Put the program's action back (unless it set one itself meanwhile) and unmap
         the area, once uemu has undone every write the table lists and no thread is
-        inside the area.  ``call`` must not use
-        the area's own stub: the area goes.  ``keep_area``: it stays mapped, inert
-        (the jump path's trampolines are in it: a thread may still be inside one)."""
-        self._rt_sigaction(call, 0, self.our_action_address)
-        current = self.memory.read(self.our_action_address, self._sigaction.size)
+        inside the area.  ``call`` must not use the area's own stub: the area goes.
+        ``keep_area``: it stays mapped, inert (the jump path's trampolines are in it: a
+        thread may still be inside one)."""
         layout_ = self._sigaction
+        self._rt_sigaction(call, 0, self.our_action_address)
+        current = self.memory.read(self.our_action_address, layout_.size)
         handler = int.from_bytes(current[layout_.handler:layout_.handler + layout_.word], "little")
         if handler == self.trap_handler:
             self._rt_sigaction(call, self.saved_action_address, 0)
@@ -252,10 +284,12 @@ class Net:
         result = call("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
             raise errors.UemuError(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
+        self.journal.remove()  # nothing of uemu is left in the process
 
-    def fork(self, memory: Memory) -> Net:
-        """The net of a forked child, whose area and table are copies of this one's."""
-        child = Net(self.arch, self.base, memory, self.capacities)
+    def fork(self, memory: Memory, pid: int) -> Net:
+        """The net of forked child ``pid``, whose area and table are copies of this one's
+        (its journal too: ``Journal.fork``)."""
+        child = Net(self.arch, self.base, memory, self.capacities, self.journal.fork(pid))
         child._sites, child._counters = copy.deepcopy(self._sites), copy.deepcopy(self._counters)
         child._slots, child._threads = copy.deepcopy(self._slots), copy.deepcopy(self._threads)
         child._raised = dict(self._raised)
@@ -304,6 +338,7 @@ class Net:
         the kernel is to be given ``our_action_address``, the net's action with the
         program's new mask and flags.  The saved action is written first: if uemu dies
         between the two writes, the handler chains to the program's new action."""
+        self.journal.note_action(action[:self._sigaction.size])
         self.memory.write(self.saved_action_address, action[:self._sigaction.size])
         self.memory.write(self.our_action_address, self.our_action(action))
 
@@ -311,6 +346,7 @@ class Net:
 
     def add_site(self, addr: int, orig: bytes, trap: bytes, prot: int) -> None:
         """Before writing ``trap`` over ``orig`` at ``addr`` (``prot``: the page's PROT_*)."""
+        self.journal.note_site(addr, orig[:len(trap)], trap)
         index, _ = self._sites.take(addr)
         entry = Site(addr=addr, len=len(trap), state=SiteState.ARMED, prot=prot, orig=orig[:len(trap)], trap=trap)
         self._write_entry("sites", layout.SITE, index, entry)
@@ -320,6 +356,7 @@ class Net:
         index = self._sites.release(addr)
         if index is not None:
             self._write_field("sites", layout.SITE, index, "state", bytes([SiteState.FREE]))
+        self.journal.note_site_gone(addr)
 
     def raise_counter(self, addr: int) -> None:
         """Before raising the semaphore at ``addr`` by one.  If uemu dies between the two
@@ -345,6 +382,16 @@ class Net:
             self._set_raised(old, 0)
 
     def _set_raised(self, addr: int, raised: int) -> None:
+        """The journal is told before a raise and after a lowering: it claims at least
+        what the process holds."""
+        up = raised > self._raised.get(addr, 0)
+        if up:
+            self.journal.note_counter(addr, raised)
+        self._set_table_raised(addr, raised)
+        if not up:
+            self.journal.note_counter(addr, raised)
+
+    def _set_table_raised(self, addr: int, raised: int) -> None:
         if raised == 0:
             self._raised.pop(addr, None)
             index = self._counters.release(addr)
@@ -422,10 +469,10 @@ class Net:
         offset = layout.TABLE_HEADER.offset("action_back")
         return self.memory.read(self.table + offset, 4) != b"\0\0\0\0"
 
-    def _write_entry(self, array: str, record: layout.Record[Any], index: int, entry: object) -> None:
+    def _write_entry(self, array: str, record: layout.Record[_R], index: int, entry: _R) -> None:
         self.memory.write(self._array[array] + index * record.size, record.encode(entry))
 
-    def _write_field(self, array: str, record: layout.Record[Any], index: int, name: str, data: bytes) -> None:
+    def _write_field(self, array: str, record: layout.Record[_R], index: int, name: str, data: bytes) -> None:
         self.memory.write(self._array[array] + index * record.size + record.offset(name), data)
 
     # ----- reading a table back -------------------------------------------------------
@@ -473,8 +520,8 @@ def read_table(base: int, memory: Memory) -> TableView:
     if header.magic != layout.TABLE_MAGIC or header.version != layout.TABLE_VERSION:
         raise errors.UemuError(f"no uemu table of version {layout.TABLE_VERSION} at {table:#x}")
 
-    def in_use(record: layout.Record[Any], offset: int, capacity: int,
-               used: Callable[[Any], object]) -> list[tuple[int, Any]]:
+    def in_use(record: layout.Record[_R], offset: int, capacity: int,
+               used: Callable[[_R], object]) -> list[tuple[int, _R]]:
         data = memory.read(table + offset, capacity * record.size)
         entries = (record.decode(data[i * record.size:(i + 1) * record.size]) for i in range(capacity))
         return [(index, entry) for index, entry in enumerate(entries) if used(entry)]

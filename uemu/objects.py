@@ -25,6 +25,18 @@ class MappedObject:
     elf: ElfObject
     file_id: tuple[int, int]
     vmas: list[Vma]
+    ctime_ns: int = 0
+    """The file's change time when uemu opened it (``elf.source`` stays open)."""
+
+    def file_changed(self) -> bool:
+        """Whether the file was written or truncated since uemu opened it.  Kernel:
+        truncation drops the file's pages from every mapping, private copies too
+        (``truncate_pagecache()``), and a breakpoint on them goes with them, never to
+        come back; a kernel uprobe leaving a site does not touch the file."""
+        try:
+            return os.stat(self.elf.source).st_ctime_ns != self.ctime_ns
+        except OSError:
+            return True
 
     def runtime_address(self, offset: int) -> int | None:
         """Where the byte at file ``offset`` is in the process's code: the first
@@ -81,7 +93,7 @@ def mapped_objects(pid: int, vmas: list[Vma]) -> tuple[list[MappedObject], list[
                 warnings.append(err.message)
             continue
         weakref.finalize(elf, os.close, fd)
-        objects.append(MappedObject(elf, file_id, file_vmas))
+        objects.append(MappedObject(elf, file_id, file_vmas, os.fstat(fd).st_ctime_ns))
     return objects, warnings
 
 

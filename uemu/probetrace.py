@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import SupportsIndex, overload
 
 from .events import Event, Value
 
@@ -70,7 +71,7 @@ class Trace:
         self.stdout = stdout
         self.warnings = report.warnings
         self.probes = sorted(report.armed)
-        for event, args in zip(report.events, report.args):
+        for event, args in zip(report.events, report.args, strict=True):
             self._args.setdefault(f"{event.provider}:{event.name}", []).append(args)
         self._complete = True
 
@@ -214,7 +215,12 @@ class HitList(list[HitArgs]):
         super().__init__(hits)
         self.trace, self.probe = trace, probe
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # list's overloads
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> HitArgs: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[HitArgs]: ...
+
+    def __getitem__(self, index: SupportsIndex | slice) -> HitArgs | list[HitArgs]:
         __tracebackhide__ = True
         try:
             return super().__getitem__(index)
@@ -228,7 +234,7 @@ class HitList(list[HitArgs]):
         if op != "==" or not isinstance(expected, list):
             return [f"arguments of {self.probe} were {list(self)!r}, expected {_wanted(op, expected)}"]
         got = [tuple(hit) for hit in self]
-        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+        first = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), None)
         if first is None:
             lines = [f"{self.probe} fired {_times(len(got), 'time')}, expected {len(expected)}"]
         else:
@@ -263,7 +269,7 @@ def _times(n: int, what: str) -> str:
 
 def _likeness(got: Args, expected: Args) -> int:
     """How many arguments are equal; a hit of another arity is least alike."""
-    return sum(a == b for a, b in zip(got, expected)) if len(got) == len(expected) else -1
+    return sum(a == b for a, b in zip(got, expected, strict=True)) if len(got) == len(expected) else -1
 
 
 def _differences(got: tuple[object, ...], expected: object) -> str:
@@ -271,7 +277,7 @@ def _differences(got: tuple[object, ...], expected: object) -> str:
         return ""
     if len(got) != len(expected):
         return f" ({_times(len(got), 'argument')}, expected {len(expected)})"
-    differ = [str(i) for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    differ = [str(i) for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
     return f" (argument{'s' if len(differ) > 1 else ''} {', '.join(differ)} differ{'' if len(differ) > 1 else 's'})"
 
 
@@ -280,7 +286,7 @@ def _type_hints(probe: str, got: tuple[object, ...], expected: object) -> list[s
     if not isinstance(expected, tuple):
         return []
     hints = []
-    for i, (a, b) in enumerate(zip(got, expected)):
+    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
         if isinstance(b, (bytes, str)) and isinstance(a, int):
             hints.append(f"argument {i} is a number: to read it as a string, "
                          f"declare it: strings={{{probe!r}: {i}}}")
@@ -300,6 +306,7 @@ def undeclared_strings(strings: Mapping[str, frozenset[int]], trace: Trace) -> l
         arity = max((len(args) for args in trace._args.get(probe, [])), default=None)
         beyond = sorted(i for i in indexes if arity is not None and i >= arity)
         if beyond:
-            problems.append(f"strings= names argument {beyond[0]} of {probe}, which has {_times(arity or 0, 'argument')}")
+            problems.append(f"strings= names argument {beyond[0]} of {probe}, "
+                            f"which has {_times(arity or 0, 'argument')}")
     return problems
 

@@ -121,12 +121,21 @@ def threads(pid: int) -> list[int]:
 def blocks_sigtrap(tid: int) -> bool:
     """Whether the thread blocks SIGTRAP (``SigBlk`` of /proc/TID/status)."""
     try:
-        with open(f"/proc/{tid}/status") as stream:
-            for line in stream:
-                if line.startswith("SigBlk:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+        return _has_sigtrap(tid, "SigBlk:")
     except (FileNotFoundError, ProcessLookupError):
-        pass  # gone meanwhile
+        return False  # gone meanwhile
+
+
+def sigtrap_pending(tid: int) -> bool:
+    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
+    return _has_sigtrap(tid, "SigPnd:")
+
+
+def _has_sigtrap(tid: int, mask: str) -> bool:
+    with open(f"/proc/{tid}/status") as stream:
+        for line in stream:
+            if line.startswith(mask):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
     return False
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import sys
-from ctypes import addressof, c_uint32, c_uint64, sizeof
 from collections.abc import Iterator, Mapping
+from ctypes import addressof, c_uint32, c_uint64, sizeof
 from dataclasses import dataclass
 
 from ptrace.binding import func as _binding

@@ -27,7 +27,7 @@ def usdt() -> Usdt:
         assert trace.count("cache:miss") == 10
         assert trace.args("cache:evict")[0] == (3, b"key-3")
     """
-    from uemu.testing import Usdt  # noqa: PLC0415  # only for tests that use it
+    from uemu.testing import Usdt  # only for tests that use it
 
     return Usdt()
 

@@ -29,8 +29,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from types import FrameType
+from typing import ClassVar
 
 from uemu.arch.base import StepEnd
 
@@ -38,13 +40,14 @@ from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .chrome import read_comm
 from .consumers import Handler, Reporter
 from .events import Event
+from .journal import Journal
 from .jumps import JumpPath
-from .maps import Vma, read_maps
 from .mappings import MappingMode, Tracker
-from .selection import Selection
-from .net import Net, map_area
+from .maps import Vma, read_maps
+from .net import AREA_NAME, Net, map_area
 from .ringfeed import RingFeed
 from .runtime.layout import AREA_SIZE
+from .selection import Selection
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, classify, deliver
 from .tasks import Task, Tracees
 from .uprobes import Consumer, Hit, Mm, Uprobes
@@ -58,6 +61,8 @@ _SEIZE_OPTIONS = (
     | ptrace.O_TRACESECCOMP
 )
 _LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+"""What ``signal.signal`` returns and takes back (None: not set from Python)."""
 CHECK_INTERVAL = 1.0
 """Seconds between looks for sites and counters changed behind uemu's back."""
 
@@ -110,7 +115,7 @@ class Session:
         self._stop_reason: str | None = None
         self._stopping = False
         self._passthrough = False
-        self._old_handlers: dict[int, object] = {}
+        self._old_handlers: dict[int, _SignalHandler] = {}
         self._deadline: float | None = None
         self._waiting: list[tuple[Task, Hit]] = []
         """Threads stopped at a hit until an XOL slot is free."""
@@ -406,9 +411,10 @@ class Session:
         call = inject.caller(task, mm)
         near = next((v.start for v in mm.vmas if v.executable and v.file_id in self.uprobes.by_file), 0)
         hint = xol.gap_near(mm.vmas, near, AREA_SIZE) if near else None
+        journal = Journal.for_process(mm.pid, self.warn)  # before anything goes in (``uemu repair``)
         try:
-            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, b"uemu-net")),
-                         mm.memory)
+            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME)),
+                         mm.memory, journal=journal)
             mm.net.install(call, os.getpid())
         except errors.UemuError as err:
             mm.net = None
@@ -535,6 +541,7 @@ class Session:
             return
         task.stopped = True
         task.stop_kind = stop.kind
+        task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
         try:
             resume = self._handlers[stop.kind](self, task, stop)
         except errors.TraceeGone:
@@ -569,13 +576,19 @@ class Session:
             pass
 
     def _auto_op(self, task: Task) -> ResumeOp:
-        """How a task goes on by its state: its out-of-line step, LISTEN after a
-        group-stop, syscall stops where mappings are watched, else CONT."""
+        """How a task goes on by its state: LISTEN in a group-stop, its out-of-line
+        step, syscall stops where mappings are watched, else CONT.
+
+        A group-stop comes first, even in the middle of a step: any other restart would
+        let the thread run while its program is stopped, and its next stop would not be
+        one LISTEN may answer.  Differs: the kernel holds the stop until the step is over
+        (``uprobe_deny_signal()``); here the thread stays stopped in its slot, and the
+        step goes on after SIGCONT (``_on_interrupt``)."""
+        if task.listening:
+            return ResumeOp.LISTEN
         sees_syscalls = task.syscall is not None or task.sigaction is not None or self._stops_every_syscall(task)
         if task.xol is not None:
             return xol.resume_op(task.xol, sees_syscalls)
-        if task.listening:
-            return ResumeOp.LISTEN
         return ResumeOp.SYSCALL if sees_syscalls else ResumeOp.CONT
 
     def _resume_all(self, resumes: list[tuple[Task, Resume]]) -> None:
@@ -592,10 +605,8 @@ class Session:
         """Let a task go (it holds none of our bytes) with the signal it is owed."""
         self.tracees.tasks.pop(task.tid, None)
         sig = sig or task.owed_signal or (xol.give_back_held(task) if task.held else 0)
-        try:
+        with suppress(errors.TraceeGone):
             ptrace.detach(task.tid, sig)
-        except errors.TraceeGone:
-            pass
 
     # ---- stops ---------------------------------------------------------------------------
 
@@ -692,7 +703,7 @@ class Session:
         """Syscall entry or exit (PTRACE_SYSCALL): mapping syscalls refresh at exit."""
         info = ptrace.syscall_info(task.tid)
         if info.op == ptrace.SYSCALL_INFO_ENTRY:
-            mappings.note_syscall(task, info)
+            mappings.note_syscall(task, info, self.uprobes)
             sigtrap.at_entry(task, info)
             return GO_ON
         if task.sigaction is not None:
@@ -714,14 +725,13 @@ class Session:
         """A mapping syscall is about to run: remember it and stop again at its exit."""
         info = ptrace.syscall_info(task.tid)
         if not self._passthrough:
-            mappings.note_syscall(task, info)
+            mappings.note_syscall(task, info, self.uprobes)
         sigtrap.at_entry(task, info)
         return GO_ON
 
     def _on_group_stop(self, task: Task, stop: Stop) -> Resume:
         """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
-        without us, and hear of SIGCONT (PTRACE_LISTEN)."""
-        task.listening = True
+        without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
         return GO_ON
 
     def _on_interrupt(self, task: Task, stop: Stop) -> Resume:
@@ -729,7 +739,6 @@ class Session:
         urgent = self._trap_still_queued(task)
         if urgent is not None:
             return urgent
-        task.listening = False
         return GO_ON
 
     def _trap_still_queued(self, task: Task) -> Resume | None:
@@ -739,7 +748,7 @@ class Session:
         mid-instruction after an int3).  Let it run to its trap stop first, which
         handles that SIGTRAP, even while everything is being stopped."""
         mm = task.mm
-        if mm is None or not _sigtrap_pending(task.tid):
+        if mm is None or not process.sigtrap_pending(task.tid):
             return None
         step = task.xol
         if step is not None and step.setup.ends is not StepEnd.JUMP:
@@ -783,7 +792,7 @@ class Session:
             self._feed.before(time.monotonic_ns())
         return GO_ON
 
-    _handlers: dict[StopKind, Callable[[Session, Task, Stop], Resume]] = {
+    _handlers: ClassVar[Mapping[StopKind, Callable[[Session, Task, Stop], Resume]]] = {
         StopKind.SIGNAL: _on_signal,
         StopKind.SYSCALL: _on_syscall,
         StopKind.SECCOMP: _on_seccomp,
@@ -816,10 +825,8 @@ class Session:
         tasks = self.tracees.tasks
         for task in list(tasks.values()):
             if task.mm is not None and task.mm.xol_area is not None:
-                try:
+                with suppress(errors.TraceeGone):
                     xol.leave_slot(task, task.mm)
-                except errors.TraceeGone:
-                    pass
         self._serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:
@@ -904,7 +911,7 @@ class Session:
         if self._old_handlers:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._old_handlers.clear()
 
     def _on_leaving_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -954,12 +961,3 @@ def _scratch_string(task: Task, mm: Mm, text: bytes) -> int:
     address = (regs[mm.arch.sp_reg] - 512 - len(text)) & ~15
     mm.memory.write(address, text + b"\0")
     return address
-
-
-def _sigtrap_pending(tid: int) -> bool:
-    """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
-    with open(f"/proc/{tid}/status") as stream:
-        for line in stream:
-            if line.startswith("SigPnd:"):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
-    return False

@@ -21,6 +21,7 @@ orphaned breakpoint reaches the program's action.
 from __future__ import annotations
 
 import signal
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,8 @@ def at_entry(task: Task, info: ptrace.SyscallInfo) -> None:
     mm = task.mm
     if mm is None or mm.net is None or info.nr != mm.arch.syscall_numbers.get("rt_sigaction"):
         return
+    if task.pid != mm.pid:
+        return  # a vfork child: the table is its parent's, its actions are its own (posix_spawn resets them)
     sig, new_pointer, old_pointer, size = info.args[:4]
     if sig != signal.SIGTRAP or size != SIGSET_SIZE:
         return
@@ -73,7 +76,5 @@ def at_exit(task: Task, info: ptrace.SyscallInfo) -> None:
     mm = task.mm
     if call is None or mm is None or not call.old_pointer or info.rval != 0:
         return
-    try:
+    with suppress(OSError):  # the kernel wrote there a moment ago: the program unmapped it meanwhile (another thread)
         mm.memory.write(call.old_pointer, call.previous)
-    except OSError:
-        pass  # the kernel wrote there a moment ago: the program unmapped it meanwhile (another thread)

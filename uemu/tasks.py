@@ -18,6 +18,7 @@ silent tracee where a tracer must stay (the seccomp mapping filter).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,9 @@ from uemu.arch import Arch
 
 from . import inject, process, ptrace, xol
 from .inject import INJECTABLE
-from .runtime.layout import ThreadFlags
 from .maps import Vma, read_maps
 from .objects import MappedObject, mapped_objects
+from .runtime.layout import ThreadFlags
 from .stops import GO_ON, KEEP, Resume, ResumeOp, Stop, StopKind, shell_status
 from .uprobes import Mm, Uprobes
 from .xol import ActiveStep
@@ -164,7 +165,8 @@ class Tracees:
         for vma in vmas:
             if vma.file_id in known:
                 by_file.setdefault(vma.file_id, []).append(vma)
-        return [MappedObject(known[file_id].elf, file_id, file_vmas) for file_id, file_vmas in by_file.items()]
+        return [MappedObject(known[file_id].elf, file_id, file_vmas, known[file_id].ctime_ns)
+                for file_id, file_vmas in by_file.items()]
 
     # ---- creation ------------------------------------------------------------------
 
@@ -274,12 +276,10 @@ class Tracees:
         if mm is not None and mm.xol_area is not None:
             mm.xol_area.free_slot(task.tid)
         if mm is not None and mm.net is not None:
-            try:
+            with suppress(OSError):  # the whole process is gone with its table
                 mm.net.clear_thread(task.tid)
                 if self.uprobes.jumps is not None:
                     self.uprobes.jumps.thread_exited(mm, task.tid)
-            except OSError:
-                pass  # the whole process is gone with its table
         if task.tid == task.pid == self.child_pid:
             self.exit_status = shell_status(status)
         if mm is not None and not any(t.mm is mm for t in self.tasks.values()):

@@ -22,6 +22,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import IO, NoReturn
@@ -256,10 +257,8 @@ class Tracing:
     def _stop_command(self) -> None:
         """Its tracer then sees it exit (not armed yet: nothing to kill but the tracers)."""
         if self._command >= 0:
-            try:
+            with suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self._command, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def _stop_tracer(self) -> None:
         os.kill(self._tracer, signal.SIGTERM)
@@ -267,10 +266,8 @@ class Tracing:
     def _kill_tracers(self) -> None:
         """The last resort: SIGKILL to the tracer's process group, which holds the
         command too, even a child uemu forked and had not yet seized."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self._tracer, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def _read_stdout(self) -> bytes:
         if self._stdout is None:
@@ -385,10 +382,8 @@ def _own_group(pid: int) -> None:
     """The tracer leads a process group of its own, so that the last resort
     reaches what it forked.  Called on both sides of the fork, so that the group
     exists whichever runs first."""
-    try:
+    with suppress(ProcessLookupError):  # it is gone already
         os.setpgid(pid, pid)
-    except ProcessLookupError:  # it is gone already
-        pass
 
 
 def _die_with(parent: int, sig: signal.Signals) -> None:

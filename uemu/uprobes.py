@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -35,11 +35,12 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
 from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
-from .ptrace import Memory
 from .objects import MappedObject
+from .ptrace import Memory
 from .runtime.layout import ThreadFlags
 
 if TYPE_CHECKING:
+    from . import argspec
     from .tasks import Task
 
 _T = TypeVar("_T")
@@ -157,7 +158,7 @@ class Mm:
     """Sites whose hits take the jump path (``Uprobes.jumps``) instead of a breakpoint;
     their counters are raised and lowered as a breakpoint's."""
     delayed: set[Uprobe] = field(default_factory=set)
-    readers: dict[Consumer, list[Any]] = field(default_factory=dict)
+    readers: dict[Consumer, list[argspec.Reader]] = field(default_factory=dict)
     """Argument readers per consumer, built on first hit by ``consumers.py``."""
     net: Net | None = None
     """The in-target runtime and its table (``net.py``): present before the first
@@ -517,8 +518,11 @@ class Uprobes:
         takes the site's hits, and when it leaves writes the file's byte back and
         lowers the counter we raised (uprobe_write_opcode() -> update_ref_ctr(-1)).
         """
-        found = []
+        found: list[Tampering] = []
+        changed = {file_id for file_id, mapped in mm.objects.items() if mapped.file_changed()}
         for vaddr, uprobe in mm.installed.items():
+            if uprobe.file_id in changed:
+                continue  # not tampering: the file was cut or written, and the page went (objects.py)
             trap = mm.backend.trap_bytes(uprobe.original)
             try:
                 current = mm.memory.read(vaddr, len(trap))
@@ -531,6 +535,8 @@ class Uprobes:
             elif current != trap:
                 found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))
         for vaddr, ours in mm.raised.items():
+            if any(v.start <= vaddr < v.end and v.file_id in changed for v in mm.vmas):
+                continue
             value = self._read_counter(mm, vaddr)
             if value is not None and value < ours:
                 found.append(Tampering(Tamper.LOWERED, vaddr, None, value))
@@ -626,7 +632,7 @@ class Uprobes:
         mm.raised = dict(parent.raised)
         mm.rendezvous_armed = parent.rendezvous_armed
         if parent.net is not None:
-            mm.net = parent.net.fork(memory)  # the area and its table were copied with the pages
+            mm.net = parent.net.fork(memory, mm.pid)  # the area and its table were copied with the pages
         if self.jumps is not None:
             mm.jumped = dict(parent.jumped)
             self.jumps.dup(parent, mm)
@@ -642,6 +648,8 @@ class Uprobes:
         if self.jumps is not None:
             self.jumps.forget(mm)
         mm.memory.close()
+        if mm.net is not None:
+            mm.net.journal.remove()  # gone with the image: nothing left to repair
 
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's

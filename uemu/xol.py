@@ -21,9 +21,11 @@ the step, so a thread left there when uemu dies reaches the runtime's handler.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -110,7 +112,7 @@ def gap_near(vmas: list[Vma], near: int, size: int) -> int | None:
     ``NEAR``), leaving a page free on both sides."""
     ordered = sorted(vmas, key=lambda v: v.start)
     best = None
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         low, high = before.end + PAGE, after.start - PAGE - size
         if high < low:
             continue
@@ -124,7 +126,8 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
     """Map an XOL area in the thread's process, as close to ``near`` as a gap allows."""
     call = inject.caller(task, mm)
     start = -1
-    hint = gap_near(mm.vmas, near, AREA_SIZE)
+    # Fresh maps: mm.vmas may lack anonymous mappings (mappings.py lets their calls through).
+    hint = gap_near(read_maps(mm.pid), near, AREA_SIZE)
     if hint is not None:
         start = call("mmap", hint, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if start < 0 or (hint is not None and start != hint):
@@ -133,6 +136,8 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
         start = call("mmap", 0, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if start < 0:
         raise errors.UemuError(f"process {mm.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
+    if mm.net is not None:
+        mm.net.journal.note_xol_area(start, AREA_SIZE)  # its place is known only now
     call("madvise", start, AREA_SIZE, MADV_DONTFORK)
     mm.vmas = read_maps(mm.pid)
     return XolArea(start, AREA_SIZE, mm.backend.slot_size)
@@ -144,6 +149,8 @@ def remove_area(task: Task, mm: Mm) -> None:
     if area is not None:
         inject.caller(task, mm)("munmap", area.start, area.size)
         mm.xol_area = None
+        if mm.net is not None:
+            mm.net.journal.note_xol_area_gone()
 
 
 # ---- a thread's step ------------------------------------------------------------------
@@ -168,6 +175,7 @@ def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.
     else:
         setup = mm.backend.prepare_xol(plan, slot, regs.at(mm.arch.ip_reg, site))
         code = setup.code
+        mm.net.journal.note_slot(slot, site, plan.size, setup.ends.value)  # how to get a thread out of it
         if setup.ends is StepEnd.STEP:
             code += mm.backend.trap_bytes(code)  # never run while uemu steps; reached if uemu dies
         if setup.ends is not StepEnd.JUMP:
@@ -328,10 +336,8 @@ def resume_op(step: ActiveStep, sees_syscalls: bool) -> ResumeOp:
 def give_back_held(task: Task) -> int:
     """Resume with the first held signal (its own siginfo); re-raise the others."""
     sig, info = task.held.pop(0)
-    try:
+    with suppress(OSError):  # not in a signal-delivery stop: the kernel makes its own siginfo
         ptrace.set_signal_info(task.tid, info)
-    except OSError:
-        pass  # not in a signal-delivery stop: the kernel makes its own siginfo
     for other, _ in task.held:
         _tgkill(task.pid, task.tid, other)
     task.held.clear()

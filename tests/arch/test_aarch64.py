@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from uemu.arch import by_name
-from uemu.arch.aarch64 import (A64CondBranch, A64Fixed, A64Hint, A64RegisterBranch, A64Step, A64ZeroTest,
-                               Aarch64Backend)
+from uemu.arch.aarch64 import A64CondBranch, A64Fixed, A64Hint, A64RegisterBranch, A64Step, A64ZeroTest, Aarch64Backend
 from uemu.arch.base import Refuse
 
 A64 = Aarch64Backend()

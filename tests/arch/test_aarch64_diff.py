@@ -13,11 +13,17 @@ import dataclasses
 import random
 
 import pytest
-from xol_harness import (MACHINES, Instruction, Raw, check_catches, check_corpus_case, check_random_encodings,
-                         check_slot_endings)
+from xol_harness import (
+    MACHINES,
+    Instruction,
+    Raw,
+    check_catches,
+    check_corpus_case,
+    check_random_encodings,
+    check_slot_endings,
+)
 
-from uemu.arch.aarch64 import (A64CondBranch, A64Fixed, A64Hint, A64RegisterBranch, A64Step, A64ZeroTest,
-                               Aarch64Backend)
+from uemu.arch.aarch64 import A64CondBranch, A64Fixed, A64Hint, A64RegisterBranch, A64Step, A64ZeroTest, Aarch64Backend
 from uemu.arch.base import Effects
 
 MACHINE = MACHINES["aarch64"]

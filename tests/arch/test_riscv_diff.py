@@ -14,8 +14,15 @@ import dataclasses
 import random
 
 import pytest
-from xol_harness import (MACHINES, Instruction, assemble_with_gas, check_catches, check_corpus_case,
-                         check_random_encodings, check_slot_endings)
+from xol_harness import (
+    MACHINES,
+    Instruction,
+    assemble_with_gas,
+    check_catches,
+    check_corpus_case,
+    check_random_encodings,
+    check_slot_endings,
+)
 
 from uemu.arch.base import Effects
 from uemu.arch.riscv import RiscvBackend, RiscvBranch, RiscvFixed, RiscvRegisterJump, RiscvStep

@@ -3,13 +3,24 @@ with which fixup, and what the per-hit calls return."""
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import pytest
 from xol_harness import MACHINES
 
 from uemu.arch import by_name
 from uemu.arch.base import Refuse
-from uemu.arch.x86 import (GOOD_INSNS_32, GOOD_INSNS_64, Fixup, X86Backend, X86Call, X86CondJump,
-                           X86Jump, X86Push, X86Step)
+from uemu.arch.x86 import (
+    GOOD_INSNS_32,
+    GOOD_INSNS_64,
+    Fixup,
+    X86Backend,
+    X86Call,
+    X86CondJump,
+    X86Jump,
+    X86Push,
+    X86Step,
+)
 
 X86_64 = X86Backend(mode64=True)
 I386 = X86Backend(mode64=False)
@@ -146,7 +157,7 @@ INTEL_CONDITIONS = {  # Intel SDM Jcc table, written independently of the backen
 def test_condition_truth_table(condition: int) -> None:
     for combo in range(32):
         bits = [bool(combo >> index & 1) for index in range(5)]
-        flags = 0x2 | sum(bit for bit, on in zip((0x1, 0x4, 0x40, 0x80, 0x800), bits) if on)
+        flags = 0x2 | sum(bit for bit, on in zip((0x1, 0x4, 0x40, 0x80, 0x800), bits, strict=True) if on)
         assert X86Backend.condition_holds(condition, flags) == bool(INTEL_CONDITIONS[condition](*bits))
 
 
@@ -304,7 +315,8 @@ _STACK_TOP = 0x7FFF0000
 _SLOT = 0x10000000
 
 
-def _run_one(mode64: bool, code: bytes, at: int, regs: dict[str, int], stack: bool) -> tuple[dict[str, int], bytes | None, int | None]:
+def _run_one(mode64: bool, code: bytes, at: int, regs: dict[str, int],
+             stack: bool) -> tuple[dict[str, int], bytes | None, int | None]:
     """One instruction in unicorn: registers after, the stack word below the old sp, the
     address of a write fault (None when it ran)."""
     import unicorn
@@ -327,10 +339,8 @@ def _run_one(mode64: bool, code: bytes, at: int, regs: dict[str, int], stack: bo
         return False
 
     emu.hook_add(unicorn.UC_HOOK_MEM_WRITE_UNMAPPED, on_fault)
-    try:
+    with suppress(unicorn.UcError):
         emu.emu_start(at, at + len(code) + 0x1000, count=1)
-    except unicorn.UcError:
-        pass
     after = {"sp": emu.reg_read(names["sp"]), "ip": emu.reg_read(names["ip"]), "ax": emu.reg_read(names["ax"])}
     word = 8 if mode64 else 4
     below = bytes(emu.mem_read(regs["sp"] - word, word)) if stack else None

@@ -154,7 +154,7 @@ MACHINES: dict[str, Machine] = {
         unicorn_mode=(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64),
         keystone_mode=(keystone.KS_ARCH_X86, keystone.KS_MODE_64),
         capstone_mode=(capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-        registers=_registers(x86_const, 
+        registers=_registers(x86_const,
             ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{n}" for n in range(8, 16)),
              "rip", "eflags"]),
         compared_only=_registers(x86_const, [f"xmm{n}" for n in range(16)]),
@@ -450,7 +450,7 @@ class Rig:
 
     def _registers(self, ids: Mapping[str, int] | None = None) -> dict[str, int]:
         ids = self.machine.registers if ids is None else ids
-        return dict(zip(ids, self.uc.reg_read_batch(list(ids.values()))))
+        return dict(zip(ids, self.uc.reg_read_batch(list(ids.values())), strict=True))
 
     def _outcome(self, faulted: bool, broken: str = "") -> Outcome:
         registers = self._registers(self.register_ids)
@@ -475,9 +475,9 @@ def differences(expected: Outcome, actual: Outcome) -> list[str]:
     for name, value in expected.registers.items():
         if actual.registers[name] != value:
             found.append(f"{name} {value:#x} != {actual.registers[name]:#x}")
-    for region, (want, got) in zip(("data", "stack"), zip(expected.memory, actual.memory)):
+    for region, (want, got) in zip(("data", "stack"), zip(expected.memory, actual.memory, strict=True), strict=True):
         if want != got:
-            first = next(index for index, (a, b) in enumerate(zip(want, got)) if a != b)
+            first = next(index for index, (a, b) in enumerate(zip(want, got, strict=False)) if a != b)
             found.append(f"{region} memory differs from offset {first:#x}")
     return found
 

@@ -166,14 +166,20 @@ def pin_to_one_cpu() -> None:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("iterations", type=int, nargs="?", default=100_000)
+def bench_arguments(doc: str | None, iterations: int) -> argparse.Namespace:
+    """The benches' command line: [ITERATIONS] [--repeat N] [--one-cpu], the last applied here."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("iterations", type=int, nargs="?", default=iterations)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--one-cpu", action="store_true", help="run everything on one CPU (inherited affinity)")
     args = parser.parse_args()
     if args.one_cpu:
         pin_to_one_cpu()
+    return args
+
+
+def main() -> None:
+    args = bench_arguments(__doc__, 100_000)
     if not BENCH.exists():
         sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
     n, repeat = args.iterations, args.repeat

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_hits import interleaved, loop_ns, run_sample  # noqa: E402
+from bench_hits import interleaved, loop_ns, run_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = ROOT / "samples" / "build" / "syscalls"

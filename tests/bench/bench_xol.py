@@ -26,7 +26,6 @@ switch, where across two CPUs each side also waits for the other to wake up
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import os
 import subprocess
@@ -36,7 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench_hits import PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, _libc, interleaved, loop_ns, pin_to_one_cpu
+from bench_hits import PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS, _libc, bench_arguments, interleaved, loop_ns
 from ptrace.binding.linux_struct import user_regs_struct
 
 from uemu import arch, sdt
@@ -137,13 +136,7 @@ def ctypes_floor(iterations: int, file_offset: int, stops: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("iterations", type=int, nargs="?", default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--one-cpu", action="store_true", help="run everything on one CPU (inherited affinity)")
-    args = parser.parse_args()
-    if args.one_cpu:
-        pin_to_one_cpu()
+    args = bench_arguments(__doc__, 50_000)
     if not RAWPROBES.exists():
         sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
     mix = [site for site in sites(RAWPROBES) if site.function == "mix"]

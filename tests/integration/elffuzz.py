@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
+from tracee import SLOWDOWN
 
 LIST_CODES = frozenset({0, 3, 4, 5})
 """What ``uemu list FILE`` may exit with (README "Exit status")."""
 UEMU_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 126, 127})
 """uemu's own codes: with one of these, stderr says ``uemu: ...``."""
-IN_PROCESS_TIMEOUT = 10.0
-SUBPROCESS_TIMEOUT = 30.0
+# The test guests emulate their CPU (tests/vm): a hang is told by a longer wait there.
+IN_PROCESS_TIMEOUT = 10.0 * SLOWDOWN
+SUBPROCESS_TIMEOUT = 30.0 * SLOWDOWN
 
 
 # ---------------------------------------------------------------- the corpus
@@ -141,7 +143,8 @@ def flip_note_bytes(data: bytearray, layout: Layout, rng: random.Random) -> str:
 def note_header_field(data: bytearray, layout: Layout, rng: random.Random) -> str:
     note = rng.choice(layout.notes)
     field_index = rng.randrange(3)
-    return _put(data, layout, rng, note + 4 * field_index, "I", f"note@{note:#x} {('namesz', 'descsz', 'type')[field_index]}")
+    field_name = ("namesz", "descsz", "type")[field_index]
+    return _put(data, layout, rng, note + 4 * field_index, "I", f"note@{note:#x} {field_name}")
 
 
 def truncate(data: bytearray, layout: Layout, rng: random.Random) -> str:
@@ -222,7 +225,7 @@ def mutate(layout: Layout, seed: int, directory: Path, mutations: list[tuple[Mut
     """Input ``seed``: one to three mutations of ``layout``'s file."""
     rng = random.Random(seed)
     data = bytearray(layout.data)
-    functions, weights = zip(*mutations)
+    functions, weights = zip(*mutations, strict=True)
     done = []
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         if not data:
@@ -482,8 +485,10 @@ class Counts:
             self.examples += verdict.problems()
 
     def report(self, title: str) -> str:
-        codes = " ".join(f"{code}:{n}" for code, n in sorted(self.codes.items(), key=lambda kv: (len(kv[0]), kv[0])))
-        kinds = " ".join(f"{kind} {self.problems[kind]}" for kind in ("tracebacks", "hangs", "internal", "undocumented"))
+        by_code = sorted(self.codes.items(), key=lambda kv: (len(kv[0]), kv[0]))
+        codes = " ".join(f"{code}:{n}" for code, n in by_code)
+        kinds = " ".join(f"{kind} {self.problems[kind]}"
+                         for kind in ("tracebacks", "hangs", "internal", "undocumented"))
         lines = [f"{title}: inputs {self.inputs}; exit codes {codes}; {kinds}"]
         lines += [f"  known ({n}): {known}" for known, n in self.known.items()]
         return "\n".join(lines + [f"  {example}" for example in self.examples[:10]])

@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import time
 import shutil
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -54,7 +54,7 @@ def _mapping_differences(pid: int, mem: BinaryIO, vma: Vma) -> list[str]:
         except OSError:
             continue  # past the end of a file cut short: the page cannot be read
         if have != want:
-            at = next(i for i, (a, b) in enumerate(zip(have, want)) if a != b)
+            at = next(i for i, (a, b) in enumerate(zip(have, want, strict=False)) if a != b)
             return [f"{vma.path}+{vma.vaddr_to_offset(page + at):#x} ({page + at:#x}): "
                     f"file {want[at:at + 4].hex()}, memory {have[at:at + 4].hex()}"]
     return []

@@ -16,13 +16,14 @@ from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import expected_hits, json_hits, per_probe, reported_hits
 from tracee import (
     Tracee,
+    attach_cli,
     differences,
     file_memory,
+    interrupt_and_run_out,
     semaphore,
     stop_cli,
     thread_states,
     tracer_pid,
-    attach_cli,
     wait_until,
 )
 
@@ -204,10 +205,7 @@ def test_threads_created_after_attaching_report_hits(samples, tmp_path):
         wait_until(lambda: _armed(tracee.pid, samples / "threads"), what="breakpoints")
         tracee.release()
         tracee.wait_sync("end")
-        code, _, err = stop_cli(cli, signal.SIGINT)
-        assert code == 0 and err == "", err
-        tracee.run_out()
-        truth = expected_hits(tracee.lines())
+        truth = interrupt_and_run_out(tracee, cli)
     reported = json_hits(events_file)
     assert len({tid for *_, tid in reported}) == 5  # four workers and the main thread
     assert per_probe(reported) == per_probe(truth)
@@ -251,10 +249,10 @@ def test_threads_running_before_attaching_report_hits(samples, tmp_path):
 
 def _armed(pid: int, program) -> bool:
     """A breakpoint is in the program's text (the first site's byte is no longer the file's)."""
-    from tracee import read_memory  # noqa: PLC0415
+    from tracee import read_memory
 
-    from uemu import sdt  # noqa: PLC0415
-    from uemu.maps import read_maps  # noqa: PLC0415
+    from uemu import sdt
+    from uemu.maps import read_maps
 
     probe = sdt.open_elf(str(program)).probes[0]
     vma = next(v for v in read_maps(pid) if v.path == str(program) and v.executable)
@@ -281,7 +279,8 @@ def test_threads_that_block_sigtrap_are_named(samples):
         session.close()
         threads = ", ".join(map(str, sorted(int(t) for t in os.listdir(f"/proc/{program.pid}/task"))))
         assert warnings == [f"process {program.pid}: threads {threads} block SIGTRAP: if uemu dies, such a "
-                            "thread meeting one of its breakpoints is killed by the kernel"], "the worker inherits the mask"
+                            "thread meeting one of its breakpoints is killed by the kernel"], \
+            "the worker inherits the mask"
     finally:
         program.kill()
         program.wait()

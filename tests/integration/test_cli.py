@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from samplelog import expected_hits, parse
@@ -111,7 +112,7 @@ def test_kernel_thread():
 
 def test_zombie():
     child = subprocess.Popen(["sh", "-c", "sleep 0.1"])
-    wait_until(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
                what="a zombie")
     try:
         one_error_line(uemu("attach", str(child.pid)), 7, "zombie")
@@ -140,7 +141,7 @@ def test_permission_denied_explains_the_ways_out():
         pytest.skip("no user 'nobody' on this machine to own the target")
     target = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "60"])
     try:
-        wait_until(lambda: open(f"/proc/{target.pid}/status").read().count("65534") >= 1, what="nobody")
+        wait_until(lambda: Path(f"/proc/{target.pid}/status").read_text().count("65534") >= 1, what="nobody")
         result = uemu("attach", str(target.pid),
                       prefix=("setpriv", "--bounding-set=-all", "--inh-caps=-all"))
         one_error_line(result, 4, "permission denied", "CAP_SYS_PTRACE", "uemu run")

@@ -92,7 +92,7 @@ def test_a_byte_and_a_literal_backslash_escape_differently(hostile):
 def test_the_did_you_mean_hint_is_escaped(hostile):
     result = run("list", hostile, "escprov*:escnamX")
     assert result.returncode == 6
-    warning, line = lines(result.stderr)
+    _warning, line = lines(result.stderr)
     assert line.startswith(f"uemu: no probe matches 'escprov*:escnamX'; did you mean escprov{SHOWN}:escname")
 
 

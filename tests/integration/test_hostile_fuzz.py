@@ -24,7 +24,7 @@ RUN_SEEDS = range(200_000, 200_020)
 
 def builds(samples: Path) -> list[Path]:
     """The default build, and the i386 one when another test has built it."""
-    return [samples] + [d for d in (samples / "i386-O2", samples / "i386-O0") if d.is_dir()][:1]
+    return [samples, *[d for d in (samples / "i386-O2", samples / "i386-O0") if d.is_dir()][:1]]
 
 
 def check(counts: elffuzz.Counts, title: str) -> None:

@@ -28,8 +28,8 @@ from tracee import differences, file_memory, wait_until
 from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
 from uemu.maps import read_maps
-from uemu.objects import mapped_objects
 from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
+from uemu.objects import mapped_objects
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
 from uemu.stops import StopKind, classify
@@ -178,7 +178,7 @@ class Orphan:
     """samples/orphan, its lines in a file; it spins until SIGUSR1, and waits at ``done``."""
 
     def __init__(self, program: Path, *args: str):
-        self._out = tempfile.NamedTemporaryFile("r", prefix="orphan-")
+        self._out = tempfile.NamedTemporaryFile("r", prefix="orphan-")  # noqa: SIM115  (closed by close())
         env = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1")
         self.process = subprocess.Popen([str(program), *args], stdin=subprocess.PIPE, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tracee import UEMU, attach_cli, stop_cli, wait_until
 
 STEPS = ["query", "set", "query", "trap", "hit", "query", "reset", "query", "set", "hit", "trap", "quit"]
@@ -69,7 +68,8 @@ def test_attach_leaves_the_action_the_program_set_where_it_did_not_see_it(runnab
         assert converse(program, ["set", "hit"]) == ["set: was other", "hit: 1 caught 0"]
         code, _, err = stop_cli(uemu, signal.SIGINT)
         assert code == 0, err
-        assert converse(program, ["query", "trap", "hit", "quit"]) == ["query: own", "trap: caught 1", "hit: 2 caught 1"]
+        answers = converse(program, ["query", "trap", "hit", "quit"])
+        assert answers == ["query: own", "trap: caught 1", "hit: 2 caught 1"]
         assert program.wait(10) == 0
     finally:
         program.kill()

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from residue import counters_off, semaphores, text_differences, turns
-from tracee import UEMU, Tracee, attach_cli, stop_cli, thread_states, tracer_pid, wait_until
+from tracee import SLOWDOWN, UEMU, Tracee, attach_cli, stop_cli, thread_states, tracer_pid, wait_until
 
 SLOW_MS = "100"
 """samples/survival's slow probe every 100 ms: a test waits for two of its hits."""
@@ -109,7 +109,7 @@ def test_an_error_of_attach_leaves_the_target_unharmed(survival, how, tmp_path):
     if how == "stdout-closed":
         command = ["sh", "-c", 'exec "$@" >&-', "sh", *command]
     result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL if how != "stdout-closed"
-                            else None, stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+                            else None, stderr=subprocess.PIPE, text=True, timeout=30 * SLOWDOWN, check=False)
     assert_unharmed(survival)
     _one_line_error(result.returncode, result.stderr, (2,) if how == "format" else (1, 2, 4, 5))
 

@@ -53,7 +53,7 @@ def _unknowable(expected, events, program):
     masks: dict[str, list[set[int]]] = {}
     for event in events:
         unknown = set()
-        for index, (spec, value) in enumerate(zip(event.specs, event.args)):
+        for index, (spec, value) in enumerate(zip(event.specs, event.args, strict=True)):
             parsed = argspec.parse(spec, elf.arch_name)
             if value is None and parsed.symbol in symbols.locals:
                 assert len(symbols.locals[parsed.symbol]) > 1, f"{spec} should have been readable"
@@ -132,8 +132,8 @@ def test_argument_values_equal_kernel_uprobes(runnable_build, name, args, librar
     compared = 0
     for key, kernel_hits in per_probe(kernel_records).items():
         assert len(kernel_hits) == len(truth[key]), key
-        for kernel_values, true_values in zip(kernel_hits, truth[key]):
-            for kernel_value, true_value, size in zip(kernel_values, true_values, sizes[key[0]]):
+        for kernel_values, true_values in zip(kernel_hits, truth[key], strict=True):
+            for kernel_value, true_value, size in zip(kernel_values, true_values, sizes[key[0]], strict=False):
                 if kernel_value is not None:
                     assert kernel_value == _as_fetched(true_value, size), key
                     compared += 1

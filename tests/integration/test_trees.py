@@ -34,6 +34,14 @@ def _children(pid: int) -> list[int]:
     return process.descendants(pid)
 
 
+def _end(tree: subprocess.Popen[bytes]) -> None:
+    """The children first (once sh is gone they are init's and out of reach), then sh."""
+    for child in _children(tree.pid):
+        os.kill(child, signal.SIGKILL)
+    tree.kill()
+    tree.wait()
+
+
 def _traced_for(session: Session, seconds: float) -> list[Event]:
     events: list[Event] = []
     session.run(events.append, duration=seconds)
@@ -49,9 +57,7 @@ def test_attach_follow_takes_the_existing_descendants(samples, tmp_path):
         events = _traced_for(session, 1.0)
         assert {e.pid for e in events} == set(_children(tree.pid)), "hits from both children, none from sh"
     finally:
-        tree.kill()
-        subprocess.run(["pkill", "-KILL", "-P", str(tree.pid)], check=False)
-        tree.wait()
+        _end(tree)
 
 
 def test_without_follow_only_the_process_itself(samples, tmp_path):
@@ -62,9 +68,7 @@ def test_without_follow_only_the_process_itself(samples, tmp_path):
         session.attach(tree.pid)
         assert _traced_for(session, 0.5) == [], "sh itself has no longrun probes"
     finally:
-        tree.kill()
-        subprocess.run(["pkill", "-KILL", "-P", str(tree.pid)], check=False)
-        tree.wait()
+        _end(tree)
 
 
 def test_several_processes_in_one_session(samples, tmp_path):

@@ -38,8 +38,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from oracle import KernelUprobes, tracefs_reason
 from samplelog import Line, expected_hits, parse, per_probe, reported_hits, run_traced, run_untraced
-from tracee import (UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid,
-                    wait_until)
+from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
 
 from uemu import arch, sdt
 from uemu.arch.base import Plan, Refuse, StepOutOfLine
@@ -488,6 +487,8 @@ def test_a_call_on_a_bad_stack_faults_as_without_uemu(runnable_build, mode):
     """A probed ``call rel32`` whose push cannot be written (the stack pointer points at
     nothing) gets the SIGSEGV the CPU gives it untraced, at the same address; the
     program's handler reports it and goes on, and uemu goes on too."""
+    if runnable_build.target not in ("x86_64", "i386"):
+        pytest.skip("rawprobes badstack is x86 only (arm64's bl and riscv's jal push nothing)")
     program = runnable_build.directory / "rawprobes"
     argv = [program, "badstack", "3"]
     untraced, status = run_untraced(argv)
@@ -542,7 +543,8 @@ def test_a_child_forked_by_a_syscall_run_out_of_line_starts_after_it(runnable_bu
         "a child forked from inside a slot did not survive"
     assert run.exit_status == status == 0
     assert facts(run.lines) == facts(untraced)
-    assert [(event.pid, _offset(program, event.name)) for event in run.events] == [(run.lines[0].pid, syscall.file_offset)]
+    hits = [(event.pid, _offset(program, event.name)) for event in run.events]
+    assert hits == [(run.lines[0].pid, syscall.file_offset)]
 
 
 @pytest.mark.oracle
@@ -574,9 +576,9 @@ def test_a_mapping_made_by_a_probed_syscall_is_armed_before_the_program_goes_on(
         tracee.run_out()
         return seen
 
-    with KernelUprobes(raw_kernel_sites(program, [site.file_offset for site in chosen]), with_args=False):
-        with Tracee(argv) as tracee:
-            kernel = trap_bytes_in_the_copy(tracee)
+    with KernelUprobes(raw_kernel_sites(program, [site.file_offset for site in chosen]), with_args=False), \
+            Tracee(argv) as tracee:
+        kernel = trap_bytes_in_the_copy(tracee)
     assert kernel == ["cc", "cc"], "the oracle did not arm the copy"
     probe_words = words(program, chosen)
     for mode in ("seccomp", "syscall"):

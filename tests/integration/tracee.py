@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,13 +14,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from samplelog import Line, parse
+from samplelog import Line, expected_hits, parse
 
 from uemu.maps import read_maps
 
+SLOWDOWN = float(os.environ.get("UEMU_TEST_SLOWDOWN", "1"))
+"""How many times slower than a native machine the tests run: the test guests
+(tests/vm/guest-tests.sh) set it, as their CPU is emulated.  Every wait here is
+stretched by it; a wait only lasts that long when what it waits for fails."""
+
 
 def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWDOWN
     while True:
         value = condition()
         if value:
@@ -39,8 +45,9 @@ class Tracee:
 
     def __init__(self, argv: Sequence[str | Path], env: dict[str, str] | None = None,
                  under: Sequence[str] = ()):
-        self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")
-        self._err = tempfile.NamedTemporaryFile("r", prefix="tracee-err-")
+        # both live as long as the Tracee: closed by close()
+        self._out = tempfile.NamedTemporaryFile("r", prefix="tracee-")  # noqa: SIM115
+        self._err = tempfile.NamedTemporaryFile("r", prefix="tracee-err-")  # noqa: SIM115
         environment = dict(os.environ, SAMPLE_OUT=self._out.name, SAMPLE_SYNC="1", **(env or {}))
         self.process = subprocess.Popen([*under, *(str(a) for a in argv)], stdin=subprocess.PIPE,
                                         env=environment, stdout=subprocess.DEVNULL, stderr=self._err)
@@ -145,8 +152,9 @@ def differences(before: dict, after: dict) -> list[str]:
             if old is None or new is None:
                 changed.append(f"{key[3]} {key[0]:#x}: mapping {'appeared' if old is None else 'vanished'}")
                 continue
-            first = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
-            changed.append(f"{key[3]} {key[0] + first:#x}: {old[first:first + 8].hex()} -> {new[first:first + 8].hex()}")
+            first = next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b)
+            was, now = old[first:first + 8].hex(), new[first:first + 8].hex()
+            changed.append(f"{key[3]} {key[0] + first:#x}: {was} -> {now}")
     return changed
 
 
@@ -196,4 +204,13 @@ def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]
         process.send_signal(how)
     out, err = process.communicate(timeout=30)
     return process.returncode, out, err
+
+
+def interrupt_and_run_out(tracee: Tracee, cli: subprocess.Popen) -> list[tuple[str, tuple, int]]:
+    """Stop an attached uemu with SIGINT, which must leave quietly (exit 0, nothing on
+    stderr), let the program run to its end, and return the hits it printed."""
+    code, _, err = stop_cli(cli, signal.SIGINT)
+    assert code == 0 and err == "", err
+    tracee.run_out()
+    return expected_hits(tracee.lines())
 

@@ -16,9 +16,23 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unicorn import (UC_ARCH_ARM64, UC_ARCH_RISCV, UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR,
-                     UC_MODE_32, UC_MODE_64, UC_MODE_ARM, UC_MODE_RISCV64, UC_PROT_EXEC, UC_PROT_READ,
-                     UC_PROT_WRITE, Uc, UcError)
+from unicorn import (
+    UC_ARCH_ARM64,
+    UC_ARCH_RISCV,
+    UC_ARCH_X86,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_MODE_32,
+    UC_MODE_64,
+    UC_MODE_ARM,
+    UC_MODE_RISCV64,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    Uc,
+    UcError,
+)
 from unicorn import arm64_const as a64
 from unicorn import riscv_const as rv
 from unicorn import x86_const as x86
@@ -133,7 +147,7 @@ class UnicornMemory:
 class FakeKernel:
     """The system calls the runtime makes, with Linux's results."""
 
-    machine: "Machine"
+    machine: Machine
     pid: int = 4242
     tid: int = 4242
     live_tids: set[int] = field(default_factory=lambda: {4242})

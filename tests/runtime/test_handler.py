@@ -6,9 +6,24 @@ action, and the ways memory can refuse."""
 from __future__ import annotations
 
 import pytest
-from runtime_harness import (DATA, PROGRAM_HANDLER, PROT_EXEC, PROT_READ, PROT_WRITE, SI_KERNEL, SI_TKILL,
-                             SI_USER, SIGTRAP, STACK, STACK_SIZE, TEXT, TRAP_TRACE, UNMAPPED, Machine,
-                             uapi_available)
+from runtime_harness import (
+    DATA,
+    PROGRAM_HANDLER,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    SI_KERNEL,
+    SI_TKILL,
+    SI_USER,
+    SIGTRAP,
+    STACK,
+    STACK_SIZE,
+    TEXT,
+    TRAP_TRACE,
+    UNMAPPED,
+    Machine,
+    uapi_available,
+)
 
 from uemu.net import SA_RESETHAND, SA_SIGINFO, read_table
 from uemu.runtime import has_blob

@@ -10,8 +10,18 @@ import pytest
 
 from uemu import errors
 from uemu.arch import by_name
-from uemu.net import (MAP_FIXED_NOREPLACE, PROT_EXEC, PROT_READ, PROT_WRITE, SA_RESETHAND, SA_RESTORER,
-                      SA_SIGINFO, Net, map_area, read_table)
+from uemu.net import (
+    MAP_FIXED_NOREPLACE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    SA_RESETHAND,
+    SA_RESTORER,
+    SA_SIGINFO,
+    Net,
+    map_area,
+    read_table,
+)
 from uemu.runtime import layout, load_blob
 from uemu.runtime.layout import Capacities, SiteState, SlotFlags, TableState, ThreadFlags
 
@@ -124,7 +134,7 @@ def test_install_says_why_rt_sigaction_failed() -> None:
     net = net_for()
     calls = FakeCalls(net.memory, "x86_64")
     calls.results["rt_sigaction"] = [-errno.EFAULT]
-    with pytest.raises(errors.UemuError, match="rt_sigaction.*Bad address"):
+    with pytest.raises(errors.UemuError, match=r"rt_sigaction.*Bad address"):
         net.install(calls, tracer_pid=1)
 
 

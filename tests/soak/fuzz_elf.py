@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-import elffuzz  # found through the path above
+import elffuzz  # noqa: E402  (found through the path above)
 
 
 def _build(target: str) -> Path:

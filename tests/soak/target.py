@@ -80,7 +80,7 @@ class Uemu:
     def __init__(self, command: str, args: Sequence[str], env: dict[str, str] | None = None):
         self.directory = tempfile.TemporaryDirectory(prefix="soak-uemu-")
         self.ready = Path(self.directory.name) / "ready"
-        self._err = open(Path(self.directory.name) / "stderr", "w+")
+        self._err = open(Path(self.directory.name) / "stderr", "w+")  # noqa: SIM115  (closed with the directory)
         self.process = subprocess.Popen([*UEMU, command, "--ready-file", str(self.ready), *args],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
                                         env=env)
@@ -131,7 +131,7 @@ class Target:
     until uemu dies and it becomes ours."""
 
     def __init__(self, argv: Sequence[object], under: Sequence[str] | None = None):
-        self._out = tempfile.NamedTemporaryFile("r", prefix="soak-sample-")
+        self._out = tempfile.NamedTemporaryFile("r", prefix="soak-sample-")  # noqa: SIM115  (lives as long as the sample)
         self._program = str(argv[0])
         env = dict(os.environ, SAMPLE_OUT=self._out.name)
         env.pop("SAMPLE_SYNC", None)

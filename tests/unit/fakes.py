@@ -55,7 +55,8 @@ class FakeMemory:
         pass
 
 
-def vma(start: int, size: int, perms: str, offset: int, file_id: tuple[int, int] = FILE, path: str = "/lib/x.so") -> Vma:
+def vma(start: int, size: int, perms: str, offset: int, file_id: tuple[int, int] = FILE,
+        path: str = "/lib/x.so") -> Vma:
     return Vma(start, start + size, perms, offset, file_id[0], file_id[1], path)
 
 

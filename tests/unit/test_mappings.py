@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from types import SimpleNamespace
+
 import pytest
-from fakes import DATA, SITE_OFFSET, TEXT, X86_64, FakeMemory, new_mm, uprobe, vma
+from fakes import DATA, FILE, SITE_OFFSET, TEXT, X86_64, FakeMemory, new_mm, uprobe, vma
 
 from uemu import mappings
 from uemu.arch import by_name
 from uemu.arch.base import MappingSyscall
-from uemu.mappings import MappingCall, MappingMode
+from uemu.mappings import FdFile, MappingCall, MappingMode
+from uemu.objects import MappedObject
+from uemu.ptrace import SyscallInfo
+from uemu.tasks import Task
 from uemu.uprobes import Uprobes
 
 
@@ -111,3 +118,175 @@ def test_a_rendezvous_tells_removed_breakpoints_from_memory(armed) -> None:
     mm.memory.write(SITE, b"\x90")  # the page was replaced behind our back
     mappings.refresh(mm, None, 0, core, print)
     assert not mm.installed
+
+
+# ---- which mapping syscalls are worth their exit stop --------------------------------
+
+OTHER_FILE = (FILE[0], 5151)
+"""A file mapped and read already, with no probe selected."""
+NEW_FILE = (FILE[0], 6161)
+ANON = vma(0x40000, 0x4000, "rw-p", 0, (0, 0), "")
+OTHER = vma(0x50000, 0x1000, "r--p", 0, OTHER_FILE, "/lib/other.so")
+MAP_PRIVATE, MAP_SHARED, MAP_FIXED, MAP_ANONYMOUS = 0x02, 0x01, 0x10, 0x20
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+
+
+@pytest.fixture
+def watching():
+    """An mm with the probed file's text and data, an anonymous mapping and an
+    object without selected probes; ``files`` is what each fd names."""
+    mm = new_mm(FakeMemory(), [TEXT, DATA, ANON, OTHER])
+    mm.objects = {FILE: None, OTHER_FILE: None}  # type: ignore[dict-item]
+    core = Uprobes(print)
+    probe = uprobe()
+    core.by_site[(*probe.file_id, probe.offset)] = probe
+    core.by_file[probe.file_id] = [probe]
+    files = {3: FdFile(FILE, True), 4: FdFile(OTHER_FILE, True), 5: FdFile(NEW_FILE, True),
+             6: FdFile(NEW_FILE, False), 7: FdFile(None, True)}
+    looked: list[int] = []
+
+    def matters(kind: MappingSyscall, *args: int) -> bool:
+        def lookup(fd: int) -> FdFile | None:
+            looked.append(fd)
+            return files.get(fd)
+
+        return mappings.matters(mm, MappingCall(kind, args), core, lookup)
+
+    return matters, core, looked
+
+
+MMAP, MUNMAP, MPROTECT, MREMAP = (MappingSyscall.MMAP, MappingSyscall.MUNMAP, MappingSyscall.MPROTECT,
+                                  MappingSyscall.MREMAP)
+
+
+def test_anonymous_memory_needs_no_look(watching) -> None:
+    """The JVM's heap, stacks and guard pages: nothing of a file is touched."""
+    matters, _, looked = watching
+    assert not matters(MMAP, 0, 0x10000, 3, MAP_PRIVATE | MAP_ANONYMOUS, 0xFFFFFFFF, 0)
+    assert not matters(MMAP, ANON.start, 0x1000, 0, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, 0xFFFFFFFFFFFFFFFF, 0)
+    assert not matters(MPROTECT, ANON.start + 0x1000, 0x1000, 0)
+    assert not matters(MUNMAP, ANON.start, ANON.end - ANON.start)
+    assert not matters(MUNMAP, TEXT.end, DATA.start - TEXT.end), "the hole between two VMAs of the file"
+    assert not matters(MREMAP, ANON.start, 0x4000, 0x8000, MREMAP_MAYMOVE, 0)
+    assert looked == [], "no descriptor is looked at for anonymous memory"
+
+
+def test_a_range_meeting_a_watched_vma_is_looked_at(watching) -> None:
+    """MAP_FIXED replaces, munmap drops, mprotect splits (the kernel runs uprobe_mmap
+    on the pieces), mremap moves: all need the maps as the kernel made them."""
+    matters, _, _ = watching
+    assert matters(MMAP, TEXT.start, 0x1000, 0, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS, 0xFFFFFFFF, 0)
+    assert matters(MMAP, DATA.start - 0x1000, 0x2000, 1, MAP_SHARED | MAP_FIXED, 6, 0), "partly over the data"
+    assert matters(MPROTECT, DATA.start, 0x800, 1)
+    assert matters(MUNMAP, TEXT.start + 0x800, 0x800)
+    assert matters(MappingSyscall.REMAP_FILE_PAGES, TEXT.start, 0x1000, 0, 0, 0)
+    assert matters(MREMAP, TEXT.start, 0x1000, 0x2000, MREMAP_MAYMOVE, 0)
+    assert matters(MREMAP, ANON.start, 0x1000, 0x1000, MREMAP_MAYMOVE | MREMAP_FIXED, DATA.start)
+    assert not matters(MREMAP, ANON.start, 0x1000, 0x1000, MREMAP_MAYMOVE, DATA.start), "no FIXED: a hint"
+    assert not matters(MMAP, TEXT.start, 0x1000, 5, MAP_PRIVATE | MAP_ANONYMOUS, 0xFFFFFFFF, 0), "a hint"
+
+
+def test_an_unwatched_files_vmas_are_left_alone(watching) -> None:
+    """An object read already whose probes no word selected: kernel uprobe_mmap finds
+    no uprobe of its inode and no delayed counter of it."""
+    matters, _, _ = watching
+    assert not matters(MPROTECT, OTHER.start, 0x1000, 0)
+    assert not matters(MUNMAP, OTHER.start, 0x1000)
+    assert not matters(MMAP, OTHER.start, 0x1000, 1, MAP_PRIVATE | MAP_FIXED, 4, 0)
+
+
+def test_a_private_file_mapping_is_looked_at_by_its_file(watching) -> None:
+    matters, _, looked = watching
+    assert matters(MMAP, 0, 0x1000, 5, MAP_PRIVATE, 3, 0x1000), "the probed file"
+    assert matters(MappingSyscall.OLD_MMAP, 0, 0x1000, 5, MAP_PRIVATE, 3, 0), "i386's, its arguments read already"
+    assert not matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 4, 0), "an object without selected probes"
+    assert matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 5, 0), "an ELF file not read yet"
+    assert not matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 6, 0), "a data file: no ELF, no probes"
+    assert matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 7, 0), "a file that could not be told"
+    assert not matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 8, 0), "no such descriptor, or a device"
+    assert not matters(MMAP, 0, 0x1000, 1, MAP_PRIVATE, 0xFFFFFFFF, 0), "fd -1 without MAP_ANONYMOUS"
+    assert looked == [3, 3, 4, 5, 6, 7, 8]
+
+
+def test_a_library_placed_by_the_dynamic_linker_is_judged_by_its_file(watching) -> None:
+    """ld.so reserves anonymous room for a library, then maps each segment over it
+    with MAP_FIXED from the file: replacing anonymous memory is nothing, the file is
+    everything."""
+    matters, _, looked = watching
+    assert matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 5, 0), "an ELF file not read yet"
+    assert matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 3, 0), "the probed file, again"
+    assert not matters(MMAP, ANON.start, 0x1000, 5, MAP_PRIVATE | MAP_FIXED, 4, 0), "nothing selected in it"
+    assert looked == [5, 3, 4]
+
+
+def test_what_replaces_nothing_of_ours_is_let_go(watching) -> None:
+    """MAP_FIXED_NOREPLACE fails rather than replace (its bit is not MAP_FIXED's);
+    mremap with an old size of 0 duplicates a shared mapping, named by the old range."""
+    matters, _, _ = watching
+    assert not matters(MMAP, TEXT.start, 0x1000, 5, MAP_PRIVATE | MAP_ANONYMOUS | 0x100000, 0xFFFFFFFF, 0)
+    assert matters(MREMAP, TEXT.start, 0, 0x1000, MREMAP_MAYMOVE, 0), "a watched range, even of size 0"
+    assert not matters(MREMAP, ANON.start, 0, 0x1000, MREMAP_MAYMOVE, 0)
+
+
+def test_a_shared_mapping_holds_nothing_of_ours(watching) -> None:
+    """valid_vma() and valid_ref_ctr_vma() refuse shared VMAs: even the probed file,
+    mapped shared, gets no breakpoint and no counter (unless it replaces ours)."""
+    matters, _, looked = watching
+    assert not matters(MMAP, 0, 0x1000, 1, MAP_SHARED, 3, 0)
+    assert not matters(MMAP, 0, 0x1000, 1, 0x03, 3, 0), "MAP_SHARED_VALIDATE"
+    assert looked == []
+
+
+def test_only_files_with_wanted_uprobes_are_watched(watching) -> None:
+    """A uprobe whose words were all removed leaves its file unwatched; uemu's own
+    (the rendezvous breakpoint) keeps it watched."""
+    matters, core, _ = watching
+    (probe,) = core.by_file[FILE]
+    probe.consumers.clear()
+    assert not matters(MPROTECT, TEXT.start, 0x1000, 1)
+    assert not matters(MMAP, 0, 0x1000, 5, MAP_PRIVATE, 3, 0x1000)
+    probe.internal = True
+    assert matters(MPROTECT, TEXT.start, 0x1000, 1)
+
+
+def test_the_entry_stop_keeps_only_the_calls_that_matter(watching) -> None:
+    _, core, _ = watching
+    mm = new_mm(FakeMemory(), [TEXT, DATA, ANON])
+    task = Task(100, 100, mm)
+    mprotect, munmap = 10, 11  # x86_64
+    mappings.note_syscall(task, SyscallInfo(0, mprotect, (ANON.start, 0x1000, 0, 0, 0, 0), 0), core)
+    assert task.syscall is None, "the task goes on without an exit stop"
+    mappings.note_syscall(task, SyscallInfo(0, munmap, (TEXT.start, 0x1000, 0, 0, 0, 0), 0), core)
+    assert task.syscall == MappingCall(MappingSyscall.MUNMAP, (TEXT.start, 0x1000, 0, 0, 0, 0))
+    task.syscall = None
+    mappings.note_syscall(task, SyscallInfo(0, 39, (0,) * 6, 0), core)  # getpid
+    assert task.syscall is None
+
+
+def test_a_descriptor_names_its_file(tmp_path) -> None:
+    """Through /proc/TID/fd, as at an entry stop (here: this very process)."""
+    data = tmp_path / "data"
+    data.write_bytes(b"not an ELF file")
+    elf, text = os.open(sys.executable, os.O_RDONLY), os.open(data, os.O_RDONLY)
+    reading, writing = os.pipe()
+    try:
+        st = os.stat(sys.executable)
+        assert mappings.fd_file(os.getpid(), elf) == FdFile((st.st_dev, st.st_ino), True)
+        assert mappings.fd_file(os.getpid(), text) == FdFile((os.stat(data).st_dev, os.stat(data).st_ino), False)
+        assert mappings.fd_file(os.getpid(), reading) is None, "a pipe holds no probes"
+    finally:
+        for fd in (elf, text, reading, writing):
+            os.close(fd)
+    assert mappings.fd_file(os.getpid(), elf) is None, "closed: the mmap fails with EBADF"
+
+
+def test_each_object_gets_its_own_vmas_and_a_moved_one_loses_its_readers() -> None:
+    mm = new_mm(FakeMemory(), [TEXT, ANON, OTHER, DATA])
+    probed = MappedObject(SimpleNamespace(path="/lib/x.so"), FILE, [TEXT])  # type: ignore[arg-type]
+    other = MappedObject(SimpleNamespace(path="/lib/other.so"), OTHER_FILE, [OTHER])  # type: ignore[arg-type]
+    mm.objects = {FILE: probed, OTHER_FILE: other}
+    reading = uprobe().consumers[0]
+    mm.readers[reading] = []
+    mappings.update_objects(mm, [], print)
+    assert probed.vmas == [TEXT, DATA] and other.vmas == [OTHER]
+    assert reading not in mm.readers, "its argument readers are rebuilt where it is now"

@@ -107,7 +107,7 @@ def test_prelink_moves_sites_and_semaphores(samples: Path, tmp_path: Path, sampl
     obj = sdt.open_elf(str(patch.save()))
     assert original.probes
     assert [without_offsets(p) for p in obj.probes] == [moved(p, patch.path, delta) for p in original.probes]
-    for before, after in zip(original.probes, obj.probes):
+    for before, after in zip(original.probes, obj.probes, strict=True):
         assert after.file_offset == before.file_offset + delta
     assert obj.warnings == [] and obj.note_errors == []
 
@@ -121,7 +121,7 @@ def test_prelink_keeps_a_note_whose_base_is_zero(samples: Path, tmp_path: Path) 
     first_note = next(patch.notes())[0]
     patch.write(patch.word, first_note + 12 + 8 + struct.calcsize(patch.word), 0)  # desc: pc, base, semaphore
     obj = sdt.open_elf(str(patch.save()))
-    assert [p.address - q.address for p, q in zip(obj.probes, original.probes)] == [0] + [0x10] * (
+    assert [p.address - q.address for p, q in zip(obj.probes, original.probes, strict=True)] == [0] + [0x10] * (
         len(original.probes) - 1
     )
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 from fakes import DATA, SEMAPHORE_OFFSET, SITE_OFFSET, TEXT, FakeMemory, new_mm, uprobe
 
-from uemu.uprobes import Uprobes
+from uemu.uprobes import Mm, Uprobe, Uprobes
 
 SITE = TEXT.offset_to_vaddr(SITE_OFFSET)
 SEMAPHORE = DATA.offset_to_vaddr(SEMAPHORE_OFFSET)
@@ -30,6 +30,15 @@ def _register(core: Uprobes, probe) -> None:
     core.by_file.setdefault(probe.file_id, []).append(probe)
 
 
+def _armed(core: Uprobes, memory: FakeMemory) -> tuple[Mm, Uprobe]:
+    """One uprobe registered, then its text and data mapped (core.mmap, as uprobe_mmap())."""
+    mm = new_mm(memory, [TEXT, DATA])
+    probe = uprobe()
+    _register(core, probe)
+    core.mmap(mm, [TEXT, DATA])
+    return mm, probe
+
+
 def _memory(text: bool = True, data: bool = True, semaphore: int = 0) -> FakeMemory:
     memory = FakeMemory()
     if text:
@@ -47,10 +56,7 @@ def _semaphore(memory: FakeMemory) -> int:
 
 def test_breakpoint_raises_the_counter_and_removal_lowers_it(core):
     memory = _memory()
-    mm = new_mm(memory, [TEXT, DATA])
-    probe = uprobe()
-    _register(core, probe)
-    core.mmap(mm, [TEXT, DATA])
+    mm, probe = _armed(core, memory)
     assert memory.read(SITE, 1) == b"\xcc" and mm.installed == {SITE: probe}
     assert _semaphore(memory) == 1
     core.remove_all(mm)
@@ -106,9 +112,7 @@ def test_no_breakpoint_where_the_counter_cannot_be_raised(core):
     """Kernel: uprobe_write_opcode() writes no opcode when update_ref_ctr() fails."""
     memory = _memory()
     memory.broken.add(SEMAPHORE)
-    mm = new_mm(memory, [TEXT, DATA])
-    _register(core, uprobe())
-    core.mmap(mm, [TEXT, DATA])
+    mm, _ = _armed(core, memory)
     assert memory.read(SITE, 1) == b"\x90" and not mm.installed
 
 
@@ -133,27 +137,21 @@ def test_the_counter_is_a_signed_16_bit_value_and_only_those_bytes_change(core):
 def test_a_site_that_differs_from_the_file_is_left_alone(core, warnings):
     memory = _memory()
     memory.write(SITE, b"\xcc")  # another tracer's breakpoint
-    mm = new_mm(memory, [TEXT, DATA])
-    _register(core, uprobe())
-    core.mmap(mm, [TEXT, DATA])
+    mm, _ = _armed(core, memory)
     assert not mm.installed and _semaphore(memory) == 0
     assert "another tracer's breakpoint" in warnings[0]
 
 
 def test_an_unreadable_site_is_said_and_left_alone(core, warnings):
     memory = _memory(text=False)
-    mm = new_mm(memory, [TEXT, DATA])
-    _register(core, uprobe())
-    core.mmap(mm, [TEXT, DATA])
+    mm, _ = _armed(core, memory)
     assert not mm.installed and _semaphore(memory) == 0
     assert "cannot read" in warnings[0]
 
 
 def test_munmap_forgets_breakpoints_without_writing(core):
     memory = _memory()
-    mm = new_mm(memory, [TEXT, DATA])
-    _register(core, uprobe())
-    core.mmap(mm, [TEXT, DATA])
+    mm, _ = _armed(core, memory)
     memory.writes.clear()
     core.munmap(mm, TEXT.start, TEXT.end)
     assert not mm.installed and memory.writes == [] and _semaphore(memory) == 1
@@ -161,19 +159,14 @@ def test_munmap_forgets_breakpoints_without_writing(core):
 
 def test_mremap_moves_the_bookkeeping_with_the_pages(core):
     memory = _memory()
-    mm = new_mm(memory, [TEXT, DATA])
-    probe = uprobe()
-    _register(core, probe)
-    core.mmap(mm, [TEXT, DATA])
+    mm, probe = _armed(core, memory)
     core.mremap(mm, TEXT.start, 0x1000, 0x50000)
     assert mm.installed == {SITE - TEXT.start + 0x50000: probe}
 
 
 def test_a_breakpoint_overwritten_by_someone_else_is_not_written_back(core, warnings):
     memory = _memory()
-    mm = new_mm(memory, [TEXT, DATA])
-    _register(core, uprobe())
-    core.mmap(mm, [TEXT, DATA])
+    mm, _ = _armed(core, memory)
     memory.write(SITE, b"\x55")
     core.remove_all(mm)
     assert memory.read(SITE, 1) == b"\x55" and "overwritten by someone else" in warnings[0]

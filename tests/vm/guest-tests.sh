@@ -2,7 +2,12 @@
 # The tests a test guest runs (from /init, in the payload's copy of the
 # project): those that apply to a non-x86 machine.  The sample builds native to
 # the guest are in samples/build/ (make-payload.sh); the guest has no compiler.
-# The console is a terminal, but its reader (CI) wants no colour codes.
+# The console is a terminal, but its reader (CI) wants no colour codes; the
+# slowest tests are listed, as they set the guest's time limit (boot.sh).
 UEMU_SAMPLE_BUILDS="$(uname -m)-O2 $(uname -m)-O0"
-export UEMU_SAMPLE_BUILDS
-exec python3 -m pytest -p no:cacheprovider --color=no tests/unit tests/vm/guest_smoke.py tests/integration
+# TCG runs the guest's code 5 to 20 times slower than the host's CPU (uemu's
+# start-up: 15 s instead of 0.7 s on a busy 2-core host): the tests' waits
+# (tests/integration/tracee.py) are stretched as much.
+UEMU_TEST_SLOWDOWN=10
+export UEMU_SAMPLE_BUILDS UEMU_TEST_SLOWDOWN
+exec python3 -m pytest -p no:cacheprovider --color=no --durations=10 tests/unit tests/vm/guest_smoke.py tests/integration

@@ -20,6 +20,7 @@ page at any address.
 from __future__ import annotations
 
 import argparse
+import enum
 import hashlib
 import io
 import json
@@ -79,8 +80,8 @@ class BuildError(Exception):
     pass
 
 
-def _defines(prefix: str, values: type) -> list[str]:
-    return [f"#define {prefix}{member.name} {int(member)}" for member in values]  # type: ignore[attr-defined]
+def _defines(prefix: str, values: type[enum.IntEnum | enum.IntFlag]) -> list[str]:
+    return [f"#define {prefix}{member.name} {int(member)}" for member in values]
 
 
 def c_header(arch: Arch) -> str:

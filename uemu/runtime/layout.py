@@ -25,7 +25,10 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PAGE = 4096
 CODE_SIZE = 2 << 20
@@ -108,33 +111,33 @@ _FORMATS = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q"}
 _CTYPES = {"u8": "uint8_t", "u16": "uint16_t", "u32": "uint32_t", "u64": "uint64_t"}
 
 
-def u8() -> Any:
+def u8() -> int:
     return field(default=0, metadata={"ctype": "u8"})
 
 
-def u16() -> Any:
+def u16() -> int:
     return field(default=0, metadata={"ctype": "u16"})
 
 
-def u32() -> Any:
+def u32() -> int:
     return field(default=0, metadata={"ctype": "u32"})
 
 
-def u64() -> Any:
+def u64() -> int:
     return field(default=0, metadata={"ctype": "u64"})
 
 
-def raw(size: int) -> Any:
+def raw(size: int) -> bytes:
     """A byte array of ``size`` bytes (zero-padded when shorter)."""
     return field(default=b"", metadata={"ctype": "bytes", "size": size})
 
 
-def pad(size: int) -> Any:
+def pad(size: int) -> bytes:
     """Explicit padding, so that every field is naturally aligned on every ABI."""
     return field(default=b"", metadata={"ctype": "pad", "size": size}, repr=False, compare=False)
 
 
-R = TypeVar("R")
+R = TypeVar("R", bound="DataclassInstance")
 
 
 class Record(Generic[R]):
@@ -143,7 +146,7 @@ class Record(Generic[R]):
     def __init__(self, cls: type[R], cname: str):
         self.cls = cls
         self.cname = cname
-        self.members = [(f.name, f.metadata["ctype"], f.metadata.get("size", 1)) for f in fields(cls)]  # type: ignore[arg-type]
+        self.members = [(f.name, f.metadata["ctype"], f.metadata.get("size", 1)) for f in fields(cls)]
 
     @cached_property
     def struct(self) -> struct.Struct:
@@ -547,6 +550,7 @@ FETCH_OP = Record(FetchOp, "fetch_op")
 TP_SLOT = Record(TpSlot, "tp_slot")
 RING_HEADER = Record(RingHeader, "ring_header")
 RECORD_HEADER = Record(RecordHeader, "record_header")
+# Any: records of several types in one sequence (Record is invariant in its type)
 RECORDS: Sequence[Record[Any]] = (BLOB_HEADER, TABLE_HEADER, SITE, COUNTER, SLOT, THREAD,
                                   INJECT_HEADER, INJECT_REG, JUMPS_HEADER, JUMP_SITE, FETCH_OP, TP_SLOT,
                                   RING_HEADER, RECORD_HEADER)
