@@ -146,7 +146,7 @@ class Arch:
     brk and ebreak: TRAP_BRKPT)."""
     backend: Backend | None = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
-    jumps: "JumpBackend | None" = None
+    jumps: JumpBackend | None = None
     """The jump path's facts (arch/jump.py), where hits can run through trampolines."""
 
     @property

@@ -13,7 +13,8 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ContextManager
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from . import argspec, ptrace
 from .events import Event
@@ -38,14 +39,13 @@ class Reporter:
         self.event_count = 0
         self.max_events: int | None = None
         self._on_limit = on_limit
-        self.lock: ContextManager[object] = contextlib.nullcontext()
+        self.lock: AbstractContextManager[object] = contextlib.nullcontext()
         """Held while a hit is counted and handed out (the jump path's reader thread
         delivers too)."""
         self.before: Callable[[int], None] | None = None
         """Called with a trap hit's time before it is handed out: hand out the jump
         path's older hits first."""
 
-    @property
     def full(self) -> bool:
         """--max-events is reached: further hits are neither counted nor reported."""
         return self.max_events is not None and self.event_count >= self.max_events
@@ -55,25 +55,25 @@ class Reporter:
         wants_events = bool(self.handlers) or self.queue is not None
         with self.lock:
             for consumer in hit.uprobe.consumers:
-                if self.full:
+                if self.full():
                     return
                 consumer.hits += 1
                 self.event_count += 1
                 if wants_events:
                     self._emit(task, mm, consumer, hit.site, regs)
-                if self.full:
+                if self.full():
                     self._on_limit()
 
     def deliver(self, consumer: Consumer, event: Event | None) -> None:
         """A hit read from the jump path's ring (``event`` None: counted only)."""
         with self.lock:
-            if self.full:
+            if self.full():
                 return
             consumer.hits += 1
             self.event_count += 1
             if event is not None:
                 self._hand_out(event)
-            if self.full:
+            if self.full():
                 self._on_limit()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:

@@ -50,7 +50,7 @@ class NotFetchable(Exception):
 class _Values:
     """The readers' view of one record: registers by name, one memory read."""
 
-    __slots__ = ("regs", "memory")
+    __slots__ = ("memory", "regs")
 
     def __init__(self) -> None:
         self.regs: dict[str, int] = {}

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import itertools
 import os
 import struct
 import threading
@@ -72,7 +73,7 @@ from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
 
 from . import errors, ptrace, ring, sdt
 from .chrome import read_comm
-from .events import Event
+from .events import Event, Value
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
 from .maps import Vma, read_maps
@@ -459,7 +460,7 @@ class JumpPath:
         vmas = sorted(state.mm.vmas, key=lambda v: v.start)
         middle = (reach[0] + reach[1]) // 2
         best = None
-        for before, after in zip(vmas, vmas[1:]):
+        for before, after in itertools.pairwise(vmas):
             low = max(before.end + PAGE, reach[0])
             high = min(after.start - 2 * PAGE, reach[1] - PAGE)
             if low > high:
@@ -525,19 +526,19 @@ class JumpPath:
                 continue
             if (pid, record.tid) not in self.names:
                 self.names[pid, record.tid] = read_comm(pid, record.tid)
-            args: list[object] | None = None
+            args: list[Value] | None = None
             strings: dict[int, bytes] = {}
             if self.decode_args:
                 decoded, strings = info.program.decode(buffer, record.offset)
                 args = list(decoded)
             read_string = _captured(strings) if strings else None
-            for consumer, specs in zip(info.consumers, info.specs):
+            for consumer, specs in zip(info.consumers, info.specs, strict=True):
                 if args is None:
                     emit(consumer, None)
                     continue
                 probe = consumer.probe
                 emit(consumer, Event(record.ts_ns, pid, record.tid, probe.object, probe.provider,
-                                     probe.name, info.vaddr, specs, list(args), read_string))  # type: ignore[arg-type]
+                                     probe.name, info.vaddr, specs, list(args), read_string))
 
     def wait(self, timeout_ns: int) -> None:
         """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's
@@ -843,7 +844,7 @@ def thread_pointer(arch: Arch, tid: int, regs: ptrace.Regset) -> int:
         desc = _UserDesc()
         if _libc.ptrace(PTRACE_GET_THREAD_AREA, tid, selector >> 3, ctypes.addressof(desc)) < 0:
             return 0
-        return desc.base_addr
+        return int(desc.base_addr)
     raise errors.UnsupportedArch(arch.name, what="no jump path for it")
 
 

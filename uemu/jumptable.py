@@ -28,6 +28,7 @@ from .net import Memory
 from .runtime import layout
 from .runtime.layout import JumpCapacities, JumpsFlags, JumpSite, JumpSiteState, JumpsState, TpSlot
 
+
 class JumpTable:
     """The jump path's part of the area at ``base`` in ``memory``."""
 

@@ -19,6 +19,7 @@ processes, and a consumer that sleeps on a futex the first producer after it wak
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -244,10 +245,8 @@ class Ring:
     def close(self) -> None:
         self.view.release()
         if isinstance(self.buffer, mmap.mmap):
-            try:
+            with contextlib.suppress(BufferError):  # a futex address is still exported: the mapping goes with uemu
                 self.buffer.close()
-            except BufferError:
-                pass  # a futex address is still exported: the mapping goes with uemu
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 from tracee import wait_until
 
-from uemu import inject, ptrace, sdt
+from uemu import inject, ptrace
 from uemu.arch import by_name
 from uemu.events import Event
 from uemu.jumps import Jump, JumpPath, Trap, thread_pointer
 from uemu.maps import read_maps
-from uemu.objects import MappedObject, mapped_objects
 from uemu.net import Net, map_area
+from uemu.objects import MappedObject, mapped_objects
 from uemu.stops import StopKind, classify
 from uemu.uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
 

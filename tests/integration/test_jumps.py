@@ -30,12 +30,13 @@ def build(runnable_build):
     arch = sdt.open_elf(str(runnable_build.directory / "basic")).arch_name
     if not has_blob(arch):
         pytest.skip(f"no in-target runtime for {arch}")
-    if os.geteuid() != 0 and not Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() == "0":
+    if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() != "0":
         pytest.skip("ptrace of a non-child needs ptrace_scope 0 or root")
     return runnable_build
 
 
-def traced_run(program: Path, *args: str, patterns=("*",), raw=(), **options) -> tuple[JumpTrace, list[Line], list[str]]:
+def traced_run(program: Path, *args: str, patterns=("*",), raw=(),
+               **options) -> tuple[JumpTrace, list[Line], list[str]]:
     """Run ``program`` attached at its start sync, until its end sync; leave; let it end."""
     tracee = Tracee([program, *args])
     try:
@@ -87,8 +88,9 @@ def test_kernel_uprobes_on_the_same_sites_count_and_fetch_the_same(build) -> Non
     for hits, truth in ((theirs, untraced), (ours, lines)):
         want = per_probe([hit for hit in expected_hits(truth) if hit[0] in jumped])
         for key, values in per_probe(hits).items():
-            assert [[v for v, w in zip(got, exp) if v is not None] for got, exp in zip(values, want[key])] == \
-                [[w for v, w in zip(got, exp) if v is not None] for got, exp in zip(values, want[key])], key
+            pairs = [list(zip(got, exp, strict=True)) for got, exp in zip(values, want[key], strict=False)]
+            assert [[v for v, _ in hit if v is not None] for hit in pairs] == \
+                [[w for v, w in hit if v is not None] for hit in pairs], key
 
 
 def test_threads_created_after_attaching_are_named_by_their_thread_pointer(build) -> None:
@@ -210,7 +212,8 @@ def test_jumps_over_the_rawprobes_instructions(build) -> None:
     fits, the instruction runs displaced in the trampoline (the backend's one-stop slot
     code: ALU, moves, rip-relative loads and stores) or is a nop.  The program's lines
     stay as untraced, and every jumped site's hits equal kernel uprobes' on it."""
-    from test_xol import facts as line_facts, probed, raw_kernel_sites, rounds_argv
+    from test_xol import facts as line_facts
+    from test_xol import probed, raw_kernel_sites, rounds_argv
 
     reason = tracefs_reason()
     if reason:
@@ -228,7 +231,8 @@ def test_jumps_over_the_rawprobes_instructions(build) -> None:
         assert line_facts(lines) == line_facts(untraced)
         jumped = {int(a.uprobe.consumers[0].probe.name, 16): a for a in trace.sites if isinstance(a.how, Jump)}
         ours = Counter(int(e.name, 16) for e in trace.events)
-        assert {offset: ours.get(offset, 0) for offset in jumped} == {offset: theirs.get(offset, 0) for offset in jumped}
+        assert {offset: ours.get(offset, 0) for offset in jumped} == \
+            {offset: theirs.get(offset, 0) for offset in jumped}
         displaced += sum(1 for a in jumped.values() if a.how.site.displaced is not None)
     assert displaced >= 10, "jumps over real instructions, not only nops"
 

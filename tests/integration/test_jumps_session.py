@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
-from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced, run_untraced
 from residue import text_differences
+from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced, run_untraced
 from test_net import Orphan, facts
 from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
 
@@ -244,6 +244,7 @@ def test_max_events_is_exact_on_the_jump_path(build, tmp_path) -> None:
 def test_events_iterator_yields_the_jump_paths_hits(build, tmp_path) -> None:
     """``Session.events()``: ring hits reach the loop's thread (the reader wakes it)."""
     from samplelog import parse
+
     from uemu.session import Session
 
     out = tmp_path / "lines"

@@ -239,7 +239,7 @@ def test_x86_a_whole_jump_over_a_long_nop(shape: str) -> None:
         regs = m.random_registers(random.Random(3))
         after = m.hit(jumped, regs, sp=SP)
         assert {name: after[name] for name in regs} == regs
-        [(record, values, _)] = m.take()
+        [(_, values, _)] = m.take()
         assert values == [regs["rax" if arch == "x86_64" else "eax"] & 0xFFFFFFFF]
 
 
