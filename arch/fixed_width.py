@@ -28,7 +28,8 @@ GENERIC_MAPPING_SYSCALLS = {
 }
 GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "mprotect": 226, "rt_sigaction": 134,
                            "kcmp": 272, "memfd_create": 279, "ftruncate": 46, "close": 57,
-                           "rt_sigreturn": 139, "futex": 98}
+                           "rt_sigreturn": 139, "futex": 98,
+                           "set_robust_list": 99}
 """The other syscalls uemu needs (Arch.syscall_numbers), in the same table."""
 TRAP_BRKPT = 1
 """si_code of the SIGTRAP of a brk or ebreak in user mode (send_user_sigtrap(TRAP_BRKPT),

@@ -790,7 +790,7 @@ X86_64 = Arch(
     restart_syscall=219,
     syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "mprotect": 10, "rt_sigaction": 13,
                                 "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3, "rt_sigreturn": 15,
-                                "futex": 202}),
+                                "futex": 202, "set_robust_list": 273}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_X86_64_UCONTEXT),
@@ -818,7 +818,8 @@ I386 = Arch(
     restart_syscall=0,
     syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "mprotect": 125,  # mmap2
                                 "rt_sigaction": 174, "kcmp": 349, "memfd_create": 356, "ftruncate": 93,
-                                "close": 6, "rt_sigreturn": 173, "futex": 240}),
+                                "close": 6, "rt_sigreturn": 173, "futex": 240,
+                                "set_robust_list": 311}),
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),

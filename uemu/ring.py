@@ -25,6 +25,7 @@ import mmap
 import os
 import platform
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,9 +76,13 @@ class _Host:
         machine = platform.machine()
         host: Arch = by_name("x86_64" if machine in ("x86_64", "AMD64") else machine)
         self.futex_nr = host.syscall_numbers["futex"]
+        self.robust_nr = host.syscall_numbers["set_robust_list"]
         self.membarrier = _MEMBARRIER.get(host.name)
         if self.membarrier is not None:
             self.libc.syscall(self.membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0)
+
+    def set_robust_list(self, head: int, size: int) -> bool:
+        return bool(self.libc.syscall(self.robust_nr, ctypes.c_void_p(head), ctypes.c_size_t(size)) == 0)
 
     def futex(self, address: int, op: int, value: int, timeout_ns: int | None = None) -> None:
         spec = None
@@ -88,6 +93,86 @@ class _Host:
     def fence(self) -> None:
         if self.membarrier is not None:
             self.libc.syscall(self.membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0)
+
+
+class _RobustListHead(ctypes.Structure):
+    """Kernel: ``struct robust_list_head`` (include/uapi/linux/futex.h)."""
+
+    _fields_ = [("next", ctypes.c_void_p), ("futex_offset", ctypes.c_long), ("list_op_pending", ctypes.c_void_p)]
+
+
+class Sentinel:
+    """A thread of uemu that lives as long as uemu, whose robust futex list holds the
+    ``owner`` word of every ring: however uemu dies (SIGKILL too), the kernel sets
+    FUTEX_OWNER_DIED in each word (kernel: ``exit_robust_list()`` ->
+    ``handle_futex_death()``, for a word holding the dying thread's tid), and the next hit
+    in the target sees it with one load, and restores everything (the runtime's
+    ``uemu_gone``).  Without it a hit would learn of uemu's death from TracerPid, which is
+    too slow to read at every hit: hits of the first second or so would miss it.
+
+    The list is this module's alone (the thread runs no code that uses glibc's robust
+    mutexes); each ring's entry is its ``owner_next`` word, ``owner`` at -8 from it.  The
+    kernel reads the list only when the thread exits, so other threads change it freely,
+    each change one pointer store that leaves the list whole."""
+
+    def __init__(self) -> None:
+        self._head = _RobustListHead()
+        self._head.next = ctypes.addressof(self._head)  # empty: the list points at its head
+        self._head.futex_offset = _OFF["owner"] - _OFF["owner_next"]
+        self._entries: list[int] = []
+        self._lock = threading.Lock()
+        self.tid = 0
+        """The thread's tid once its list is registered; 0: it could not be."""
+        self.pid = os.getpid()
+        ready = threading.Event()
+        threading.Thread(target=self._live, args=(ready,), name="uemu-sentinel", daemon=True).start()
+        ready.wait()
+
+    def _live(self, ready: threading.Event) -> None:
+        if host().set_robust_list(ctypes.addressof(self._head), ctypes.sizeof(self._head)):
+            self.tid = threading.get_native_id()
+        ready.set()
+        threading.Event().wait()  # until uemu ends
+
+    def watch(self, events: Ring) -> None:
+        """``events``'s owner word is held by the sentinel from now on."""
+        if not self.tid:
+            return
+        entry = events.address() + _OFF["owner_next"]
+        with self._lock:
+            events.set_owner(self.tid)
+            _set_pointer(entry, self._head.next or 0)
+            self._head.next = entry
+            self._entries.insert(0, entry)
+
+    def unwatch(self, events: Ring) -> None:
+        """Out of the list before the ring's mapping may go."""
+        entry = events.address() + _OFF["owner_next"]
+        with self._lock:
+            if entry not in self._entries:
+                return
+            at = self._entries.index(entry)
+            after = self._entries[at + 1] if at + 1 < len(self._entries) else ctypes.addressof(self._head)
+            if at == 0:
+                self._head.next = after
+            else:
+                _set_pointer(self._entries[at - 1], after)
+            del self._entries[at]
+
+
+def _set_pointer(address: int, value: int) -> None:
+    ctypes.c_void_p.from_address(address).value = value
+
+
+_sentinel: Sentinel | None = None
+
+
+def sentinel() -> Sentinel:
+    """This process's sentinel (a process forked from uemu has no thread of its parent's)."""
+    global _sentinel
+    if _sentinel is None or _sentinel.pid != os.getpid():
+        _sentinel = Sentinel()
+    return _sentinel
 
 
 _host: _Host | None = None
@@ -242,7 +327,12 @@ class Ring:
             host().futex(self.address() + _OFF["reader_wait"], FUTEX_WAIT, 1, timeout_ns)
         self._set_u32("reader_wait", 0)
 
+    def set_owner(self, tid: int) -> None:
+        self._set_u32("owner", tid)
+
     def close(self) -> None:
+        if _sentinel is not None and self.fd >= 0:
+            _sentinel.unwatch(self)
         self.view.release()
         if isinstance(self.buffer, mmap.mmap):
             with contextlib.suppress(BufferError):  # a futex address is still exported: the mapping goes with uemu
@@ -280,4 +370,6 @@ def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: in
         call("close", fd)
         raise
     call("close", fd)
-    return Ring(buffer, address, own)
+    events = Ring(buffer, address, own)
+    sentinel().watch(events)
+    return events

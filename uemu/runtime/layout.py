@@ -319,7 +319,7 @@ class InjectHeader:
 JUMPS_MAGIC = b"UEMUJMP1"
 JUMPS_VERSION = 1
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 1
+RING_VERSION = 2
 
 
 class JumpsState(enum.IntEnum):
@@ -486,7 +486,14 @@ class RingHeader:
     """The reader's last look, in units of 2**20 ns of CLOCK_MONOTONIC."""
     checked: int = u32()
     """When a producer last asked whether uemu still traces (same units)."""
-    reserved: bytes = pad(24)
+    owner: int = u32()
+    """The tid of uemu's sentinel thread, whose robust futex list holds this word: the
+    kernel sets FUTEX_OWNER_DIED in it when uemu dies, however (``ring.Sentinel``); 0:
+    no sentinel (producers then ask TracerPid now and then)."""
+    reserved: bytes = pad(4)
+    owner_next: int = u64()
+    """The sentinel's robust list entry (a pointer in uemu); ``owner`` is at -8 from it."""
+    reserved_owner: bytes = pad(8)
     head: int = u32()
     pad_head: bytes = pad(60)
     tail: int = u32()

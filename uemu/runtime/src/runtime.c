@@ -646,6 +646,7 @@ void uemu_trap_handler(int sig, void *siginfo, void *uc)
 #define HEARTBEAT_STALE 1000 /* units of 2**20 ns: about a second without the reader's look */
 #define CHECK_EVERY 100      /* ... and at most one look at TracerPid per 100 of them */
 #define WAIT_SLICE_NS 10000000L
+#define FUTEX_OWNER_DIED 0x40000000u
 
 extern void uemu_hit_entry(void);
 void uemu_hit(uint32_t index, const unsigned long *frame);
@@ -737,10 +738,13 @@ static int check_due(struct ring_header *r, uint32_t now, int at_hit)
     return now - last >= CHECK_EVERY && cas(&r->checked, last, now) == last;
 }
 
-/* uemu died without leaving: undo everything now, as a trap of ours would. */
+/* uemu died without leaving: undo everything now, as a trap of ours would.  The kernel
+ * says so at once in ``owner`` (uemu's sentinel thread holds it in its robust futex list:
+ * exit_robust_list() sets FUTEX_OWNER_DIED when uemu dies, SIGKILL too); without a
+ * sentinel, TracerPid is asked now and then. */
 static int uemu_gone(struct table_header *t, struct ring_header *r, uint64_t now, int at_hit)
 {
-    if (!check_due(r, coarse(now), at_hit) || tracer_alive(t))
+    if (!(load(&r->owner) & FUTEX_OWNER_DIED) && (!check_due(r, coarse(now), at_hit) || tracer_alive(t)))
         return 0;
     restore_all(t);
     return 1;
