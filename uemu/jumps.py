@@ -289,6 +289,37 @@ class JumpPath:
         state.table.remove_site(placed.index)
         placed.armed = False
 
+    def holds(self, mm: Mm, vaddr: int) -> bool:
+        """Whether the jump uemu wrote for site ``vaddr`` is still in memory (a rendezvous
+        does not tell an unmapped and mapped again text from one left alone)."""
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if placed is None or not placed.armed:
+            return False
+        try:
+            return mm.memory.read(placed.jump.site.at, len(placed.written)) == placed.written
+        except OSError:
+            return False
+
+    def moved(self, mm: Mm, vaddr: int, new_vaddr: int) -> None:
+        """mremap moved the text of the jumped site ``vaddr`` to ``new_vaddr``: the old
+        place is gone (as ``unmapped``), and the bytes that came along are a jump whose
+        displacement was made for the old place: the file's bytes go back at the new one,
+        so that the caller may probe it afresh.
+        Differs: the kernel's moved breakpoint works anywhere (copy_vma); a jump does not."""
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if state is None or placed is None or not placed.armed:
+            return
+        self.unmapped(mm, vaddr)
+        at = placed.jump.site.at - vaddr + new_vaddr
+        try:
+            current = mm.memory.read(at, len(placed.written))
+        except OSError:
+            return
+        if current == placed.written:
+            self._write_jump(state, at, placed.original)
+
     def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
         """Leaving ``mm`` (recording off, its jumps removed, its threads ``tids``
         stopped): whether the net's area must stay mapped, inert, because a thread's ip

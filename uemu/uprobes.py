@@ -202,6 +202,13 @@ class JumpSites(Protocol):
     def unmapped(self, mm: Mm, vaddr: int) -> None:
         """The site's page went (munmap): forget it, write nothing."""
 
+    def holds(self, mm: Mm, vaddr: int) -> bool:
+        """Whether the site's jump is still in memory."""
+
+    def moved(self, mm: Mm, vaddr: int, new_vaddr: int) -> None:
+        """mremap moved the site's text: the old place forgotten, the file's bytes back
+        at ``new_vaddr`` (a jump's displacement does not move with it)."""
+
     def dup(self, parent: Mm, child: Mm) -> None:
         """A fork's child (stopped) has copies of the parent's jumps."""
 
@@ -653,7 +660,15 @@ class Uprobes:
 
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
-        ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
+        ``copy_vma`` does not reinstall): move the bookkeeping the same way.  A jump
+        does not work at another place: the file's bytes go back there, and the mmap
+        hook (the moved VMA is a new one to it) probes the site afresh."""
+        jumped = [(vaddr, uprobe) for vaddr, uprobe in mm.jumped.items() if old_start <= vaddr < old_start + old_size]
+        for vaddr, uprobe in jumped:
+            assert self.jumps is not None
+            self.jumps.moved(mm, vaddr, vaddr - old_start + new_start)
+            del mm.jumped[vaddr]
+            self.update_ref_ctr(mm, uprobe, -1)  # raised again by the mmap hook's install
         net = mm.net
         if net is not None:
             for vaddr, uprobe in mm.installed.items():
