@@ -84,6 +84,8 @@ from .uprobes import Consumer, Mm, Uprobe, Uprobes
 
 PAGE = layout.PAGE
 RING_NAME = b"uemu-ring\0"
+RING_PATH = "/memfd:uemu-ring"
+"""How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
 STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
 HEAP_ROOM = 256 << 20
@@ -255,6 +257,8 @@ class JumpPath:
                       thread_pointer=thread_pointer_readable(mm.pid, mm.arch))
         mm.memory.write(table.name_address, RING_NAME)
         events = ring.create(mm.pid, mm.arch, call, table.name_address, self.ring_size, self.drop)
+        # journalled once mapped (its address is the kernel's choice): a kill in between leaves it unsaid
+        net.journal.note_mapping(events.target_address, PAGE + events.size)
         table.set_ring(events.target_address)
         table.set_state(JumpsState.ON)
         self._rings.append(events)
@@ -340,8 +344,10 @@ class JumpPath:
             return True
         for page in sorted(state.pages):
             call("munmap", page, PAGE)
+            state.net.journal.note_mapping_gone(page)
         state.pages.clear()
         call("munmap", state.ring.target_address, PAGE + state.ring.size)
+        state.net.journal.note_mapping_gone(state.ring.target_address)
         return False
 
     @staticmethod
@@ -468,17 +474,27 @@ class JumpPath:
         for page in range(first, last + PAGE, PAGE):
             if page in state.pages:
                 continue
-            got = call("mmap", page, PAGE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                       -1, 0)
+            got = self._map_page(state, page, call)
             if got != page:
-                if got >= 0:
-                    call("munmap", got, PAGE)  # a kernel that took NOREPLACE as a hint
                 return f"the page at {page:#x} is taken" if got in (page, -17) or got >= 0 else \
                     f"mmap: {os.strerror(-got)}"
             state.pages.add(page)
             state.page_fill.setdefault(page, PAGE)  # taken by pun targets: no general room
         state.used.append((start, end))
         return ""
+
+    @staticmethod
+    def _map_page(state: _MmJumps, page: int, call: InjectedCall) -> int:
+        """A landing page at ``page`` if it is free (what mmap gave: ``page`` when mapped),
+        journalled before it is mapped (``uemu repair`` unmaps it)."""
+        journal = state.net.journal
+        journal.note_mapping(page, PAGE)
+        got = call("mmap", page, PAGE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        if got != page:
+            if got >= 0:
+                call("munmap", got, PAGE)  # a kernel that took NOREPLACE as a hint
+            journal.note_mapping_gone(page)
+        return int(got)
 
     def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall) -> int | None:
         """Room for a trampoline within ``reach``: on a landing page that has some, or a new
@@ -502,11 +518,7 @@ class JumpPath:
                 best = page
         if best is None:
             return None
-        got = call("mmap", best, PAGE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                   -1, 0)
-        if got != best:
-            if got >= 0:
-                call("munmap", got, PAGE)
+        if self._map_page(state, best, call) != best:
             return None
         state.pages.add(best)
         state.page_fill[best] = size
