@@ -52,8 +52,8 @@ from uemu.runtime.layout import TableState
 
 NEVER_MS = "600000"
 """samples/survival's slow probe period in a test that must see no hit of it."""
-RECORD = re.compile(r"(area|action|site|site-gone|counter|slot|xol|xol-gone|mapping|mapping-gone)( (0x[0-9a-f]+|[0-9a-f]+|-|\d+|"
-                    r"x86_64|i386|aarch64|riscv64|step|trap|jump))*")
+RECORD = re.compile(r"(area|action|site|site-gone|counter|slot|xol|xol-gone|mapping|mapping-gone)"
+                    r"( (0x[0-9a-f]+|[0-9a-f]+|-|\d+|x86_64|i386|aarch64|riscv64|step|trap|jump))*")
 
 
 @pytest.fixture
