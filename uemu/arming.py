@@ -65,7 +65,7 @@ class Arming:
             mm.net.install(call, os.getpid())
         except errors.UemuError as err:
             mm.net = None
-            raise errors.UemuError(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None
+            raise errors.InTargetFailure(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None
         mm.vmas = read_maps(mm.pid)
 
 
