@@ -48,7 +48,6 @@ SEIZE_OPTIONS = (
     | ptrace.O_TRACEEXEC
     | ptrace.O_TRACESECCOMP
 )
-MAPPINGS_MODES = tuple(mode.value for mode in MappingMode)
 
 
 class Session:
@@ -413,4 +412,4 @@ def _mode(name: str | MappingMode) -> MappingMode:
     try:
         return MappingMode(name)
     except ValueError:
-        raise errors.BadInput(f"unknown mapping tracking {name!r}; one of {', '.join(MAPPINGS_MODES)}") from None
+        raise errors.BadInput(f"unknown mapping tracking {name!r}; one of {', '.join(MappingMode)}") from None
