@@ -49,6 +49,7 @@ MAX_DURATION = 1e9
 """Seconds (31 years): the most setitimer() takes whole, and more than any trace."""
 
 MAPPINGS = ("seccomp", "rendezvous", "syscall", "exec")
+"""``mappings.MappingMode``'s values (that module is slow to import; tests/unit/test_mappings.py checks they agree)."""
 
 
 class UsageError(errors.UemuError):
@@ -407,7 +408,7 @@ def _trace(session: Session, args: argparse.Namespace, sink: _Sink) -> None:
             with open(args.ready_file, "w"):
                 pass
         except OSError as err:
-            raise errors.UemuError(f"cannot create --ready-file {args.ready_file}: {err.strerror}") from None
+            raise errors.OutputFailure(f"cannot create --ready-file {args.ready_file}: {err.strerror}") from None
     session.run(sink.handler(session), duration=args.duration, max_events=args.max_events)
     sink.finish(session)
 
@@ -496,7 +497,7 @@ class _Sink:
         if isinstance(self.failure, BrokenPipeError):
             _silence(self.stream)
         elif self.failure is not None:
-            raise errors.UemuError(f"cannot write hits to {self.where}: {self.failure.strerror}")
+            raise errors.OutputFailure(f"cannot write hits to {self.where}: {self.failure.strerror}")
 
     def close(self) -> None:
         if self.owned:

@@ -139,6 +139,17 @@ class UprobeError(UemuError):
     exit_code = 8
 
 
+class InTargetFailure(UemuError):
+    """What uemu does inside a target failed: a system call made there (mmap,
+    mprotect, rt_sigaction), no instruction to make one with, the runtime's table
+    full or not found.  Exit 1; the targets are restored first."""
+
+
+class OutputFailure(UemuError):
+    """The hits (or the ready file) cannot be written once tracing began.  Exit 1;
+    the targets are restored first."""
+
+
 class TraceeGone(UemuError):
     """The task vanished under us (exit, exec, kill): a normal race, handled by callers."""
 

@@ -63,7 +63,7 @@ def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) ->
             if pos % align == 0:
                 return vma.start + pos
             pos = data.find(insn, pos + 1)
-    raise errors.UemuError(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
+    raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
 
 
 def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: int,

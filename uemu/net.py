@@ -112,11 +112,11 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> in
     if fd >= 0:
         call("close", fd)
     if start < 0:
-        raise errors.UemuError(f"mmap of the in-target runtime's area failed: {os.strerror(-start)}")
+        raise errors.InTargetFailure(f"mmap of the in-target runtime's area failed: {os.strerror(-start)}")
     result = call("mprotect", start + layout.CODE_SIZE, layout.DATA_SIZE, PROT_READ | PROT_WRITE)
     if result < 0:
         call("munmap", start, layout.AREA_SIZE)
-        raise errors.UemuError(f"mprotect of the in-target runtime's table failed: {os.strerror(-result)}")
+        raise errors.InTargetFailure(f"mprotect of the in-target runtime's table failed: {os.strerror(-result)}")
     return start
 
 
@@ -163,7 +163,7 @@ class _Entries:
             index = self.unused
             self.unused += 1
         else:
-            raise errors.UemuError(f"the in-target runtime's table is full: {self.capacity} {self.what}")
+            raise errors.InTargetFailure(f"the in-target runtime's table is full: {self.capacity} {self.what}")
         self.by_key[key] = index
         return index, True
 
@@ -283,7 +283,7 @@ class Net:
             return
         result = call("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
-            raise errors.UemuError(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
+            raise errors.InTargetFailure(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
         self.journal.remove()  # nothing of uemu is left in the process
 
     def fork(self, memory: Memory, pid: int) -> Net:
@@ -298,7 +298,7 @@ class Net:
     def _rt_sigaction(self, call: InjectedCall, new: int, old: int) -> None:
         result = call("rt_sigaction", signal.SIGTRAP, new, old, SIGSET_SIZE)
         if result < 0:
-            raise errors.UemuError(f"rt_sigaction(SIGTRAP) in the target failed: {os.strerror(-result)}")
+            raise errors.InTargetFailure(f"rt_sigaction(SIGTRAP) in the target failed: {os.strerror(-result)}")
 
     @property
     def _sigaction(self) -> KernelSigaction:
@@ -518,7 +518,7 @@ def read_table(base: int, memory: Memory) -> TableView:
     table = base + layout.CODE_SIZE
     header = layout.TABLE_HEADER.decode(memory.read(table, layout.TABLE_HEADER.size))
     if header.magic != layout.TABLE_MAGIC or header.version != layout.TABLE_VERSION:
-        raise errors.UemuError(f"no uemu table of version {layout.TABLE_VERSION} at {table:#x}")
+        raise errors.InTargetFailure(f"no uemu table of version {layout.TABLE_VERSION} at {table:#x}")
 
     def in_use(record: layout.Record[_R], offset: int, capacity: int,
                used: Callable[[_R], object]) -> list[tuple[int, _R]]:

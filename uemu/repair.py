@@ -55,7 +55,7 @@ from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
 from .runtime.layout import InjectState, SlotFlags, TableState, ThreadFlags
-from .session import Session
+from .session import SEIZE_OPTIONS, Session
 from .stops import StopKind, classify
 from .tasks import Task
 from .uprobes import Mm
@@ -258,10 +258,10 @@ class _Holder(Session):
 
     def hold(self, pid: int) -> None:
         process.check_attachable(pid)
-        self._install_signal_handlers()
-        self._stopping = True
+        self.own_signals.install()
+        self.tracer.stopping = True
         try:
-            self._seize_all(pid)
+            self.tracer.seize_all(pid, SEIZE_OPTIONS)
         except BaseException:
             self.close()
             raise
@@ -273,7 +273,7 @@ class _Holder(Session):
     def caller(self, mm: Mm) -> tuple[Task, InjectedCall]:
         """A parked thread and its system calls, made at a syscall instruction of the vDSO
         (the area goes: its stub is not used)."""
-        task = self._injectable(mm)
+        task = self.tracer.injectable(mm)
         return task, inject.caller(task, mm, through_net=False)
 
 

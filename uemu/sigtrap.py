@@ -21,11 +21,12 @@ orphaned breakpoint reaches the program's action.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import ptrace
+from . import process, ptrace
 from .net import SIGSET_SIZE
 
 if TYPE_CHECKING:
@@ -78,3 +79,14 @@ def at_exit(task: Task, info: ptrace.SyscallInfo) -> None:
         return
     with suppress(OSError):  # the kernel wrote there a moment ago: the program unmapped it meanwhile (another thread)
         mm.memory.write(call.old_pointer, call.previous)
+
+
+def warn_blocking(tids: list[int], pid: int, warn: Callable[[str], None]) -> None:
+    """What the kernel leaves no way around: a thread that blocks SIGTRAP when it
+    meets a breakpoint of a tracer that is gone is killed (force_sig_fault() resets
+    the action to the default), whatever the net inside the process could do."""
+    blocking = [tid for tid in tids if process.blocks_sigtrap(tid)]
+    if blocking:
+        warn(f"process {pid}: thread{'s' if len(blocking) > 1 else ''} "
+             f"{', '.join(map(str, blocking))} block{'' if len(blocking) > 1 else 's'} SIGTRAP: "
+             "if uemu dies, such a thread meeting one of its breakpoints is killed by the kernel")

@@ -3,8 +3,8 @@
 strace's split: ``next_event`` turns a raw ``waitpid`` status into an ``enum
 trace_event`` (``classify`` here), ``dispatch_event`` decides a restart
 operation and a signal (a ``Resume``), and ``ptrace_restart`` applies it once.
-Nothing here makes a system call; the loop in ``session.py`` waits, and
-``Session._resume`` is the one place a ``Resume`` is carried out.
+Nothing here makes a system call; ``tracer.py`` waits, and
+``Tracer.resume`` (``tracer.py``) is the one place a ``Resume`` is carried out.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ResumeOp(Enum):
 
     AUTO = auto()
     """As the task's state says: its out-of-line step, LISTEN after a group-stop,
-    syscall stops where mappings are watched, else CONT (``Session._resume``)."""
+    syscall stops where mappings are watched, else CONT (``Tracer.resume``)."""
     CONT = auto()
     SINGLESTEP = auto()
     SYSCALL = auto()

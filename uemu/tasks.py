@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
 
-from . import inject, process, ptrace, xol
+from . import errors, inject, process, ptrace, xol
 from .inject import INJECTABLE
 from .maps import Vma, read_maps
 from .objects import MappedObject, mapped_objects
@@ -285,7 +285,7 @@ class Tracees:
         if mm is not None and not any(t.mm is mm for t in self.tasks.values()):
             self.leave_mm(mm, task.pid)
 
-    def exec(self, task: Task) -> None:
+    def _old_image_gone(self, task: Task) -> None:
         """The old image is gone (nothing to restore).  A non-leader thread that
         execs takes the leader's id; every other thread of the old image is gone
         without a report."""
@@ -300,6 +300,26 @@ class Tracees:
         if task.mm is not None:
             self.leave_mm(task.mm, pid)
         task.mm = None
+
+    def on_exec(self, task: Task, arm: bool) -> Resume:
+        """An exec stop: the old image is gone; a new mm for the new one, armed at
+        execve's syscall-exit stop (``arm``; False: uemu only stays as the tracer)."""
+        self._old_image_gone(task)
+        if not arm:
+            return GO_ON
+        if not task.report:
+            # A child we kept only for safety (vfork, not followed): its new image
+            # has none of our bytes.
+            return self.let_go(task)
+        try:
+            task.mm = self.new_mm(task.pid, process.executable_arch(task.pid))
+        except errors.UnsupportedArch as err:
+            self.warn(f"process {task.pid} exec'd a program uemu cannot trace ({err.message}); leaving it alone")
+            return self.let_go(task)
+        # The exec stop is inside execve, where no syscall can be injected for the net:
+        # arm at execve's syscall-exit stop, before the new image's first instruction.
+        task.arm_pending = True
+        return Resume(ResumeOp.SYSCALL)
 
     def leave_mm(self, mm: Mm, pid: int) -> None:
         """Process ``pid`` left ``mm`` (exit or exec): forget it, without writing,

@@ -135,7 +135,7 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
             call("munmap", start, AREA_SIZE)  # an old kernel took NOREPLACE as a mere hint
         start = call("mmap", 0, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if start < 0:
-        raise errors.UemuError(f"process {mm.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
+        raise errors.InTargetFailure(f"process {mm.pid}: mmap of the XOL area failed: {os.strerror(-start)}")
     if mm.net is not None:
         mm.net.journal.note_xol_area(start, AREA_SIZE)  # its place is known only now
     call("madvise", start, AREA_SIZE, MADV_DONTFORK)

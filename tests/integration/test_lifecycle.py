@@ -17,7 +17,7 @@ from samplelog import counts, expected_hits, json_hits, parse, per_probe, report
 from tracee import UEMU, Tracee, attach_cli, interrupt_and_run_out, read_memory, stop_cli, tracer_pid
 
 from uemu import sdt
-from uemu.session import CHECK_INTERVAL
+from uemu.ownsignals import CHECK_INTERVAL
 
 needs_tracefs = pytest.mark.skipif(tracefs_reason() is not None, reason=str(tracefs_reason()))
 

@@ -95,7 +95,11 @@ class Tracee:
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
+            try:
+                self.process.wait(timeout=30 * SLOWDOWN)
+            except subprocess.TimeoutExpired:  # a fail, not a hang of the whole suite
+                raise AssertionError(f"process {self.pid} was killed but is not gone: tracer "
+                                     f"{tracer_pid(self.pid)} holds its threads") from None
         self._out.close()
         self._err.close()
 

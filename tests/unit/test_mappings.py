@@ -12,6 +12,7 @@ from fakes import DATA, FILE, SITE_OFFSET, TEXT, X86_64, FakeMemory, new_mm, upr
 from uemu import mappings
 from uemu.arch import by_name
 from uemu.arch.base import MappingSyscall
+from uemu.cli import MAPPINGS
 from uemu.mappings import FdFile, MappingCall, MappingMode
 from uemu.objects import MappedObject
 from uemu.ptrace import SyscallInfo
@@ -290,3 +291,7 @@ def test_each_object_gets_its_own_vmas_and_a_moved_one_loses_its_readers() -> No
     mappings.update_objects(mm, [], print)
     assert probed.vmas == [TEXT, DATA] and other.vmas == [OTHER]
     assert reading not in mm.readers, "its argument readers are rebuilt where it is now"
+
+
+def test_the_clis_choices_are_the_modes() -> None:
+    assert tuple(MappingMode) == MAPPINGS

@@ -1,0 +1,99 @@
+"""The loop's decisions that need no system call: how a task goes on by its
+state, and what a resume does while every task is being parked."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from fakes import FakeMemory, new_mm
+
+from uemu import errors
+from uemu.arch.base import MappingSyscall
+from uemu.mappings import MappingCall
+from uemu.stops import KEEP, Resume, ResumeOp, Stop, StopKind, deliver
+from uemu.tasks import Task, Tracees
+from uemu.tracer import Tracer
+from uemu.uprobes import Uprobes
+
+
+def _tracer(every_syscall: bool = False, needs_tracer: bool = False) -> tuple[Tracer, Task]:
+    uprobes = Uprobes(lambda message: None)
+    tracees = Tracees(uprobes, follow_forks=False, needs_tracer=lambda: needs_tracer, warn=lambda message: None)
+    tracer = Tracer(tracees, lambda mm: every_syscall)
+    mm = new_mm(FakeMemory(100), [])
+    task = Task(101, 100, mm)
+    tracees.tasks[task.tid] = task
+    return tracer, task
+
+
+MMAP = MappingCall(MappingSyscall.MMAP, (0, 4096, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(("every_syscall", "passthrough", "syscall", "listening", "op"), [
+    (False, False, None, False, ResumeOp.CONT),  # a running program
+    (True, False, None, False, ResumeOp.SYSCALL),  # a mode watching every syscall
+    (True, True, None, False, ResumeOp.CONT),  # passthrough watches nothing of the mode's
+    (False, True, MMAP, False, ResumeOp.SYSCALL),  # a call followed to its exit, even in passthrough
+    (True, False, MMAP, True, ResumeOp.LISTEN),  # a group-stop is answered by LISTEN before all else
+])
+def test_how_a_task_goes_on_by_its_state(every_syscall: bool, passthrough: bool, syscall: MappingCall | None,
+                                         listening: bool, op: ResumeOp) -> None:
+    tracer, task = _tracer(every_syscall=every_syscall)
+    tracer.passthrough = passthrough
+    task.syscall = syscall
+    task.listening = listening
+    assert tracer._auto_op(task) is op
+
+
+def test_while_stopping_a_resume_parks_the_task_with_the_signal_it_is_owed() -> None:
+    tracer, task = _tracer()
+    tracer.stopping = True
+    tracer.resume(task, deliver(signal.SIGUSR1))
+    assert task.stopped and task.owed_signal == signal.SIGUSR1
+
+
+def test_keep_leaves_the_task_as_it_is() -> None:
+    tracer, task = _tracer()
+    task.owed_signal = signal.SIGUSR2
+    tracer.resume(task, KEEP)
+    assert task.stopped and task.owed_signal == signal.SIGUSR2
+
+
+@pytest.mark.parametrize(("kind", "listening"), [(StopKind.GROUP, True), (StopKind.SIGNAL, False),
+                                                  (StopKind.SYSCALL, False)])
+def test_dispatch_records_the_stop_and_carries_out_the_handlers_resume(kind: StopKind, listening: bool) -> None:
+    tracer, task = _tracer()
+    task.stopped = False
+    task.listening = not listening
+    seen: list[tuple[Task, Stop]] = []
+
+    def handler(t: Task, stop: Stop) -> Resume:
+        seen.append((t, stop))
+        return deliver(signal.SIGWINCH)
+
+    tracer.handlers[kind] = handler
+    tracer.stopping = True  # parked: the resume is recorded, not made
+    stop = Stop(task.tid, 0, kind, signal.SIGWINCH if kind is StopKind.SIGNAL else 0)
+    tracer.dispatch(stop)
+    assert seen == [(task, stop)]
+    assert (task.stopped, task.stop_kind, task.listening, task.owed_signal) == (True, kind, listening,
+                                                                                signal.SIGWINCH)
+
+
+def test_a_handler_whose_task_died_resumes_nothing() -> None:
+    tracer, task = _tracer()
+
+    def handler(t: Task, stop: Stop) -> Resume:
+        raise errors.TraceeGone(t.tid)
+
+    tracer.handlers[StopKind.SIGNAL] = handler
+    tracer.stopping = True
+    tracer.dispatch(Stop(task.tid, 0, StopKind.SIGNAL, signal.SIGUSR1))
+    assert task.owed_signal == 0
+
+
+def test_an_exit_forgets_the_task_without_a_handler() -> None:
+    tracer, task = _tracer()
+    tracer.dispatch(Stop(task.tid, 0, StopKind.EXITED))
+    assert task.tid not in tracer.tracees.tasks

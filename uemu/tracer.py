@@ -1,0 +1,227 @@
+"""The ptrace glue of the loop: the one blocking wait, a stop handed to its
+handler, the one place a task is resumed, parking every task, seizing a process.
+
+strace's split: ``next_event()`` (``next_stop`` here), the restart that
+``dispatch_event()`` decides and ``ptrace_restart()`` applies once (``resume``).
+This module knows tasks and stops, not probes: what a stop means is decided by
+the handlers the session registers (``session.py``, ``hits.py``); whether a task
+must stop at every system call is asked of the mapping mode (``every_syscall``).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from contextlib import suppress
+
+from . import errors, process, ptrace, xol
+from .stops import Resume, ResumeOp, Stop, StopKind, classify
+from .tasks import Task, Tracees
+from .uprobes import Mm
+
+StopHandler = Callable[[Task, Stop], Resume]
+
+_RESTART: dict[ResumeOp, Callable[[int, int], None]] = {
+    ResumeOp.CONT: ptrace.cont,
+    ResumeOp.SYSCALL: ptrace.syscall,
+    ResumeOp.SINGLESTEP: ptrace.singlestep,
+}
+
+
+class Tracer:
+    """The tasks of a session as ptrace sees them, and how each goes on.
+
+    ``stopping``: every task is being parked (to leave, to change sites with
+    every thread stopped); a resume then keeps the task stopped with the signal
+    it is owed, unless urgent.  ``passthrough``: uemu stays the tracer only
+    because the program cannot live without one, and does nothing else."""
+
+    def __init__(self, tracees: Tracees, every_syscall: Callable[[Mm], bool]):
+        self.tracees = tracees
+        self.handlers: dict[StopKind, StopHandler] = {}
+        self.stopping = False
+        self.passthrough = False
+        self._every_syscall = every_syscall
+
+    # ---- waiting and dispatching --------------------------------------------------------
+
+    def next_stop(self) -> Stop | None:
+        """The one blocking wait; None when no task is left to wait for."""
+        try:
+            tid, status = ptrace.wait()
+        except ChildProcessError:
+            self.tracees.tasks.clear()
+            return None
+        return classify(tid, status)
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            stop = self.next_stop()
+            if stop is None:
+                return
+            self.dispatch(stop)
+
+    def dispatch(self, stop: Stop) -> None:
+        """The stop to its handler, the handler's ``Resume`` to ``resume``."""
+        task = self.tracees.tasks.get(stop.tid)
+        if task is None:
+            self.resume_all(self.tracees.on_unknown_stop(stop))
+            return
+        if stop.kind is StopKind.EXITED:
+            self.tracees.exited(task, stop.status)
+            return
+        task.stopped = True
+        task.stop_kind = stop.kind
+        task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
+        try:
+            resume = self.handlers[stop.kind](task, stop)
+        except errors.TraceeGone:
+            return  # the task died under us; its exit status comes next
+        self.resume(task, resume)
+
+    # ---- going on ---------------------------------------------------------------------------
+
+    def resume(self, task: Task, resume: Resume) -> None:
+        """The one place a task is resumed, detached, or parked while we are
+        stopping everything (with the signal it is owed kept for later)."""
+        op = resume.op
+        if op is ResumeOp.NONE:
+            return
+        if op is ResumeOp.DETACH:
+            self._detach(task, resume.sig)
+            return
+        if self.stopping and not resume.urgent:
+            task.owed_signal = resume.sig
+            return
+        sig = resume.sig
+        task.owed_signal = 0
+        if task.xol is None and task.held and not sig and task.at_signal_stop:
+            sig = xol.give_back_held(task)
+        if op is ResumeOp.AUTO:
+            op = self._auto_op(task)
+        try:
+            if op is ResumeOp.LISTEN:
+                ptrace.listen(task.tid)
+            else:
+                _RESTART[op](task.tid, sig)
+            task.stopped = False
+        except errors.TraceeGone:
+            pass
+
+    def sees_syscalls(self, task: Task) -> bool:
+        """The task must stop at its next system call: one in progress that we
+        follow, or a mapping mode that watches every one."""
+        if task.syscall is not None or task.sigaction is not None:
+            return True
+        return task.mm is not None and not self.passthrough and self._every_syscall(task.mm)
+
+    def _auto_op(self, task: Task) -> ResumeOp:
+        """How a task goes on by its state: LISTEN in a group-stop, its out-of-line
+        step, syscall stops where mappings are watched, else CONT.
+
+        A group-stop comes first, even in the middle of a step: any other restart would
+        let the thread run while its program is stopped, and its next stop would not be
+        one LISTEN may answer.  Differs: the kernel holds the stop until the step is over
+        (``uprobe_deny_signal()``); here the thread stays stopped in its slot, and the
+        step goes on after SIGCONT (``hits.py``'s interrupt handling)."""
+        if task.listening:
+            return ResumeOp.LISTEN
+        if task.xol is not None:
+            return xol.resume_op(task.xol, self.sees_syscalls(task))
+        return ResumeOp.SYSCALL if self.sees_syscalls(task) else ResumeOp.CONT
+
+    def resume_all(self, resumes: list[tuple[Task, Resume]]) -> None:
+        for task, resume in resumes:
+            self.resume(task, resume)
+
+    def resume_parked(self) -> None:
+        """End a stop-all: every parked task goes on with the signal it is owed."""
+        self.stopping = False
+        for task in list(self.tracees.tasks.values()):
+            if task.stopped:
+                self.resume(task, Resume(sig=task.owed_signal))
+
+    def _detach(self, task: Task, sig: int) -> None:
+        """Let a task go (it holds none of our bytes) with the signal it is owed."""
+        self.tracees.tasks.pop(task.tid, None)
+        sig = sig or task.owed_signal or (xol.give_back_held(task) if task.held else 0)
+        with suppress(errors.TraceeGone):
+            ptrace.detach(task.tid, sig)
+
+    # ---- every task at once -------------------------------------------------------------
+
+    def stop_all(self) -> bool:
+        """Park every task (interrupting the running ones); False if none is left."""
+        self.stopping = True
+        for task in self.tracees.tasks.values():
+            if not task.stopped:
+                try:
+                    ptrace.interrupt(task.tid)
+                except errors.TraceeGone:
+                    task.stopped = True
+        self.run_until(self.tracees.all_parked)
+        return bool(self.tracees.tasks)
+
+    def detach_all(self) -> None:
+        """Let every (parked) task go, or, where the program cannot live without a
+        tracer, stay its tracer doing nothing until every task has exited."""
+        if self.tracees.needs_tracer():
+            # Under our seccomp filter a process without a tracer would get ENOSYS from mmap.
+            self.passthrough = True
+            self.resume_parked()
+            tasks = self.tracees.tasks
+            self.run_until(lambda: not tasks)
+            return
+        for task in list(self.tracees.tasks.values()):
+            self.resume(task, Resume(ResumeOp.DETACH))
+
+    def wake(self) -> None:
+        """End the blocking wait soon: an interrupt stop of some running task."""
+        for task in self.tracees.tasks.values():
+            if not task.stopped:
+                try:
+                    ptrace.interrupt(task.tid)
+                    return
+                except errors.TraceeGone:
+                    continue
+
+    def seize_all(self, pid: int, options: int) -> None:
+        """Seize and stop every thread, repeating until no new thread appears
+        (threads created meanwhile by seized threads are auto-attached).  A thread
+        that another tracer holds refuses the whole attach, naming the tracer."""
+        tasks = self.tracees.tasks
+        while True:
+            fresh = [t for t in process.threads(pid) if t not in tasks]
+            if not fresh:
+                break
+            for tid in fresh:
+                try:
+                    ptrace.seize(tid, options)
+                except errors.TraceeGone:
+                    continue
+                except OSError as err:
+                    if err.errno != errno.EPERM:
+                        raise
+                    process.check_untraced(pid, tid)
+                    if tid != pid:
+                        continue  # a thread exiting as we came: it is gone next time
+                    raise process.attach_denied(pid) from None
+                tasks[tid] = Task(tid, pid, None, stopped=False)
+                ptrace.interrupt(tid)
+        self.run_until(lambda: self.tracees.all_parked(pid))
+
+    def injectable(self, mm: Mm) -> Task:
+        """A parked thread of ``mm`` a syscall may be injected into (``inject.py``),
+        preferably one outside any call.  If every one is parked inside its own
+        syscall (a clone or exec event stop), one goes on to an interrupt stop."""
+        parked = [t for t in self.tracees.tasks.values() if t.mm is mm and t.stopped]
+        if not parked:
+            raise errors.TraceeGone(mm.pid)
+        ready = [t for t in parked if t.injectable]
+        if ready:
+            return min(ready, key=lambda t: process.in_syscall(t.tid))
+        task = parked[0]
+        ptrace.interrupt(task.tid)
+        self.resume(task, Resume(ResumeOp.CONT, urgent=True))
+        self.run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
+        return self.injectable(mm)
