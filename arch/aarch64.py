@@ -34,12 +34,14 @@ from .fixed_width import (
     NO_REGS,
     TRAP_BRKPT,
     UCONTEXT_MCONTEXT,
+    FixedWidthJumps,
     PcStep,
     PcStepFixups,
     disassemble,
     goto,
     signed,
 )
+from .jump import HitFrame
 
 if TYPE_CHECKING:
     import capstone
@@ -366,6 +368,43 @@ class Aarch64Backend(PcStepFixups):
 
 
 
+_BACKEND = Aarch64Backend()
+
+# ===========================================================================
+# The jump path (arch/jump.py): ``b`` over the SDT nop, within ±128 MiB.
+# ===========================================================================
+
+HIT_FRAME = HitFrame(slots=(*(f"x{n}" for n in range(31)), "pstate", "", ""), sp_offset=272 + 32)
+"""uemu_hit_entry's frame: x0..x30, nzcv, its return address, padding; the trampoline's own
+32 bytes (x16, x17, x30) lie between it and the site's sp."""
+
+
+class Aarch64Jumps(FixedWidthJumps):
+    """``b`` over a 4-byte nop or a stepped instruction (never over bti: a landing pad must
+    stay one; its plan is a hint, not the nop word).  The trampoline keeps sp 16-byte
+    aligned and needs no red zone (AAPCS64 has none): ``stp x16, x17, [sp, #-32]!;
+    str x30, [sp, #16]; ldr x16, =hit_entry; ldr w17, =index; blr x16; ldr x30, [sp, #16];
+    ldp x16, x17, [sp], #32``."""
+
+    frame = HIT_FRAME
+    reach_bits = 28
+    nop = _NOP.to_bytes(4, "little")
+    head_size = 28
+
+    def head(self, literal: int) -> bytes:
+        words = (0xA9BE47F0, 0xF9000BFE, _ldr_literal(0x58000010, literal - 8),
+                 _ldr_literal(0x18000011, literal + 8 - 12), 0xD63F0200, 0xF9400BFE, 0xA8C247F0)
+        return b"".join(word.to_bytes(4, "little") for word in words)
+
+    def branch(self, source: int, target: int) -> bytes:
+        return (0x14000000 | ((target - source) >> 2 & 0x3FFFFFF)).to_bytes(4, "little")
+
+
+def _ldr_literal(base: int, distance: int) -> int:
+    """LDR (literal): imm19, in words from the instruction."""
+    return base | (distance >> 2 & 0x7FFFF) << 5
+
+
 AARCH64 = Arch(
     name="aarch64",
     e_machine="EM_AARCH64",
@@ -385,7 +424,8 @@ AARCH64 = Arch(
     ucontext_regs=frozen_map(_UCONTEXT),
     sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
     trap_si_code=TRAP_BRKPT,
-    backend=Aarch64Backend(),
+    backend=_BACKEND,
+    jumps=Aarch64Jumps(_BACKEND),
 )
 
 register(AARCH64)

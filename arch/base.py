@@ -11,7 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Flag, StrEnum
 from types import MappingProxyType
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .jump import JumpBackend
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -143,6 +146,8 @@ class Arch:
     brk and ebreak: TRAP_BRKPT)."""
     backend: Backend | None = None
     """The tracing backend, or ``None`` where uemu can list and decode but not trace."""
+    jumps: JumpBackend | None = None
+    """The jump path's facts (arch/jump.py), where hits can run through trampolines."""
 
     @property
     def word_size(self) -> int:

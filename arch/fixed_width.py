@@ -8,10 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from .base import Effects, Emulate, Finish, MappingSyscall, Regs, StepOutOfLine, frozen_map
+from .base import Effects, Emulate, Finish, MappingSyscall, Plan, Refuse, Regs, StepOutOfLine, frozen_map
+from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits
 
 if TYPE_CHECKING:
     import capstone
+
+    from .base import Backend
 
 # Syscalls after which file mappings may have changed, from asm-generic/unistd.h: the table of
 # arm64 and of every port since (riscv, loongarch).  brk and shmat never touch file mappings.
@@ -25,7 +28,8 @@ GENERIC_MAPPING_SYSCALLS = {
 }
 GENERIC_SYSCALL_NUMBERS = {"mmap": 222, "munmap": 215, "madvise": 233, "mprotect": 226, "rt_sigaction": 134,
                            "kcmp": 272, "memfd_create": 279, "ftruncate": 46, "close": 57,
-                           "rt_sigreturn": 139}
+                           "rt_sigreturn": 139, "futex": 98,
+                           "set_robust_list": 99}
 """The other syscalls uemu needs (Arch.syscall_numbers), in the same table."""
 TRAP_BRKPT = 1
 """si_code of the SIGTRAP of a brk or ebreak in user mode (send_user_sigtrap(TRAP_BRKPT),
@@ -97,3 +101,69 @@ class PcStepFixups:
     def step_instead(self, plan: Emulate) -> StepOutOfLine | None:
         """None: these emulations (branches, adr, bl's link register) write no memory."""
         return None
+
+
+class FixedWidthJumps:
+    """The jump path where every jump is one 4-byte word (aarch64 ``b``, riscv ``jal x0``):
+    a site takes it over a 4-byte nop, or over a 4-byte instruction the backend steps (its
+    slot code, ending in a jump back, runs in the trampoline).  One aligned word written
+    over one whole instruction: no thread can see half of it.
+
+    A trampoline: ``head`` (save the registers it uses, load hit_entry's address and the
+    index from the literals at its end, call, restore), the displaced instruction or a
+    branch back, then the literals (hit_entry as 8 bytes, the index as 4), 8-aligned.
+    """
+
+    frame: HitFrame
+    reach_bits: int
+    """Bits of the jump's signed byte offset."""
+    nop: bytes
+    tramp_size = 96
+    max_site_bytes = 4
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def choose(self, plan: Plan, code: bytes) -> SiteJump | NoJump:
+        if isinstance(plan, Refuse):
+            return NoJump(f"the instruction is refused: {plan.reason}")
+        if plan.size != 4:
+            return NoJump(f"{plan.text!r} is {plan.size} bytes: a 4-byte jump does not fit")
+        if code[:4] == self.nop:
+            displaced, why = None, "nop"
+        elif isinstance(plan, PcStep):
+            displaced, why = plan, repr(plan.text)
+        else:
+            return NoJump(f"{plan.text!r} cannot run in a trampoline (only nops and stepped instructions)")
+        half = 1 << (self.reach_bits - 1)
+        return SiteJump(vaddr=plan.vaddr, at=plan.vaddr, length=4, form=JumpForm.JUMP, displaced=displaced,
+                        resume=plan.vaddr + 4, target=None,
+                        reach=(max(plan.vaddr - half, 0), min(plan.vaddr + half, 1 << 64)),
+                        why=f"{'b' if self.reach_bits == 28 else 'jal x0'} over {why}")
+
+    def jump_bytes(self, site: SiteJump, trampoline: int) -> bytes:
+        return self.branch(site.at, trampoline)
+
+    def trampoline(self, site: SiteJump, address: int, index: int, hit_entry: int) -> bytes | None:
+        body_at = address + self.head_size
+        if site.displaced is not None:
+            body = displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, NO_REGS))
+        elif signed_fits(site.resume - body_at, self.reach_bits):
+            body = self.branch(body_at, site.resume)
+        else:
+            body = None
+        if body is None:
+            return None
+        literal = -(-(self.head_size + len(body)) // 8) * 8
+        code = (self.head(literal) + body).ljust(literal, b"\0")
+        return code + hit_entry.to_bytes(8, "little") + index.to_bytes(4, "little")
+
+    head_size: int
+
+    def head(self, literal: int) -> bytes:
+        """The call of hit_entry, its literals ``literal`` bytes from the trampoline's start."""
+        raise NotImplementedError
+
+    def branch(self, source: int, target: int) -> bytes:
+        """The ISA's direct jump from ``source`` to ``target`` (in reach)."""
+        raise NotImplementedError

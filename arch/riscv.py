@@ -34,12 +34,14 @@ from .fixed_width import (
     NO_REGS,
     TRAP_BRKPT,
     UCONTEXT_MCONTEXT,
+    FixedWidthJumps,
     PcStep,
     PcStepFixups,
     disassemble,
     goto,
     signed,
 )
+from .jump import HitFrame
 
 if TYPE_CHECKING:
     import capstone
@@ -345,6 +347,51 @@ def _jal_zero(offset: int) -> bytes:
     return word.to_bytes(4, "little")
 
 
+# ===========================================================================
+# The jump path (arch/jump.py): ``jal x0`` over a 4-byte nop, within ±1 MiB.  The SDT
+# probe of rv64gc code is a 2-byte c.nop, where no 4-byte jump fits: those keep the trap.
+# ===========================================================================
+
+_T0, _T1, _RA, _SP = 5, 6, 1, 2
+HIT_FRAME = HitFrame(slots=("", *_ABI_NAMES[1:2], "", *_ABI_NAMES[3:], "", ""), sp_offset=272 + 32)
+"""uemu_hit_entry's frame: slot n holds xn (x0 and sp: none), then its return address and
+padding; the trampoline's own 32 bytes (t0, t1, ra) lie between it and the site's sp."""
+
+
+def _i_type(opcode: int, funct3: int, rd: int, rs1: int, imm: int) -> int:
+    return (imm & 0xFFF) << 20 | rs1 << 15 | funct3 << 12 | rd << 7 | opcode
+
+
+def _s_type(funct3: int, rs1: int, rs2: int, imm: int) -> int:
+    return (imm >> 5 & 0x7F) << 25 | rs2 << 20 | rs1 << 15 | funct3 << 12 | (imm & 0x1F) << 7 | 0x23
+
+
+class RiscvJumps(FixedWidthJumps):
+    """``jal x0`` over a 4-byte nop or stepped instruction.  The psABI has no red zone.
+    Trampoline head: ``addi sp, sp, -32; sd t0, 0(sp); sd t1, 8(sp); sd ra, 16(sp);
+    auipc t0, 0; ld t1, hit_entry; lwu t0, index; jalr ra, 0(t1); ld ra, 16(sp);
+    ld t1, 8(sp); ld t0, 0(sp); addi sp, sp, 32``."""
+
+    frame = HIT_FRAME
+    reach_bits = 21
+    nop = _NOP.to_bytes(4, "little")
+    head_size = 48
+
+    def head(self, literal: int) -> bytes:
+        auipc = 16
+        words = (_i_type(0x13, 0, _SP, _SP, -32), _s_type(3, _SP, _T0, 0), _s_type(3, _SP, _T1, 8),
+                 _s_type(3, _SP, _RA, 16), _T0 << 7 | 0x17, _i_type(0x03, 3, _T1, _T0, literal - auipc),
+                 _i_type(0x03, 6, _T0, _T0, literal + 8 - auipc), _i_type(0x67, 0, _RA, _T1, 0),
+                 _i_type(0x03, 3, _RA, _SP, 16), _i_type(0x03, 3, _T1, _SP, 8), _i_type(0x03, 3, _T0, _SP, 0),
+                 _i_type(0x13, 0, _SP, _SP, 32))
+        return b"".join(word.to_bytes(4, "little") for word in words)
+
+    def branch(self, source: int, target: int) -> bytes:
+        return _jal_zero(target - source)
+
+
+_BACKEND = RiscvBackend()
+
 RISCV64 = Arch(
     name="riscv64",
     e_machine="EM_RISCV",
@@ -364,7 +411,8 @@ RISCV64 = Arch(
     ucontext_regs=frozen_map(_UCONTEXT),
     sigaction=KernelSigaction(size=24, word=8, handler=0, flags=8, restorer=None, mask=16),
     trap_si_code=TRAP_BRKPT,
-    backend=RiscvBackend(),
+    backend=_BACKEND,
+    jumps=RiscvJumps(_BACKEND),
 )
 
 register(RISCV64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -25,6 +26,7 @@ from .base import (
     XolSetup,
     frozen_map,
 )
+from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits
 
 if TYPE_CHECKING:
     import capstone
@@ -639,6 +641,138 @@ def _rip_relative(insn: capstone.CsInsn, code: bytes, encoding: _Encoding, vaddr
                        scratch_code=bytes(patched))
 
 
+# ===========================================================================
+# The jump path (arch/jump.py).  Kernel: the nop5 optimisation of uprobes (Jiri Olsa,
+# 2025) writes a 5-byte jump over a 5-byte nop with the int3-first protocol of
+# text_poke_bp(); its trampoline moves below the red zone first.  Instruction punning:
+# E9Patch (Duck et al., PLDI '20), after Chamith et al. (PLDI '17).
+# ===========================================================================
+
+JMP_REL32 = 5
+_LEA_BELOW_RED_ZONE = bytes.fromhex("488d642480")  # lea -0x80(%rsp),%rsp
+_LEA_BACK_64 = bytes.fromhex("488da42488000000")  # lea 0x88(%rsp),%rsp: the red zone and the index
+_LEA_BACK_32 = bytes.fromhex("8d642404")  # lea 0x4(%esp),%esp: the index
+_ANY_REGS: Mapping[str, int] = defaultdict(int)
+"""prepare_xol's registers at the site: a slot that ends in a jump back reads none."""
+
+HIT_FRAME_64 = HitFrame(
+    slots=("r15", "r14", "r13", "r12", "r11", "r10", "r9", "r8", "rdi", "rsi", "rbp", "rbx", "rdx", "rcx",
+           "rax", "eflags", "", ""),
+    sp_offset=18 * 8 + 128)
+"""uemu_hit_entry's pushes (pushfq, then rax ... r15), the return address and the index the
+trampoline pushed after stepping 128 bytes below the site's rsp."""
+HIT_FRAME_32 = HitFrame(slots=("edi", "esi", "ebp", "", "ebx", "edx", "ecx", "eax", "eflags", "", ""),
+                        sp_offset=11 * 4)
+"""pushfl and pushal (whose esp word is its own), the return address and the index."""
+
+
+_X86_64_BACKEND = X86Backend(mode64=True)
+_I386_BACKEND = X86Backend(mode64=False)
+
+
+class X86Jumps:
+    """Jumps over x86 sites: ``jmp rel32`` where 5 bytes of one instruction (or the nop
+    after an SDT nop) can take it, instruction punning over shorter ones."""
+
+    max_site_bytes = 16
+
+    def __init__(self, backend: X86Backend):
+        self.backend = backend
+        self.mode64 = backend.mode64
+        self.frame = HIT_FRAME_64 if self.mode64 else HIT_FRAME_32
+        self.tramp_size = 96 if self.mode64 else 48
+        self.space = 1 << (64 if self.mode64 else 32)
+
+    def choose(self, plan: Plan, code: bytes) -> SiteJump | NoJump:
+        """A 5-byte jump over an instruction of 5 bytes or more; over the nop that follows
+        a 1-byte SDT nop (usdt.h's ``nop; nop10``: the jump goes at the second one, so no
+        thread can be found between the two halves); else punning.  Only nops and
+        instructions whose slot ends in a jump back can be left for the trampoline."""
+        if isinstance(plan, Refuse):
+            return NoJump(f"the instruction is refused: {plan.reason}")
+        vaddr, size = plan.vaddr, plan.size
+        nop = self._is_nop(plan)
+        displaced = None
+        if not nop:
+            if not isinstance(plan, X86Step) or not plan.one_stop:
+                return NoJump(f"{plan.text!r} cannot run in a trampoline (only nops and instructions "
+                              "whose slot jumps back)")
+            displaced = plan
+        if size >= JMP_REL32:
+            return self._jump(plan, vaddr, displaced, vaddr + size, f"jmp rel32 over {plan.text!r}")
+        if nop and size == 1:
+            after = self._nop_size(code[1:])
+            if after >= JMP_REL32:
+                return self._jump(plan, vaddr + 1, None, vaddr + 1 + after,
+                                  f"jmp rel32 over the {after}-byte nop after the probe's nop")
+        if len(code) < JMP_REL32:
+            return NoJump("too few bytes to pun")
+        target = (vaddr + JMP_REL32 + int.from_bytes(code[1:JMP_REL32], "little", signed=True)) % self.space
+        return SiteJump(vaddr=vaddr, at=vaddr, length=1, form=JumpForm.PUN, displaced=displaced,
+                        resume=vaddr + size, target=target, reach=(target, target + 1),
+                        why=f"pun over {plan.text!r}")
+
+    def _jump(self, plan: Plan, at: int, displaced: StepOutOfLine | None, resume: int, why: str) -> SiteJump:
+        if self.mode64:
+            reach = (max(at + JMP_REL32 - (1 << 31), 0), min(at + JMP_REL32 + (1 << 31), self.space))
+        else:
+            reach = (0, self.space)
+        return SiteJump(vaddr=plan.vaddr, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=displaced,
+                        resume=resume, target=None, reach=reach, why=why)
+
+    def _nop_size(self, code: bytes) -> int:
+        """Bytes of the nop ``code`` starts with (0: none), whatever its prefixes: a nop
+        that only follows the probe is never probed itself (usdt.h's nop10 carries a cs
+        prefix, which a uprobe refuses)."""
+        insn = next(_capstone(self.mode64).disasm(code[: self.backend.max_insn_len], 0, 1), None)
+        if insn is None:
+            return 0
+        raw = bytes(insn.bytes)
+        return insn.size if _is_nop(raw, _scan_encoding(raw, self.mode64), insn.modrm) else 0
+
+    def _is_nop(self, plan: Plan) -> bool:
+        return isinstance(plan, X86Jump) and plan.effects.regs.get(self.backend.ip_reg) == plan.vaddr + plan.size
+
+    def jump_bytes(self, site: SiteJump, trampoline: int) -> bytes:
+        if site.form is JumpForm.PUN:
+            return b"\xe9"
+        return b"\xe9" + self._rel32(trampoline - (site.at + JMP_REL32))
+
+    def _rel32(self, distance: int) -> bytes:
+        if not self.mode64:
+            distance = (distance + (1 << 31)) % self.space - (1 << 31)
+        return distance.to_bytes(4, "little", signed=True)
+
+    def trampoline(self, site: SiteJump, address: int, index: int, hit_entry: int) -> bytes | None:
+        """x86_64: ``lea -0x80(%rsp),%rsp; push $index; call *hit_entry(%rip);
+        lea 0x88(%rsp),%rsp``, the displaced instruction or nothing, the jump back, the
+        literal.  i386: ``push $index; call hit_entry; lea 4(%esp),%esp``, the rest alike.
+        lea leaves the flags alone; hit_entry saves and restores them."""
+        push = b"\x68" + index.to_bytes(4, "little")
+        if self.mode64:
+            head = _LEA_BELOW_RED_ZONE + push + b"\xff\x15" + bytes(4) + _LEA_BACK_64
+        else:
+            head = push + b"\xe8" + self._rel32(hit_entry - (address + 10)) + _LEA_BACK_32
+        body_at = address + len(head)
+        if site.displaced is not None:
+            body = displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, _ANY_REGS))
+            if body is None:
+                return None
+        else:
+            distance = site.resume - (body_at + JMP_REL32)
+            if not self.mode64 or signed_fits(distance, 32):
+                body = b"\xe9" + self._rel32(distance)
+            else:  # jmp *0(%rip) with the address right after it
+                body = b"\xff\x25" + bytes(4) + site.resume.to_bytes(8, "little")
+        code = head + body
+        if not self.mode64:
+            return code
+        literal = -(-len(code) // 8) * 8
+        disp = address + literal - (address + len(_LEA_BELOW_RED_ZONE) + len(push) + 6)
+        code = code[:12] + disp.to_bytes(4, "little", signed=True) + code[16:]
+        return code.ljust(literal, b"\xcc") + hit_entry.to_bytes(8, "little")
+
+
 X86_64 = Arch(
     name="x86_64",
     e_machine="EM_X86_64",
@@ -655,13 +789,15 @@ X86_64 = Arch(
     syscall_orig_reg="orig_rax",
     restart_syscall=219,
     syscall_numbers=frozen_map({"mmap": 9, "munmap": 11, "madvise": 28, "mprotect": 10, "rt_sigaction": 13,
-                                "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3, "rt_sigreturn": 15}),
+                                "kcmp": 312, "memfd_create": 319, "ftruncate": 77, "close": 3, "rt_sigreturn": 15,
+                                "futex": 202, "set_robust_list": 273}),
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_X86_64_UCONTEXT),
     sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
     trap_si_code=0x80,  # SI_KERNEL: do_int3_user() -> do_trap() -> force_sig()
-    backend=X86Backend(mode64=True),
+    backend=_X86_64_BACKEND,
+    jumps=X86Jumps(_X86_64_BACKEND),
 )
 
 I386 = Arch(
@@ -682,14 +818,16 @@ I386 = Arch(
     restart_syscall=0,
     syscall_numbers=frozen_map({"mmap": 192, "munmap": 91, "madvise": 219, "mprotect": 125,  # mmap2
                                 "rt_sigaction": 174, "kcmp": 349, "memfd_create": 356, "ftruncate": 93,
-                                "close": 6, "rt_sigreturn": 173}),
+                                "close": 6, "rt_sigreturn": 173, "futex": 240,
+                                "set_robust_list": 311}),
     regset_word=4,
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_I386_UCONTEXT),
     sigaction=KernelSigaction(size=20, word=4, handler=0, flags=4, restorer=8, mask=12),  # compat_sigaction
     trap_si_code=0x80,
-    backend=X86Backend(mode64=False),
+    backend=_I386_BACKEND,
+    jumps=X86Jumps(_I386_BACKEND),
 )
 
 register(X86_64, I386)

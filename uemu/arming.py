@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import errors, inject, mappings, xol
 from .journal import Journal
@@ -23,13 +24,20 @@ from .selection import Selection
 from .tasks import Task
 from .uprobes import Mm, Uprobes
 
+if TYPE_CHECKING:
+    from .jumps import JumpPath
+
 
 class Arming:
     """``task`` in each call is a thread of ``mm`` stopped where a system call may
     be injected."""
 
-    def __init__(self, tracker: Tracker, uprobes: Uprobes, selection: Selection, warn: Callable[[str], None]):
+    def __init__(self, tracker: Tracker, uprobes: Uprobes, selection: Selection, warn: Callable[[str], None],
+                 jumps: JumpPath | None = None):
         self.tracker = tracker
+        self.jumps = jumps
+        """The jump path, where the session uses it: its part of the area and its ring
+        go in with the net, and it makes its system calls through ``task``."""
         self.uprobes = uprobes
         self.selection = selection
         self.warn = warn
@@ -44,6 +52,9 @@ class Arming:
         if mm.net is None and (self.tracker.wants_breakpoint(mm) or any(
                 u.consumers for v in new_vmas for u in self.uprobes.by_file.get(v.file_id, ()))):
             self._set_net(task, mm)
+        if self.jumps is not None and mm.net is not None:
+            self.jumps.calling(mm, inject.caller(task, mm))
+            self.jumps.thread_seen(mm, task.tid)  # a thread pointer set since (a new image's TLS)
         self.uprobes.mmap(mm, sorted(new_vmas, key=lambda v: v.start))
         self.tracker.armed(mm, self.uprobes)
 
@@ -67,6 +78,11 @@ class Arming:
             mm.net = None
             raise errors.InTargetFailure(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None
         mm.vmas = read_maps(mm.pid)
+        if self.jumps is not None:
+            try:
+                self.jumps.setup(mm, mm.net, call)
+            except errors.UemuError as err:
+                self.warn(f"process {mm.pid}: no jump path, every site takes a breakpoint: {err.message}")
 
 
 def _scratch_string(task: Task, mm: Mm, text: bytes) -> int:

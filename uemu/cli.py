@@ -155,6 +155,8 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
     listing.add_argument("target", metavar="TARGET", help="an ELF file, or a PID (all digits)")
     listing.add_argument("patterns", metavar="PATTERN", nargs="*", help="[OBJECT:]PROVIDER:NAME globs")
     listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
+    listing.add_argument("--plan", action="store_true",
+                         help="per site, whether its hits will take a jump (jump, pun) or the trap, and why")
     listing.set_defaults(handler=_cmd_list)
 
     run = sub.add_parser(
@@ -226,6 +228,12 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("-o", "--output", metavar="FILE", help="write hits to FILE")
     parser.add_argument("--duration", metavar="SECONDS", type=_seconds, help="stop tracing after this long")
     parser.add_argument("--max-events", metavar="N", type=_positive, help="stop tracing after N hits")
+    parser.add_argument("--no-jumps", dest="jumps", action="store_false",
+                        help="every site takes a breakpoint and a stop per hit (by default a site where a "
+                        "jump fits takes the jump path: no stop; 'uemu list --plan' says which)")
+    parser.add_argument("--drop", action="store_true",
+                        help="jump path: a hit finding the event ring full is dropped (and counted) instead "
+                        "of waiting for room")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument("--strict", action="store_true",
                         help="a PROBE that matches nothing at start is an error (else it waits for objects "
@@ -386,6 +394,10 @@ def _session(args: argparse.Namespace) -> Session:
         mappings=args.mappings,
         strict=args.strict,
         warn=_warn,
+        jumps=args.jumps,
+        strings=args.printf.string_args if args.printf is not None else (),
+        strsize=args.strsize,
+        drop=args.drop,
     )
 
 
@@ -453,6 +465,7 @@ class _Sink:
         if self.count:
             return None
         if self.chrome is not None:
+            self.chrome.comm = session.thread_name
             write: Callable[[Event], object] = self.chrome.write
         else:
             render, put = self.render, self.stream.write
@@ -532,6 +545,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = [row for row in rows if id(row.probe) in chosen]
     if sys.stdout is None:
         raise UsageError("stdout is closed: nowhere to list the probes")
+    if args.plan:
+        _print_plans(rows, args.json, sys.stdout.write, int(args.target) if args.target.isdigit() else None)
+        return 0
     (_print_json if args.json else _print_table)(rows, sys.stdout.write)
     return 0
 
@@ -615,6 +631,32 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
         count = f"{len(sites)} site" + ("s" if len(sites) > 1 else "")
         write(f"{escape(obj)} {escape(provider)}:{escape(name)} [{count}] {addresses} "
               f"semaphore={semaphore} args: {layouts}\n")
+
+
+def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object], pid: int | None) -> None:
+    """One line per site: the path its hits will take (uemu/jumps.py decides)."""
+    from .jumps import plan_of_site, start_brk
+
+    vmas = read_maps(pid) if pid is not None else None
+    brk = start_brk(pid) if pid is not None else None
+    sites: dict[str, list[int]] = {}
+    for row in rows:
+        at = row.runtime_address if row.in_process else row.probe.address
+        if at is not None:
+            sites.setdefault(row.probe.object, []).append(at)
+    elves = {elf.path: elf for elf in (sdt.open_elf(obj) for obj in sites)}
+    for row in rows:
+        p, where = row.probe, row.runtime_address if row.in_process else row.probe.address
+        if p.file_offset is None or where is None:
+            continue
+        plan = plan_of_site(elves[p.object], p.file_offset, where, (a for a in sites[p.object] if a != where), vmas,
+                            brk)
+        if as_json:
+            write(json.dumps({"object": p.object, "provider": p.provider, "name": p.name, "address": where,
+                              "plan": plan.path, "why": plan.why}) + "\n")
+        else:
+            write(f"{escape(p.object)} {escape(p.provider)}:{escape(p.name)} {_hex(where)} {plan.path}: "
+                  f"{escape(plan.why)}\n")
 
 
 def _hex(value: int | None) -> str:

@@ -9,9 +9,11 @@ symbols resolve through that mm's load bias) and kept in ``Mm.readers``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from . import argspec, ptrace
@@ -25,7 +27,9 @@ Handler = Callable[[Event], None]
 
 
 class Reporter:
-    """Hands each hit to the user's handlers and queue, counting as it goes."""
+    """Hands each hit to the user's handlers and queue, counting as it goes: hits of
+    the trap path (``report``, at the stop) and of the jump path (``deliver``, events
+    read from the ring), in time order when ``before`` merges them (uemu/ringfeed.py)."""
 
     def __init__(self, decode_args: bool, on_limit: Callable[[], None]):
         self.decode_args = decode_args
@@ -35,16 +39,41 @@ class Reporter:
         self.event_count = 0
         self.max_events: int | None = None
         self._on_limit = on_limit
+        self.lock: AbstractContextManager[object] = contextlib.nullcontext()
+        """Held while a hit is counted and handed out (the jump path's reader thread
+        delivers too)."""
+        self.before: Callable[[int], None] | None = None
+        """Called with a trap hit's time before it is handed out: hand out the jump
+        path's older hits first."""
+
+    def full(self) -> bool:
+        """--max-events is reached: further hits are neither counted nor reported."""
+        return self.max_events is not None and self.event_count >= self.max_events
 
     def report(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.RegsView) -> None:
         """Every consumer of the hit uprobe; ``regs`` are as at the site."""
         wants_events = bool(self.handlers) or self.queue is not None
-        for consumer in hit.uprobe.consumers:
+        with self.lock:
+            for consumer in hit.uprobe.consumers:
+                if self.full():
+                    return
+                consumer.hits += 1
+                self.event_count += 1
+                if wants_events:
+                    self._emit(task, mm, consumer, hit.site, regs)
+                if self.full():
+                    self._on_limit()
+
+    def deliver(self, consumer: Consumer, event: Event | None) -> None:
+        """A hit read from the jump path's ring (``event`` None: counted only)."""
+        with self.lock:
+            if self.full():
+                return
             consumer.hits += 1
             self.event_count += 1
-            if wants_events:
-                self._emit(task, mm, consumer, hit.site, regs)
-            if self.max_events is not None and self.event_count >= self.max_events:
+            if event is not None:
+                self._hand_out(event)
+            if self.full():
                 self._on_limit()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:
@@ -57,6 +86,11 @@ class Reporter:
             time.monotonic_ns(), task.pid, task.tid, probe.object, probe.provider, probe.name, site,
             probe.args.split() if probe.args else [], args, memory.read_string,
         )
+        if self.before is not None:
+            self.before(event.ts_ns)
+        self._hand_out(event)
+
+    def _hand_out(self, event: Event) -> None:
         for handler in self.handlers:
             handler(event)
         if self.queue is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from uemu.arch.base import StepEnd
 
@@ -24,6 +25,9 @@ from .tasks import Task
 from .tracer import Tracer
 from .uprobes import Hit, Mm, Uprobes
 
+if TYPE_CHECKING:
+    from .jumps import JumpPath
+
 
 class Hits:
     """``on_signal`` and ``on_interrupt`` are stop handlers; ``serve_waiting``
@@ -31,8 +35,9 @@ class Hits:
     first (a mapping mode's own breakpoint, ld.so's rendezvous, means new objects)."""
 
     def __init__(self, tracer: Tracer, uprobes: Uprobes, reporter: Reporter,
-                 mapping_hit: Callable[[Task, Mm, Hit], None]):
+                 mapping_hit: Callable[[Task, Mm, Hit], None], jumps: JumpPath | None = None):
         self.tracer = tracer
+        self.jumps = jumps
         self.uprobes = uprobes
         self.reporter = reporter
         self._mapping_hit = mapping_hit
@@ -63,12 +68,26 @@ class Hits:
             regs.fetch(task.tid)
         hit = self.uprobes.find_active_uprobe(mm, regs)
         if hit is None:
+            if self._jump_being_written(task, mm, regs):
+                return GO_ON
             return deliver(signal.SIGTRAP)  # not ours: the program's int3, raise(SIGTRAP), a debugger
         if self.tracer.stopping:
             self.uprobes.restart_at_site(task, mm, hit, regs)
             return GO_ON
         self._mapping_hit(task, mm, hit)
         return self._handle_hit(task, mm, hit, regs)
+
+    def _jump_being_written(self, task: Task, mm: Mm, regs: ptrace.Regset) -> bool:
+        """The int3 in front of a jump uemu was writing or removing (jumps.py): the
+        thread goes back to run what is whole there now."""
+        if self.jumps is None:
+            return False
+        resume = self.jumps.trap_at(mm, mm.backend.trap_address(regs[mm.arch.ip_reg]))
+        if resume is None:
+            return False
+        regs[mm.arch.ip_reg] = resume
+        regs.store(task.tid)
+        return True
 
     def _handle_hit(self, task: Task, mm: Mm, hit: Hit, regs: ptrace.Regset) -> Resume:
         """The hit proper; a thread that finds every XOL slot taken waits, stopped,

@@ -20,7 +20,8 @@ last one, describes a write that was not made yet, and is skipped by the reader.
 What it holds, and nothing else: the process's identity (pid, start time, boot), the
 area's place, size and ABI, the program's SIGTRAP action (bytes), each breakpoint
 (address, original bytes, written bytes), each raised counter (address, count), each
-XOL slot's plan (slot, site, length, how it ends), the XOL area (start, size).  Never
+XOL slot's plan (slot, site, length, how it ends), the XOL area (start, size), the jump
+path's landing pages and event ring (start, size).  Never
 a path, an argument value or anything the program computed.
 
 Where: ``/run/uemu`` for root, ``$XDG_RUNTIME_DIR/uemu`` for others, or
@@ -269,6 +270,8 @@ class State:
     slots: dict[int, SlotPlan] = field(default_factory=dict)
     xol: tuple[int, int] | None = None
     """(start, size) of the XOL area."""
+    mappings: dict[int, int] = field(default_factory=dict)
+    """Start -> size of the jump path's other mappings (landing pages, the event ring)."""
 
     def apply(self, kind: str, values: tuple[Value, ...]) -> None:
         if kind == "area":
@@ -291,6 +294,10 @@ class State:
         elif kind == "xol-gone":
             self.xol = None
             self.slots.clear()
+        elif kind == "mapping":
+            self.mappings[_int(values[0])] = _int(values[1])
+        elif kind == "mapping-gone":
+            self.mappings.pop(_int(values[0]), None)
 
     def records(self) -> Iterator[tuple[str, tuple[Value, ...]]]:
         """Records that rebuild this state (a compacted journal, a forked child's)."""
@@ -306,11 +313,13 @@ class State:
             yield "xol", self.xol
             for slot, plan in self.slots.items():
                 yield "slot", (slot, plan.site, plan.length, plan.ends)
+        for start, size in self.mappings.items():
+            yield "mapping", (start, size)
 
     def fork(self) -> State:
-        """A forked child's: the area, action, breakpoints and counters are copied with its
-        pages; the XOL area is not (MADV_DONTFORK)."""
-        return State(self.area, self.action, dict(self.sites), dict(self.counters))
+        """A forked child's: the area, action, breakpoints, counters and the jump path's
+        mappings are copied with its pages; the XOL area is not (MADV_DONTFORK)."""
+        return State(self.area, self.action, dict(self.sites), dict(self.counters), mappings=dict(self.mappings))
 
 
 _ADDR, _BYTES, _COUNT, _WORD = "addr", "bytes", "count", "word"
@@ -323,6 +332,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "slot": (_ADDR, _ADDR, _COUNT, _WORD),
     "xol": (_ADDR, _ADDR),
     "xol-gone": (),
+    "mapping": (_ADDR, _ADDR),
+    "mapping-gone": (_ADDR,),
 }
 _WORD_TEXT = re.compile(r"[a-z0-9_]{1,32}")
 
@@ -483,6 +494,13 @@ class Journal:
 
     def note_xol_area_gone(self) -> None:
         self._record("xol-gone", ())
+
+    def note_mapping(self, start: int, size: int) -> None:
+        self._record("mapping", (start, size))
+
+    def note_mapping_gone(self, start: int) -> None:
+        if start in self.state.mappings:
+            self._record("mapping-gone", (start,))
 
     def remove(self) -> None:
         """Nothing of uemu is left in the process (or the process is gone): the journal goes."""

@@ -323,11 +323,14 @@ def _drop_vanished_breakpoints(mm: Mm, vmas: list[Vma], uprobes: Uprobes) -> Non
     """Without the syscall at hand (a rendezvous), tell from memory which of our
     breakpoints went away: one stays ours only where the same file offset is
     still mapped there and still holds our trap (an mprotect keeps the pages;
-    a munmap or a remap does not)."""
-    for vaddr, uprobe in list(mm.installed.items()):
+    a munmap or a remap does not).  The same for the jump path's jumps."""
+    for vaddr, uprobe in [*mm.installed.items(), *mm.jumped.items()]:
         vma = next((v for v in vmas if v.start <= vaddr < v.end), None)
         kept = vma is not None and vma.file_id == uprobe.file_id and vma.vaddr_to_offset(vaddr) == uprobe.offset
-        if kept:
+        if kept and vaddr in mm.jumped:
+            assert uprobes.jumps is not None
+            kept = uprobes.jumps.holds(mm, vaddr)
+        elif kept:
             trap = mm.backend.trap_bytes(uprobe.original)
             try:
                 kept = mm.memory.read(vaddr, len(trap)) == trap

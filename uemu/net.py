@@ -266,10 +266,12 @@ class Net:
         self.memory.write(self.our_action_address, self.our_action(saved))
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
 
-    def uninstall(self, call: InjectedCall) -> None:
+    def uninstall(self, call: InjectedCall, keep_area: bool = False) -> None:
         """Put the program's action back (unless it set one itself meanwhile) and unmap
         the area, once uemu has undone every write the table lists and no thread is
-        inside the area.  ``call`` must not use the area's own stub: the area goes."""
+        inside the area.  ``call`` must not use the area's own stub: the area goes.
+        ``keep_area``: it stays mapped, inert (the jump path's trampolines are in it: a
+        thread may still be inside one)."""
         layout_ = self._sigaction
         self._rt_sigaction(call, 0, self.our_action_address)
         current = self.memory.read(self.our_action_address, layout_.size)
@@ -277,6 +279,8 @@ class Net:
         if handler == self.trap_handler:
             self._rt_sigaction(call, self.saved_action_address, 0)
         # else the program set its action where uemu could not see it (sigtrap.py): it stays
+        if keep_area:
+            return
         result = call("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
             raise errors.InTargetFailure(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")

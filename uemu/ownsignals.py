@@ -21,6 +21,9 @@ CHECK_INTERVAL = 1.0
 """Seconds between looks for sites and counters changed behind uemu's back."""
 
 LEAVING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+WAKE_SIGNAL = signal.SIGURG
+"""Sent by another thread of uemu (the jump path's ring reader) to the main thread,
+whose handler then wakes the loop: only the tracing thread may use ptrace."""
 
 _SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 """What ``signal.signal`` returns and takes back (None: not set from Python)."""
@@ -31,9 +34,12 @@ class OwnSignals:
     ``CHECK_INTERVAL`` seconds.  Both must only record and wake: they run inside
     whatever the main thread was doing."""
 
-    def __init__(self, leave: Callable[[str], None], look: Callable[[], None]):
+    def __init__(self, leave: Callable[[str], None], look: Callable[[], None],
+                 wake: Callable[[], None] | None = None):
         self._leave = leave
         self._look = look
+        self._wake = wake
+        """Called at ``WAKE_SIGNAL`` (``wake_from_another_thread``)."""
         self._old: dict[int, _SignalHandler] = {}
         self._deadline: float | None = None
 
@@ -44,6 +50,20 @@ class OwnSignals:
         for sig in LEAVING_SIGNALS:
             self._old[sig] = signal.signal(sig, self._on_leaving_signal)
         self._old[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+        if self._wake is not None:
+            self._old[WAKE_SIGNAL] = signal.signal(WAKE_SIGNAL, self._on_wake_signal)
+
+    def wake_from_another_thread(self) -> bool:
+        """Have the main thread call ``wake`` (a signal to it); False: no handler is
+        installed (not the main thread, or not yet), nothing sent."""
+        if WAKE_SIGNAL not in self._old:
+            return False
+        signal.pthread_kill(threading.main_thread().ident or 0, WAKE_SIGNAL)
+        return True
+
+    def _on_wake_signal(self, signum: int, frame: FrameType | None) -> None:
+        assert self._wake is not None
+        self._wake()
 
     def start_timer(self, duration: float | None) -> None:
         """One timer serves ``duration`` and the look for changes behind our back."""

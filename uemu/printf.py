@@ -112,6 +112,12 @@ class PrintfFormat:
             pos = match.end()
         self._literal(fmt[pos:], escape_literal)
 
+    @property
+    def string_args(self) -> tuple[int, ...]:
+        """Indexes of the arguments printed as strings (``%s``): the jump path copies
+        them at the hit."""
+        return tuple(sorted({p.arg for p in self.pieces if isinstance(p, Conversion) and p.kind == "s"}))
+
     def render(self, event: Event) -> str:
         return self.text(event) + "\n"
 

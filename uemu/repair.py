@@ -50,6 +50,7 @@ from uemu.arch import Arch, by_name
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
+from .jumps import RING_PATH
 from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
@@ -130,6 +131,8 @@ def _describe(identity: Identity, state: State) -> str:
         things.append(f"uemu's area at {state.area.base:#x}")
     if state.xol is not None:
         things.append(f"an XOL area at {state.xol[0]:#x}")
+    if state.mappings:
+        things.append(_count(len(state.mappings), "jump path mapping"))
     if state.sites:
         things.append(_count(len(state.sites), "breakpoint"))
     if state.counters:
@@ -546,6 +549,8 @@ class _Repair:
                 if call("munmap", start, size) == 0:
                     self.done.append(f"XOL area at {start:#x} unmapped")
             self.writer.note_xol_area_gone()
+        if not self._unmap_jump_mappings(vmas, ips):
+            return
         inside = [tid for tid, ip in ips.items() if self.base <= ip < self.base + layout.AREA_SIZE]
         if inside:
             tid = inside[0]
@@ -557,6 +562,33 @@ class _Repair:
         if call("munmap", self.base, layout.AREA_SIZE) == 0:
             self.done.append(f"uemu's area at {self.base:#x} unmapped")
             self.writer.remove()
+
+
+    def _unmap_jump_mappings(self, vmas: list[Vma], ips: dict[int, int]) -> bool:
+        """The jump path's landing pages and event ring (the sites that lead there are
+        restored already); False: a thread is in one, which stays with the area."""
+        unmapped = 0
+        for start, size in sorted(self.state.mappings.items()):
+            inside = [tid for tid, ip in ips.items() if start <= ip < start + size]
+            if inside:
+                self.report.left = (f"process {self.pid}: the jump path's page at {start:#x} is left: thread "
+                                    f"{inside[0]} is in it; 'uemu repair {self.pid}' again later")
+                return False
+            if _is_jump_mapping(vmas, start, size):
+                _, call = self.holder.caller(self.mm)
+                unmapped += call("munmap", start, size) == 0
+            self.writer.note_mapping_gone(start)
+        if unmapped:
+            self.done.append(f"{_count(unmapped, 'jump path mapping')} unmapped")
+        return True
+
+
+def _is_jump_mapping(vmas: list[Vma], start: int, size: int) -> bool:
+    """Whether [start, start + size) is still what the jump path mapped: anonymous (a
+    landing page) or its ring's memfd."""
+    covering = [v for v in vmas if v.start < start + size and v.end > start]
+    return bool(covering) and all(v.path.startswith(RING_PATH) or not (v.file_backed or v.path) for v in covering) \
+        and min(v.start for v in covering) == start and max(v.end for v in covering) == start + size
 
 
 def _view(base: int, memory: ptrace.Memory) -> TableView | None:
@@ -581,13 +613,13 @@ def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool],
 
     Its frame is left when rt_sigreturn brings ip outside the area and sp above where the
     thread stood in the handler (a signal of the program's, handled meanwhile, returns
-    below).  On a signal stack of the program's the frame may sit below the interrupted
-    stack: then the thread is stopped at its time limit, inside, and the area stays."""
-    sigreturn = arch.syscall_numbers["rt_sigreturn"]
+    below).  A thread in the jump path's trampoline or hit (no signal frame) leaves the
+    same way, without rt_sigreturn: at its first system call back in the program.  On a
+    signal stack of the program's the frame may sit below the interrupted stack: then the
+    thread is stopped at its time limit, inside, and the area stays."""
     regs = task.registers(arch)
     regs.fetch(task.tid)
     floor = regs[arch.sp_reg]
-    returning = False
     _hold_owed(task)
 
     def time_up(signum: int, frame: object) -> None:
@@ -606,10 +638,7 @@ def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool],
             if stop.kind is StopKind.INTERRUPT:
                 return  # its time is up
             if stop.kind is StopKind.SYSCALL:
-                info = ptrace.syscall_info(task.tid)
-                if info.op == ptrace.SYSCALL_INFO_ENTRY:
-                    returning = info.nr == sigreturn
-                elif returning:
+                if ptrace.syscall_info(task.tid).op != ptrace.SYSCALL_INFO_ENTRY:
                     regs.fetch(task.tid)
                     if not in_area(regs[arch.ip_reg]) and regs[arch.sp_reg] > floor:
                         return

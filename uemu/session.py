@@ -9,6 +9,10 @@ and ``xol.py``), task creation, exec and exit in ``tasks.py``, mapping changes i
 ``mappings.py`` and ``arming.py``, what the user asked for in ``selection.py``,
 reports in ``consumers.py``, uemu's own signals in ``ownsignals.py``.
 
+Hits of sites where a jump fits take the jump path (``jumps.py``: no stop, events
+read from a ring by ``ringfeed.py``'s reader thread); the session only calls its seam
+where only the session can tell (see jumps.py's table).
+
 Leaving is the same code on every way out (end of the program, Ctrl-C,
 SIGTERM, SIGHUP, --duration, --max-events, an exception inside uemu): stop
 every thread, move threads out of XOL slots, restore every byte from the
@@ -20,18 +24,23 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 
 from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
 from .arming import Arming
+from .chrome import read_comm
 from .consumers import Handler, Reporter
 from .events import Event
 from .hits import Hits
+from .jumps import JumpPath
 from .mappings import MappingMode, Tracker
 from .maps import read_maps
 from .ownsignals import OwnSignals
+from .ringfeed import RingFeed
 from .selection import Selection
 from .stops import GO_ON, Resume, Stop, StopKind
 from .syscalls import SyscallStops
@@ -59,7 +68,11 @@ class Session:
     ``PATH:SYMBOL[+OFF]``); none means every SDT probe.  A word that matches
     nothing yet stays pending for objects mapped later; ``strict`` makes that an
     error (``ProbeNotFound``).  ``mappings`` is a ``MappingMode`` (or its name);
-    by default ``seccomp`` for spawn and ``rendezvous`` for attach.
+    by default ``seccomp`` for spawn and ``rendezvous`` for attach.  ``jumps``
+    (default) lets each site where a jump fits take the jump path; ``strings``
+    (argument indexes) are copied at its hits, up to ``strsize`` bytes, for
+    ``Event.read_string`` (``--format``'s %s).  ``drop``: a hit finding the ring
+    full is dropped (counted) instead of waiting for room.
     """
 
     def __init__(
@@ -71,6 +84,10 @@ class Session:
         mappings: str | None = None,
         warn: Callable[[str], None] | None = None,
         strict: bool = False,
+        jumps: bool = True,
+        strings: Sequence[int] = (),
+        strsize: int = 256,
+        drop: bool = False,
     ):
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
         self.uprobes = Uprobes(self.warn)
@@ -78,7 +95,22 @@ class Session:
         self.reporter = Reporter(decode_args, lambda: self.stop("max-events"))
         self.tracees = Tracees(self.uprobes, follow_forks, self._needs_tracer, self.warn)
         self.tracer = Tracer(self.tracees, self._stops_every_syscall)
-        self.hits = Hits(self.tracer, self.uprobes, self.reporter, self._on_mapping_hit)
+        self._tracing_thread = threading.get_ident()
+        """The thread that may use ptrace (the one that attaches or spawns)."""
+        self.jumps: JumpPath | None = None
+        self._feed: RingFeed | None = None
+        self._seize_options = SEIZE_OPTIONS
+        if jumps:
+            self.jumps = JumpPath(self.uprobes, decode_args=decode_args, strings=strings, strsize=strsize,
+                                  drop=drop, warn=self.warn)
+            self.uprobes.jumps = self.jumps
+            self.jumps.reported_pid = self.tracees.reported_pid
+            self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver,
+                                  on_error=lambda: self.stop("error"))
+            self.reporter.lock = self._feed.lock
+            self.reporter.before = self._feed.before
+            self._seize_options |= ptrace.O_TRACEEXIT
+        self.hits = Hits(self.tracer, self.uprobes, self.reporter, self._on_mapping_hit, self.jumps)
         self.tracer.handlers = {
             StopKind.SIGNAL: self.hits.on_signal,
             StopKind.GROUP: _keep_stopped,
@@ -87,13 +119,13 @@ class Session:
             StopKind.FORK: self._on_new_task,
             StopKind.VFORK: self._on_new_task,
             StopKind.EXEC: self._on_exec,
-            StopKind.OTHER: _go_on,
+            StopKind.OTHER: self._on_other_event,
         }
         self._mode = _mode(mappings) if mappings is not None else None
         self.arming: Arming | None = None
         """The mapping mode's decisions and arming by them, chosen by ``attach`` or ``spawn``."""
         self.watch = Watch(self.uprobes, self.warn)
-        self.own_signals = OwnSignals(self.stop, self._look_soon)
+        self.own_signals = OwnSignals(self.stop, self._look_soon, self.tracer.wake if jumps else None)
         self._removals: list[str] = []
         self._in_loop = False
         self._stop_reason: str | None = None
@@ -127,6 +159,7 @@ class Session:
         """Seize every thread of a running process and arm the probes; with
         ``follow_forks``, every process already descended from it too (children
         created later are followed as they come).  Call again for more processes."""
+        self._tracing_thread = threading.get_ident()
         self._attach_process(pid)
         if self.tracees.follow_forks:
             self._attach_descendants(pid)
@@ -165,7 +198,7 @@ class Session:
         self.own_signals.install()
         self.tracer.stopping = True
         try:
-            self.tracer.seize_all(pid, SEIZE_OPTIONS)
+            self.tracer.seize_all(pid, self._seize_options)
             mm = self.tracees.tasks[pid].mm or self.tracees.new_mm(pid, process.executable_arch(pid))
             for task in self.tracees.tasks.values():
                 if task.pid == pid and task.mm is None:
@@ -186,13 +219,14 @@ class Session:
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
         tracker = self._choose_mode(MappingMode.SECCOMP).tracker
+        self._tracing_thread = threading.get_ident()
         self.selection.check_spawn(argv, os.environ if env is None else env)
         self.own_signals.install()
         child = spawn.fork_waiting(argv, env, tracker.spawn_filter())
         self.tracees.child_pid = child.pid
         # Under the seccomp filter the command cannot live without a tracer (its mmaps
         # would fail): it dies with uemu.  Otherwise the net lets it outlive uemu.
-        ptrace.seize(child.pid, SEIZE_OPTIONS | (ptrace.O_EXITKILL if tracker.needs_tracer else 0))
+        ptrace.seize(child.pid, self._seize_options | (ptrace.O_EXITKILL if tracker.needs_tracer else 0))
         self.tracees.tasks[child.pid] = Task(child.pid, child.pid, None, stopped=False)
         child.go()
         # Run until the new image is armed (or the child died trying).
@@ -214,6 +248,7 @@ class Session:
         self.reporter.max_events = max_events
         self.own_signals.install()
         self.own_signals.start_timer(duration)
+        self._start_feed(None)
         try:
             while self._step():
                 pass
@@ -228,12 +263,14 @@ class Session:
         self.reporter.max_events = max_events
         self.own_signals.install()
         self.own_signals.start_timer(duration)
+        self._start_feed(self._wake)
         try:
             while True:
                 while queue:
                     yield queue.popleft()
                 if not self._step():
                     break
+            self.close()  # the jump path's last hits join the queue
             while queue:
                 yield queue.popleft()
         finally:
@@ -248,14 +285,21 @@ class Session:
         every thread stopped.
         """
         self._removals.extend(words)
-        if not self._in_loop:
+        if threading.get_ident() != self._tracing_thread:
+            self._wake()  # a handler of the jump path's hits, in the reader thread
+        elif not self._in_loop:
             self._remove_pending()
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end at the next stop (safe from a handler or a signal handler)."""
         if self._stop_reason is None:
             self._stop_reason = reason
-        self.tracer.wake()
+        self._wake()
+
+    def thread_name(self, pid: int, tid: int) -> bytes | None:
+        """A thread's name (/proc comm), as it was at its first hit where uemu read it
+        then (the jump path's hits are handed out a little later)."""
+        return read_comm(pid, tid) if self.jumps is None else self.jumps.thread_name(pid, tid)
 
     def counts(self) -> dict[str, int]:
         """Hits per probe name (``provider:name``) over all its sites."""
@@ -268,9 +312,12 @@ class Session:
         self._closed = True
         try:
             self._detach_all()
+            self._stop_feed()
             if self._traced:
                 self.selection.report_pending()
         finally:
+            if self.jumps is not None:
+                self.jumps.close()
             self.own_signals.restore()
             for mm in self.tracees.unique_mms():
                 mm.memory.close()
@@ -284,13 +331,43 @@ class Session:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # ---- the jump path's events ---------------------------------------------------------
+
+    def _start_feed(self, on_ready: Callable[[], None] | None) -> None:
+        """The reader thread hands the jump path's hits to the reporter (in it, for
+        handlers; ``on_ready`` wakes the loop for ``events()``'s queue)."""
+        if self._feed is not None and not self._feed.running:
+            self._feed.on_ready = on_ready
+            self._feed.start()
+
+    def _stop_feed(self) -> None:
+        """Every hit left in the rings (the sites are restored: no new one comes), and
+        the losses, said exactly."""
+        if self._feed is None or self.jumps is None:
+            return
+        jumps = self.jumps
+        self._feed.stop(lambda deliver: jumps.drain(deliver, final=True))
+        lost = jumps.lost()
+        if lost:
+            self.warn(f"{lost} hit{'s' if lost > 1 else ''} of the jump path lost (the event ring was full "
+                      "under --drop, or a thread left a hit midway)")
+
+    def _wake(self) -> None:
+        """Make the loop's blocking wait return (an interrupt stop); from another thread
+        of uemu (the ring's reader), through a signal to the tracing thread."""
+        if threading.get_ident() != self._tracing_thread:
+            self.own_signals.wake_from_another_thread()
+            return
+        self.tracer.wake()
+
     # ---- mapping modes ---------------------------------------------------------------
 
     def _choose_mode(self, default: MappingMode) -> Arming:
         """The mapping mode (the one asked for, else ``default``), and the handlers
         of the stops it brings."""
         if self.arming is None:
-            self.arming = Arming(mappings.tracker(self._mode or default), self.uprobes, self.selection, self.warn)
+            self.arming = Arming(mappings.tracker(self._mode or default), self.uprobes, self.selection, self.warn,
+                                 self.jumps)
             syscalls = SyscallStops(self.tracer, self.uprobes, self.arming)
             self.tracer.handlers[StopKind.SYSCALL] = syscalls.on_syscall
             self.tracer.handlers[StopKind.SECCOMP] = syscalls.on_seccomp
@@ -351,7 +428,7 @@ class Session:
     def _look_soon(self) -> None:
         """The timer's turn (a signal handler: it only records and wakes)."""
         self._look_due = True
-        self.tracer.wake()
+        self.tracer.wake()  # in the main thread (the timer's handler)
 
     def _look(self) -> None:
         """Mend what someone else changed of ours, with every thread stopped."""
@@ -373,6 +450,13 @@ class Session:
     def _on_exec(self, task: Task, stop: Stop) -> Resume:
         return self.tracees.on_exec(task, arm=not self.tracer.passthrough)
 
+    def _on_other_event(self, task: Task, stop: Stop) -> Resume:
+        if self._feed is not None and stop.status >> 16 == ptrace.EVENT_EXIT:
+            # A thread about to exit: its jump path hits go out while /proc still
+            # names it (chrome's thread names).
+            self._feed.before(time.monotonic_ns())
+        return GO_ON
+
     # ---- leaving -------------------------------------------------------------------------
 
     def _detach_all(self) -> None:
@@ -387,11 +471,16 @@ class Session:
         self.hits.serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             try:
+                if self.jumps is not None:
+                    self.jumps.leave(mm)
                 self.uprobes.remove_all(mm)
                 if mm.xol_area is not None:
                     xol.remove_area(self.tracer.injectable(mm), mm)
                 if mm.net is not None:
-                    mm.net.uninstall(inject.caller(self.tracer.injectable(mm), mm, through_net=False))
+                    call = inject.caller(self.tracer.injectable(mm), mm, through_net=False)
+                    keep_area = self.jumps is not None and self.jumps.keeps_area(
+                        mm, [t.tid for t in self.tracees.tasks.values() if t.mm is mm], call)
+                    mm.net.uninstall(call, keep_area)
                     mm.net = None
             except (OSError, errors.TraceeGone) as err:
                 self.warn(f"process {mm.pid}: could not restore everything: {err}")
@@ -401,10 +490,6 @@ class Session:
 def _keep_stopped(task: Task, stop: Stop) -> Resume:
     """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
     without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
-    return GO_ON
-
-
-def _go_on(task: Task, stop: Stop) -> Resume:
     return GO_ON
 
 

@@ -130,6 +130,8 @@ class Tracees:
         self.mms: dict[int, Mm] = {}
         """pid -> its mm; processes sharing one (vfork) map to the same object."""
         self._pending: dict[int, _PendingChild] = {}
+        self._vforked: dict[int, Task] = {}
+        """Children that share their parent's mm (vfork): its jump table names the parent."""
         self._objects: dict[int, dict[tuple[int, int], MappedObject]] = {}
         """Objects opened for a look at a process before attaching, kept for its mm."""
         self.child_pid: int | None = None
@@ -200,6 +202,7 @@ class Tracees:
         if kind is StopKind.CLONE and process.tgid(child) == parent.pid:
             task = Task(child, parent.pid, parent.mm, report=parent.report, stopped=stopped)
             self.tasks[child] = task
+            self._thread_seen(task)
             return [(task, GO_ON)] if stopped else []
         follow = self.follow_forks and parent.report
         task = Task(child, child, None, report=follow, stopped=stopped)
@@ -209,9 +212,12 @@ class Tracees:
             if process.shares_memory(parent.pid, child):
                 task.mm = mm
                 self.mms.setdefault(child, mm)
+                self._vforked[child] = task
+                self._thread_seen(task)  # its parent's thread pointer: both now ask gettid
             else:
                 task.mm = self.uprobes.dup_mmap(mm, ptrace.Memory(child))
                 self.mms[child] = task.mm
+                self._thread_seen(task)
                 if not follow:
                     self._clean(task, task.mm)
                     self._forget_mm(task.mm, child)
@@ -222,6 +228,21 @@ class Tracees:
                 resume = self.let_go(task)
                 return [(task, resume)] if stopped else []
         return [(task, GO_ON)] if stopped else []
+
+    def reported_pid(self, pid: int, tid: int) -> int | None:
+        """The pid a jump path's hit of thread ``tid`` (recorded with ``pid``: its
+        mm's) is reported with; None: not reported (a vfork child not followed, as
+        its trap hits).  Safe from another thread."""
+        task = self._vforked.get(tid)
+        if task is None:
+            return pid
+        return task.pid if task.report else None
+
+    def _thread_seen(self, task: Task) -> None:
+        """A new thread, stopped: the jump path names its hits by its thread pointer."""
+        jumps = self.uprobes.jumps
+        if jumps is not None and task.mm is not None and task.stopped:
+            jumps.thread_seen(task.mm, task.tid)
 
     def _clean(self, task: Task, mm: Mm) -> None:
         """A child not followed, before it runs a single instruction (it is stopped at
@@ -257,6 +278,8 @@ class Tracees:
         if mm is not None and mm.net is not None:
             with suppress(OSError):  # the whole process is gone with its table
                 mm.net.clear_thread(task.tid)
+                if self.uprobes.jumps is not None:
+                    self.uprobes.jumps.thread_exited(mm, task.tid)
         if task.tid == task.pid == self.child_pid:
             self.exit_status = shell_status(status)
         if mm is not None and not any(t.mm is mm for t in self.tasks.values()):

@@ -365,8 +365,11 @@ def _tracer_main(channel: int, job: _Job, parent: int, stdout: IO[bytes] | None)
 
         options = job.options
         recorder = _Recorder(options.strings, options.strsize)
+        # the jump path copies strings at the hit (the recorder reads them later): every
+        # index declared for any probe
+        copied = sorted(set().union(*options.strings.values()))
         with Session(options.probes, follow_forks=options.follow_forks, mappings=options.mappings,
-                     strict=options.strict, warn=warn) as session:
+                     strict=options.strict, warn=warn, strings=copied, strsize=options.strsize) as session:
             _send(channel, _Armed(job.target.start(session)))
             session.run(recorder.hit)
         _send(channel, Report(recorder.events, recorder.args, list(session.counts()), session.exit_status, warnings))

@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -154,6 +154,9 @@ class Mm:
     vmas: list[Vma]
     objects: dict[FileId, MappedObject] = field(default_factory=dict)
     installed: dict[int, Uprobe] = field(default_factory=dict)
+    jumped: dict[int, Uprobe] = field(default_factory=dict)
+    """Sites whose hits take the jump path (``Uprobes.jumps``) instead of a breakpoint;
+    their counters are raised and lowered as a breakpoint's."""
     delayed: set[Uprobe] = field(default_factory=set)
     readers: dict[Consumer, list[argspec.Reader]] = field(default_factory=dict)
     """Argument readers per consumer, built on first hit by ``consumers.py``."""
@@ -179,10 +182,44 @@ class Mm:
 
     @property
     def has_uprobes(self) -> bool:
-        return bool(self.installed or self.delayed)
+        return bool(self.installed or self.jumped or self.delayed)
 
     def object_of(self, path: str) -> MappedObject | None:
         return next((o for o in self.objects.values() if o.elf.path == path), None)
+
+
+class JumpSites(Protocol):
+    """What the core asks of the jump path (``uemu/jumps.py``): a site's bytes other
+    than a breakpoint, behind the same counters and the same life cycle."""
+
+    def install(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> bool | None:
+        """Write a jump at the site (the counter raised already): True; None: no jump
+        fits there (nothing done); False: one fits but the process refused it."""
+
+    def remove(self, mm: Mm, vaddr: int) -> None:
+        """The file's bytes back at a jumped site."""
+
+    def unmapped(self, mm: Mm, vaddr: int) -> None:
+        """The site's page went (munmap): forget it, write nothing."""
+
+    def holds(self, mm: Mm, vaddr: int) -> bool:
+        """Whether the site's jump is still in memory."""
+
+    def moved(self, mm: Mm, vaddr: int, new_vaddr: int) -> None:
+        """mremap moved the site's text: the old place forgotten, the file's bytes back
+        at ``new_vaddr`` (a jump's displacement does not move with it)."""
+
+    def dup(self, parent: Mm, child: Mm) -> None:
+        """A fork's child (stopped) has copies of the parent's jumps."""
+
+    def forget(self, mm: Mm) -> None:
+        """The mm is gone (exit, exec) or no longer ours."""
+
+    def thread_seen(self, mm: Mm, tid: int) -> None:
+        """A new thread of ``mm``, stopped (its hits are named by its thread pointer)."""
+
+    def thread_exited(self, mm: Mm, tid: int) -> None:
+        """A thread of ``mm`` is gone."""
 
 
 class Uprobes:
@@ -192,6 +229,8 @@ class Uprobes:
         self.by_site: dict[tuple[int, int, int], Uprobe] = {}
         self.by_file: dict[FileId, list[Uprobe]] = {}
         self.warn = warn
+        self.jumps: JumpSites | None = None
+        """The jump path, where the session uses it: sites where a jump fits take it."""
 
     # ---- registration ------------------------------------------------------
 
@@ -236,7 +275,7 @@ class Uprobes:
     def remove_uprobe(self, mm: Mm, uprobe: Uprobe) -> None:
         """Take one uprobe out of one mm: its breakpoints (each lowering the counter)
         and its delayed entry."""
-        for vaddr in [v for v, u in mm.installed.items() if u is uprobe]:
+        for vaddr in [v for v, u in (*mm.installed.items(), *mm.jumped.items()) if u is uprobe]:
             self.remove_breakpoint(mm, vaddr)
         mm.delayed.discard(uprobe)
 
@@ -264,13 +303,15 @@ class Uprobes:
 
     def install_breakpoint(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> None:
         """Kernel: ``install_breakpoint()`` -> ``set_swbp()`` -> ``uprobe_write_opcode()``."""
-        if vaddr in mm.installed:
+        if vaddr in mm.installed or vaddr in mm.jumped:
             return  # verify_opcode(): already a breakpoint of ours, nothing to do
         backend = mm.backend
         plan = uprobe.plan_at(backend, vaddr)
         if isinstance(plan, Refuse):
             # Kernel: the registration fails for this probe; the others stay.
             self.warn(f"cannot probe {plan.text!r} at {vaddr:#x} ({uprobe.path}+{uprobe.offset:#x}): {plan.reason}")
+            return
+        if self.jumps is not None and self._install_jump(mm, uprobe, vaddr):
             return
         trap = backend.trap_bytes(uprobe.original)
         expected = uprobe.original[: len(trap)]
@@ -297,8 +338,28 @@ class Uprobes:
             raise
         mm.installed[vaddr] = uprobe
 
+    def _install_jump(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> bool:
+        """The jump path's take on the site, the counter raised first as for a breakpoint
+        (kernel: the counter goes up before the opcode is written); False: the site
+        takes a breakpoint (the counter as it was)."""
+        assert self.jumps is not None
+        if not self.update_ref_ctr(mm, uprobe, +1):
+            return True  # as a breakpoint: nothing written when the counter cannot be raised
+        placed = self.jumps.install(mm, uprobe, vaddr)
+        if placed:
+            mm.jumped[vaddr] = uprobe
+            return True
+        self.update_ref_ctr(mm, uprobe, -1)  # the breakpoint raises it again
+        return False
+
     def remove_breakpoint(self, mm: Mm, vaddr: int) -> None:
         """Kernel: ``remove_breakpoint()`` -> ``set_orig_insn()``; bytes come from the file."""
+        jumped = mm.jumped.pop(vaddr, None)
+        if jumped is not None:
+            assert self.jumps is not None
+            self.jumps.remove(mm, vaddr)
+            self.update_ref_ctr(mm, jumped, -1)
+            return
         uprobe = mm.installed.pop(vaddr)
         backend = mm.backend
         trap = backend.trap_bytes(uprobe.original)
@@ -330,7 +391,7 @@ class Uprobes:
             return None
 
     def remove_all(self, mm: Mm) -> None:
-        for vaddr in list(mm.installed):
+        for vaddr in [*mm.installed, *mm.jumped]:
             self.remove_breakpoint(mm, vaddr)
         mm.delayed.clear()
 
@@ -560,13 +621,16 @@ class Uprobes:
             del mm.installed[vaddr]
             if mm.net is not None:
                 mm.net.remove_site(vaddr)
+        for vaddr in [v for v in mm.jumped if start <= v < end]:
+            del mm.jumped[vaddr]
+            assert self.jumps is not None
+            self.jumps.unmapped(mm, vaddr)
         for vaddr in [v for v in mm.raised if start <= v < end]:
             del mm.raised[vaddr]
             if mm.net is not None:
                 mm.net.forget_counter(vaddr)
 
-    @staticmethod
-    def dup_mmap(parent: Mm, memory: Memory) -> Mm:
+    def dup_mmap(self, parent: Mm, memory: Memory) -> Mm:
         """Kernel: ``uprobe_dup_mmap()``: the child (whose ``memory`` this is) has our
         breakpoints and the counter values in its copied pages; delayed entries are
         not copied."""
@@ -576,22 +640,35 @@ class Uprobes:
         mm.rendezvous_armed = parent.rendezvous_armed
         if parent.net is not None:
             mm.net = parent.net.fork(memory, mm.pid)  # the area and its table were copied with the pages
+        if self.jumps is not None:
+            mm.jumped = dict(parent.jumped)
+            self.jumps.dup(parent, mm)
         return mm
 
-    @staticmethod
-    def clear_state(mm: Mm) -> None:
+    def clear_state(self, mm: Mm) -> None:
         """Kernel: ``uprobe_clear_state()``: the mm is gone (exit, exec) or no longer
         ours; delayed entries dropped, nothing written."""
         mm.delayed.clear()
         mm.installed.clear()
+        mm.jumped.clear()
         mm.raised.clear()
+        if self.jumps is not None:
+            self.jumps.forget(mm)
         mm.memory.close()
         if mm.net is not None:
             mm.net.journal.remove()  # gone with the image: nothing left to repair
 
     def mremap(self, mm: Mm, old_start: int, old_size: int, new_start: int) -> None:
         """Pages moved by mremap carry our breakpoints with them (the kernel's
-        ``copy_vma`` does not reinstall): move the bookkeeping the same way."""
+        ``copy_vma`` does not reinstall): move the bookkeeping the same way.  A jump
+        does not work at another place: the file's bytes go back there, and the mmap
+        hook (the moved VMA is a new one to it) probes the site afresh."""
+        jumped = [(vaddr, uprobe) for vaddr, uprobe in mm.jumped.items() if old_start <= vaddr < old_start + old_size]
+        for vaddr, uprobe in jumped:
+            assert self.jumps is not None
+            self.jumps.moved(mm, vaddr, vaddr - old_start + new_start)
+            del mm.jumped[vaddr]
+            self.update_ref_ctr(mm, uprobe, -1)  # raised again by the mmap hook's install
         net = mm.net
         if net is not None:
             for vaddr, uprobe in mm.installed.items():

@@ -207,7 +207,9 @@ def test_a_kernel_uprobe_leaving_a_shared_site_is_noticed_and_mended(samples, tm
     site's hits; when it goes it writes the file's byte back and lowers the
     semaphore uemu raised (uprobe_write_opcode -> update_ref_ctr(-1)).  uemu notices
     within its periodic look, says so once, arms the site and raises the counter
-    again, and reports hits from then on; at the end every byte and counter is back."""
+    again, and reports hits from then on; at the end every byte and counter is back.
+    The trap path's int3 (--no-jumps): a kernel uprobe finding the jump path's jump
+    writes its int3 over it and raises the counter (README: the jump path)."""
     path = str(samples / "longrun")
     [tick] = [p for _, p in sdt_sites(path) if p.full_name == "longrun:tick"]
     events = tmp_path / "events.json"
@@ -215,7 +217,7 @@ def test_a_kernel_uprobe_leaving_a_shared_site_is_noticed_and_mended(samples, tm
         wait_until(tracee.lines, what="the program's first lines")
         counter = _counter_address(tracee.pid, path, tick)
         before = file_memory(tracee.pid, writable=False)
-        cli = attach_cli(str(tracee.pid), "longrun:tick", "--json", "-o", str(events))
+        cli = attach_cli(str(tracee.pid), "--no-jumps", "longrun:tick", "--json", "-o", str(events))
         wait_until(lambda: events.exists() and events.read_text().count("\n") >= 4, what="uemu's first hits")
         # uemu is held still while the kernel comes and goes, so the state it leaves can be seen.
         cli.send_signal(signal.SIGSTOP)

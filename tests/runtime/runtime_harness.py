@@ -163,6 +163,15 @@ class FakeKernel:
     open_fds: set[int] = field(default_factory=set)
     on_yield: list = field(default_factory=list)
     """Callables run at each sched_yield (to let a simulated other thread act)."""
+    clock_ns: int = 1_234_000_005_678
+    """What clock_gettime(CLOCK_MONOTONIC) says."""
+    tracer_pid: int | None = 777
+    """TracerPid in /proc/thread-self/status (None: /proc cannot be opened)."""
+    dead_pids: set[int] = field(default_factory=set)
+    futexes: list[tuple[int, int, int]] = field(default_factory=list)
+    on_futex_wait: list = field(default_factory=list)
+    """Callables run at each FUTEX_WAIT (the reader making room meanwhile)."""
+    files: dict[int, bytes] = field(default_factory=dict)
 
     def handle(self, name: str, args: tuple[int, ...]) -> int:
         self.calls.append((name, args))
@@ -187,6 +196,14 @@ class FakeKernel:
 
     def sys_openat(self, dirfd: int, path: int, flags: int, *_: int) -> int:
         name = bytes(self.machine.uc.mem_read(path, 32)).split(b"\0")[0]
+        if name == b"/proc/thread-self/status":
+            if self.tracer_pid is None:
+                return -errno.ENOENT
+            self.files[4] = (f"Name:\tprogram\nUmask:\t0022\nState:\tR (running)\nTgid:\t{self.pid}\n"
+                             f"Pid:\t{self.tid}\nPPid:\t1\nTracerPid:\t{self.tracer_pid}\nUid:\t0\t0\t0\t0\n"
+                             ).encode()
+            self.open_fds.add(4)
+            return 4
         assert name == b"/proc/self/mem", name
         assert flags & 2, "opened without O_RDWR"
         if self.proc_mem == "absent":
@@ -194,8 +211,33 @@ class FakeKernel:
         self.open_fds.add(3)
         return 3
 
+    def sys_read(self, fd: int, buf: int, count: int, *_: int) -> int:
+        assert fd in self.open_fds
+        data = self.files.get(fd, b"")
+        chunk, self.files[fd] = data[:count], data[count:]
+        self.machine.uc.mem_write(buf, chunk)
+        return len(chunk)
+
     def sys_close(self, fd: int, *_: int) -> int:
         self.open_fds.discard(fd)
+        return 0
+
+    def sys_kill(self, pid: int, sig: int, *_: int) -> int:
+        return -errno.ESRCH if pid in self.dead_pids else 0
+
+    def sys_clock_gettime(self, clock: int, ts: int, *_: int) -> int:
+        assert clock == 1, "CLOCK_MONOTONIC, as time.monotonic_ns()"
+        word = self.machine.arch.word_size
+        seconds, nanoseconds = divmod(self.clock_ns, 1_000_000_000)
+        self.machine.uc.mem_write(ts, seconds.to_bytes(word, "little") + nanoseconds.to_bytes(word, "little"))
+        return 0
+
+    def sys_futex(self, address: int, op: int, value: int, *_: int) -> int:
+        self.futexes.append((address, op, value))
+        if op == 0:
+            for action in self.on_futex_wait:
+                action()
+            return -errno.ETIMEDOUT
         return 0
 
     def _offset(self, *words: int) -> int:
@@ -225,19 +267,25 @@ class FakeKernel:
         return int.from_bytes(data[:word], "little"), int.from_bytes(data[word:], "little")
 
     def _vm(self, pid: int, local: int, lcount: int, remote: int, rcount: int, flags: int, write: bool) -> int:
-        assert pid == self.pid and lcount == rcount == 1 and flags == 0
+        """One local iovec, one or more remote ones (each whole or not at all, as the
+        kernel's partial transfers); returns the bytes moved, -EFAULT if none."""
+        assert pid == self.pid and lcount == 1 and rcount >= 1 and flags == 0
         lbase, llen = self._iovec(local)
-        rbase, rlen = self._iovec(remote)
-        assert llen == rlen
-        if not self._accessible(rbase, rlen, UC_PROT_WRITE if write else UC_PROT_READ):
-            return -errno.EFAULT
-        if write:
-            data = bytes(self.machine.uc.mem_read(lbase, llen))
-            self.machine.uc.mem_write(rbase, data)
-            self.machine.writes.append((rbase, data))
-        else:
-            self.machine.uc.mem_write(lbase, bytes(self.machine.uc.mem_read(rbase, rlen)))
-        return rlen
+        word = self.machine.arch.word_size
+        remotes = [self._iovec(remote + 2 * word * n) for n in range(rcount)]
+        assert sum(length for _, length in remotes) == llen
+        done = 0
+        for rbase, rlen in remotes:
+            if not self._accessible(rbase, rlen, UC_PROT_WRITE if write else UC_PROT_READ):
+                break
+            if write:
+                data = bytes(self.machine.uc.mem_read(lbase + done, rlen))
+                self.machine.uc.mem_write(rbase, data)
+                self.machine.writes.append((rbase, data))
+            else:
+                self.machine.uc.mem_write(lbase + done, bytes(self.machine.uc.mem_read(rbase, rlen)))
+            done += rlen
+        return done or -errno.EFAULT
 
     def sys_process_vm_readv(self, *args: int) -> int:
         return self._vm(*args, write=False)

@@ -58,7 +58,7 @@ def test_a_relocation_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "bad.c"
     source.write_text("void f(void); void (*const table[])(void) = { f }; void f(void) {}\n"
                       "void uemu_trap_handler(void) {} void uemu_restorer(void) {}\n"
-                      "void uemu_inject_syscall(void) {}\n")
+                      "void uemu_inject_syscall(void) {} void uemu_hit_entry(void) {}\n")
     (tmp_path / "runtime.ld").write_text(build.linker_script())
     elf = tmp_path / "bad.elf"
     subprocess.run(["gcc", *build.COMMON_FLAGS, *build.LINK_FLAGS, f"-Wl,-T,{tmp_path / 'runtime.ld'}",

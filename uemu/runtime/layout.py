@@ -1,10 +1,13 @@
 """The in-target area and its table, defined once for Python and for the C runtime.
 
 The area uemu maps in every traced address space is ``CODE_SIZE`` bytes of
-read+exec code (the runtime blob, then XOL slots, later trampolines) followed by
-``DATA_SIZE`` bytes of read+write data: the table below, which says everything
-uemu wrote into the process so that the runtime's trap handler can undo it when
-uemu is gone.  Never W+X: a program under memory-deny-write-execute still runs,
+read+exec code (the runtime blob, then XOL slots, then the jump path's trampolines)
+followed by ``DATA_SIZE`` bytes of read+write data: the table below, which says
+everything uemu wrote into the process so that the runtime's trap handler can undo it
+when uemu is gone, then the jump path's own part (``JUMPS_OFF``: its header, the
+jumped sites with their fetch programs, the thread-pointer table).  The event ring
+the jump path writes is not in the area: it is a memfd shared with uemu (``Ring*``
+records below).  Never W+X: a program under memory-deny-write-execute still runs,
 and uemu writes code through /proc/PID/mem.
 
 Every record is little-endian with every field at its natural alignment and
@@ -28,16 +31,21 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 PAGE = 4096
-CODE_SIZE = 1 << 20
+CODE_SIZE = 2 << 20
 """Read+exec part: the blob at 0, XOL slots at ``SLOTS_OFF``, trampolines at ``TRAMP_OFF``."""
-DATA_SIZE = 2 << 20
-"""Read+write part, right after the code: the table."""
+TABLE_SIZE = 2 << 20
+"""The net's table, at the start of the read+write part."""
+JUMPS_OFF = TABLE_SIZE
+"""The jump path's part of the read+write part, from the table's start."""
+JUMPS_SIZE = 2 << 20
+DATA_SIZE = TABLE_SIZE + JUMPS_SIZE
+"""Read+write part, right after the code: the table, then the jump path's part."""
 AREA_SIZE = CODE_SIZE + DATA_SIZE
 BLOB_MAX = 64 << 10
 """Room for the runtime blob at the start of the code part."""
 SLOTS_OFF = BLOB_MAX
 TRAMP_OFF = 512 << 10
-"""Trampolines of issue 12 (jumps instead of traps) start here."""
+"""Trampolines of the jump path (issue 12) fill the code part from here to its end."""
 
 BLOB_MAGIC = b"UEMURT1\0"
 BLOB_VERSION = 1
@@ -105,6 +113,10 @@ _CTYPES = {"u8": "uint8_t", "u16": "uint16_t", "u32": "uint32_t", "u64": "uint64
 
 def u8() -> int:
     return field(default=0, metadata={"ctype": "u8"})
+
+
+def u16() -> int:
+    return field(default=0, metadata={"ctype": "u16"})
 
 
 def u32() -> int:
@@ -196,7 +208,8 @@ class BlobHeader:
     inject_syscall: int = u32()
     """The arch's syscall instruction followed by its trap instruction."""
     hit_entry: int = u32()
-    """Reserved for the jump trampolines of issue 12; 0 for now."""
+    """What a trampoline calls with a jumped site's index: saves every register, records
+    the hit into the ring, restores them (the jump path, uemu/jumps.py)."""
     reserved: bytes = pad(8)
 
 
@@ -299,6 +312,237 @@ class InjectHeader:
     reserved: bytes = pad(4)
 
 
+# --------------------------------------------------------------------------
+# The jump path (issue 12): the part at JUMPS_OFF, and the ring's memfd.
+# --------------------------------------------------------------------------
+
+JUMPS_MAGIC = b"UEMUJMP1"
+JUMPS_VERSION = 1
+RING_MAGIC = b"UEMURNG1"
+RING_VERSION = 2
+
+
+class JumpsState(enum.IntEnum):
+    OFF = 0
+    """Trampolines record nothing (uemu is leaving, or has not set the ring up yet)."""
+    ON = 1
+
+
+class JumpsFlags(enum.IntFlag):
+    THREAD_POINTER = 1
+    """The thread pointer can be read without a fault (x86_64: rdfsbase is enabled,
+    HWCAP2_FSGSBASE); without it every hit asks gettid."""
+
+
+class FetchKind(enum.IntEnum):
+    """One step of a site's fetch program; each leaves a fixed-size slot in the record."""
+
+    REG = 1
+    """A register's full word (8 bytes in the record on every ABI)."""
+    MEM = 2
+    """``size`` bytes at base + index * scale + disp: a u32 status (``size``, or 0 when
+    unreadable), 4 bytes of padding, the bytes rounded up to 8."""
+    CONST = 4
+    """``disp`` as 8 bytes: a constant pointer a STR op reads from (a string literal the
+    compiler passed as an immediate)."""
+    STR = 3
+    """A NUL-terminated string at the pointer stored ``ptr_slot`` bytes into the record (a
+    ``size``-byte word): u32 length (bytes before the NUL, ``STR_UNREADABLE`` when not even
+    its first byte is readable), 4 bytes of padding, ``disp`` bytes rounded up to 8."""
+
+
+class FetchFlags(enum.IntFlag):
+    INDEX_SIGNED = 1
+    """The index register's ``index_bytes`` view is sign-extended (aarch64 sxtw)."""
+    DIRECT = 2
+    """Read with a plain load: an operand the compiler addressed from the stack pointer,
+    inside the probed function's own frame.  Every other read is fault-safe
+    (process_vm_readv on the process itself)."""
+
+
+REG_NONE = 0xFF
+REG_SP = 0xFE
+"""The stack pointer at the site (the trampoline moved it: the runtime computes it)."""
+REG_IP = 0xFD
+"""The site's address (what the trap path gives a spec naming the instruction pointer)."""
+STR_UNREADABLE = 0xFFFFFFFF
+STR_MAX = 4096
+"""Longest string the jump path copies at a hit (--strsize above it: the trap path)."""
+TP_TOMBSTONE = 1
+"""A thread-pointer slot whose thread is gone (probing goes on past it)."""
+TP_SHARED = 0xFFFFFFFF
+"""The tid of a slot whose thread pointer several live threads share (raw clone without
+CLONE_SETTLS): those threads ask gettid."""
+TP_PROBES = 16
+"""Slots looked at from a thread pointer's hash before giving up (then gettid)."""
+
+
+def tp_hash(tp: int) -> int:
+    """Where a thread pointer's slot search starts, before masking (the C runtime's
+    ``tp_hash()`` computes the same, a unicorn test checks it)."""
+    return (((tp >> 4) ^ (tp >> 20) ^ (tp >> 36)) * 0x9E3779B1) & 0xFFFFFFFF
+
+
+@dataclass
+class JumpsHeader:
+    """The jump path's part of one address space (private: a forked child has a copy,
+    which uemu corrects at the fork)."""
+
+    magic: bytes = raw(8)
+    version: int = u32()
+    state: int = u32()
+    pid: int = u32()
+    """Put into every record: this process's pid (uemu sets it at setup and at fork)."""
+    flags: int = u32()
+    ring: int = u64()
+    """The ring's address in this process."""
+    clock: int = u64()
+    """The vDSO's clock_gettime in this process; 0: the system call."""
+    jump_sites_off: int = u32()
+    jump_sites_cap: int = u32()
+    fetch_ops_off: int = u32()
+    fetch_ops_cap: int = u32()
+    tp_slots_off: int = u32()
+    tp_slots_cap: int = u32()
+
+
+class JumpSiteState(enum.IntEnum):
+    FREE = 0
+    ON = 1
+
+
+@dataclass
+class JumpSite:
+    """One jumped site, by the index its trampoline passes to hit_entry."""
+
+    addr: int = u64()
+    """The probe's address: reported, and what a spec naming the instruction pointer reads."""
+    id: int = u32()
+    """uemu's name for the site in its records (never reused while records may name it)."""
+    state: int = u8()
+    reserved: bytes = pad(3)
+    ops: int = u32()
+    """Index of the first fetch op in the ops array."""
+    nops: int = u32()
+    record: int = u32()
+    """Bytes of each record of this site (header included, a multiple of 8)."""
+    padding: bytes = pad(4)
+
+
+@dataclass
+class FetchOp:
+    kind: int = u8()
+    base: int = u8()
+    """Frame slot of the base register, or REG_NONE, REG_SP, REG_IP.  STR: low byte of
+    ``ptr_slot``."""
+    index: int = u8()
+    """Frame slot of the index register, or REG_NONE.  STR: high byte of ``ptr_slot``."""
+    size: int = u8()
+    index_bytes: int = u8()
+    flags: int = u8()
+    scale: int = u8()
+    """Two's complement (negative: arm's subtracted index)."""
+    reserved: bytes = pad(1)
+    disp: int = u64()
+    """Two's complement displacement (globals: their runtime address); STR: the most bytes."""
+
+
+@dataclass
+class TpSlot:
+    """Thread pointer -> tid, written by uemu only, while the thread is stopped."""
+
+    tp: int = u64()
+    tid: int = u32()
+    depth: int = u32()
+    """Hits of this thread under way (a second one is a signal handler's, re-entrant):
+    written by the runtime only."""
+
+
+class RingFlags(enum.IntFlag):
+    DROP = 1
+    """A full ring drops the event (counted in ``lost``) instead of waiting for room."""
+
+
+@dataclass
+class RingHeader:
+    """The start of the ring's memfd; data follows at ``data_off``.  Producers (threads at
+    a hit, in every process sharing the ring) reserve by compare-and-swap of a record's
+    header word at ``head`` (a 32-bit position, wrapping; a helper advances ``head`` past a
+    header found there); the consumer (uemu) zeroes what it read before moving ``tail``."""
+
+    magic: bytes = raw(8)
+    version: int = u32()
+    flags: int = u32()
+    size: int = u32()
+    """Bytes of data, a power of two."""
+    data_off: int = u32()
+    lost: int = u32()
+    """Events dropped (full ring under DROP, a re-entrant hit finding it full, uemu gone or
+    leaving); wraps, the reader counts the differences."""
+    stalled: int = u32()
+    """Set by the reader while the record at ``tail`` stays unfinished (its thread left the
+    hit midway): producers finding the ring full drop instead of waiting."""
+    heartbeat: int = u32()
+    """The reader's last look, in units of 2**20 ns of CLOCK_MONOTONIC."""
+    checked: int = u32()
+    """When a producer last asked whether uemu still traces (same units)."""
+    owner: int = u32()
+    """The tid of uemu's sentinel thread, whose robust futex list holds this word: the
+    kernel sets FUTEX_OWNER_DIED in it when uemu dies, however (``ring.Sentinel``); 0:
+    no sentinel (producers then ask TracerPid now and then)."""
+    reserved: bytes = pad(4)
+    owner_next: int = u64()
+    """The sentinel's robust list entry (a pointer in uemu); ``owner`` is at -8 from it."""
+    reserved_owner: bytes = pad(8)
+    head: int = u32()
+    pad_head: bytes = pad(60)
+    tail: int = u32()
+    tail_seq: int = u32()
+    """Bumped by the reader at each move of ``tail``: the futex producers wait on."""
+    waiters: int = u32()
+    pad_tail: bytes = pad(52)
+    reader_wait: int = u32()
+    """Set by the reader before it sleeps on this futex; the producer that clears it wakes it."""
+    pad_reader: bytes = pad(60)
+
+
+RECORD_BUSY = 1 << 31
+RECORD_PAD = 1 << 30
+RECORD_LEN = RECORD_PAD - 1
+
+
+@dataclass
+class RecordHeader:
+    len: int = u32()
+    """Bytes of the record, with RECORD_BUSY while it is being written; RECORD_PAD: filler
+    up to the end of the data, no record."""
+    id: int = u32()
+    pid: int = u32()
+    tid: int = u32()
+    ts_ns: int = u64()
+    """CLOCK_MONOTONIC at the hit."""
+
+
+@dataclass(frozen=True)
+class JumpCapacities:
+    """How many entries each array of the jump path's part holds."""
+
+    jump_sites: int = 16384
+    fetch_ops: int = 65536
+    tp_slots: int = 8192
+    """A power of two."""
+
+    def offsets(self) -> dict[str, int]:
+        """Byte offset of each array from the jump path's part's start, each on pages of its own."""
+        out, offset = {}, PAGE
+        for name, record in (("jump_sites", JUMP_SITE), ("fetch_ops", FETCH_OP), ("tp_slots", TP_SLOT)):
+            out[name] = offset
+            offset += -(-getattr(self, name) * record.size // PAGE) * PAGE
+        if offset > JUMPS_SIZE or self.tp_slots & (self.tp_slots - 1):
+            raise ValueError(f"jump capacities do not fit in {JUMPS_SIZE} bytes (or tp_slots is no power of two)")
+        return out
+
+
 BLOB_HEADER = Record(BlobHeader, "blob_header")
 TABLE_HEADER = Record(TableHeader, "table_header")
 SITE = Record(Site, "site")
@@ -307,11 +551,18 @@ SLOT = Record(Slot, "slot")
 THREAD = Record(Thread, "thread")
 INJECT_HEADER = Record(InjectHeader, "inject_header")
 INJECT_REG = Record(InjectReg, "inject_reg")
+JUMPS_HEADER = Record(JumpsHeader, "jumps_header")
+JUMP_SITE = Record(JumpSite, "jump_site")
+FETCH_OP = Record(FetchOp, "fetch_op")
+TP_SLOT = Record(TpSlot, "tp_slot")
+RING_HEADER = Record(RingHeader, "ring_header")
+RECORD_HEADER = Record(RecordHeader, "record_header")
 # Any: records of several types in one sequence (Record is invariant in its type)
 RECORDS: Sequence[Record[Any]] = (BLOB_HEADER, TABLE_HEADER, SITE, COUNTER, SLOT, THREAD,
-                                  INJECT_HEADER, INJECT_REG)
+                                  INJECT_HEADER, INJECT_REG, JUMPS_HEADER, JUMP_SITE, FETCH_OP, TP_SLOT,
+                                  RING_HEADER, RECORD_HEADER)
 
-for _record in (SITE, COUNTER, SLOT, THREAD):
+for _record in (SITE, COUNTER, SLOT, THREAD, JUMP_SITE, FETCH_OP, TP_SLOT):
     # A write within one page is all or nothing even when uemu is killed during it (GUP
     # stops between pages on a fatal signal): no entry may straddle a page.
     assert PAGE % _record.size == 0, f"{_record.cname}: {_record.size} bytes"
@@ -342,10 +593,14 @@ class Capacities:
         for name, record in self.ARRAYS:
             out[name] = offset
             offset += -(-getattr(self, name) * record.size // PAGE) * PAGE
-        if offset > DATA_SIZE:
-            raise ValueError(f"a table of {offset} bytes does not fit in {DATA_SIZE}")
+        if offset > TABLE_SIZE:
+            raise ValueError(f"a table of {offset} bytes does not fit in {TABLE_SIZE}")
         return out
 
 
 DEFAULT_CAPACITIES = Capacities()
 DEFAULT_CAPACITIES.offsets()  # fits, or fail at import
+DEFAULT_JUMP_CAPACITIES = JumpCapacities()
+DEFAULT_JUMP_CAPACITIES.offsets()
+assert RING_HEADER.offset("head") % 64 == 0 and RING_HEADER.offset("tail") % 64 == 0
+assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.size <= PAGE

@@ -1,7 +1,9 @@
 /* i386: system call numbers (arch/x86/entry/syscalls/syscall_32.tbl) and instructions. */
 
+#define SYS_read 3
 #define SYS_close 6
 #define SYS_getpid 20
+#define SYS_kill 37
 #define SYS_mprotect 125
 #define SYS_sched_yield 158
 #define SYS_nanosleep 162
@@ -10,6 +12,8 @@
 #define SYS_pread64 180
 #define SYS_pwrite64 181
 #define SYS_gettid 224
+#define SYS_futex 240
+#define SYS_clock_gettime 265
 #define SYS_tgkill 270
 #define SYS_openat 295
 #define SYS_process_vm_readv 347
@@ -34,3 +38,23 @@
 #define ASM_RESTORER "    mov $" STR(SYS_rt_sigreturn) ", %eax\n    int $0x80\n    hlt\n"
 
 #define sync_icache(start, len) ((void)(start), (void)(len))
+
+/* uemu_hit_entry: a trampoline pushed the site's index and called here.  pushal and the
+ * flags make the frame uemu_hit() reads (arch/x86.py HIT_FRAME_32: edi at the lowest
+ * address ... eflags, then the return address and the index); cdecl, 16-byte aligned. */
+#define ASM_HIT_ENTRY                                                           \
+    "    pushfl\n    pushal\n    cld\n    mov %esp, %ebx\n    mov 40(%esp), %eax\n" \
+    "    and $-16, %esp\n    sub $8, %esp\n    push %ebx\n    push %eax\n"            \
+    "    call uemu_hit\n    mov %ebx, %esp\n    popal\n    popfl\n    ret\n"
+
+/* %gs:0 holds the thread control block's own address (the i386 TLS ABI); a null %gs (no
+ * TLS set up yet: early in ld.so) reads as 0 instead of faulting. */
+static inline unsigned long thread_pointer(void)
+{
+    unsigned long gs, tp = 0;
+
+    __asm__ volatile("mov %%gs, %0" : "=r"(gs));
+    if (gs & 0xfffc)
+        __asm__ volatile("mov %%gs:0, %0" : "=r"(tp));
+    return tp;
+}

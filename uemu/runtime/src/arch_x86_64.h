@@ -1,5 +1,6 @@
 /* x86_64: system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) and instructions. */
 
+#define SYS_read 0
 #define SYS_close 3
 #define SYS_mprotect 10
 #define SYS_rt_sigaction 13
@@ -9,7 +10,10 @@
 #define SYS_sched_yield 24
 #define SYS_nanosleep 35
 #define SYS_getpid 39
+#define SYS_kill 62
 #define SYS_gettid 186
+#define SYS_futex 202
+#define SYS_clock_gettime 228
 #define SYS_tgkill 234
 #define SYS_openat 257
 #define SYS_process_vm_readv 310
@@ -31,3 +35,27 @@
 
 /* x86 keeps instruction fetch coherent with stores. */
 #define sync_icache(start, len) ((void)(start), (void)(len))
+
+/* uemu_hit_entry: a trampoline stepped below the red zone, pushed the site's index and
+ * called here.  Every register and the flags go on the stack as the frame uemu_hit()
+ * reads (arch/x86.py HIT_FRAME_64: r15 at the lowest address ... rflags, then the return
+ * address and the index), the stack is aligned for the call, and all comes back. */
+#define ASM_HIT_ENTRY                                                           \
+    "    pushfq\n    push %rax\n    push %rcx\n    push %rdx\n    push %rbx\n"     \
+    "    push %rbp\n    push %rsi\n    push %rdi\n    push %r8\n    push %r9\n"     \
+    "    push %r10\n    push %r11\n    push %r12\n    push %r13\n    push %r14\n"   \
+    "    push %r15\n    cld\n    mov %rsp, %rbx\n    mov 136(%rsp), %edi\n"        \
+    "    mov %rsp, %rsi\n    and $-16, %rsp\n    call uemu_hit\n    mov %rbx, %rsp\n" \
+    "    pop %r15\n    pop %r14\n    pop %r13\n    pop %r12\n    pop %r11\n"       \
+    "    pop %r10\n    pop %r9\n    pop %r8\n    pop %rdi\n    pop %rsi\n"         \
+    "    pop %rbp\n    pop %rbx\n    pop %rdx\n    pop %rcx\n    pop %rax\n"        \
+    "    popfq\n    ret\n"
+
+/* The fs base, by rdfsbase: only called where the kernel enabled it (HWCAP2_FSGSBASE). */
+static inline unsigned long thread_pointer(void)
+{
+    unsigned long tp;
+
+    __asm__ volatile("rdfsbase %0" : "=r"(tp));
+    return tp;
+}

@@ -1,6 +1,7 @@
 /*
- * uemu's in-target runtime ("the net"): a SIGTRAP handler inside every traced process
- * that undoes everything uemu wrote there when uemu is gone.
+ * uemu's in-target runtime: the net (a SIGTRAP handler inside every traced process that
+ * undoes everything uemu wrote there when uemu is gone) and the jump path's hit recorder
+ * (uemu_hit_entry: a trampoline's call, which writes the hit into the event ring).
  *
  * While uemu lives, ptrace takes every SIGTRAP first and this handler runs only for a
  * trap uemu found not to be its own (then it chains to the program's action) or when
@@ -41,14 +42,16 @@ long uemu_syscall(long nr, long a, long b, long c, long d, long e, long f);
 #endif
 
 /* The entry points that must be assembly: the system call, the signal restorer
- * (rt_sigreturn, for SA_RESTORER), and the inject stub (the ABI's syscall instruction
- * followed by its trap, so a thread uemu left in an injected call reaches the handler). */
+ * (rt_sigreturn, for SA_RESTORER), the inject stub (the ABI's syscall instruction
+ * followed by its trap, so a thread uemu left in an injected call reaches the handler),
+ * and the trampolines' hit entry (every register saved around uemu_hit()). */
 #define ASM_GLOBAL(name) ".globl " #name "\n.hidden " #name "\n" #name ":\n"
 __asm__(".pushsection .text.uemu_stubs,\"ax\",%progbits\n" ASM_PROLOGUE
         ASM_GLOBAL(uemu_syscall) ASM_SYSCALL_BODY
         ASM_GLOBAL(uemu_restorer) ASM_RESTORER
         ASM_GLOBAL(uemu_inject_syscall) "    " ASM_SYSCALL "\n"
         ASM_GLOBAL(uemu_inject_trap) "    " ASM_TRAP "\n"
+        ASM_GLOBAL(uemu_hit_entry) ASM_HIT_ENTRY
         ASM_EPILOGUE ".popsection\n");
 
 static long sys_pread64(long fd, void *buf, unsigned long len, uint64_t offset)
@@ -69,6 +72,7 @@ static long sys_pwrite64(long fd, const void *buf, unsigned long len, uint64_t o
 #define SIG_DFL 0UL
 #define SIG_IGN 1UL
 #define AT_FDCWD (-100)
+#define O_RDONLY 0
 #define O_RDWR 02
 #define O_CLOEXEC 02000000
 #define PROT_WRITE 2
@@ -618,4 +622,390 @@ void uemu_trap_handler(int sig, void *siginfo, void *uc)
     }
     if (trap.thread)
         trap.thread->flags = 0; /* used up: this thread's next trap is judged afresh */
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The jump path: a trampoline's hit, recorded into the event ring
+ *
+ * A jumped site sends the thread to its trampoline (uemu/jumps.py writes them), which
+ * moves below the red zone, passes the site's index to uemu_hit_entry (assembly: every
+ * register and the flags saved as a frame) and, back from it, runs the displaced
+ * instruction and jumps back.  uemu_hit() reads the site's fetch program (built by uemu
+ * from the probe's argument specs), and writes one record into the ring: a memfd shared
+ * with uemu and every process forked from this one (uemu/runtime/layout.py, RingHeader).
+ * Nothing here may fault or block the program for good: memory the specs name is read
+ * with process_vm_readv unless the compiler addressed it from the stack pointer, a full
+ * ring waits only while uemu lives (or drops the event, counted), and a hit that finds
+ * uemu gone without having left cleanly runs the net's restore_all().
+ * ------------------------------------------------------------------------------------ */
+
+#define CLOCK_MONOTONIC 1
+#define FUTEX_WAIT 0
+#define FUTEX_WAKE 1
+#define ETIMEDOUT 110
+#define HEARTBEAT_STALE 1000 /* units of 2**20 ns: about a second without the reader's look */
+#define CHECK_EVERY 100      /* ... and at most one look at TracerPid per 100 of them */
+#define WAIT_SLICE_NS 10000000L
+#define FUTEX_OWNER_DIED 0x40000000u
+
+extern void uemu_hit_entry(void);
+void uemu_hit(uint32_t index, const unsigned long *frame);
+
+static struct jumps_header *jumps_of(struct table_header *t)
+{
+    return (struct jumps_header *)((char *)t + JUMPS_OFF);
+}
+
+#define JUMPS_ARRAY(j, type) ((struct type *)((char *)(j) + (j)->type##s_off))
+
+static uint32_t cas(uint32_t *p, uint32_t expected, uint32_t value)
+{
+    __atomic_compare_exchange_n(p, &expected, value, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    return expected; /* the value found: == the expected one when the swap happened */
+}
+
+static void add(uint32_t *p, uint32_t n)
+{
+    __atomic_fetch_add(p, n, __ATOMIC_ACQ_REL);
+}
+
+static long futex(uint32_t *word, long op, uint32_t value, const struct timespec *timeout)
+{
+    return uemu_syscall(SYS_futex, (long)word, op, value, (long)timeout, 0, 0);
+}
+
+static uint64_t now_ns(const struct jumps_header *j)
+{
+    struct timespec ts = { 0, 0 };
+
+    if (j->clock)
+        ((long (*)(long, struct timespec *))(uintptr_t)j->clock)(CLOCK_MONOTONIC, &ts);
+    else
+        uemu_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (long)&ts, 0, 0, 0, 0);
+    return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
+}
+
+static uint32_t coarse(uint64_t ns)
+{
+    return (uint32_t)(ns >> 20);
+}
+
+/* ----- is uemu still there? ------------------------------------------------------- */
+
+static const char tracer_key[] = "TracerPid:";
+
+/* TracerPid of this very thread (uemu seizes every thread), from /proc/thread-self/status
+ * read in small pieces: this runs on the program's stack, maybe a small sigaltstack.
+ * Without /proc: whether a process uemu's pid is alive at all. */
+static int tracer_alive(const struct table_header *t)
+{
+    static const char path[] = "/proc/thread-self/status";
+    char buf[64];
+    unsigned matched = 0, digits = 0;
+    uint64_t pid = 0;
+    long fd = sys3(SYS_openat, AT_FDCWD, (long)path, O_RDONLY | O_CLOEXEC), n, i;
+
+    if (fd < 0)
+        return sys3(SYS_kill, (long)t->tracer_pid, 0, 0) != -ESRCH;
+    while ((n = sys3(SYS_read, fd, (long)buf, sizeof buf)) > 0) {
+        for (i = 0; i < n; i++) {
+            char c = buf[i];
+
+            if (matched < sizeof tracer_key - 1) {
+                matched = c == tracer_key[matched] ? matched + 1 : c == tracer_key[0];
+            } else if (c >= '0' && c <= '9') {
+                pid = pid * 10 + (uint64_t)(c - '0');
+                digits++;
+            } else if (digits || c == '\n') {
+                goto done;
+            }
+        }
+    }
+done:
+    sys3(SYS_close, fd, 0, 0);
+    return digits && pid == t->tracer_pid;
+}
+
+/* A look at TracerPid is due: no thread of any process sharing the ring has asked lately
+ * (one asks, the others go on), and at a hit, uemu's reader has not looked at the ring
+ * for a while (a heartbeat ahead of this thread's clock is a fresh one). */
+static int check_due(struct ring_header *r, uint32_t now, int at_hit)
+{
+    uint32_t last = load(&r->checked);
+
+    if (at_hit && (int32_t)(now - load(&r->heartbeat)) <= HEARTBEAT_STALE)
+        return 0;
+    return now - last >= CHECK_EVERY && cas(&r->checked, last, now) == last;
+}
+
+/* uemu died without leaving: undo everything now, as a trap of ours would.  The kernel
+ * says so at once in ``owner`` (uemu's sentinel thread holds it in its robust futex list:
+ * exit_robust_list() sets FUTEX_OWNER_DIED when uemu dies, SIGKILL too); without a
+ * sentinel, TracerPid is asked now and then. */
+static int uemu_gone(struct table_header *t, struct ring_header *r, uint64_t now, int at_hit)
+{
+    if (!(load(&r->owner) & FUTEX_OWNER_DIED) && (!check_due(r, coarse(now), at_hit) || tracer_alive(t)))
+        return 0;
+    restore_all(t);
+    return 1;
+}
+
+/* ----- which thread ----------------------------------------------------------------- */
+
+static uint32_t tp_hash(unsigned long tp)
+{
+    uint64_t v = tp;
+
+    return (uint32_t)((v >> 4) ^ (v >> 20) ^ (v >> 36)) * 0x9E3779B1u;
+}
+
+/* This thread's slot, found by its thread pointer (uemu fills the table as it sees each
+ * thread's first stop); 0 when the pointer cannot be read or is not there. */
+static struct tp_slot *thread_slot(struct jumps_header *j)
+{
+    struct tp_slot *slots = JUMPS_ARRAY(j, tp_slot);
+    uint32_t mask = j->tp_slots_cap - 1, at, n;
+    unsigned long tp;
+
+    if (!(j->flags & JUMPS_FLAG_THREAD_POINTER) || !(tp = thread_pointer()))
+        return 0;
+    at = tp_hash(tp) & mask;
+    for (n = 0; n < TP_PROBES && n <= mask; n++, at = (at + 1) & mask) {
+        uint64_t key = *(volatile uint64_t *)&slots[at].tp;
+
+        if (key == tp)
+            return slots[at].tid && slots[at].tid != TP_SHARED ? &slots[at] : 0;
+        if (!key)
+            break;
+    }
+    return 0;
+}
+
+/* ----- the ring --------------------------------------------------------------------- */
+
+/* The ring is full.  Wait for uemu's reader to make room (a futex on tail_seq, in slices,
+ * asking now and then whether uemu still traces), unless the event must be dropped:
+ * asked so (--drop), a hit re-entered from a signal handler (the record the reader waits
+ * for is the interrupted hit's own), a reader stuck behind a record nobody will finish,
+ * uemu leaving or gone.  0: drop, counted. */
+static int wait_for_room(struct table_header *t, struct ring_header *r, uint32_t tail, int nested)
+{
+    static const struct timespec slice = { 0, WAIT_SLICE_NS };
+    struct jumps_header *j = jumps_of(t);
+    uint32_t seq = load(&r->tail_seq);
+
+    if (nested || (r->flags & RING_FLAG_DROP) || load(&r->stalled) || load(&j->state) != JUMPS_STATE_ON ||
+        load(&t->state) != STATE_ARMED) {
+        add(&r->lost, 1);
+        return 0;
+    }
+    if (load(&r->tail) != tail)
+        return 1;
+    add(&r->waiters, 1);
+    futex(&r->tail_seq, FUTEX_WAIT, seq, &slice);
+    add(&r->waiters, (uint32_t)-1);
+    if (uemu_gone(t, r, now_ns(j), 0)) {
+        add(&r->lost, 1);
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * Room for ``len`` bytes at ``head``, taken by a compare-and-swap of the header word
+ * there from 0 to len|BUSY: the header is the reservation, so a record always says its
+ * length even when its thread never finishes it.  ``head`` is only a hint, moved past a
+ * header by whoever sees it first.  The reader zeroes everything it read before moving
+ * ``tail``, so every word between ``head`` and ``tail + size`` is 0 until reserved.  A
+ * record never wraps: the end of the data is filled with a PAD record first.
+ */
+static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t len, int nested)
+{
+    uint8_t *data = (uint8_t *)r + r->data_off;
+    uint32_t size = r->size;
+
+    for (;;) {
+        uint32_t head = load(&r->head), tail = load(&r->tail);
+        uint32_t used = head - tail, off = head & (size - 1), need = len, found;
+        uint32_t *word = (uint32_t *)(data + off);
+
+        if ((int32_t)used < 0 || used > size)
+            continue; /* head read before others moved it past a tail read after */
+        if (off + len > size)
+            need = size - off;
+        if (used + need > size) {
+            if (!wait_for_room(t, r, tail, nested))
+                return 0;
+            continue;
+        }
+        found = load(word);
+        if (found) { /* reserved by another thread that has not moved head yet */
+            cas(&r->head, head, head + (found & RECORD_LEN));
+            continue;
+        }
+        if (need != len) {
+            if (cas(word, 0, need | RECORD_PAD) == 0)
+                cas(&r->head, head, head + need);
+            continue;
+        }
+        if (cas(word, 0, len | RECORD_BUSY) == 0) {
+            cas(&r->head, head, head + len);
+            return word;
+        }
+    }
+}
+
+/* ----- fetching arguments ----------------------------------------------------------- */
+
+static unsigned long frame_reg(const unsigned long *frame, const struct jump_site *s, uint8_t reg)
+{
+    if (reg == REG_SP)
+        return (unsigned long)frame + HIT_FRAME_SP;
+    if (reg == REG_IP)
+        return (unsigned long)s->addr;
+    return reg < HIT_FRAME_WORDS ? frame[reg] : 0;
+}
+
+static unsigned long index_value(const struct fetch_op *op, unsigned long value)
+{
+    unsigned bits = op->index_bytes * 8;
+
+    if (!bits || bits >= sizeof value * 8)
+        return value;
+    value &= (1UL << bits) - 1;
+    if ((op->flags & FETCH_FLAG_INDEX_SIGNED) && (value >> (bits - 1)))
+        value |= ~0UL << bits;
+    return value;
+}
+
+static long vm_read(long pid, struct iovec *local, unsigned long nlocal, struct iovec *remote, unsigned long n)
+{
+    return uemu_syscall(SYS_process_vm_readv, pid, (long)local, (long)nlocal, (long)remote, (long)n, 0);
+}
+
+/* A string at ``ptr``: the bytes before its NUL, at most ``max``.  One iovec per page, so
+ * a string that ends before an unreadable page is still read (as Memory.read_string). */
+static uint32_t fetch_string(long pid, unsigned long ptr, uint8_t *out, uint32_t max)
+{
+    struct iovec local = { out, max }, remote[STR_MAX / PAGE + 2];
+    unsigned long at = ptr, left = max, n = 0;
+    long got;
+    uint32_t i;
+
+    if (!ptr)
+        return STR_UNREADABLE;
+    while (left) {
+        unsigned long chunk = PAGE - (at & (PAGE - 1));
+
+        if (chunk > left)
+            chunk = left;
+        remote[n].base = (void *)at;
+        remote[n++].len = chunk;
+        at += chunk;
+        left -= chunk;
+    }
+    got = vm_read(pid, &local, 1, remote, n);
+    if (got <= 0)
+        return STR_UNREADABLE;
+    for (i = 0; i < (uint32_t)got; i++)
+        if (!out[i])
+            return i;
+    return (uint32_t)got;
+}
+
+static void fetch(const struct jumps_header *j, const struct jump_site *s, const unsigned long *frame,
+                  uint8_t *record)
+{
+    const struct fetch_op *op = JUMPS_ARRAY(j, fetch_op) + s->ops;
+    uint8_t *out = record + sizeof(struct record_header);
+    uint32_t i;
+
+    for (i = 0; i < s->nops && s->ops + i < j->fetch_ops_cap; i++, op++) {
+        if (op->kind == FETCH_REG || op->kind == FETCH_CONST) {
+            uint64_t value = op->kind == FETCH_REG ? frame_reg(frame, s, op->base) : op->disp;
+
+            memcpy(out, &value, 8);
+            out += 8;
+        } else if (op->kind == FETCH_MEM) {
+            unsigned long addr = (unsigned long)op->disp;
+            uint32_t status = op->size;
+
+            if (op->base != REG_NONE)
+                addr += frame_reg(frame, s, op->base);
+            if (op->index != REG_NONE)
+                addr += index_value(op, frame_reg(frame, s, op->index)) * (unsigned long)(long)(int8_t)op->scale;
+            if (op->flags & FETCH_FLAG_DIRECT) {
+                memcpy(out + 8, (const void *)addr, op->size);
+            } else {
+                struct iovec local = { out + 8, op->size }, remote = { (void *)addr, op->size };
+
+                if (vm_read(j->pid, &local, 1, &remote, 1) != op->size)
+                    status = 0;
+            }
+            memcpy(out, &status, 4);
+            out += 8 + ((op->size + 7u) & ~7u);
+        } else if (op->kind == FETCH_STR) {
+            unsigned long ptr = 0;
+            uint32_t at = op->base | (uint32_t)op->index << 8, max = (uint32_t)op->disp, len;
+
+            if (op->size <= sizeof ptr && max <= STR_MAX) {
+                memcpy(&ptr, record + at, op->size);
+                len = fetch_string(j->pid, ptr, out + 8, max);
+            } else {
+                len = STR_UNREADABLE;
+            }
+            memcpy(out, &len, 4);
+            out += 8 + ((max + 7u) & ~7u);
+        }
+    }
+}
+
+/* ----- the hit ---------------------------------------------------------------------- */
+
+void uemu_hit(uint32_t index, const unsigned long *frame)
+{
+    struct table_header *t = table();
+    struct jumps_header *j = jumps_of(t);
+    const struct jump_site *s;
+    struct ring_header *r;
+    struct record_header *rec;
+    struct tp_slot *slot;
+    uint32_t *word, tid, depth = 0, id, len;
+    uint64_t now;
+
+    if (load(&t->state) != STATE_ARMED || load(&j->state) != JUMPS_STATE_ON || index >= j->jump_sites_cap || !j->ring)
+        return;
+    s = JUMPS_ARRAY(j, jump_site) + index;
+    id = s->id;
+    len = s->record;
+    if (s->state != JUMP_SITE_ON || len < sizeof *rec)
+        return;
+    r = (struct ring_header *)(uintptr_t)j->ring;
+    now = now_ns(j);
+    if (uemu_gone(t, r, now, 1))
+        return;
+    slot = thread_slot(j);
+    if (slot) {
+        tid = slot->tid;
+        depth = __atomic_fetch_add(&slot->depth, 1, __ATOMIC_RELAXED);
+    } else {
+        tid = (uint32_t)sys0(SYS_gettid);
+    }
+    word = reserve(t, r, len, depth > 0);
+    if (word && __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == JUMP_SITE_ON && s->id == id) {
+        rec = (struct record_header *)word;
+        rec->id = id;
+        rec->pid = j->pid;
+        rec->tid = tid;
+        rec->ts_ns = now;
+        fetch(j, s, frame, (uint8_t *)rec);
+        store(word, len); /* BUSY cleared: the reader may take it */
+    } else if (word) { /* uemu took the site away while this thread waited: nothing to fetch */
+        add(&r->lost, 1);
+        store(word, len | RECORD_PAD);
+    }
+    if (word && load(&r->reader_wait) && __atomic_exchange_n(&r->reader_wait, 0, __ATOMIC_ACQ_REL))
+        futex(&r->reader_wait, FUTEX_WAKE, 1, 0);
+    if (slot)
+        __atomic_fetch_sub(&slot->depth, 1, __ATOMIC_RELAXED);
 }

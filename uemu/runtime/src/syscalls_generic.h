@@ -2,10 +2,14 @@
 
 #define SYS_openat 56
 #define SYS_close 57
+#define SYS_read 63
 #define SYS_pread64 67
 #define SYS_pwrite64 68
+#define SYS_futex 98
 #define SYS_nanosleep 101
+#define SYS_clock_gettime 113
 #define SYS_sched_yield 124
+#define SYS_kill 129
 #define SYS_tgkill 131
 #define SYS_rt_sigaction 134
 #define SYS_rt_sigreturn 139

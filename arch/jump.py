@@ -1,0 +1,108 @@
+"""What an instruction set says about the jump path (issue 12): which sites can take a jump
+into a trampoline instead of a trap, the bytes of that jump, and the trampoline itself.
+
+Pure, like the backends: bytes and addresses in, bytes and decisions out.  The choice
+for a site is taken once, from the instruction the backend analysed (its ``Plan``) and
+the file's bytes, as the trap path takes its plan; uemu/jumps.py then checks what only
+the process can tell (a free page at a pun target, the trampoline's reach, neighbours
+written by uemu) and writes.
+
+A trampoline calls the runtime's ``hit_entry`` (uemu/runtime/src/arch_*.h), which
+saves every register as the ``HitFrame`` below says and records the hit; then the
+trampoline runs the displaced instruction (the backend's ``prepare_xol`` for a slot
+ending in a jump back: the analysis is the trap path's, never copied) or nothing for
+a nop, and jumps back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from .base import Plan, StepEnd, StepOutOfLine, XolSetup
+
+
+@dataclass(frozen=True)
+class HitFrame:
+    """How ``hit_entry`` lays the registers out on the stack for the runtime's C."""
+
+    slots: tuple[str, ...]
+    """Register (regset name) in each word of the frame, from its lowest address; '' for a
+    word that holds none of the program's registers."""
+    sp_offset: int
+    """Bytes from the frame's start to the stack pointer the program had at the site."""
+
+    def slot(self, register: str) -> int | None:
+        return self.slots.index(register) if register and register in self.slots else None
+
+
+class JumpForm(StrEnum):
+    JUMP = "jump"
+    """A whole jump written over the site's instruction (or the nop run it starts)."""
+    PUN = "pun"
+    """x86 instruction punning (E9Patch): only the jump's opcode is written; the next four
+    bytes, the program's own, are its displacement, so its target is fixed."""
+
+
+@dataclass(frozen=True)
+class SiteJump:
+    """How a jump can replace the trap at one site, before the process has its say."""
+
+    vaddr: int
+    """The probe's address (what events report)."""
+    at: int
+    """Where the jump is written (x86 ``nop; nopN``: the nopN, past the probe's own nop)."""
+    length: int
+    """Bytes uemu writes at ``at``."""
+    form: JumpForm
+    displaced: StepOutOfLine | None
+    """The instruction the trampoline runs after the hit; None for nops."""
+    resume: int
+    """Where the trampoline jumps back to after nops (a displaced instruction's slot code
+    ends with its own jump back)."""
+    target: int | None
+    """PUN: the one address the trampoline can have."""
+    reach: tuple[int, int]
+    """[low, high): where a trampoline can be for a jump written at ``at``."""
+    why: str
+    """Said by ``uemu list --plan``."""
+
+
+@dataclass(frozen=True)
+class NoJump:
+    """Why a site keeps the trap."""
+
+    why: str
+
+
+class JumpBackend(Protocol):
+    """The jump path's narrow interface to one instruction set."""
+
+    frame: HitFrame
+    tramp_size: int
+    """Bytes a trampoline may take (its slot in the area)."""
+    max_site_bytes: int
+    """Bytes of the file ``choose`` wants from the site on (room for ``nop; nopN``)."""
+
+    def choose(self, plan: Plan, code: bytes) -> SiteJump | NoJump:
+        """Whether and how a jump fits the site whose instruction the backend analysed as
+        ``plan`` (``code``: the file's bytes from the site on)."""
+
+    def jump_bytes(self, site: SiteJump, trampoline: int) -> bytes:
+        """What uemu writes at ``site.at`` to send a thread to ``trampoline``."""
+
+    def trampoline(self, site: SiteJump, address: int, index: int, hit_entry: int) -> bytes | None:
+        """The trampoline for ``site`` placed at ``address``: the hit (``hit_entry`` with
+        the site's ``index``), the displaced instruction, the jump back.  None when the
+        displaced instruction cannot jump back from there (out of reach)."""
+
+
+def displaced_code(plan: StepOutOfLine, setup: XolSetup) -> bytes | None:
+    """A backend's slot code for ``plan`` when it ends in its own jump back (the one-stop
+    "jump" slots of the trap path), else None."""
+    return setup.code if setup.ends is StepEnd.JUMP else None
+
+
+def signed_fits(value: int, bits: int) -> bool:
+    return -(1 << (bits - 1)) <= value < 1 << (bits - 1)

@@ -1,0 +1,255 @@
+"""The jump path through the real session and CLI (the default): hits as the program
+says and as kernel uprobes count them, equal to the trap path's (``--no-jumps``), in
+threads, forked children and exec'd images; the program's text back as its file after
+detach and after uemu's SIGKILL; the red zone intact.  Each test also checks that the
+jump path was taken (a ring was read, or the site holds a jump while traced): a silent
+fall back to breakpoints would pass the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from oracle import KernelUprobes, sdt_sites, tracefs_reason
+from residue import text_differences
+from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced, run_untraced
+from test_net import Orphan, facts
+from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
+
+from uemu import sdt
+from uemu.runtime import has_blob
+
+JMP_REL32 = 0xE9
+
+
+@pytest.fixture
+def build(runnable_build):
+    arch = sdt.open_elf(str(runnable_build.directory / "basic")).arch_name
+    if not has_blob(arch):
+        pytest.skip(f"no in-target runtime for {arch}")
+    return runnable_build
+
+
+def plans(uemu, target: str) -> dict[str, str]:
+    """``uemu list --plan --json``: probe -> jump, pun or trap (the last site's)."""
+    listed = uemu("list", "--plan", "--json", target)
+    assert listed.returncode == 0, listed.stderr
+    return {f"{p['provider']}:{p['name']}": p["plan"] for p in map(json.loads, listed.stdout.splitlines())}
+
+
+def test_session_hits_equal_the_program_and_the_trap_path(build) -> None:
+    program = build.directory / "basic"
+    jumped = run_traced([program, "5"])
+    trapped = run_traced([program, "5"], jumps=False)
+    assert jumped.exit_status == trapped.exit_status == 0
+    assert jumped.session.jumps is not None and jumped.session.jumps.read > 0, "the jump path was taken"
+    assert trapped.session.jumps is None
+    for run in (jumped, trapped):
+        assert per_probe(reported_hits(run.events)) == per_probe(expected_hits(run.lines))
+    assert counts(reported_hits(jumped.events)) == counts(reported_hits(trapped.events))
+    times = [event.ts_ns for event in jumped.events]
+    assert times == sorted(times), "one time order"
+
+
+def test_cli_output_is_the_same_on_both_paths(build, tmp_path) -> None:
+    """text, JSON, --format (with %s copied at the hit), --count: only pids, times and
+    pointers differ between a run on the jump path and one with --no-jumps."""
+    program = str(build.directory / "basic")
+    for shape in (["--json"], ["--format", "%s|%d"], ["-c"], []):
+        outputs = []
+        for extra in ([], ["--no-jumps"]):
+            out = tmp_path / "out"
+            result = subprocess.run([*_uemu(), "run", *shape, *extra, "-o", str(out), "--", program, "3"],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            outputs.append(_stable(out.read_text(), shape))
+        assert outputs[0] == outputs[1], shape
+
+
+def _uemu() -> tuple[str, ...]:
+    return UEMU
+
+
+def _stable(text: str, shape: list[str]) -> list[str]:
+    """The lines without what differs from run to run (pids, times, pointers)."""
+    if shape == ["--json"]:
+        return _json_stable(text)
+    if shape == ["--format", "%s|%d"]:
+        return text.splitlines()
+    if shape == ["-c"]:
+        return sorted(text.splitlines())
+    return [" ".join(line.split()[2:3 if line.split()[2] in _POINTERS else None]) for line in text.splitlines()]
+
+
+_POINTERS = ("basic:types", "basic:string")
+"""Probes with a pointer among their arguments (it differs from run to run)."""
+
+
+def _json_stable(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        for key in ("ts_ns", "pid", "tid", "address"):
+            record.pop(key, None)
+        if f"{record['provider']}:{record['name']}" in _POINTERS:
+            record.pop("args", None)  # a pointer among them
+        out.append(json.dumps(record, sort_keys=True))
+    return out
+
+
+def test_kernel_uprobes_count_what_the_session_reports(build) -> None:
+    reason = tracefs_reason()
+    if reason:
+        pytest.skip(reason)
+    program = build.directory / "threads"
+    with KernelUprobes(sdt_sites(str(program)), with_args=False) as kernel:
+        _, status = run_untraced([program, "4", "50"])
+        theirs = kernel.hits()
+    run = run_traced([program, "4", "50"])
+    assert status == 0 and run.exit_status == 0
+    assert run.session.jumps is not None and run.session.jumps.read > 0
+    assert counts(reported_hits(run.events)) == +theirs
+
+
+def test_threads_each_named(build) -> None:
+    run = run_traced([build.directory / "threads", "4", "50"])
+    assert run.exit_status == 0
+    assert per_probe(reported_hits(run.events)) == per_probe(expected_hits(run.lines))
+    assert len({event.tid for event in run.events}) >= 5
+    assert {event.tid for event in run.events} <= {line.tid for line in run.lines}
+
+
+@pytest.mark.parametrize("name, args", [("fork", ()), ("exec", ("2",)), ("exec", ("2", "thread"))],
+                         ids=["fork", "exec", "exec-thread"])
+def test_followed_children_and_new_images(build, name, args) -> None:
+    program = build.directory / name
+    jumped = run_traced([program, *args], follow_forks=True)
+    trapped = run_traced([program, *args], follow_forks=True, jumps=False)
+    assert jumped.exit_status == trapped.exit_status == 0
+    assert jumped.session.jumps is not None and jumped.session.jumps.read > 0
+    assert counts(reported_hits(jumped.events)) == counts(expected_hits(jumped.lines))
+    assert counts(reported_hits(jumped.events)) == counts(reported_hits(trapped.events))
+    for event in jumped.events:
+        assert (event.pid, event.tid) in {(line.pid, line.tid) for line in jumped.lines}, event
+
+
+def test_children_not_followed_run_clean(build) -> None:
+    run = run_traced([build.directory / "fork"])
+    assert run.exit_status == 0
+    children = [line for line in run.lines if line.kind == "child"]
+    assert children and all(line.values[-1] == "0" for line in children), children
+    parent = run.lines[0].pid
+    assert {event.pid for event in run.events} == {parent}
+    hits = expected_hits(run.lines)
+    assert counts(reported_hits(run.events)) == counts([h for h in hits if h[2] == parent])
+
+
+def _site_bytes(pid: int, program: Path) -> dict[str, int]:
+    """Probe -> the first byte at each of its sites now (in the running program)."""
+    from uemu.maps import read_maps
+    from uemu.objects import mapped_objects
+
+    objects, _ = mapped_objects(pid, read_maps(pid))
+    mapped = next(o for o in objects if os.path.realpath(o.elf.path) == os.path.realpath(program))
+    out = {}
+    for probe in mapped.elf.probes:
+        where = mapped.runtime_address(probe.file_offset)
+        if where is not None:
+            out[probe.full_name] = read_memory(pid, where, 1)[0]
+    return out
+
+
+def test_detach_puts_the_files_bytes_back(build, uemu) -> None:
+    """Attached while the program waits: the sites hold jumps, the semaphores are
+    raised; after SIGINT every byte of its text is its file's and the semaphores read 0."""
+    program = build.directory / "sema"
+    with Tracee([program, "3"]) as tracee:
+        tracee.wait_sync("phase")
+        tracee.release()
+        tracee.wait_sync("phase")  # the semaphores' addresses are printed
+        before = file_memory(tracee.pid, writable=False)
+        semaphores = {int(line.values[0]): line.word for line in tracee.lines() if line.kind == "sema"}
+        predicted = plans(uemu, str(tracee.pid))
+        cli = attach_cli(str(tracee.pid), "--json")
+        try:
+            now = _site_bytes(tracee.pid, program)
+            jumped = [name for name, plan in predicted.items() if plan != "trap"]
+            assert jumped, predicted
+            for name in jumped:
+                assert now[name] != 0xCC, f"{name} took a breakpoint though --plan said {predicted[name]}"
+            assert {name for name, byte in now.items() if byte == JMP_REL32} >= {
+                name for name in jumped if predicted[name] == "pun"}
+            assert any(read_memory(tracee.pid, a, 2) != b"\0\0" for a in semaphores)
+        finally:
+            tracee.release()
+            tracee.wait_sync("phase")
+            code, out, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        assert out.strip(), "hits were reported"
+        assert differences(before, file_memory(tracee.pid, writable=False)) == []
+        assert all(read_memory(tracee.pid, a, 2) == b"\0\0" for a in semaphores)
+        assert tracer_pid(tracee.pid) == 0
+        tracee.run_out()
+
+
+def test_uemu_killed_with_jumps_armed_leaves_the_program_running_and_whole(build) -> None:
+    """SIGKILL of ``uemu attach`` with every site jumped: the program goes on; a hit of
+    a jump after uemu is gone restores the sites and the semaphore (the net), so the
+    text is byte for byte its file's and the semaphore back to 0."""
+    program = build.directory / "orphan"
+    orphan = Orphan(program, "handler", "2", "400000")
+    try:
+        cli = attach_cli(str(orphan.pid), "orphan:*")
+        assert cli.poll() is None
+        assert _site_bytes(orphan.pid, program).get("orphan:tick") == JMP_REL32 or pytest.skip(
+            "orphan:tick keeps the trap in this process")
+        cli.kill()
+        cli.wait()
+        orphan.go()
+        wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        assert orphan.process.poll() is None, orphan.process.stderr.read()
+        assert text_differences(orphan.pid) == [], "every executable mapping as its file"
+        got = facts(orphan.lines())
+        assert got["sema"] == [("1",), ("0",)], "raised by uemu, lowered by the net from a hit"
+        assert got["action"][0][0] == "own"
+        assert orphan.finish() == 0
+    finally:
+        orphan.close()
+
+
+def test_the_red_zone_survives(build) -> None:
+    run = run_traced([build.directory / "redzone", "3000"])
+    assert run.exit_status == 0
+    [result] = [line for line in run.lines if line.kind == "result"]
+    assert int(result.values[0]) == 78 * 3000 * 2999 // 2
+    assert [event.args for event in run.events] == [[i] for i in range(3000)]
+    assert run.session.jumps is not None
+    if run.session.jumps.read == 0:
+        pytest.skip("redzone:leaf keeps the trap in this build (its pun target is taken)")
+    assert run.session.jumps.read == 3000
+
+
+def test_max_events_is_exact_on_the_jump_path(build, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run([*_uemu(), "run", "--json", "--max-events", "7", "-o", str(out), "--",
+                             str(build.directory / "bench"), "100000"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(json_hits(out)) == 7
+
+
+def test_events_iterator_yields_the_jump_paths_hits(build, tmp_path) -> None:
+    """``Session.events()``: ring hits reach the loop's thread (the reader wakes it)."""
+    from samplelog import parse
+
+    from uemu.session import Session
+
+    out = tmp_path / "lines"
+    session = Session()
+    session.spawn([str(build.directory / "basic"), "4"], env=dict(os.environ, SAMPLE_OUT=str(out)))
+    events = list(session.events())
+    assert session.jumps is not None and session.jumps.read > 0
+    assert per_probe(reported_hits(events)) == per_probe(expected_hits(parse(out.read_text())))

@@ -1,0 +1,292 @@
+"""The jump path's hit in unicorn, for x86_64, i386, aarch64 and riscv64: a jumped site
+runs its trampoline and the committed blob's hit_entry and comes back with every
+register and flag as it was (and the x86-64 red zone untouched), leaving one record in
+the ring that uemu.ring and uemu.fetch read back as the trap path would have: the
+registers and memory the specs name, strings, the pid and thread, the clock.  Then what
+must never block or harm the program: a full ring (wait, or drop and count), a hit
+re-entered from a signal handler, a site removed under a waiting hit, recording off,
+uemu gone."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from jump_harness import PID, SITE, TID, JumpMachine, text_nop
+from runtime_harness import DATA, STACK, STACK_SIZE, uapi_available
+
+from uemu.net import read_table
+from uemu.runtime import has_blob, layout
+from uemu.runtime.layout import JumpsState, TableState
+
+ARCHES = ("x86_64", "i386", "aarch64", "riscv64")
+SP = STACK + STACK_SIZE - 4096
+
+
+def machine_for(arch: str, **kwargs: object) -> JumpMachine:
+    if not has_blob(arch):
+        pytest.skip(f"no blob for {arch}")
+    if not uapi_available(arch):
+        pytest.skip("no kernel uapi headers (linux-libc-dev) for the syscall numbers")
+    return JumpMachine(arch, **kwargs)
+
+
+@pytest.fixture(params=ARCHES)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def nop_site(m: JumpMachine, args: str = "", **kwargs: object):
+    """A site the way sys/sdt.h makes them: x86's 1-byte nop (punned: the next four bytes
+    point the jump at a free page), the 4-byte nop of the others."""
+    code = text_nop(m.arch.name)
+    if m.arch.name in ("x86_64", "i386"):
+        target = 0x00B0_0000
+        code += (target - (SITE + 5)).to_bytes(4, "little", signed=True)
+    return m.jump(SITE, code, args, **kwargs)
+
+
+def test_a_hit_comes_back_with_every_register_and_flag(arch: str) -> None:
+    m = machine_for(arch)
+    jumped = nop_site(m)
+    rng = random.Random(12)
+    for _ in range(3):
+        regs = m.random_registers(rng)
+        kept = 128 if arch == "x86_64" else 0  # the red zone: the 128 bytes below rsp
+        stack = bytes(rng.getrandbits(8) for _ in range(256))
+        m.m.memory.write(SP - kept, stack)
+        after = m.hit(jumped, regs, sp=SP)
+        assert {name: after[name] for name in regs} == regs
+        assert after["sp"] == SP
+        assert m.m.memory.read(SP - kept, 256) == stack
+    assert len(m.take()) == 3
+
+
+def test_a_record_holds_pid_thread_clock_and_the_registers_named(arch: str) -> None:
+    m = machine_for(arch)
+    names = [name for name in m.registers if name not in ("eflags", "pstate")]
+    sigil = "%" if arch in ("x86_64", "i386") else ""
+    word = m.arch.word_size
+    args = " ".join(f"{word}@{sigil}{name}" for name in names[:12]) + f" -{word}@{sigil}{m.arch.sp_reg}"
+    jumped = nop_site(m, args)
+    regs = m.random_registers(random.Random(5))
+    m.hit(jumped, regs, sp=SP)
+    [(record, values, strings)] = m.take()
+    assert (record.id, record.pid, record.tid, record.ts_ns) == (1, PID, TID, m.kernel.clock_ns)
+    mask = (1 << 8 * word) - 1
+    sign = 1 << (8 * word - 1)
+    assert values == [regs[name] for name in names[:12]] + [((SP & mask) ^ sign) - sign]
+    assert strings == {}
+    assert ("gettid", ()) in [(name, args_[:0]) for name, args_ in m.kernel.calls], "no thread pointer: gettid"
+
+
+def test_memory_arguments_base_index_scale_and_the_stack(arch: str) -> None:
+    m = machine_for(arch)
+    data = bytes(range(256))
+    m.m.memory.write(DATA, data)
+    m.m.memory.write(SP + 24, struct.pack("<q", -77))
+    base, index = {"x86_64": ("rbx", "rcx"), "i386": ("ebx", "ecx"), "aarch64": ("x3", "x4"),
+                   "riscv64": ("s1", "a1")}[arch]
+    if arch in ("x86_64", "i386"):
+        args = f"4@8(%{base}) -2@-4(%{base},%{index},4) 8@24(%{m.arch.sp_reg}) 4@64(%{index}) 1@(%{index})"
+    elif arch == "aarch64":
+        args = f"4@[{base}, 8] -2@[{base}, {index}, lsl #2] 8@[sp, 24] 4@[{index}, 64] 1@[{index}]"
+    else:
+        args = f"4@8({base}) 4@16({base}) 8@24(sp) 4@64({index}) 1@0({index})"
+    jumped = nop_site(m, args)
+    regs = m.random_registers(random.Random(1))
+    regs.update({base: DATA + 16, index: 3})  # index 3: (%index) points at page 0, unreadable
+    m.hit(jumped, regs, sp=SP)
+    [(_, values, _)] = m.take()
+    at = {"x86_64": 16 - 4 + 12, "i386": 16 - 4 + 12, "aarch64": 16 + 12}.get(arch)
+    second = struct.unpack("<h", data[at:at + 2])[0] if at else int.from_bytes(data[32:36], "little")
+    assert values == [int.from_bytes(data[24:28], "little"), second, -77 & (1 << 64) - 1, None, None]
+    memory_reads = [name for name, _ in m.kernel.calls if name == "process_vm_readv"]
+    assert len(memory_reads) == 4, "every read but the stack's is fault-safe"
+
+
+def test_strings_are_copied_at_the_hit(arch: str) -> None:
+    m = machine_for(arch)
+    m.m.memory.write(DATA, b"hello\0")
+    m.m.memory.write(DATA + 0x1000 - 3, b"abc")  # runs into the unmapped page after DATA
+    r = {"x86_64": "%rdi", "i386": "%edi", "aarch64": "x0", "riscv64": "a0"}[arch]
+    r2 = {"x86_64": "%rsi", "i386": "%esi", "aarch64": "x1", "riscv64": "a1"}[arch]
+    word = m.arch.word_size
+    jumped = nop_site(m, f"{word}@{r} {word}@{r2}", strings=(0, 1), strsize=64)
+    regs = m.random_registers(random.Random(2))
+    plain = {"x86_64": ("rdi", "rsi"), "i386": ("edi", "esi"), "aarch64": ("x0", "x1"), "riscv64": ("a0", "a1")}[arch]
+    regs.update({plain[0]: DATA, plain[1]: DATA + 0x1000 - 3})
+    m.hit(jumped, regs, sp=SP)
+    [(_, values, strings)] = m.take()
+    assert values == [DATA, DATA + 0x1000 - 3]
+    assert strings == {DATA: b"hello", DATA + 0x1000 - 3: b"abc"}
+
+
+def test_a_full_ring_drops_and_counts_under_drop(arch: str) -> None:
+    m = machine_for(arch, drop=True)
+    word = m.arch.word_size
+    jumped = nop_site(m, f"{word}@{'%' if arch in ('x86_64', 'i386') else ''}{m.arch.sp_reg}")
+    fits = (m.ring.size) // jumped.program.record_size
+    for _ in range(fits + 5):
+        m.hit(jumped, sp=SP)
+    records = m.take()
+    assert len(records) + m.ring.lost == fits + 5 and m.ring.lost >= 5
+    assert not [call for call in m.kernel.futexes if call[1] == 0], "never waits under --drop"
+    m.hit(jumped, sp=SP)  # room again
+    assert len(m.take()) == 1
+
+
+def test_a_full_ring_waits_for_the_reader(arch: str) -> None:
+    m = machine_for(arch)
+    jumped = nop_site(m)
+    fits = m.ring.size // jumped.program.record_size
+    for _ in range(fits):
+        m.hit(jumped, sp=SP)
+    taken: list[object] = []
+    m.kernel.on_futex_wait.append(lambda: taken.extend(m.take()))
+    m.hit(jumped, sp=SP)
+    assert len(taken) == fits, "the hit waited on the futex while the reader made room"
+    assert len(m.take()) == 1 and m.ring.lost == 0
+
+
+def test_a_reentered_hit_finding_the_ring_full_drops(arch: str) -> None:
+    """A signal handler's hit while the interrupted hit holds its record: waiting would
+    wait for itself."""
+    m = machine_for(arch, thread_pointer=True)
+    tp = 0x7000_1000
+    if not m.set_thread_pointer(tp):
+        pytest.skip("the i386 thread pointer (a %gs descriptor) is not emulated here")
+    m.table.thread_started(TID + 1, tp)
+    jumped = nop_site(m)
+    fits = m.ring.size // jumped.program.record_size
+    regs = {"tp": tp} if arch == "riscv64" else {}
+    for _ in range(fits):
+        m.hit(jumped, dict(regs), sp=SP)
+    assert {record.tid for record, _, _ in m.take()} == {TID + 1}, "the thread named by its pointer"
+    assert "gettid" not in [name for name, _ in m.kernel.calls]
+    for _ in range(fits):
+        m.hit(jumped, dict(regs), sp=SP)
+    slots = m.table._array["tp_slots"]
+    slot = m.table._tp_slot[tp]
+    m.m.memory.write(slots + slot * layout.TP_SLOT.size + 12, (1).to_bytes(4, "little"))  # depth: inside a hit
+    m.hit(jumped, dict(regs), sp=SP)
+    assert not [call for call in m.kernel.futexes if call[1] == 0]
+    assert len(m.take()) == fits and m.ring.lost == 1
+
+
+def test_recording_off_and_uemu_gone(arch: str) -> None:
+    m = machine_for(arch)
+    jumped = nop_site(m)
+    m.table.set_state(JumpsState.OFF)
+    m.hit(jumped, sp=SP)
+    assert m.take() == []
+    m.table.set_state(JumpsState.ON)
+    m.kernel.tracer_pid = 0  # uemu died: no tracer any more
+    m.hit(jumped, sp=SP)
+    assert m.take() != [], "uemu's reader looked lately: no check yet"
+    stale = (m.kernel.clock_ns >> 20) - 5000
+    header = layout.RING_HEADER
+    m.m.memory.write(m.ring.target_address + header.offset("heartbeat"), stale.to_bytes(4, "little"))
+    m.m.memory.write(m.ring.target_address + header.offset("checked"), stale.to_bytes(4, "little"))
+    m.hit(jumped, sp=SP)
+    assert m.take() == [], "no record once uemu is known gone"
+    table = read_table(m.m.base, m.m.memory)
+    assert table.header.state == TableState.DETACHED
+    assert m.m.memory.read(jumped.site.at, 1) == text_nop(arch)[:1], "the net put the program's bytes back"
+
+
+def test_a_site_taken_away_while_its_hit_waited_is_dropped(arch: str) -> None:
+    m = machine_for(arch)
+    jumped = nop_site(m, f"{m.arch.word_size}@{'%' if arch in ('x86_64', 'i386') else ''}{m.arch.sp_reg}")
+    fits = m.ring.size // jumped.program.record_size
+    for _ in range(fits):
+        m.hit(jumped, sp=SP)
+
+    def remove_and_make_room() -> None:
+        m.table.remove_site(jumped.index)
+        m.take()
+
+    m.kernel.on_futex_wait.append(remove_and_make_room)
+    m.hit(jumped, sp=SP)
+    assert m.take() == [] and m.ring.lost == 1
+
+
+def test_records_wrap_around_the_end_of_the_ring(arch: str) -> None:
+    m = machine_for(arch)
+    sp = f"{m.arch.word_size}@{'%' if arch in ('x86_64', 'i386') else ''}{m.arch.sp_reg}"
+    jumped = nop_site(m, f"{sp} {sp} {sp}")
+    assert m.ring.size % jumped.program.record_size, "a size that leaves a pad at the end"
+    for _ in range(5):
+        batch = (m.ring.size // jumped.program.record_size) - 1
+        for _ in range(batch):
+            m.hit(jumped, sp=SP)
+        records = m.take()
+        assert len(records) == batch and all(values == [SP] * 3 for _, values, _ in records)
+    assert m.ring.lost == 0
+
+
+@pytest.mark.parametrize("shape", ["nop5", "nop;nop10"])
+def test_x86_a_whole_jump_over_a_long_nop(shape: str) -> None:
+    for arch in ("x86_64", "i386"):
+        m = machine_for(arch)
+        code = bytes.fromhex("0f1f440000") if shape == "nop5" else b"\x90" + bytes.fromhex("662e0f1f840000000000")
+        jumped = m.jump(SITE, code, "4@%eax")
+        assert jumped.site.form.value == "jump" and jumped.site.length == 5
+        assert jumped.site.at == (SITE if shape == "nop5" else SITE + 1)
+        assert jumped.site.resume == SITE + len(code)
+        assert m.m.memory.read(jumped.site.at, 1) == b"\xe9"
+        regs = m.random_registers(random.Random(3))
+        after = m.hit(jumped, regs, sp=SP)
+        assert {name: after[name] for name in regs} == regs
+        [(_, values, _)] = m.take()
+        assert values == [regs["rax" if arch == "x86_64" else "eax"] & 0xFFFFFFFF]
+
+
+DISPLACED = {
+    # (instruction bytes, the registers it changes from the given ones)
+    "x86_64": (bytes.fromhex("4881c3e8030000"), lambda r: {"rbx": (r["rbx"] + 1000) & (1 << 64) - 1}),  # add $1000,%rbx
+    "i386": (bytes.fromhex("81c3e8030000"), lambda r: {"ebx": (r["ebx"] + 1000) & (1 << 32) - 1}),  # add $1000,%ebx
+    "aarch64": ((0x91000421).to_bytes(4, "little"), lambda r: {"x1": (r["x1"] + 1) & (1 << 64) - 1}),  # add x1,x1,#1
+    "riscv64": ((0x00158593).to_bytes(4, "little"), lambda r: {"a1": (r["a1"] + 1) & (1 << 64) - 1}),  # addi a1,a1,1
+}
+
+
+def test_a_displaced_instruction_runs_after_the_hit(arch: str) -> None:
+    """A jump over a real instruction: the trampoline records the hit with the registers
+    before it, then runs it (the backend's one-stop slot code) and jumps back."""
+    m = machine_for(arch)
+    code, effect = DISPLACED[arch]
+    name = next(iter(effect({n: 0 for n in m.registers})))
+    sigil = "%" if arch in ("x86_64", "i386") else ""
+    jumped = m.jump(SITE, code, f"{m.arch.word_size}@{sigil}{name}")
+    assert jumped.site.displaced is not None
+    regs = m.random_registers(random.Random(8))
+    if "eflags" in regs:
+        regs["eflags"] = 0x202
+    after = m.run(SITE, SITE + len(code), regs, sp=SP)
+    want = {**regs, **effect(regs)}
+    if "eflags" in want:
+        del want["eflags"], after["eflags"]  # add sets them
+    assert {n: after[n] for n in want} == want
+    [(_, values, _)] = m.take()
+    assert values == [regs[name]], "recorded before the instruction ran"
+
+
+def test_a_thread_pointer_several_threads_share_asks_gettid() -> None:
+    m = machine_for("aarch64", thread_pointer=True)
+    tp = 0x7000_2000
+    m.set_thread_pointer(tp)
+    m.table.thread_started(TID + 1, tp)
+    m.table.thread_started(TID + 2, tp)  # a raw clone without CLONE_SETTLS
+    jumped = nop_site(m)
+    m.hit(jumped, sp=SP)
+    [(record, _, _)] = m.take()
+    assert record.tid == TID and "gettid" in [name for name, _ in m.kernel.calls]
+    m.table.thread_exited(TID + 2)
+    m.table.thread_exited(TID + 1)
+    m.table.thread_started(TID + 3, tp)  # the pointer reused by a new thread
+    m.kernel.calls.clear()
+    m.hit(jumped, sp=SP)
+    [(record, _, _)] = m.take()
+    assert record.tid == TID + 3 and "gettid" not in [name for name, _ in m.kernel.calls]

@@ -1,0 +1,93 @@
+"""uemu.ringfeed's order: events of both paths leave in timestamp order once older than
+the window, counting-only hits at once, everything at stop; the reader thread drains,
+sleeps when idle, and hands an error back to the loop's thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from uemu.events import Event
+from uemu.ringfeed import RingFeed
+from uemu.uprobes import Consumer, ProbeInfo
+
+CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
+
+
+def event(ts: int, tid: int = 1) -> Event:
+    return Event(ts, 1, tid, "obj", "p", "n", 0x10, [], [])
+
+
+def ring(batches: list[list[Event | None]]):
+    """A drain that hands out one batch of ring events per call."""
+
+    def drain(deliver) -> int:
+        batch = batches.pop(0) if batches else []
+        for item in batch:
+            deliver(CONSUMER, item)
+        return len(batch)
+
+    return drain
+
+
+def test_ring_events_leave_in_time_order_before_a_trap_hit() -> None:
+    """A trap hit at ts 40 first hands out the ring's older events, in time order; the
+    younger one waits for the window (or the end)."""
+    delivered: list[int] = []
+    feed = RingFeed(ring([[event(50), event(10), event(30)], [event(25)]]), lambda ns: None,
+                    lambda c, e: delivered.append(e.ts_ns), window_ns=100)
+    feed.before(20)
+    assert delivered == [10]
+    feed.before(40)  # 25: a ring event that arrives late, still before the trap hit's time
+    assert delivered == [10, 25, 30]
+    feed.stop()
+    assert delivered == [10, 25, 30, 50]
+
+
+def test_counting_alone_is_delivered_at_once() -> None:
+    seen: list[object] = []
+    feed = RingFeed(ring([[None]]), lambda ns: None, lambda c, e: seen.append(e))
+    feed.before(0)
+    assert seen == [None]
+
+
+def test_the_reader_thread_drains_and_delivers_then_sleeps() -> None:
+    now = time.monotonic_ns() - 10_000_000_000  # long past the window
+    batches = [[event(now - 3), event(now - 5), event(now - 4)]]
+    waits: list[int] = []
+    delivered: list[int] = []
+    ready = threading.Event()
+
+    def drain(deliver) -> int:
+        batch = batches.pop(0) if batches else []
+        for item in batch:
+            deliver(CONSUMER, item)
+        return len(batch)
+
+    def wait(ns: int) -> None:
+        waits.append(ns)
+        time.sleep(0.001)
+
+    feed = RingFeed(drain, wait, lambda c, e: delivered.append(e.ts_ns), window_ns=1_000_000,
+                    on_ready=ready.set)
+    feed.start()
+    assert ready.wait(5)
+    deadline = time.monotonic() + 5
+    while (len(delivered) < 3 or not waits) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    feed.stop()
+    assert delivered == [now - 5, now - 4, now - 3]
+    assert waits, "idle: it sleeps"
+
+
+def test_an_error_in_the_reader_reaches_the_loop() -> None:
+    def drain(deliver) -> int:
+        raise OSError("the ring went away")
+
+    feed = RingFeed(drain, lambda ns: None, lambda c, e: None)
+    feed.start()
+    time.sleep(0.05)
+    with pytest.raises(OSError, match="went away"):
+        feed.stop()

@@ -1,0 +1,893 @@
+"""The jump path (issue 12): hits that run through a trampoline in the target, no stop.
+
+Where a jump fits (arch/jump.py decides from the instruction; this module from what
+only the process can tell), the site gets a jump to a trampoline instead of the trap
+path's breakpoint.  The trampoline calls the in-target runtime's ``hit_entry``, which
+writes the hit into the event ring (uemu/ring.py) with its arguments fetched at the
+hit (uemu/fetch.py); uemu reads the ring without any ptrace stop.  Everything else
+stays the trap path's: uemu keeps every thread seized, and the core keeps the life
+cycle (semaphores, delayed increments, fork, exec, mappings) exactly as it is.
+
+``JumpPath`` is the one seam.  The core (uemu/uprobes.py) calls it as ``Uprobes.jumps``
+where it writes and forgets breakpoints; the session (uemu/session.py) where only it
+can tell.  What is called, and when:
+
+=============================  ==========================================================
+the net is installed in an mm  ``setup(mm, net, call)`` (session), before any site is
+(attach, exec, first probe)    armed: the ring, the table's header, every stopped
+                               thread's thread pointer.
+arming (``_arm``)              ``calling(mm, call)`` (session): how to inject the mmaps
+                               of landing pages while ``Uprobes.mmap`` arms.
+a site is armed                ``install(mm, uprobe, vaddr)`` (core, the counter raised
+                               already): True jumped; else the core writes a breakpoint.
+a site is removed              ``remove(mm, vaddr)`` (core), then the counter.
+munmap of a site's page        ``unmapped(mm, vaddr)`` (core): nothing written.
+a new thread (clone stop)      ``thread_seen(mm, tid)`` (tasks.py) before resuming it;
+                               ``thread_exited(mm, tid)`` at its exit.
+a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (session): where to resume a
+                               thread that met the int3 a 5-byte jump is written behind.
+fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a child not
+                               followed then loses its jumps with its breakpoints.
+exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
+detach                         ``leave(mm)`` (session) before the sites are removed
+                               (recording off); then ``keeps_area(mm, tids, call)``:
+                               the landing pages and the ring are unmapped, and the
+                               net's area too, unless a thread's ip is inside: then
+                               all stays mapped, inert, and the thread goes on through
+                               it and back to the program by itself.
+any time, from any thread      ``drain(emit)``: the hits recorded since (the reader
+                               thread of uemu/ringfeed.py calls it).
+the end                        ``drain(emit, final=True)``, ``lost()``, ``close()``.
+uemu's death                   nothing: the in-target net lists every jump as a site and
+                               restores it at the first hit or trap after uemu is gone.
+=============================  ==========================================================
+
+Kernel: the nop5 optimisation of uprobes (arch/x86/kernel/uprobes.c, 2025) writes a
+5-byte jump with text_poke_bp's int3-first protocol and runs the consumers in the
+kernel; here they run in the target (recording only) and in uemu (the rest).
+Differs: a punned site's jump depends on the four program bytes after it; a breakpoint
+another tool puts there (gdb, a kernel uprobe) sends the jump elsewhere.  uemu never
+puts one there itself (``plan`` refuses sites whose neighbours it writes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import itertools
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
+
+from uemu import arch as arches
+from uemu.arch import Arch
+from uemu.arch.base import Plan
+from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
+
+from . import errors, ptrace, ring, sdt
+from .chrome import read_comm
+from .events import Event, Value
+from .fetch import FetchProgram, NotFetchable, compile_args
+from .jumptable import JumpTable
+from .maps import Vma, read_maps
+from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, InjectedCall, Net
+from .runtime import layout
+from .runtime.layout import JumpsState
+from .uprobes import Consumer, Mm, Uprobe, Uprobes
+
+PAGE = layout.PAGE
+RING_NAME = b"uemu-ring\0"
+RING_PATH = "/memfd:uemu-ring"
+"""How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
+STACK_ROOM = 64 << 20
+"""No landing page this close below the main stack: it may grow there."""
+HEAP_ROOM = 256 << 20
+"""Nor this close above the heap's start: brk grows there."""
+_USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 38}
+"""Where user space ends (the smallest of each arch's layouts: 47-bit x86_64, a 32-bit
+task on a 64-bit kernel, 48-bit arm64, Sv39); mmap says the last word."""
+TRAP_BRANCH = "uemu's own breakpoint: it must stop the thread"
+
+Emit = Callable[[Consumer, Event | None], None]
+"""What the session does with one consumer's hit: count it, and report the event (None
+when the session decodes nothing: ``--count``)."""
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A site that takes the jump path (``plan``), not yet written (``arm``)."""
+
+    site: SiteJump
+    uprobe: Uprobe
+    program: FetchProgram
+
+    @property
+    def why(self) -> str:
+        return self.site.why
+
+
+@dataclass(frozen=True)
+class Trap:
+    """A site that keeps the trap path, and why."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a record's id stands for (kept after the site goes: its records may still wait)."""
+
+    vaddr: int
+    consumers: tuple[Consumer, ...]
+    specs: tuple[list[str], ...]
+    program: FetchProgram
+
+
+@dataclass
+class _Site:
+    """A jumped site of one mm."""
+
+    jump: Jump
+    index: int
+    trampoline: int
+    written: bytes
+    """What uemu wrote at ``jump.site.at``."""
+    original: bytes
+    armed: bool = True
+
+
+@dataclass
+class _MmJumps:
+    """The jump path's state of one address space."""
+
+    mm: Mm
+    net: Net
+    table: JumpTable
+    ring: ring.Ring
+    backend: JumpBackend
+    sites: dict[int, _Site] = field(default_factory=dict)
+    """By the probe's address; disarmed ones stay: their trampoline and index are reused."""
+    int3_first: set[int] = field(default_factory=set)
+    """Where a jump was ever written behind an int3 (``trap_at``)."""
+    next_trampoline: int = 0
+    pages: set[int] = field(default_factory=set)
+    """Landing pages uemu mapped (pun targets, trampolines near sites out of the area's reach)."""
+    used: list[tuple[int, int]] = field(default_factory=list)
+    """[start, end) of every trampoline on a landing page."""
+    page_fill: dict[int, int] = field(default_factory=dict)
+    """Landing page -> first free byte, for trampolines placed anywhere on it."""
+    brk: int | None = None
+    """The process's start_brk: no landing page where the heap may grow."""
+
+
+class JumpPath:
+    """The jump path of one session (see the module's docstring for when to call what)."""
+
+    def __init__(self, uprobes: Uprobes, *, decode_args: bool = True, strings: Sequence[int] = (),
+                 strsize: int = 256, ring_size: int = ring.DEFAULT_SIZE, drop: bool = False,
+                 warn: Callable[[str], None] = print):
+        self.uprobes = uprobes
+        self.decode_args = decode_args
+        self.strings = tuple(strings)
+        self.strsize = strsize
+        self.ring_size = ring_size
+        self.drop = drop
+        self.warn = warn
+        self._mms: dict[Mm, _MmJumps] = {}
+        self._rings: list[ring.Ring] = []
+        self._recorded: dict[int, _Recorded] = {}
+        self._next_id = 1
+        self._plans: dict[tuple[int, int, int], Jump | Trap] = {}
+        self._draining = threading.Lock()
+        """drain() may be called by the reader thread and by the loop (at the end)."""
+        self._callers: dict[Mm, InjectedCall] = {}
+        self.reported_pid: Callable[[int, int], int | None] = lambda pid, tid: pid
+        """(pid, tid) of a record -> the pid its hit is reported with, None: not at all
+        (the session knows vfork children: they share their parent's table)."""
+        self.names: dict[tuple[int, int], bytes | None] = {}
+        """(pid, tid) -> the thread's name, read when its first record is (its hits reach
+        the output a little later, when it may be gone): ``thread_name``."""
+        self.read = 0
+        """Records read from the rings so far (hits that took the jump path)."""
+
+    # ---- deciding ------------------------------------------------------------------------
+
+    def plan(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> Jump | Trap:
+        """Whether the site of ``uprobe`` at ``vaddr`` in ``mm`` can take a jump, decided
+        once per site and image (like the backend's plan).  Pure but for reading the mm's
+        objects: nothing is written."""
+        key = (id(mm), id(uprobe), vaddr)
+        decided = self._plans.get(key)
+        if decided is None:
+            decided = self._plans[key] = self._plan(mm, uprobe, vaddr)
+        return decided
+
+    def _plan(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> Jump | Trap:
+        if uprobe.internal:
+            return Trap(TRAP_BRANCH)
+        neighbours = (vaddr + other.offset - uprobe.offset for other in self.uprobes.by_file.get(uprobe.file_id, ())
+                      if other is not uprobe)
+        choice = choose(mm.arch, uprobe.plan_at(mm.backend, vaddr), uprobe.original, neighbours)
+        if isinstance(choice, Trap):
+            return choice
+        try:
+            program = self._program(mm, uprobe)
+        except NotFetchable as why:
+            return Trap(str(why))
+        return Jump(choice, uprobe, program)
+
+    def _program(self, mm: Mm, uprobe: Uprobe) -> FetchProgram:
+        """The fetch program of the uprobe's consumers (one record serves them all)."""
+        backend = mm.arch.jumps
+        assert backend is not None
+        argument_strings = {c.probe.args for c in uprobe.consumers}
+        if len(argument_strings) > 1:
+            raise NotFetchable("consumers of one site with different argument specs")
+        args = argument_strings.pop() if argument_strings and self.decode_args else ""
+        probe = uprobe.consumers[0].probe if uprobe.consumers else None
+        obj = mm.object_of(probe.object) if probe is not None else None
+        resolve = None
+        if obj is not None and probe is not None:
+            near = probe.address
+
+            def resolve(name: str) -> int | None:
+                assert obj is not None
+                return obj.symbol_runtime_address(name, near)
+
+        little = obj.elf.little_endian if obj is not None else None
+        return compile_args(args, mm.arch, backend.frame, resolve, little, self.strings, self.strsize)
+
+    # ---- setting up --------------------------------------------------------------------------
+
+    def setup(self, mm: Mm, net: Net, call: InjectedCall) -> None:
+        """The jump path's part of ``mm``'s area and a ring of its own (every thread of
+        ``mm`` stopped, ``net`` installed, ``call`` injecting system calls)."""
+        backend = mm.arch.jumps
+        if backend is None or mm in self._mms:
+            return
+        table = JumpTable(mm.arch, net.base, mm.memory)
+        table.install(pid=mm.pid, ring=0, clock=vdso_clock(mm.memory, mm.vmas),
+                      thread_pointer=thread_pointer_readable(mm.pid, mm.arch))
+        mm.memory.write(table.name_address, RING_NAME)
+        events = ring.create(mm.pid, mm.arch, call, table.name_address, self.ring_size, self.drop)
+        # journalled once mapped (its address is the kernel's choice): a kill in between leaves it unsaid
+        net.journal.note_mapping(events.target_address, PAGE + events.size)
+        table.set_ring(events.target_address)
+        table.set_state(JumpsState.ON)
+        self._rings.append(events)
+        self._mms[mm] = _MmJumps(mm, net, table, events, backend, next_trampoline=net.base + layout.TRAMP_OFF,
+                                 brk=start_brk(mm.pid))
+        mm.vmas = read_maps(mm.pid)
+        for name in os.listdir(f"/proc/{mm.pid}/task"):
+            self.thread_seen(mm, int(name))
+
+    # ---- the core's calls (uprobes.JumpSites) ----------------------------------------------
+
+    def calling(self, mm: Mm, call: InjectedCall) -> None:
+        """How to make system calls in ``mm`` (a stopped thread's) while the core arms."""
+        self._callers[mm] = call
+
+    def install(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> bool | None:
+        decided = self.plan(mm, uprobe, vaddr)
+        call = self._callers.get(mm)
+        if isinstance(decided, Trap) or call is None or mm not in self._mms:
+            return None
+        return self.arm(mm, decided, call) is None
+
+    def remove(self, mm: Mm, vaddr: int) -> None:
+        self.disarm(mm, vaddr)
+
+    def unmapped(self, mm: Mm, vaddr: int) -> None:
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if state is None or placed is None or not placed.armed:
+            return
+        state.net.remove_site(placed.jump.site.at)
+        state.table.remove_site(placed.index)
+        placed.armed = False
+
+    def holds(self, mm: Mm, vaddr: int) -> bool:
+        """Whether the jump uemu wrote for site ``vaddr`` is still in memory (a rendezvous
+        does not tell an unmapped and mapped again text from one left alone)."""
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if placed is None or not placed.armed:
+            return False
+        try:
+            return mm.memory.read(placed.jump.site.at, len(placed.written)) == placed.written
+        except OSError:
+            return False
+
+    def moved(self, mm: Mm, vaddr: int, new_vaddr: int) -> None:
+        """mremap moved the text of the jumped site ``vaddr`` to ``new_vaddr``: the old
+        place is gone (as ``unmapped``), and the bytes that came along are a jump whose
+        displacement was made for the old place: the file's bytes go back at the new one,
+        so that the caller may probe it afresh.
+        Differs: the kernel's moved breakpoint works anywhere (copy_vma); a jump does not."""
+        state = self._mms.get(mm)
+        placed = state.sites.get(vaddr) if state is not None else None
+        if state is None or placed is None or not placed.armed:
+            return
+        self.unmapped(mm, vaddr)
+        at = placed.jump.site.at - vaddr + new_vaddr
+        try:
+            current = mm.memory.read(at, len(placed.written))
+        except OSError:
+            return
+        if current == placed.written:
+            self._write_jump(state, at, placed.original)
+
+    def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
+        """Leaving ``mm`` (recording off, its jumps removed, its threads ``tids``
+        stopped): whether the net's area must stay mapped, inert, because a thread's ip
+        is in a trampoline or the runtime (a hit under way, a wait for room): it goes
+        on through it and back to the program by itself.  Otherwise the landing pages
+        and the ring are unmapped here (through ``call``, not the area's stub) and the
+        area may go.
+        Differs: the kernel's XOL area stays mapped for good.  Not seen here, as for
+        the XOL area's one-stop slots: a signal handler still running that interrupted
+        a trampoline (its frame's saved ip is there); a stack scan cannot tell such a
+        frame from stale return addresses of earlier hits."""
+        state = self._mms.get(mm)
+        if state is None or not state.sites:
+            return False
+        ranges = [(state.net.base, state.net.base + layout.CODE_SIZE),
+                  *((page, page + PAGE) for page in state.pages)]
+        if any(self._inside(mm, tid, ranges) for tid in tids):
+            return True
+        for page in sorted(state.pages):
+            call("munmap", page, PAGE)
+            state.net.journal.note_mapping_gone(page)
+        state.pages.clear()
+        call("munmap", state.ring.target_address, PAGE + state.ring.size)
+        state.net.journal.note_mapping_gone(state.ring.target_address)
+        return False
+
+    @staticmethod
+    def _inside(mm: Mm, tid: int, ranges: Sequence[tuple[int, int]]) -> bool:
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        try:
+            regs.fetch(tid)
+        except (OSError, errors.UemuError):
+            return False  # gone
+        return any(start <= regs[mm.arch.ip_reg] < end for start, end in ranges)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def arm(self, mm: Mm, jump: Jump, call: InjectedCall) -> Trap | None:
+        """Write the site's table entry, its trampoline and the jump (in that order: the
+        net lists the jump before it is written).  None when armed; a ``Trap`` (why) where
+        the process says no (no free page at a pun target, no trampoline within reach,
+        bytes that are not the file's): the site takes the trap.  The counter is the
+        caller's."""
+        state = self._mms.get(mm)
+        if state is None:
+            return Trap("the jump path is not set up in this process")
+        site = jump.site
+        old = state.sites.get(site.vaddr)
+        if old is not None and old.jump.site == site and old.jump.program == jump.program:
+            placed: _Site | Trap = old
+        else:
+            placed = self._place(state, jump, call)
+        if isinstance(placed, Trap):
+            return placed
+        expected = jump.uprobe.original[site.at - site.vaddr:site.at - site.vaddr + len(placed.written)]
+        try:
+            current = mm.memory.read(site.at, len(placed.written))
+        except OSError as err:
+            return Trap(f"cannot read the site: {err}")
+        if current != expected:
+            return Trap(f"{site.at:#x} holds {current.hex()}, not the file's {expected.hex()}")
+        ident = self._next_id
+        self._next_id += 1
+        self._recorded[ident] = self._record_info(jump)
+        try:
+            state.table.set_site(placed.index, site.vaddr, ident, jump.program)
+        except errors.UemuError as why:
+            return Trap(str(why))
+        state.net.add_site(site.at, current, placed.written, _prot(mm.vmas, site.at))
+        self._write_jump(state, site.at, placed.written)
+        placed.armed = True
+        state.sites[site.vaddr] = placed
+        return None
+
+    def disarm(self, mm: Mm, vaddr: int) -> None:
+        """The program's bytes back at a jumped site (int3 first where the jump is longer
+        than one byte and instructions vary in length), then its table entries."""
+        state = self._mms[mm]
+        placed = state.sites[vaddr]
+        if not placed.armed:
+            return
+        at = placed.jump.site.at
+        try:
+            current = mm.memory.read(at, len(placed.written))
+        except OSError:
+            current = b""
+        if current == placed.written:
+            self._write_jump(state, at, placed.original)
+        elif current:
+            self.warn(f"process {mm.pid}: the jump at {at:#x} was overwritten by someone else; left as is")
+        state.net.remove_site(at)
+        state.table.remove_site(placed.index)
+        placed.armed = False
+
+    def _write_jump(self, state: _MmJumps, at: int, data: bytes) -> None:
+        """One write where one store covers it; else int3 at the first byte, the rest, the
+        first byte (Kernel: text_poke_bp()), so no running thread meets a torn
+        instruction: one that meets the int3 stops, and ``trap_at`` sends it back."""
+        memory = state.mm.memory
+        if len(data) == 1 or not state.mm.arch.name.startswith(("x86", "i386")):
+            memory.write(at, data)
+            return
+        state.int3_first.add(at)
+        memory.write(at, b"\xcc")
+        memory.write(at + 1, data[1:])
+        memory.write(at, data[:1])
+
+    # ---- where trampolines go ------------------------------------------------------------------
+
+    def _place(self, state: _MmJumps, jump: Jump, call: InjectedCall) -> _Site | Trap:
+        site, backend = jump.site, state.backend
+        size = backend.tramp_size
+        if site.target is not None:
+            why = self._map_landing(state, site.target, size, call)
+            if why:
+                return Trap(f"{site.why}: target {site.target:#x}: {why}")
+            address = site.target
+        elif site.reach[0] <= state.next_trampoline < site.reach[1] - size and \
+                state.next_trampoline + size <= state.net.base + layout.CODE_SIZE:
+            address = state.next_trampoline
+            state.next_trampoline += size
+        else:
+            near = self._near(state, site.reach, size, call)
+            if near is None:
+                return Trap("no room for a trampoline within the jump's reach")
+            address = near
+        index = state.table.take_index()
+        if index is None:
+            return Trap("the jump table is full")
+        code = backend.trampoline(site, address, index, state.net.base + state.net.blob.hit_entry)
+        if code is None:
+            return Trap("the displaced instruction cannot jump back from the trampoline")
+        state.mm.memory.write(address, code)
+        written = backend.jump_bytes(site, address)
+        original = jump.uprobe.original[site.at - site.vaddr:site.at - site.vaddr + len(written)]
+        return _Site(jump, index, address, written, original, armed=False)
+
+    def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
+        """Map the pages under [start, start + size) that are not landing pages yet;
+        why not ('' when mapped): taken by the program or by another trampoline."""
+        end = start + size
+        if any(s < end and start < e for s, e in state.used):
+            return "another trampoline is there"
+        why = self._allowed(state, start, end)
+        if why:
+            return why
+        first, last = start & -PAGE, (end - 1) & -PAGE
+        for page in range(first, last + PAGE, PAGE):
+            if page in state.pages:
+                continue
+            got = self._map_page(state, page, call)
+            if got != page:
+                return f"the page at {page:#x} is taken" if got in (page, -17) or got >= 0 else \
+                    f"mmap: {os.strerror(-got)}"
+            state.pages.add(page)
+            state.page_fill.setdefault(page, PAGE)  # taken by pun targets: no general room
+        state.used.append((start, end))
+        return ""
+
+    @staticmethod
+    def _map_page(state: _MmJumps, page: int, call: InjectedCall) -> int:
+        """A landing page at ``page`` if it is free (what mmap gave: ``page`` when mapped),
+        journalled before it is mapped (``uemu repair`` unmaps it)."""
+        journal = state.net.journal
+        journal.note_mapping(page, PAGE)
+        got = call("mmap", page, PAGE, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        if got != page:
+            if got >= 0:
+                call("munmap", got, PAGE)  # a kernel that took NOREPLACE as a hint
+            journal.note_mapping_gone(page)
+        return int(got)
+
+    def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall) -> int | None:
+        """Room for a trampoline within ``reach``: on a landing page that has some, or a new
+        page in a gap of the address space."""
+        for page, fill in state.page_fill.items():
+            if reach[0] <= page + fill and page + fill + size <= reach[1] and fill + size <= PAGE:
+                state.page_fill[page] = fill + size
+                state.used.append((page + fill, page + fill + size))
+                return page + fill
+        vmas = sorted(state.mm.vmas, key=lambda v: v.start)
+        middle = (reach[0] + reach[1]) // 2
+        best = None
+        for before, after in itertools.pairwise(vmas):
+            low = max(before.end + PAGE, reach[0])
+            high = min(after.start - 2 * PAGE, reach[1] - PAGE)
+            if low > high:
+                continue
+            page = min(max(middle & -PAGE, low), high) & -PAGE
+            if low <= page and (best is None or abs(page - middle) < abs(best - middle)) \
+                    and not self._allowed(state, page, page + PAGE):
+                best = page
+        if best is None:
+            return None
+        if self._map_page(state, best, call) != best:
+            return None
+        state.pages.add(best)
+        state.page_fill[best] = size
+        state.used.append((best, best + size))
+        state.mm.vmas = read_maps(state.mm.pid)
+        return best
+
+    @staticmethod
+    def _allowed(state: _MmJumps, start: int, end: int) -> str:
+        return landing_refused(state.mm.arch, state.mm.vmas, start, end, state.brk, mapped_ok=True)
+
+    # ---- records -----------------------------------------------------------------------------
+
+    def _record_info(self, jump: Jump) -> _Recorded:
+        consumers = tuple(jump.uprobe.consumers)
+        specs = tuple(c.probe.args.split() if c.probe.args else [] for c in consumers)
+        return _Recorded(jump.site.vaddr, consumers, specs, jump.program)
+
+    def drain(self, emit: Emit, final: bool = False) -> int:
+        """Hand every hit recorded since the last call to ``emit``, one call per consumer,
+        ring by ring (each ring in its own order; uemu/ringfeed.py sorts by time); their
+        room in the ring is given back at once.  Thread-safe.
+        ``final``: uemu is done with the rings (records nobody finished are skipped and
+        counted).  Returns how many records were read."""
+        with self._draining:
+            count = self._drain(emit, final)
+            self.read += count
+            return count
+
+    def _drain(self, emit: Emit, final: bool) -> int:
+        count = 0
+        for events in list(self._rings):
+            while True:
+                records = events.take(final)
+                self._emit(events, records, emit)
+                events.release()
+                count += len(records)
+                if len(records) < ring.TAKE_MAX:
+                    break
+        return count
+
+    def _emit(self, events: ring.Ring, records: list[ring.RawRecord], emit: Emit) -> None:
+        buffer = events.view
+        for record in records:
+            info = self._recorded.get(record.id)
+            pid = self.reported_pid(record.pid, record.tid)
+            if info is None or pid is None:
+                continue
+            if (pid, record.tid) not in self.names:
+                self.names[pid, record.tid] = read_comm(pid, record.tid)
+            args: list[Value] | None = None
+            strings: dict[int, bytes] = {}
+            if self.decode_args:
+                decoded, strings = info.program.decode(buffer, record.offset)
+                args = list(decoded)
+            read_string = _captured(strings) if strings else None
+            for consumer, specs in zip(info.consumers, info.specs, strict=True):
+                if args is None:
+                    emit(consumer, None)
+                    continue
+                probe = consumer.probe
+                emit(consumer, Event(record.ts_ns, pid, record.tid, probe.object, probe.provider,
+                                     probe.name, info.vaddr, specs, list(args), read_string))
+
+    def wait(self, timeout_ns: int) -> None:
+        """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's
+        sleep): on the futex of the one ring there is, else in short naps."""
+        rings = list(self._rings)
+        if len(rings) == 1:
+            rings[0].sleep(timeout_ns)
+        else:
+            time.sleep(min(timeout_ns, 5_000_000) / 1e9)
+
+    def thread_name(self, pid: int, tid: int) -> bytes | None:
+        """A thread's name as read at its first hit on the jump path, else now."""
+        return self.names.get((pid, tid)) or read_comm(pid, tid)
+
+    def lost(self) -> int:
+        """Events dropped so far: by producers (full ring under --drop, a re-entered hit
+        finding it full, uemu leaving) and records nobody finished."""
+        return sum(events.lost + events.unfinished for events in self._rings)
+
+    # ---- threads, fork, exec, leaving ------------------------------------------------------------
+
+    def thread_started(self, mm: Mm, tid: int, tp: int) -> None:
+        state = self._mms.get(mm)
+        if state is not None:
+            state.table.thread_started(tid, tp)
+
+    def thread_seen(self, mm: Mm, tid: int) -> None:
+        """Thread ``tid`` of ``mm`` is stopped: its hits will name it by its thread
+        pointer (one it does not have yet, or one that cannot be read: its hits ask
+        gettid)."""
+        if mm not in self._mms:
+            return
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        try:
+            regs.fetch(tid)
+        except (OSError, errors.UemuError):
+            return  # running, or gone
+        self.thread_started(mm, tid, thread_pointer(mm.arch, tid, regs))
+
+    def thread_exited(self, mm: Mm, tid: int) -> None:
+        state = self._mms.get(mm)
+        if state is not None:
+            state.table.thread_exited(tid)
+
+    def trap_at(self, mm: Mm, address: int) -> int | None:
+        """Where a thread that trapped at ``address`` resumes, if the trap was an int3 uemu
+        put in front of a jump it was writing or removing (the jump, or the program's
+        bytes, are whole now); None: not the jump path's."""
+        state = self._mms.get(mm)
+        return address if state is not None and address in state.int3_first else None
+
+    def dup(self, parent: Mm, child: Mm) -> None:
+        """A fork: the child (stopped) has copies of the parent's jumps, trampolines, table
+        and landing pages, and shares its ring.  Its records must say its pid; the
+        thread table names the parent's threads."""
+        state = self._mms.get(parent)
+        child_net = child.net
+        if state is None or child_net is None:
+            return
+        table = state.table.copy_for(child.memory)
+        table.set_pid(child.pid)
+        table.forget_threads()
+        copy = _MmJumps(child, child_net, table, state.ring, state.backend,
+                        sites={vaddr: _Site(s.jump, s.index, s.trampoline, s.written, s.original, s.armed)
+                               for vaddr, s in state.sites.items()},
+                        int3_first=set(state.int3_first), next_trampoline=state.next_trampoline,
+                        pages=set(state.pages), used=list(state.used), page_fill=dict(state.page_fill),
+                        brk=state.brk)
+        self._mms[child] = copy
+
+    def forget(self, mm: Mm) -> None:
+        """exec or exit: the image is gone with everything uemu wrote there."""
+        self._mms.pop(mm, None)
+        self._callers.pop(mm, None)
+        self._plans = {key: value for key, value in self._plans.items() if key[0] != id(mm)}
+
+    def leave(self, mm: Mm) -> None:
+        """Detaching: trampolines record nothing from now on (a hit waiting for room gives
+        up).  Then the caller disarms each site."""
+        state = self._mms.get(mm)
+        if state is not None:
+            state.table.set_state(JumpsState.OFF)
+
+    def is_jumped(self, mm: Mm, vaddr: int) -> bool:
+        state = self._mms.get(mm)
+        return state is not None and vaddr in state.sites and state.sites[vaddr].armed
+
+    def jumped(self, mm: Mm) -> list[int]:
+        state = self._mms.get(mm)
+        return [] if state is None else [v for v, s in state.sites.items() if s.armed]
+
+    def trampolines(self, mm: Mm) -> list[tuple[int, int]]:
+        """[start, end) of each trampoline and of hit_entry's code: where a thread's ip is
+        inside the jump path (it leaves by itself)."""
+        state = self._mms.get(mm)
+        if state is None:
+            return []
+        size = state.backend.tramp_size
+        return [(s.trampoline, s.trampoline + size) for s in state.sites.values()]
+
+    def close(self) -> None:
+        for events in self._rings:
+            events.close()
+        self._rings.clear()
+
+
+def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Iterable[int], absolute: bool = True) -> SiteJump | Trap:
+    """The arch's choice for a site whose instruction the backend analysed as ``plan``
+    (``code``: the file's bytes from the site on), unless another site uemu writes (at
+    ``neighbours``) lies where the jump covers or depends on: a pun's four
+    displacement bytes, a nop run it skips.  Pure: ``uemu list --plan`` asks it too
+    (``absolute`` False: the address is an object's link-time one, its load address yet
+    unknown, so user space cannot be checked)."""
+    if arch.jumps is None:
+        return Trap(f"no jump path for {arch.name}")
+    choice = arch.jumps.choose(plan, code)
+    if isinstance(choice, NoJump):
+        return Trap(choice.why)
+    vaddr = choice.vaddr
+    end = max(choice.at + choice.length, choice.resume, vaddr + 5 if choice.form is JumpForm.PUN else 0)
+    for where in neighbours:
+        if vaddr < where < end:
+            return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
+    if absolute and choice.target is not None and not 0 < choice.target < _USER_TOP.get(arch.name, 1 << 47):
+        return Trap(f"pun target {choice.target:#x} is outside user space")
+    return choice
+
+
+def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
+                    mapped_ok: bool = False) -> str:
+    """Why no landing page may hold [start, end) ('' if one may): outside user space,
+    where the main stack or the heap (from ``brk``, the process's start_brk) may grow,
+    or (unless ``mapped_ok``: mmap's MAP_FIXED_NOREPLACE will tell) a mapping there."""
+    if start < _mmap_min_addr() or end > _USER_TOP.get(arch.name, 1 << 47):
+        return "outside user space"
+    if brk is not None and brk < end and start < brk + HEAP_ROOM:
+        return "where the heap may grow"
+    for vma in vmas:
+        if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
+            return "where the stack may grow"
+        if not mapped_ok and vma.start < end and start < vma.end:
+            return f"{vma.path or 'an anonymous mapping'} is there"
+    return ""
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What ``uemu list --plan`` says of one site."""
+
+    path: str
+    """"jump", "pun" or "trap"."""
+    why: str
+
+
+def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours: Iterable[int],
+                 vmas: Sequence[Vma] | None = None, brk: int | None = None) -> SitePlan:
+    """The path a probe site will take, from its file alone (``address`` link-time, a pun
+    target inside the object's own image keeps the trap) or in a process (``address``
+    and ``neighbours`` at run time, ``vmas`` its mappings: a pun target needs free room
+    there, and none where the heap grows from ``brk``).  ``neighbours``: the addresses
+    of the other sites uemu would write."""
+    arch = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
+    if arch.backend is None or arch.jumps is None:
+        return SitePlan("trap", f"no jump path for {arch.name}")
+    with open(elf.source or elf.path, "rb") as stream:
+        stream.seek(file_offset)
+        code = stream.read(arch.backend.max_insn_len)
+    if arch.backend.is_trap(code):
+        return SitePlan("trap", "the file holds a trap instruction there (uprobes refuse it)")
+    absolute = vmas is not None or elf.e_type == "ET_EXEC"
+    choice = choose(arch, arch.backend.analyze(code, address), code, neighbours, absolute)
+    if isinstance(choice, Trap):
+        return SitePlan("trap", choice.why)
+    if choice.target is None:
+        return SitePlan("jump", choice.why)
+    end = choice.target + arch.jumps.tramp_size
+    half = 1 << (8 * arch.word_size - 1)
+    distance = (choice.target - address + half) % (2 * half) - half
+    target = f"target {choice.target:#x}" if absolute else f"target {distance:+#x} from the site"
+    if vmas is None:
+        for segment in elf.segments:
+            if segment.p_vaddr < end and choice.target < segment.p_vaddr + segment.p_memsz:
+                return SitePlan("trap", f"{choice.why}: {target}, inside the object's own image")
+        return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
+    refused = landing_refused(arch, vmas, choice.target, end, brk)
+    return SitePlan("trap", f"{choice.why}: {target}: {refused}") if refused else \
+        SitePlan("pun", f"{choice.why}: {target}, free")
+
+
+def _captured(strings: dict[int, bytes]) -> Callable[[int, int], bytes | None]:
+    def read_string(address: int, limit: int) -> bytes | None:
+        found = strings.get(address)
+        return None if found is None else found[:limit]
+
+    return read_string
+
+
+def _prot(vmas: Sequence[Vma], address: int) -> int:
+    for vma in vmas:
+        if vma.start <= address < vma.end:
+            return (PROT_READ if vma.readable else 0) | (PROT_EXEC if vma.executable else 0) | \
+                (2 if vma.writable else 0)
+    return PROT_READ | PROT_EXEC
+
+
+_MMAP_MIN_ADDR: int | None = None
+
+
+def _mmap_min_addr() -> int:
+    global _MMAP_MIN_ADDR
+    if _MMAP_MIN_ADDR is None:
+        try:
+            with open("/proc/sys/vm/mmap_min_addr") as stream:
+                _MMAP_MIN_ADDR = max(int(stream.read()), PAGE)
+        except (OSError, ValueError):
+            _MMAP_MIN_ADDR = 65536
+    return _MMAP_MIN_ADDR
+
+
+# ---- what only the process can tell -----------------------------------------------------------
+
+_VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
+AT_HWCAP2 = 26
+HWCAP2_FSGSBASE = 2
+
+
+def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
+    """The address of the vDSO's clock_gettime in the process, 0 if none (the runtime
+    then makes the system call).  The vDSO is read from the process, never run by uemu."""
+    vdso = next((v for v in vmas if v.path == "[vdso]"), None)
+    if vdso is None:
+        return 0
+    try:
+        elf = ELFFile(io.BytesIO(memory.read(vdso.start, vdso.end - vdso.start)))
+        symbols = elf.get_section_by_name(".dynsym")
+        base = min(s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
+        for name in _VDSO_CLOCK:
+            found = symbols.get_symbol_by_name(name) if isinstance(symbols, SymbolTableSection) else None
+            if found:
+                return int(vdso.start + found[0]["st_value"] - base)
+    except (OSError, ELFError, ValueError, TypeError):
+        pass
+    return 0
+
+
+def start_brk(pid: int) -> int | None:
+    """Where the process's heap starts (/proc/PID/stat field 47, start_brk)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return int(fields[47 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def thread_pointer_readable(pid: int, arch: Arch) -> bool:
+    """Whether the runtime can read the thread pointer without a fault: x86_64 needs
+    rdfsbase (the kernel says so in AT_HWCAP2); the others read a register."""
+    if arch.name != "x86_64":
+        return True
+    try:
+        with open(f"/proc/{pid}/auxv", "rb") as stream:
+            auxv = stream.read()
+    except OSError:
+        return False
+    for key, value in struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]):
+        if key == AT_HWCAP2:
+            return bool(value & HWCAP2_FSGSBASE)
+    return False
+
+
+# ---- a thread's thread pointer (ptrace glue) -------------------------------------------------
+
+PTRACE_GETREGSET, PTRACE_GET_THREAD_AREA, NT_ARM_TLS = 0x4204, 25, 0x401
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_libc.ptrace.restype = ctypes.c_long
+
+
+class _UserDesc(ctypes.Structure):
+    _fields_ = [("entry_number", ctypes.c_uint), ("base_addr", ctypes.c_uint), ("limit", ctypes.c_uint),
+                ("flags", ctypes.c_uint)]
+
+
+def thread_pointer(arch: Arch, tid: int, regs: ptrace.Regset) -> int:
+    """The thread pointer of a stopped thread, as the runtime reads it at a hit (x86_64
+    the fs base; i386 the base of the %gs descriptor, which glibc's TCB also holds at
+    %gs:0; aarch64 tpidr_el0; riscv64 tp); 0 when it has none yet."""
+    if arch.name == "x86_64":
+        return regs["fs_base"]
+    if arch.name == "riscv64":
+        return regs["tp"]
+    if arch.name == "aarch64":
+        value = ctypes.c_uint64()
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(value), 8)
+        if _libc.ptrace(PTRACE_GETREGSET, tid, NT_ARM_TLS, ctypes.addressof(iov)) < 0:
+            return 0
+        return value.value
+    if arch.name == "i386":
+        selector = regs["gs"]
+        if not selector & 0xFFFC:
+            return 0
+        desc = _UserDesc()
+        if _libc.ptrace(PTRACE_GET_THREAD_AREA, tid, selector >> 3, ctypes.addressof(desc)) < 0:
+            return 0
+        return int(desc.base_addr)
+    raise errors.UnsupportedArch(arch.name, what="no jump path for it")
+
+

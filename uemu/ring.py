@@ -1,0 +1,375 @@
+"""uemu's end of the event ring: a memfd the jump path's trampolines write hits into.
+
+One ring per traced image: created in the target at setup (memfd_create, ftruncate and a
+MAP_SHARED mmap injected there, then the descriptor closed again), opened by uemu
+through /proc/PID/fd/N before that close and mapped here too.  A fork shares it (the
+mapping is inherited, the records carry the pid); an exec gets a new one.
+
+Producers (threads at a hit, uemu/runtime/src/runtime.c) reserve a record by a
+compare-and-swap of its header word; uemu is the one consumer: it takes the finished
+records from ``tail`` on, zeroes what it took and moves ``tail`` (layout.RingHeader says
+why zeroes).  Losses are counted by producers (a u32 that wraps; differences are summed
+here) and by the reader (records nobody finished), and reported exactly.
+
+Kernel: none of the kernel's uprobes; the shape is that of the BPF ring buffer
+(kernel/bpf/ringbuf.c: a header word with a busy bit, records that never wrap, a
+consumer position only the consumer moves), made lock-free for producers in several
+processes, and a consumer that sleeps on a futex the first producer after it wakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import platform
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from uemu.arch import Arch, by_name
+
+from . import errors
+from .runtime import layout
+from .runtime.layout import RingFlags, RingHeader
+
+DEFAULT_SIZE = 4 << 20
+"""Data bytes of a ring: tens of thousands of records."""
+TAKE_MAX = 4096
+"""Records per take: the reader hands them on in batches."""
+STALL_NS = 1_000_000_000
+"""A record left unfinished this long at ``tail``: its thread left the hit midway."""
+MFD_CLOEXEC = 1
+PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+FUTEX_WAIT, FUTEX_WAKE = 0, 1
+MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 8, 16
+_MEMBARRIER = {"aarch64": 283, "riscv64": 283}
+"""Hosts whose stores and loads may be reordered (not x86): membarrier orders them."""
+
+InjectedCall = Callable[..., int]
+_HEADER = struct.Struct("<IIIIQ")
+_U32 = struct.Struct("<I")
+_OFF = {name: layout.RING_HEADER.offset(name) for name, _, _ in layout.RING_HEADER.members}
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One finished record: where its bytes are in ``Ring.buffer`` until the next take."""
+
+    id: int
+    pid: int
+    tid: int
+    ts_ns: int
+    offset: int
+
+
+class _Host:
+    """uemu's own system calls for the ring: futex, and a full barrier where the host's
+    memory model needs one (Python's stores through the mapping are plain)."""
+
+    def __init__(self) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.syscall.restype = ctypes.c_long
+        machine = platform.machine()
+        host: Arch = by_name("x86_64" if machine in ("x86_64", "AMD64") else machine)
+        self.futex_nr = host.syscall_numbers["futex"]
+        self.robust_nr = host.syscall_numbers["set_robust_list"]
+        self.membarrier = _MEMBARRIER.get(host.name)
+        if self.membarrier is not None:
+            self.libc.syscall(self.membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0)
+
+    def set_robust_list(self, head: int, size: int) -> bool:
+        return bool(self.libc.syscall(self.robust_nr, ctypes.c_void_p(head), ctypes.c_size_t(size)) == 0)
+
+    def futex(self, address: int, op: int, value: int, timeout_ns: int | None = None) -> None:
+        spec = None
+        if timeout_ns is not None:
+            spec = (ctypes.c_long * 2)(*divmod(timeout_ns, 1_000_000_000))
+        self.libc.syscall(self.futex_nr, ctypes.c_void_p(address), op, value, spec, 0, 0)
+
+    def fence(self) -> None:
+        if self.membarrier is not None:
+            self.libc.syscall(self.membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0)
+
+
+class _RobustListHead(ctypes.Structure):
+    """Kernel: ``struct robust_list_head`` (include/uapi/linux/futex.h)."""
+
+    _fields_ = [("next", ctypes.c_void_p), ("futex_offset", ctypes.c_long), ("list_op_pending", ctypes.c_void_p)]
+
+
+class Sentinel:
+    """A thread of uemu that lives as long as uemu, whose robust futex list holds the
+    ``owner`` word of every ring: however uemu dies (SIGKILL too), the kernel sets
+    FUTEX_OWNER_DIED in each word (kernel: ``exit_robust_list()`` ->
+    ``handle_futex_death()``, for a word holding the dying thread's tid), and the next hit
+    in the target sees it with one load, and restores everything (the runtime's
+    ``uemu_gone``).  Without it a hit would learn of uemu's death from TracerPid, which is
+    too slow to read at every hit: hits of the first second or so would miss it.
+
+    The list is this module's alone (the thread runs no code that uses glibc's robust
+    mutexes); each ring's entry is its ``owner_next`` word, ``owner`` at -8 from it.  The
+    kernel reads the list only when the thread exits, so other threads change it freely,
+    each change one pointer store that leaves the list whole."""
+
+    def __init__(self) -> None:
+        self._head = _RobustListHead()
+        self._head.next = ctypes.addressof(self._head)  # empty: the list points at its head
+        self._head.futex_offset = _OFF["owner"] - _OFF["owner_next"]
+        self._entries: list[int] = []
+        self._lock = threading.Lock()
+        self.tid = 0
+        """The thread's tid once its list is registered; 0: it could not be."""
+        self.pid = os.getpid()
+        ready = threading.Event()
+        threading.Thread(target=self._live, args=(ready,), name="uemu-sentinel", daemon=True).start()
+        ready.wait()
+
+    def _live(self, ready: threading.Event) -> None:
+        if host().set_robust_list(ctypes.addressof(self._head), ctypes.sizeof(self._head)):
+            self.tid = threading.get_native_id()
+        ready.set()
+        threading.Event().wait()  # until uemu ends
+
+    def watch(self, events: Ring) -> None:
+        """``events``'s owner word is held by the sentinel from now on."""
+        if not self.tid:
+            return
+        entry = events.address() + _OFF["owner_next"]
+        with self._lock:
+            events.set_owner(self.tid)
+            _set_pointer(entry, self._head.next or 0)
+            self._head.next = entry
+            self._entries.insert(0, entry)
+
+    def unwatch(self, events: Ring) -> None:
+        """Out of the list before the ring's mapping may go."""
+        entry = events.address() + _OFF["owner_next"]
+        with self._lock:
+            if entry not in self._entries:
+                return
+            at = self._entries.index(entry)
+            after = self._entries[at + 1] if at + 1 < len(self._entries) else ctypes.addressof(self._head)
+            if at == 0:
+                self._head.next = after
+            else:
+                _set_pointer(self._entries[at - 1], after)
+            del self._entries[at]
+
+
+def _set_pointer(address: int, value: int) -> None:
+    ctypes.c_void_p.from_address(address).value = value
+
+
+_sentinel: Sentinel | None = None
+
+
+def sentinel() -> Sentinel:
+    """This process's sentinel (a process forked from uemu has no thread of its parent's)."""
+    global _sentinel
+    if _sentinel is None or _sentinel.pid != os.getpid():
+        _sentinel = Sentinel()
+    return _sentinel
+
+
+_host: _Host | None = None
+
+
+def host() -> _Host:
+    global _host
+    if _host is None:
+        _host = _Host()
+    return _host
+
+
+class Ring:
+    """The ring as uemu sees it: ``buffer`` is the whole memfd (header, then data)."""
+
+    def __init__(self, buffer: mmap.mmap | bytearray, target_address: int, fd: int = -1,
+                 sync: Callable[[], None] | None = None):
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+        self.target_address = target_address
+        self.fd = fd
+        self._sync = sync
+        """For a buffer that is a copy (tests: unicorn memory): called after each write."""
+        header = self.header()
+        if header.magic != layout.RING_MAGIC or header.version != layout.RING_VERSION:
+            raise errors.UemuError("not a uemu event ring")
+        self.size = header.size
+        self.data = header.data_off
+        self.tail = header.tail
+        self._lost_seen = header.lost
+        self.lost = 0
+        """Events producers dropped (full ring under --drop, re-entrant hits, uemu leaving)."""
+        self.unfinished = 0
+        """Records a thread never finished (it left a hit midway), skipped at the end."""
+        self._stalled_since: int | None = None
+        self._address: int | None = None
+
+    @staticmethod
+    def initial(size: int, drop: bool) -> bytes:
+        """A fresh ring's header page."""
+        if size & (size - 1) or size < layout.PAGE:
+            raise ValueError("a ring's size is a power of two of at least a page")
+        now = time.monotonic_ns() >> 20
+        header = RingHeader(magic=layout.RING_MAGIC, version=layout.RING_VERSION,
+                            flags=RingFlags.DROP if drop else RingFlags(0), size=size, data_off=layout.PAGE,
+                            heartbeat=now, checked=now & 0xFFFFFFFF)
+        return layout.RING_HEADER.encode(header).ljust(layout.PAGE, b"\0")
+
+    def header(self) -> RingHeader:
+        return layout.RING_HEADER.decode(bytes(self.view[:layout.RING_HEADER.size]))
+
+    def _u32(self, name: str) -> int:
+        value: int = _U32.unpack_from(self.view, _OFF[name])[0]
+        return value
+
+    def _set_u32(self, name: str, value: int) -> None:
+        _U32.pack_into(self.view, _OFF[name], value & 0xFFFFFFFF)
+
+    # ---- taking records ------------------------------------------------------------
+
+    def take(self, final: bool = False) -> list[RawRecord]:
+        """The finished records from ``tail`` on, in ring order.  Their bytes stay in
+        ``buffer`` until the next call, which zeroes them and gives their room back.
+        ``final``: uemu is done with this ring; a record nobody finished is skipped."""
+        self._give_back()
+        self._set_u32("heartbeat", time.monotonic_ns() >> 20)
+        out: list[RawRecord] = []
+        view, data, mask = self.view, self.data, self.size - 1
+        position, busy = self.tail, False
+        while len(out) < TAKE_MAX and position != self._u32("head"):
+            at = data + (position & mask)
+            word = _U32.unpack_from(view, at)[0]
+            if word == 0:
+                break  # its header is written before head moves: seen out of order, later
+            if word & layout.RECORD_BUSY:
+                if not final:
+                    busy = True
+                    break
+                self.unfinished += 1
+            elif not word & layout.RECORD_PAD:
+                _, ident, pid, tid, ts = _HEADER.unpack_from(view, at)
+                out.append(RawRecord(ident, pid, tid, ts, at))
+            position = (position + (word & layout.RECORD_LEN)) & 0xFFFFFFFF
+        self._note_stall(busy)
+        host().fence()  # the records' bytes are read after their headers
+        self._taken = position
+        lost = self._u32("lost")
+        self.lost += (lost - self._lost_seen) & 0xFFFFFFFF
+        self._lost_seen = lost
+        return out
+
+    _taken: int | None = None
+
+    def _give_back(self) -> None:
+        """Zero what the last ``take`` returned and move ``tail`` past it (zeroes first: a
+        producer reserves a header word only where it finds 0)."""
+        end = self._taken
+        if end is None or end == self.tail:
+            return
+        mask, data = self.size - 1, self.data
+        start = self.tail & mask
+        length = (end - self.tail) & 0xFFFFFFFF
+        first = min(length, self.size - start)
+        self.view[data + start:data + start + first] = bytes(first)
+        if length > first:
+            self.view[data:data + length - first] = bytes(length - first)
+        host().fence()
+        self.tail = end & 0xFFFFFFFF
+        self._set_u32("tail", self.tail)
+        self._set_u32("tail_seq", self._u32("tail_seq") + 1)
+        self._taken = None
+        if self._sync is not None:
+            self._sync()
+        if self._u32("waiters") and self._address is not None:
+            host().futex(self._address + _OFF["tail_seq"], FUTEX_WAKE, 0x7FFFFFFF)
+
+    def release(self) -> None:
+        """Give back what the last ``take`` returned, now (the reader is about to sleep)."""
+        self._give_back()
+
+    def _note_stall(self, busy: bool) -> None:
+        now = time.monotonic_ns()
+        if not busy:
+            if self._stalled_since is not None:
+                self._stalled_since = None
+                self._set_u32("stalled", 0)
+            return
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since > STALL_NS and not self._u32("stalled"):
+            self._set_u32("stalled", 1)
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self._u32("stalled"))
+
+    # ---- sleeping until a producer writes ---------------------------------------------
+
+    def address(self) -> int:
+        """The mapping's address in uemu (for futexes)."""
+        if self._address is None:
+            self._address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
+        return self._address
+
+    def sleep(self, timeout_ns: int) -> None:
+        """Wait until a producer finishes a record (it wakes us), or ``timeout_ns``.  Writes
+        nothing but ``reader_wait``: a take under way in another thread is safe."""
+        self._set_u32("reader_wait", 1)
+        host().fence()
+        word = _U32.unpack_from(self.view, self.data + (self.tail & (self.size - 1)))[0]
+        if word == 0 or word & layout.RECORD_BUSY:
+            host().futex(self.address() + _OFF["reader_wait"], FUTEX_WAIT, 1, timeout_ns)
+        self._set_u32("reader_wait", 0)
+
+    def set_owner(self, tid: int) -> None:
+        self._set_u32("owner", tid)
+
+    def close(self) -> None:
+        if _sentinel is not None and self.fd >= 0:
+            _sentinel.unwatch(self)
+        self.view.release()
+        if isinstance(self.buffer, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a futex address is still exported: the mapping goes with uemu
+                self.buffer.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: int = DEFAULT_SIZE,
+           drop: bool = False) -> Ring:
+    """Create a ring in process ``pid`` (a thread of it stopped, ``call`` injecting its
+    system calls; ``name_address``: the memfd's name, written there already) and map it
+    in uemu too.  The descriptor uemu made in the target is closed again before this
+    returns; if uemu dies in between, the target keeps one more open file."""
+    total = layout.PAGE + size
+    fd = call("memfd_create", name_address, MFD_CLOEXEC)
+    if fd < 0:
+        raise errors.UemuError(f"memfd_create in process {pid} failed: {os.strerror(-fd)}")
+    own = -1
+    try:
+        result = call("ftruncate", fd, total)
+        if result < 0:
+            raise errors.UemuError(f"ftruncate of the ring in process {pid} failed: {os.strerror(-result)}")
+        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        buffer = mmap.mmap(own, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        buffer[:layout.PAGE] = Ring.initial(size, drop)
+        address = call("mmap", 0, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if address < 0 or (arch.word_size == 4 and address >= 1 << 32):
+            buffer.close()
+            raise errors.UemuError(f"mmap of the ring in process {pid} failed: {os.strerror(-address)}")
+    except BaseException:
+        if own >= 0:
+            os.close(own)
+        call("close", fd)
+        raise
+    call("close", fd)
+    events = Ring(buffer, address, own)
+    sentinel().watch(events)
+    return events

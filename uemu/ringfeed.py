@@ -1,0 +1,135 @@
+"""Hits without a stop reach the session's handlers: a reader thread, and one time order.
+
+The session's loop blocks in waitpid, and a jumped site never makes a stop, so ring
+events cannot wait for the loop.  A reader thread drains the rings (``JumpPath.drain``)
+as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; its
+events wait in a heap for ``window_ns`` (records of several threads and processes
+finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
+the vDSO in the target, time.monotonic_ns in uemu).  The trap path's events are handed
+out by the loop at their stop, at once (a handler may still read the stopped thread's
+memory); ``before`` first drains the rings and hands out every older ring event.  All
+under ``lock``, by whichever thread holds it: the reader, or the loop.  So handlers see
+events in time order, one at a time, from one thread at a time.
+
+The order is exact for events that reach uemu within the window of their hit; a thread
+descheduled in the middle of a hit for longer (its record is finished late) comes out
+late, still in its own thread's order.  Counting alone (``--count``: no event) needs no
+order and is delivered at once.
+
+``on_ready`` is called from the reader thread after a batch is delivered, for a session
+whose consumer lives in the loop's thread (``Session.events()``): it must wake the loop
+without ptrace (only the tracing thread may ptrace), e.g. ``signal.pthread_kill`` of the
+main thread with a signal whose handler interrupts a tracee.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+
+from .events import Event
+from .uprobes import Consumer
+
+Deliver = Callable[[Consumer, Event | None], None]
+DEFAULT_WINDOW_NS = 20_000_000
+DEFAULT_POLL_NS = 100_000_000
+"""The reader looks at least this often (and tells producers it is alive: the heartbeat)."""
+BATCH_SLEEP_S = 0.001
+"""After a busy drain the reader sleeps this long before draining again rather than be
+woken by every record (the futex wake costs the hitting thread a system call)."""
+
+
+class RingFeed:
+    def __init__(self, drain: Callable[[Deliver], int], wait: Callable[[int], None], deliver: Deliver, *,
+                 window_ns: int = DEFAULT_WINDOW_NS, poll_ns: int = DEFAULT_POLL_NS,
+                 on_ready: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None):
+        self._drain = drain
+        self._wait = wait
+        self._deliver = deliver
+        self.window_ns = window_ns
+        self.poll_ns = poll_ns
+        self.on_ready = on_ready
+        self.on_error = on_error
+        """Called from the reader thread when it ends early (a handler raised): the loop
+        must notice, and ``stop`` raises the error in its thread."""
+        self.lock = threading.RLock()
+        """Held while handlers run; the session holds it to deliver or change its own state."""
+        self._heap: list[tuple[int, int, Consumer, Event]] = []
+        self._order = itertools.count()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        """What ended the reader thread early (re-raised by ``stop``)."""
+
+    # ---- the two ways in ----------------------------------------------------------------
+
+    def before(self, ts_ns: int) -> None:
+        """A hit of the trap path made at ``ts_ns`` is about to be handed out (by the
+        caller, holding ``lock``): the ring's hits made before it go first."""
+        with self.lock:
+            self._drain(self._take)
+            self.flush(ts_ns)
+
+    def _take(self, consumer: Consumer, event: Event | None) -> None:
+        """A ring event: counted at once when it carries nothing, else in its time's turn."""
+        if event is None:
+            self._deliver(consumer, None)
+        else:
+            heapq.heappush(self._heap, (event.ts_ns, next(self._order), consumer, event))
+
+    # ---- the reader thread ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="uemu-ring-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                with self.lock:
+                    got = self._drain(self._take)
+                delivered = self.flush(time.monotonic_ns() - self.window_ns)
+                if delivered and self.on_ready is not None:
+                    self.on_ready()
+                if got:
+                    time.sleep(BATCH_SLEEP_S)
+                else:
+                    self._wait(self.window_ns if self._heap else self.poll_ns)
+        except BaseException as err:  # noqa: BLE001  (reported by stop(), in the loop's thread)
+            self.error = err
+            if self.on_error is not None:
+                self.on_error()
+
+    def flush(self, before_ns: int | None = None) -> int:
+        """Deliver, in time order, every waiting event older than ``before_ns`` (all of
+        them when None); returns how many."""
+        count = 0
+        with self.lock:
+            heap = self._heap
+            while heap and (before_ns is None or heap[0][0] <= before_ns):
+                _, _, consumer, event = heapq.heappop(heap)
+                self._deliver(consumer, event)
+                count += 1
+        return count
+
+    def stop(self, final_drain: Callable[[Deliver], int] | None = None) -> None:
+        """End the reader thread, drain one last time (``final_drain``: the rings' last
+        read, records nobody finished skipped), deliver everything."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if final_drain is not None:
+            with self.lock:
+                final_drain(self._take)
+        self.flush()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
