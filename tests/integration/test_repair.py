@@ -33,6 +33,7 @@ from residue import (
 )
 from test_net import Orphan, facts, untraced
 from tracee import (
+    SLOWDOWN,
     UEMU,
     Tracee,
     attach_cli,
@@ -72,7 +73,8 @@ def survival(samples: Path, *args: str) -> Tracee:
 
 
 def uemu(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*UEMU, *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([*UEMU, *args], capture_output=True, text=True, timeout=60 * SLOWDOWN,
+                          check=False)
 
 
 def killed_uemu(pid: int, *probes: str) -> None:
@@ -81,7 +83,7 @@ def killed_uemu(pid: int, *probes: str) -> None:
     assert cli.poll() is None, cli.communicate()
     assert tracer_pid(pid) == cli.pid
     cli.kill()
-    cli.communicate(timeout=30)
+    cli.communicate(timeout=30 * SLOWDOWN)
     wait_until(lambda: tracer_pid(pid) == 0, what="the tracer to be gone")
 
 
@@ -168,7 +170,7 @@ def test_repair_of_a_program_stopped_when_uemu_died(samples: Path, journal_dir: 
         stop_under_uemu(tracee.pid)
         assert cli.poll() is None, cli.communicate()
         cli.kill()
-        cli.communicate(timeout=30)
+        cli.communicate(timeout=30 * SLOWDOWN)
         wait_until(lambda: tracer_pid(tracee.pid) == 0, what="the tracer to be gone")
         # woken by the tracer's death, every thread goes back into the group stop (kernel:
         # __ptrace_unlink) without a return to user space
@@ -204,7 +206,7 @@ def test_repair_with_threads_in_xol_slots(samples: Path, ends: str) -> None:
         lost = ends == "step" and lost_traps(tracee.pid, site_of(tracee.pid, word))  # ret: one byte
         os.kill(tracee.pid, signal.SIGSTOP)
         cli.kill()
-        cli.communicate(timeout=30)
+        cli.communicate(timeout=30 * SLOWDOWN)
         wait_until(lambda: tracer_pid(tracee.pid) == 0 and set(thread_states(tracee.pid).values()) == {"T"},
                    what="the program to stop, untraced")
         result = uemu("repair", str(tracee.pid))
@@ -216,7 +218,7 @@ def test_repair_with_threads_in_xol_slots(samples: Path, ends: str) -> None:
         os.kill(tracee.pid, signal.SIGCONT)
         assert_goes_on(tracee)
         tracee.process.send_signal(signal.SIGTERM)
-        assert tracee.process.wait(20) == 0
+        assert tracee.process.wait(20 * SLOWDOWN) == 0
         wrong = [line.values for line in tracee.lines() if line.kind == "result"]
         assert wrong
         if not lost:  # else the documented window of a one-byte site: the thread skipped it
@@ -397,7 +399,7 @@ def test_journal_goes_when_the_process_exits(samples: Path, journals: Path) -> N
         path = journal_file(journals, tracee.pid)
         assert path.exists()
         tracee.process.send_signal(signal.SIGTERM)
-        assert tracee.process.wait(20) == 0
+        assert tracee.process.wait(20 * SLOWDOWN) == 0
         code, _, err = stop_cli(cli, None)
         assert code == 0, err
         assert not path.exists()
