@@ -8,8 +8,8 @@
  *           Only where the sample knows the instruction (x86, aarch64, riscv64).
  *   raise   raise(SIGTRAP): a SIGTRAP no instruction caused
  *           ("signal PID TID raise SIGNO CODE").
- *   timer   SIGALRM every 100 us while the main loop passes signals:loop; the
- *           handler itself passes signals:handler.
+ *   timer   SIGALRM 100 us after the last one was handled while the main loop
+ *           passes signals:loop; the handler itself passes signals:handler.
  *   stop    the program stops itself with SIGSTOP; a helper child sends
  *           SIGCONT until it has resumed ("signal PID TID continued SIGNO"),
  *           then signals:resumed.
@@ -86,6 +86,9 @@ static void on_sigtrap(int signo, siginfo_t *info, void *context)
 	SAMPLE_LINE("signal", "raise", SIGNED(signo, sizeof(int)), SIGNED(info->si_code, sizeof(int)));
 }
 
+static volatile sig_atomic_t timer_on;
+static const struct itimerval in_100us = { { 0, 0 }, { 0, 100 } };
+
 static void on_sigalrm(int signo)
 {
 	int count = ++alarms;
@@ -93,6 +96,12 @@ static void on_sigalrm(int signo)
 	(void)signo;
 	EXPECT_HIT(signals, handler, ARG(count));
 	STAP_PROBE1(signals, handler, count);
+	/* The next alarm is due 100 us after this one was handled, not 100 us after
+	 * it was due: a tracer that takes longer over each signal (any, on an
+	 * emulated CPU) would otherwise find the next one pending at sigreturn,
+	 * again and again, and the main loop would never run. */
+	if (timer_on)
+		setitimer(ITIMER_REAL, &in_100us, NULL);
 }
 
 static void on_sigcont(int signo)
@@ -120,11 +129,11 @@ static void handle(int signo, void (*handler)(int), void (*action)(int, siginfo_
 
 static void timer_phase(long iterations)
 {
-	struct itimerval every_100us = { { 0, 100 }, { 0, 100 } };
 	struct itimerval off = { { 0, 0 }, { 0, 0 } };
 
 	handle(SIGALRM, on_sigalrm, NULL);
-	setitimer(ITIMER_REAL, &every_100us, NULL);
+	timer_on = 1;
+	setitimer(ITIMER_REAL, &in_100us, NULL);
 	for (long i = 0; i < iterations; i++) {
 		volatile long spin = 0;
 
@@ -133,6 +142,7 @@ static void timer_phase(long iterations)
 		while (spin < 20000)
 			spin++;
 	}
+	timer_on = 0; /* a handler that runs before this line arms the last alarm */
 	setitimer(ITIMER_REAL, &off, NULL);
 }
 

@@ -15,6 +15,7 @@ becomes an ``ArgSpec`` with ``error`` set, which tracing reports raw.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Callable
@@ -163,19 +164,25 @@ def _arch(arch: Arch | str) -> Arch:
     return by_name(arch) if isinstance(arch, str) else arch
 
 
-def parse_all(args: str, arch: Arch | str) -> list[ArgSpec]:
-    """All arguments of a note's argument string.
+@functools.cache
+def split(args: str) -> tuple[str, ...]:
+    """The arguments of a note's argument string, one spec each.
 
     Arguments are separated by blanks, but aarch64 and arm operands contain
     blanks inside brackets (``-4@[sp, 12]``), so blanks inside brackets or
     parentheses do not split.  Asm-written probes without any ``N@`` split the
     same way.  An empty string or one starting with ``:`` means no arguments
-    (gdb, libbpf).
+    (gdb, libbpf).  Cached: events name their specs at every hit.
     """
     if args.startswith(":"):
-        return []
+        return ()
+    return tuple(_ARG.findall(args))
+
+
+def parse_all(args: str, arch: Arch | str) -> list[ArgSpec]:
+    """All arguments of a note's argument string (``split``), parsed."""
     resolved = _arch(arch)
-    return [parse(arg, resolved) for arg in _ARG.findall(args)]
+    return [parse(arg, resolved) for arg in split(args)]
 
 
 def parse(spec: str, arch: Arch | str) -> ArgSpec:

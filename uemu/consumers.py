@@ -84,7 +84,7 @@ class Reporter:
         probe = consumer.probe
         event = Event(
             time.monotonic_ns(), task.pid, task.tid, probe.object, probe.provider, probe.name, site,
-            probe.args.split() if probe.args else [], args, memory.read_string,
+            list(argspec.split(probe.args)), args, memory.read_string,
         )
         if self.before is not None:
             self.before(event.ts_ns)

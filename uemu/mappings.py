@@ -305,7 +305,7 @@ def refresh(mm: Mm, call: MappingCall | None, result: int, uprobes: Uprobes, war
     vmas = read_maps(mm.pid)
     mapped = (0, 0)
     if call is None:
-        _drop_vanished_breakpoints(mm, vmas, uprobes)
+        _drop_vanished(mm, vmas, uprobes)
     elif call.kind in (MappingSyscall.MUNMAP, MappingSyscall.REMAP_FILE_PAGES):
         uprobes.munmap(mm, call.args[0], call.args[0] + call.args[1])
     elif call.kind in (MappingSyscall.MMAP, MappingSyscall.OLD_MMAP) and not _failed(result):
@@ -319,14 +319,17 @@ def refresh(mm: Mm, call: MappingCall | None, result: int, uprobes: Uprobes, war
     return new_vmas
 
 
-def _drop_vanished_breakpoints(mm: Mm, vmas: list[Vma], uprobes: Uprobes) -> None:
+def _drop_vanished(mm: Mm, vmas: list[Vma], uprobes: Uprobes) -> None:
     """Without the syscall at hand (a rendezvous), tell from memory which of our
     breakpoints went away: one stays ours only where the same file offset is
     still mapped there and still holds our trap (an mprotect keeps the pages;
-    a munmap or a remap does not).  The same for the jump path's jumps."""
+    a munmap or a remap does not).  The same for the jump path's jumps.  A
+    counter we raised stays ours only where the same file offset is still mapped
+    there (``mm.vmas`` are the VMAs before): a library dlclosed since took its
+    raised counters with it, and one dlopened again at the same address starts
+    from the file's zero."""
     for vaddr, uprobe in [*mm.installed.items(), *mm.jumped.items()]:
-        vma = next((v for v in vmas if v.start <= vaddr < v.end), None)
-        kept = vma is not None and vma.file_id == uprobe.file_id and vma.vaddr_to_offset(vaddr) == uprobe.offset
+        kept = _file_offset(vmas, vaddr) == (uprobe.file_id, uprobe.offset)
         if kept and vaddr in mm.jumped:
             assert uprobes.jumps is not None
             kept = uprobes.jumps.holds(mm, vaddr)
@@ -338,6 +341,18 @@ def _drop_vanished_breakpoints(mm: Mm, vmas: list[Vma], uprobes: Uprobes) -> Non
                 kept = False
         if not kept:
             uprobes.munmap(mm, vaddr, vaddr + 1)
+    for vaddr in list(mm.raised):
+        now = _file_offset(vmas, vaddr)
+        if now is None or now != _file_offset(mm.vmas, vaddr):
+            uprobes.munmap(mm, vaddr, vaddr + 1)
+
+
+def _file_offset(vmas: list[Vma], vaddr: int) -> tuple[FileId, int] | None:
+    """The file and offset mapped at ``vaddr``, if a file is."""
+    vma = next((v for v in vmas if v.start <= vaddr < v.end), None)
+    if vma is None or not vma.file_backed:
+        return None
+    return vma.file_id, vma.vaddr_to_offset(vaddr)
 
 
 def update_objects(mm: Mm, new_vmas: list[Vma], warn: Warn) -> None:

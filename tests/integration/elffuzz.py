@@ -353,8 +353,9 @@ def ldso_in_process(path: Path, what: str) -> Verdict:
 
 def _limits() -> None:
     """The child's limits: CPU seconds (a mutated program that loops gets
-    SIGXCPU, as it would untraced) and address space."""
-    resource.setrlimit(resource.RLIMIT_CPU, (5, 6))
+    SIGXCPU, as it would untraced; uemu's own start-up takes seconds of an
+    emulated CPU) and address space."""
+    resource.setrlimit(resource.RLIMIT_CPU, (round(5 * SLOWDOWN), round(6 * SLOWDOWN)))
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 

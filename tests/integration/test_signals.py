@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "soak"))
 from sites import stepped
 
 STOP_CYCLES = 20
+NO_STEP = "no instruction of survival's work() takes two stops out of line here (aarch64, riscv64: all jump back)"
 
 
 def _signal_facts(lines):
@@ -99,7 +100,7 @@ def test_sigstop_and_sigcont_while_threads_step_out_of_line(samples, tmp_path):
     program and steps on after SIGCONT.  uemu died of PTRACE_LISTEN's EIO in most runs
     (it single-stepped the group-stopped thread, which ran in a stopped program, then
     answered its step's trap with LISTEN)."""
-    word = stepped(samples / "survival", "work")["step"]
+    word = stepped(samples / "survival", "work").get("step") or pytest.skip(NO_STEP)
     counts_file = tmp_path / "counts"
     with Tracee([samples / "survival", "2", "600000", "0"]) as tracee:
         tracee.wait_sync("started")
@@ -128,7 +129,8 @@ def test_attach_to_a_stopped_program(samples, tmp_path):
     """A program stopped by SIGSTOP before uemu comes stays stopped while uemu arms
     (it runs system calls in a group-stopped thread, which must go back to its
     group-stop: PTRACE_LISTEN answers nothing else), and goes on at SIGCONT."""
-    word = stepped(samples / "survival", "work")["step"]
+    words = stepped(samples / "survival", "work")
+    word = words.get("step", words["jump"])
     counts_file = tmp_path / "counts"
     with Tracee([samples / "survival", "2", "600000", "0"]) as tracee:
         tracee.wait_sync("started")

@@ -73,7 +73,7 @@ def _wait_next_hits(tracee: Tracee) -> None:
 
     wait_until(passed, what="the program's next hits")
     if _turns(tracee) is None:  # gone: its status
-        tracee.process.wait(5)
+        tracee.process.wait(5 * SLOWDOWN)
 
 
 def _one_line_error(code: int, stderr: str, exit_codes: Sequence[int]) -> None:
@@ -130,9 +130,9 @@ def test_attach_refuses_a_process_one_of_whose_threads_is_traced(survival):
         wait_until(lambda: tracer_pid(tid) == strace.pid, what="strace to trace the thread")
         try:
             result = subprocess.run([*UEMU, "attach", "--duration", "1", str(pid)], capture_output=True, text=True,
-                                    timeout=5, check=False)
+                                    timeout=5 * SLOWDOWN, check=False)
         except subprocess.TimeoutExpired:
-            pytest.fail("uemu attach hung (killed after 5 s)")
+            pytest.fail(f"uemu attach hung (killed after {5 * SLOWDOWN} s)")
         _one_line_error(result.returncode, result.stderr, (7,))
         assert str(strace.pid) in result.stderr, result.stderr
         others = {thread: state for thread, state in thread_states(pid).items() if thread != tid}
@@ -157,7 +157,7 @@ def test_attach_to_a_program_execing_itself_in_a_loop(samples):
     try:
         for _ in range(10):
             result = subprocess.run([*UEMU, "attach", "--duration", "0.2", str(program.pid)], capture_output=True,
-                                    text=True, timeout=30, check=False)
+                                    text=True, timeout=30 * SLOWDOWN, check=False)
             assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
             assert result.returncode in (0, 7), result.stderr
             time.sleep(0.1)  # a hundred generations or so, each passing its probe
@@ -178,7 +178,7 @@ def test_kill_9_of_attach_leaves_the_target_unharmed(survival):
     armed = _turns(survival) or 0
     wait_until(lambda: (_turns(survival) or 0) > armed + 50, what="traced hot turns")
     cli.kill()
-    cli.communicate(timeout=30)
+    cli.communicate(timeout=30 * SLOWDOWN)
     assert_unharmed(survival)
 
 
@@ -193,7 +193,7 @@ def test_kill_9_of_attach_leaves_no_rendezvous_breakpoint(samples):
         cli = attach_cli(str(tracee.pid), f"{program}:sample_count_arg")
         assert tracer_pid(tracee.pid) == cli.pid
         cli.kill()
-        cli.communicate(timeout=30)
+        cli.communicate(timeout=30 * SLOWDOWN)
         tracee.release()
         wait_until(lambda: tracee.process.poll() is not None
                    or ("sync", "before-mprotect") in [(line.kind, line.word) for line in tracee.lines()],

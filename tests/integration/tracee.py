@@ -86,11 +86,11 @@ class Tracee:
     def run_out(self) -> None:
         """Let the program run its remaining phases to the end; it must exit 0."""
         self.process.stdin.close()
-        assert self.process.wait(20) == 0
+        assert self.process.wait(20 * SLOWDOWN) == 0
 
     def finish(self, timeout: float = 20.0) -> int:
         self.process.stdin.close()
-        return self.process.wait(timeout)
+        return self.process.wait(timeout * SLOWDOWN)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -206,7 +206,7 @@ def one_error_line(result: subprocess.CompletedProcess, code: int, *words: str) 
 def stop_cli(process: subprocess.Popen, how: int | None) -> tuple[int, str, str]:
     if how is not None:
         process.send_signal(how)
-    out, err = process.communicate(timeout=30)
+    out, err = process.communicate(timeout=30 * SLOWDOWN)
     return process.returncode, out, err
 
 

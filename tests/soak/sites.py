@@ -1,7 +1,9 @@
 """Raw probe words for a sample's small function, chosen by uemu's own backend
 plan (as tests/integration/test_xol.py does): an instruction stepped out of
 line in a slot that jumps back (one stop) and one that needs a single-step
-(two stops, the thread in its slot between them)."""
+or ends in a trap (two stops, the thread in its slot between them).  On
+aarch64 and riscv64 every instruction stepped out of line near its code jumps
+back: there is no two-stop site there."""
 
 from __future__ import annotations
 
@@ -12,17 +14,20 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from uemu import arch, sdt
-from uemu.arch.base import StepOutOfLine
+from uemu.arch.base import StepEnd, StepOutOfLine
 
-NEAR_SLOT = 1 << 28
-"""A slot this far from the code stands where uemu maps its XOL area."""
+NEAR_SLOT = 1 << 16
+"""A slot this far from the code stands where uemu maps its XOL area: in the
+free gap closest to the code (xol.gap_near), a few pages away as a rule; within
+every direct branch's reach (riscv64 jal: 1 MiB, aarch64 b: 128 MiB)."""
 SCRATCH = dict.fromkeys(("rsi", "rdi", "rbx"), 0)
 
 
 @functools.cache
 def stepped(program: Path, function: str) -> dict[str, str]:
     """``{"jump": WORD, "step": WORD}``: the first instruction of each kind in the
-    function, as ``PATH:FUNCTION+OFF`` words."""
+    function, as ``PATH:FUNCTION+OFF`` words; "step" also for a slot that ends in
+    a trap.  A kind the function lacks is missing."""
     elf = sdt.open_elf(str(program))
     backend = arch.by_name(elf.arch_name).backend
     with program.open("rb") as stream:
@@ -38,6 +43,7 @@ def stepped(program: Path, function: str) -> dict[str, str]:
         plan = backend.analyze(code[offset:], start + offset)
         if isinstance(plan, StepOutOfLine):
             ends = backend.prepare_xol(plan, start + offset + NEAR_SLOT, SCRATCH).ends
-            found.setdefault(ends, f"{program}:{function}+{offset:#x}")
+            kind = "jump" if ends == StepEnd.JUMP else "step"
+            found.setdefault(kind, f"{program}:{function}+{offset:#x}")
         offset += plan.size
     return found

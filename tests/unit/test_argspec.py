@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from uemu.arch import by_name
-from uemu.argspec import ZERO_REGISTER, ArgSpec, parse, parse_all
+from uemu.argspec import ZERO_REGISTER, ArgSpec, parse, parse_all, split
 
 S = {"signed": True}
 MEM = {"kind": "mem"}
@@ -261,7 +261,8 @@ ARGUMENT_STRINGS = [
 
 @pytest.mark.parametrize(("arch", "args", "raws"), ARGUMENT_STRINGS)
 def test_parse_all_splits(arch: str, args: str, raws: list[str]) -> None:
-    assert [spec.raw for spec in parse_all(args, arch)] == raws
+    """``split`` names an event's specs (events.Event.specs): one per value read."""
+    assert [spec.raw for spec in parse_all(args, arch)] == list(split(args)) == raws
 
 
 def test_parse_all_parses_each() -> None:

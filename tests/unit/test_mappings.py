@@ -121,6 +121,20 @@ def test_a_rendezvous_tells_removed_breakpoints_from_memory(armed) -> None:
     assert not mm.installed
 
 
+def test_a_rendezvous_forgets_the_counters_of_an_unloaded_library(armed) -> None:
+    """dlclose: the counters we raised went with the mapping (the count was kept,
+    and grew at each dlopen at the same address: a false "below the count uemu
+    raised" warning in the arm64 guest)."""
+    mm, core, maps_after = armed
+    [semaphore] = mm.raised
+    maps_after += [TEXT, DATA]
+    mappings.refresh(mm, None, 0, core, print)
+    assert mm.raised == {semaphore: 1}, "an unchanged mapping keeps its counter"
+    maps_after[:] = []
+    mappings.refresh(mm, None, 0, core, print)
+    assert not mm.raised and not mm.installed
+
+
 # ---- which mapping syscalls are worth their exit stop --------------------------------
 
 OTHER_FILE = (FILE[0], 5151)

@@ -10,4 +10,12 @@ UEMU_SAMPLE_BUILDS="$(uname -m)-O2 $(uname -m)-O0"
 # (tests/integration/tracee.py) are stretched as much.
 UEMU_TEST_SLOWDOWN=10
 export UEMU_SAMPLE_BUILDS UEMU_TEST_SLOWDOWN
-exec python3 -m pytest -p no:cacheprovider --color=no --durations=10 tests/unit tests/vm/guest_smoke.py tests/integration
+# run-guest-tests.sh ARCH PYTEST_ARG... runs a selection instead of the whole
+# suite (make-payload.sh writes the arguments to tests/vm/pytest-args).
+if [ -f tests/vm/pytest-args ]; then
+    set --
+    while IFS= read -r arg; do set -- "$@" "$arg"; done < tests/vm/pytest-args
+else
+    set -- tests/unit tests/vm/guest_smoke.py tests/integration
+fi
+exec python3 -m pytest -p no:cacheprovider --color=no --durations=10 "$@"

@@ -6,13 +6,17 @@
 #                       configuration), and the samples built for the guest
 #   /usr/local/...      uemu, installed from its wheel
 #
-#   make-payload.sh arm64|riscv64 IMAGE_DIR OUT.cpio
+#   make-payload.sh arm64|riscv64 IMAGE_DIR OUT.cpio [PYTEST_ARG...]
+#
+# PYTEST_ARGs, if any, replace the guest's default selection (guest-tests.sh):
+# they go to /src/tests/vm/pytest-args, one a line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 project=$(cd "$here/../.." && pwd)
 arch=${1:?usage: make-payload.sh arm64|riscv64 IMAGE_DIR OUT.cpio}
 image=${2:?image folder (build-image.sh)}
 out=${3:?output archive}
+shift 3
 case $arch in
     arm64) target=aarch64 ;;
     riscv64) target=riscv64 ;;
@@ -31,6 +35,9 @@ copy() {
         cpio --null --pass-through --make-directories --quiet "$1")
 }
 copy "$work/root/src" tests pyproject.toml
+if [ $# -gt 0 ]; then
+    printf '%s\n' "$@" > "$work/root/src/tests/vm/pytest-args"
+fi
 # Under the lock tests/conftest.py takes, so that a test session building the
 # same samples in this checkout meanwhile does not write the same files.
 mkdir -p "$project/samples/build"

@@ -2,8 +2,11 @@
 # Run uemu's tests inside real arm64 and riscv64 Linux kernels, booted under
 # qemu-system (TCG).
 #
-#   tests/vm/run-guest-tests.sh arm64|riscv64|all
+#   tests/vm/run-guest-tests.sh arm64|riscv64|all [PYTEST_ARG...]
 #
+# PYTEST_ARGs (test files, -k EXPR, -x, ...) replace the default selection, the
+# whole suite, in every guest: tests/unit/x.py runs as the guest sees it, from
+# the payload's copy of tests/.
 # Builds what is missing (guest images are cached in tests/vm/build/), boots
 # each guest with a fresh payload, shows its console, and exits with the
 # guest's test status (for "all": the first non-zero one).  README.md says what
@@ -15,7 +18,8 @@ mkdir -p "$here/build"
 # One guest, from image to exit status; a summary line goes to $summary_file.
 guest() {
     local arch=$1 summary_file=$2 started=$SECONDS image payload=$here/build/payload-$1.cpio status
-    if image=$("$here/build-image.sh" "$arch") && "$here/make-payload.sh" "$arch" "$image" "$payload"; then
+    shift 2
+    if image=$("$here/build-image.sh" "$arch") && "$here/make-payload.sh" "$arch" "$image" "$payload" "$@"; then
         local ready=$((SECONDS - started))
         "$here/boot.sh" "$arch" "$image" "$payload"
         status=$?
@@ -28,11 +32,13 @@ guest() {
     return "$status"
 }
 
-case ${1:-} in
+target=${1:-}
+shift $(($# > 0))
+case $target in
     arm64 | riscv64)
-        guest "$1" "$here/build/summary-$1"
+        guest "$target" "$here/build/summary-$target" "$@"
         status=$?
-        arches=("$1")
+        arches=("$target")
         ;;
     all)
         # Each guest's tests keep about one host core busy (one pytest, one
@@ -41,7 +47,7 @@ case ${1:-} in
         arches=(arm64 riscv64)
         pids=()
         for arch in "${arches[@]}"; do
-            guest "$arch" "$here/build/summary-$arch" > "$here/build/console-$arch.log" 2>&1 &
+            guest "$arch" "$here/build/summary-$arch" "$@" > "$here/build/console-$arch.log" 2>&1 &
             pids+=($!)
         done
         status=0
@@ -52,7 +58,7 @@ case ${1:-} in
             [ "$status" != 0 ] || status=$result
         done
         ;;
-    *) echo "usage: run-guest-tests.sh arm64|riscv64|all" >&2; exit 2 ;;
+    *) echo "usage: run-guest-tests.sh arm64|riscv64|all [PYTEST_ARG...]" >&2; exit 2 ;;
 esac
 for arch in "${arches[@]}"; do
     echo "run-guest-tests.sh: $(cat "$here/build/summary-$arch")"
