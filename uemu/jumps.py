@@ -71,7 +71,7 @@ from uemu.arch import Arch
 from uemu.arch.base import Plan
 from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
 
-from . import errors, ptrace, ring, sdt
+from . import argspec, errors, ptrace, ring, sdt
 from .chrome import read_comm
 from .events import Event, Value
 from .fetch import FetchProgram, NotFetchable, compile_args
@@ -534,7 +534,7 @@ class JumpPath:
 
     def _record_info(self, jump: Jump) -> _Recorded:
         consumers = tuple(jump.uprobe.consumers)
-        specs = tuple(c.probe.args.split() if c.probe.args else [] for c in consumers)
+        specs = tuple(list(argspec.split(c.probe.args)) for c in consumers)  # aarch64: "[sp, 12]"
         return _Recorded(jump.site.vaddr, consumers, specs, jump.program)
 
     def drain(self, emit: Emit, final: bool = False) -> int:
