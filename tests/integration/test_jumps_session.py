@@ -24,6 +24,9 @@ from uemu import sdt
 from uemu.runtime import has_blob
 
 JMP_REL32 = 0xE9
+RVC_SITES = ("riscv64 SDT sites built with the C extension (Debian's rv64gc) are a 2-byte c.nop: "
+             "no 4-byte jal fits and riscv64 has no punning, so every site keeps the trap path "
+             "(uemu list --plan says so; the trap path's tests cover riscv64)")
 
 
 @pytest.fixture
@@ -31,6 +34,8 @@ def build(runnable_build):
     arch = sdt.open_elf(str(runnable_build.directory / "basic")).arch_name
     if not has_blob(arch):
         pytest.skip(f"no in-target runtime for {arch}")
+    if arch == "riscv64":
+        pytest.skip(RVC_SITES)
     return runnable_build
 
 
