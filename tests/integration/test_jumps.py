@@ -17,22 +17,17 @@ import pytest
 from jumptrace import JumpTrace
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import Line, counts, expected_hits, per_probe, reported_hits, run_untraced
-from test_jumps_session import RVC_SITES
+from test_jumps_session import skip_without_jumps
 from test_net import SI_TKILL, Orphan, facts
 from tracee import Tracee, differences, file_memory, process_state, wait_until
 
 from uemu import sdt
 from uemu.jumps import Jump
-from uemu.runtime import has_blob
 
 
 @pytest.fixture
 def build(runnable_build):
-    arch = sdt.open_elf(str(runnable_build.directory / "basic")).arch_name
-    if not has_blob(arch):
-        pytest.skip(f"no in-target runtime for {arch}")
-    if arch == "riscv64":
-        pytest.skip(RVC_SITES)
+    skip_without_jumps(runnable_build)
     if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() != "0":
         pytest.skip("ptrace of a non-child needs ptrace_scope 0 or root")
     return runnable_build
