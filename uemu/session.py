@@ -37,7 +37,7 @@ from .consumers import Handler, Reporter
 from .events import Event
 from .hits import Hits
 from .jumps import JumpPath
-from .mappings import MappingMode, Tracker
+from .mappings import MappingMode
 from .maps import read_maps
 from .ownsignals import OwnSignals
 from .ringfeed import RingFeed
@@ -372,11 +372,6 @@ class Session:
             self.tracer.handlers[StopKind.SYSCALL] = syscalls.on_syscall
             self.tracer.handlers[StopKind.SECCOMP] = syscalls.on_seccomp
         return self.arming
-
-    @property
-    def tracker(self) -> Tracker | None:
-        """The mapping mode's decisions (None until ``attach`` or ``spawn``)."""
-        return None if self.arming is None else self.arming.tracker
 
     def _needs_tracer(self) -> bool:
         return self.arming is not None and self.arming.tracker.needs_tracer
