@@ -268,10 +268,13 @@ class Ring:
 
     def _give_back(self) -> None:
         """Zero what the last ``take`` returned and move ``tail`` past it (zeroes first: a
-        producer reserves a header word only where it finds 0)."""
+        producer reserves a header word only where it finds 0; ``taking`` before them: a
+        producer whose ``head`` went stale finds its 0 below it, layout.RingHeader)."""
         end = self._taken
         if end is None or end == self.tail:
             return
+        self._set_u32("taking", end)
+        host().fence()  # before the zeroes: a producer that finds one below it looks again
         mask, data = self.size - 1, self.data
         start = self.tail & mask
         length = (end - self.tail) & 0xFFFFFFFF

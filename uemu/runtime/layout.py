@@ -319,7 +319,7 @@ class InjectHeader:
 JUMPS_MAGIC = b"UEMUJMP1"
 JUMPS_VERSION = 1
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 2
+RING_VERSION = 3
 
 
 class JumpsState(enum.IntEnum):
@@ -468,7 +468,8 @@ class RingHeader:
     """The start of the ring's memfd; data follows at ``data_off``.  Producers (threads at
     a hit, in every process sharing the ring) reserve by compare-and-swap of a record's
     header word at ``head`` (a 32-bit position, wrapping; a helper advances ``head`` past a
-    header found there); the consumer (uemu) zeroes what it read before moving ``tail``."""
+    header found there); the consumer (uemu) says how far it gives back (``taking``),
+    zeroes what it read, then moves ``tail``."""
 
     magic: bytes = raw(8)
     version: int = u32()
@@ -500,7 +501,11 @@ class RingHeader:
     tail_seq: int = u32()
     """Bumped by the reader at each move of ``tail``: the futex producers wait on."""
     waiters: int = u32()
-    pad_tail: bytes = pad(52)
+    taking: int = u32()
+    """Where the reader's give-back ends, set before it zeroes what it took: a producer
+    that reserved a zeroed word below it reserved behind ``tail`` (its ``head`` was
+    read before the reader took the record there) and must look again."""
+    pad_tail: bytes = pad(48)
     reader_wait: int = u32()
     """Set by the reader before it sleeps on this futex; the producer that clears it wakes it."""
     pad_reader: bytes = pad(60)

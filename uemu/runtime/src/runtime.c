@@ -818,6 +818,8 @@ static int wait_for_room(struct table_header *t, struct ring_header *r, uint32_t
  * header by whoever sees it first.  The reader zeroes everything it read before moving
  * ``tail``, so every word between ``head`` and ``tail + size`` is 0 until reserved.  A
  * record never wraps: the end of the data is filled with a PAD record first.
+ * A 0 is also what the reader leaves where it took a record: a head read before that is
+ * stale, which ``taking`` (set before the zeroes) tells after the compare-and-swap.
  */
 static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t len, int nested)
 {
@@ -829,7 +831,7 @@ static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t
         uint32_t used = head - tail, off = head & (size - 1), need = len, found;
         uint32_t *word = (uint32_t *)(data + off);
 
-        if ((int32_t)used < 0 || used > size)
+        if ((int32_t)used < 0 || used > size || (int32_t)(head - load(&r->taking)) < 0)
             continue; /* head read before others moved it past a tail read after */
         if (off + len > size)
             need = size - off;
@@ -849,6 +851,13 @@ static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t
             continue;
         }
         if (cas(word, 0, len | RECORD_BUSY) == 0) {
+            if ((int32_t)(head - load(&r->taking)) < 0) {
+                /* Behind tail: the reader took and zeroed a record here after this thread
+                 * read head.  A PAD keeps the word consistent should a later lap ever
+                 * meet it as a header (nothing else of this record was written). */
+                store(word, len | RECORD_PAD);
+                continue;
+            }
             cas(&r->head, head, head + len);
             return word;
         }
