@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from uemu.arch import Arch, by_name
 
@@ -55,9 +55,9 @@ _U32 = struct.Struct("<I")
 _OFF = {name: layout.RING_HEADER.offset(name) for name, _, _ in layout.RING_HEADER.members}
 
 
-@dataclass(frozen=True)
-class RawRecord:
-    """One finished record: where its bytes are in ``Ring.buffer`` until the next take."""
+class RawRecord(NamedTuple):
+    """One finished record: where its bytes are in ``Ring.buffer`` until the next take.
+    A tuple: made once per hit, in the reader's hot loop."""
 
     id: int
     pid: int
@@ -241,21 +241,23 @@ class Ring:
         self._set_u32("heartbeat", time.monotonic_ns() >> 20)
         out: list[RawRecord] = []
         view, data, mask = self.view, self.data, self.size - 1
-        position, busy = self.tail, False
-        while len(out) < TAKE_MAX and position != self._u32("head"):
+        word_at, header_at, append = _U32.unpack_from, _HEADER.unpack_from, out.append
+        busy_bit, pad_bit, length = layout.RECORD_BUSY, layout.RECORD_PAD, layout.RECORD_LEN
+        position, head, busy = self.tail, self._u32("head"), False  # later records: the next take
+        while position != head and len(out) < TAKE_MAX:
             at = data + (position & mask)
-            word = _U32.unpack_from(view, at)[0]
+            word = word_at(view, at)[0]
             if word == 0:
                 break  # its header is written before head moves: seen out of order, later
-            if word & layout.RECORD_BUSY:
+            if word & busy_bit:
                 if not final:
                     busy = True
                     break
                 self.unfinished += 1
-            elif not word & layout.RECORD_PAD:
-                _, ident, pid, tid, ts = _HEADER.unpack_from(view, at)
-                out.append(RawRecord(ident, pid, tid, ts, at))
-            position = (position + (word & layout.RECORD_LEN)) & 0xFFFFFFFF
+            elif not word & pad_bit:
+                _, ident, pid, tid, ts = header_at(view, at)
+                append(RawRecord(ident, pid, tid, ts, at))
+            position = (position + (word & length)) & 0xFFFFFFFF
         self._note_stall(busy)
         host().fence()  # the records' bytes are read after their headers
         self._taken = position
