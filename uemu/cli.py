@@ -398,6 +398,7 @@ def _session(args: argparse.Namespace) -> Session:
         strings=args.printf.string_args if args.printf is not None else (),
         strsize=args.strsize,
         drop=args.drop,
+        count_only=args.count and args.max_events is None,
     )
 
 

@@ -170,11 +170,17 @@ class _MmJumps:
 class JumpPath:
     """The jump path of one session (see the module's docstring for when to call what)."""
 
-    def __init__(self, uprobes: Uprobes, *, decode_args: bool = True, strings: Sequence[int] = (),
-                 strsize: int = 256, ring_size: int = ring.DEFAULT_SIZE, drop: bool = False,
-                 warn: Callable[[str], None] = print):
+    def __init__(self, uprobes: Uprobes, *, decode_args: bool = True, count_only: bool = False,
+                 strings: Sequence[int] = (), strsize: int = 256, ring_size: int = ring.DEFAULT_SIZE,
+                 drop: bool = False, warn: Callable[[str], None] = print):
         self.uprobes = uprobes
         self.decode_args = decode_args
+        self.count_only = count_only
+        """Nothing but the number of hits is wanted (``--count``): a site's hits add to a
+        counter in the ring, no record (``counted``)."""
+        self._counters: dict[ring.Ring, list[tuple[str, ...]]] = {}
+        """A ring's counters, by index: the probes (``provider:name``) each one counts for."""
+        self._closed_counts: dict[str, int] = {}
         self.strings = tuple(strings)
         self.strsize = strsize
         self.ring_size = ring_size
@@ -388,8 +394,11 @@ class JumpPath:
         ident = self._next_id
         self._next_id += 1
         self._recorded[ident] = self._record_info(jump)
+        counter = state.ring.take_counter() if self.count_only else None
+        if counter is not None:
+            self._counters.setdefault(state.ring, []).append(tuple(c.probe.full_name for c in jump.uprobe.consumers))
         try:
-            state.table.set_site(placed.index, site.vaddr, ident, jump.program)
+            state.table.set_site(placed.index, site.vaddr, ident, jump.program, counter)
         except errors.UemuError as why:
             return Trap(str(why))
         state.net.add_site(site.at, current, placed.written, _prot(mm.vmas, site.at))
@@ -596,6 +605,16 @@ class JumpPath:
         """A thread's name as read at its first hit on the jump path, else now."""
         return self.names.get((pid, tid)) or read_comm(pid, tid)
 
+    def counted(self) -> dict[str, int]:
+        """Hits of counted sites (``count_only``) so far, per probe: read from the rings
+        now, or as they were at ``close``."""
+        totals = dict(self._closed_counts)
+        for events, probes in self._counters.items():
+            for hits, names in zip(events.counts(), probes, strict=True):
+                for name in names:
+                    totals[name] = totals.get(name, 0) + hits
+        return totals
+
     def lost(self) -> int:
         """Events dropped so far: by producers (full ring under --drop, a re-entered hit
         finding it full, uemu leaving) and records nobody finished."""
@@ -683,6 +702,8 @@ class JumpPath:
         return [(s.trampoline, s.trampoline + size) for s in state.sites.values()]
 
     def close(self) -> None:
+        self._closed_counts = self.counted()
+        self._counters.clear()
         for events in self._rings:
             events.close()
         self._rings.clear()

@@ -86,8 +86,9 @@ class JumpTable:
         self._sites_unused += 1
         return self._sites_unused - 1
 
-    def set_site(self, index: int, addr: int, ident: int, program: FetchProgram) -> None:
-        """Write a site's fetch program and its entry, before the jump that leads there."""
+    def set_site(self, index: int, addr: int, ident: int, program: FetchProgram, counter: int | None = None) -> None:
+        """Write a site's fetch program and its entry, before the jump that leads there;
+        ``counter``: the site's hits only add 1 to that counter of the ring (no record)."""
         nops = len(program.ops)
         if self._ops_unused + nops > self.capacities.fetch_ops:
             raise errors.UemuError(f"the jump table is full: {self.capacities.fetch_ops} fetch ops")
@@ -95,8 +96,8 @@ class JumpTable:
         self._ops_unused += nops
         for number, op in enumerate(program.ops):
             self._write("fetch_ops", layout.FETCH_OP, start + number, layout.FETCH_OP.encode(op))
-        entry = JumpSite(addr=addr, id=ident, state=JumpSiteState.ON, ops=start, nops=nops,
-                         record=program.record_size)
+        entry = JumpSite(addr=addr, id=ident, state=JumpSiteState.ON if counter is None else JumpSiteState.COUNTED,
+                         ops=start, nops=nops, record=program.record_size, counter=counter or 0)
         self._write("jump_sites", layout.JUMP_SITE, index, layout.JUMP_SITE.encode(entry))
 
     def remove_site(self, index: int) -> None:

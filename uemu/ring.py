@@ -209,6 +209,9 @@ class Ring:
         """Records a thread never finished (it left a hit midway), skipped at the end."""
         self._stalled_since: int | None = None
         self._address: int | None = None
+        self.counters = header.counters_cap
+        self._counters_off = header.counters_off
+        self._counters_used = 0
 
     @staticmethod
     def initial(size: int, drop: bool) -> bytes:
@@ -216,9 +219,11 @@ class Ring:
         if size & (size - 1) or size < layout.PAGE:
             raise ValueError("a ring's size is a power of two of at least a page")
         now = time.monotonic_ns() >> 20
+        counters = -(-layout.RING_HEADER.size // 8) * 8
         header = RingHeader(magic=layout.RING_MAGIC, version=layout.RING_VERSION,
                             flags=RingFlags.DROP if drop else RingFlags(0), size=size, data_off=layout.PAGE,
-                            heartbeat=now, checked=now & 0xFFFFFFFF)
+                            heartbeat=now, checked=now & 0xFFFFFFFF, counters_off=counters,
+                            counters_cap=(layout.PAGE - counters) // 8)
         return layout.RING_HEADER.encode(header).ljust(layout.PAGE, b"\0")
 
     def header(self) -> RingHeader:
@@ -230,6 +235,20 @@ class Ring:
 
     def _set_u32(self, name: str, value: int) -> None:
         _U32.pack_into(self.view, _OFF[name], value & 0xFFFFFFFF)
+
+    # ---- counters ------------------------------------------------------------------
+
+    def take_counter(self) -> int | None:
+        """A hit counter never used in this ring (counts only grow: a site armed again
+        gets a new one); None: none left, the site writes records."""
+        if self._counters_used >= self.counters:
+            return None
+        self._counters_used += 1
+        return self._counters_used - 1
+
+    def counts(self) -> tuple[int, ...]:
+        """Every counter taken so far, by index: the hits of counted sites until now."""
+        return struct.unpack_from(f"<{self._counters_used}Q", self.view, self._counters_off)
 
     # ---- taking records ------------------------------------------------------------
 

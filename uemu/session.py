@@ -72,7 +72,9 @@ class Session:
     (default) lets each site where a jump fits take the jump path; ``strings``
     (argument indexes) are copied at its hits, up to ``strsize`` bytes, for
     ``Event.read_string`` (``--format``'s %s).  ``drop``: a hit finding the ring
-    full is dropped (counted) instead of waiting for room.
+    full is dropped (counted) instead of waiting for room.  ``count_only``: nothing
+    but ``counts()`` is wanted (no handler, no events, no max_events): a jumped site
+    then counts its hits in the target, without a record each (``--count``).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Session:
         strings: Sequence[int] = (),
         strsize: int = 256,
         drop: bool = False,
+        count_only: bool = False,
     ):
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
         self.uprobes = Uprobes(self.warn)
@@ -101,8 +104,8 @@ class Session:
         self._feed: RingFeed | None = None
         self._seize_options = SEIZE_OPTIONS
         if jumps:
-            self.jumps = JumpPath(self.uprobes, decode_args=decode_args, strings=strings, strsize=strsize,
-                                  drop=drop, warn=self.warn)
+            self.jumps = JumpPath(self.uprobes, decode_args=decode_args, count_only=count_only, strings=strings,
+                                  strsize=strsize, drop=drop, warn=self.warn)
             self.uprobes.jumps = self.jumps
             self.jumps.reported_pid = self.tracees.reported_pid
             self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver,
@@ -153,7 +156,12 @@ class Session:
     def add_handler(self, handler: Handler) -> None:
         """Call ``handler(event)`` at each hit, while the thread is still stopped at
         the probe (so ``event.read_string`` works)."""
+        self._wants_events()
         self.reporter.handlers.append(handler)
+
+    def _wants_events(self) -> None:
+        if self.jumps is not None and self.jumps.count_only:
+            raise errors.UemuError("a count_only session has counts, not events")
 
     def attach(self, pid: int) -> Session:
         """Seize every thread of a running process and arm the probes; with
@@ -245,6 +253,8 @@ class Session:
         ``max_events`` hits; then detach (restoring everything)."""
         if handler is not None:
             self.add_handler(handler)
+        if max_events is not None:
+            self._wants_events()
         self.reporter.max_events = max_events
         self.own_signals.install()
         self.own_signals.start_timer(duration)
@@ -259,6 +269,7 @@ class Session:
         """Yield each hit as an Event; the session detaches when the iterator ends
         or is closed.  Events arrive after the thread resumed: arguments are
         decoded already, ``read_string`` is not available (use a handler)."""
+        self._wants_events()
         queue = self.reporter.queue = deque()
         self.reporter.max_events = max_events
         self.own_signals.install()
@@ -303,7 +314,11 @@ class Session:
 
     def counts(self) -> dict[str, int]:
         """Hits per probe name (``provider:name``) over all its sites."""
-        return self.selection.counts()
+        totals = self.selection.counts()
+        if self.jumps is not None:
+            for name, hits in self.jumps.counted().items():
+                totals[name] = totals.get(name, 0) + hits
+        return totals
 
     def close(self) -> None:
         """Leave: restore every process and detach (idempotent)."""

@@ -11,17 +11,20 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from residue import text_differences
-from samplelog import counts, expected_hits, json_hits, per_probe, reported_hits, run_traced, run_untraced
+from samplelog import counts, expected_hits, json_hits, parse, per_probe, reported_hits, run_traced, run_untraced
 from test_net import Orphan, facts
 from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
 
 from uemu import sdt
+from uemu.errors import UemuError
 from uemu.runtime import has_blob
+from uemu.session import Session
 
 JMP_REL32 = 0xE9
 RVC_SITES = ("riscv64 SDT sites built with the C extension (Debian's rv64gc) are a 2-byte c.nop: "
@@ -131,6 +134,23 @@ def test_threads_each_named(build) -> None:
     assert per_probe(reported_hits(run.events)) == per_probe(expected_hits(run.lines))
     assert len({event.tid for event in run.events}) >= 5
     assert {event.tid for event in run.events} <= {line.tid for line in run.lines}
+
+
+@pytest.mark.parametrize("name, args", [("threads", ("4", "50")), ("fork", ())], ids=["threads", "fork"])
+def test_counting_alone_counts_in_the_target(build, name, args) -> None:
+    """``count_only`` (``--count``): a jumped site adds to its counter in the ring, no
+    record; the counts are the program's, a followed child's hits included."""
+    with tempfile.NamedTemporaryFile("r", prefix="sample-") as out:
+        session = Session((), decode_args=False, count_only=True, follow_forks=True)
+        session.spawn([str(build.directory / name), *args], env=dict(os.environ, SAMPLE_OUT=out.name))
+        with pytest.raises(UemuError):
+            session.add_handler(lambda event: None)
+        session.run()
+        lines = parse(out.read())
+    assert session.exit_status == 0
+    assert session.jumps is not None and session.jumps.read == 0, "no record was written"
+    assert sum(session.jumps.counted().values()) > 0, "the jump path counted"
+    assert {name: hits for name, hits in session.counts().items() if hits} == counts(expected_hits(lines))
 
 
 @pytest.mark.parametrize("name, args", [("fork", ()), ("exec", ("2",)), ("exec", ("2", "thread"))],

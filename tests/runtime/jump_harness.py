@@ -96,9 +96,10 @@ class JumpMachine:
     # -- sites --------------------------------------------------------------------------
     def jump(self, address: int, code: bytes, args: str = "", *, ident: int | None = None,
              strings: tuple[int, ...] = (), strsize: int = 0, resolve: argspec.SymbolAddress | None = None,
-             arm: bool = True) -> Jumped:
+             arm: bool = True, counted: bool = False) -> Jumped:
         """Put ``code`` at ``address`` as the program's, choose its jump, write the site's
-        table entry, its trampoline (in the area, or at the pun target) and the jump."""
+        table entry, its trampoline (in the area, or at the pun target) and the jump.
+        ``counted``: the site's hits only count (uemu --count)."""
         self.m.memory.write(address, code)
         plan = self.arch.backend.analyze(code.ljust(16, b"\0"), address)
         site = self.jumps.choose(plan, code.ljust(16, b"\0"))
@@ -122,7 +123,7 @@ class JumpMachine:
         self.programs[ident] = program
         index = self.table.take_index()
         assert index is not None
-        self.table.set_site(index, site.vaddr, ident, program)
+        self.table.set_site(index, site.vaddr, ident, program, self.ring.take_counter() if counted else None)
         code_bytes = self.jumps.trampoline(site, trampoline, index, self.m.base + self.m.net.blob.hit_entry)
         assert code_bytes is not None and len(code_bytes) <= self.jumps.tramp_size
         self.m.memory.write(trampoline, code_bytes)
@@ -187,6 +188,10 @@ class JumpMachine:
         self.ring.release()
         self._push()
         return out
+
+    def counts(self) -> tuple[int, ...]:
+        self._refresh()
+        return self.ring.counts()
 
     def ring_header(self) -> layout.RingHeader:
         self._refresh()

@@ -23,6 +23,7 @@ from uemu.runtime.layout import JumpsState, TableState
 
 ARCHES = ("x86_64", "i386", "aarch64", "riscv64")
 SP = STACK + STACK_SIZE - 4096
+FUTEX_OWNER_DIED = 0x4000_0000  # include/uapi/linux/futex.h
 
 
 def machine_for(arch: str, **kwargs: object) -> JumpMachine:
@@ -38,14 +39,13 @@ def arch(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def nop_site(m: JumpMachine, args: str = "", **kwargs: object):
+def nop_site(m: JumpMachine, args: str = "", at: int = SITE, target: int = 0x00B0_0000, **kwargs: object):
     """A site the way sys/sdt.h makes them: x86's 1-byte nop (punned: the next four bytes
-    point the jump at a free page), the 4-byte nop of the others."""
+    point the jump at a free page, ``target``), the 4-byte nop of the others."""
     code = text_nop(m.arch.name)
     if m.arch.name in ("x86_64", "i386"):
-        target = 0x00B0_0000
-        code += (target - (SITE + 5)).to_bytes(4, "little", signed=True)
-    return m.jump(SITE, code, args, **kwargs)
+        code += (target - (at + 5)).to_bytes(4, "little", signed=True)
+    return m.jump(at, code, args, **kwargs)
 
 
 def test_a_hit_comes_back_with_every_register_and_flag(arch: str) -> None:
@@ -122,6 +122,27 @@ def test_strings_are_copied_at_the_hit(arch: str) -> None:
     [(_, values, strings)] = m.take()
     assert values == [DATA, DATA + 0x1000 - 3]
     assert strings == {DATA: b"hello", DATA + 0x1000 - 3: b"abc"}
+
+
+def test_a_counted_site_adds_to_its_counter_and_writes_no_record(arch: str) -> None:
+    m = machine_for(arch)
+    owner = m.ring.target_address + layout.RING_HEADER.offset("owner")
+    m.m.memory.write(owner, (99).to_bytes(4, "little"))  # uemu's sentinel thread holds the ring
+    counted = nop_site(m, counted=True)
+    recorded = nop_site(m, at=SITE + 0x100, target=0x00B2_0000)  # beside it, a site that records
+    regs = m.random_registers(random.Random(7))
+    for _ in range(3):
+        after = m.hit(counted, dict(regs), sp=SP)
+        assert {n: after[n] for n in regs} == regs, "the registers come back"
+    assert m.kernel.calls == [], "no clock, no thread, no system call"
+    m.hit(recorded, sp=SP)
+    assert m.counts() == (3,)
+    assert [record.id for record, _, _ in m.take()] == [2], "only the recording site wrote"
+    m.kernel.tracer_pid = 0  # uemu gone, said by the sentinel's futex word
+    m.m.memory.write(owner, (FUTEX_OWNER_DIED | 99).to_bytes(4, "little"))
+    m.hit(counted, sp=SP)
+    assert m.counts() == (3,), "no count once uemu is known gone"
+    assert read_table(m.m.base, m.m.memory).header.state == TableState.DETACHED
 
 
 def test_a_full_ring_drops_and_counts_under_drop(arch: str) -> None:

@@ -317,9 +317,9 @@ class InjectHeader:
 # --------------------------------------------------------------------------
 
 JUMPS_MAGIC = b"UEMUJMP1"
-JUMPS_VERSION = 1
+JUMPS_VERSION = 2
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 3
+RING_VERSION = 4
 
 
 class JumpsState(enum.IntEnum):
@@ -409,6 +409,10 @@ class JumpsHeader:
 class JumpSiteState(enum.IntEnum):
     FREE = 0
     ON = 1
+    """A hit writes a record into the ring."""
+    COUNTED = 2
+    """A hit adds 1 to the ring's counter ``JumpSite.counter`` (uemu --count: nothing
+    but the number is wanted)."""
 
 
 @dataclass
@@ -426,7 +430,8 @@ class JumpSite:
     nops: int = u32()
     record: int = u32()
     """Bytes of each record of this site (header included, a multiple of 8)."""
-    padding: bytes = pad(4)
+    counter: int = u32()
+    """COUNTED: the index of this site's counter in the ring."""
 
 
 @dataclass
@@ -494,7 +499,10 @@ class RingHeader:
     reserved: bytes = pad(4)
     owner_next: int = u64()
     """The sentinel's robust list entry (a pointer in uemu); ``owner`` is at -8 from it."""
-    reserved_owner: bytes = pad(8)
+    counters_off: int = u32()
+    """Where the hit counters start (u64 each, in this header's page): sites that are
+    only counted (``JumpSiteState.COUNTED``) add 1 there and write no record."""
+    counters_cap: int = u32()
     head: int = u32()
     pad_head: bytes = pad(60)
     tail: int = u32()

@@ -971,6 +971,38 @@ static void fetch(const struct jumps_header *j, const struct jump_site *s, const
 
 /* ----- the hit ---------------------------------------------------------------------- */
 
+/* One more, atomically.  i386 (general registers only) has no 8-byte atomic load or add
+ * without libatomic, but cmpxchg8b: a torn first read just fails the swap once. */
+static void add64(uint64_t *counter)
+{
+#if __SIZEOF_LONG__ == 8
+    __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+#else
+    uint64_t seen = *(volatile uint64_t *)counter;
+
+    while (!__sync_bool_compare_and_swap(counter, seen, seen + 1))
+        seen = *(volatile uint64_t *)counter;
+#endif
+}
+
+/* A site only counted: one add to its counter in the ring, no clock, no record.  Whether
+ * uemu died is the sentinel's word alone where there is one (the clock and TracerPid
+ * only without it). */
+static void count_hit(struct table_header *t, struct jumps_header *j, struct ring_header *r,
+                      const struct jump_site *s)
+{
+    uint32_t owner = load(&r->owner);
+
+    if (owner & FUTEX_OWNER_DIED) {
+        restore_all(t);
+        return;
+    }
+    if (!owner && uemu_gone(t, r, now_ns(j), 1))
+        return;
+    if (s->counter < r->counters_cap)
+        add64((uint64_t *)((uint8_t *)r + r->counters_off) + s->counter);
+}
+
 void uemu_hit(uint32_t index, const unsigned long *frame)
 {
     struct table_header *t = table();
@@ -985,11 +1017,15 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     if (load(&t->state) != STATE_ARMED || load(&j->state) != JUMPS_STATE_ON || index >= j->jump_sites_cap || !j->ring)
         return;
     s = JUMPS_ARRAY(j, jump_site) + index;
+    r = (struct ring_header *)(uintptr_t)j->ring;
+    if (s->state == JUMP_SITE_COUNTED) {
+        count_hit(t, j, r, s);
+        return;
+    }
     id = s->id;
     len = s->record;
     if (s->state != JUMP_SITE_ON || len < sizeof *rec)
         return;
-    r = (struct ring_header *)(uintptr_t)j->ring;
     now = now_ns(j);
     if (uemu_gone(t, r, now, 1))
         return;
