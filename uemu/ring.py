@@ -278,7 +278,8 @@ class Ring:
                 append(RawRecord(ident, pid, tid, ts, at))
             position = (position + (word & length)) & 0xFFFFFFFF
         self._note_stall(busy)
-        host().fence()  # the records' bytes are read after their headers
+        if position != self.tail:
+            host().fence()  # the records' bytes are read after their headers (a system call: not for nothing)
         self._taken = position
         lost = self._u32("lost")
         self.lost += (lost - self._lost_seen) & 0xFFFFFFFF
