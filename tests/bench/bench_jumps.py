@@ -6,7 +6,8 @@ same site, and the share of real SDT sites that can take a jump.
 Per hit: samples/bench's timed loops (the program times itself, so starting and arming
 are not counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset),
 under ``uemu run`` (the jump path, the default: the SDT nops are punned) counting only
-and writing every event to a file, and under ``uemu run --no-jumps`` (the trap path; a
+(``-c``: each hit adds to a counter in the target, no record) and writing every event
+to a file (``--json``: a record per hit in the ring, read by uemu), and under ``uemu run --no-jumps`` (the trap path; a
 twentieth of the iterations: it is that much slower).  Cost per hit = (loop with the
 probe - empty loop) / hits.  The goal: a jumped hit at most 0.05x a kernel uprobe.
 
