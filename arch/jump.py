@@ -62,9 +62,11 @@ class SiteJump:
     """Where the trampoline jumps back to after nops (a displaced instruction's slot code
     ends with its own jump back)."""
     target: int | None
-    """PUN: the one address the trampoline can have."""
+    """PUN: the one address the jump leads to (a landing: a whole jump from there on to
+    the trampoline, so that targets a few bytes apart do not collide)."""
     reach: tuple[int, int]
-    """[low, high): where a trampoline can be for a jump written at ``at``."""
+    """[low, high): where a trampoline can be for a jump written at ``at`` (PUN: at
+    ``target``)."""
     why: str
     """Said by ``uemu list --plan``."""
 

@@ -709,16 +709,18 @@ class X86Jumps:
             return NoJump("too few bytes to pun")
         target = (vaddr + JMP_REL32 + int.from_bytes(code[1:JMP_REL32], "little", signed=True)) % self.space
         return SiteJump(vaddr=vaddr, at=vaddr, length=1, form=JumpForm.PUN, displaced=displaced,
-                        resume=vaddr + size, target=target, reach=(target, target + 1),
+                        resume=vaddr + size, target=target, reach=self._reach(target),
                         why=f"pun over {plan.text!r}")
 
     def _jump(self, plan: Plan, at: int, displaced: StepOutOfLine | None, resume: int, why: str) -> SiteJump:
-        if self.mode64:
-            reach = (max(at + JMP_REL32 - (1 << 31), 0), min(at + JMP_REL32 + (1 << 31), self.space))
-        else:
-            reach = (0, self.space)
         return SiteJump(vaddr=plan.vaddr, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=displaced,
-                        resume=resume, target=None, reach=reach, why=why)
+                        resume=resume, target=None, reach=self._reach(at), why=why)
+
+    def _reach(self, at: int) -> tuple[int, int]:
+        """Where a jmp rel32 written at ``at`` can lead."""
+        if self.mode64:
+            return max(at + JMP_REL32 - (1 << 31), 0), min(at + JMP_REL32 + (1 << 31), self.space)
+        return 0, self.space
 
     def _nop_size(self, code: bytes) -> int:
         """Bytes of the nop ``code`` starts with (0: none), whatever its prefixes: a nop

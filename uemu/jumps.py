@@ -60,7 +60,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -93,6 +93,9 @@ HEAP_ROOM = 256 << 20
 _USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 38}
 """Where user space ends (the smallest of each arch's layouts: 47-bit x86_64, a 32-bit
 task on a 64-bit kernel, 48-bit arm64, Sv39); mmap says the last word."""
+LANDING_SIZE = 5
+"""A pun's target holds a whole jmp rel32 on to the trampoline (x86: the one form with a
+fixed target), so only targets closer than this collide."""
 TRAP_BRANCH = "uemu's own breakpoint: it must stop the thread"
 
 Emit = Callable[[Consumer, Event | None], None]
@@ -141,6 +144,8 @@ class _Site:
     """What uemu wrote at ``jump.site.at``."""
     original: bytes
     armed: bool = True
+    landing: int | None = None
+    """A pun's target, where a whole jump leads on to the trampoline."""
 
 
 @dataclass
@@ -445,12 +450,13 @@ class JumpPath:
     def _place(self, state: _MmJumps, jump: Jump, call: InjectedCall) -> _Site | Trap:
         site, backend = jump.site, state.backend
         size = backend.tramp_size
-        if site.target is not None:
-            why = self._map_landing(state, site.target, size, call)
+        landing = None
+        if site.target is not None:  # only a whole jump on at the target: the next pun may be 5 bytes on
+            landing = replace(site, at=site.target, form=JumpForm.JUMP)
+            why = self._map_landing(state, site.target, LANDING_SIZE, call)
             if why:
                 return Trap(f"{site.why}: target {site.target:#x}: {why}")
-            address = site.target
-        elif site.reach[0] <= state.next_trampoline < site.reach[1] - size and \
+        if site.reach[0] <= state.next_trampoline < site.reach[1] - size and \
                 state.next_trampoline + size <= state.net.base + layout.CODE_SIZE:
             address = state.next_trampoline
             state.next_trampoline += size
@@ -466,9 +472,11 @@ class JumpPath:
         if code is None:
             return Trap("the displaced instruction cannot jump back from the trampoline")
         state.mm.memory.write(address, code)
+        if landing is not None:
+            state.mm.memory.write(landing.at, backend.jump_bytes(landing, address))
         written = backend.jump_bytes(site, address)
         original = jump.uprobe.original[site.at - site.vaddr:site.at - site.vaddr + len(written)]
-        return _Site(jump, index, address, written, original, armed=False)
+        return _Site(jump, index, address, written, original, armed=False, landing=site.target)
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
         """Map the pages under [start, start + size) that are not landing pages yet;
@@ -664,8 +672,7 @@ class JumpPath:
         table.set_pid(child.pid)
         table.forget_threads()
         copy = _MmJumps(child, child_net, table, state.ring, state.backend,
-                        sites={vaddr: _Site(s.jump, s.index, s.trampoline, s.written, s.original, s.armed)
-                               for vaddr, s in state.sites.items()},
+                        sites={vaddr: replace(s) for vaddr, s in state.sites.items()},
                         int3_first=set(state.int3_first), next_trampoline=state.next_trampoline,
                         pages=set(state.pages), used=list(state.used), page_fill=dict(state.page_fill),
                         brk=state.brk)
@@ -699,7 +706,8 @@ class JumpPath:
         if state is None:
             return []
         size = state.backend.tramp_size
-        return [(s.trampoline, s.trampoline + size) for s in state.sites.values()]
+        return [(s.trampoline, s.trampoline + size) for s in state.sites.values()] + \
+            [(s.landing, s.landing + LANDING_SIZE) for s in state.sites.values() if s.landing is not None]
 
     def close(self) -> None:
         self._closed_counts = self.counted()
@@ -778,7 +786,7 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
         return SitePlan("trap", choice.why)
     if choice.target is None:
         return SitePlan("jump", choice.why)
-    end = choice.target + arch.jumps.tramp_size
+    end = choice.target + LANDING_SIZE
     half = 1 << (8 * arch.word_size - 1)
     distance = (choice.target - address + half) % (2 * half) - half
     target = f"target {choice.target:#x}" if absolute else f"target {distance:+#x} from the site"
