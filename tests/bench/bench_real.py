@@ -11,6 +11,8 @@ medians of --repeat rounds, each with the 1-minute load average when it started.
 - pgbench: ``pgbench -S -c 4 -j 2 -t T`` on a throw-away cluster (autovacuum off),
   ``postgresql:transaction__start`` and ``postgresql:query__start`` on every backend
   (uemu attach -f to the postmaster; bpftrace on the file, kept to the cluster's user).
+  The server restarts at each round: its address space layout decides which pun
+  targets are free (query__start's falls where the heap may grow in about 1 layout in 4).
   Figure: pgbench's tps (without connection time).  Goal: uemu >= 0.95x untraced.
 - python: Debian's python3.11 runs a script (recursion, imports, gc) with every
   ``python:*`` probe (the line probe's semaphore turns on function__entry/return).
@@ -325,6 +327,8 @@ class PgbenchRun:
         return tracer
 
     def __call__(self, mode: str) -> float:
+        if mode == MODES[0]:
+            self.cluster.restart()  # each round a new layout: where a pun target falls varies
         began = load()
         tracer = self.tracer(mode)
         sites: Counter[str] = Counter()

@@ -22,6 +22,7 @@ class PostgresCluster:
         self.directory = directory
         self.port = port
         self.settings = settings
+        self.user = user
         self.run_as: list[str] = []
         if os.geteuid() == 0:
             group = "nogroup" if user == "nobody" else user
@@ -38,14 +39,20 @@ class PostgresCluster:
 
     def __enter__(self) -> tuple[list[str], Path]:
         os.chmod(self.directory, 0o777)
-        data = self.directory / "data"
-        subprocess.run([*self.run_as, str(POSTGRES / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
+        subprocess.run([*self.run_as, str(POSTGRES / "initdb"), "-D", str(self.directory / "data"), "-A", "trust",
+                        "-U", "postgres"], check=True, capture_output=True)
+        self._pg_ctl("start")
+        return self.run_as, self.directory
+
+    def restart(self) -> None:
+        """A new postmaster (its backends have a new address space layout)."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def _pg_ctl(self, action: str, *args: str) -> None:
         options = " ".join([f"-k {self.directory} -p {self.port} -c listen_addresses=''",
                             *(f"-c {s}" for s in self.settings)])
-        subprocess.run([*self.run_as, str(POSTGRES / "pg_ctl"), "-D", str(data), "-w", "-l",
-                        str(self.directory / "log"), "-o", options, "start"], check=True, capture_output=True)
-        return self.run_as, self.directory
+        subprocess.run([*self.run_as, str(POSTGRES / "pg_ctl"), "-D", str(self.directory / "data"), "-w", "-l",
+                        str(self.directory / "log"), "-o", options, action, *args], check=True, capture_output=True)
 
     def __exit__(self, *exc: object) -> None:
         subprocess.run([*self.run_as, str(POSTGRES / "pg_ctl"), "-D", str(self.directory / "data"), "-m",
