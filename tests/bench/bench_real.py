@@ -4,9 +4,11 @@
                                       [--transactions T] [--fib N]
 
 Each workload runs untraced, under bpftrace (the same probes, counting), under
-``uemu`` (the jump path, the default) and under ``uemu --no-jumps`` (the trap path),
-interleaved: a round runs every mode once, after one warm-up round; figures are the
-medians of --repeat rounds, each with the 1-minute load average when it started.
+``uemu -c`` (the jump path, the default: counted in the target), ``uemu --json`` (the
+jump path, a record per hit read by uemu, counted here from the events) and
+``uemu --no-jumps -c`` (the trap path), interleaved: a round runs every mode once,
+after one warm-up round; figures are the medians of --repeat rounds, each with the
+1-minute load average when it started.
 
 - pgbench: ``pgbench -S -c 4 -j 2 -t T`` on a throw-away cluster (autovacuum off),
   ``postgresql:transaction__start`` and ``postgresql:query__start`` on every backend
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
+import json
 import os
 import pwd
 import re
@@ -62,7 +65,13 @@ from uemu.maps import read_maps  # noqa: E402
 from uemu.objects import mapped_objects  # noqa: E402
 
 UEMU = [sys.executable, "-m", "uemu"]
-MODES = ("untraced", "bpftrace", "uemu", "uemu --no-jumps")
+UEMU_MODES = {  # uemu's options in each of its modes
+    "uemu": ["-c"],
+    "uemu --json": ["--json"],
+    "uemu --no-jumps": ["--no-jumps", "-c"],
+}
+"""-c counts in the target on the jump path; --json makes a record per hit, read by uemu."""
+MODES = ("untraced", "bpftrace", *UEMU_MODES)
 PYTHON = "/usr/bin/python3.11"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
@@ -163,9 +172,13 @@ def bpftrace_counts(output: str) -> Counter[str]:
 
 
 def uemu_counts(path: Path) -> Counter[str]:
-    """``uemu -c``'s ``PROVIDER:NAME N`` lines."""
+    """``uemu -c``'s ``PROVIDER:NAME N`` lines, or the hits of ``--json``'s events."""
     counts: Counter[str] = Counter()
     for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            counts[f"{event['provider']}:{event['name']}"] += 1
+            continue
         name, _, number = line.rpartition(" ")
         if name and number.isdigit():
             counts[name.rpartition(" ")[2] if " " in name else name] += int(number)
@@ -242,7 +255,7 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
     with tempfile.TemporaryDirectory() as tmp:
         counts_file = Path(tmp) / "counts"
         as_user = ["setpriv", f"--reuid={PROGRAM_USER}", f"--regid={PROGRAM_USER}", "--clear-groups", *argv]
-        uemu = [*UEMU, "run", *(["--no-jumps"] if mode == "uemu --no-jumps" else []), "-c", "-o", str(counts_file),
+        uemu = [*UEMU, "run", *UEMU_MODES.get(mode, []), "-o", str(counts_file),
                 *workload.probes, "--"]
         command = [*uemu, *as_user] if mode.startswith("uemu") else as_user
         tracer = bpftrace_ready(workload.object_path, workload.probes, PROGRAM_USER) if mode == "bpftrace" else None
@@ -316,8 +329,8 @@ class PgbenchRun:
             return tracer
         ready = self.tmp / "ready"
         ready.unlink(missing_ok=True)
-        command = [*UEMU, "attach", "-f", "-c", "-o", str(self.tmp / "counts"), "--ready-file", str(ready),
-                   *(["--no-jumps"] if mode == "uemu --no-jumps" else []), str(self.cluster.postmaster), *PG_PROBES]
+        command = [*UEMU, "attach", "-f", *UEMU_MODES[mode], "-o", str(self.tmp / "counts"), "--ready-file",
+                   str(ready), str(self.cluster.postmaster), *PG_PROBES]
         self.workload.reproduce[mode] = _shell(command)
         tracer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         while not ready.exists():
@@ -404,6 +417,11 @@ def report(workload: Workload) -> None:
         works = [r.work for r in kept if r.work is not None]
         work = f"   work {statistics.median(works):7.3f} s" if works else ""
         print(f"  {mode:16} {medians[mode]:10.3f}  {ratios}{work}   load {loads}")
+        jumped = [r.figure for r in kept if not any(kind.startswith("trap") for kind in r.sites)]
+        if mode in UEMU_MODES and "no-jumps" not in mode and 0 < len(jumped) < len(kept):
+            print(f"  {'':16} {statistics.median(jumped):10.3f}  "
+                  f"{statistics.median(jumped) / medians['untraced']:6.2f}x untraced in the {len(jumped)} rounds "
+                  "where every site jumped (the others depend on the layout)")
         for run in kept:
             work = f"  work {run.work:.3f}" if run.work is not None else ""
             if run.tracer_cpu is not None:
@@ -419,7 +437,7 @@ def mismatches(workload: Workload) -> None:
     """Each traced run's counts against the oracle: the workload's known truth when it
     has one (pgbench), else bpftrace's run of the same round (the workloads are
     deterministic)."""
-    for mode in ("bpftrace", "uemu", "uemu --no-jumps"):
+    for mode in ("bpftrace", *UEMU_MODES):
         for number, run in enumerate(workload.runs[mode]):
             oracle = workload.expected or workload.runs["bpftrace"][number].counts
             if run.counts != oracle:
