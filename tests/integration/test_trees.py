@@ -14,12 +14,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pgcluster import POSTGRES, PostgresCluster
 from tracee import attach_cli, stop_cli, wait_until
 
 from uemu.events import Event
 from uemu.session import Session
-
-POSTGRES = Path("/usr/lib/postgresql/15/bin")
 
 
 def _longruns(samples: Path, out: Path, count: int) -> subprocess.Popen[bytes]:
@@ -96,7 +95,7 @@ def test_postgres_backends_running_before_attach_count_pgbench_transactions(tmp_
     transactions pgbench says it processed."""
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("PostgreSQL refuses to run as root and setpriv is missing")
-    with _postgres(Path(tempfile.mkdtemp(prefix="uemu-pg-"))) as (run_as, home):
+    with PostgresCluster(Path(tempfile.mkdtemp(prefix="uemu-pg-"))) as (run_as, home):
         go = home / "go"
         script = home / "bench.sql"
         script.write_text(  # pgbench 15 has no :{?var}: -D started=0 defines it for every client
@@ -137,29 +136,3 @@ def _cmdline(pid: int) -> str:
             return stream.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-class _postgres:
-    """A throw-away PostgreSQL 15 cluster on a Unix socket in ``directory`` (a
-    directory the server's user can reach: PostgreSQL refuses to run as root)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.run_as: list[str] = []
-        if os.geteuid() == 0:
-            self.run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-    def __enter__(self) -> tuple[list[str], Path]:
-        os.chmod(self.directory, 0o777)
-        data = self.directory / "data"
-        subprocess.run([*self.run_as, str(POSTGRES / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-        subprocess.run([*self.run_as, str(POSTGRES / "pg_ctl"), "-D", str(data), "-w", "-l",
-                        str(self.directory / "log"), "-o", f"-k {self.directory} -p 5433 -c listen_addresses=''",
-                        "start"], check=True, capture_output=True)
-        return self.run_as, self.directory
-
-    def __exit__(self, *exc: object) -> None:
-        subprocess.run([*self.run_as, str(POSTGRES / "pg_ctl"), "-D", str(self.directory / "data"), "-m",
-                        "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(self.directory, ignore_errors=True)
