@@ -93,6 +93,9 @@ HEAP_ROOM = 256 << 20
 _USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 38}
 """Where user space ends (the smallest of each arch's layouts: 47-bit x86_64, a 32-bit
 task on a 64-bit kernel, 48-bit arm64, Sv39); mmap says the last word."""
+VDSO_FRAME_ROOM = 512
+"""Bytes of a thread's stack looked at for the runtime's return address when it is
+stopped in the vDSO (clock_gettime's frames are far smaller)."""
 LANDING_SIZE = 5
 """A pun's target holds a whole jmp rel32 on to the trampoline (x86: the one form with a
 fixed target), so only targets closer than this collide."""
@@ -363,12 +366,28 @@ class JumpPath:
 
     @staticmethod
     def _inside(mm: Mm, tid: int, ranges: Sequence[tuple[int, int]]) -> bool:
-        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        """Whether thread ``tid`` is in ``ranges``, or in the vDSO's clock_gettime called
+        from there (the runtime's clock): a register (aarch64's x30, riscv64's ra) or a
+        word near the top of its stack (x86) then points into ``ranges``.  Stale words
+        only keep the area mapped a little longer."""
+        arch = mm.arch
+        regs = ptrace.Regset(arch.regset, arch.regset_word)
         try:
             regs.fetch(tid)
         except (OSError, errors.UemuError):
             return False  # gone
-        return any(start <= regs[mm.arch.ip_reg] < end for start, end in ranges)
+        ip = regs[arch.ip_reg]
+        if not any(v.path == "[vdso]" and v.start <= ip < v.end for v in mm.vmas):
+            return any(start <= ip < end for start, end in ranges)
+        values = list(regs.snapshot().values())
+        try:
+            stack = mm.memory.read(regs[arch.sp_reg], VDSO_FRAME_ROOM)
+        except OSError:
+            stack = b""
+        width = arch.word_size
+        values += [int.from_bytes(stack[at:at + width], arch.byte_order)
+                   for at in range(0, len(stack) - width + 1, width)]
+        return any(start <= value < end for value in values for start, end in ranges)
 
     # ---- writing ---------------------------------------------------------------------------
 
