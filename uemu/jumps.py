@@ -350,8 +350,10 @@ class JumpPath:
         a trampoline (its frame's saved ip is there); a stack scan cannot tell such a
         frame from stale return addresses of earlier hits."""
         state = self._mms.get(mm)
-        if state is None or not state.sites:
+        if state is None:
             return False
+        # The ring is mapped at setup, before any site is armed: it goes even where no
+        # site took a jump (riscv64's c.nop sites), where no thread can be inside either.
         ranges = [(state.net.base, state.net.base + layout.CODE_SIZE),
                   *((page, page + PAGE) for page in state.pages)]
         if any(self._inside(mm, tid, ranges) for tid in tids):

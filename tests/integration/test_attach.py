@@ -109,6 +109,21 @@ def test_every_way_out_restores_every_byte(samples, how):
         tracee.run_out()
 
 
+def test_leaving_where_no_site_took_a_jump_unmaps_the_ring(samples):
+    """Every site kept the trap path (a raw probe on the function's first instruction,
+    which no jump replaces; on riscv64 every SDT site, a 2-byte c.nop): the jump path
+    was set up all the same, and leaving unmaps its ring with the rest."""
+    with _paused_sema(samples) as tracee:
+        before = file_memory(tracee.pid)
+        cli = attach_cli(str(tracee.pid), f"{samples / 'sema'}:main+0")
+        assert cli.poll() is None, cli.communicate()
+        code, _, err = stop_cli(cli, signal.SIGINT)
+        assert code == 0 and err == "", err
+        assert differences(before, file_memory(tracee.pid)) == []
+        _left_alone(tracee.pid)
+        tracee.run_out()
+
+
 def test_max_events_and_target_exit(samples, tmp_path):
     """--max-events ends tracing at the Nth hit; the program goes on as untraced.
     A second uemu then sees the program exit and ends cleanly too."""

@@ -13,7 +13,17 @@ import time
 
 import pytest
 from test_attach import _paused_sema, _semaphores, _values
-from tracee import attach_cli, differences, file_memory, one_error_line, stop_cli, tracer_pid, uemu_cli, wait_until
+from tracee import (
+    SLOWDOWN,
+    attach_cli,
+    differences,
+    file_memory,
+    one_error_line,
+    stop_cli,
+    tracer_pid,
+    uemu_cli,
+    wait_until,
+)
 
 CLOSED_STDOUT = ("sh", "-c", 'exec "$@" >&-', "sh")
 
@@ -159,7 +169,7 @@ def test_attach_several_running_processes(samples, tmp_path):
         cli = uemu_cli("attach", "--duration", "1", "--json", *(str(t.pid) for t in targets), "longrun:beat",
                        "-o", str(events))
         try:
-            _, err = cli.communicate(timeout=15)
+            _, err = cli.communicate(timeout=15 * SLOWDOWN)  # uemu's start-up: 15 s under TCG
         except subprocess.TimeoutExpired:
             cli.kill()
             cli.communicate()

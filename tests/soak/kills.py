@@ -78,20 +78,26 @@ class Kill:
     @property
     def available(self) -> str | None:
         """Why the scenario cannot run here, or None."""
-        return "repair: not available" if self.repair and not repair_available() else None
+        if self.repair and not repair_available():
+            return "repair: not available"
+        if self.moment == "step" and "step" not in stepped(self.build.directory / "survival", "work"):
+            return f"kill9/*/step/{self.build.name}: no two-stop site (every slot near the code jumps back)"
+        return None
 
     def probes(self) -> list[str]:
-        program = self.build.directory / "survival"
-        raw = stepped(program, "work")
-        return {
-            "arming": ["survival:*", raw["jump"], raw["step"]],
+        """The moment's probes: "jump" and "step" stand for work()'s raw sites of that
+        kind (sites.stepped), of which aarch64 and riscv64 have only the first."""
+        raw = stepped(self.build.directory / "survival", "work")
+        words = {
+            "arming": ["survival:*", *raw],
             "cold": ["survival:slow"],
             "hot": ["survival:hot"],
-            "jump": [raw["jump"]],
-            "step": [raw["step"]],
-            "forks": ["survival:hot", raw["jump"]],
-            "leaving": ["survival:hot", raw["jump"], raw["step"]],
+            "jump": ["jump"],
+            "step": ["step"],
+            "forks": ["survival:hot", "jump"],
+            "leaving": ["survival:hot", *raw],
         }[self.moment]
+        return [raw.get(word, word) for word in words]
 
     def _start(self) -> tuple[Target, Uemu]:
         forks = self.moment == "forks"

@@ -47,3 +47,16 @@ def stepped(program: Path, function: str) -> dict[str, str]:
             found.setdefault(kind, f"{program}:{function}+{offset:#x}")
         offset += plan.size
     return found
+
+
+def every_kind(program: Path, function: str) -> list[str]:
+    """The words of every kind of out-of-line step the function has: both on
+    x86, the jump-back kind alone on aarch64 and riscv64."""
+    return list(stepped(program, function).values())
+
+
+def step_or_jump(program: Path, function: str) -> str:
+    """A two-stop site where the build has one, else the jump-back kind (aarch64,
+    riscv64): a thread can still be in its slot when uemu leaves."""
+    words = stepped(program, function)
+    return words.get("step", words["jump"])

@@ -26,9 +26,10 @@ import detach_load
 import kills
 import leaving
 from tally import Outcome, Tally, header
-from target import Build, adopt_orphans, build_samples
+from target import PREBUILT, Build, adopt_orphans, build_samples
 
-DEFAULT_BUILDS = "x86_64-O2,i386-O2"
+DEFAULT_BUILDS = ",".join(build.name for build in PREBUILT) or "x86_64-O2,i386-O2"
+"""The builds made elsewhere (UEMU_SAMPLE_BUILDS, as in the test guests), else these."""
 
 
 class Scenario(Protocol):
@@ -41,7 +42,7 @@ class Scenario(Protocol):
 
 
 def every_scenario(builds: list[Build]) -> list[Scenario]:
-    return [*kills.scenarios(builds), *leaving.scenarios(builds), *detach_load.scenarios()]
+    return [*kills.scenarios(builds), *leaving.scenarios(builds), *detach_load.scenarios(builds)]
 
 
 def selected(scenarios: Sequence[Scenario], patterns: Sequence[str]) -> list[Scenario]:
