@@ -483,6 +483,9 @@ class JumpPath:
             state.next_trampoline += size
         else:
             near = self._near(state, site.reach, size, call)
+            if near is None and landing is not None and not self._map_landing(state, landing.at + LANDING_SIZE,
+                                                                               size, call):
+                near = landing.at + LANDING_SIZE  # right after the landing, as the pun's own page allows
             if near is None:
                 return Trap("no room for a trampoline within the jump's reach")
             address = near
