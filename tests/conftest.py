@@ -4,6 +4,8 @@
 - ``sample_build``: every configuration of ``make -C samples matrix``; a test
   taking it runs once per configuration (its id is the configuration's name).
 - ``runnable_build``: the configurations this machine can run (x86_64, i386).
+- ``jump_build``: those, plus the builds made only so that their SDT sites can
+  take the jump path (riscv64 without the C extension: ``riscv64-O2-rv64g``).
 - ``uemu``: runs the command line in a fresh interpreter, as users do.
 - ``journal_dir``: where uemu keeps its journals during the run (set for every test).
 
@@ -51,15 +53,16 @@ COMPILERS = {
 
 @dataclass(frozen=True)
 class Build:
-    """One configuration of samples/Makefile (TARGET, OPT, PIE)."""
+    """One configuration of samples/Makefile (TARGET, OPT, PIE, MARCH: empty for the compiler's default)."""
 
     target: str = "x86_64"
     opt: int = 2
     pie: bool = True
+    march: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.target}-O{self.opt}" + ("" if self.pie else "-nopie")
+        return f"{self.target}-O{self.opt}" + ("" if self.pie else "-nopie") + (f"-{self.march}" if self.march else "")
 
     @property
     def directory(self) -> Path:
@@ -69,9 +72,11 @@ class Build:
 
     @classmethod
     def parse(cls, name: str) -> Build:
-        """The inverse of ``name``: ``riscv64-O2``, ``x86_64-O2-nopie``."""
-        target, opt, *nopie = name.split("-")
-        return cls(target, int(opt.removeprefix("O")), pie=not nopie)
+        """The inverse of ``name``: ``riscv64-O2``, ``x86_64-O2-nopie``, ``riscv64-O2-rv64g``."""
+        target, opt, *rest = name.split("-")
+        pie = "nopie" not in rest
+        march = "".join(part for part in rest if part != "nopie")
+        return cls(target, int(opt.removeprefix("O")), pie=pie, march=march)
 
     def elf_files(self) -> list[Path]:
         """Every ELF file of the build (programs, libsdtlib.so, objects), by name."""
@@ -80,13 +85,16 @@ class Build:
 
 # A machine without compilers (the arm64 and riscv64 test guests) gets its
 # builds made elsewhere and names them, first the default, in UEMU_SAMPLE_BUILDS.
+# Builds with a MARCH are there for the jump path alone: only its tests run them.
 PREBUILT = tuple(Build.parse(name) for name in os.environ.get("UEMU_SAMPLE_BUILDS", "").split())
 MATRIX = PREBUILT or (
     *(Build(target, opt) for target in COMPILERS for opt in (0, 2)),
     Build("x86_64", pie=False),
     Build("i386", pie=False),
+    Build("riscv64", march="rv64g"),
 )
-RUNNABLE = PREBUILT or (Build(), Build(opt=0), Build(pie=False), Build("i386"))
+JUMPABLE = PREBUILT or (Build(), Build(opt=0), Build(pie=False), Build("i386"))
+RUNNABLE = tuple(build for build in JUMPABLE if not build.march)
 
 
 def _is_elf(path: Path) -> bool:
@@ -102,7 +110,8 @@ def _make(build: Build, goal: str) -> subprocess.CompletedProcess[str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return subprocess.run(
             ["make", "-s", "-j2", "-C", str(SAMPLES_DIR), goal,
-             f"TARGET={build.target}", f"OPT={build.opt}", f"PIE={'yes' if build.pie else 'no'}"],
+             f"TARGET={build.target}", f"OPT={build.opt}", f"PIE={'yes' if build.pie else 'no'}",
+             f"MARCH={build.march}"],
             capture_output=True,
             text=True,
             check=False,
@@ -160,6 +169,11 @@ def runnable_build(request: pytest.FixtureRequest) -> Build:
 
 
 @pytest.fixture(scope="session")
+def jump_build(request: pytest.FixtureRequest) -> Build:
+    return _built(request.param)
+
+
+@pytest.fixture(scope="session")
 def uemu() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``uemu("list", path, "--json")``: exit status, stdout and stderr of the CLI.
 
@@ -174,6 +188,6 @@ def uemu() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    for fixture, builds in (("sample_build", MATRIX), ("runnable_build", RUNNABLE)):
+    for fixture, builds in (("sample_build", MATRIX), ("runnable_build", RUNNABLE), ("jump_build", JUMPABLE)):
         if fixture in metafunc.fixturenames:
             metafunc.parametrize(fixture, builds, ids=lambda b: b.name, indirect=True, scope="session")

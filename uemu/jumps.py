@@ -90,9 +90,12 @@ STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
 HEAP_ROOM = 256 << 20
 """Nor this close above the heap's start: brk grows there."""
-_USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 38}
-"""Where user space ends (the smallest of each arch's layouts: 47-bit x86_64, a 32-bit
-task on a 64-bit kernel, 48-bit arm64, Sv39); mmap says the last word."""
+_USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 47}
+"""Where user space ends (the default layouts: 47-bit x86_64, a 32-bit task on a 64-bit
+kernel, 48-bit arm64, riscv64's 47-bit mmap window); mmap says the last word (an Sv39
+kernel's ends at 1 << 38, and its programs lie below it).
+Kernel: riscv's DEFAULT_MAP_WINDOW is 1 << 47 on Sv48 and Sv57 (mmap without a hint and
+the stack stay below it): PIE programs load at 0x5555..., above Sv39's end."""
 VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""

@@ -26,11 +26,11 @@ from uemu.jumps import Jump
 
 
 @pytest.fixture
-def build(runnable_build):
-    skip_without_jumps(runnable_build)
+def build(jump_build):
+    skip_without_jumps(jump_build)
     if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() != "0":
         pytest.skip("ptrace of a non-child needs ptrace_scope 0 or root")
-    return runnable_build
+    return jump_build
 
 
 def traced_run(program: Path, *args: str, patterns=("*",), raw=(),

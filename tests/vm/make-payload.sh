@@ -4,6 +4,9 @@
 #   /init               tests/vm/init
 #   /src                the project's tests and pyproject.toml (pytest's
 #                       configuration), and the samples built for the guest
+#                       (at -O0 and -O2; riscv64 also -O2 without the C
+#                       extension, MARCH=rv64g, whose SDT sites can take the
+#                       jump path)
 #   /usr/local/...      uemu, installed from its wheel
 #
 #   make-payload.sh arm64|riscv64 IMAGE_DIR OUT.cpio [PYTEST_ARG...]
@@ -18,8 +21,8 @@ image=${2:?image folder (build-image.sh)}
 out=${3:?output archive}
 shift 3
 case $arch in
-    arm64) target=aarch64 ;;
-    riscv64) target=riscv64 ;;
+    arm64) target=aarch64 marches=() ;;
+    riscv64) target=riscv64 marches=(rv64g) ;;
     *) echo "make-payload.sh: unknown arch '$arch' (arm64, riscv64)" >&2; exit 2 ;;
 esac
 
@@ -41,9 +44,11 @@ fi
 # Under the lock tests/conftest.py takes, so that a test session building the
 # same samples in this checkout meanwhile does not write the same files.
 mkdir -p "$project/samples/build"
-for opt in 0 2; do
-    flock "$project/samples/build/.make.lock" make -s -C "$project/samples" -j"$(nproc)" TARGET="$target" OPT="$opt" >&2
-    cp -a "$project/samples/build/$target-O$opt" "$work/root/src/samples/build/"
+for config in 0 2 "${marches[@]/#/2 }"; do  # OPT [MARCH]
+    read -r opt march <<< "$config"
+    flock "$project/samples/build/.make.lock" make -s -C "$project/samples" -j"$(nproc)" \
+        TARGET="$target" OPT="$opt" MARCH="${march:-}" >&2
+    cp -a "$project/samples/build/$target-O$opt${march:+-$march}" "$work/root/src/samples/build/"
 done
 
 # Installed from a wheel, as users get it: arch/ becomes uemu.arch there.  Built
