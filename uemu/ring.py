@@ -209,7 +209,7 @@ class Ring:
         """Records a thread never finished (it left a hit midway), skipped at the end."""
         self._stalled_since: int | None = None
         self._address: int | None = None
-        self.counters = header.counters_cap
+        self._counters_cap = header.counters_cap
         self._counters_off = header.counters_off
         self._counters_used = 0
 
@@ -241,7 +241,7 @@ class Ring:
     def take_counter(self) -> int | None:
         """A hit counter never used in this ring (counts only grow: a site armed again
         gets a new one); None: none left, the site writes records."""
-        if self._counters_used >= self.counters:
+        if self._counters_used >= self._counters_cap:
             return None
         self._counters_used += 1
         return self._counters_used - 1

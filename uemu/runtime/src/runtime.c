@@ -821,6 +821,13 @@ static int wait_for_room(struct table_header *t, struct ring_header *r, uint32_t
  * A 0 is also what the reader leaves where it took a record: a head read before that is
  * stale, which ``taking`` (set before the zeroes) tells after the compare-and-swap.
  */
+/* ``head`` lies below where the reader is giving back: read before the reader took the
+ * record there, it is stale. */
+static int behind_reader(struct ring_header *r, uint32_t head)
+{
+    return (int32_t)(head - load(&r->taking)) < 0;
+}
+
 static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t len, int nested)
 {
     uint8_t *data = (uint8_t *)r + r->data_off;
@@ -831,7 +838,7 @@ static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t
         uint32_t used = head - tail, off = head & (size - 1), need = len, found;
         uint32_t *word = (uint32_t *)(data + off);
 
-        if ((int32_t)used < 0 || used > size || (int32_t)(head - load(&r->taking)) < 0)
+        if ((int32_t)used < 0 || used > size || behind_reader(r, head))
             continue; /* head read before others moved it past a tail read after */
         if (off + len > size)
             need = size - off;
@@ -851,7 +858,7 @@ static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t
             continue;
         }
         if (cas(word, 0, len | RECORD_BUSY) == 0) {
-            if ((int32_t)(head - load(&r->taking)) < 0) {
+            if (behind_reader(r, head)) {
                 /* Behind tail: the reader took and zeroed a record here after this thread
                  * read head.  A PAD keeps the word consistent should a later lap ever
                  * meet it as a header (nothing else of this record was written). */
