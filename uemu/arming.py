@@ -71,9 +71,9 @@ class Arming:
         hint = xol.gap_near(mm.vmas, near, AREA_SIZE) if near else None
         journal = Journal.for_process(mm.pid, self.warn)  # before anything goes in (``uemu repair``)
         try:
-            mm.net = Net(mm.arch, map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME)),
-                         mm.memory, journal=journal)
-            mm.net.install(call, os.getpid())
+            area = map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME), mm.pid)
+            mm.net = Net(mm.arch, area.start, mm.memory, journal=journal)  # ``call`` takes its stub from here on
+            mm.net.install(call, os.getpid(), area_fd=area.fd)
         except errors.UemuError as err:
             mm.net = None
             raise errors.InTargetFailure(f"process {mm.pid}: cannot install uemu's safety net: {err.message}") from None

@@ -96,26 +96,31 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
 
     Once the mm has the in-target runtime, a call goes through its stub (syscall
     instruction, then a trap), with the registers to give back written in the
-    runtime's table first: if uemu dies meanwhile, the trap brings the thread
-    back as it was (the runtime's R5).  Before the runtime exists, or to remove it
-    (``through_net`` False: the stub goes with the area), the vDSO's syscall
-    instruction is used and uemu's death within the call would leave the thread
-    with the call's registers.
+    runtime's table first: if uemu dies meanwhile, the trap brings the thread back
+    as it was (the runtime's R5).  That is judged at each call, so the net's own
+    set-up moves to the stub as soon as its area exists: the call installing the
+    handler is the stub's first, whose trap finds the handler in.  Before the area
+    exists, or to remove it (``through_net`` False: the stub goes with the area),
+    the vDSO's syscall instruction is used, and uemu's death within such a call
+    leaves the thread with the call's registers (``net.map_area`` keeps them few).
     """
     arch = mm.arch
-    net = mm.net if through_net else None
-    at = net.inject_syscall if net is not None else find_syscall_insn(arch, mm.vmas, mm.memory)
     regs = task.registers(arch)
+    gadget: list[int] = []
 
     def call(name: str, *args: int) -> int:
+        net = mm.net if through_net else None
         regs.fetch(task.tid)
         try:
             if net is None:
-                return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+                if not gadget:
+                    gadget.append(find_syscall_insn(arch, mm.vmas, mm.memory))
+                return inject_syscall(task.tid, regs, arch, gadget[0], arch.syscall_numbers[name], args, task.hold)
             saved = regs.snapshot()
             net.begin_inject(task.tid, {**saved, **arch.restarted_syscall(saved)})
             try:
-                return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold)
+                return inject_syscall(task.tid, regs, arch, net.inject_syscall, arch.syscall_numbers[name], args,
+                                      task.hold)
             finally:
                 net.end_inject()
         finally:

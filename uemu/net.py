@@ -27,7 +27,7 @@ undoes them (uemu cleans unfollowed children itself).
 from __future__ import annotations
 
 import copy
-import errno
+import functools
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -85,7 +85,16 @@ InjectedCall = Callable[..., int]
 stopped thread of the process, returning its result (-errno on failure)."""
 
 
-def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> int:
+@dataclass(frozen=True)
+class MappedArea:
+    """Where ``map_area`` put the area, and the memfd behind it, still open in the process
+    (-1: anonymous): ``Net.install`` closes it once the handler is in."""
+
+    start: int
+    fd: int = -1
+
+
+def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0, pid: int = 0) -> MappedArea:
     """Map the area in the process: read+exec code, then read+write data, never both.
 
     With ``hint``, the area goes exactly there or, if that fails (taken, or a kernel that
@@ -98,9 +107,14 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> in
     anonymous areas can only be named where CONFIG_ANON_VMA_NAME is on), and it is
     not counted among the program's anonymous executable mappings.  Where a memfd
     cannot be had, the area is anonymous.
+
+    Every call here runs before the area's own stub exists, so uemu's death within one
+    leaves its thread with the call's registers: they are as few as can be.  The memfd
+    is sized by uemu through ``/proc/PID/fd`` (``pid``), not by an injected ftruncate,
+    and it is closed after the handler is in (``MappedArea.fd``).
     """
     rx = PROT_READ | PROT_EXEC
-    fd, flags = _area_file(call, name)
+    fd, flags = _area_file(call, name, pid)
     start = -1
     if hint:
         start = call("mmap", hint, layout.AREA_SIZE, rx, flags | MAP_FIXED_NOREPLACE, fd, 0)
@@ -109,15 +123,17 @@ def map_area(arch: Arch, call: InjectedCall, hint: int = 0, name: int = 0) -> in
             start = -1
     if start < 0:
         start = call("mmap", 0, layout.AREA_SIZE, rx, flags, fd, 0)
-    if fd >= 0:
-        call("close", fd)
     if start < 0:
+        if fd >= 0:
+            call("close", fd)
         raise errors.InTargetFailure(f"mmap of the in-target runtime's area failed: {os.strerror(-start)}")
     result = call("mprotect", start + layout.CODE_SIZE, layout.DATA_SIZE, PROT_READ | PROT_WRITE)
     if result < 0:
         call("munmap", start, layout.AREA_SIZE)
+        if fd >= 0:
+            call("close", fd)
         raise errors.InTargetFailure(f"mprotect of the in-target runtime's table failed: {os.strerror(-result)}")
-    return start
+    return MappedArea(start, fd)
 
 
 MFD_CLOEXEC, MFD_EXEC = 0x1, 0x10
@@ -126,19 +142,41 @@ AREA_PATH = "/memfd:uemu-net (deleted)"
 """How /proc/PID/maps names an area mapped with ``name`` pointing at ``AREA_NAME``."""
 
 
-def _area_file(call: InjectedCall, name: int) -> tuple[int, int]:
+@functools.cache
+def _memfd_flags() -> int:
+    """MFD_EXEC where this kernel knows it (6.3 on; memfds were executable before), asked
+    of the kernel in uemu's own process, so the target makes one call, not a refused one
+    and another."""
+    try:
+        os.close(os.memfd_create("uemu-probe", MFD_CLOEXEC | MFD_EXEC))
+    except OSError:
+        return MFD_CLOEXEC
+    return MFD_CLOEXEC | MFD_EXEC
+
+
+def _area_file(call: InjectedCall, name: int, pid: int) -> tuple[int, int]:
     """(fd, mmap flags) for the area: a memfd of ``name`` AREA_SIZE long, or anonymous."""
     if not name:
         return -1, MAP_PRIVATE | MAP_ANONYMOUS
-    fd = call("memfd_create", name, MFD_CLOEXEC | MFD_EXEC)
-    if fd == -errno.EINVAL:  # a kernel before 6.3 knows no MFD_EXEC (memfds were executable then)
-        fd = call("memfd_create", name, MFD_CLOEXEC)
+    fd = call("memfd_create", name, _memfd_flags())
     if fd < 0:
         return -1, MAP_PRIVATE | MAP_ANONYMOUS
-    if call("ftruncate", fd, layout.AREA_SIZE) < 0:
+    if not _resize(pid, fd) and call("ftruncate", fd, layout.AREA_SIZE) < 0:
         call("close", fd)
         return -1, MAP_PRIVATE | MAP_ANONYMOUS
     return fd, MAP_PRIVATE
+
+
+def _resize(pid: int, fd: int) -> bool:
+    """Size the process's memfd ``fd`` from here (its inode is 0777; /proc/PID/fd opens it
+    for a tracer of the process), which no death of uemu's can leave half done."""
+    if not pid:
+        return False
+    try:
+        os.truncate(f"/proc/{pid}/fd/{fd}", layout.AREA_SIZE)
+    except OSError:
+        return False
+    return True
 
 
 class _Entries:
@@ -239,12 +277,20 @@ class Net:
 
     # ----- setting up -----------------------------------------------------------------
 
-    def install(self, call: InjectedCall, tracer_pid: int, restore_delay_ms: int = DEFAULT_RESTORE_DELAY_MS) -> None:
+    def install(self, call: InjectedCall, tracer_pid: int, restore_delay_ms: int = DEFAULT_RESTORE_DELAY_MS,
+                area_fd: int = -1) -> None:
         """Write the blob and the table, then install the handler.
 
         The program's action goes straight from the kernel into the table (the old-action
-        pointer of the injected rt_sigaction), and ours is installed by a second call that
-        saves the program's again, so the table holds it from the instant ours is in.
+        pointer of the same rt_sigaction that installs ours), so the table holds it from
+        the instant ours is in, and that call is the first made through the area's stub:
+        if uemu dies within it, its trap finds the handler in.  Ours carries the
+        program's flags and mask (``our_action``), not known before that call: it is
+        made for the action of a program that set none, and set again if the program's
+        differs.  Differs from keeping them exact at every instant: a trap that is not
+        ours, in that window of a program with a SIGTRAP action of its own and of a uemu
+        killed there, reaches the program's handler with the default flags and mask.
+        ``area_fd`` (``MappedArea.fd``) is closed once the handler is in.
         Call with every thread of the process stopped, before any breakpoint.
         """
         self.journal.note_area(self.base, layout.AREA_SIZE, self.arch.name)
@@ -260,11 +306,17 @@ class Net:
             mem_path=layout.MEM_PATH,
         )
         self.memory.write(self.table, layout.TABLE_HEADER.encode(header))
-        self._rt_sigaction(call, 0, self.saved_action_address)
-        saved = self.memory.read(self.saved_action_address, self._sigaction.size)
-        self.journal.note_action(saved)
-        self.memory.write(self.our_action_address, self.our_action(saved))
+        first = self.our_action(bytes(self._sigaction.size))
+        self.memory.write(self.our_action_address, first)
         self._rt_sigaction(call, self.our_action_address, self.saved_action_address)
+        saved = self.program_action()
+        self.journal.note_action(saved)
+        ours = self.our_action(saved)
+        if ours != first:
+            self.memory.write(self.our_action_address, ours)
+            self._rt_sigaction(call, self.our_action_address, 0)
+        if area_fd >= 0:
+            call("close", area_fd)
 
     def uninstall(self, call: InjectedCall, keep_area: bool = False) -> None:
         """Put the program's action back (unless it set one itself meanwhile) and unmap

@@ -78,7 +78,7 @@ class JumpTrace:
             return inject.inject_syscall(self.pid, self.regs, arch, at, arch.syscall_numbers[name], args, hold)
 
         self.call = call
-        self.net = Net(arch, map_area(arch, call), memory)
+        self.net = Net(arch, map_area(arch, call).start, memory)
         self.net.install(call, tracer_pid=os.getpid())
         self.path.setup(self.mm, self.net, call)
         for tid in self.tids:

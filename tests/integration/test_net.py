@@ -78,7 +78,7 @@ def _arm(pid: int, mode: str, report: int) -> None:
     def call(name: str, *args: int) -> int:
         return inject.inject_syscall(pid, regs, arch, at, arch.syscall_numbers[name], args, hold)
 
-    base = map_area(arch, call)
+    base = map_area(arch, call).start
     net = Net(arch, base, memory)
     net.install(call, tracer_pid=os.getpid())
     site = program.runtime_address(probe.file_offset)

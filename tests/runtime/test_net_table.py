@@ -26,6 +26,7 @@ from uemu.runtime import layout, load_blob
 from uemu.runtime.layout import Capacities, SiteState, SlotFlags, TableState, ThreadFlags
 
 BASE = 0x7F0000000000
+SA_ONSTACK = 0x08000000
 BASE32 = 0x50000000
 SMALL = Capacities(sites=4, counters=2, slots=2, threads=2)
 ARCHES = ("x86_64", "i386", "aarch64", "riscv64")
@@ -115,19 +116,32 @@ def test_our_action_keeps_the_programs_flags_and_mask(arch: str) -> None:
 def test_install_writes_blob_and_table_then_swaps_the_action_through_the_table() -> None:
     net = net_for()
     program = net.arch.sigaction
-    action = (0x4444).to_bytes(8, "little") + (SA_SIGINFO | SA_RESTORER).to_bytes(8, "little")
+    action = (0x4444).to_bytes(8, "little") + (SA_SIGINFO | SA_RESTORER | SA_ONSTACK).to_bytes(8, "little")
     calls = FakeCalls(net.memory, "x86_64", action)
     net.install(calls, tracer_pid=321, restore_delay_ms=7)
     assert calls.calls == [
-        ("rt_sigaction", (signal.SIGTRAP, 0, net.saved_action_address, 8)),
         ("rt_sigaction", (signal.SIGTRAP, net.our_action_address, net.saved_action_address, 8)),
-    ]
+        ("rt_sigaction", (signal.SIGTRAP, net.our_action_address, 0, 8)),
+    ], "ours in and the program's out in one call, then ours again with the program's flags"
     assert net.memory.read(BASE, len(net.blob.code)) == net.blob.code
     view = read_table(BASE, net.memory)
     assert view.header.state == TableState.ARMED and view.header.tracer_pid == 321
     assert view.header.restore_delay_ms == 7 and view.header.mem_path.rstrip(b"\0") == b"/proc/self/mem"
     assert word(view.header.saved_action, program.handler, 8) == 0x4444
     assert word(calls.action, program.handler, 8) == net.trap_handler, "ours installed"
+    assert word(calls.action, program.flags, 8) == SA_SIGINFO | SA_RESTORER | SA_ONSTACK
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_install_makes_one_call_for_a_program_with_the_default_action(arch: str) -> None:
+    net = net_for(arch)
+    calls = FakeCalls(net.memory, arch)
+    net.install(calls, tracer_pid=1, area_fd=5)
+    assert calls.calls == [
+        ("rt_sigaction", (signal.SIGTRAP, net.our_action_address, net.saved_action_address, 8)),
+        ("close", (5,)),
+    ], "the memfd closed after the handler is in"
+    assert calls.action == net.our_action(bytes(net.arch.sigaction.size))
 
 
 def test_install_says_why_rt_sigaction_failed() -> None:
@@ -140,7 +154,7 @@ def test_install_says_why_rt_sigaction_failed() -> None:
 
 def test_map_area_maps_code_then_makes_only_the_table_writable() -> None:
     calls = FakeCalls(FakeMemory(), "x86_64")
-    start = map_area(by_name("x86_64"), calls, hint=0x7000_0000)
+    start = map_area(by_name("x86_64"), calls, hint=0x7000_0000).start
     assert start == 0x7000_0000
     assert calls.calls == [
         ("mmap", (0x7000_0000, layout.AREA_SIZE, PROT_READ | PROT_EXEC, 0x22 | MAP_FIXED_NOREPLACE, -1, 0)),
@@ -151,7 +165,7 @@ def test_map_area_maps_code_then_makes_only_the_table_writable() -> None:
 def test_map_area_takes_any_address_when_the_hint_is_not_honoured() -> None:
     calls = FakeCalls(FakeMemory(), "x86_64")
     calls.results["mmap"] = [0x6000_0000, 0x5000_0000]  # a kernel that took NOREPLACE as a hint
-    assert map_area(by_name("x86_64"), calls, hint=0x7000_0000) == 0x5000_0000
+    assert map_area(by_name("x86_64"), calls, hint=0x7000_0000).start == 0x5000_0000
     assert [name for name, _ in calls.calls] == ["mmap", "munmap", "mmap", "mprotect"]
 
 
