@@ -302,7 +302,13 @@ class Uprobes:
     # ---- breakpoints ---------------------------------------------------------
 
     def install_breakpoint(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> None:
-        """Kernel: ``install_breakpoint()`` -> ``set_swbp()`` -> ``uprobe_write_opcode()``."""
+        """Kernel: ``install_breakpoint()`` -> ``set_swbp()`` -> ``uprobe_write_opcode()``.
+
+        Differs: the kernel raises the counter before it writes the opcode; uemu after
+        (and a jump's too), so that a death of uemu's between the two leaves a
+        breakpoint, whose first hit brings the net's handler that lowers every count,
+        not a raised counter that no hit will ever lower.  A hit in between is reported
+        as any other; it could only come from a thread that read the counter before."""
         if vaddr in mm.installed or vaddr in mm.jumped:
             return  # verify_opcode(): already a breakpoint of ours, nothing to do
         backend = mm.backend
@@ -325,32 +331,32 @@ class Uprobes:
                 f"({current.hex()}, file has {expected.hex()}); left alone"
             )
             return
-        if not self.update_ref_ctr(mm, uprobe, +1):
-            return  # kernel: the opcode is not written when the counter cannot be raised
         if mm.net is not None:
             mm.net.add_site(vaddr, expected, trap, _prot_at(mm, vaddr))
         try:
             mm.memory.write(vaddr, trap)
         except OSError:
-            self.update_ref_ctr(mm, uprobe, -1)  # kernel: roll back when the opcode write fails
             if mm.net is not None:
                 mm.net.remove_site(vaddr)
             raise
+        if not self.update_ref_ctr(mm, uprobe, +1):
+            mm.memory.write(vaddr, expected)  # kernel: no opcode where the counter cannot be raised
+            if mm.net is not None:
+                mm.net.remove_site(vaddr)
+            return
         mm.installed[vaddr] = uprobe
 
     def _install_jump(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> bool:
-        """The jump path's take on the site, the counter raised first as for a breakpoint
-        (kernel: the counter goes up before the opcode is written); False: the site
-        takes a breakpoint (the counter as it was)."""
+        """The jump path's take on the site, the counter raised after it as for a
+        breakpoint; False: the site takes a breakpoint."""
         assert self.jumps is not None
+        if not self.jumps.install(mm, uprobe, vaddr):
+            return False
         if not self.update_ref_ctr(mm, uprobe, +1):
-            return True  # as a breakpoint: nothing written when the counter cannot be raised
-        placed = self.jumps.install(mm, uprobe, vaddr)
-        if placed:
-            mm.jumped[vaddr] = uprobe
+            self.jumps.remove(mm, vaddr)  # as a breakpoint: nothing left where the counter cannot be raised
             return True
-        self.update_ref_ctr(mm, uprobe, -1)  # the breakpoint raises it again
-        return False
+        mm.jumped[vaddr] = uprobe
+        return True
 
     def remove_breakpoint(self, mm: Mm, vaddr: int) -> None:
         """Kernel: ``remove_breakpoint()`` -> ``set_orig_insn()``; bytes come from the file."""
