@@ -52,6 +52,28 @@ class KernelSigaction:
     mask: int
 
 
+@dataclass(frozen=True)
+class SigreturnWayBack:
+    """How a thread given a system call to make by uemu gets its whole state back by
+    itself should uemu die within the call: the call is made at a ``gadget`` (the syscall
+    instruction, then a return) with the stack pointer on a signal frame uemu wrote below
+    the thread's stack, whose return address is the C library's own sigreturn
+    ``restorer`` (glibc's __restore_rt); rt_sigreturn then restores every register, the
+    floating-point state and the signal mask from the frame.  While uemu lives it puts
+    the registers back itself at the call's exit stop and none of this runs.
+    Kernel: arch/x86/kernel/signal_64.c (rt_sigreturn, restore_sigcontext)."""
+
+    gadget: bytes
+    restorer: bytes
+    fpstate_note: int
+    """The regset (NT_*) holding the floating-point state."""
+    fpstate: Callable[[bytes], bytes]
+    """That regset's bytes as a frame holds them (the kernel takes the state from the frame
+    only when its own marks are there, else it resets part of it)."""
+    ucontext: Callable[[Mapping[str, int], int, int], bytes]
+    """(registers by regset name, the state's address, the blocked mask) -> struct ucontext."""
+
+
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:
     """A read-only mapping for dataclass fields (frozen dataclasses need hashable-ish data)."""
     return MappingProxyType(dict(mapping))
@@ -141,6 +163,9 @@ class Arch:
     changes (uapi asm/sigcontext.h and asm/ucontext.h)."""
     sigaction: KernelSigaction | None = None
     """The kernel's sigaction layout, where uemu installs the in-target runtime."""
+    way_back: SigreturnWayBack | None = None
+    """How a thread left inside a call injected before the in-target runtime exists
+    restores itself, where uemu knows how (``inject.py``)."""
     trap_si_code: int = 0
     """si_code of the SIGTRAP its breakpoint instruction raises (x86 int3: SI_KERNEL;
     brk and ebreak: TRAP_BRKPT)."""

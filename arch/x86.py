@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .base import (
     Plan,
     Refuse,
     Regs,
+    SigreturnWayBack,
     SpecRegister,
     StepEnd,
     StepOutOfLine,
@@ -90,6 +92,53 @@ _I386_REGSET = (
 _X86_64_UCONTEXT = {name: 40 + 8 * i for i, name in enumerate(
     ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx", "rdx",
      "rax", "rcx", "rsp", "rip", "eflags"))}
+_UC_FP_XSTATE, _UC_SIGCONTEXT_SS, _UC_STRICT_RESTORE_SS = 0x1, 0x2, 0x4
+_X86_64_UC_SEGMENTS = 184
+"""cs, gs, fs and ss (16-bit each) after eflags in sigcontext_64; then err, trapno, oldmask,
+cr2, fpstate (at 224), 8 reserved words, and uc_sigmask at 296."""
+_X86_64_UC_FPSTATE, _X86_64_UC_SIGMASK, _X86_64_UC_SIZE = 224, 296, 304
+_SS_NO_CHANGE = 4
+"""A uc_stack.ss_flags sigaltstack refuses (EINVAL), which rt_sigreturn ignores: the
+thread's alternate stack stays as it is (uemu cannot read it)."""
+
+
+def _x86_64_ucontext(regs: Mapping[str, int], fpstate: int, blocked: int) -> bytes:
+    """struct ucontext for rt_sigreturn (uapi asm/ucontext.h, asm/sigcontext.h)."""
+    out = bytearray(_X86_64_UC_SIZE)
+    struct.pack_into("<Q", out, 0, _UC_FP_XSTATE | _UC_SIGCONTEXT_SS | _UC_STRICT_RESTORE_SS)
+    struct.pack_into("<i", out, 24, _SS_NO_CHANGE)
+    for name, offset in _X86_64_UCONTEXT.items():
+        struct.pack_into("<Q", out, offset, regs[name] & (1 << 64) - 1)
+    struct.pack_into("<HHHH", out, _X86_64_UC_SEGMENTS, regs["cs"], regs["gs"], regs["fs"], regs["ss"])
+    struct.pack_into("<QQ", out, _X86_64_UC_FPSTATE, fpstate, 0)
+    struct.pack_into("<Q", out, _X86_64_UC_SIGMASK, blocked)
+    return bytes(out)
+
+
+_FP_XSTATE_MAGIC1, _FP_XSTATE_MAGIC2 = 0x46505853, 0x46505845
+_SW_BYTES = 464
+"""struct _fpx_sw_bytes in the legacy area's software-reserved bytes: where ptrace's
+NT_X86_XSTATE puts XCR0 (gdb's I386_LINUX_XSAVE_XCR0_OFFSET) and a signal frame its marks."""
+
+
+def _x86_frame_xstate(xstate: bytes) -> bytes:
+    """ptrace's XSAVE image as a signal frame holds it: magic1, sizes and the features
+    (XCR0) in the software bytes, magic2 after it (Kernel: check_xstate_in_sigframe();
+    without them rt_sigreturn restores x87/SSE only and resets the rest, PKRU included)."""
+    (xcr0,) = struct.unpack_from("<Q", xstate, _SW_BYTES)
+    out = bytearray(xstate)
+    struct.pack_into("<IIQI", out, _SW_BYTES, _FP_XSTATE_MAGIC1, len(xstate) + 4, xcr0, len(xstate))
+    return bytes(out) + struct.pack("<I", _FP_XSTATE_MAGIC2)
+
+
+_X86_64_WAY_BACK = SigreturnWayBack(
+    gadget=b"\x0f\x05\xc3",  # syscall; ret
+    restorer=b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05",  # mov $15, %rax; syscall (glibc's __restore_rt)
+    fpstate_note=0x202,  # NT_X86_XSTATE
+    fpstate=_x86_frame_xstate,
+    ucontext=_x86_64_ucontext,
+)
+
 _I386_UCONTEXT = {name: 20 + 4 * i for i, name in enumerate(
     ("gs", "fs", "es", "ds", "edi", "esi", "ebp", "esp", "ebx", "edx", "ecx", "eax", "trapno", "err",
      "eip", "cs", "eflags")) if name not in ("trapno", "err")}
@@ -796,6 +845,7 @@ X86_64 = Arch(
     audit_arch=0xC000003E,  # AUDIT_ARCH_X86_64
     mapping_syscalls=frozen_map(_X86_64_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_X86_64_UCONTEXT),
+    way_back=_X86_64_WAY_BACK,
     sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
     trap_si_code=0x80,  # SI_KERNEL: do_int3_user() -> do_trap() -> force_sig()
     backend=_X86_64_BACKEND,

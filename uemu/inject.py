@@ -24,10 +24,12 @@ the call is restarted as the kernel restarts it when no handler runs
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
+from uemu.arch.base import SigreturnWayBack
 
 from . import errors, ptrace
 from .maps import Vma
@@ -66,8 +68,73 @@ def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) ->
     raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
 
 
+_FRAME_GAP = 4096
+"""Bytes left alone below a thread's stack pointer when uemu writes a sigreturn frame
+there: the x86-64 red zone and the scratch strings of ``arming._scratch_string``."""
+_FPSTATE_ROOM = 16384
+"""Enough for the largest XSAVE layout of a thread (AMX's is about 11 KiB)."""
+_WAY_BACK_SCAN = 8 << 20
+
+
+@dataclass(frozen=True)
+class WayBack:
+    """A process's way back (``Arch.way_back``): where its gadget and its C library's
+    sigreturn restorer are."""
+
+    facts: SigreturnWayBack
+    gadget: int
+    restorer: int
+    memory: ptrace.Memory
+
+    def enter(self, tid: int, regs: ptrace.Regset, arch: Arch, back: Mapping[str, int]) -> None:
+        """Write below the thread's stack a signal frame that gives it ``back`` (every
+        register, its floating-point state and its blocked mask) and point its stack
+        pointer at the frame's return address, the restorer."""
+        facts = self.facts
+        fpstate = facts.fpstate(ptrace.regset_bytes(tid, facts.fpstate_note, _FPSTATE_ROOM))
+        top = (back[arch.sp_reg] - _FRAME_GAP) & ~63
+        fpstate_at = (top - len(fpstate)) & ~63  # XRSTOR wants 64-byte alignment
+        ucontext = facts.ucontext(back, fpstate_at, ptrace.blocked_signals(tid))
+        ucontext_at = (fpstate_at - len(ucontext)) & ~15
+        start = ucontext_at - arch.word_size
+        frame = self.restorer.to_bytes(arch.word_size, "little") + ucontext
+        self.memory.write(start, frame.ljust(fpstate_at - start, b"\0") + fpstate)
+        regs[arch.sp_reg] = start
+
+
+def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memory) -> WayBack | None:
+    """The process's way back, or None: the arch has none here, the process has no such
+    gadget or restorer (no glibc), or the thread keeps a shadow stack (whose check a
+    return to the restorer would fail)."""
+    facts = arch.way_back
+    if facts is None or _shadow_stack(memory.pid, tid):
+        return None
+    found: dict[bytes, int] = {}
+    ordered = sorted((v for v in vmas if v.executable),
+                     key=lambda v: (v.path != "[vdso]", "ld-linux" not in v.path, "libc" not in v.path))
+    for vma in ordered:
+        try:
+            data = memory.read(vma.start, min(vma.end - vma.start, _WAY_BACK_SCAN))
+        except OSError:
+            continue
+        for wanted in (facts.gadget, facts.restorer):
+            if wanted not in found and (pos := data.find(wanted)) >= 0:
+                found[wanted] = vma.start + pos
+        if len(found) == 2:
+            return WayBack(facts, found[facts.gadget], found[facts.restorer], memory)
+    return None
+
+
+def _shadow_stack(pid: int, tid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            return any(line.startswith("x86_Thread_features:") and "shstk" in line for line in status)
+    except OSError:
+        return False
+
+
 def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: int,
-                   args: Sequence[int], hold: HoldSignal) -> int:
+                   args: Sequence[int], hold: HoldSignal, way_back: WayBack | None = None) -> int:
     """Run one system call in a stopped thread and give it its registers back.
 
     The thread must be stopped in one of the ``INJECTABLE`` stops.  ``regs``
@@ -75,8 +142,16 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
     an interrupted syscall of its own made ready to restart.  Our own seccomp
     stop, if any, is passed; signals that arrive meanwhile go to ``hold``, owed
     to the program.  Returns the call's result (a negative errno on failure).
+    With ``way_back``, the call is made at its gadget over a sigreturn frame
+    instead of at ``at``, so a death of uemu's within it costs the thread nothing.
     """
     saved = regs.snapshot()
+    if way_back is not None:
+        try:
+            way_back.enter(tid, regs, arch, {**saved, **arch.restarted_syscall(saved)})
+            at = way_back.gadget
+        except OSError:
+            regs.update(saved)  # no room below the stack, or no such regset: the plain way
     regs[arch.ip_reg] = at
     mask = (1 << (8 * arch.regset_word)) - 1
     for name, value in zip(arch.syscall_regs, (number, *args), strict=False):
@@ -101,21 +176,26 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
     set-up moves to the stub as soon as its area exists: the call installing the
     handler is the stub's first, whose trap finds the handler in.  Before the area
     exists, or to remove it (``through_net`` False: the stub goes with the area),
-    the vDSO's syscall instruction is used, and uemu's death within such a call
-    leaves the thread with the call's registers (``net.map_area`` keeps them few).
+    the call is made over a sigreturn frame where the arch and the process have a way
+    back (``WayBack``: x86_64 with glibc), else at the vDSO's syscall instruction, and
+    uemu's death within such a call leaves the thread with the call's registers
+    (``net.map_area`` keeps those calls few).
     """
     arch = mm.arch
     regs = task.registers(arch)
-    gadget: list[int] = []
+    plain: list[tuple[int, WayBack | None]] = []
 
     def call(name: str, *args: int) -> int:
         net = mm.net if through_net else None
         regs.fetch(task.tid)
         try:
             if net is None:
-                if not gadget:
-                    gadget.append(find_syscall_insn(arch, mm.vmas, mm.memory))
-                return inject_syscall(task.tid, regs, arch, gadget[0], arch.syscall_numbers[name], args, task.hold)
+                if not plain:
+                    plain.append((find_syscall_insn(arch, mm.vmas, mm.memory),
+                                  find_way_back(arch, task.tid, mm.vmas, mm.memory)))
+                at, way_back = plain[0]
+                return inject_syscall(task.tid, regs, arch, at, arch.syscall_numbers[name], args, task.hold,
+                                      way_back)
             saved = regs.snapshot()
             net.begin_inject(task.tid, {**saved, **arch.restarted_syscall(saved)})
             try:

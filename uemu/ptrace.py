@@ -322,3 +322,22 @@ def set_signal_info(tid: int, data: bytes) -> None:
 def signal_code(info: bytes) -> int:
     """si_code of a raw siginfo: > 0 when the kernel raised it for a fault or trap."""
     return int.from_bytes(info[8:12], sys.byteorder, signed=True)
+
+
+PTRACE_GETSIGMASK = 0x420A
+
+
+def regset_bytes(tid: int, note: int, size: int) -> bytes:
+    """One regset other than the general registers (an NT_* ``note``), as the kernel
+    gives it: at most ``size`` bytes, as many as it filled."""
+    buffer = ctypes.create_string_buffer(size)
+    iov = iovec_struct(addressof(buffer), size)
+    _request(PTRACE_GETREGSET, tid, note, addressof(iov))
+    return buffer.raw[:iov.len]
+
+
+def blocked_signals(tid: int) -> int:
+    """The thread's blocked-signal mask (PTRACE_GETSIGMASK, Linux 3.11)."""
+    mask = c_uint64()
+    _request(PTRACE_GETSIGMASK, tid, sizeof(mask), addressof(mask))
+    return mask.value

@@ -324,3 +324,58 @@ def test_default_action_comes_back(orphan_program: Path, mode: str) -> None:
         assert facts(lines)["sema"] == [("1",), ("0",)]
     else:
         assert status == -signal.SIGTRAP
+
+
+NT_X86_XSTATE = 0x202
+
+
+def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_program: Path) -> None:
+    """A call injected before the net exists goes through ``inject.WayBack``: should uemu
+    die within it, the thread returns from the call into its C library's sigreturn
+    restorer over a frame uemu wrote.  Here the tracer lives and follows the thread that
+    way (the call's exit, then rt_sigreturn's): after rt_sigreturn every general
+    register, the XSAVE state and the blocked mask are the kernel's restore of what the
+    thread had, and the program then goes on as untraced."""
+    arch = by_name(sdt.open_elf(str(orphan_program)).arch_name)
+    if arch.way_back is None:
+        pytest.skip(f"no way back on {arch.name}")
+    orphan = Orphan(orphan_program, "handler", "1")
+    try:
+        pid = orphan.pid
+        ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
+        ptrace.interrupt(pid)
+        os.waitpid(pid, ptrace.WALL)
+        memory = ptrace.Memory(pid)
+        way_back = inject.find_way_back(arch, pid, read_maps(pid), memory)
+        assert way_back is not None, "glibc's __restore_rt and a syscall; ret found"
+        regs = ptrace.Regset(arch.regset, arch.regset_word)
+        regs.fetch(pid)
+        saved = regs.snapshot()
+        xstate, blocked = ptrace.regset_bytes(pid, NT_X86_XSTATE, 16384), ptrace.blocked_signals(pid)
+        way_back.enter(pid, regs, arch, saved)
+        regs[arch.ip_reg] = way_back.gadget
+        for name, value in zip(arch.syscall_regs, (arch.syscall_numbers["close"], (1 << 64) - 1), strict=False):
+            regs[name] = value
+        regs.store(pid)
+        numbers = []
+        for _ in range(4):  # close's entry and exit, then rt_sigreturn's
+            ptrace.syscall(pid)
+            stop = classify(pid, os.waitpid(pid, ptrace.WALL)[1])
+            assert stop.kind is StopKind.SYSCALL
+            numbers.append(ptrace.syscall_info(pid).nr if len(numbers) % 2 == 0 else None)
+        assert numbers[0] == arch.syscall_numbers["close"] and numbers[2] == arch.syscall_numbers["rt_sigreturn"]
+        regs.fetch(pid)
+        after = regs.snapshot()
+        assert {k: v for k, v in after.items() if k != "orig_rax"} == \
+            {k: v for k, v in saved.items() if k != "orig_rax"}
+        assert ptrace.regset_bytes(pid, NT_X86_XSTATE, 16384) == xstate
+        assert ptrace.blocked_signals(pid) == blocked
+        ptrace.detach(pid)
+        orphan.go()
+        wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        status, lines = orphan.finish(), orphan.lines()
+    finally:
+        orphan.close()
+    assert status == 0
+    _, oracle = untraced(orphan_program, "handler", "1")
+    assert facts(lines) == facts(oracle)
