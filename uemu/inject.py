@@ -85,6 +85,9 @@ class WayBack:
     gadget: int
     restorer: int
     memory: ptrace.Memory
+    vmas: Sequence[Vma]
+    """The process's mappings when it was found: a frame goes only where the thread's own
+    stack mapping holds all of it (a stack grown since only makes this the safer)."""
 
     def enter(self, tid: int, regs: ptrace.Regset, arch: Arch, back: Mapping[str, int]) -> None:
         """Write below the thread's stack a signal frame that gives it ``back`` (every
@@ -97,6 +100,9 @@ class WayBack:
         ucontext = facts.ucontext(back, fpstate_at, ptrace.blocked_signals(tid))
         ucontext_at = (fpstate_at - len(ucontext)) & ~15
         start = ucontext_at - arch.word_size
+        if not any(v.start <= start and fpstate_at + len(fpstate) <= v.end and v.writable and not v.file_backed
+                   and v.start <= back[arch.sp_reg] <= v.end for v in self.vmas):
+            raise OSError(f"no room for a sigreturn frame below thread {tid}'s stack pointer")
         frame = self.restorer.to_bytes(arch.word_size, "little") + ucontext
         self.memory.write(start, frame.ljust(fpstate_at - start, b"\0") + fpstate)
         regs[arch.sp_reg] = start
@@ -121,7 +127,7 @@ def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memo
             if wanted not in found and (pos := data.find(wanted)) >= 0:
                 found[wanted] = vma.start + pos
         if len(found) == 2:
-            return WayBack(facts, found[facts.gadget], found[facts.restorer], memory)
+            return WayBack(facts, found[facts.gadget], found[facts.restorer], memory, tuple(vmas))
     return None
 
 

@@ -11,6 +11,7 @@ The tracer is a forked child of the test, killed as uemu would be by the OOM kil
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import signal
@@ -352,6 +353,8 @@ def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_prog
         regs.fetch(pid)
         saved = regs.snapshot()
         xstate, blocked = ptrace.regset_bytes(pid, NT_X86_XSTATE, 16384), ptrace.blocked_signals(pid)
+        with pytest.raises(OSError, match="no room"):  # a frame only inside the thread's stack mapping
+            dataclasses.replace(way_back, vmas=()).enter(pid, regs, arch, saved)
         way_back.enter(pid, regs, arch, saved)
         regs[arch.ip_reg] = way_back.gadget
         for name, value in zip(arch.syscall_regs, (arch.syscall_numbers["close"], (1 << 64) - 1), strict=False):
