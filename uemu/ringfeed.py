@@ -38,6 +38,7 @@ DEFAULT_WINDOW_NS = 20_000_000
 DEFAULT_POLL_NS = 100_000_000
 """The reader looks at least this often (and tells producers it is alive: the heartbeat)."""
 NEVER = 1 << 64
+"""Later than any CLOCK_MONOTONIC time."""
 FLUSH_EVERY = 4096
 """Events taken in a drain before it looks for some old enough to hand out."""
 BATCH_SLEEP_S = 0.001
@@ -89,8 +90,9 @@ class RingFeed:
     def _take(self, consumer: Consumer, event: Event | None) -> None:
         """A ring event: counted at once when it carries nothing, else in its time's turn.
         A long drain (a reader far behind) hands out, as it goes, what is older than the
-        window before the newest event taken: the heap stays small (a heap of a whole
-        ring's events cost twice as much per event, in its depth and the collector's walks)."""
+        window before the newest event taken: the heap holds about a window of events, not
+        a whole ring's (their memory, a deeper heap, the collector's walks over them, and
+        nothing handed out until the drain ends)."""
         if event is None:
             self._deliver(consumer, None)
             return
