@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from . import __version__, errors, probespec, sdt
 from .chrome import ChromeTrace, SlicePair, read_comm
-from .events import Event, count_lines, escape, text_line
+from .events import Event, count_lines, escape, json_line, text_line
 from .maps import read_maps
 from .objects import MappedObject, mapped_objects
 from .printf import FIELD_LIMIT, FormatError, PrintfFormat
@@ -456,7 +456,7 @@ class _Sink:
             name = None if args.printf is None else args.printf.text
             self.chrome = ChromeTrace(self.stream, args.slice, name=name, comm=read_comm)
         elif args.output_format == "json":
-            self.render = lambda event: event.to_json() + "\n"
+            self.render = json_line
         else:
             self.render = text_line if args.printf is None else args.printf.render
 

@@ -65,15 +65,21 @@ class Reporter:
                     self._on_limit()
 
     def deliver(self, consumer: Consumer, event: Event | None) -> None:
-        """A hit read from the jump path's ring (``event`` None: counted only)."""
+        """A hit read from the jump path's ring (``event`` None: counted only).  ``full``
+        and ``_hand_out`` written out: this runs for every event of the jump path."""
         with self.lock:
-            if self.full():
+            limit = self.max_events
+            if limit is not None and self.event_count >= limit:
                 return
             consumer.hits += 1
             self.event_count += 1
             if event is not None:
-                self._hand_out(event)
-            if self.full():
+                for handler in self.handlers:
+                    handler(event)
+                if self.queue is not None:
+                    event.read_string = None
+                    self.queue.append(event)
+            if limit is not None and self.event_count >= limit:
                 self._on_limit()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:

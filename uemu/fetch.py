@@ -16,6 +16,7 @@ copy; here the program is split the same way, with process_vm_readv for the copy
 from __future__ import annotations
 
 import dataclasses
+import enum
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,13 +80,16 @@ def compile_args(args: str, arch: Arch, frame: HitFrame, resolve: argspec.Symbol
         raise NotFetchable(f"--strsize {strsize} is more than the jump path copies ({layout.STR_MAX})")
     ops: list[FetchOp] = []
     steps: list[Step] = []
+    fields: list[_Field | None] = []
     offset = layout.RECORD_HEADER.size
+    little = arch.little_endian if little_endian is None else little_endian
     for number, spec in enumerate(argspec.parse_all(args, arch)):
         reader = argspec.make_reader(spec, arch, resolve, little_endian=little_endian)
         added, pointer_at, step = _arg_ops(spec, arch, frame, resolve, reader, offset, little_endian)
         ops += added
         offset += sum(_slot_size(op) for op in added)
         steps.append(step)
+        fields.append(_field(spec, arch, added, reader) if little else None)
         if number in strings:
             if pointer_at is None:
                 constant = reader(lambda name: 0, _unreadable)
@@ -98,6 +102,8 @@ def compile_args(args: str, arch: Arch, frame: HitFrame, resolve: argspec.Symbol
                                size=min(spec.size, arch.word_size), disp=strsize))
             steps.append(_string_step(offset, number))
             offset += _slot_size(ops[-1])
+    if len(steps) == len(fields) and all(fields):  # and so no string to copy
+        return FetchProgram(tuple(ops), offset, _unpacking([f for f in fields if f is not None]))
     values = _Values()
 
     def decode(buffer: Buffer, at: int) -> tuple[list[argspec.Value], Strings]:
@@ -108,6 +114,69 @@ def compile_args(args: str, arch: Arch, frame: HitFrame, resolve: argspec.Symbol
         return args_out, strings_out
 
     return FetchProgram(tuple(ops), offset, decode)
+
+
+class _Kind(enum.Enum):
+    REGISTER = 1
+    """The value itself is unpacked."""
+    CONSTANT = 2
+    """Nothing is unpacked: ``_Field.value``."""
+    MEMORY = 3
+    """A status, then the value: None unless the status says all ``size`` bytes were read."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    """An argument ``struct`` can read straight from the record: its slot's format."""
+
+    format: str
+    kind: _Kind
+    value: argspec.Value = None
+    size: int = 0
+
+
+_INTEGERS = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+def _field(spec: argspec.ArgSpec, arch: Arch, added: list[FetchOp], reader: argspec.Reader) -> _Field | None:
+    """How ``struct`` reads an integer argument the readers would give the same value for
+    (the low ``size`` bytes of a little-endian slot, sign-extended or not); None: the
+    argument's step decodes it (floats, register pairs and parts, strings)."""
+    if not added:
+        return _Field("", _Kind.CONSTANT, reader(lambda name: 0, _unreadable))
+    code = _INTEGERS.get(spec.size)
+    if code is None or spec.is_float or len(added) != 1:
+        return None
+    code = code if spec.signed else code.upper()
+    if added[0].kind == FetchKind.REG and spec.kind == "reg" and not spec.reg_shift and spec.size <= arch.word_size:
+        return _Field(f"{code}{8 - spec.size}x", _Kind.REGISTER)
+    if added[0].kind == FetchKind.MEM:
+        return _Field(f"I4x{code}{-spec.size % 8}x", _Kind.MEMORY, size=spec.size)
+    return None
+
+
+def _unpacking(fields: list[_Field]) -> Callable[[Buffer, int], tuple[list[argspec.Value], Strings]]:
+    """A decoder of records whose every argument is a ``_Field``: one ``unpack_from`` per
+    record (the steps' readers cost a few calls per argument, at every event)."""
+    unpack = struct.Struct("<" + "".join(f.format for f in fields)).unpack_from
+    start = layout.RECORD_HEADER.size
+    if all(f.kind == _Kind.REGISTER for f in fields):
+        return lambda buffer, at: (list(unpack(buffer, at + start)), {})
+
+    def decode(buffer: Buffer, at: int) -> tuple[list[argspec.Value], Strings]:
+        unpacked = iter(unpack(buffer, at + start))
+        out: list[argspec.Value] = []
+        for f in fields:
+            if f.kind == _Kind.REGISTER:
+                out.append(next(unpacked))
+            elif f.kind == _Kind.CONSTANT:
+                out.append(f.value)
+            else:
+                status, value = next(unpacked), next(unpacked)
+                out.append(value if status == f.size else None)
+        return out, {}
+
+    return decode
 
 
 def _unreadable(address: int, size: int) -> bytes:

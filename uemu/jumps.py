@@ -73,7 +73,7 @@ from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
 
 from . import argspec, errors, ptrace, ring, sdt
 from .chrome import read_comm
-from .events import Event, Value
+from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
 from .maps import Vma, read_maps
@@ -134,8 +134,8 @@ class _Recorded:
     """What a record's id stands for (kept after the site goes: its records may still wait)."""
 
     vaddr: int
-    consumers: tuple[Consumer, ...]
-    specs: tuple[list[str], ...]
+    consumers: tuple[tuple[Consumer, str, str, str, list[str]], ...]
+    """Each consumer with what its events say: object, provider, name, specs."""
     program: FetchProgram
 
 
@@ -577,9 +577,10 @@ class JumpPath:
     # ---- records -----------------------------------------------------------------------------
 
     def _record_info(self, jump: Jump) -> _Recorded:
-        consumers = tuple(jump.uprobe.consumers)
-        specs = tuple(list(argspec.split(c.probe.args)) for c in consumers)  # aarch64: "[sp, 12]"
-        return _Recorded(jump.site.vaddr, consumers, specs, jump.program)
+        consumers = tuple((c, c.probe.object, c.probe.provider, c.probe.name,
+                           list(argspec.split(c.probe.args)))  # aarch64: "[sp, 12]"
+                          for c in jump.uprobe.consumers)
+        return _Recorded(jump.site.vaddr, consumers, jump.program)
 
     def drain(self, emit: Emit, final: bool = False) -> int:
         """Hand every hit recorded since the last call to ``emit``, one call per consumer,
@@ -593,39 +594,48 @@ class JumpPath:
             return count
 
     def _drain(self, emit: Emit, final: bool) -> int:
+        """Each ring's records up to where its head was at the start: a producer as fast as
+        the reader cannot keep it here (events then pile up unsorted, undelivered)."""
         count = 0
         for events in list(self._rings):
+            end = events.head()
             while True:
                 records = events.take(final)
                 self._emit(events, records, emit)
                 events.release()
                 count += len(records)
-                if len(records) < ring.TAKE_MAX:
+                if len(records) < ring.TAKE_MAX or events.reached(end):
                     break
         return count
 
     def _emit(self, events: ring.Ring, records: list[ring.RawRecord], emit: Emit) -> None:
-        buffer = events.view
-        for record in records:
-            info = self._recorded.get(record.id)
-            pid = self.reported_pid(record.pid, record.tid)
-            if info is None or pid is None:
+        """The events of ``records``: one loop, few calls per record (it runs for every hit;
+        a thread's records mostly come in runs, whose pid is looked up once)."""
+        buffer, recorded, names, decode_args = events.view, self._recorded, self.names, self.decode_args
+        thread: tuple[int, int] | None = None
+        pid: int | None = None
+        for ident, recorded_pid, tid, ts_ns, offset in records:
+            info = recorded.get(ident)
+            if info is None:
                 continue
-            if (pid, record.tid) not in self.names:
-                self.names[pid, record.tid] = read_comm(pid, record.tid)
-            args: list[Value] | None = None
-            strings: dict[int, bytes] = {}
-            if self.decode_args:
-                decoded, strings = info.program.decode(buffer, record.offset)
-                args = list(decoded)
+            if thread is None or thread[1] != tid or thread[0] != recorded_pid:
+                thread = (recorded_pid, tid)
+                pid = self.reported_pid(recorded_pid, tid)
+                if pid is not None and (pid, tid) not in names:
+                    names[pid, tid] = read_comm(pid, tid)
+            if pid is None:
+                continue
+            if not decode_args:
+                for target in info.consumers:
+                    emit(target[0], None)
+                continue
+            args, strings = info.program.decode(buffer, offset)
             read_string = _captured(strings) if strings else None
-            for consumer, specs in zip(info.consumers, info.specs, strict=True):
-                if args is None:
-                    emit(consumer, None)
-                    continue
-                probe = consumer.probe
-                emit(consumer, Event(record.ts_ns, pid, record.tid, probe.object, probe.provider,
-                                     probe.name, info.vaddr, specs, list(args), read_string))
+            first = True
+            for consumer, obj, provider, name, specs in info.consumers:
+                emit(consumer, Event(ts_ns, pid, tid, obj, provider, name, info.vaddr, specs,
+                                     args if first else list(args), read_string))
+                first = False
 
     def wait(self, timeout_ns: int) -> None:
         """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's

@@ -50,14 +50,16 @@ _MEMBARRIER = {"aarch64": 283, "riscv64": 283}
 """Hosts whose stores and loads may be reordered (not x86): membarrier orders them."""
 
 InjectedCall = Callable[..., int]
-_HEADER = struct.Struct("<IIIIQ")
+_HEADER = struct.Struct("<4xIIIQ")
+"""A record's header after its length word: id, pid, tid, ts_ns."""
 _U32 = struct.Struct("<I")
 _OFF = {name: layout.RING_HEADER.offset(name) for name, _, _ in layout.RING_HEADER.members}
 
 
 class RawRecord(NamedTuple):
     """One finished record: where its bytes are in ``Ring.buffer`` until the next take.
-    A tuple: made once per hit, in the reader's hot loop."""
+    A tuple: made once per hit, in the reader's hot loop (by ``tuple.__new__``, without
+    the Python frame of a NamedTuple's own ``__new__``)."""
 
     id: int
     pid: int
@@ -260,9 +262,9 @@ class Ring:
         self._set_u32("heartbeat", time.monotonic_ns() >> 20)
         out: list[RawRecord] = []
         view, data, mask = self.view, self.data, self.size - 1
-        word_at, header_at, append = _U32.unpack_from, _HEADER.unpack_from, out.append
+        word_at, header_at, append, new = _U32.unpack_from, _HEADER.unpack_from, out.append, tuple.__new__
         busy_bit, pad_bit, length = layout.RECORD_BUSY, layout.RECORD_PAD, layout.RECORD_LEN
-        position, head, busy = self.tail, self._u32("head"), False  # later records: the next take
+        position, head, busy = self.tail, self.head(), False  # later records: the next take
         while position != head and len(out) < TAKE_MAX:
             at = data + (position & mask)
             word = word_at(view, at)[0]
@@ -274,8 +276,7 @@ class Ring:
                     break
                 self.unfinished += 1
             elif not word & pad_bit:
-                _, ident, pid, tid, ts = header_at(view, at)
-                append(RawRecord(ident, pid, tid, ts, at))
+                append(new(RawRecord, (*header_at(view, at), at)))
             position = (position + (word & length)) & 0xFFFFFFFF
         self._note_stall(busy)
         if position != self.tail:
@@ -287,6 +288,15 @@ class Ring:
         return out
 
     _taken: int | None = None
+
+    def head(self) -> int:
+        """Where producers reserve next, now."""
+        return self._u32("head")
+
+    def reached(self, position: int) -> bool:
+        """The last ``take`` went as far as ``position`` (a ``head`` read before it)."""
+        taken = self.tail if self._taken is None else self._taken
+        return (taken - position) & 0xFFFFFFFF < 1 << 31
 
     def _give_back(self) -> None:
         """Zero what the last ``take`` returned and move ``tail`` past it (zeroes first: a

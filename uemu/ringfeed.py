@@ -37,6 +37,10 @@ Deliver = Callable[[Consumer, Event | None], None]
 DEFAULT_WINDOW_NS = 20_000_000
 DEFAULT_POLL_NS = 100_000_000
 """The reader looks at least this often (and tells producers it is alive: the heartbeat)."""
+NEVER = 1 << 64
+"""Later than any CLOCK_MONOTONIC time."""
+FLUSH_EVERY = 4096
+"""Events taken in a drain before it looks for some old enough to hand out."""
 BATCH_SLEEP_S = 0.001
 """After a busy drain the reader sleeps this long before draining again rather than be
 woken by every record (the futex wake costs the hitting thread a system call)."""
@@ -58,6 +62,12 @@ class RingFeed:
         self.lock = threading.RLock()
         """Held while handlers run; the session holds it to deliver or change its own state."""
         self._heap: list[tuple[int, int, Consumer, Event]] = []
+        self._newest = 0
+        """The newest ring event's time so far."""
+        self._flush_at = FLUSH_EVERY
+        self._until = NEVER
+        """While ``before`` drains: its trap hit's time, which no ring event handed out
+        during the drain may be younger than."""
         self._order = itertools.count()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,15 +80,28 @@ class RingFeed:
         """A hit of the trap path made at ``ts_ns`` is about to be handed out (by the
         caller, holding ``lock``): the ring's hits made before it go first."""
         with self.lock:
-            self._drain(self._take)
+            self._until = ts_ns  # nothing younger goes out before it while draining
+            try:
+                self._drain(self._take)
+            finally:
+                self._until = NEVER
             self.flush(ts_ns)
 
     def _take(self, consumer: Consumer, event: Event | None) -> None:
-        """A ring event: counted at once when it carries nothing, else in its time's turn."""
+        """A ring event: counted at once when it carries nothing, else in its time's turn.
+        A long drain (a reader far behind) hands out, as it goes, what is older than the
+        window before the newest event taken: the heap holds about a window of events, not
+        a whole ring's (their memory, a deeper heap, the collector's walks over them, and
+        nothing handed out until the drain ends)."""
         if event is None:
             self._deliver(consumer, None)
-        else:
-            heapq.heappush(self._heap, (event.ts_ns, next(self._order), consumer, event))
+            return
+        ts_ns, heap = event.ts_ns, self._heap
+        heapq.heappush(heap, (ts_ns, next(self._order), consumer, event))
+        if ts_ns > self._newest:
+            self._newest = ts_ns
+        if len(heap) >= self._flush_at:
+            self.flush(min(self._newest - self.window_ns, self._until))
 
     # ---- the reader thread ----------------------------------------------------------------
 
@@ -117,6 +140,7 @@ class RingFeed:
                 _, _, consumer, event = heapq.heappop(heap)
                 self._deliver(consumer, event)
                 count += 1
+            self._flush_at = len(heap) + FLUSH_EVERY
         return count
 
     def stop(self, final_drain: Callable[[Deliver], int] | None = None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uemu.events import Event, count_lines, escape, json_number, text_line
+from uemu.events import STRICT_JSON, Event, count_lines, escape, format_value, json_line, json_number, text_line
 
 
 def strict_json(text: str) -> object:
@@ -88,3 +88,28 @@ def test_text_line_escapes_names():
 
 def test_count_lines_are_sorted_and_escaped():
     assert count_lines({"b:x": 2, "a:\x1b": 1}) == ["a:\\x1b 1\n", "b:x 2\n"]
+
+
+values = st.one_of(st.integers(-(1 << 64), 1 << 64), st.none(), st.floats())
+names = st.sampled_from(["p", "n\udcff", "/bin/x", "a\nb\\c", "caf\u00e9"])
+
+
+@given(st.lists(st.tuples(names, names, st.sampled_from([0x10, 0x20]), st.lists(names, max_size=3),
+                          st.one_of(st.none(), st.lists(values, max_size=5))), min_size=1, max_size=6))
+def test_json_lines_are_the_encoders_bytes_whatever_the_sites_before(hits):
+    """The per-site JSON made once is the same text as encoding each whole record (the
+    sites come back with other specs and args: nothing of an earlier one leaks)."""
+    for name, obj, address, specs, args in hits:
+        event = Event(1_500_000_000_123_456, 7, 8, obj, "prov", name, address, specs, args)
+        record = {"ts_ns": event.ts_ns, "pid": 7, "tid": 8, "object": escape(obj), "provider": "prov",
+                  "name": escape(name), "address": address,
+                  "args": None if args is None else [json_number(v) for v in args],
+                  "specs": [escape(s) for s in specs]}
+        assert json_line(event) == STRICT_JSON.encode(record) + "\n"
+        assert event.to_json() + "\n" == json_line(event)
+
+
+@given(st.lists(values, max_size=5))
+def test_text_lines_show_each_value_as_format_value(args):
+    line = text_line(hit(args))
+    assert line == "1500000.000123 7/8 prov:name" + "".join(" " + format_value(v) for v in args) + "\n"

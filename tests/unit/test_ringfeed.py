@@ -10,7 +10,7 @@ import time
 import pytest
 
 from uemu.events import Event
-from uemu.ringfeed import RingFeed
+from uemu.ringfeed import FLUSH_EVERY, RingFeed
 from uemu.uprobes import Consumer, ProbeInfo
 
 CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
@@ -91,3 +91,27 @@ def test_an_error_in_the_reader_reaches_the_loop() -> None:
     time.sleep(0.05)
     with pytest.raises(OSError, match="went away"):
         feed.stop()
+
+
+def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> None:
+    """A reader far behind: the heap does not hold a whole ring.  Before a trap hit, still
+    nothing younger than the hit goes out first."""
+    count = FLUSH_EVERY + 10
+    delivered: list[int] = []
+    during: list[int] = []
+
+    def drain(deliver) -> int:
+        for ts in range(count):
+            deliver(CONSUMER, event(ts * 1000))
+        during.append(len(delivered))
+        return count
+
+    feed = RingFeed(drain, lambda ns: None, lambda c, e: delivered.append(e.ts_ns), window_ns=100_000)
+    feed.before(1 << 62)
+    assert 0 < during[0] < count and delivered == [ts * 1000 for ts in range(count)]
+    assert max(delivered[:during[0]]) <= (FLUSH_EVERY - 1) * 1000 - 100_000, "the window's events wait"
+    delivered.clear()
+    during.clear()
+    feed._drain = drain
+    feed.before(5000)
+    assert during == [6] and delivered == [0, 1000, 2000, 3000, 4000, 5000], "none younger than the trap hit"

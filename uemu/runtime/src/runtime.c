@@ -1010,6 +1010,25 @@ static void count_hit(struct table_header *t, struct jumps_header *j, struct rin
         add64((uint64_t *)((uint8_t *)r + r->counters_off) + s->counter);
 }
 
+/* A thread's hits under way: only the thread itself writes its slot's depth, and a signal
+ * handler's hit puts it back before the interrupted one goes on, so a plain load and store
+ * are enough (no locked instruction: the fetch_add and sub cost more than the rest of
+ * the bookkeeping).  The fences keep the compiler from moving them across the hit. */
+static uint32_t enter(struct tp_slot *slot)
+{
+    uint32_t depth = __atomic_load_n(&slot->depth, __ATOMIC_RELAXED);
+
+    __atomic_store_n(&slot->depth, depth + 1, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return depth;
+}
+
+static void leave(struct tp_slot *slot, uint32_t depth)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&slot->depth, depth, __ATOMIC_RELAXED);
+}
+
 void uemu_hit(uint32_t index, const unsigned long *frame)
 {
     struct table_header *t = table();
@@ -1039,7 +1058,7 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     slot = thread_slot(j);
     if (slot) {
         tid = slot->tid;
-        depth = __atomic_fetch_add(&slot->depth, 1, __ATOMIC_RELAXED);
+        depth = enter(slot);
     } else {
         tid = (uint32_t)sys0(SYS_gettid);
     }
@@ -1059,5 +1078,5 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     if (word && load(&r->reader_wait) && __atomic_exchange_n(&r->reader_wait, 0, __ATOMIC_ACQ_REL))
         futex(&r->reader_wait, FUTEX_WAKE, 1, 0);
     if (slot)
-        __atomic_fetch_sub(&slot->depth, 1, __ATOMIC_RELAXED);
+        leave(slot, depth);
 }
