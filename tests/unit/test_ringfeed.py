@@ -4,15 +4,19 @@ sleeps when idle, and hands an error back to the loop's thread."""
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 
 import pytest
 
 from uemu.events import Event
+from uemu.ring import Ring
 from uemu.ringfeed import RingFeed
+from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
+PAGE = 4096
 CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
 
 
@@ -91,3 +95,26 @@ def test_an_error_in_the_reader_reaches_the_loop() -> None:
     time.sleep(0.05)
     with pytest.raises(OSError, match="went away"):
         feed.stop()
+
+
+def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
+    """Leaving wakes the reader thread asleep on a real ring's futex (its poll is
+    100 ms): the sleep ends because of the wake, not its timeout (an hour here)."""
+    buffer = mmap.mmap(-1, layout.PAGE + PAGE)
+    buffer[:layout.PAGE] = Ring.initial(PAGE, drop=False)
+    events = Ring(buffer, 0)
+    woken: list[bool] = []
+    asleep = threading.Event()
+
+    def wait(ns: int) -> None:
+        asleep.set()
+        events.sleep(3600 * 10**9)
+        woken.append(True)
+
+    feed = RingFeed(lambda deliver: 0, wait, lambda c, e: None, wake=events.wake_reader)
+    feed.start()
+    assert asleep.wait(30)
+    stopper = threading.Thread(target=feed.stop)
+    stopper.start()
+    stopper.join(60)  # a guard against hanging: without the wake it would take the hour
+    assert not stopper.is_alive() and woken == [True]
