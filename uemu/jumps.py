@@ -646,6 +646,11 @@ class JumpPath:
         else:
             time.sleep(min(timeout_ns, 5_000_000) / 1e9)
 
+    def wake(self) -> None:
+        """End the reader thread's ``wait`` now."""
+        for events in list(self._rings):
+            events.wake_reader()
+
     def thread_name(self, pid: int, tid: int) -> bytes | None:
         """A thread's name as read at its first hit on the jump path, else now."""
         return self.names.get((pid, tid)) or read_comm(pid, tid)

@@ -1,8 +1,10 @@
 """Thin layer over ptrace(2): requests, registers, memory, and wait statuses.
 
-Built on python-ptrace's binding (its libc ``ptrace`` with errno, its siginfo
-and iovec structs, its syscall tables) but not on its debugger classes: those
-cost about 1.7x a raw loop per stop, and a stop is our unit of cost.  Every
+libc's ``ptrace`` through ctypes, with errno.  Not python-ptrace: its debugger
+classes cost about 1.7x a raw loop per stop (a stop is our unit of cost), and its
+binding, once all uemu took of it (this function, three request numbers, the
+iovec struct), cost every uemu start about 16 ms of imports (logging, pdb,
+subprocess) and an ``ldconfig -p`` child (``find_library('c')``).  Every
 call here is one system call.  ``ESRCH`` becomes ``TraceeGone``: a task can
 die between any two calls (strace: "we assume that ptrace error was caused by
 process death").
@@ -18,17 +20,18 @@ from collections.abc import Iterator, Mapping
 from ctypes import addressof, c_uint32, c_uint64, sizeof
 from dataclasses import dataclass
 
-from ptrace.binding import func as _binding
-from ptrace.binding.linux_struct import iovec_struct
-
 from .errors import TraceeGone
 
-_libc_ptrace = _binding._ptrace
+_libc_ptrace = ctypes.CDLL(None, use_errno=True).ptrace
+"""long ptrace(enum __ptrace_request, pid_t, void *, void *); its result is read
+unsigned (-1 is ``_MINUS_ONE``), so no request's value is truncated."""
+_libc_ptrace.argtypes = (ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc_ptrace.restype = ctypes.c_ulong
 
-PTRACE_CONT = _binding.PTRACE_CONT
+PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
-PTRACE_DETACH = _binding.PTRACE_DETACH
-PTRACE_SYSCALL = _binding.PTRACE_SYSCALL
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
@@ -77,7 +80,7 @@ def _request(request: int, tid: int, addr: int = 0, data: int = 0) -> int:
     return int(result)
 
 
-_MINUS_ONE = (1 << (8 * ctypes.sizeof(ctypes.c_ulong))) - 1  # -1 as the binding's unsigned long result
+_MINUS_ONE = (1 << (8 * ctypes.sizeof(ctypes.c_ulong))) - 1  # -1 as the unsigned long result
 
 
 def seize(tid: int, options: int) -> None:
@@ -116,6 +119,12 @@ def event_message(tid: int) -> int:
     return value.value
 
 
+class _Iovec(ctypes.Structure):
+    """Kernel: ``struct iovec`` (include/uapi/linux/uio.h), GETREGSET's buffer."""
+
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
 class Regset:
     """One task's general registers (NT_PRSTATUS) in a reusable buffer.
 
@@ -127,7 +136,7 @@ class Regset:
     def __init__(self, names: tuple[str, ...], word: int):
         self.index = {name: i for i, name in enumerate(names) if name}
         self.words = ((c_uint64 if word == 8 else c_uint32) * len(names))()
-        self._iov = iovec_struct(addressof(self.words), sizeof(self.words))
+        self._iov = _Iovec(addressof(self.words), sizeof(self.words))
         self._iov_addr = addressof(self._iov)
 
     def fetch(self, tid: int) -> None:

@@ -362,6 +362,12 @@ class Ring:
             host().futex(self.address() + _OFF["reader_wait"], FUTEX_WAIT, 1, timeout_ns)
         self._set_u32("reader_wait", 0)
 
+    def wake_reader(self) -> None:
+        """End the reader's ``sleep`` now, as a producer does (uemu is leaving: its
+        reader need not wait out the poll)."""
+        self._set_u32("reader_wait", 0)
+        host().futex(self.address() + _OFF["reader_wait"], FUTEX_WAKE, 1)
+
     def set_owner(self, tid: int) -> None:
         self._set_u32("owner", tid)
 

@@ -49,9 +49,12 @@ woken by every record (the futex wake costs the hitting thread a system call).""
 class RingFeed:
     def __init__(self, drain: Callable[[Deliver], int], wait: Callable[[int], None], deliver: Deliver, *,
                  window_ns: int = DEFAULT_WINDOW_NS, poll_ns: int = DEFAULT_POLL_NS,
-                 on_ready: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None):
+                 on_ready: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None,
+                 wake: Callable[[], None] | None = None):
         self._drain = drain
         self._wait = wait
+        self._wake = wake
+        """Ends a ``wait`` under way: ``stop`` does not wait out the poll."""
         self._deliver = deliver
         self.window_ns = window_ns
         self.poll_ns = poll_ns
@@ -148,6 +151,8 @@ class RingFeed:
         read, records nobody finished skipped), deliver everything."""
         self._stopping.set()
         if self._thread is not None:
+            if self._wake is not None:
+                self._wake()
             self._thread.join()
             self._thread = None
         if final_drain is not None:

@@ -109,7 +109,7 @@ class Session:
             self.uprobes.jumps = self.jumps
             self.jumps.reported_pid = self.tracees.reported_pid
             self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver,
-                                  on_error=lambda: self.stop("error"))
+                                  on_error=lambda: self.stop("error"), wake=self.jumps.wake)
             self.reporter.lock = self._feed.lock
             self.reporter.before = self._feed.before
             self._seize_options |= ptrace.O_TRACEEXIT

@@ -56,7 +56,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests" / "bench"), str(ROOT / "tests" / "integration")]
 
-from bench_hits import interleaved  # noqa: E402
+from bench_hits import compile_uemu, interleaved  # noqa: E402
 from pgcluster import PostgresCluster  # noqa: E402
 
 from uemu import process  # noqa: E402
@@ -466,6 +466,7 @@ def main() -> None:
         "java": lambda: java_workload(args.repeat, args.threads),
     }
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+    print(compile_uemu())
     for name in args.only.split(","):
         report(workloads[name]())
 

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_hits import interleaved
+from bench_hits import compile_uemu, interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "build"
@@ -110,6 +110,7 @@ def main() -> None:
     commands = {name: Command(argv, args.timeout) for name, argv in wanted.items() if argv is not None}
     for name in wanted.keys() - commands.keys():
         print(f"{name}: skipped, not installed (--java, --python)")
+    print(compile_uemu())
     print(f"medians of {args.repeat} interleaved rounds; CPU: the command and uemu together")
     for name, command in commands.items():
         walls = interleaved({mode: functools.partial(command.run, mode) for mode in MODES}, args.repeat)

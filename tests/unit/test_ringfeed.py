@@ -4,15 +4,19 @@ sleeps when idle, and hands an error back to the loop's thread."""
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 
 import pytest
 
 from uemu.events import Event
+from uemu.ring import Ring
 from uemu.ringfeed import FLUSH_EVERY, RingFeed
+from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
+PAGE = 4096
 CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
 
 
@@ -115,3 +119,26 @@ def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> No
     feed._drain = drain
     feed.before(5000)
     assert during == [6] and delivered == [0, 1000, 2000, 3000, 4000, 5000], "none younger than the trap hit"
+
+
+def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
+    """Leaving wakes the reader thread asleep on a real ring's futex (its poll is
+    100 ms): the sleep ends because of the wake, not its timeout (an hour here)."""
+    buffer = mmap.mmap(-1, layout.PAGE + PAGE)
+    buffer[:layout.PAGE] = Ring.initial(PAGE, drop=False)
+    events = Ring(buffer, 0)
+    woken: list[bool] = []
+    asleep = threading.Event()
+
+    def wait(ns: int) -> None:
+        asleep.set()
+        events.sleep(3600 * 10**9)
+        woken.append(True)
+
+    feed = RingFeed(lambda deliver: 0, wait, lambda c, e: None, wake=events.wake_reader)
+    feed.start()
+    assert asleep.wait(30)
+    stopper = threading.Thread(target=feed.stop)
+    stopper.start()
+    stopper.join(60)  # a guard against hanging: without the wake it would take the hour
+    assert not stopper.is_alive() and woken == [True]
