@@ -340,7 +340,7 @@ def regset_bytes(tid: int, note: int, size: int) -> bytes:
     """One regset other than the general registers (an NT_* ``note``), as the kernel
     gives it: at most ``size`` bytes, as many as it filled."""
     buffer = ctypes.create_string_buffer(size)
-    iov = iovec_struct(addressof(buffer), size)
+    iov = _Iovec(addressof(buffer), size)
     _request(PTRACE_GETREGSET, tid, note, addressof(iov))
     return buffer.raw[:iov.len]
 
