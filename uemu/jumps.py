@@ -9,14 +9,14 @@ stays the trap path's: uemu keeps every thread seized, and the core keeps the li
 cycle (semaphores, delayed increments, fork, exec, mappings) exactly as it is.
 
 ``JumpPath`` is the one seam.  The core (uemu/uprobes.py) calls it as ``Uprobes.jumps``
-where it writes and forgets breakpoints; the session (uemu/session.py) where only it
-can tell.  What is called, and when:
+where it writes and forgets breakpoints; the loop's modules (arming.py, hits.py,
+tasks.py, jumphits.py) where only they can tell.  What is called, and when:
 
 =============================  ==========================================================
-the net is installed in an mm  ``setup(mm, net, call)`` (session), before any site is
+the net is installed in an mm  ``setup(mm, net, call)`` (arming), before any site is
 (attach, exec, first probe)    armed: the ring, the table's header, every stopped
                                thread's thread pointer.
-arming (``_arm``)              ``calling(mm, call)`` (session): how to inject the mmaps
+arming (``Arming.arm``)        ``calling(mm, call)`` (arming): how to inject the mmaps
                                of landing pages while ``Uprobes.mmap`` arms.
 a site is armed                ``install(mm, uprobe, vaddr)`` (core, the counter raised
                                already): True jumped; else the core writes a breakpoint.
@@ -24,12 +24,12 @@ a site is removed              ``remove(mm, vaddr)`` (core), then the counter.
 munmap of a site's page        ``unmapped(mm, vaddr)`` (core): nothing written.
 a new thread (clone stop)      ``thread_seen(mm, tid)`` (tasks.py) before resuming it;
                                ``thread_exited(mm, tid)`` at its exit.
-a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (session): where to resume a
+a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (hits.py): where to resume a
                                thread that met the int3 a 5-byte jump is written behind.
 fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a child not
                                followed then loses its jumps with its breakpoints.
 exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
-detach                         ``leave(mm)`` (session) before the sites are removed
+detach                         ``leave(mm)`` (``Tracees.restore``) before the sites go
                                (recording off); then ``keeps_area(mm, tids, call)``:
                                the landing pages and the ring are unmapped, and the
                                net's area too, unless a thread's ip is inside: then

@@ -2,8 +2,9 @@
 
 A kernel uprobe, bpftrace or gdb leaving a site we share writes the file's byte
 back and lowers the counter we raised.  ``look`` only reads (the threads run);
-what it finds is mended by ``Uprobes.mend`` once the session has stopped every
-thread.  The timer that asks for a look is ``ownsignals.py``'s.
+what it finds is mended by ``mend`` (``Uprobes.mend``) once every thread is
+stopped (``Tracer.while_parked``).  The timer that asks for a look is
+``ownsignals.py``'s.
 """
 
 from __future__ import annotations
@@ -39,3 +40,9 @@ class Watch:
             if self.uprobes.find_tampering(mm):
                 tampered.append(mm)
         return tampered
+
+    def mend(self, mms: list[Mm]) -> None:
+        """What ``look`` found in ``mms``, looked for again and undone: every thread is
+        stopped now, and the program may have changed more since."""
+        for mm in mms:
+            self.uprobes.mend(mm, self.uprobes.find_tampering(mm))

@@ -162,6 +162,15 @@ class Tracer:
         self.run_until(self.tracees.all_parked)
         return bool(self.tracees.tasks)
 
+    def while_parked(self, work: Callable[[], None]) -> None:
+        """``work`` with every task parked (sites and counters change only while every
+        thread of their mm is stopped), then each goes on with the signal it is owed."""
+        if not self.stop_all():
+            self.stopping = False
+            return
+        work()
+        self.resume_parked()
+
     def detach_all(self) -> None:
         """Let every (parked) task go, or, where the program cannot live without a
         tracer, stay its tracer doing nothing until every task has exited."""

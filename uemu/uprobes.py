@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -34,7 +34,7 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
-from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
+from .net import PROT_EXEC, PROT_READ, PROT_WRITE, InjectedCall, Net
 from .objects import MappedObject
 from .ptrace import Memory
 from .runtime.layout import ThreadFlags
@@ -220,6 +220,13 @@ class JumpSites(Protocol):
 
     def thread_exited(self, mm: Mm, tid: int) -> None:
         """A thread of ``mm`` is gone."""
+
+    def leave(self, mm: Mm) -> None:
+        """Detaching: nothing is recorded any more; the sites are removed next."""
+
+    def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
+        """Detaching, the sites removed: whether the net's area must stay mapped (a
+        thread of ``tids`` is inside the jump path's code); else its parts are unmapped."""
 
 
 class Uprobes:
