@@ -187,6 +187,11 @@ class Mm:
     def object_of(self, path: str) -> MappedObject | None:
         return next((o for o in self.objects.values() if o.elf.path == path), None)
 
+    def trap_site(self, regs: ptrace.Regset) -> int:
+        """Where the trap instruction is that a thread stopped with ``regs`` met (x86
+        reports the ip after its int3)."""
+        return self.backend.trap_address(regs[self.arch.ip_reg])
+
 
 class JumpSites(Protocol):
     """What the core asks of the jump path (``uemu/jumps.py``): a site's bytes other
@@ -407,7 +412,7 @@ class Uprobes:
     def find_active_uprobe(self, mm: Mm, regs: ptrace.Regset) -> Hit | None:
         """Kernel: ``find_active_uprobe()``: the breakpoint of ours this trap is
         from, or None (the program's own int3, raise(SIGTRAP), a debugger)."""
-        site = mm.backend.trap_address(regs[mm.arch.ip_reg])
+        site = mm.trap_site(regs)
         uprobe = mm.installed.get(site)
         return None if uprobe is None else Hit(uprobe, site)
 
