@@ -726,16 +726,6 @@ class JumpPath:
         state = self._mms.get(mm)
         return [] if state is None else [v for v, s in state.sites.items() if s.armed]
 
-    def trampolines(self, mm: Mm) -> list[tuple[int, int]]:
-        """[start, end) of each trampoline and of hit_entry's code: where a thread's ip is
-        inside the jump path (it leaves by itself)."""
-        state = self._mms.get(mm)
-        if state is None:
-            return []
-        size = state.backend.tramp_size
-        return [(s.trampoline, s.trampoline + size) for s in state.sites.values()] + \
-            [(s.landing, s.landing + LANDING_SIZE) for s in state.sites.values() if s.landing is not None]
-
     def close(self) -> None:
         self._closed_counts = self.counted()
         self._counters.clear()
