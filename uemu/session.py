@@ -5,10 +5,12 @@ Shaped like strace's ``while (dispatch_event(next_event()))``: ``_step`` has
 decides a ``Resume``; ``Tracer.resume`` carries it out, the one place a task is
 resumed (or parked, while everything is being stopped to leave).  What a stop
 means is decided elsewhere: signals and hits in ``hits.py`` (with ``uprobes.py``
-and ``xol.py``), task creation, exec and exit in ``tasks.py``, mapping changes in
-``mappings.py`` and ``arming.py`` by the mode ``mapmode.py`` chose, what the user
-asked for in ``selection.py``, reports in ``consumers.py``, uemu's own signals in
-``ownsignals.py``.  Attaching is ``attach.py``'s, the spawned command ``spawn.py``'s.
+and ``xol.py``), task creation, exec and exit in ``tasks.py`` (through
+``tracer.py``), mapping changes in ``mappings.py`` and ``arming.py`` by the mode
+``mapmode.py`` chose, what the user asked for in ``selection.py``, reports in
+``consumers.py``; ``ownsignals.py`` turns uemu's own signals into calls here.
+Attaching is ``attach.py``'s; a spawned command's fork and exec are ``spawn.py``'s
+(``spawn`` here runs it until its image is armed).
 
 Hits of sites where a jump fits take the jump path (``jumps.py``: no stop, events
 read from a ring by ``ringfeed.py``'s reader thread); ``jumphits.py`` starts and
@@ -42,20 +44,11 @@ from .mapmode import ModeChoice
 from .mappings import MappingMode
 from .ownsignals import OwnSignals
 from .selection import Selection
-from .stops import GO_ON, Resume, Stop, StopKind
+from .stops import StopKind
 from .tampering import Watch
 from .tasks import Task, Tracees
-from .tracer import Tracer
+from .tracer import SEIZE_OPTIONS, Tracer
 from .uprobes import Consumer, Uprobe, Uprobes
-
-SEIZE_OPTIONS = (
-    ptrace.O_TRACESYSGOOD
-    | ptrace.O_TRACECLONE
-    | ptrace.O_TRACEFORK
-    | ptrace.O_TRACEVFORK
-    | ptrace.O_TRACEEXEC
-    | ptrace.O_TRACESECCOMP
-)
 
 
 class Session:
@@ -110,16 +103,10 @@ class Session:
             self.jumps = self.modes.jumps = self.jump_hits.path
             self._seize_options |= jumphits.SEIZE_OPTIONS
         self.hits = Hits(self.tracer, self.uprobes, self.reporter, self.modes.on_hit, self.jumps)
-        self.tracer.handlers = {
-            StopKind.SIGNAL: self.hits.on_signal,
-            StopKind.GROUP: _keep_stopped,
-            StopKind.INTERRUPT: self.hits.on_interrupt,
-            StopKind.CLONE: self._on_new_task,
-            StopKind.FORK: self._on_new_task,
-            StopKind.VFORK: self._on_new_task,
-            StopKind.EXEC: self._on_exec,
-            StopKind.OTHER: _go_on if self.jump_hits is None else self.jump_hits.on_event,
-        }
+        self.tracer.handlers[StopKind.SIGNAL] = self.hits.on_signal
+        self.tracer.handlers[StopKind.INTERRUPT] = self.hits.on_interrupt
+        if self.jump_hits is not None:
+            self.tracer.handlers[StopKind.OTHER] = self.jump_hits.on_event
         self.watch = Watch(self.uprobes, self.warn)
         self.own_signals = OwnSignals(self.stop, self._look_soon, self.tracer.wake if jumps else None)
         self._attacher = Attacher(self.tracer, self.tracees, self.selection, self.modes, self.own_signals,
@@ -349,16 +336,6 @@ class Session:
         if tampered:
             self.tracer.while_parked(lambda: self.watch.mend(tampered))
 
-    # ---- stops -----------------------------------------------------------------------------
-
-    def _on_new_task(self, task: Task, stop: Stop) -> Resume:
-        """fork, vfork or clone: see ``Tracees.on_new_task``."""
-        self.tracer.resume_all(self.tracees.on_new_task(task, stop.kind, ptrace.event_message(task.tid)))
-        return GO_ON
-
-    def _on_exec(self, task: Task, stop: Stop) -> Resume:
-        return self.tracees.on_exec(task, arm=not self.tracer.passthrough)
-
     # ---- leaving -------------------------------------------------------------------------
 
     def _detach_all(self) -> None:
@@ -375,13 +352,3 @@ class Session:
             self.tracees.restore(mm, self.tracer.injectable)
         self.tracer.detach_all()
 
-
-def _go_on(task: Task, stop: Stop) -> Resume:
-    """An event stop with nothing to do (vfork-done; an exit without the jump path)."""
-    return GO_ON
-
-
-def _keep_stopped(task: Task, stop: Stop) -> Resume:
-    """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
-    without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
-    return GO_ON
