@@ -1,13 +1,12 @@
 """Letting go of an mm, on a fake memory: restored when uemu leaves (every byte and
 counter back; what fails is said, not raised), forgotten without a write when its
-process leaves it; sites mended only with every thread parked."""
+process leaves it; nothing changed when no task is left to park."""
 
 from __future__ import annotations
 
 import pytest
 from fakes import SITE, armed, counter_value, memory_with
 
-from uemu.tampering import Watch
 from uemu.tasks import Task, Tracees
 from uemu.tracer import Tracer
 from uemu.uprobes import Mm, Uprobes
@@ -78,13 +77,3 @@ def test_with_no_task_left_nothing_is_done_while_parked(core: Uprobes) -> None:
     tracer.while_parked(lambda: done.append(True))
     assert done == [] and not tracer.stopping
 
-
-def test_mending_arms_a_site_someone_restored_again_and_says_so_once(core: Uprobes, warnings: list[str]) -> None:
-    memory = memory_with()
-    mm, _ = armed(core, memory)
-    watch = Watch(core, core.warn)
-    for _ in range(2):
-        memory.write(SITE, b"\x90")  # a kernel uprobe leaving the site writes the file's byte back
-        watch.mend([mm])
-        assert memory.read(SITE, 1) == b"\xcc"
-    assert len(warnings) == 1 and "removed behind uemu's back" in warnings[0]
