@@ -388,6 +388,7 @@ class Aarch64Jumps(FixedWidthJumps):
 
     frame = HIT_FRAME
     reach_bits = 28
+    user_top = 1 << 48
     nop = _NOP.to_bytes(4, "little")
     head_size = 28
 

@@ -120,6 +120,8 @@ class FixedWidthJumps:
     nop: bytes
     tramp_size = 96
     max_site_bytes = 4
+    user_top: int
+    trap_first = False
 
     def __init__(self, backend: Backend):
         self.backend = backend

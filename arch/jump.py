@@ -86,6 +86,13 @@ class JumpBackend(Protocol):
     """Bytes a trampoline may take (its slot in the area)."""
     max_site_bytes: int
     """Bytes of the file ``choose`` wants from the site on (room for ``nop; nopN``)."""
+    user_top: int
+    """Where user space ends in the default layout: no trampoline, landing or pun
+    target above it (mmap says the last word: a riscv64 Sv39 kernel's ends lower)."""
+    trap_first: bool
+    """A jump of more than one byte is written trap first, then its tail, then its first
+    byte (Kernel: x86's text_poke_bp()), so that no running thread meets a torn
+    instruction; False where one aligned store writes a whole jump."""
 
     def choose(self, plan: Plan, code: bytes) -> SiteJump | NoJump:
         """Whether and how a jump fits the site whose instruction the backend analysed as

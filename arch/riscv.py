@@ -374,6 +374,9 @@ class RiscvJumps(FixedWidthJumps):
 
     frame = HIT_FRAME
     reach_bits = 21
+    user_top = 1 << 47
+    """Kernel: riscv's DEFAULT_MAP_WINDOW is 1 << 47 on Sv48 and Sv57 (mmap without a hint
+    and the stack stay below it): PIE programs load at 0x5555..., above Sv39's end."""
     nop = _NOP.to_bytes(4, "little")
     head_size = 48
 

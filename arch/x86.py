@@ -724,10 +724,13 @@ class X86Jumps:
     after an SDT nop) can take it, instruction punning over shorter ones."""
 
     max_site_bytes = 16
+    trap_first = True
 
     def __init__(self, backend: X86Backend):
         self.backend = backend
         self.mode64 = backend.mode64
+        self.user_top = 0x7FFF_FFFF_F000 if self.mode64 else 0xFFFF_E000
+        """47-bit x86_64; a 32-bit task on a 64-bit kernel."""
         self.frame = HIT_FRAME_64 if self.mode64 else HIT_FRAME_32
         self.tramp_size = 96 if self.mode64 else 48
         self.space = 1 << (64 if self.mode64 else 32)

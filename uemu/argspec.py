@@ -20,6 +20,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal, Required, TypedDict
 
 from uemu.arch import Arch, SpecRegister, by_name
@@ -47,15 +48,23 @@ loff_t.  An operand the tracee points there reads as unknown, as the kernel's
 fetch of a kernel address fails."""
 
 
+class OperandKind(StrEnum):
+    """Where an argument's value is (``ArgSpec.kind``)."""
+
+    REG = "reg"
+    """In the register ``ArgSpec.reg``."""
+    MEM = "mem"
+    """At the address ``symbol + offset + base + index * scale``."""
+    IMM = "imm"
+    """The constant ``value``, or the address ``symbol + offset``."""
+    UNPARSED = "unparsed"
+    """A spec uemu cannot read: ``error`` says why; only ``raw``, ``size``,
+    ``signed`` and ``is_float`` are known."""
+
+
 @dataclass(frozen=True)
 class ArgSpec:
-    """One argument of a probe: where its value is and how to interpret it.
-
-    ``kind`` is ``"reg"`` (value in ``reg``), ``"mem"`` (value at the address
-    ``symbol + offset + base + index * scale``), ``"imm"`` (the constant
-    ``value``, or the address ``symbol + offset``) or ``"unparsed"`` (``error``
-    says why; only ``raw``, ``size``, ``signed`` and ``is_float`` are known).
-    """
+    """One argument of a probe: where its value is (``kind``) and how to interpret it."""
 
     raw: str
     """The spec as the note wrote it."""
@@ -67,7 +76,7 @@ class ArgSpec:
     is_float: bool = False
     sized: bool = True
     """Whether the spec had an ``N@`` prefix."""
-    kind: str = "unparsed"
+    kind: OperandKind = OperandKind.UNPARSED
     reg: str | None = None
     """Canonical full register of a ``reg`` operand."""
     reg_bytes: int = 0
@@ -200,7 +209,7 @@ def parse(spec: str, arch: Arch | str) -> ArgSpec:
     try:
         fields = _parse_operand(operand, resolved, _DIALECTS[resolved.spec_dialect])
         if size is None:
-            size = fields["reg_bytes"] if fields["kind"] == "reg" else resolved.word_size
+            size = fields["reg_bytes"] if fields["kind"] is OperandKind.REG else resolved.word_size
         elif size not in _SIZES:
             raise _Unparsed(f"unsupported size {size}")
     except (_Unparsed, ValueError) as why:  # ValueError: int() of a huge digit string
@@ -217,7 +226,7 @@ def parse(spec: str, arch: Arch | str) -> ArgSpec:
 class _Operand(TypedDict, total=False):
     """The ``ArgSpec`` fields an operand gives; the ``N@`` prefix gives the others."""
 
-    kind: Required[str]
+    kind: Required[OperandKind]
     reg: str
     reg_bytes: int
     reg_shift: int
@@ -247,7 +256,7 @@ def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> _Operand:
         return _immediate(operand[len(prefix):], dialect)
     view = _register(operand, arch, dialect)
     if view is not None:
-        return {"kind": "reg", "reg": view.canonical, "reg_bytes": view.width, "reg_shift": view.shift}
+        return {"kind": OperandKind.REG, "reg": view.canonical, "reg_bytes": view.width, "reg_shift": view.shift}
     if dialect.comma_memory and "," in operand and "(" not in operand:
         return _comma_memory(operand, arch, dialect)
     paren = _PAREN.fullmatch(operand)
@@ -255,8 +264,8 @@ def _parse_operand(operand: str, arch: Arch, dialect: _Dialect) -> _Operand:
         return _paren_memory(paren.group(1), paren.group(2), arch, dialect)
     offset, symbol, gotoff = _displacement(operand, dialect)
     if symbol is None and not dialect.number_is_memory:
-        return {"kind": "imm", "value": offset}
-    return {"kind": "mem", "offset": offset, "symbol": symbol, "gotoff": gotoff}
+        return {"kind": OperandKind.IMM, "value": offset}
+    return {"kind": OperandKind.MEM, "offset": offset, "symbol": symbol, "gotoff": gotoff}
 
 
 def _register(token: str, arch: Arch, dialect: _Dialect) -> SpecRegister | None:
@@ -306,13 +315,13 @@ def _displacement(text: str, dialect: _Dialect) -> tuple[int, str | None, bool]:
 
 def _immediate(text: str, dialect: _Dialect) -> _Operand:
     if dialect.float_immediates and _FLOAT.fullmatch(text):
-        return {"kind": "imm", "value": float(text)}
+        return {"kind": OperandKind.IMM, "value": float(text)}
     offset, symbol, gotoff = _displacement(text, dialect)
     if gotoff:
         raise _Unparsed("@GOTOFF immediate")
     if symbol is None:
-        return {"kind": "imm", "value": offset}
-    return {"kind": "imm", "symbol": symbol, "offset": offset}
+        return {"kind": OperandKind.IMM, "value": offset}
+    return {"kind": OperandKind.IMM, "symbol": symbol, "offset": offset}
 
 
 def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: int = 1,
@@ -321,7 +330,7 @@ def _memory(arch: Arch, dialect: _Dialect, base: str, index: str = "", scale: in
     """The fields of a memory operand from its register tokens."""
     if not (base.strip() or index.strip()):
         raise _Unparsed("address without register")
-    fields: _Operand = {"kind": "mem", "offset": offset, "symbol": symbol, "gotoff": gotoff, "scale": scale}
+    fields: _Operand = {"kind": OperandKind.MEM, "offset": offset, "symbol": symbol, "gotoff": gotoff, "scale": scale}
     if base.strip():
         fields["base"] = _address_register(base, arch, dialect)[0]
     if index.strip():
@@ -417,9 +426,9 @@ def make_reader(spec: ArgSpec, arch: Arch | str, symbol_address: SymbolAddress |
         if found is None:
             return _none
         symbol_base = found
-    if spec.kind == "imm":
+    if spec.kind is OperandKind.IMM:
         return _immediate_reader(spec, resolved, symbol_base)
-    if spec.kind == "reg":
+    if spec.kind is OperandKind.REG:
         return _register_reader(spec, resolved)
     little = resolved.little_endian if little_endian is None else little_endian
     if little is None:

@@ -127,6 +127,13 @@ class ProbeNotFound(UemuError):
         self.near = list(near)
 
 
+class CountOnly(UemuError):
+    """A handler, events or max_events asked of a session made to count only."""
+
+    def __init__(self) -> None:
+        super().__init__("a count_only session has counts, not events")
+
+
 class AttachRefused(UemuError):
     """The process cannot be traced as it is (already traced, zombie, kernel thread)."""
 

@@ -212,9 +212,9 @@ def _arg_ops(spec: argspec.ArgSpec, arch: Arch, frame: HitFrame, resolve: argspe
         if found is None:
             return [], None, _constant_step(reader)
         symbol_base = found
-    if not spec.parsed or spec.kind == "imm":
+    if not spec.parsed or spec.kind is argspec.OperandKind.IMM:
         return [], None, _constant_step(reader)
-    if spec.kind == "reg":
+    if spec.kind is argspec.OperandKind.REG:
         names = [spec.reg] if spec.reg is not None and spec.reg != argspec.ZERO_REGISTER else []
         high = arch.pair_high.get(spec.reg or "")
         if spec.size > arch.word_size and high is not None:

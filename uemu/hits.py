@@ -82,7 +82,7 @@ class Hits:
         thread goes back to run what is whole there now."""
         if self.jumps is None:
             return False
-        resume = self.jumps.trap_at(mm, mm.backend.trap_address(regs[mm.arch.ip_reg]))
+        resume = self.jumps.trap_at(mm, mm.trap_site(regs))
         if resume is None:
             return False
         regs[mm.arch.ip_reg] = resume

@@ -462,10 +462,6 @@ class Journal:
         journal._end_cut_line()
         return journal
 
-    @property
-    def enabled(self) -> bool:
-        return self.directory is not None
-
     # ---- records: each before the write it describes, or after the write it undoes ----
 
     def note_area(self, base: int, size: int, arch: str) -> None:

@@ -9,14 +9,14 @@ stays the trap path's: uemu keeps every thread seized, and the core keeps the li
 cycle (semaphores, delayed increments, fork, exec, mappings) exactly as it is.
 
 ``JumpPath`` is the one seam.  The core (uemu/uprobes.py) calls it as ``Uprobes.jumps``
-where it writes and forgets breakpoints; the session (uemu/session.py) where only it
-can tell.  What is called, and when:
+where it writes and forgets breakpoints; the loop's modules (arming.py, hits.py,
+tasks.py, jumphits.py) where only they can tell.  What is called, and when:
 
 =============================  ==========================================================
-the net is installed in an mm  ``setup(mm, net, call)`` (session), before any site is
+the net is installed in an mm  ``setup(mm, net, call)`` (arming), before any site is
 (attach, exec, first probe)    armed: the ring, the table's header, every stopped
                                thread's thread pointer.
-arming (``_arm``)              ``calling(mm, call)`` (session): how to inject the mmaps
+arming (``Arming.arm``)        ``calling(mm, call)`` (arming): how to inject the mmaps
                                of landing pages while ``Uprobes.mmap`` arms.
 a site is armed                ``install(mm, uprobe, vaddr)`` (core, the counter raised
                                already): True jumped; else the core writes a breakpoint.
@@ -24,12 +24,12 @@ a site is removed              ``remove(mm, vaddr)`` (core), then the counter.
 munmap of a site's page        ``unmapped(mm, vaddr)`` (core): nothing written.
 a new thread (clone stop)      ``thread_seen(mm, tid)`` (tasks.py) before resuming it;
                                ``thread_exited(mm, tid)`` at its exit.
-a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (session): where to resume a
+a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (hits.py): where to resume a
                                thread that met the int3 a 5-byte jump is written behind.
 fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a child not
                                followed then loses its jumps with its breakpoints.
 exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
-detach                         ``leave(mm)`` (session) before the sites are removed
+detach                         ``leave(mm)`` (``Tracees.restore``) before the sites go
                                (recording off); then ``keeps_area(mm, tids, call)``:
                                the landing pages and the ring are unmapped, and the
                                net's area too, unless a thread's ip is inside: then
@@ -90,12 +90,6 @@ STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
 HEAP_ROOM = 256 << 20
 """Nor this close above the heap's start: brk grows there."""
-_USER_TOP = {"x86_64": 0x7FFF_FFFF_F000, "i386": 0xFFFF_E000, "aarch64": 1 << 48, "riscv64": 1 << 47}
-"""Where user space ends (the default layouts: 47-bit x86_64, a 32-bit task on a 64-bit
-kernel, 48-bit arm64, riscv64's 47-bit mmap window); mmap says the last word (an Sv39
-kernel's ends at 1 << 38, and its programs lie below it).
-Kernel: riscv's DEFAULT_MAP_WINDOW is 1 << 47 on Sv48 and Sv57 (mmap without a hint and
-the stack stay below it): PIE programs load at 0x5555..., above Sv39's end."""
 VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""
@@ -461,7 +455,7 @@ class JumpPath:
         first byte (Kernel: text_poke_bp()), so no running thread meets a torn
         instruction: one that meets the int3 stops, and ``trap_at`` sends it back."""
         memory = state.mm.memory
-        if len(data) == 1 or not state.mm.arch.name.startswith(("x86", "i386")):
+        if len(data) == 1 or not state.backend.trap_first:
             memory.write(at, data)
             return
         state.int3_first.add(at)
@@ -741,16 +735,6 @@ class JumpPath:
         state = self._mms.get(mm)
         return [] if state is None else [v for v, s in state.sites.items() if s.armed]
 
-    def trampolines(self, mm: Mm) -> list[tuple[int, int]]:
-        """[start, end) of each trampoline and of hit_entry's code: where a thread's ip is
-        inside the jump path (it leaves by itself)."""
-        state = self._mms.get(mm)
-        if state is None:
-            return []
-        size = state.backend.tramp_size
-        return [(s.trampoline, s.trampoline + size) for s in state.sites.values()] + \
-            [(s.landing, s.landing + LANDING_SIZE) for s in state.sites.values() if s.landing is not None]
-
     def close(self) -> None:
         self._closed_counts = self.counted()
         self._counters.clear()
@@ -776,9 +760,15 @@ def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Iterable[int], absol
     for where in neighbours:
         if vaddr < where < end:
             return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
-    if absolute and choice.target is not None and not 0 < choice.target < _USER_TOP.get(arch.name, 1 << 47):
+    if absolute and choice.target is not None and not 0 < choice.target < _user_top(arch):
         return Trap(f"pun target {choice.target:#x} is outside user space")
     return choice
+
+
+def _user_top(arch: Arch) -> int:
+    """Where user space ends for ``arch``'s jumps (``JumpBackend.user_top``)."""
+    assert arch.jumps is not None, "only an arch with a jump path places jumps"
+    return arch.jumps.user_top
 
 
 def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
@@ -786,7 +776,7 @@ def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: 
     """Why no landing page may hold [start, end) ('' if one may): outside user space,
     where the main stack or the heap (from ``brk``, the process's start_brk) may grow,
     or (unless ``mapped_ok``: mmap's MAP_FIXED_NOREPLACE will tell) a mapping there."""
-    if start < _mmap_min_addr() or end > _USER_TOP.get(arch.name, 1 << 47):
+    if start < _mmap_min_addr() or end > _user_top(arch):
         return "outside user space"
     if brk is not None and brk < end and start < brk + HEAP_ROOM:
         return "where the heap may grow"

@@ -91,7 +91,7 @@ class JumpTable:
         ``counter``: the site's hits only add 1 to that counter of the ring (no record)."""
         nops = len(program.ops)
         if self._ops_unused + nops > self.capacities.fetch_ops:
-            raise errors.UemuError(f"the jump table is full: {self.capacities.fetch_ops} fetch ops")
+            raise errors.InTargetFailure(f"the jump table is full: {self.capacities.fetch_ops} fetch ops")
         start = self._ops_unused
         self._ops_unused += nops
         for number, op in enumerate(program.ops):

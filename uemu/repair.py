@@ -55,9 +55,10 @@ from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
 from .runtime.layout import InjectState, SlotFlags, TableState, ThreadFlags
-from .session import SEIZE_OPTIONS, Session
+from .session import Session
 from .stops import StopKind, classify
 from .tasks import Task
+from .tracer import SEIZE_OPTIONS
 from .uprobes import Mm
 
 Warn = Callable[[str], None]

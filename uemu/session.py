@@ -5,19 +5,22 @@ Shaped like strace's ``while (dispatch_event(next_event()))``: ``_step`` has
 decides a ``Resume``; ``Tracer.resume`` carries it out, the one place a task is
 resumed (or parked, while everything is being stopped to leave).  What a stop
 means is decided elsewhere: signals and hits in ``hits.py`` (with ``uprobes.py``
-and ``xol.py``), task creation, exec and exit in ``tasks.py``, mapping changes in
-``mappings.py`` and ``arming.py``, what the user asked for in ``selection.py``,
-reports in ``consumers.py``, uemu's own signals in ``ownsignals.py``.
+and ``xol.py``), task creation, exec and exit in ``tasks.py`` (through
+``tracer.py``), mapping changes in ``mappings.py`` and ``arming.py`` by the mode
+``mapmode.py`` chose, what the user asked for in ``selection.py``, reports in
+``consumers.py``; ``ownsignals.py`` turns uemu's own signals into calls here.
+Attaching is ``attach.py``'s; a spawned command's fork and exec are ``spawn.py``'s
+(``spawn`` here runs it until its image is armed).
 
 Hits of sites where a jump fits take the jump path (``jumps.py``: no stop, events
-read from a ring by ``ringfeed.py``'s reader thread); the session only calls its seam
-where only the session can tell (see jumps.py's table).
+read from a ring by ``ringfeed.py``'s reader thread); ``jumphits.py`` starts and
+stops that reader with the loop.
 
 Leaving is the same code on every way out (end of the program, Ctrl-C,
 SIGTERM, SIGHUP, --duration, --max-events, an exception inside uemu): stop
 every thread, move threads out of XOL slots, restore every byte from the
-files, lower every counter we raised, detach each thread with the signal it
-is owed.
+files and lower every counter we raised (``Tracees.restore``), detach each
+thread with the signal it is owed.
 """
 
 from __future__ import annotations
@@ -25,38 +28,27 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 
-from . import errors, inject, mappings, process, ptrace, sigtrap, spawn, xol
-from .arming import Arming
+from . import errors, jumphits, ptrace, spawn, xol
+from .attach import Attacher
 from .chrome import read_comm
 from .consumers import Handler, Reporter
 from .events import Event
 from .hits import Hits
+from .jumphits import JumpHits
 from .jumps import JumpPath
+from .mapmode import ModeChoice
 from .mappings import MappingMode
-from .maps import read_maps
 from .ownsignals import OwnSignals
-from .ringfeed import RingFeed
 from .selection import Selection
-from .stops import GO_ON, Resume, Stop, StopKind
-from .syscalls import SyscallStops
+from .stops import StopKind
 from .tampering import Watch
 from .tasks import Task, Tracees
-from .tracer import Tracer
-from .uprobes import Consumer, Hit, Mm, Uprobes
-
-SEIZE_OPTIONS = (
-    ptrace.O_TRACESYSGOOD
-    | ptrace.O_TRACECLONE
-    | ptrace.O_TRACEFORK
-    | ptrace.O_TRACEVFORK
-    | ptrace.O_TRACEEXEC
-    | ptrace.O_TRACESECCOMP
-)
+from .tracer import SEIZE_OPTIONS, Tracer
+from .uprobes import Consumer, Uprobe, Uprobes
 
 
 class Session:
@@ -96,39 +88,29 @@ class Session:
         self.uprobes = Uprobes(self.warn)
         self.selection = Selection(probes, self.uprobes, self.warn, strict)
         self.reporter = Reporter(decode_args, lambda: self.stop("max-events"))
-        self.tracees = Tracees(self.uprobes, follow_forks, self._needs_tracer, self.warn)
-        self.tracer = Tracer(self.tracees, self._stops_every_syscall)
         self._tracing_thread = threading.get_ident()
         """The thread that may use ptrace (the one that attaches or spawns)."""
+        self.jump_hits: JumpHits | None = None
         self.jumps: JumpPath | None = None
-        self._feed: RingFeed | None = None
         self._seize_options = SEIZE_OPTIONS
+        self.modes = ModeChoice(mappings, self.uprobes, self.selection, self.warn)
+        self.tracees = Tracees(self.uprobes, follow_forks, self.modes.needs_tracer, self.warn)
+        self.tracer = Tracer(self.tracees, self.modes.stops_every_syscall)
         if jumps:
-            self.jumps = JumpPath(self.uprobes, decode_args=decode_args, count_only=count_only, strings=strings,
-                                  strsize=strsize, drop=drop, warn=self.warn)
-            self.uprobes.jumps = self.jumps
-            self.jumps.reported_pid = self.tracees.reported_pid
-            self._feed = RingFeed(self.jumps.drain, self.jumps.wait, self.reporter.deliver,
-                                  on_error=lambda: self.stop("error"), wake=self.jumps.wake)
-            self.reporter.lock = self._feed.lock
-            self.reporter.before = self._feed.before
-            self._seize_options |= ptrace.O_TRACEEXIT
-        self.hits = Hits(self.tracer, self.uprobes, self.reporter, self._on_mapping_hit, self.jumps)
-        self.tracer.handlers = {
-            StopKind.SIGNAL: self.hits.on_signal,
-            StopKind.GROUP: _keep_stopped,
-            StopKind.INTERRUPT: self.hits.on_interrupt,
-            StopKind.CLONE: self._on_new_task,
-            StopKind.FORK: self._on_new_task,
-            StopKind.VFORK: self._on_new_task,
-            StopKind.EXEC: self._on_exec,
-            StopKind.OTHER: self._on_other_event,
-        }
-        self._mode = _mode(mappings) if mappings is not None else None
-        self.arming: Arming | None = None
-        """The mapping mode's decisions and arming by them, chosen by ``attach`` or ``spawn``."""
+            self.jump_hits = JumpHits(self.uprobes, self.tracees, self.reporter, decode_args=decode_args,
+                                      count_only=count_only, strings=strings, strsize=strsize, drop=drop,
+                                      warn=self.warn, on_error=lambda: self.stop("error"))
+            self.jumps = self.modes.jumps = self.jump_hits.path
+            self._seize_options |= jumphits.SEIZE_OPTIONS
+        self.hits = Hits(self.tracer, self.uprobes, self.reporter, self.modes.on_hit, self.jumps)
+        self.tracer.handlers[StopKind.SIGNAL] = self.hits.on_signal
+        self.tracer.handlers[StopKind.INTERRUPT] = self.hits.on_interrupt
+        if self.jump_hits is not None:
+            self.tracer.handlers[StopKind.OTHER] = self.jump_hits.on_event
         self.watch = Watch(self.uprobes, self.warn)
         self.own_signals = OwnSignals(self.stop, self._look_soon, self.tracer.wake if jumps else None)
+        self._attacher = Attacher(self.tracer, self.tracees, self.selection, self.modes, self.own_signals,
+                                  self._seize_options, self.warn, self._tracing_began, self.close)
         self._removals: list[str] = []
         self._in_loop = False
         self._stop_reason: str | None = None
@@ -161,72 +143,19 @@ class Session:
 
     def _wants_events(self) -> None:
         if self.jumps is not None and self.jumps.count_only:
-            raise errors.UemuError("a count_only session has counts, not events")
+            raise errors.CountOnly()
 
     def attach(self, pid: int) -> Session:
         """Seize every thread of a running process and arm the probes; with
         ``follow_forks``, every process already descended from it too (children
         created later are followed as they come).  Call again for more processes."""
         self._tracing_thread = threading.get_ident()
-        self._attach_process(pid)
-        if self.tracees.follow_forks:
-            self._attach_descendants(pid)
+        self._attacher.attach(pid)
         return self
-
-    def _attach_descendants(self, root: int) -> None:
-        """Every process whose parent chain reaches ``root``, found from /proc and
-        attached by the same rules, until a look finds no new one (a process
-        forked meanwhile by a traced one is auto-attached already)."""
-        tried: set[int] = set()
-        while True:
-            traced = {task.pid for task in self.tracees.tasks.values()}
-            fresh = [pid for pid in process.descendants(root) if pid not in tried and pid not in traced]
-            if not fresh:
-                return
-            for pid in fresh:
-                tried.add(pid)
-                try:
-                    self._attach_process(pid, descendant=True)
-                except (errors.NotFound, errors.TraceeGone):
-                    continue  # it ended meanwhile
-                except (errors.AttachRefused, errors.AccessDenied, errors.UnsupportedArch) as err:
-                    self.warn(f"{err.message}; its probes are not traced")
-
-    def _attach_process(self, pid: int, descendant: bool = False) -> None:
-        process.check_attachable(pid)
-        arming = self._choose_mode(MappingMode.RENDEZVOUS)
-        if not arming.tracker.attachable:
-            raise errors.BadInput(f"{arming.tracker.mode} mapping tracking needs 'uemu run': "
-                                  "a running process cannot get the filter")
-        # Each word must match before the process is touched; the objects are read
-        # again once it is stopped (it may have exec'd or mapped more meanwhile).
-        process.executable_arch(pid)
-        if not descendant:
-            self.selection.check_process(self.tracees.objects_of(pid, read_maps(pid)), pid)
-        self.own_signals.install()
-        self.tracer.stopping = True
-        try:
-            self.tracer.seize_all(pid, self._seize_options)
-            mm = self.tracees.tasks[pid].mm or self.tracees.new_mm(pid, process.executable_arch(pid))
-            for task in self.tracees.tasks.values():
-                if task.pid == pid and task.mm is None:
-                    task.mm = mm
-            arming.arm(mm, mm.vmas, self.tracer.injectable(mm))
-            if mm.net is not None:
-                sigtrap.warn_blocking([t.tid for t in self.tracees.tasks.values() if t.pid == pid], pid, self.warn)
-        except (errors.NotFound, errors.TraceeGone):
-            if not descendant:
-                self.close()
-            raise  # a descendant that ended meanwhile: its tasks report their exits
-        except BaseException:
-            self.close()
-            raise
-        self._traced = True
-        self.tracer.resume_parked()
 
     def spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> Session:
         """Start ``argv`` under trace, stopped before its first instruction, arm, resume."""
-        tracker = self._choose_mode(MappingMode.SECCOMP).tracker
+        tracker = self.modes.choose(MappingMode.SECCOMP, self.tracer).tracker
         self._tracing_thread = threading.get_ident()
         self.selection.check_spawn(argv, os.environ if env is None else env)
         self.own_signals.install()
@@ -244,7 +173,7 @@ class Session:
             failure = child.exec_failure(argv)
             if failure is not None:
                 raise failure
-        self._traced = True
+        self._tracing_began()
         return self
 
     def run(self, handler: Handler | None = None, *, duration: float | None = None,
@@ -258,7 +187,8 @@ class Session:
         self.reporter.max_events = max_events
         self.own_signals.install()
         self.own_signals.start_timer(duration)
-        self._start_feed(None)
+        if self.jump_hits is not None:
+            self.jump_hits.start(None)
         try:
             while self._step():
                 pass
@@ -274,7 +204,8 @@ class Session:
         self.reporter.max_events = max_events
         self.own_signals.install()
         self.own_signals.start_timer(duration)
-        self._start_feed(self._wake)
+        if self.jump_hits is not None:
+            self.jump_hits.start(self._wake)
         try:
             while True:
                 while queue:
@@ -315,10 +246,7 @@ class Session:
     def counts(self) -> dict[str, int]:
         """Hits per probe name (``provider:name``) over all its sites."""
         totals = self.selection.counts()
-        if self.jumps is not None:
-            for name, hits in self.jumps.counted().items():
-                totals[name] = totals.get(name, 0) + hits
-        return totals
+        return totals if self.jump_hits is None else self.jump_hits.add_counts(totals)
 
     def close(self) -> None:
         """Leave: restore every process and detach (idempotent)."""
@@ -327,7 +255,8 @@ class Session:
         self._closed = True
         try:
             self._detach_all()
-            self._stop_feed()
+            if self.jump_hits is not None:
+                self.jump_hits.stop()
             if self._traced:
                 self.selection.report_pending()
         finally:
@@ -346,26 +275,11 @@ class Session:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ---- the jump path's events ---------------------------------------------------------
+    def _tracing_began(self) -> None:
+        """Something was armed: the words still pending are said at the end."""
+        self._traced = True
 
-    def _start_feed(self, on_ready: Callable[[], None] | None) -> None:
-        """The reader thread hands the jump path's hits to the reporter (in it, for
-        handlers; ``on_ready`` wakes the loop for ``events()``'s queue)."""
-        if self._feed is not None and not self._feed.running:
-            self._feed.on_ready = on_ready
-            self._feed.start()
-
-    def _stop_feed(self) -> None:
-        """Every hit left in the rings (the sites are restored: no new one comes), and
-        the losses, said exactly."""
-        if self._feed is None or self.jumps is None:
-            return
-        jumps = self.jumps
-        self._feed.stop(lambda deliver: jumps.drain(deliver, final=True))
-        lost = jumps.lost()
-        if lost:
-            self.warn(f"{lost} hit{'s' if lost > 1 else ''} of the jump path lost (the event ring was full "
-                      "under --drop, or a thread left a hit midway)")
+    # ---- uemu's own signals ----------------------------------------------------------------
 
     def _wake(self) -> None:
         """Make the loop's blocking wait return (an interrupt stop); from another thread
@@ -374,31 +288,6 @@ class Session:
             self.own_signals.wake_from_another_thread()
             return
         self.tracer.wake()
-
-    # ---- mapping modes ---------------------------------------------------------------
-
-    def _choose_mode(self, default: MappingMode) -> Arming:
-        """The mapping mode (the one asked for, else ``default``), and the handlers
-        of the stops it brings."""
-        if self.arming is None:
-            self.arming = Arming(mappings.tracker(self._mode or default), self.uprobes, self.selection, self.warn,
-                                 self.jumps)
-            syscalls = SyscallStops(self.tracer, self.uprobes, self.arming)
-            self.tracer.handlers[StopKind.SYSCALL] = syscalls.on_syscall
-            self.tracer.handlers[StopKind.SECCOMP] = syscalls.on_seccomp
-        return self.arming
-
-    def _needs_tracer(self) -> bool:
-        return self.arming is not None and self.arming.tracker.needs_tracer
-
-    def _stops_every_syscall(self, mm: Mm) -> bool:
-        return self.arming is not None and self.arming.tracker.stops_every_syscall(mm)
-
-    def _on_mapping_hit(self, task: Task, mm: Mm, hit: Hit) -> None:
-        """A hit of the mapping mode's own breakpoint (ld.so's rendezvous): new objects."""
-        assert self.arming is not None
-        if self.arming.tracker.owns(hit.uprobe):
-            self.arming.refresh(task, mm, None, 0)
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -427,13 +316,14 @@ class Session:
     def _remove_pending(self) -> None:
         words, self._removals = self._removals, []
         emptied = self.selection.remove(words)
-        if not emptied or not self.tracer.stop_all():
-            self.tracer.stopping = False
-            return
+        if emptied:
+            self.tracer.while_parked(lambda: self._remove_uprobes(emptied))
+
+    def _remove_uprobes(self, emptied: list[Uprobe]) -> None:
+        """Kernel: ``uprobe_unregister()`` takes each uprobe out of every mm."""
         for mm in self.tracees.unique_mms():
             for uprobe in emptied:
                 self.uprobes.remove_uprobe(mm, uprobe)
-        self.tracer.resume_parked()
 
     def _look_soon(self) -> None:
         """The timer's turn (a signal handler: it only records and wakes)."""
@@ -443,29 +333,8 @@ class Session:
     def _look(self) -> None:
         """Mend what someone else changed of ours, with every thread stopped."""
         tampered = self.watch.look(self.tracees.unique_mms())
-        if not tampered or not self.tracer.stop_all():
-            self.tracer.stopping = False
-            return
-        for mm in tampered:
-            self.uprobes.mend(mm, self.uprobes.find_tampering(mm))  # again, with every thread stopped
-        self.tracer.resume_parked()
-
-    # ---- stops -----------------------------------------------------------------------------
-
-    def _on_new_task(self, task: Task, stop: Stop) -> Resume:
-        """fork, vfork or clone: see ``Tracees.on_new_task``."""
-        self.tracer.resume_all(self.tracees.on_new_task(task, stop.kind, ptrace.event_message(task.tid)))
-        return GO_ON
-
-    def _on_exec(self, task: Task, stop: Stop) -> Resume:
-        return self.tracees.on_exec(task, arm=not self.tracer.passthrough)
-
-    def _on_other_event(self, task: Task, stop: Stop) -> Resume:
-        if self._feed is not None and stop.status >> 16 == ptrace.EVENT_EXIT:
-            # A thread about to exit: its jump path hits go out while /proc still
-            # names it (chrome's thread names).
-            self._feed.before(time.monotonic_ns())
-        return GO_ON
+        if tampered:
+            self.tracer.while_parked(lambda: self.watch.mend(tampered))
 
     # ---- leaving -------------------------------------------------------------------------
 
@@ -480,31 +349,6 @@ class Session:
                     xol.leave_slot(task, task.mm)
         self.hits.serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
-            try:
-                if self.jumps is not None:
-                    self.jumps.leave(mm)
-                self.uprobes.remove_all(mm)
-                if mm.xol_area is not None:
-                    xol.remove_area(self.tracer.injectable(mm), mm)
-                if mm.net is not None:
-                    call = inject.caller(self.tracer.injectable(mm), mm, through_net=False)
-                    keep_area = self.jumps is not None and self.jumps.keeps_area(
-                        mm, [t.tid for t in self.tracees.tasks.values() if t.mm is mm], call)
-                    mm.net.uninstall(call, keep_area)
-                    mm.net = None
-            except (OSError, errors.TraceeGone) as err:
-                self.warn(f"process {mm.pid}: could not restore everything: {err}")
+            self.tracees.restore(mm, self.tracer.injectable)
         self.tracer.detach_all()
 
-
-def _keep_stopped(task: Task, stop: Stop) -> Resume:
-    """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
-    without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
-    return GO_ON
-
-
-def _mode(name: str | MappingMode) -> MappingMode:
-    try:
-        return MappingMode(name)
-    except ValueError:
-        raise errors.BadInput(f"unknown mapping tracking {name!r}; one of {', '.join(MappingMode)}") from None

@@ -10,9 +10,14 @@ single instruction.  exec drops the old mm (nothing to restore); an exit
 forgets whatever the task held.
 
 Every decision about a stopped task ends in a ``Resume`` the session carries
-out; this module never resumes a task itself.  "Let go" is one verb:
+out; this module never resumes a task itself.  "Let go" is one verb per thing:
 ``let_go`` detaches a task that holds none of our bytes, or keeps it as a
-silent tracee where a tracer must stay (the seccomp mapping filter).
+silent tracee where a tracer must stay (the seccomp mapping filter);
+``leave_mm`` forgets an mm without writing (kernel: ``uprobe_clear_state``).
+What must be written back first is written by ``_clean`` (a child not
+followed) and ``restore`` (every mm when uemu leaves); the order of leaving
+(stop everything, out of the slots, restore, detach) is the session's.
+Seizing and waiting are ``tracer.py``'s, the uprobe state itself ``uprobes.py``'s.
 """
 
 from __future__ import annotations
@@ -220,7 +225,7 @@ class Tracees:
                 self._thread_seen(task)
                 if not follow:
                     self._clean(task, task.mm)
-                    self._forget_mm(task.mm, child)
+                    self.leave_mm(task.mm, child)
                     task.mm = None
         if task.mm is None:
             task.report = False
@@ -244,6 +249,9 @@ class Tracees:
         if jumps is not None and task.mm is not None and task.stopped:
             jumps.thread_seen(task.mm, task.tid)
 
+
+    # ---- letting go -----------------------------------------------------------------------
+
     def _clean(self, task: Task, mm: Mm) -> None:
         """A child not followed, before it runs a single instruction (it is stopped at
         its first stop, where a syscall may be injected): our bytes out, our counts
@@ -253,7 +261,28 @@ class Tracees:
             mm.net.uninstall(inject.caller(task, mm, through_net=False))
             mm.net = None
 
-    # ---- letting go -----------------------------------------------------------------------
+    def restore(self, mm: Mm, injectable: Callable[[Mm], Task]) -> None:
+        """Leaving ``mm``, every thread parked and out of the XOL slots (``injectable``
+        gives one where a system call may be injected): the jump path records nothing
+        more, every byte and counter goes back (``Uprobes.remove_all``), the XOL area
+        is unmapped, the program's SIGTRAP action put back and the net's area unmapped
+        unless a thread is inside the jump path's part of it.  What fails is said, and
+        the other mms are restored all the same."""
+        jumps = self.uprobes.jumps
+        try:
+            if jumps is not None:
+                jumps.leave(mm)
+            self.uprobes.remove_all(mm)
+            if mm.xol_area is not None:
+                xol.remove_area(injectable(mm), mm)
+            if mm.net is not None:
+                call = inject.caller(injectable(mm), mm, through_net=False)
+                keep_area = jumps is not None and jumps.keeps_area(
+                    mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
+                mm.net.uninstall(call, keep_area)
+                mm.net = None
+        except (OSError, errors.TraceeGone) as err:
+            self.warn(f"process {mm.pid}: could not restore everything: {err}")
 
     def let_go(self, task: Task) -> Resume:
         """Stop tracing a task that holds none of our bytes: detach it now (or at
@@ -322,17 +351,12 @@ class Tracees:
         return Resume(ResumeOp.SYSCALL)
 
     def leave_mm(self, mm: Mm, pid: int) -> None:
-        """Process ``pid`` left ``mm`` (exit or exec): forget it, without writing,
-        unless another process still shares it (vfork)."""
+        """Process ``pid`` left ``mm`` (exit, exec, or a child cleaned and let go):
+        forget it, without writing, unless another process still shares it (vfork)."""
         if self.mms.get(pid) is mm:
             del self.mms[pid]
         if not any(t.mm is mm for t in self.tasks.values() if t.pid != pid):
-            self._forget_mm(mm, pid)
-
-    def _forget_mm(self, mm: Mm, pid: int) -> None:
-        self.uprobes.clear_state(mm)
-        if self.mms.get(pid) is mm:
-            del self.mms[pid]
+            self.uprobes.clear_state(mm)
 
     def parked(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.stopped]

@@ -3,9 +3,11 @@ handler, the one place a task is resumed, parking every task, seizing a process.
 
 strace's split: ``next_event()`` (``next_stop`` here), the restart that
 ``dispatch_event()`` decides and ``ptrace_restart()`` applies once (``resume``).
-This module knows tasks and stops, not probes: what a stop means is decided by
-the handlers the session registers (``session.py``, ``hits.py``); whether a task
-must stop at every system call is asked of the mapping mode (``every_syscall``).
+This module knows tasks and stops, not probes: the stops of tasks (a group-stop,
+fork, vfork, clone, exec) go to ``tasks.py``'s decisions from here; what any other
+stop means is decided by the handlers the session registers (``hits.py``,
+``syscalls.py`` through ``mapmode.py``, ``jumphits.py``); whether a task must stop
+at every system call is asked of the mapping mode (``every_syscall``).
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from . import errors, process, ptrace, xol
-from .stops import Resume, ResumeOp, Stop, StopKind, classify
+from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify
 from .tasks import Task, Tracees
 from .uprobes import Mm
 
 StopHandler = Callable[[Task, Stop], Resume]
+
+SEIZE_OPTIONS = (
+    ptrace.O_TRACESYSGOOD
+    | ptrace.O_TRACECLONE
+    | ptrace.O_TRACEFORK
+    | ptrace.O_TRACEVFORK
+    | ptrace.O_TRACEEXEC
+    | ptrace.O_TRACESECCOMP
+)
+"""The stops a session hears of: syscall stops told apart, task creation, exec, the
+seccomp filter's; the jump path adds the exit stop (``jumphits.py``)."""
 
 _RESTART: dict[ResumeOp, Callable[[int, int], None]] = {
     ResumeOp.CONT: ptrace.cont,
@@ -38,7 +51,16 @@ class Tracer:
 
     def __init__(self, tracees: Tracees, every_syscall: Callable[[Mm], bool]):
         self.tracees = tracees
-        self.handlers: dict[StopKind, StopHandler] = {}
+        self.handlers: dict[StopKind, StopHandler] = {
+            StopKind.GROUP: _keep_stopped,
+            StopKind.CLONE: self._on_new_task,
+            StopKind.FORK: self._on_new_task,
+            StopKind.VFORK: self._on_new_task,
+            StopKind.EXEC: self._on_exec,
+            StopKind.OTHER: _go_on,
+        }
+        """The task-level stops' handlers are this module's; the session adds those of
+        signals and interrupts (``hits.py``), the mapping mode those of syscalls."""
         self.stopping = False
         self.passthrough = False
         self._every_syscall = every_syscall
@@ -78,6 +100,16 @@ class Tracer:
         except errors.TraceeGone:
             return  # the task died under us; its exit status comes next
         self.resume(task, resume)
+
+    # ---- the stops of tasks (``tasks.py`` decides) ---------------------------------------
+
+    def _on_new_task(self, task: Task, stop: Stop) -> Resume:
+        """fork, vfork or clone: see ``Tracees.on_new_task``."""
+        self.resume_all(self.tracees.on_new_task(task, stop.kind, ptrace.event_message(task.tid)))
+        return GO_ON
+
+    def _on_exec(self, task: Task, stop: Stop) -> Resume:
+        return self.tracees.on_exec(task, arm=not self.passthrough)
 
     # ---- going on ---------------------------------------------------------------------------
 
@@ -162,6 +194,15 @@ class Tracer:
         self.run_until(self.tracees.all_parked)
         return bool(self.tracees.tasks)
 
+    def while_parked(self, work: Callable[[], None]) -> None:
+        """``work`` with every task parked (sites and counters change only while every
+        thread of their mm is stopped), then each goes on with the signal it is owed."""
+        if not self.stop_all():
+            self.stopping = False
+            return
+        work()
+        self.resume_parked()
+
     def detach_all(self) -> None:
         """Let every (parked) task go, or, where the program cannot live without a
         tracer, stay its tracer doing nothing until every task has exited."""
@@ -225,3 +266,14 @@ class Tracer:
         self.resume(task, Resume(ResumeOp.CONT, urgent=True))
         self.run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
         return self.injectable(mm)
+
+
+def _keep_stopped(task: Task, stop: Stop) -> Resume:
+    """SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU stopped the program: keep it stopped as
+    without us, and hear of SIGCONT (PTRACE_LISTEN: ``task.listening``)."""
+    return GO_ON
+
+
+def _go_on(task: Task, stop: Stop) -> Resume:
+    """An event stop with nothing to do (vfork-done; an exit without the jump path)."""
+    return GO_ON

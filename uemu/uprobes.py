@@ -10,7 +10,8 @@ original instruction; this module never decodes.
 Here too, as in the kernel, are the hit (``handle_swbp``: breakpoint address
 -> uprobe -> consumers -> emulate or step out of line) and what fork, exec and
 exit do to an mm's uprobe state (``dup_mmap``, ``clear_state``).  The XOL
-half lives in ``xol.py``, the consumers' reports in ``consumers.py``.
+half lives in ``xol.py``, the consumers' reports in ``consumers.py``, what
+others changed of ours (found and mended) in ``tampering.py``.
 
 Differs from the kernel, because uemu is a tracer and the tracee must survive
 it: a site whose memory differs from the file (another tracer's breakpoint) is
@@ -23,9 +24,8 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from uemu import arch as arches
@@ -34,7 +34,7 @@ from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 
 from . import errors, ptrace, xol
 from .maps import Vma, find_counter_vma, is_counter_vma
-from .net import PROT_EXEC, PROT_READ, PROT_WRITE, Net
+from .net import PROT_EXEC, PROT_READ, PROT_WRITE, InjectedCall, Net
 from .objects import MappedObject
 from .ptrace import Memory
 from .runtime.layout import ThreadFlags
@@ -100,36 +100,6 @@ class Uprobe:
         return plan
 
 
-class Tamper(Enum):
-    """What someone else did to a site or counter of ours."""
-
-    RESTORED = "restored"
-    """The file's bytes are back at a breakpoint of ours."""
-    CHANGED = "changed"
-    """Bytes that are neither ours nor the file's."""
-    LOWERED = "lowered"
-    """A counter below the count we raised."""
-
-
-@dataclass(frozen=True)
-class Tampering:
-    what: Tamper
-    vaddr: int
-    uprobe: Uprobe | None
-    found: bytes | int
-
-    def describe(self) -> str:
-        if self.uprobe is not None:
-            where = f"the breakpoint at {self.vaddr:#x} ({self.uprobe.path}+{self.uprobe.offset:#x})"
-            if self.what is Tamper.RESTORED:
-                return (f"{where} was removed behind uemu's back (the file's bytes are there again: a kernel "
-                        "uprobe, bpftrace or gdb leaving the same site?); armed again")
-            assert isinstance(self.found, bytes)
-            return f"{where} now holds {self.found.hex()}, neither ours nor the file's; uemu leaves that site alone"
-        return (f"the semaphore at {self.vaddr:#x} is {self.found!r}, below the count uemu raised (a kernel uprobe "
-                "leaving a shared site lowers a count it never raised); raised again")
-
-
 @dataclass(frozen=True)
 class Hit:
     """A trap at one of our breakpoints."""
@@ -187,6 +157,11 @@ class Mm:
     def object_of(self, path: str) -> MappedObject | None:
         return next((o for o in self.objects.values() if o.elf.path == path), None)
 
+    def trap_site(self, regs: ptrace.Regset) -> int:
+        """Where the trap instruction is that a thread stopped with ``regs`` met (x86
+        reports the ip after its int3)."""
+        return self.backend.trap_address(regs[self.arch.ip_reg])
+
 
 class JumpSites(Protocol):
     """What the core asks of the jump path (``uemu/jumps.py``): a site's bytes other
@@ -220,6 +195,13 @@ class JumpSites(Protocol):
 
     def thread_exited(self, mm: Mm, tid: int) -> None:
         """A thread of ``mm`` is gone."""
+
+    def leave(self, mm: Mm) -> None:
+        """Detaching: nothing is recorded any more; the sites are removed next."""
+
+    def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
+        """Detaching, the sites removed: whether the net's area must stay mapped (a
+        thread of ``tids`` is inside the jump path's code); else its parts are unmapped."""
 
 
 class Uprobes:
@@ -406,7 +388,7 @@ class Uprobes:
     def find_active_uprobe(self, mm: Mm, regs: ptrace.Regset) -> Hit | None:
         """Kernel: ``find_active_uprobe()``: the breakpoint of ours this trap is
         from, or None (the program's own int3, raise(SIGTRAP), a debugger)."""
-        site = mm.backend.trap_address(regs[mm.arch.ip_reg])
+        site = mm.trap_site(regs)
         uprobe = mm.installed.get(site)
         return None if uprobe is None else Hit(uprobe, site)
 
@@ -521,61 +503,6 @@ class Uprobes:
             return False
         return True
 
-    # ---- changes behind our back -----------------------------------------------
-
-    def find_tampering(self, mm: Mm) -> list[Tampering]:
-        """What others changed of ours (read only, safe while the threads run).
-
-        Differs: the kernel's "uprobes always wins" leaves it nothing to notice.  A
-        kernel uprobe (or bpftrace, or gdb) placed on one of our sites finds our int3,
-        takes the site's hits, and when it leaves writes the file's byte back and
-        lowers the counter we raised (uprobe_write_opcode() -> update_ref_ctr(-1)).
-        """
-        found: list[Tampering] = []
-        changed = {file_id for file_id, mapped in mm.objects.items() if mapped.file_changed()}
-        for vaddr, uprobe in mm.installed.items():
-            if uprobe.file_id in changed:
-                continue  # not tampering: the file was cut or written, and the page went (objects.py)
-            trap = mm.backend.trap_bytes(uprobe.original)
-            try:
-                current = mm.memory.read(vaddr, len(trap))
-            except OSError:
-                continue  # its page went; the munmap that took it is noticed elsewhere
-            if current[:1] == uprobe.original[:1] and current != trap:
-                # The file's first byte is back (a kernel uprobe writes back the byte it
-                # found our int3 on; an x86 second int3 may still be there).
-                found.append(Tampering(Tamper.RESTORED, vaddr, uprobe, current))
-            elif current != trap:
-                found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))
-        for vaddr, ours in mm.raised.items():
-            if any(v.start <= vaddr < v.end and v.file_id in changed for v in mm.vmas):
-                continue
-            value = self._read_counter(mm, vaddr)
-            if value is not None and value < ours:
-                found.append(Tampering(Tamper.LOWERED, vaddr, None, value))
-        return found
-
-    def mend(self, mm: Mm, found: list[Tampering]) -> None:
-        """Undo what ``find_tampering`` found, once every thread is stopped: arm a
-        restored site again, raise a lowered counter back to our count, let go of a
-        site someone else now owns (lowering our count, as a removal does).  Each
-        finding is said once per address."""
-        for item in found:
-            if (item.vaddr, item.what.value) not in mm.reported:
-                mm.reported.add((item.vaddr, item.what.value))
-                self.warn(f"process {mm.pid}: {item.describe()}")
-            if item.what is Tamper.LOWERED:
-                self._write_counter(mm, item.vaddr, mm.raised[item.vaddr])
-                continue
-            assert item.uprobe is not None
-            if item.what is Tamper.RESTORED:
-                mm.memory.write(item.vaddr, mm.backend.trap_bytes(item.uprobe.original))
-            else:
-                del mm.installed[item.vaddr]
-                if mm.net is not None:
-                    mm.net.remove_site(item.vaddr)
-                self.update_ref_ctr(mm, item.uprobe, -1)
-
     @staticmethod
     def _counted(mm: Mm, vaddr: int, delta: int, before: bool) -> None:
         """Tell the net of a counter change: an increment before it is written, a
@@ -586,17 +513,6 @@ class Uprobes:
             mm.net.raise_counter(vaddr)
         else:
             mm.net.lower_counter(vaddr)
-
-    @staticmethod
-    def _read_counter(mm: Mm, vaddr: int) -> int | None:
-        try:
-            return int(struct.unpack(_counter_format(mm), mm.memory.read(vaddr, 2))[0])
-        except OSError:
-            return None
-
-    @staticmethod
-    def _write_counter(mm: Mm, vaddr: int, value: int) -> None:
-        mm.memory.write(vaddr, struct.pack(_counter_format(mm), value))
 
     # ---- life cycle -----------------------------------------------------------
 
@@ -709,3 +625,15 @@ def _prot_at(mm: Mm, vaddr: int) -> int:
 def _counter_format(mm: Mm) -> str:
     """A signed 16-bit counter in the tracee's byte order."""
     return "<h" if mm.arch.little_endian in (True, None) else ">h"
+
+
+def read_counter(mm: Mm, vaddr: int) -> int | None:
+    """The 16-bit counter at ``vaddr``, or None where it cannot be read."""
+    try:
+        return int(struct.unpack(_counter_format(mm), mm.memory.read(vaddr, 2))[0])
+    except OSError:
+        return None
+
+
+def write_counter(mm: Mm, vaddr: int, value: int) -> None:
+    mm.memory.write(vaddr, struct.pack(_counter_format(mm), value))

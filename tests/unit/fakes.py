@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 
 from uemu.arch import by_name
 from uemu.maps import Vma
-from uemu.uprobes import Mm, ProbeInfo, Uprobe
+from uemu.uprobes import Mm, ProbeInfo, Uprobe, Uprobes
 
 X86_64 = by_name("x86_64")
 FILE = (os.makedev(8, 1), 4242)
@@ -82,3 +83,37 @@ def _consumer():
     from uemu.uprobes import Consumer
 
     return Consumer(ProbeInfo("/lib/x.so", "p", "n", 0x1010, ""), "p:n")
+
+
+SITE = TEXT.offset_to_vaddr(SITE_OFFSET)
+SEMAPHORE = DATA.offset_to_vaddr(SEMAPHORE_OFFSET)
+
+
+def register(core: Uprobes, probe) -> None:
+    core.by_site[(*probe.file_id, probe.offset)] = probe
+    core.by_file.setdefault(probe.file_id, []).append(probe)
+
+
+def armed(core: Uprobes, memory: FakeMemory) -> tuple[Mm, Uprobe]:
+    """One uprobe registered, then its text and data mapped (core.mmap, as uprobe_mmap())."""
+    mm = new_mm(memory, [TEXT, DATA])
+    probe = uprobe()
+    register(core, probe)
+    core.mmap(mm, [TEXT, DATA])
+    return mm, probe
+
+
+def memory_with(text: bool = True, data: bool = True, semaphore: int = 0) -> FakeMemory:
+    memory = FakeMemory()
+    if text:
+        memory.map(TEXT.start, b"\x90" * 0x1000)
+    if data:
+        memory.map(DATA.start, b"\0" * 0x1000)
+        memory.write(SEMAPHORE, struct.pack("<h", semaphore))
+        memory.writes.clear()
+    return memory
+
+
+def counter_value(memory: FakeMemory) -> int:
+    """The semaphore at ``SEMAPHORE``."""
+    return struct.unpack("<h", memory.read(SEMAPHORE, 2))[0]

@@ -97,3 +97,12 @@ def test_an_exit_forgets_the_task_without_a_handler() -> None:
     tracer, task = _tracer()
     tracer.dispatch(Stop(task.tid, 0, StopKind.EXITED))
     assert task.tid not in tracer.tracees.tasks
+
+
+def test_a_group_stop_keeps_the_program_stopped_with_no_signal_owed() -> None:
+    tracer, task = _tracer()
+    task.stopped = False
+    tracer.stopping = True  # parked: the resume is recorded, not made
+    tracer.dispatch(Stop(task.tid, 0, StopKind.GROUP, signal.SIGSTOP))
+    assert task.stopped and task.listening and task.owed_signal == 0
+    assert tracer._auto_op(task) is ResumeOp.LISTEN
