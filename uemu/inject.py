@@ -133,8 +133,8 @@ def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memo
 
 def _shadow_stack(pid: int, tid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as status:
-            return any(line.startswith("x86_Thread_features:") and "shstk" in line for line in status)
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as status:  # Name: is the program's bytes
+            return any(line.startswith(b"x86_Thread_features:") and b"shstk" in line for line in status)
     except OSError:
         return False
 
