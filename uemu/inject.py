@@ -211,19 +211,23 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
                 net.end_inject()
         finally:
             if task.stop_kind is StopKind.GROUP:
-                _back_to_group_stop(task)
+                repark(task)
 
     return call
 
 
-def _back_to_group_stop(task: Task) -> None:
-    """A thread taken out of its group-stop for a call is put back in it.
+def repark(task: Task) -> None:
+    """A stopped thread restarted and stopped again before it runs a single instruction.
 
-    The call left it at a syscall-exit stop, which PTRACE_LISTEN refuses (EIO: only a
-    PTRACE_EVENT_STOP may be answered so), and any other restart would let it run in a
-    stopped program.  PTRACE_INTERRUPT, then a restart: on its way back to user space it
-    traps again before any instruction (kernel: ``do_jobctl_trap()``), as a group-stop
-    while its program is stopped, as a plain interrupt stop if SIGCONT came meanwhile."""
+    A thread taken out of its group-stop for a call is put back in it: the call left it
+    at a syscall-exit stop, which PTRACE_LISTEN refuses (EIO: only a PTRACE_EVENT_STOP
+    may be answered so), and any other restart would let it run in a stopped program.
+    And a thread last resumed with PTRACE_SINGLESTEP loses its trap flag, which only a
+    restart clears (kernel: ``ptrace_resume()`` -> ``user_disable_single_step()``; a
+    tracer's death leaves it, and the thread traps after its next instruction).
+    PTRACE_INTERRUPT, then a restart: on its way back to user space it traps again
+    before any instruction (kernel: ``do_jobctl_trap()``), as a group-stop while its
+    program is stopped, as a plain interrupt stop otherwise."""
     ptrace.interrupt(task.tid)
     ptrace.cont(task.tid)
     while True:
@@ -233,6 +237,7 @@ def _back_to_group_stop(task: Task) -> None:
         if stop.kind in (StopKind.GROUP, StopKind.INTERRUPT):
             task.stop_kind = stop.kind
             task.listening = stop.kind is StopKind.GROUP
+            task.single_step = False
             return
         if stop.kind is StopKind.SIGNAL:
             task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 
-from . import errors, jumphits, ptrace, spawn, xol
+from . import errors, inject, jumphits, ptrace, spawn, xol
 from .attach import Attacher
 from .chrome import read_comm
 from .consumers import Handler, Reporter
@@ -344,9 +344,11 @@ class Session:
         if not self.tracees.tasks or not self.tracer.stop_all():
             return
         for task in list(self.tracees.tasks.values()):
-            if task.mm is not None and task.mm.xol_area is not None:
-                with suppress(errors.TraceeGone):
+            with suppress(errors.TraceeGone):
+                if task.mm is not None and task.mm.xol_area is not None:
                     xol.leave_slot(task, task.mm)
+                if task.single_step and task.stop_kind in inject.INJECTABLE:
+                    inject.repark(task)  # a uemu killed once the handler is gone: no trap after a step
         self.hits.serve_waiting()  # each goes back to its site, the hit not taken
         for mm in self.tracees.unique_mms():
             self.tracees.restore(mm, self.tracer.injectable)

@@ -57,6 +57,9 @@ class Task:
     """In a ptrace-stop that we have not resumed yet."""
     listening: bool = False
     """In a group-stop we answered with PTRACE_LISTEN."""
+    single_step: bool = False
+    """Last resumed with PTRACE_SINGLESTEP: the kernel keeps its trap flag set until
+    another restart clears it, and a tracer's death does not (``inject.repark``)."""
     arm_pending: bool = False
     """A new image (exec) to arm at execve's syscall-exit stop, before its first
     instruction, where the net can be put in."""

@@ -137,6 +137,7 @@ class Tracer:
             else:
                 _RESTART[op](task.tid, sig)
             task.stopped = False
+            task.single_step = op is ResumeOp.SINGLESTEP
         except errors.TraceeGone:
             pass
 

@@ -34,6 +34,7 @@ from uemu.objects import mapped_objects
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
 from uemu.stops import StopKind, classify
+from uemu.tasks import Task
 
 SI_TKILL = -6
 SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
@@ -382,3 +383,72 @@ def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_prog
     assert status == 0
     _, oracle = untraced(orphan_program, "handler", "1")
     assert facts(lines) == facts(oracle)
+
+
+def _step_then_die(pid: int, repark: bool, report: int) -> None:
+    """The tracer (a forked child): one PTRACE_SINGLESTEP of the spinning program, its
+    trap's stop taken, then (``repark``) ``inject.repark``, as uemu leaving does; then
+    it waits to die with the thread stopped there."""
+    ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
+    ptrace.interrupt(pid)
+    os.waitpid(pid, ptrace.WALL)
+    try:
+        ptrace.singlestep(pid)
+    except OSError:  # riscv: no hardware step, EIO
+        os.write(report, b"no step\n")
+        raise
+    stop = classify(pid, os.waitpid(pid, ptrace.WALL)[1])
+    assert stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGTRAP
+    if repark:
+        inject.repark(Task(pid, pid, None, stop_kind=stop.kind))
+    os.write(report, b"stopped\n")
+    while True:
+        signal.pause()
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User plus system time the process has run, in clock ticks (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as stream:
+        fields = stream.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.parametrize("repark", [False, True], ids=["as-it-was", "reparked"])
+def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_program: Path,
+                                                                         repark: bool) -> None:
+    """The kernel keeps a single-step's trap flag until another restart: a tracer that
+    dies after a step leaves the thread trapping after its next instruction, a SIGTRAP
+    that kills it once uemu's handler is gone (uemu leaving: after the program's action is
+    back).  ``inject.repark`` clears it without the thread running an instruction.
+    The program spins without a system call: it has run instructions once its CPU time
+    grows.  No signal may reach it before that: its delivery would clear the flag
+    (kernel, x86: ``handle_signal()`` -> ``user_disable_single_step()``)."""
+    orphan = Orphan(orphan_program, "default", "1")
+    try:
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(read_end)
+                _step_then_die(orphan.pid, repark, write_end)
+            finally:
+                os._exit(1)
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], 20)
+        said = os.read(read_end, 64) if ready else b""
+        os.close(read_end)
+        if said == b"no step\n":
+            pytest.skip("no PTRACE_SINGLESTEP here")
+        assert said == b"stopped\n", "the tracer failed (see stderr)"
+        ticks = _cpu_ticks(orphan.pid)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        wait_until(lambda: orphan.process.poll() is not None or _cpu_ticks(orphan.pid) >= ticks + 5,
+                   what="the orphan to run on or die")
+        if orphan.process.poll() is None:
+            orphan.go()
+            wait_until(lambda: orphan.sync("done") or orphan.process.poll() is not None, what="orphan to end")
+        status = orphan.finish()
+    finally:
+        orphan.close()
+    assert status == (0 if repark else -signal.SIGTRAP)

@@ -6,10 +6,10 @@ Moments: while arming (after the seize for ``attach``, after the fork for
 probe, during out-of-line steps in jump
 and in step slots (raw probes on work()), while following forks (``-f``, the
 sample forking a child every 50 ms), and while leaving (SIGINT, then SIGKILL
-within 50 ms).  Then the target must make its first orphaned hits and be judged
-(judge.py).  ``run`` sets PTRACE_O_EXITKILL (README): its rows say what that
-does.  The repair variant runs ``uemu repair PID`` right after the kill, once
-that command exists.
+within 1.2 times what leaving took in a try that was not killed).  Then the target
+must make its first orphaned hits and be judged (judge.py).  ``run`` sets
+PTRACE_O_EXITKILL (README): its rows say what that does.  The repair variant runs
+``uemu repair PID`` right after the kill, once that command exists.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ FORK_MS = 50
 LIFETIME_MS = 120_000
 """survival's own end: no target outlives a try that lost track of it."""
 ARMING_SPAN = 1.2
-"""A kill while arming lands at random within this many times the time arming
-took in a try that was not killed (measured once per scenario and soak run,
-from the seize for attach, from the fork for run); the notes say how many
-kills came before uemu was armed."""
+"""A kill while arming (leaving) lands at random within this many times the time
+arming (leaving) took in a try that was not killed (measured once per scenario and
+soak run: arming from the seize for attach, from the fork for run; leaving from
+SIGINT to uemu's end); the notes say how many kills came before uemu was armed (after
+it had ended)."""
 TRACING_WINDOW = 0.4
-LEAVING_WINDOW = 0.05
 
 
 @functools.cache
@@ -124,8 +124,8 @@ class Kill:
 
     def __call__(self, rng: random.Random) -> Outcome:
         outcome = Outcome()
-        if self.moment == "arming":
-            arming_time(self)  # measured before this try starts, once
+        if self.moment in ("arming", "leaving"):
+            phase_time(self, self.moment)  # measured before this try starts, once
         target, uemu = self._start()
         try:
             self._kill(uemu, target, rng, outcome)
@@ -146,7 +146,7 @@ class Kill:
 
     def _kill(self, uemu: Uemu, target: Target, rng: random.Random, outcome: Outcome) -> None:
         if self.moment == "arming":
-            window = ARMING_SPAN * arming_time(self)
+            window = ARMING_SPAN * phase_time(self, "arming")
             outcome.notes[f"killed within {window * 1000:.0f} ms of the {self._start_word}"] += 1
             if not self._seized(uemu, target):
                 outcome.hangs.append("uemu neither seized nor ended in 30 s")
@@ -157,7 +157,7 @@ class Kill:
             time.sleep(rng.uniform(0, TRACING_WINDOW))
             if self.moment == "leaving":
                 uemu.send(signal.SIGINT)
-                time.sleep(rng.uniform(0, LEAVING_WINDOW))
+                time.sleep(rng.uniform(0, ARMING_SPAN * phase_time(self, "leaving")))
         if uemu.process.poll() is not None:
             outcome.notes["uemu had ended before the kill"] += 1
         elif not uemu.ready.exists():
@@ -168,14 +168,21 @@ class Kill:
 
 
 @functools.cache
-def arming_time(kill: Kill) -> float:
-    """Seconds from the seize (attach) or the fork (run) to armed, in a try left
-    to end the ordinary way."""
+def phase_time(kill: Kill, phase: str) -> float:
+    """Seconds a try left to end the ordinary way spends ``arming`` (from the seize for
+    attach, from the fork for run, to armed) or ``leaving`` (from SIGINT, once it has
+    traced for TRACING_WINDOW, to uemu's end)."""
     target, uemu = kill._start()
     try:
         kill._seized(uemu, target)
         began = time.monotonic()
         uemu.wait_ready()
+        if phase == "arming":
+            return time.monotonic() - began
+        time.sleep(TRACING_WINDOW)
+        began = time.monotonic()
+        uemu.send(signal.SIGINT)
+        uemu.finish(30)
         return time.monotonic() - began
     finally:
         uemu.send(signal.SIGINT)
