@@ -154,20 +154,25 @@ def test_the_red_zone_below_rsp_survives_a_hit(build) -> None:
     assert [e.args for e in trace.events] == [[i] for i in range(3000)]
 
 
-def _trace_and_wait(pid: int, report: int) -> None:
-    """The tracer (a forked child): arm the orphan's jump sites, say which, then wait to
-    be killed, leaving everything in place."""
+def _trace_and_wait(pid: int, report: int, leaving: bool) -> None:
+    """The tracer (a forked child): arm the orphan's jump sites, (``leaving``) turn
+    recording off as uemu's leaving does first, say which sites jumped, then wait to be
+    killed, leaving everything in place."""
     trace = JumpTrace(pid, ("orphan:*",))
+    if leaving:
+        trace.path.leave(trace.mm)
     os.write(report, (" ".join(sorted(trace.jumped_names)) + "\n").encode())
     while True:
         signal.pause()
 
 
-def test_a_program_outlives_its_tracer_with_jump_sites_armed(build) -> None:
+@pytest.mark.parametrize("leaving", [False, True], ids=["tracing", "leaving"])
+def test_a_program_outlives_its_tracer_with_jump_sites_armed(build, leaving: bool) -> None:
     """uemu SIGKILLed with every site jumped: no site ever traps, so the net's restore
     runs from a hit: the ring fills with nobody reading, a hit waiting for room asks
     TracerPid (0), restores everything (the jumps, the semaphore, the program's SIGTRAP
-    action) and the program goes on as if never traced."""
+    action) and the program goes on as if never traced.  So too when uemu was killed
+    leaving, its recording already off: a hit records nothing, but asks all the same."""
     program = build.directory / "orphan"
     orphan = Orphan(program, "handler", "2", "400000")
     try:
@@ -177,7 +182,7 @@ def test_a_program_outlives_its_tracer_with_jump_sites_armed(build) -> None:
         if child == 0:
             try:
                 os.close(read_end)
-                _trace_and_wait(orphan.pid, write_end)
+                _trace_and_wait(orphan.pid, write_end, leaving)
             finally:
                 os._exit(1)
         os.close(write_end)

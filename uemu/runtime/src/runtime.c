@@ -992,19 +992,24 @@ static void add64(uint64_t *counter)
 #endif
 }
 
-/* A site only counted: one add to its counter in the ring, no clock, no record.  Whether
- * uemu died is the sentinel's word alone where there is one (the clock and TracerPid
- * only without it). */
-static void count_hit(struct table_header *t, struct jumps_header *j, struct ring_header *r,
-                      const struct jump_site *s)
+/* Whether uemu died (then everything is undone now), asked without a record's clock:
+ * the sentinel's word alone where there is one (the clock and TracerPid only without it). */
+static int died_at_hit(struct table_header *t, struct jumps_header *j, struct ring_header *r)
 {
     uint32_t owner = load(&r->owner);
 
     if (owner & FUTEX_OWNER_DIED) {
         restore_all(t);
-        return;
+        return 1;
     }
-    if (!owner && uemu_gone(t, r, now_ns(j), 1))
+    return !owner && uemu_gone(t, r, now_ns(j), 1);
+}
+
+/* A site only counted: one add to its counter in the ring, no clock, no record. */
+static void count_hit(struct table_header *t, struct jumps_header *j, struct ring_header *r,
+                      const struct jump_site *s)
+{
+    if (died_at_hit(t, j, r))
         return;
     if (s->counter < r->counters_cap)
         add64((uint64_t *)((uint8_t *)r + r->counters_off) + s->counter);
@@ -1040,10 +1045,15 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     uint32_t *word, tid, depth = 0, id, len;
     uint64_t now;
 
-    if (load(&t->state) != STATE_ARMED || load(&j->state) != JUMPS_STATE_ON || index >= j->jump_sites_cap || !j->ring)
+    if (load(&t->state) != STATE_ARMED || index >= j->jump_sites_cap || !j->ring)
         return;
     s = JUMPS_ARRAY(j, jump_site) + index;
     r = (struct ring_header *)(uintptr_t)j->ring;
+    if (load(&j->state) != JUMPS_STATE_ON) {
+        /* uemu is leaving: it takes this jump away soon, unless it dies first. */
+        died_at_hit(t, j, r);
+        return;
+    }
     if (s->state == JUMP_SITE_COUNTED) {
         count_hit(t, j, r, s);
         return;
