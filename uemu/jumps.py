@@ -340,7 +340,7 @@ class JumpPath:
         stopped): whether the net's area must stay mapped, inert, because a thread's ip
         is in a trampoline or the runtime (a hit under way, a wait for room): it goes
         on through it and back to the program by itself.  Otherwise the landing pages
-        and the ring are unmapped here (through ``call``, not the area's stub) and the
+        and the ring are unmapped here (through ``call``, the area's stub) and the
         area may go.
         Differs: the kernel's XOL area stays mapped for good.  Not seen here, as for
         the XOL area's one-stop slots: a signal handler still running that interrupted

@@ -318,10 +318,13 @@ class Net:
         if area_fd >= 0:
             call("close", area_fd)
 
-    def uninstall(self, call: InjectedCall, keep_area: bool = False) -> None:
+    def uninstall(self, call: InjectedCall, last: InjectedCall, keep_area: bool = False) -> None:
         """Put the program's action back (unless it set one itself meanwhile) and unmap
         the area, once uemu has undone every write the table lists and no thread is
-        inside the area.  ``call`` must not use the area's own stub: the area goes.
+        inside the area.  The action is read through ``call`` (the area's stub: a uemu
+        dying within it is undone by the handler), put back and the area unmapped
+        through ``last``, which must not use the stub: after the first the stub's trap
+        would reach the program's action, after the second the stub is gone.
         ``keep_area``: it stays mapped, inert (the jump path's trampolines are in it: a
         thread may still be inside one)."""
         layout_ = self._sigaction
@@ -329,11 +332,11 @@ class Net:
         current = self.memory.read(self.our_action_address, layout_.size)
         handler = int.from_bytes(current[layout_.handler:layout_.handler + layout_.word], "little")
         if handler == self.trap_handler:
-            self._rt_sigaction(call, self.saved_action_address, 0)
+            self._rt_sigaction(last, self.saved_action_address, 0)
         # else the program set its action where uemu could not see it (sigtrap.py): it stays
         if keep_area:
             return
-        result = call("munmap", self.base, layout.AREA_SIZE)
+        result = last("munmap", self.base, layout.AREA_SIZE)
         if result < 0:
             raise errors.InTargetFailure(f"munmap of the in-target runtime's area failed: {os.strerror(-result)}")
         self.journal.remove()  # nothing of uemu is left in the process

@@ -261,7 +261,7 @@ class Tracees:
         undone, the program's SIGTRAP action back and the net's area unmapped."""
         self.uprobes.remove_all(mm)
         if mm.net is not None:
-            mm.net.uninstall(inject.caller(task, mm, through_net=False))
+            mm.net.uninstall(inject.caller(task, mm), inject.caller(task, mm, through_net=False))
             mm.net = None
 
     def restore(self, mm: Mm, injectable: Callable[[Mm], Task]) -> None:
@@ -279,10 +279,11 @@ class Tracees:
             if mm.xol_area is not None:
                 xol.remove_area(injectable(mm), mm)
             if mm.net is not None:
-                call = inject.caller(injectable(mm), mm, through_net=False)
+                task = injectable(mm)
+                call = inject.caller(task, mm)  # through the stub while the area is there
                 keep_area = jumps is not None and jumps.keeps_area(
                     mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
-                mm.net.uninstall(call, keep_area)
+                mm.net.uninstall(call, inject.caller(task, mm, through_net=False), keep_area)
                 mm.net = None
         except (OSError, errors.TraceeGone) as err:
             self.warn(f"process {mm.pid}: could not restore everything: {err}")

@@ -5,8 +5,11 @@ process leaves it; nothing changed when no task is left to park."""
 from __future__ import annotations
 
 import pytest
-from fakes import SITE, armed, counter_value, memory_with
+from fakes import SITE, FakeMemory, armed, counter_value, memory_with
 
+from uemu.arch import by_name
+from uemu.net import Net
+from uemu.runtime import layout
 from uemu.tasks import Task, Tracees
 from uemu.tracer import Tracer
 from uemu.uprobes import Mm, Uprobes
@@ -77,3 +80,28 @@ def test_with_no_task_left_nothing_is_done_while_parked(core: Uprobes) -> None:
     tracer.while_parked(lambda: done.append(True))
     assert done == [] and not tracer.stopping
 
+
+
+AREA = 0xF7000000
+
+
+@pytest.mark.parametrize("arch_name", ["x86_64", "i386", "aarch64", "riscv64"])
+def test_leaving_bypasses_the_areas_stub_only_where_it_could_not_bring_a_thread_back(arch_name: str) -> None:
+    """The net goes: the action is read through the area's stub; only the call that puts
+    the program's action back (after it the stub's trap would reach the program) and the
+    munmap of the area (after it the stub is gone) bypass it."""
+    memory = FakeMemory()
+    memory.map(AREA, bytes(layout.AREA_SIZE))
+    net = Net(by_name(arch_name), AREA, memory)
+    calls: list[tuple[str, str]] = []
+
+    def caller(through: str):
+        def call(name: str, *args: int) -> int:
+            calls.append((through, name))
+            if name == "rt_sigaction" and args[2]:  # the kernel hands the net's own action back
+                memory.write(args[2], net.our_action(b""))
+            return 0
+        return call
+
+    net.uninstall(caller("stub"), caller("bypass"))
+    assert calls == [("stub", "rt_sigaction"), ("bypass", "rt_sigaction"), ("bypass", "munmap")]
