@@ -45,27 +45,46 @@ A syscall-exit stop is one too, but only the stop's handler knows it is an exit.
 
 HoldSignal = Callable[[int, bytes], None]
 
-_SCAN = 64 * 1024
-"""Bytes of each executable mapping searched for a syscall instruction."""
+_SCAN = 8 << 20
+"""Bytes of each executable mapping searched for the instructions uemu calls through."""
 
 
-def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
-    """An address holding the arch's syscall instruction: in the vDSO first, else in
-    any executable mapping (only its first 64 KiB are read)."""
-    insn = arch.syscall_insn
-    align = 1 if len(insn) < 4 else len(insn)
-    candidates = sorted((v for v in vmas if v.executable), key=lambda v: v.path != "[vdso]")
-    for vma in candidates:
+def _first_addresses(wanted: Sequence[bytes], align: int, vmas: Sequence[Vma],
+                     memory: ptrace.Memory) -> dict[bytes, int]:
+    """Where each of ``wanted`` first is, at an ``align``-multiple address: one pass over
+    the process's executable mappings, the vDSO first (the kernel's own code, in every
+    process), then ld.so, then the C library, then the rest, until all are found (only
+    the first 8 MiB of each mapping is read)."""
+    found: dict[bytes, int] = {}
+    ordered = sorted((v for v in vmas if v.executable),
+                     key=lambda v: (v.path != "[vdso]", "ld-linux" not in v.path, "libc" not in v.path))
+    for vma in ordered:
         try:
             data = memory.read(vma.start, min(vma.end - vma.start, _SCAN))
         except OSError:
             continue
-        pos = data.find(insn)
-        while pos >= 0:
-            if pos % align == 0:
-                return vma.start + pos
-            pos = data.find(insn, pos + 1)
-    raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
+        for pattern in [p for p in wanted if p not in found]:
+            pos = data.find(pattern)
+            while pos >= 0 and pos % align:
+                pos = data.find(pattern, pos + 1)
+            if pos >= 0:
+                found[pattern] = vma.start + pos
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def _insn_align(arch: Arch) -> int:
+    return 1 if len(arch.syscall_insn) < 4 else len(arch.syscall_insn)
+
+
+def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
+    """An address holding the arch's syscall instruction, the vDSO's where it has one."""
+    found = _first_addresses((arch.syscall_insn,), _insn_align(arch), vmas, memory)
+    if not found:
+        raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found "
+                                     "to map the XOL area")
+    return found[arch.syscall_insn]
 
 
 _FRAME_GAP = 4096
@@ -73,7 +92,6 @@ _FRAME_GAP = 4096
 there: the x86-64 red zone and the scratch strings of ``arming._scratch_string``."""
 _FPSTATE_ROOM = 16384
 """Enough for the largest XSAVE layout of a thread (AMX's is about 11 KiB)."""
-_WAY_BACK_SCAN = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -115,20 +133,10 @@ def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memo
     facts = arch.way_back
     if facts is None or _shadow_stack(memory.pid, tid):
         return None
-    found: dict[bytes, int] = {}
-    ordered = sorted((v for v in vmas if v.executable),
-                     key=lambda v: (v.path != "[vdso]", "ld-linux" not in v.path, "libc" not in v.path))
-    for vma in ordered:
-        try:
-            data = memory.read(vma.start, min(vma.end - vma.start, _WAY_BACK_SCAN))
-        except OSError:
-            continue
-        for wanted in (facts.gadget, facts.restorer):
-            if wanted not in found and (pos := data.find(wanted)) >= 0:
-                found[wanted] = vma.start + pos
-        if len(found) == 2:
-            return WayBack(facts, found[facts.gadget], found[facts.restorer], memory, tuple(vmas))
-    return None
+    found = _first_addresses((facts.gadget, facts.restorer), _insn_align(arch), vmas, memory)
+    if len(found) < 2:
+        return None
+    return WayBack(facts, found[facts.gadget], found[facts.restorer], memory, tuple(vmas))
 
 
 def _shadow_stack(pid: int, tid: int) -> bool:
