@@ -7,7 +7,7 @@ never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Flag, StrEnum
 from types import MappingProxyType
@@ -57,21 +57,29 @@ class SigreturnWayBack:
     """How a thread given a system call to make by uemu gets its whole state back by
     itself should uemu die within the call: the call is made at a ``gadget`` (the syscall
     instruction, then a return) with the stack pointer on a signal frame uemu wrote below
-    the thread's stack, whose return address is the C library's own sigreturn
-    ``restorer`` (glibc's __restore_rt); rt_sigreturn then restores every register, the
-    floating-point state and the signal mask from the frame.  While uemu lives it puts
-    the registers back itself at the call's exit stop and none of this runs.
-    Kernel: arch/x86/kernel/signal_64.c (rt_sigreturn, restore_sigcontext)."""
+    the thread's stack, whose return address is a sigreturn ``restorer`` (the vDSO's
+    __kernel_rt_sigreturn, else the C library's __restore_rt); rt_sigreturn then restores
+    every register, the floating-point state and the signal mask from the frame.  While
+    uemu lives it puts the registers back itself at the call's exit stop and none of this
+    runs.  Kernel: arch/x86/kernel/signal_64.c and signal_32.c (rt_sigreturn,
+    restore_sigcontext)."""
 
     gadget: bytes
     restorer: bytes
-    fpstate_note: int
-    """The regset (NT_*) holding the floating-point state."""
-    fpstate: Callable[[bytes], bytes]
-    """That regset's bytes as a frame holds them (the kernel takes the state from the frame
-    only when its own marks are there, else it resets part of it)."""
-    ucontext: Callable[[Mapping[str, int], int, int], bytes]
-    """(registers by regset name, the state's address, the blocked mask) -> struct ucontext."""
+    fpstate_notes: tuple[int, ...]
+    """The regsets (NT_*) the floating-point state is made of."""
+    fpstate: Callable[[Sequence[bytes]], bytes]
+    """Those regsets' bytes as a frame holds them (the kernel takes the state from the
+    frame only when its own marks are there, else it resets part of it)."""
+    frame_size: int
+    """Bytes of the signal frame after its return address, up to the end of its ucontext."""
+    frame: Callable[[Mapping[str, int], int, int, int], bytes]
+    """(registers by regset name, the blocked mask, the frame's address after its return
+    address, the state's address) -> those ``frame_size`` bytes."""
+    gadget_pops: int = 0
+    """Words the gadget pops after the call, before its return (i386's vDSO: ebp, edx, ecx)."""
+    fpstate_head: int = 0
+    """Bytes of the state before its part that must be 64-byte aligned (XRSTOR's)."""
 
 
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:

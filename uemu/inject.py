@@ -92,12 +92,15 @@ _FRAME_GAP = 4096
 there: the x86-64 red zone and the scratch strings of ``arming._scratch_string``."""
 _FPSTATE_ROOM = 16384
 """Enough for the largest XSAVE layout of a thread (AMX's is about 11 KiB)."""
+_FRAME_ROOM = _FPSTATE_ROOM + 4096
+"""The most a frame takes below the gap: the XSAVE image, the state's other regset
+(i386's FSAVE image: 108 bytes), the frame itself and its alignment (a few hundred)."""
 
 
 @dataclass(frozen=True)
 class WayBack:
-    """A process's way back (``Arch.way_back``): where its gadget and its C library's
-    sigreturn restorer are."""
+    """A process's way back (``Arch.way_back``): where its gadget and its sigreturn
+    restorer are."""
 
     facts: SigreturnWayBack
     gadget: int
@@ -110,26 +113,30 @@ class WayBack:
     def enter(self, tid: int, regs: ptrace.Regset, arch: Arch, back: Mapping[str, int]) -> None:
         """Write below the thread's stack a signal frame that gives it ``back`` (every
         register, its floating-point state and its blocked mask) and point its stack
-        pointer at the frame's return address, the restorer."""
-        facts = self.facts
-        fpstate = facts.fpstate(ptrace.regset_bytes(tid, facts.fpstate_note, _FPSTATE_ROOM))
-        top = (back[arch.sp_reg] - _FRAME_GAP) & ~63
-        fpstate_at = (top - len(fpstate)) & ~63  # XRSTOR wants 64-byte alignment
-        ucontext = facts.ucontext(back, fpstate_at, ptrace.blocked_signals(tid))
-        ucontext_at = (fpstate_at - len(ucontext)) & ~15
-        start = ucontext_at - arch.word_size
-        if not any(v.start <= start and fpstate_at + len(fpstate) <= v.end and v.writable and not v.file_backed
-                   and v.start <= back[arch.sp_reg] <= v.end for v in self.vmas):
+        pointer at the words the gadget pops, then the frame's return address, the restorer.
+        The room is checked first, for the largest frame, before anything is fetched."""
+        facts, word, sp = self.facts, arch.word_size, back[arch.sp_reg]
+        top = (sp - _FRAME_GAP) & ~63
+        lowest = top - _FRAME_ROOM
+        if not any(v.start <= lowest and sp <= v.end and v.writable and not v.file_backed for v in self.vmas):
             raise OSError(f"no room for a sigreturn frame below thread {tid}'s stack pointer")
-        frame = self.restorer.to_bytes(arch.word_size, "little") + ucontext
+        fpstate = facts.fpstate([ptrace.regset_bytes(tid, note, _FPSTATE_ROOM) for note in facts.fpstate_notes])
+        aligned = facts.fpstate_head  # XRSTOR wants the XSAVE image 64-byte aligned
+        fpstate_at = ((top - len(fpstate) + aligned) & ~63) - aligned
+        at = (fpstate_at - facts.frame_size) & ~15
+        start = at - word * (facts.gadget_pops + 1)
+        if start < lowest:
+            raise OSError(f"a sigreturn frame of {top - start} bytes for thread {tid}: more than its room")
+        frame = (bytes(word * facts.gadget_pops) + self.restorer.to_bytes(word, "little")
+                 + facts.frame(back, ptrace.blocked_signals(tid), at, fpstate_at))
         self.memory.write(start, frame.ljust(fpstate_at - start, b"\0") + fpstate)
         regs[arch.sp_reg] = start
 
 
 def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memory) -> WayBack | None:
     """The process's way back, or None: the arch has none here, the process has no such
-    gadget or restorer (no glibc), or the thread keeps a shadow stack (whose check a
-    return to the restorer would fail)."""
+    gadget or restorer, or the thread keeps a shadow stack (whose check a return to the
+    restorer would fail)."""
     facts = arch.way_back
     if facts is None or _shadow_stack(memory.pid, tid):
         return None
@@ -191,7 +198,7 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
     handler is the stub's first, whose trap finds the handler in.  Before the area
     exists, or to remove it (``through_net`` False: the stub goes with the area),
     the call is made over a sigreturn frame where the arch and the process have a way
-    back (``WayBack``: x86_64 with glibc), else at the vDSO's syscall instruction, and
+    back (``WayBack``: x86_64 with glibc, i386), else at the vDSO's syscall instruction, and
     uemu's death within such a call leaves the thread with the call's registers
     (``net.map_area`` keeps those calls few).
     """
