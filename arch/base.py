@@ -52,34 +52,40 @@ class KernelSigaction:
     mask: int
 
 
+class NoWayBack(Exception):
+    """A thread state that a frame of uemu's cannot carry (arm64: live SVE, ZA, a GCS):
+    its call is made the plain way."""
+
+
 @dataclass(frozen=True)
 class SigreturnWayBack:
     """How a thread given a system call to make by uemu gets its whole state back by
     itself should uemu die within the call: the call is made at a ``gadget`` (the syscall
     instruction, then a return) with the stack pointer on a signal frame uemu wrote below
-    the thread's stack, whose return address is a sigreturn ``restorer`` (the vDSO's
+    the thread's stack, and returns into a sigreturn ``restorer`` (the vDSO's
     __kernel_rt_sigreturn, else the C library's __restore_rt); rt_sigreturn then restores
     every register, the floating-point state and the signal mask from the frame.  While
     uemu lives it puts the registers back itself at the call's exit stop and none of this
-    runs.  Kernel: arch/x86/kernel/signal_64.c and signal_32.c (rt_sigreturn,
-    restore_sigcontext)."""
+    runs.  Kernel: arch/x86/kernel/signal_64.c and signal_32.c, arch/arm64/kernel/signal.c
+    (rt_sigreturn, restore_sigcontext, restore_sigframe)."""
 
     gadget: bytes
     restorer: bytes
     fpstate_notes: tuple[int, ...]
     """The regsets (NT_*) the floating-point state is made of."""
-    fpstate: Callable[[Sequence[bytes]], bytes]
-    """Those regsets' bytes as a frame holds them (the kernel takes the state from the
-    frame only when its own marks are there, else it resets part of it)."""
-    frame_size: int
-    """Bytes of the signal frame after its return address, up to the end of its ucontext."""
-    frame: Callable[[Mapping[str, int], int, int, int], bytes]
-    """(registers by regset name, the blocked mask, the frame's address after its return
-    address, the state's address) -> those ``frame_size`` bytes."""
+    frame: Callable[[Mapping[str, int], int, Sequence[bytes], int], tuple[int, bytes]]
+    """(registers by regset name, the blocked mask, the regsets' bytes (b"" for a feature
+    regset the CPU lacks), the highest address it may take) -> where the frame starts
+    (the stack pointer after the gadget's return) and its bytes, laid out below that
+    address as the kernel lays out a signal's.  Raises NoWayBack."""
+    feature_notes: tuple[int, ...] = ()
+    """Regsets of CPU features a thread may have in use (arm64: SVE, streaming SVE, ZA, GCS),
+    given to ``frame`` after ``fpstate_notes``."""
     gadget_pops: int = 0
     """Words the gadget pops after the call, before its return (i386's vDSO: ebp, edx, ecx)."""
-    fpstate_head: int = 0
-    """Bytes of the state before its part that must be 64-byte aligned (XRSTOR's)."""
+    link_reg: str = ""
+    """The register the gadget returns through (arm64's x30); else the return address is
+    the word on the stack after the pops."""
 
 
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
@@ -102,10 +102,9 @@ _SS_NO_CHANGE = 4
 thread's alternate stack stays as it is (uemu cannot read it)."""
 
 
-def _x86_64_ucontext(regs: Mapping[str, int], blocked: int, at: int, fpstate: int) -> bytes:
+def _x86_64_ucontext(regs: Mapping[str, int], blocked: int, fpstate: int) -> bytes:
     """struct ucontext, the x86-64 rt_sigframe after its pretcode (uapi asm/ucontext.h,
-    asm/sigcontext.h; its siginfo follows, which rt_sigreturn does not read).  Nothing in
-    it points into the frame but ``fpstate``: ``at`` is not needed."""
+    asm/sigcontext.h; its siginfo follows, which rt_sigreturn does not read)."""
     out = bytearray(_X86_64_UC_SIZE)
     struct.pack_into("<Q", out, 0, _UC_FP_XSTATE | _UC_SIGCONTEXT_SS | _UC_STRICT_RESTORE_SS)
     struct.pack_into("<i", out, 24, _SS_NO_CHANGE)
@@ -134,18 +133,27 @@ def _x86_frame_xstate(xstate: bytes) -> bytes:
     return bytes(out) + struct.pack("<I", _FP_XSTATE_MAGIC2)
 
 
-def _x86_64_fpstate(images: Sequence[bytes]) -> bytes:
+def _x86_frame(top: int, fpstate: bytes, head: int, size: int,
+               build: Callable[[int, int], bytes]) -> tuple[int, bytes]:
+    """A frame below ``top`` as get_sigframe() and fpu__alloc_mathframe() lay it out: the
+    state at the top, its XSAVE image (after ``head`` bytes) 64-byte aligned, below it
+    the 16-byte aligned ``size`` bytes ``build(their address, the state's)``."""
+    fpstate_at = ((top - len(fpstate) + head) & ~63) - head
+    at = (fpstate_at - size) & ~15
+    return at, build(at, fpstate_at).ljust(fpstate_at - at, b"\0") + fpstate
+
+
+def _x86_64_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
     (xstate,) = images
-    return _x86_frame_xstate(xstate)
+    return _x86_frame(top, _x86_frame_xstate(xstate), 0, _X86_64_UC_SIZE,
+                      lambda _at, fpstate_at: _x86_64_ucontext(regs, blocked, fpstate_at))
 
 
 _X86_64_WAY_BACK = SigreturnWayBack(
     gadget=b"\x0f\x05\xc3",  # syscall; ret
     restorer=b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05",  # mov $15, %rax; syscall (glibc's __restore_rt)
     fpstate_notes=(_NT_X86_XSTATE,),
-    fpstate=_x86_64_fpstate,
-    frame_size=_X86_64_UC_SIZE,
-    frame=_x86_64_ucontext,
+    frame=_x86_64_frame,
 )
 
 _I386_UCONTEXT = {name: 20 + 4 * i for i, name in enumerate(
@@ -162,7 +170,7 @@ _FSAVE_HEADER = 112
 then the status word and the magic (0: FXSR state follows) of struct _fpstate_32."""
 
 
-def _i386_frame(regs: Mapping[str, int], blocked: int, at: int, fpstate: int) -> bytes:
+def _i386_sigframe(regs: Mapping[str, int], blocked: int, at: int, fpstate: int) -> bytes:
     """struct rt_sigframe_ia32 after its pretcode (arch/x86/include/asm/sigframe.h): no
     signal, pinfo and puc pointing at its zero siginfo and its ucontext (what a debugger
     unwinding through __kernel_rt_sigreturn reads), the ucontext as the kernel's
@@ -180,14 +188,16 @@ def _i386_frame(regs: Mapping[str, int], blocked: int, at: int, fpstate: int) ->
     return bytes(out)
 
 
-def _i386_fpstate(images: Sequence[bytes]) -> bytes:
-    """The legacy FSAVE image, its status word and the FXSR magic (0), then the XSAVE image
-    as on x86_64.  Kernel: save_fsave_header(); rt_sigreturn's __fpu_restore_sig() takes
-    the x87 registers from the legacy image (convert_to_fxsr()), the rest from the XSAVE
-    one.  NT_PRFPREG is the kernel's own convert_from_fxsr() of the thread's state."""
+def _i386_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
+    """The state is the legacy FSAVE image, its status word and the FXSR magic (0), then
+    the XSAVE image as on x86_64.  Kernel: save_fsave_header(); rt_sigreturn's
+    __fpu_restore_sig() takes the x87 registers from the legacy image (convert_to_fxsr()),
+    the rest from the XSAVE one.  NT_PRFPREG is the kernel's own convert_from_fxsr()."""
     fsave, xstate = images
     (swd,) = struct.unpack_from("<H", xstate, 2)
-    return fsave.ljust(_FSAVE_HEADER - 4, b"\0") + struct.pack("<HH", swd, 0) + _x86_frame_xstate(xstate)
+    fpstate = fsave.ljust(_FSAVE_HEADER - 4, b"\0") + struct.pack("<HH", swd, 0) + _x86_frame_xstate(xstate)
+    return _x86_frame(top, fpstate, _FSAVE_HEADER, _I386_FRAME_UC + _I386_UC_SIZE,
+                      lambda at, fpstate_at: _i386_sigframe(regs, blocked, at, fpstate_at))
 
 
 _I386_WAY_BACK = SigreturnWayBack(
@@ -195,9 +205,6 @@ _I386_WAY_BACK = SigreturnWayBack(
     gadget_pops=3,
     restorer=b"\xb8\xad\x00\x00\x00\xcd\x80",  # mov $173, %eax; int $0x80 (__kernel_rt_sigreturn)
     fpstate_notes=(_NT_PRFPREG, _NT_X86_XSTATE),
-    fpstate=_i386_fpstate,
-    fpstate_head=_FSAVE_HEADER,
-    frame_size=_I386_FRAME_UC + _I386_UC_SIZE,
     frame=_i386_frame,
 )
 

@@ -23,13 +23,14 @@ the call is restarted as the kernel restarts it when no handler runs
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
-from uemu.arch.base import SigreturnWayBack
+from uemu.arch.base import NoWayBack, SigreturnWayBack
 
 from . import errors, ptrace
 from .maps import Vma
@@ -93,8 +94,8 @@ there: the x86-64 red zone and the scratch strings of ``arming._scratch_string``
 _FPSTATE_ROOM = 16384
 """Enough for the largest XSAVE layout of a thread (AMX's is about 11 KiB)."""
 _FRAME_ROOM = _FPSTATE_ROOM + 4096
-"""The most a frame takes below the gap: the XSAVE image, the state's other regset
-(i386's FSAVE image: 108 bytes), the frame itself and its alignment (a few hundred)."""
+"""The most a frame takes below the gap: the XSAVE image with i386's FSAVE image (108
+bytes), the frame and its alignment (a few hundred); arm64's whole frame is 4.6 KiB."""
 
 
 @dataclass(frozen=True)
@@ -113,24 +114,37 @@ class WayBack:
     def enter(self, tid: int, regs: ptrace.Regset, arch: Arch, back: Mapping[str, int]) -> None:
         """Write below the thread's stack a signal frame that gives it ``back`` (every
         register, its floating-point state and its blocked mask) and point its stack
-        pointer at the words the gadget pops, then the frame's return address, the restorer.
-        The room is checked first, for the largest frame, before anything is fetched."""
+        pointer at the words the gadget pops, then at the frame's return address, the
+        restorer (or put that in the register the gadget returns through).  The room is
+        checked first, for the largest frame, before anything is fetched."""
         facts, word, sp = self.facts, arch.word_size, back[arch.sp_reg]
         top = (sp - _FRAME_GAP) & ~63
         lowest = top - _FRAME_ROOM
         if not any(v.start <= lowest and sp <= v.end and v.writable and not v.file_backed for v in self.vmas):
             raise OSError(f"no room for a sigreturn frame below thread {tid}'s stack pointer")
-        fpstate = facts.fpstate([ptrace.regset_bytes(tid, note, _FPSTATE_ROOM) for note in facts.fpstate_notes])
-        aligned = facts.fpstate_head  # XRSTOR wants the XSAVE image 64-byte aligned
-        fpstate_at = ((top - len(fpstate) + aligned) & ~63) - aligned
-        at = (fpstate_at - facts.frame_size) & ~15
-        start = at - word * (facts.gadget_pops + 1)
+        images = [ptrace.regset_bytes(tid, note, _FPSTATE_ROOM) for note in facts.fpstate_notes]
+        images += [_feature_regset(tid, note) for note in facts.feature_notes]
+        at, frame = facts.frame(back, ptrace.blocked_signals(tid), images, top)
+        returns = bytes(word * facts.gadget_pops)
+        if not facts.link_reg:
+            returns += self.restorer.to_bytes(word, "little")
+        start = at - len(returns)
         if start < lowest:
             raise OSError(f"a sigreturn frame of {top - start} bytes for thread {tid}: more than its room")
-        frame = (bytes(word * facts.gadget_pops) + self.restorer.to_bytes(word, "little")
-                 + facts.frame(back, ptrace.blocked_signals(tid), at, fpstate_at))
-        self.memory.write(start, frame.ljust(fpstate_at - start, b"\0") + fpstate)
+        self.memory.write(start, returns + frame)
         regs[arch.sp_reg] = start
+        if facts.link_reg:
+            regs[facts.link_reg] = self.restorer
+
+
+def _feature_regset(tid: int, note: int) -> bytes:
+    """A regset of a CPU feature, b"" where the CPU lacks it (EINVAL)."""
+    try:
+        return ptrace.regset_bytes(tid, note, _FPSTATE_ROOM)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        return b""
 
 
 def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memory) -> WayBack | None:
@@ -171,8 +185,8 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
         try:
             way_back.enter(tid, regs, arch, {**saved, **arch.restarted_syscall(saved)})
             at = way_back.gadget
-        except OSError:
-            regs.update(saved)  # no room below the stack, or no such regset: the plain way
+        except (OSError, NoWayBack):
+            regs.update(saved)  # no room, no such regset, a state no frame carries: the plain way
     regs[arch.ip_reg] = at
     mask = (1 << (8 * arch.regset_word)) - 1
     for name, value in zip(arch.syscall_regs, (number, *args), strict=False):
@@ -198,9 +212,9 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
     handler is the stub's first, whose trap finds the handler in.  Before the area
     exists, or to remove it (``through_net`` False: the stub goes with the area),
     the call is made over a sigreturn frame where the arch and the process have a way
-    back (``WayBack``: x86_64 with glibc, i386), else at the vDSO's syscall instruction, and
-    uemu's death within such a call leaves the thread with the call's registers
-    (``net.map_area`` keeps those calls few).
+    back (``WayBack``: x86_64 and arm64 with glibc, i386), else at the vDSO's syscall
+    instruction, and uemu's death within such a call leaves the thread with the call's
+    registers (``net.map_area`` keeps those calls few).
     """
     arch = mm.arch
     regs = task.registers(arch)
