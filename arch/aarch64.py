@@ -8,6 +8,8 @@ compilers may use the 32-bit ``w`` views, so both are listed.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -18,9 +20,11 @@ from .base import (
     Effects,
     Emulate,
     KernelSigaction,
+    NoWayBack,
     Plan,
     Refuse,
     Regs,
+    SigreturnWayBack,
     SpecRegister,
     StepEnd,
     StepOutOfLine,
@@ -68,6 +72,59 @@ _REGSET = (*(f"x{n}" for n in range(31)), "sp", "pc", "pstate")
 # struct sigcontext (arch/arm64/include/uapi/asm/sigcontext.h): fault_address, then regs[31],
 # sp, pc, pstate: the regset's order.
 _UCONTEXT = {name: UCONTEXT_MCONTEXT + 8 + 8 * i for i, name in enumerate(_REGSET)}
+
+# The way back (arch/arm64/kernel/signal.c): struct rt_sigframe is a siginfo, then the
+# ucontext: uc_flags, uc_link, uc_stack (its ss_flags at 24), uc_sigmask at 40, then
+# uc_mcontext, whose 4096 __reserved bytes (16-aligned after fault_address, regs[31], sp,
+# pc and pstate) hold records: the fpsimd one, which rt_sigreturn requires, then a zero
+# terminator.
+_SIGINFO_SIZE, _UC_SS_FLAGS, _UC_SIGMASK = 128, 24, 40
+_UC_RESERVED = UCONTEXT_MCONTEXT + 288
+_SIGFRAME_SIZE = _SIGINFO_SIZE + _UC_RESERVED + 4096
+_FPSIMD_MAGIC, _FPSIMD_SIZE = 0x46508001, 528
+"""struct fpsimd_context: its _aarch64_ctx head, fpsr, fpcr, vregs[32]."""
+_SS_NO_CHANGE = 4
+"""A ss_flags sigaltstack refuses (EINVAL), which rt_sigreturn ignores: the alternate
+stack stays as it is."""
+_NT_PRFPREG, _NT_ARM_SVE, _NT_ARM_SSVE, _NT_ARM_ZA, _NT_ARM_GCS = 2, 0x405, 0x40B, 0x40C, 0x410
+_SVE_PT_REGS_SVE = 1
+"""user_sve_header.flags (at 12): the SVE registers are live (NT_ARM_SSVE: streaming mode)."""
+_ZA_HEADER = 16
+"""struct user_za_header: a ZA regset no longer than it means ZA is off."""
+
+
+def _aarch64_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
+    """struct rt_sigframe 16-byte aligned below ``top`` (get_sigframe()), with every
+    register, the mask and the fpsimd record from ptrace's NT_PRFPREG (user_fpsimd_state:
+    vregs, fpsr, fpcr).  Refused (NoWayBack) for a thread with live SVE registers, in
+    streaming mode, with ZA on or a guarded control stack: a frame with only the fpsimd
+    record would drop their state (the kernel writes sve, za and gcs records we do not
+    make), and a `ret` checked against a GCS would fault."""
+    fpsimd, sve, ssve, za, gcs = images
+    if any(len(image) >= 16 and struct.unpack_from("<H", image, 12)[0] & _SVE_PT_REGS_SVE for image in (sve, ssve)):
+        raise NoWayBack("the thread's SVE registers are live")
+    if len(za) > _ZA_HEADER or (gcs and struct.unpack_from("<Q", gcs)[0] & 1):
+        raise NoWayBack("the thread has ZA on or a guarded control stack")
+    out = bytearray(_SIGFRAME_SIZE)
+    uc = _SIGINFO_SIZE
+    struct.pack_into("<i", out, uc + _UC_SS_FLAGS, _SS_NO_CHANGE)
+    struct.pack_into("<Q", out, uc + _UC_SIGMASK, blocked)
+    for name, offset in _UCONTEXT.items():
+        struct.pack_into("<Q", out, uc + offset, regs[name] & MASK64)
+    fpsr, fpcr = struct.unpack_from("<II", fpsimd, 512)
+    record = struct.pack("<IIII", _FPSIMD_MAGIC, _FPSIMD_SIZE, fpsr, fpcr) + fpsimd[:512]
+    out[uc + _UC_RESERVED:uc + _UC_RESERVED + _FPSIMD_SIZE] = record
+    return (top - _SIGFRAME_SIZE) & ~15, bytes(out)
+
+
+_WAY_BACK = SigreturnWayBack(
+    gadget=b"\x01\x00\x00\xd4\xc0\x03\x5f\xd6",  # svc #0; ret (glibc's getpid and kin)
+    restorer=b"\x68\x11\x80\xd2\x01\x00\x00\xd4",  # mov x8, #139; svc #0 (the vDSO's __kernel_rt_sigreturn)
+    fpstate_notes=(_NT_PRFPREG,),
+    feature_notes=(_NT_ARM_SVE, _NT_ARM_SSVE, _NT_ARM_ZA, _NT_ARM_GCS),
+    link_reg="x30",
+    frame=_aarch64_frame,
+)
 
 # ===========================================================================
 # The instruction backend.  Kernel: arch/arm64/kernel/probes/ (v6.x) and the encoding
@@ -423,6 +480,7 @@ AARCH64 = Arch(
     syscall_return="x0",
     syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
     ucontext_regs=frozen_map(_UCONTEXT),
+    way_back=_WAY_BACK,
     sigaction=KernelSigaction(size=32, word=8, handler=0, flags=8, restorer=16, mask=24),
     trap_si_code=TRAP_BRKPT,
     backend=_BACKEND,

@@ -7,7 +7,7 @@ never tests an architecture's name (shared/DESIGN.md §3, kernel's arch split).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Flag, StrEnum
 from types import MappingProxyType
@@ -52,26 +52,40 @@ class KernelSigaction:
     mask: int
 
 
+class NoWayBack(Exception):
+    """A thread state that a frame of uemu's cannot carry (arm64: live SVE, ZA, a GCS):
+    its call is made the plain way."""
+
+
 @dataclass(frozen=True)
 class SigreturnWayBack:
     """How a thread given a system call to make by uemu gets its whole state back by
     itself should uemu die within the call: the call is made at a ``gadget`` (the syscall
     instruction, then a return) with the stack pointer on a signal frame uemu wrote below
-    the thread's stack, whose return address is the C library's own sigreturn
-    ``restorer`` (glibc's __restore_rt); rt_sigreturn then restores every register, the
-    floating-point state and the signal mask from the frame.  While uemu lives it puts
-    the registers back itself at the call's exit stop and none of this runs.
-    Kernel: arch/x86/kernel/signal_64.c (rt_sigreturn, restore_sigcontext)."""
+    the thread's stack, and returns into a sigreturn ``restorer`` (the vDSO's
+    __kernel_rt_sigreturn, else the C library's __restore_rt); rt_sigreturn then restores
+    every register, the floating-point state and the signal mask from the frame.  While
+    uemu lives it puts the registers back itself at the call's exit stop and none of this
+    runs.  Kernel: arch/x86/kernel/signal_64.c and signal_32.c, arch/arm64/kernel/signal.c
+    (rt_sigreturn, restore_sigcontext, restore_sigframe)."""
 
     gadget: bytes
     restorer: bytes
-    fpstate_note: int
-    """The regset (NT_*) holding the floating-point state."""
-    fpstate: Callable[[bytes], bytes]
-    """That regset's bytes as a frame holds them (the kernel takes the state from the frame
-    only when its own marks are there, else it resets part of it)."""
-    ucontext: Callable[[Mapping[str, int], int, int], bytes]
-    """(registers by regset name, the state's address, the blocked mask) -> struct ucontext."""
+    fpstate_notes: tuple[int, ...]
+    """The regsets (NT_*) the floating-point state is made of."""
+    frame: Callable[[Mapping[str, int], int, Sequence[bytes], int], tuple[int, bytes]]
+    """(registers by regset name, the blocked mask, the regsets' bytes (b"" for a feature
+    regset the CPU lacks), the highest address it may take) -> where the frame starts
+    (the stack pointer after the gadget's return) and its bytes, laid out below that
+    address as the kernel lays out a signal's.  Raises NoWayBack."""
+    feature_notes: tuple[int, ...] = ()
+    """Regsets of CPU features a thread may have in use (arm64: SVE, streaming SVE, ZA, GCS),
+    given to ``frame`` after ``fpstate_notes``."""
+    gadget_pops: int = 0
+    """Words the gadget pops after the call, before its return (i386's vDSO: ebp, edx, ecx)."""
+    link_reg: str = ""
+    """The register the gadget returns through (arm64's x30); else the return address is
+    the word on the stack after the pops."""
 
 
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
@@ -102,8 +102,9 @@ _SS_NO_CHANGE = 4
 thread's alternate stack stays as it is (uemu cannot read it)."""
 
 
-def _x86_64_ucontext(regs: Mapping[str, int], fpstate: int, blocked: int) -> bytes:
-    """struct ucontext for rt_sigreturn (uapi asm/ucontext.h, asm/sigcontext.h)."""
+def _x86_64_ucontext(regs: Mapping[str, int], blocked: int, fpstate: int) -> bytes:
+    """struct ucontext, the x86-64 rt_sigframe after its pretcode (uapi asm/ucontext.h,
+    asm/sigcontext.h; its siginfo follows, which rt_sigreturn does not read)."""
     out = bytearray(_X86_64_UC_SIZE)
     struct.pack_into("<Q", out, 0, _UC_FP_XSTATE | _UC_SIGCONTEXT_SS | _UC_STRICT_RESTORE_SS)
     struct.pack_into("<i", out, 24, _SS_NO_CHANGE)
@@ -119,6 +120,7 @@ _FP_XSTATE_MAGIC1, _FP_XSTATE_MAGIC2 = 0x46505853, 0x46505845
 _SW_BYTES = 464
 """struct _fpx_sw_bytes in the legacy area's software-reserved bytes: where ptrace's
 NT_X86_XSTATE puts XCR0 (gdb's I386_LINUX_XSAVE_XCR0_OFFSET) and a signal frame its marks."""
+_NT_PRFPREG, _NT_X86_XSTATE = 2, 0x202
 
 
 def _x86_frame_xstate(xstate: bytes) -> bytes:
@@ -131,17 +133,80 @@ def _x86_frame_xstate(xstate: bytes) -> bytes:
     return bytes(out) + struct.pack("<I", _FP_XSTATE_MAGIC2)
 
 
+def _x86_frame(top: int, fpstate: bytes, head: int, size: int,
+               build: Callable[[int, int], bytes]) -> tuple[int, bytes]:
+    """A frame below ``top`` as get_sigframe() and fpu__alloc_mathframe() lay it out: the
+    state at the top, its XSAVE image (after ``head`` bytes) 64-byte aligned, below it
+    the 16-byte aligned ``size`` bytes ``build(their address, the state's)``."""
+    fpstate_at = ((top - len(fpstate) + head) & ~63) - head
+    at = (fpstate_at - size) & ~15
+    return at, build(at, fpstate_at).ljust(fpstate_at - at, b"\0") + fpstate
+
+
+def _x86_64_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
+    (xstate,) = images
+    return _x86_frame(top, _x86_frame_xstate(xstate), 0, _X86_64_UC_SIZE,
+                      lambda _at, fpstate_at: _x86_64_ucontext(regs, blocked, fpstate_at))
+
+
 _X86_64_WAY_BACK = SigreturnWayBack(
     gadget=b"\x0f\x05\xc3",  # syscall; ret
     restorer=b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05",  # mov $15, %rax; syscall (glibc's __restore_rt)
-    fpstate_note=0x202,  # NT_X86_XSTATE
-    fpstate=_x86_frame_xstate,
-    ucontext=_x86_64_ucontext,
+    fpstate_notes=(_NT_X86_XSTATE,),
+    frame=_x86_64_frame,
 )
 
 _I386_UCONTEXT = {name: 20 + 4 * i for i, name in enumerate(
     ("gs", "fs", "es", "ds", "edi", "esi", "ebp", "esp", "ebx", "edx", "ecx", "eax", "trapno", "err",
      "eip", "cs", "eflags")) if name not in ("trapno", "err")}
+_I386_UC_SP_AT_SIGNAL, _I386_UC_FPSTATE, _I386_UC_SIGMASK = 88, 96, 108
+"""After eflags in sigcontext_32: sp_at_signal, then ss; fpstate, then oldmask and cr2;
+then uc_sigmask."""
+_I386_UC_SIZE = 116
+_I386_FRAME_UC = 12 + 128
+"""struct rt_sigframe_ia32 after its pretcode: sig, pinfo, puc, a compat_siginfo_t, then uc."""
+_FSAVE_HEADER = 112
+"""struct fregs_state: the legacy FSAVE image (ptrace's NT_PRFPREG, user_i387_ia32_struct),
+then the status word and the magic (0: FXSR state follows) of struct _fpstate_32."""
+
+
+def _i386_sigframe(regs: Mapping[str, int], blocked: int, at: int, fpstate: int) -> bytes:
+    """struct rt_sigframe_ia32 after its pretcode (arch/x86/include/asm/sigframe.h): no
+    signal, pinfo and puc pointing at its zero siginfo and its ucontext (what a debugger
+    unwinding through __kernel_rt_sigreturn reads), the ucontext as the kernel's
+    ia32_setup_rt_frame() writes it.  Kernel: compat rt_sigreturn reads uc only."""
+    out = bytearray(_I386_FRAME_UC + _I386_UC_SIZE)
+    struct.pack_into("<iII", out, 0, 0, at + 12, at + _I386_FRAME_UC)
+    uc = _I386_FRAME_UC
+    struct.pack_into("<I", out, uc, _UC_FP_XSTATE)
+    struct.pack_into("<i", out, uc + 12, _SS_NO_CHANGE)
+    for name, offset in _I386_UCONTEXT.items():
+        struct.pack_into("<I", out, uc + offset, regs[name] & 0xFFFFFFFF)
+    struct.pack_into("<II", out, uc + _I386_UC_SP_AT_SIGNAL, regs["esp"] & 0xFFFFFFFF, regs["ss"] & 0xFFFF)
+    struct.pack_into("<II", out, uc + _I386_UC_FPSTATE, fpstate, blocked & 0xFFFFFFFF)  # oldmask: the low word
+    struct.pack_into("<Q", out, uc + _I386_UC_SIGMASK, blocked)
+    return bytes(out)
+
+
+def _i386_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
+    """The state is the legacy FSAVE image, its status word and the FXSR magic (0), then
+    the XSAVE image as on x86_64.  Kernel: save_fsave_header(); rt_sigreturn's
+    __fpu_restore_sig() takes the x87 registers from the legacy image (convert_to_fxsr()),
+    the rest from the XSAVE one.  NT_PRFPREG is the kernel's own convert_from_fxsr()."""
+    fsave, xstate = images
+    (swd,) = struct.unpack_from("<H", xstate, 2)
+    fpstate = fsave.ljust(_FSAVE_HEADER - 4, b"\0") + struct.pack("<HH", swd, 0) + _x86_frame_xstate(xstate)
+    return _x86_frame(top, fpstate, _FSAVE_HEADER, _I386_FRAME_UC + _I386_UC_SIZE,
+                      lambda at, fpstate_at: _i386_sigframe(regs, blocked, at, fpstate_at))
+
+
+_I386_WAY_BACK = SigreturnWayBack(
+    gadget=b"\xcd\x80\x5d\x5a\x59\xc3",  # int $0x80; pop %ebp; pop %edx; pop %ecx; ret (__kernel_vsyscall)
+    gadget_pops=3,
+    restorer=b"\xb8\xad\x00\x00\x00\xcd\x80",  # mov $173, %eax; int $0x80 (__kernel_rt_sigreturn)
+    fpstate_notes=(_NT_PRFPREG, _NT_X86_XSTATE),
+    frame=_i386_frame,
+)
 
 # GCC keeps a DImode value in a pair of consecutive hard registers in its own
 # order ax, dx, cx, bx, si, di, bp; the note names only the low one (-8@%ecx is
@@ -879,6 +944,7 @@ I386 = Arch(
     audit_arch=0x40000003,  # AUDIT_ARCH_I386
     mapping_syscalls=frozen_map(_I386_MAPPING_SYSCALLS),
     ucontext_regs=frozen_map(_I386_UCONTEXT),
+    way_back=_I386_WAY_BACK,
     sigaction=KernelSigaction(size=20, word=4, handler=0, flags=4, restorer=8, mask=12),  # compat_sigaction
     trap_si_code=0x80,
     backend=_I386_BACKEND,

@@ -23,13 +23,14 @@ the call is restarted as the kernel restarts it when no handler runs
 
 from __future__ import annotations
 
+import errno
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from uemu.arch import Arch
-from uemu.arch.base import SigreturnWayBack
+from uemu.arch.base import NoWayBack, SigreturnWayBack
 
 from . import errors, ptrace
 from .maps import Vma
@@ -45,27 +46,46 @@ A syscall-exit stop is one too, but only the stop's handler knows it is an exit.
 
 HoldSignal = Callable[[int, bytes], None]
 
-_SCAN = 64 * 1024
-"""Bytes of each executable mapping searched for a syscall instruction."""
+_SCAN = 8 << 20
+"""Bytes of each executable mapping searched for the instructions uemu calls through."""
 
 
-def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
-    """An address holding the arch's syscall instruction: in the vDSO first, else in
-    any executable mapping (only its first 64 KiB are read)."""
-    insn = arch.syscall_insn
-    align = 1 if len(insn) < 4 else len(insn)
-    candidates = sorted((v for v in vmas if v.executable), key=lambda v: v.path != "[vdso]")
-    for vma in candidates:
+def _first_addresses(wanted: Sequence[bytes], align: int, vmas: Sequence[Vma],
+                     memory: ptrace.Memory) -> dict[bytes, int]:
+    """Where each of ``wanted`` first is, at an ``align``-multiple address: one pass over
+    the process's executable mappings, the vDSO first (the kernel's own code, in every
+    process), then ld.so, then the C library, then the rest, until all are found (only
+    the first 8 MiB of each mapping is read)."""
+    found: dict[bytes, int] = {}
+    ordered = sorted((v for v in vmas if v.executable),
+                     key=lambda v: (v.path != "[vdso]", "ld-linux" not in v.path, "libc" not in v.path))
+    for vma in ordered:
         try:
             data = memory.read(vma.start, min(vma.end - vma.start, _SCAN))
         except OSError:
             continue
-        pos = data.find(insn)
-        while pos >= 0:
-            if pos % align == 0:
-                return vma.start + pos
-            pos = data.find(insn, pos + 1)
-    raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found to map the XOL area")
+        for pattern in [p for p in wanted if p not in found]:
+            pos = data.find(pattern)
+            while pos >= 0 and pos % align:
+                pos = data.find(pattern, pos + 1)
+            if pos >= 0:
+                found[pattern] = vma.start + pos
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def _insn_align(arch: Arch) -> int:
+    return 1 if len(arch.syscall_insn) < 4 else len(arch.syscall_insn)
+
+
+def find_syscall_insn(arch: Arch, vmas: Sequence[Vma], memory: ptrace.Memory) -> int:
+    """An address holding the arch's syscall instruction, the vDSO's where it has one."""
+    found = _first_addresses((arch.syscall_insn,), _insn_align(arch), vmas, memory)
+    if not found:
+        raise errors.InTargetFailure(f"process {memory.pid}: no {arch.name} syscall instruction found "
+                                     "to map the XOL area")
+    return found[arch.syscall_insn]
 
 
 _FRAME_GAP = 4096
@@ -73,13 +93,15 @@ _FRAME_GAP = 4096
 there: the x86-64 red zone and the scratch strings of ``arming._scratch_string``."""
 _FPSTATE_ROOM = 16384
 """Enough for the largest XSAVE layout of a thread (AMX's is about 11 KiB)."""
-_WAY_BACK_SCAN = 8 << 20
+_FRAME_ROOM = _FPSTATE_ROOM + 4096
+"""The most a frame takes below the gap: the XSAVE image with i386's FSAVE image (108
+bytes), the frame and its alignment (a few hundred); arm64's whole frame is 4.6 KiB."""
 
 
 @dataclass(frozen=True)
 class WayBack:
-    """A process's way back (``Arch.way_back``): where its gadget and its C library's
-    sigreturn restorer are."""
+    """A process's way back (``Arch.way_back``): where its gadget and its sigreturn
+    restorer are."""
 
     facts: SigreturnWayBack
     gadget: int
@@ -92,43 +114,50 @@ class WayBack:
     def enter(self, tid: int, regs: ptrace.Regset, arch: Arch, back: Mapping[str, int]) -> None:
         """Write below the thread's stack a signal frame that gives it ``back`` (every
         register, its floating-point state and its blocked mask) and point its stack
-        pointer at the frame's return address, the restorer."""
-        facts = self.facts
-        fpstate = facts.fpstate(ptrace.regset_bytes(tid, facts.fpstate_note, _FPSTATE_ROOM))
-        top = (back[arch.sp_reg] - _FRAME_GAP) & ~63
-        fpstate_at = (top - len(fpstate)) & ~63  # XRSTOR wants 64-byte alignment
-        ucontext = facts.ucontext(back, fpstate_at, ptrace.blocked_signals(tid))
-        ucontext_at = (fpstate_at - len(ucontext)) & ~15
-        start = ucontext_at - arch.word_size
-        if not any(v.start <= start and fpstate_at + len(fpstate) <= v.end and v.writable and not v.file_backed
-                   and v.start <= back[arch.sp_reg] <= v.end for v in self.vmas):
+        pointer at the words the gadget pops, then at the frame's return address, the
+        restorer (or put that in the register the gadget returns through).  The room is
+        checked first, for the largest frame, before anything is fetched."""
+        facts, word, sp = self.facts, arch.word_size, back[arch.sp_reg]
+        top = (sp - _FRAME_GAP) & ~63
+        lowest = top - _FRAME_ROOM
+        if not any(v.start <= lowest and sp <= v.end and v.writable and not v.file_backed for v in self.vmas):
             raise OSError(f"no room for a sigreturn frame below thread {tid}'s stack pointer")
-        frame = self.restorer.to_bytes(arch.word_size, "little") + ucontext
-        self.memory.write(start, frame.ljust(fpstate_at - start, b"\0") + fpstate)
+        images = [ptrace.regset_bytes(tid, note, _FPSTATE_ROOM) for note in facts.fpstate_notes]
+        images += [_feature_regset(tid, note) for note in facts.feature_notes]
+        at, frame = facts.frame(back, ptrace.blocked_signals(tid), images, top)
+        returns = bytes(word * facts.gadget_pops)
+        if not facts.link_reg:
+            returns += self.restorer.to_bytes(word, "little")
+        start = at - len(returns)
+        if start < lowest:
+            raise OSError(f"a sigreturn frame of {top - start} bytes for thread {tid}: more than its room")
+        self.memory.write(start, returns + frame)
         regs[arch.sp_reg] = start
+        if facts.link_reg:
+            regs[facts.link_reg] = self.restorer
+
+
+def _feature_regset(tid: int, note: int) -> bytes:
+    """A regset of a CPU feature, b"" where the CPU lacks it (EINVAL)."""
+    try:
+        return ptrace.regset_bytes(tid, note, _FPSTATE_ROOM)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        return b""
 
 
 def find_way_back(arch: Arch, tid: int, vmas: Sequence[Vma], memory: ptrace.Memory) -> WayBack | None:
     """The process's way back, or None: the arch has none here, the process has no such
-    gadget or restorer (no glibc), or the thread keeps a shadow stack (whose check a
-    return to the restorer would fail)."""
+    gadget or restorer, or the thread keeps a shadow stack (whose check a return to the
+    restorer would fail)."""
     facts = arch.way_back
     if facts is None or _shadow_stack(memory.pid, tid):
         return None
-    found: dict[bytes, int] = {}
-    ordered = sorted((v for v in vmas if v.executable),
-                     key=lambda v: (v.path != "[vdso]", "ld-linux" not in v.path, "libc" not in v.path))
-    for vma in ordered:
-        try:
-            data = memory.read(vma.start, min(vma.end - vma.start, _WAY_BACK_SCAN))
-        except OSError:
-            continue
-        for wanted in (facts.gadget, facts.restorer):
-            if wanted not in found and (pos := data.find(wanted)) >= 0:
-                found[wanted] = vma.start + pos
-        if len(found) == 2:
-            return WayBack(facts, found[facts.gadget], found[facts.restorer], memory, tuple(vmas))
-    return None
+    found = _first_addresses((facts.gadget, facts.restorer), _insn_align(arch), vmas, memory)
+    if len(found) < 2:
+        return None
+    return WayBack(facts, found[facts.gadget], found[facts.restorer], memory, tuple(vmas))
 
 
 def _shadow_stack(pid: int, tid: int) -> bool:
@@ -156,8 +185,8 @@ def inject_syscall(tid: int, regs: ptrace.Regset, arch: Arch, at: int, number: i
         try:
             way_back.enter(tid, regs, arch, {**saved, **arch.restarted_syscall(saved)})
             at = way_back.gadget
-        except OSError:
-            regs.update(saved)  # no room below the stack, or no such regset: the plain way
+        except (OSError, NoWayBack):
+            regs.update(saved)  # no room, no such regset, a state no frame carries: the plain way
     regs[arch.ip_reg] = at
     mask = (1 << (8 * arch.regset_word)) - 1
     for name, value in zip(arch.syscall_regs, (number, *args), strict=False):
@@ -183,9 +212,9 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
     handler is the stub's first, whose trap finds the handler in.  Before the area
     exists, or to remove it (``through_net`` False: the stub goes with the area),
     the call is made over a sigreturn frame where the arch and the process have a way
-    back (``WayBack``: x86_64 with glibc), else at the vDSO's syscall instruction, and
-    uemu's death within such a call leaves the thread with the call's registers
-    (``net.map_area`` keeps those calls few).
+    back (``WayBack``: x86_64 and arm64 with glibc, i386), else at the vDSO's syscall
+    instruction, and uemu's death within such a call leaves the thread with the call's
+    registers (``net.map_area`` keeps those calls few).
     """
     arch = mm.arch
     regs = task.registers(arch)

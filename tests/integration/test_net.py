@@ -11,10 +11,12 @@ The tracer is a forked child of the test, killed as uemu would be by the OOM kil
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import select
 import signal
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -58,6 +60,7 @@ def _arm(pid: int, mode: str, report: int) -> None:
               instruction and a trap, with the slot's table record;
     inject    inside a system call made through the runtime's inject stub, with the
               registers to give back in the inject record;
+    way_back  inside a system call made over a sigreturn frame (``inject.WayBack``);
     detach    detached cleanly, as uemu leaves: its writes undone, the table DETACHED,
               then a SIGTRAP of its own for the handler to put the program's action back.
     """
@@ -92,10 +95,17 @@ def _arm(pid: int, mode: str, report: int) -> None:
     value = int.from_bytes(memory.read(semaphore, 2), "little")
     net.raise_counter(semaphore)
     memory.write(semaphore, (value + 1).to_bytes(2, "little"))
-    if mode == "inject":  # as inject.inject_syscall, through the stub, dying at the entry stop
+    if mode in ("inject", "way_back"):  # as inject.inject_syscall, dying at the entry stop
         saved = regs.snapshot()
-        net.begin_inject(pid, {**saved, **arch.restarted_syscall(saved)})
-        regs[arch.ip_reg] = net.inject_syscall
+        back = {**saved, **arch.restarted_syscall(saved)}
+        if mode == "inject":  # through the stub
+            net.begin_inject(pid, back)
+            regs[arch.ip_reg] = net.inject_syscall
+        else:  # over a sigreturn frame, as before the net exists
+            way_back = inject.find_way_back(arch, pid, vmas, memory)
+            assert way_back is not None
+            way_back.enter(pid, regs, arch, back)
+            regs[arch.ip_reg] = way_back.gadget
         numbers = (arch.syscall_numbers["mprotect"], net.table, 4096, PROT_READ | PROT_WRITE)  # changes nothing
         for name, value in zip(arch.syscall_regs, numbers, strict=False):
             regs[name] = value
@@ -284,13 +294,17 @@ def test_program_outlives_its_tracer(orphan_program: Path, threads: int) -> None
     assert got["action"][0][0] == "own" and int(got["action"][0][1]) & (SA_SIGINFO | SA_RESTART)
 
 
-@pytest.mark.parametrize("tracer_mode", ["trapped", "slot", "inject"])
+@pytest.mark.parametrize("tracer_mode", ["trapped", "slot", "inject", "way_back"])
 def test_tracer_dies_with_the_thread_stopped(orphan_program: Path, tracer_mode: str) -> None:
     """The tracer dies while the thread is stopped: at our breakpoint (Linux 6.18 drops
     the stop's SIGTRAP: the thread resumes past the int3, harmless over an SDT nop, and
     meets the breakpoint untraced at its next pass: R1); moved into an XOL slot (it runs
-    the instruction there and meets the slot's trap: R2); or inside a system call injected
-    through the runtime's stub (it meets the stub's trap: R5)."""
+    the instruction there and meets the slot's trap: R2); inside a system call injected
+    through the runtime's stub (it meets the stub's trap: R5); or inside one injected over
+    the way back, as the calls before the net are (its gadget returns into the restorer,
+    whose rt_sigreturn gives the thread its state back from the frame)."""
+    if tracer_mode == "way_back" and by_name(sdt.open_elf(str(orphan_program)).arch_name).way_back is None:
+        pytest.skip("no way back on this arch")
     status, lines, changed = _orphaned_run(orphan_program, "handler", 1, tracer_mode)
     assert status == 0
     assert changed == []
@@ -328,19 +342,73 @@ def test_default_action_comes_back(orphan_program: Path, mode: str) -> None:
         assert status == -signal.SIGTRAP
 
 
-NT_X86_XSTATE = 0x202
+PTRACE_SETREGSET, PTRACE_SETSIGMASK = 0x4205, 0x420B
+NT_PRFPREG, NT_X86_XSTATE = 2, 0x202
+XCR0, XSTATE_BV, MXCSR, XMM0, YMM0_HIGH = 464, 512, 24, 160, 576
+"""Offsets in ptrace's XSAVE image: the enabled features (XCR0), those in use, SSE's
+control word, xmm0, and ymm0's high half in the AVX component (standard format)."""
+FPCR = 516
+"""In arm64's user_fpsimd_state: vregs[32], fpsr, then fpcr."""
+
+
+def _x86_state(xstate: bytearray, pattern: int) -> None:
+    """An x87 control word, mxcsr, xmm0 and ymm0 (where AVX is on) made of ``pattern``,
+    marked in use."""
+    (xcr0,) = struct.unpack_from("<Q", xstate, XCR0)
+    struct.pack_into("<H", xstate, 0, 0x037F ^ pattern & 0x0C00)  # rounding control
+    struct.pack_into("<I", xstate, MXCSR, 0x1F80 ^ pattern & 0x6000)
+    xstate[XMM0:XMM0 + 16] = bytes([pattern & 0xFF]) * 16
+    used = 0b11
+    if xcr0 & 0b100:
+        xstate[YMM0_HIGH:YMM0_HIGH + 16] = bytes([pattern >> 8 & 0xFF]) * 16
+        used |= 0b100
+    struct.pack_into("<Q", xstate, XSTATE_BV, struct.unpack_from("<Q", xstate, XSTATE_BV)[0] | used)
+
+
+def _fpsimd_state(fpsimd: bytearray, pattern: int) -> None:
+    """v0 and fpcr's rounding mode made of ``pattern``."""
+    fpsimd[0:16] = bytes([pattern & 0xFF]) * 16
+    struct.pack_into("<I", fpsimd, FPCR, pattern & 0xC00000)
+
+
+SYSCALL_STOP_SCRATCH = {"aarch64": "x7"}
+"""A register a tracer sees changed at a syscall stop: arm64 shows x7 as the stop's
+direction (1: exit) and puts the thread's own back after it (Kernel:
+ptrace_report_syscall() in arch/arm64/kernel/ptrace.c)."""
+FP_STATE = {"x86_64": (NT_X86_XSTATE, _x86_state), "i386": (NT_X86_XSTATE, _x86_state),
+            "aarch64": (NT_PRFPREG, _fpsimd_state)}
+
+
+def _set_state(tid: int, arch_name: str, pattern: int, blocked: int) -> None:
+    """Give the thread floating-point registers made of ``pattern`` and the ``blocked`` mask."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+    note, change = FP_STATE[arch_name]
+    image = bytearray(ptrace.regset_bytes(tid, note, 16384))
+    change(image, pattern)
+    buffer = ctypes.create_string_buffer(bytes(image), len(image))
+    iov = (ctypes.c_size_t * 2)(ctypes.addressof(buffer), len(image))
+    mask = ctypes.c_uint64(blocked)
+    for request, addr, data in ((PTRACE_SETREGSET, note, ctypes.addressof(iov)),
+                                (PTRACE_SETSIGMASK, 8, ctypes.addressof(mask))):
+        assert libc.ptrace(request, tid, addr, data) == 0, os.strerror(ctypes.get_errno())
 
 
 def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_program: Path) -> None:
     """A call injected before the net exists goes through ``inject.WayBack``: should uemu
-    die within it, the thread returns from the call into its C library's sigreturn
-    restorer over a frame uemu wrote.  Here the tracer lives and follows the thread that
-    way (the call's exit, then rt_sigreturn's): after rt_sigreturn every general
-    register, the XSAVE state and the blocked mask are the kernel's restore of what the
-    thread had, and the program then goes on as untraced."""
+    die within it, the thread returns from the call into a sigreturn restorer over a
+    frame uemu wrote.  Here the tracer lives and follows the thread that way (the call's
+    exit, then rt_sigreturn's): after rt_sigreturn every general register, the
+    floating-point state and the blocked mask are the kernel's restore of what the thread
+    had (a state the tracer gave it, changed again after the frame was written: only the
+    frame's restore passes), and the program then goes on as untraced.  x86_64 returns
+    from a `syscall; ret` into glibc's __restore_rt; i386 from the vDSO's
+    __kernel_vsyscall, whose pops come first, into its __kernel_rt_sigreturn; arm64 from
+    glibc's `svc #0; ret` through x30 into the vDSO's __kernel_rt_sigreturn."""
     arch = by_name(sdt.open_elf(str(orphan_program)).arch_name)
     if arch.way_back is None:
         pytest.skip(f"no way back on {arch.name}")
+    notes = arch.way_back.fpstate_notes
     orphan = Orphan(orphan_program, "handler", "1")
     try:
         pid = orphan.pid
@@ -349,17 +417,22 @@ def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_prog
         os.waitpid(pid, ptrace.WALL)
         memory = ptrace.Memory(pid)
         way_back = inject.find_way_back(arch, pid, read_maps(pid), memory)
-        assert way_back is not None, "glibc's __restore_rt and a syscall; ret found"
+        assert way_back is not None, "a sigreturn restorer and a syscall-then-return gadget found"
         regs = ptrace.Regset(arch.regset, arch.regset_word)
         regs.fetch(pid)
         saved = regs.snapshot()
-        xstate, blocked = ptrace.regset_bytes(pid, NT_X86_XSTATE, 16384), ptrace.blocked_signals(pid)
+        _set_state(pid, arch.name, 0x5AA5, 1 << signal.SIGUSR2 - 1)  # the thread's own, not the init state
+        fpstate = [ptrace.regset_bytes(pid, note, 16384) for note in notes]
+        blocked = ptrace.blocked_signals(pid)
         with pytest.raises(OSError, match="no room"):  # a frame only inside the thread's stack mapping
             dataclasses.replace(way_back, vmas=()).enter(pid, regs, arch, saved)
         way_back.enter(pid, regs, arch, saved)
+        _set_state(pid, arch.name, 0xC33C, 1 << signal.SIGUSR2 - 1 | 1 << signal.SIGHUP - 1)
+        assert [ptrace.regset_bytes(pid, note, 16384) for note in notes] != fpstate
+        assert ptrace.blocked_signals(pid) != blocked
         regs[arch.ip_reg] = way_back.gadget
-        for name, value in zip(arch.syscall_regs, (arch.syscall_numbers["close"], (1 << 64) - 1), strict=False):
-            regs[name] = value
+        for name, value in zip(arch.syscall_regs, (arch.syscall_numbers["close"], -1), strict=False):
+            regs[name] = value & (1 << 8 * arch.regset_word) - 1
         regs.store(pid)
         numbers = []
         for _ in range(4):  # close's entry and exit, then rt_sigreturn's
@@ -370,9 +443,10 @@ def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_prog
         assert numbers[0] == arch.syscall_numbers["close"] and numbers[2] == arch.syscall_numbers["rt_sigreturn"]
         regs.fetch(pid)
         after = regs.snapshot()
-        assert {k: v for k, v in after.items() if k != "orig_rax"} == \
-            {k: v for k, v in saved.items() if k != "orig_rax"}
-        assert ptrace.regset_bytes(pid, NT_X86_XSTATE, 16384) == xstate
+        hidden = {arch.syscall_orig_reg, SYSCALL_STOP_SCRATCH.get(arch.name)}
+        assert {k: v for k, v in after.items() if k not in hidden} == \
+            {k: v for k, v in saved.items() if k not in hidden}
+        assert [ptrace.regset_bytes(pid, note, 16384) for note in notes] == fpstate
         assert ptrace.blocked_signals(pid) == blocked
         ptrace.detach(pid)
         orphan.go()
