@@ -24,6 +24,7 @@ import ctypes
 import mmap
 import os
 import platform
+import re
 import struct
 import threading
 import time
@@ -36,8 +37,15 @@ from . import errors
 from .runtime import layout
 from .runtime.layout import RingFlags, RingHeader
 
-DEFAULT_SIZE = 4 << 20
-"""Data bytes of a ring: tens of thousands of records."""
+DEFAULT_SIZE = 16 << 20
+"""Data bytes of a ring (``--ring-size``, whose help says this default): a few hundred
+thousand records, CPython's all-probes burst of a small script (146 000 records, 6.5 MB)
+without a wait.  Memory of the target, taken as hits first reach each page (shared with
+uemu, which maps the same pages)."""
+MIN_SIZE = 64 << 10
+"""The largest record a site can have (12 strings of STR_MAX bytes) fits."""
+MAX_SIZE = 1 << 30
+"""Positions are 32-bit and wrap: a ring of at most half their range."""
 TAKE_MAX = 4096
 """Records per take: the reader hands them on in batches."""
 STALL_NS = 1_000_000_000
@@ -381,6 +389,21 @@ class Ring:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def parse_size(text: str) -> int:
+    """``--ring-size``'s value: bytes, or a number with K, M or G (powers of 1024)."""
+    match = re.fullmatch(r"([0-9]{1,12})([KMG]?)", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (bytes, or a number with K, M or G)")
+    return checked_size(int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[match[2].upper()], text)
+
+
+def checked_size(size: int, text: str | None = None) -> int:
+    """``size``, a power of two from MIN_SIZE to MAX_SIZE, or ValueError."""
+    if size & (size - 1) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{text or size!r}: a ring's size is a power of two from 64K to 1G")
+    return size
 
 
 def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: int = DEFAULT_SIZE,
