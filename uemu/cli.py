@@ -236,7 +236,7 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
                         "of waiting for room")
     parser.add_argument("--ring-size", metavar="SIZE", type=_ring_size,
                         help="jump path: bytes of each traced process's event ring, a power of two from 64K "
-                        "to 1G (K, M, G; default 16M): memory of the program, "
+                        "to 1G (K, M, G; default 16M, and a quarter more for its stamps): memory of the program, "
                         "taken as hits fill it; a burst bigger than the ring waits for uemu to read (or "
                         "drops under --drop)")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
