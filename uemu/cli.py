@@ -237,8 +237,8 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("--ring-size", metavar="SIZE", type=_ring_size,
                         help="jump path: bytes of each traced process's event ring, a power of two from 64K "
                         "to 1G (K, M, G; default 16M, and a quarter more for its stamps): memory of the program, "
-                        "taken as hits fill it; a burst bigger than the ring waits for uemu to read (or "
-                        "drops under --drop)")
+                        "taken when tracing starts (as hits fill it under -c); a burst bigger than the ring "
+                        "waits for uemu to read (or drops under --drop)")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument("--strict", action="store_true",
                         help="a PROBE that matches nothing at start is an error (else it waits for objects "

@@ -52,7 +52,7 @@ TAKE_MAX = 4096
 STALL_NS = 1_000_000_000
 """A record left unfinished this long at ``tail``: its thread left the hit midway."""
 MFD_CLOEXEC = 1
-PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+PROT_READ, PROT_WRITE, MAP_SHARED, MAP_POPULATE = 1, 2, 1, 0x8000
 FUTEX_WAIT, FUTEX_WAKE = 0, 1
 MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 8, 16
 _MEMBARRIER = {"aarch64": 283, "riscv64": 283}
@@ -430,11 +430,15 @@ def mapped_size(size: int) -> int:
 
 
 def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: int = DEFAULT_SIZE,
-           drop: bool = False) -> Ring:
+           drop: bool = False, populate: bool = True) -> Ring:
     """Create a ring in process ``pid`` (a thread of it stopped, ``call`` injecting its
     system calls; ``name_address``: the memfd's name, written there already) and map it
     in uemu too.  The descriptor uemu made in the target is closed again before this
-    returns; if uemu dies in between, the target keeps one more open file."""
+    returns; if uemu dies in between, the target keeps one more open file.
+    ``populate``: every page of it is made and mapped in the target now (MAP_POPULATE,
+    best effort): a hit that is first to write a page would take a page fault, a new
+    shared page zeroed and mapped, which costs more than the rest of the hit; not for a
+    ring that only counts (``--count``: the header page alone is written)."""
     total = layout.PAGE + mapped_size(size)
     fd = call("memfd_create", name_address, MFD_CLOEXEC)
     if fd < 0:
@@ -447,7 +451,8 @@ def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: in
         own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         buffer = mmap.mmap(own, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         buffer[:layout.PAGE] = Ring.initial(size, drop)
-        address = call("mmap", 0, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        flags = MAP_SHARED | (MAP_POPULATE if populate else 0)
+        address = call("mmap", 0, total, PROT_READ | PROT_WRITE, flags, fd, 0)
         if address < 0 or (arch.word_size == 4 and address >= 1 << 32):
             buffer.close()
             raise errors.InTargetFailure(f"mmap of the ring in process {pid} failed: {os.strerror(-address)}")
