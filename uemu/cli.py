@@ -234,6 +234,11 @@ def _tracing_options(parser: argparse.ArgumentParser, default_mappings: str) -> 
     parser.add_argument("--drop", action="store_true",
                         help="jump path: a hit finding the event ring full is dropped (and counted) instead "
                         "of waiting for room")
+    parser.add_argument("--ring-size", metavar="SIZE", type=_ring_size,
+                        help="jump path: bytes of each traced process's event ring, a power of two from 64K "
+                        "to 1G (K, M, G; default 16M, and a quarter more for its stamps): memory of the program, "
+                        "taken when tracing starts (as hits fill it under -c); a burst bigger than the ring "
+                        "waits for uemu to read (or drops under --drop)")
     parser.add_argument("-f", "--follow-forks", action="store_true", help="trace children too (fork, vfork, clone)")
     parser.add_argument("--strict", action="store_true",
                         help="a PROBE that matches nothing at start is an error (else it waits for objects "
@@ -280,6 +285,15 @@ def _positive(text: str) -> int:
 
 def _string_size(text: str) -> int:
     return _whole(text, 0, FIELD_LIMIT, "a string size")
+
+
+def _ring_size(text: str) -> int:
+    from .ring import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _pid(text: str) -> int:
@@ -398,6 +412,7 @@ def _session(args: argparse.Namespace) -> Session:
         strings=args.printf.string_args if args.printf is not None else (),
         strsize=args.strsize,
         drop=args.drop,
+        ring_size=args.ring_size,
         count_only=args.count and args.max_events is None,
     )
 

@@ -102,6 +102,8 @@ def compile_args(args: str, arch: Arch, frame: HitFrame, resolve: argspec.Symbol
                                size=min(spec.size, arch.word_size), disp=strsize))
             steps.append(_string_step(offset, number))
             offset += _slot_size(ops[-1])
+    if offset > layout.RECORD_MAX:
+        raise NotFetchable(f"a record of {offset} bytes is more than a ring's stamp can say ({layout.RECORD_MAX})")
     if len(steps) == len(fields) and all(fields):  # and so no string to copy
         return FetchProgram(tuple(ops), offset, _unpacking([f for f in fields if f is not None]))
     values = _Values()

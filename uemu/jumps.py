@@ -267,7 +267,8 @@ class JumpPath:
         table.install(pid=mm.pid, ring=0, clock=vdso_clock(mm.memory, mm.vmas),
                       thread_pointer=thread_pointer_readable(mm.pid, mm.arch))
         mm.memory.write(table.name_address, RING_NAME)
-        events = ring.create(mm.pid, mm.arch, call, table.name_address, self.ring_size, self.drop)
+        events = ring.create(mm.pid, mm.arch, call, table.name_address, self.ring_size, self.drop,
+                             populate=not self.count_only)
         # journalled once mapped (its address is the kernel's choice): a kill in between leaves it unsaid
         net.journal.note_mapping(events.target_address, PAGE + events.size)
         table.set_ring(events.target_address)

@@ -6,13 +6,14 @@ through /proc/PID/fd/N before that close and mapped here too.  A fork shares it 
 mapping is inherited, the records carry the pid); an exec gets a new one.
 
 Producers (threads at a hit, uemu/runtime/src/runtime.c) reserve a record by a
-compare-and-swap of its header word; uemu is the one consumer: it takes the finished
-records from ``tail`` on, zeroes what it took and moves ``tail`` (layout.RingHeader says
-why zeroes).  Losses are counted by producers (a u32 that wraps; differences are summed
-here) and by the reader (records nobody finished), and reported exactly.
+compare-and-swap of ``head`` and commit it by its stamps; uemu is the one consumer: it
+takes the records whose stamps say they are of this lap, from ``tail`` on, and moves
+``tail``, writing nothing the producers write (layout.RingHeader says how).  Losses are
+counted by producers (a u32 that wraps; differences are summed here) and by the reader
+(records nobody finished), and reported exactly.
 
 Kernel: none of the kernel's uprobes; the shape is that of the BPF ring buffer
-(kernel/bpf/ringbuf.c: a header word with a busy bit, records that never wrap, a
+(kernel/bpf/ringbuf.c: a busy record until it is committed, records that never wrap, a
 consumer position only the consumer moves), made lock-free for producers in several
 processes, and a consumer that sleeps on a futex the first producer after it wakes.
 """
@@ -24,6 +25,7 @@ import ctypes
 import mmap
 import os
 import platform
+import re
 import struct
 import threading
 import time
@@ -36,14 +38,21 @@ from . import errors
 from .runtime import layout
 from .runtime.layout import RingFlags, RingHeader
 
-DEFAULT_SIZE = 4 << 20
-"""Data bytes of a ring: tens of thousands of records."""
+DEFAULT_SIZE = 16 << 20
+"""Data bytes of a ring (``--ring-size``, whose help says this default): a few hundred
+thousand records, CPython's all-probes burst of a small script (146 000 records, 6.5 MB)
+without a wait.  Memory of the target, taken as hits first reach each page (shared with
+uemu, which maps the same pages)."""
+MIN_SIZE = 64 << 10
+"""The largest record a site can have (12 strings of STR_MAX bytes) fits."""
+MAX_SIZE = 1 << 30
+"""Positions are 32-bit and wrap: a ring of at most half their range."""
 TAKE_MAX = 4096
 """Records per take: the reader hands them on in batches."""
 STALL_NS = 1_000_000_000
 """A record left unfinished this long at ``tail``: its thread left the hit midway."""
 MFD_CLOEXEC = 1
-PROT_READ, PROT_WRITE, MAP_SHARED = 1, 2, 1
+PROT_READ, PROT_WRITE, MAP_SHARED, MAP_POPULATE = 1, 2, 1, 0x8000
 FUTEX_WAIT, FUTEX_WAKE = 0, 1
 MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 8, 16
 _MEMBARRIER = {"aarch64": 283, "riscv64": 283}
@@ -53,6 +62,8 @@ InjectedCall = Callable[..., int]
 _HEADER = struct.Struct("<4xIIIQ")
 """A record's header after its length word: id, pid, tid, ts_ns."""
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_BUSY_LAP = layout.STAMP_BUSY >> layout.STAMP_LAP_SHIFT
 _OFF = {name: layout.RING_HEADER.offset(name) for name, _, _ in layout.RING_HEADER.members}
 
 
@@ -200,9 +211,13 @@ class Ring:
         """For a buffer that is a copy (tests: unicorn memory): called after each write."""
         header = self.header()
         if header.magic != layout.RING_MAGIC or header.version != layout.RING_VERSION:
-            raise errors.UemuError("not a uemu event ring")
-        self.size = header.size
+            raise errors.InTargetFailure(f"not a uemu event ring (version {header.version}) at {target_address:#x}")
+        self.data_size = header.size
+        """Bytes of records."""
+        self.size = mapped_size(header.size)
+        """Bytes mapped after the header page: the data and its stamps (what to unmap)."""
         self.data = header.data_off
+        self._stamps = header.data_off + header.size
         self.tail = header.tail
         self._lost_seen = header.lost
         self.lost = 0
@@ -217,9 +232,9 @@ class Ring:
 
     @staticmethod
     def initial(size: int, drop: bool) -> bytes:
-        """A fresh ring's header page."""
-        if size & (size - 1) or size < layout.PAGE:
-            raise ValueError("a ring's size is a power of two of at least a page")
+        """A fresh ring's header page (data and stamps: zeroes)."""
+        if size & (size - 1) or size < 4 * layout.PAGE:
+            raise ValueError("a ring's size is a power of two of at least four pages")
         now = time.monotonic_ns() >> 20
         counters = -(-layout.RING_HEADER.size // 8) * 8
         header = RingHeader(magic=layout.RING_MAGIC, version=layout.RING_VERSION,
@@ -256,31 +271,34 @@ class Ring:
 
     def take(self, final: bool = False) -> list[RawRecord]:
         """The finished records from ``tail`` on, in ring order.  Their bytes stay in
-        ``buffer`` until the next call, which zeroes them and gives their room back.
+        ``buffer`` until the next call, which gives their room back.
         ``final``: uemu is done with this ring; a record nobody finished is skipped."""
         self._give_back()
         self._set_u32("heartbeat", time.monotonic_ns() >> 20)
-        out: list[RawRecord] = []
-        view, data, mask = self.view, self.data, self.size - 1
-        word_at, header_at, append, new = _U32.unpack_from, _HEADER.unpack_from, out.append, tuple.__new__
-        busy_bit, pad_bit, length = layout.RECORD_BUSY, layout.RECORD_PAD, layout.RECORD_LEN
+        view, mask, stamps = self.view, self.data_size - 1, self._stamps
+        stamp_at, length_of, pad_bit = _U16.unpack_from, layout.STAMP_LEN, layout.STAMP_PAD
+        lap_bit, shift = self.data_size, layout.STAMP_LAP_SHIFT
+        offsets: list[int] = []
+        append = offsets.append
         position, head, busy = self.tail, self.head(), False  # later records: the next take
-        while position != head and len(out) < TAKE_MAX:
-            at = data + (position & mask)
-            word = word_at(view, at)[0]
-            if word == 0:
-                break  # its header is written before head moves: seen out of order, later
-            if word & busy_bit:
+        while position != head and len(offsets) < TAKE_MAX:
+            at = position & mask
+            stamp = stamp_at(view, stamps + (at >> 2))[0]
+            if stamp >> shift != (2 if position & lap_bit else 1) or not stamp & length_of:
                 if not final:
                     busy = True
                     break
                 self.unfinished += 1
-            elif not word & pad_bit:
-                append(new(RawRecord, (*header_at(view, at), at)))
-            position = (position + (word & length)) & 0xFFFFFFFF
+                position = self._past_unfinished(position, head, stamp)
+                continue
+            if not stamp & pad_bit:
+                append(self.data + at)
+            position = (position + ((stamp & length_of) << 3)) & 0xFFFFFFFF
         self._note_stall(busy)
         if position != self.tail:
-            host().fence()  # the records' bytes are read after their headers (a system call: not for nothing)
+            host().fence()  # the records' bytes are read after their stamps (a system call: not for nothing)
+        header_at, new = _HEADER.unpack_from, tuple.__new__
+        out = [new(RawRecord, (*header_at(view, at), at)) for at in offsets]
         self._taken = position
         lost = self._u32("lost")
         self.lost += (lost - self._lost_seen) & 0xFFFFFFFF
@@ -288,6 +306,17 @@ class Ring:
         return out
 
     _taken: int | None = None
+
+    def _past_unfinished(self, position: int, head: int, stamp: int) -> int:
+        """Where the next record starts after one a thread left unfinished at ``position``
+        (uemu's last read): a busy stamp says its length; without one (the thread stopped
+        right after it reserved), the next first stamp of this lap, or busy, ends it."""
+        if stamp >> layout.STAMP_LAP_SHIFT == _BUSY_LAP:
+            return (position + ((stamp & layout.STAMP_LEN) << 3)) & 0xFFFFFFFF
+        while True:
+            position = (position + 8) & 0xFFFFFFFF
+            if position == head or position & (self.data_size - 1) == 0 or self._committed(position, busy=True):
+                return position
 
     def head(self) -> int:
         """Where producers reserve next, now."""
@@ -299,21 +328,10 @@ class Ring:
         return (taken - position) & 0xFFFFFFFF < 1 << 31
 
     def _give_back(self) -> None:
-        """Zero what the last ``take`` returned and move ``tail`` past it (zeroes first: a
-        producer reserves a header word only where it finds 0; ``taking`` before them: a
-        producer whose ``head`` went stale finds its 0 below it, layout.RingHeader)."""
+        """Move ``tail`` past what the last ``take`` returned (its records read first)."""
         end = self._taken
         if end is None or end == self.tail:
             return
-        self._set_u32("taking", end)
-        host().fence()  # before the zeroes: a producer that finds one below it looks again
-        mask, data = self.size - 1, self.data
-        start = self.tail & mask
-        length = (end - self.tail) & 0xFFFFFFFF
-        first = min(length, self.size - start)
-        self.view[data + start:data + start + first] = bytes(first)
-        if length > first:
-            self.view[data:data + length - first] = bytes(length - first)
         host().fence()
         self.tail = end & 0xFFFFFFFF
         self._set_u32("tail", self.tail)
@@ -357,10 +375,17 @@ class Ring:
         nothing but ``reader_wait``: a take under way in another thread is safe."""
         self._set_u32("reader_wait", 1)
         host().fence()
-        word = _U32.unpack_from(self.view, self.data + (self.tail & (self.size - 1)))[0]
-        if word == 0 or word & layout.RECORD_BUSY:
+        if not self._committed(self.tail):
             host().futex(self.address() + _OFF["reader_wait"], FUTEX_WAIT, 1, timeout_ns)
         self._set_u32("reader_wait", 0)
+
+    def _committed(self, position: int, busy: bool = False) -> bool:
+        """A record (or padding) of this lap was committed at ``position`` (``busy``: or
+        reserved, and said so)."""
+        stamp: int = _U16.unpack_from(self.view, self._stamps + ((position & (self.data_size - 1)) >> 2))[0]
+        lap = stamp >> layout.STAMP_LAP_SHIFT
+        fresh = lap == (2 if position & self.data_size else 1) or (busy and lap == _BUSY_LAP)
+        return fresh and bool(stamp & layout.STAMP_LEN)
 
     def wake_reader(self) -> None:
         """End the reader's ``sleep`` now, as a producer does (uemu is leaving: its
@@ -383,28 +408,54 @@ class Ring:
             self.fd = -1
 
 
+def parse_size(text: str) -> int:
+    """``--ring-size``'s value: bytes, or a number with K, M or G (powers of 1024)."""
+    match = re.fullmatch(r"([0-9]{1,12})([KMG]?)", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (bytes, or a number with K, M or G)")
+    return checked_size(int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[match[2].upper()], text)
+
+
+def checked_size(size: int, text: str | None = None) -> int:
+    """``size``, a power of two from MIN_SIZE to MAX_SIZE, or ValueError."""
+    if size & (size - 1) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"{text or size!r}: a ring's size is a power of two from 64K to 1G")
+    return size
+
+
+def mapped_size(size: int) -> int:
+    """Bytes after the header page of a ring of ``size`` data bytes: the data, then its
+    stamps (a u16 per 8 bytes)."""
+    return size + size // 4
+
+
 def create(pid: int, arch: Arch, call: InjectedCall, name_address: int, size: int = DEFAULT_SIZE,
-           drop: bool = False) -> Ring:
+           drop: bool = False, populate: bool = True) -> Ring:
     """Create a ring in process ``pid`` (a thread of it stopped, ``call`` injecting its
     system calls; ``name_address``: the memfd's name, written there already) and map it
     in uemu too.  The descriptor uemu made in the target is closed again before this
-    returns; if uemu dies in between, the target keeps one more open file."""
-    total = layout.PAGE + size
+    returns; if uemu dies in between, the target keeps one more open file.
+    ``populate``: every page of it is made and mapped in the target now (MAP_POPULATE,
+    best effort): a hit that is first to write a page would take a page fault, a new
+    shared page zeroed and mapped, which costs more than the rest of the hit; not for a
+    ring that only counts (``--count``: the header page alone is written)."""
+    total = layout.PAGE + mapped_size(size)
     fd = call("memfd_create", name_address, MFD_CLOEXEC)
     if fd < 0:
-        raise errors.UemuError(f"memfd_create in process {pid} failed: {os.strerror(-fd)}")
+        raise errors.InTargetFailure(f"memfd_create in process {pid} failed: {os.strerror(-fd)}")
     own = -1
     try:
         result = call("ftruncate", fd, total)
         if result < 0:
-            raise errors.UemuError(f"ftruncate of the ring in process {pid} failed: {os.strerror(-result)}")
+            raise errors.InTargetFailure(f"ftruncate of the ring in process {pid} failed: {os.strerror(-result)}")
         own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         buffer = mmap.mmap(own, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         buffer[:layout.PAGE] = Ring.initial(size, drop)
-        address = call("mmap", 0, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        flags = MAP_SHARED | (MAP_POPULATE if populate else 0)
+        address = call("mmap", 0, total, PROT_READ | PROT_WRITE, flags, fd, 0)
         if address < 0 or (arch.word_size == 4 and address >= 1 << 32):
             buffer.close()
-            raise errors.UemuError(f"mmap of the ring in process {pid} failed: {os.strerror(-address)}")
+            raise errors.InTargetFailure(f"mmap of the ring in process {pid} failed: {os.strerror(-address)}")
     except BaseException:
         if own >= 0:
             os.close(own)

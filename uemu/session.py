@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 
-from . import errors, inject, jumphits, ptrace, spawn, xol
+from . import errors, inject, jumphits, ptrace, ring, spawn, xol
 from .attach import Attacher
 from .chrome import read_comm
 from .consumers import Handler, Reporter
@@ -64,7 +64,8 @@ class Session:
     (default) lets each site where a jump fits take the jump path; ``strings``
     (argument indexes) are copied at its hits, up to ``strsize`` bytes, for
     ``Event.read_string`` (``--format``'s %s).  ``drop``: a hit finding the ring
-    full is dropped (counted) instead of waiting for room.  ``count_only``: nothing
+    full is dropped (counted) instead of waiting for room; ``ring_size``: its data
+    bytes (``ring.parse_size``'s bounds; by default ``ring.DEFAULT_SIZE``).  ``count_only``: nothing
     but ``counts()`` is wanted (no handler, no events, no max_events): a jumped site
     then counts its hits in the target, without a record each (``--count``).
     """
@@ -82,6 +83,7 @@ class Session:
         strings: Sequence[int] = (),
         strsize: int = 256,
         drop: bool = False,
+        ring_size: int | None = None,
         count_only: bool = False,
     ):
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
@@ -101,6 +103,8 @@ class Session:
                                       count_only=count_only, strings=strings, strsize=strsize, drop=drop,
                                       warn=self.warn, on_error=lambda: self.stop("error"))
             self.jumps = self.modes.jumps = self.jump_hits.path
+            if ring_size is not None:
+                self.jumps.ring_size = ring.checked_size(ring_size)
             self._seize_options |= jumphits.SEIZE_OPTIONS
         self.hits = Hits(self.tracer, self.uprobes, self.reporter, self.modes.on_hit, self.jumps)
         self.tracer.handlers[StopKind.SIGNAL] = self.hits.on_signal

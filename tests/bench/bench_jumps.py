@@ -1,7 +1,7 @@
 """The jump path (issue 12): cost per hit beside the trap path and a kernel uprobe on the
 same site, and the share of real SDT sites that can take a jump.
 
-    python3 tests/bench/bench_jumps.py [ITERATIONS] [--repeat N] [--shares-only]
+    python3 tests/bench/bench_jumps.py [ITERATIONS] [--repeat N] [--shares-only | --per-hit-only]
 
 Per hit: samples/bench's timed loops (the program times itself, so starting and arming
 are not counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset),
@@ -210,13 +210,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("iterations", type=int, nargs="?", default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--shares-only", action="store_true")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--shares-only", action="store_true")
+    only.add_argument("--per-hit-only", action="store_true")
     args = parser.parse_args()
     if not args.shares_only:
         if not BENCH.exists():
             sys.exit(f"build the samples first: make -C {ROOT / 'samples'}")
         per_hit(args.iterations, args.repeat)
-    shares()
+    if not args.per_hit_only:
+        shares()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -293,3 +294,55 @@ def test_events_iterator_yields_the_jump_paths_hits(build, tmp_path) -> None:
     events = list(session.events())
     assert session.jumps is not None and session.jumps.read > 0
     assert per_probe(reported_hits(events)) == per_probe(expected_hits(parse(out.read_text())))
+
+
+def test_a_small_ring_waits_for_the_reader_or_drops_and_counts(build, tmp_path) -> None:
+    """``--ring-size 64K`` under a burst of 20 000 records, seven times the ring: by
+    default each hit that finds it full waits for room and none is lost; under --drop
+    those hits are dropped, and the events written plus the losses said are every hit."""
+    program = str(build.directory / "bench")
+    got = {}
+    for extra in ((), ("--drop",)):
+        out = tmp_path / "out"
+        result = subprocess.run([*UEMU, "run", "--json", "--ring-size", "64K", *extra, "-o", str(out), "bench:nop",
+                                 "--", program, "20000"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lost = re.search(r"uemu: warning: (\d+) hits? of the jump path lost", result.stderr)
+        got[extra] = (len(out.read_text().splitlines()), int(lost[1]) if lost else 0)
+    assert got[()] == (20000, 0)
+    events, lost = got[("--drop",)]
+    assert events + lost == 20000
+    if not lost:
+        pytest.skip("bench:nop kept the trap in this process (its pun target was taken)")
+    assert events >= 65536 // 64, "the ring was filled before hits were dropped"
+
+
+def test_the_ring_is_in_memory_before_the_first_hit(build) -> None:
+    """A recording session's ring is made and mapped in the target when tracing starts
+    (MAP_POPULATE): no hit pays the page fault of a page it is first to write."""
+    seen: list[tuple[int, int]] = []
+
+    def at_hit(event) -> None:
+        if not seen:  # the process is stopped or in its loop: it is there
+            seen.append(_ring_size_and_rss(event.pid))
+
+    session = Session(("basic:*",), ring_size=64 << 10)
+    with tempfile.NamedTemporaryFile("r", prefix="sample-") as out:
+        session.spawn([str(build.directory / "basic"), "1"], env=dict(os.environ, SAMPLE_OUT=out.name))
+        session.run(at_hit)
+    assert session.jumps is not None and session.jumps.read > 0, "the jump path was taken"
+    [(size, rss)] = seen
+    assert size == 4096 + (64 << 10) * 5 // 4 and rss == size
+
+
+def _ring_size_and_rss(pid: int) -> tuple[int, int]:
+    """Size and Rss (bytes) of the ring's mapping in ``pid``, from /proc/PID/smaps."""
+    fields: dict[str, int] = {}
+    inside = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        words = line.split()
+        if not words[0].endswith(":"):
+            inside = "/memfd:uemu-ring" in line
+        elif inside and words[0] in ("Size:", "Rss:"):
+            fields[words[0]] = int(words[1]) * 1024
+    return fields["Size:"], fields["Rss:"]

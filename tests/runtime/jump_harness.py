@@ -24,7 +24,7 @@ from uemu import argspec
 from uemu.arch.jump import NoJump, SiteJump
 from uemu.fetch import FetchProgram, compile_args
 from uemu.jumptable import JumpTable
-from uemu.ring import RawRecord, Ring
+from uemu.ring import RawRecord, Ring, mapped_size
 from uemu.runtime import layout
 
 RING = 0xA00000
@@ -74,9 +74,9 @@ class JumpMachine:
         self.cpu = self.m.cpu
         self.kernel = self.m.kernel
         self.jumps = self.arch.jumps
-        self.uc.mem_map(RING, PAGE + RING_SIZE, UC_PROT_READ | UC_PROT_WRITE)
+        self.uc.mem_map(RING, PAGE + mapped_size(RING_SIZE), UC_PROT_READ | UC_PROT_WRITE)
         self.uc.mem_write(RING, Ring.initial(RING_SIZE, drop))
-        self.buffer = bytearray(PAGE + RING_SIZE)
+        self.buffer = bytearray(PAGE + mapped_size(RING_SIZE))
         self._refresh()
         self.ring = Ring(self.buffer, RING, sync=self._push)
         self.table = JumpTable(self.arch, self.m.base, self.m.memory, SMALL)

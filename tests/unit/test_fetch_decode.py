@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uemu import argspec
 from uemu.arch import by_name
-from uemu.fetch import compile_args
+from uemu.fetch import NotFetchable, compile_args
 from uemu.runtime import layout
 from uemu.runtime.layout import FetchKind
 
@@ -89,3 +90,18 @@ def check(arch_name: str, args: str, data: st.DataObject) -> None:
 @given(st.sampled_from(sorted(REGISTERS)).flatmap(lambda a: st.tuples(st.just(a), spec_strings(a))), st.data())
 def test_a_record_decodes_to_what_the_readers_give(arch_args: tuple[str, str], data: st.DataObject) -> None:
     check(*arch_args, data)
+
+
+def test_a_record_longer_than_a_stamp_can_say_keeps_the_trap() -> None:
+    """A ring's stamp says a record's length in 13 bits of 8 bytes: a site whose strings
+    would make a longer record keeps the trap (the runtime would record nothing)."""
+    arch = by_name("x86_64")
+    for count, fits in ((12, True), (16, False)):
+        args = " ".join(["8@%rdi"] * count)
+        strings = tuple(range(count))
+        if fits:
+            program = compile_args(args, arch, arch.jumps.frame, None, True, strings, layout.STR_MAX)
+            assert program.record_size <= layout.RECORD_MAX
+        else:
+            with pytest.raises(NotFetchable, match="stamp"):
+                compile_args(args, arch, arch.jumps.frame, None, True, strings, layout.STR_MAX)

@@ -11,12 +11,11 @@ import time
 import pytest
 
 from uemu.events import Event
-from uemu.ring import Ring
+from uemu.ring import MIN_SIZE, Ring, mapped_size
 from uemu.ringfeed import FLUSH_EVERY, RingFeed
 from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
-PAGE = 4096
 CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
 
 
@@ -124,8 +123,8 @@ def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> No
 def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
     """Leaving wakes the reader thread asleep on a real ring's futex (its poll is
     100 ms): the sleep ends because of the wake, not its timeout (an hour here)."""
-    buffer = mmap.mmap(-1, layout.PAGE + PAGE)
-    buffer[:layout.PAGE] = Ring.initial(PAGE, drop=False)
+    buffer = mmap.mmap(-1, layout.PAGE + mapped_size(MIN_SIZE))
+    buffer[:layout.PAGE] = Ring.initial(MIN_SIZE, drop=False)
     events = Ring(buffer, 0)
     woken: list[bool] = []
     asleep = threading.Event()

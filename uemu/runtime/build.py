@@ -115,7 +115,7 @@ def c_header(arch: Arch) -> str:
         *_defines("RING_FLAG_", layout.RingFlags),
         *(f"#define {name} {getattr(layout, name):#x}u" for name in (
             "REG_NONE", "REG_SP", "REG_IP", "STR_UNREADABLE", "STR_MAX", "TP_PROBES", "TP_SHARED",
-            "RECORD_BUSY", "RECORD_PAD", "RECORD_LEN")),
+            "STAMP_LEN", "STAMP_PAD", "STAMP_LAP_SHIFT", "STAMP_BUSY")),
         "",
         *(record.c_definition() + "\n" for record in layout.RECORDS),
         f"/* {arch.name} */",

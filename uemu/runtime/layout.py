@@ -319,7 +319,7 @@ class InjectHeader:
 JUMPS_MAGIC = b"UEMUJMP1"
 JUMPS_VERSION = 2
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 4
+RING_VERSION = 5
 
 
 class JumpsState(enum.IntEnum):
@@ -470,17 +470,26 @@ class RingFlags(enum.IntFlag):
 
 @dataclass
 class RingHeader:
-    """The start of the ring's memfd; data follows at ``data_off``.  Producers (threads at
-    a hit, in every process sharing the ring) reserve by compare-and-swap of a record's
-    header word at ``head`` (a 32-bit position, wrapping; a helper advances ``head`` past a
-    header found there); the consumer (uemu) says how far it gives back (``taking``),
-    zeroes what it read, then moves ``tail``."""
+    """The start of the ring's memfd: this page, the data (``size`` bytes at ``data_off``),
+    then a u16 stamp per 8 bytes of data (``STAMP_*``).  Producers (threads at a hit, in
+    every process sharing the ring) reserve by one compare-and-swap of ``head`` (a 32-bit
+    position, wrapping), write the record, then stamp every 8 bytes of it with the lap of
+    its position, its first stamp last (with its length): the commit.  The consumer (uemu)
+    takes records from ``tail`` while their first stamp is of this lap, and writes nothing
+    but ``tail`` (and its own words: heartbeat, stalled, reader_wait): the data and the
+    stamps producers write next are never written by another CPU.  A stale stamp is always
+    of the lap before (every 8 bytes are stamped each lap, padding too) or 0 (never
+    written), so it never reads as fresh; the data holds whatever earlier laps left.
+
+    Kernel: kernel/bpf/ringbuf.c writes a BUSY header before it moves the producer
+    position under a spinlock; here the stamps, kept apart from the data so that no
+    argument value can look like one, let the reservation be a bare compare-and-swap."""
 
     magic: bytes = raw(8)
     version: int = u32()
     flags: int = u32()
     size: int = u32()
-    """Bytes of data, a power of two."""
+    """Bytes of data, a power of two; the stamps follow the data."""
     data_off: int = u32()
     lost: int = u32()
     """Events dropped (full ring under DROP, a re-entrant hit finding it full, uemu gone or
@@ -506,29 +515,34 @@ class RingHeader:
     head: int = u32()
     pad_head: bytes = pad(60)
     tail: int = u32()
+    """Written by the reader alone, after it is done with the records below it."""
     tail_seq: int = u32()
     """Bumped by the reader at each move of ``tail``: the futex producers wait on."""
     waiters: int = u32()
-    taking: int = u32()
-    """Where the reader's give-back ends, set before it zeroes what it took: a producer
-    that reserved a zeroed word below it reserved behind ``tail`` (its ``head`` was
-    read before the reader took the record there) and must look again."""
-    pad_tail: bytes = pad(48)
+    pad_tail: bytes = pad(52)
     reader_wait: int = u32()
     """Set by the reader before it sleeps on this futex; the producer that clears it wakes it."""
     pad_reader: bytes = pad(60)
 
 
-RECORD_BUSY = 1 << 31
-RECORD_PAD = 1 << 30
-RECORD_LEN = RECORD_PAD - 1
+STAMP_LEN = 0x1FFF
+"""A record's first stamp: its length in 8-byte units (0 in the others)."""
+STAMP_PAD = 1 << 13
+"""Filler up to the end of the data, no record (records never wrap)."""
+STAMP_LAP_SHIFT = 14
+"""Bits 14-15: 1 + the parity of the position's lap (position // size): 0 is never written."""
+STAMP_BUSY = 3 << STAMP_LAP_SHIFT
+"""A first stamp while its record is being written (with its length): a thread that
+never finishes it leaves a record the last read can skip and count.  Never stale: the
+reader passes a busy record only on its last read."""
+RECORD_MAX = STAMP_LEN * 8
+"""The longest record a stamp can say."""
 
 
 @dataclass
 class RecordHeader:
     len: int = u32()
-    """Bytes of the record, with RECORD_BUSY while it is being written; RECORD_PAD: filler
-    up to the end of the data, no record."""
+    """Bytes of the record (its stamp says it too: the reader goes by the stamp)."""
     id: int = u32()
     pid: int = u32()
     tid: int = u32()

@@ -811,35 +811,42 @@ static int wait_for_room(struct table_header *t, struct ring_header *r, uint32_t
     return 1;
 }
 
-/*
- * Room for ``len`` bytes at ``head``, taken by a compare-and-swap of the header word
- * there from 0 to len|BUSY: the header is the reservation, so a record always says its
- * length even when its thread never finishes it.  ``head`` is only a hint, moved past a
- * header by whoever sees it first.  The reader zeroes everything it read before moving
- * ``tail``, so every word between ``head`` and ``tail + size`` is 0 until reserved.  A
- * record never wraps: the end of the data is filled with a PAD record first.
- * A 0 is also what the reader leaves where it took a record: a head read before that is
- * stale, which ``taking`` (set before the zeroes) tells after the compare-and-swap.
- */
-/* ``head`` lies below where the reader is giving back: read before the reader took the
- * record there, it is stale. */
-static int behind_reader(struct ring_header *r, uint32_t head)
+/* The stamps of the record at ``pos``, ``len`` bytes: every 8 bytes but the first get the
+ * lap, then the first gets the lap, ``flags`` and the length, released after the record's
+ * bytes and the other stamps (layout.RingHeader: a stale stamp is of the lap before).
+ * Between reserve() and this, the first stamp says BUSY with the length. */
+static uint16_t *stamp_of(struct ring_header *r, uint32_t pos)
 {
-    return (int32_t)(head - load(&r->taking)) < 0;
+    return (uint16_t *)((uint8_t *)r + r->data_off + r->size) + ((pos & (r->size - 1)) >> 3);
 }
 
-static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t len, int nested)
+static void commit(struct ring_header *r, uint32_t pos, uint32_t len, uint32_t flags)
 {
-    uint8_t *data = (uint8_t *)r + r->data_off;
+    uint32_t n = len >> 3, i;
+    uint16_t *stamps = stamp_of(r, pos);
+    uint16_t lap = (uint16_t)((pos & r->size ? 2 : 1) << STAMP_LAP_SHIFT); /* size: a power of two */
+
+    for (i = 1; i < n; i++)
+        __atomic_store_n(&stamps[i], lap, __ATOMIC_RELAXED);
+    __atomic_store_n(&stamps[0], (uint16_t)(lap | flags | n), __ATOMIC_RELEASE);
+}
+
+/*
+ * Room for ``len`` bytes: one compare-and-swap of ``head`` takes [head, head + len), as
+ * long as that stays within ``size`` bytes of ``tail`` (head is read first: a tail read
+ * after it is as new or newer).  A record never wraps: the end of the data is taken as
+ * a PAD first.  1 and the record's position in ``*pos``; 0: dropped, counted.
+ */
+static int reserve(struct table_header *t, struct ring_header *r, uint32_t len, int nested, uint32_t *pos)
+{
     uint32_t size = r->size;
 
     for (;;) {
         uint32_t head = load(&r->head), tail = load(&r->tail);
-        uint32_t used = head - tail, off = head & (size - 1), need = len, found;
-        uint32_t *word = (uint32_t *)(data + off);
+        uint32_t used = head - tail, off = head & (size - 1), need = len;
 
-        if ((int32_t)used < 0 || used > size || behind_reader(r, head))
-            continue; /* head read before others moved it past a tail read after */
+        if ((int32_t)used < 0 || used > size)
+            continue; /* head read before the reader moved tail past it */
         if (off + len > size)
             need = size - off;
         if (used + need > size) {
@@ -847,27 +854,14 @@ static uint32_t *reserve(struct table_header *t, struct ring_header *r, uint32_t
                 return 0;
             continue;
         }
-        found = load(word);
-        if (found) { /* reserved by another thread that has not moved head yet */
-            cas(&r->head, head, head + (found & RECORD_LEN));
+        if (cas(&r->head, head, head + need) != head)
             continue;
+        if (need == len) {
+            __atomic_store_n(stamp_of(r, head), (uint16_t)(STAMP_BUSY | len >> 3), __ATOMIC_RELAXED);
+            *pos = head;
+            return 1;
         }
-        if (need != len) {
-            if (cas(word, 0, need | RECORD_PAD) == 0)
-                cas(&r->head, head, head + need);
-            continue;
-        }
-        if (cas(word, 0, len | RECORD_BUSY) == 0) {
-            if (behind_reader(r, head)) {
-                /* Behind tail: the reader took and zeroed a record here after this thread
-                 * read head.  A PAD keeps the word consistent should a later lap ever
-                 * meet it as a header (nothing else of this record was written). */
-                store(word, len | RECORD_PAD);
-                continue;
-            }
-            cas(&r->head, head, head + len);
-            return word;
-        }
+        commit(r, head, need, STAMP_PAD);
     }
 }
 
@@ -1042,8 +1036,9 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     struct ring_header *r;
     struct record_header *rec;
     struct tp_slot *slot;
-    uint32_t *word, tid, depth = 0, id, len;
+    uint32_t pos = 0, tid, depth = 0, id, len;
     uint64_t now;
+    int reserved;
 
     if (load(&t->state) != STATE_ARMED || index >= j->jump_sites_cap || !j->ring)
         return;
@@ -1060,7 +1055,7 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     }
     id = s->id;
     len = s->record;
-    if (s->state != JUMP_SITE_ON || len < sizeof *rec)
+    if (s->state != JUMP_SITE_ON || len < sizeof *rec || len > STAMP_LEN * 8 || len & 7)
         return;
     now = now_ns(j);
     if (uemu_gone(t, r, now, 1))
@@ -1072,20 +1067,21 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     } else {
         tid = (uint32_t)sys0(SYS_gettid);
     }
-    word = reserve(t, r, len, depth > 0);
-    if (word && __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == JUMP_SITE_ON && s->id == id) {
-        rec = (struct record_header *)word;
+    reserved = reserve(t, r, len, depth > 0, &pos);
+    if (reserved && __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == JUMP_SITE_ON && s->id == id) {
+        rec = (struct record_header *)((uint8_t *)r + r->data_off + (pos & (r->size - 1)));
+        rec->len = len;
         rec->id = id;
         rec->pid = j->pid;
         rec->tid = tid;
         rec->ts_ns = now;
         fetch(j, s, frame, (uint8_t *)rec);
-        store(word, len); /* BUSY cleared: the reader may take it */
-    } else if (word) { /* uemu took the site away while this thread waited: nothing to fetch */
+        commit(r, pos, len, 0); /* the reader may take it */
+    } else if (reserved) { /* uemu took the site away while this thread waited: nothing to fetch */
         add(&r->lost, 1);
-        store(word, len | RECORD_PAD);
+        commit(r, pos, len, STAMP_PAD);
     }
-    if (word && load(&r->reader_wait) && __atomic_exchange_n(&r->reader_wait, 0, __ATOMIC_ACQ_REL))
+    if (reserved && load(&r->reader_wait) && __atomic_exchange_n(&r->reader_wait, 0, __ATOMIC_ACQ_REL))
         futex(&r->reader_wait, FUTEX_WAKE, 1, 0);
     if (slot)
         leave(slot, depth);
