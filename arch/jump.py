@@ -106,11 +106,23 @@ class JumpBackend(Protocol):
         the site's ``index``), the displaced instruction, the jump back.  None when the
         displaced instruction cannot jump back from there (out of reach)."""
 
+    def way_back(self, site: SiteJump, address: int) -> int:
+        """Where the trampoline for ``site`` at ``address`` has its jump back to the
+        program (to ``site.resume``): the last instruction a thread runs in it.  uemu
+        puts a trap there at leaving to stop a thread that is still inside."""
+
 
 def displaced_code(plan: StepOutOfLine, setup: XolSetup) -> bytes | None:
     """A backend's slot code for ``plan`` when it ends in its own jump back (the one-stop
     "jump" slots of the trap path), else None."""
     return setup.code if setup.ends is StepEnd.JUMP else None
+
+
+def way_back_in(site: SiteJump, body_at: int, body: bytes, jump_size: int) -> int:
+    """The jump back of a trampoline whose ``body`` starts at ``body_at``: the body itself
+    for a nop (one jump, of whatever form), else its last ``jump_size`` bytes (the
+    displaced instruction's slot code ends in the jump back)."""
+    return body_at if site.displaced is None else body_at + len(body) - jump_size
 
 
 def signed_fits(value: int, bits: int) -> bool:

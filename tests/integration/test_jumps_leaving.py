@@ -1,0 +1,106 @@
+"""Leaving while threads are inside jumped hits (issue 12): each is moved out to the
+program's own code with its hit recorded, no hit is said lost, the program's own count
+of its passes equals uemu's, its text is its files' again, and the area, landing pages
+and ring are gone from its maps.
+
+samples/leaving: workers pass ``leaving:pass`` in a hot loop while its semaphore is
+raised; on x86 the probe is the loop's own ``cmpw $0, semaphore``, so a worker's count
+is exact wherever uemu's leaving finds it.  Through a Session whose handler is slower
+than the workers the ring fills and they wait for room inside their hits; through the
+CLI with ``-c`` they count in the target and are caught anywhere in a trampoline or the
+runtime."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from residue import anonymous_code, text_differences
+from test_jumps_session import skip_without_jumps
+from tracee import Tracee, attach_cli, stop_cli, tracer_pid, wait_until
+
+from uemu import sdt
+from uemu.session import Session
+
+RUNS = 3
+THREADS = 6
+
+
+@pytest.fixture
+def build(jump_build):
+    skip_without_jumps(jump_build)
+    if sdt.open_elf(str(jump_build.directory / "leaving")).arch_name not in ("x86_64", "i386"):
+        pytest.skip("samples/leaving counts exactly only on x86 (its probe is the loop's cmp)")
+    return jump_build
+
+
+def _left_clean(pid: int) -> None:
+    """No tracer, no mapping of uemu's (area, ring, landing pages), every text its file's."""
+    assert tracer_pid(pid) == 0
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "uemu" not in maps, maps
+    assert anonymous_code(pid) == [], "a landing page is left"
+    assert text_differences(pid) == []
+
+
+def _passes(tracee: Tracee) -> dict[int, int]:
+    """Worker -> its passes, as it says once uemu has gone."""
+    tracee.wait_sync("done")
+    return {line.tid: int(line.values[0]) for line in tracee.lines() if line.kind == "hits"}
+
+
+def _traced(pid: int) -> tuple[Session, list[str], dict[int, list[int]]]:
+    """A session's 0.3 s on ``pid``: the warnings, each thread's hits (their arguments)."""
+    warnings: list[str] = []
+    hits: dict[int, list[int]] = defaultdict(list)
+    session = Session(["leaving:pass"], warn=warnings.append)
+    session.attach(pid)
+    session.run(lambda event: hits[event.tid].append(int(event.args[0])), duration=0.3)
+    assert session.jumps is not None and session.jumps.read > 0, "the jump path was taken"
+    return session, warnings, hits
+
+
+def test_threads_waiting_for_room_at_leaving_are_moved_out(build) -> None:
+    """A handler slower than the workers: the ring fills and they wait for room inside
+    their hits when the session ends; each comes out with its hit, in order."""
+    moved = 0
+    for _ in range(RUNS):
+        with Tracee([build.directory / "leaving", str(THREADS)]) as tracee:
+            tracee.wait_sync("started")
+            tracee.release()
+            session, warnings, hits = _traced(tracee.pid)
+            assert session.jump_hits is not None
+            moved += session.jump_hits.moved
+            assert warnings == []
+            passes = _passes(tracee)
+            _left_clean(tracee.pid)
+            assert len(passes) == THREADS
+            assert {tid: len(args) for tid, args in hits.items()} == passes
+            for tid, args in hits.items():
+                assert args == list(range(passes[tid])), f"thread {tid}: a hit missing or out of order"
+            tracee.run_out()
+    assert moved > 0, "no thread was inside a hit at leaving: the test proved nothing"
+
+
+def test_counting_threads_caught_anywhere_in_a_hit_at_sigint(build, tmp_path) -> None:
+    """``uemu attach -c`` stopped by SIGINT while the workers count in the target."""
+    for run in range(RUNS):
+        with Tracee([build.directory / "leaving", str(THREADS)]) as tracee:
+            tracee.wait_sync("started")
+            tracee.release()
+            out = tmp_path / f"counts{run}"
+            cli = attach_cli(str(tracee.pid), "leaving:pass", "-c", "-o", str(out))
+            wait_until(lambda: Path(f"/proc/{tracee.pid}/maps").read_text().count("uemu-ring") > 0,
+                       what="the ring")
+            time.sleep(0.2)  # the workers pass the probe meanwhile
+            code, _, err = stop_cli(cli, signal.SIGINT)
+            assert code == 0 and err == "", err
+            passes = _passes(tracee)
+            _left_clean(tracee.pid)
+            assert len(passes) == THREADS
+            counted = dict(line.split() for line in out.read_text().splitlines())
+            assert int(counted["leaving:pass"]) == sum(passes.values())
+            tracee.run_out()
