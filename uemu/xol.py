@@ -338,10 +338,15 @@ def give_back_held(task: Task) -> int:
     sig, info = task.held.pop(0)
     with suppress(OSError):  # not in a signal-delivery stop: the kernel makes its own siginfo
         ptrace.set_signal_info(task.tid, info)
+    raise_held(task)
+    return sig
+
+
+def raise_held(task: Task) -> None:
+    """Send the held signals again (tgkill: the kernel gives them a siginfo of its own)."""
     for other, _ in task.held:
         _tgkill(task.pid, task.tid, other)
     task.held.clear()
-    return sig
 
 
 _FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP})
