@@ -16,12 +16,16 @@
  *   leaving [T]   (default 4)
  *
  * Lines: `sync started` once every worker waits; `hits PID TID leaving:pass N`
- * per worker after the tracer left; `sync done` once all have said it.
+ * per worker after the tracer left; `sync done` once all have said it; at the
+ * end `signal PID TID rtmin N CHANGED`: SIGRTMIN handled N times (a tester may
+ * send some while a tracer leaves), CHANGED of them with a siginfo that does not
+ * say kill(2) (SI_USER), as one a tracer held and sent again by tgkill.
  */
 #define _SDT_HAS_SEMAPHORES 1
 #include "sample.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -29,6 +33,16 @@
 SAMPLE_SEMAPHORE(leaving, pass);
 
 static pthread_barrier_t all_waiting;
+static volatile long rtmin_handled, rtmin_changed;
+
+static void on_rtmin(int sig, siginfo_t *info, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	__atomic_add_fetch(&rtmin_handled, 1, __ATOMIC_RELAXED);
+	if (info->si_code != SI_USER)
+		__atomic_add_fetch(&rtmin_changed, 1, __ATOMIC_RELAXED);
+}
 
 #if defined(__x86_64__) || defined(__i386__)
 #if defined(__x86_64__)
@@ -106,8 +120,9 @@ int main(int argc, char **argv)
 {
 	long count = sample_count_arg(argc, argv, 1, 4);
 	pthread_t *workers = calloc((size_t)count, sizeof(*workers));
+	struct sigaction action = { .sa_sigaction = on_rtmin, .sa_flags = SA_SIGINFO | SA_RESTART };
 
-	if (workers == NULL || pthread_barrier_init(&all_waiting, NULL, (unsigned)count + 1) != 0) {
+	if (sigaction(SIGRTMIN, &action, NULL) != 0 || workers == NULL || pthread_barrier_init(&all_waiting, NULL, (unsigned)count + 1) != 0) {
 		perror("leaving");
 		return 1;
 	}
@@ -122,6 +137,7 @@ int main(int argc, char **argv)
 	for (long i = 0; i < count; i++)
 		pthread_join(workers[i], NULL);
 	sample_sync("done");
+	SAMPLE_LINE("signal", "rtmin", SIGNED(rtmin_handled, 8), SIGNED(rtmin_changed, 8));
 	free(workers);
 	return 0;
 }

@@ -12,7 +12,9 @@ runtime."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,13 +54,13 @@ def _passes(tracee: Tracee) -> dict[int, int]:
     return {line.tid: int(line.values[0]) for line in tracee.lines() if line.kind == "hits"}
 
 
-def _traced(pid: int) -> tuple[Session, list[str], dict[int, list[int]]]:
-    """A session's 0.3 s on ``pid``: the warnings, each thread's hits (their arguments)."""
+def _traced(pid: int, duration: float = 0.3) -> tuple[Session, list[str], dict[int, list[int]]]:
+    """A session's ``duration`` on ``pid``: the warnings, each thread's hits (their arguments)."""
     warnings: list[str] = []
     hits: dict[int, list[int]] = defaultdict(list)
     session = Session(["leaving:pass"], warn=warnings.append)
     session.attach(pid)
-    session.run(lambda event: hits[event.tid].append(int(event.args[0])), duration=0.3)
+    session.run(lambda event: hits[event.tid].append(int(event.args[0])), duration=duration)
     assert session.jumps is not None and session.jumps.read > 0, "the jump path was taken"
     return session, warnings, hits
 
@@ -104,3 +106,46 @@ def test_counting_threads_caught_anywhere_in_a_hit_at_sigint(build, tmp_path) ->
             counted = dict(line.split() for line in out.read_text().splitlines())
             assert int(counted["leaving:pass"]) == sum(passes.values())
             tracee.run_out()
+
+
+def test_signals_sent_while_leaving_are_all_handled(build) -> None:
+    """SIGRTMIN (queued, never merged) sent every half millisecond from shortly before
+    the session ends until it is gone: whatever reaches a thread being moved out of a
+    hit, or parked, is held and given back at detach; the program handles every one.
+    (Their siginfo is not compared: a second signal held for one thread goes back by
+    tgkill, which the kernel stamps SI_TKILL.)"""
+    with Tracee([build.directory / "leaving", str(THREADS)]) as tracee:
+        tracee.wait_sync("started")
+        tracee.release()
+        sent = 0
+        sending, done = threading.Event(), threading.Event()
+
+        def send() -> None:
+            nonlocal sent
+            sending.wait()
+            while not done.is_set():
+                try:
+                    os.kill(tracee.pid, signal.SIGRTMIN)
+                    sent += 1
+                except OSError:  # EAGAIN: the queue is full while the program is stopped
+                    pass
+                time.sleep(0.0005)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        timer = threading.Timer(0.4, sending.set)
+        timer.start()
+        try:
+            session, warnings, hits = _traced(tracee.pid, duration=0.5)
+        finally:
+            sending.set()
+            done.set()
+            sender.join()
+        assert warnings == []
+        assert session.jump_hits is not None and session.jump_hits.moved > 0
+        passes = _passes(tracee)
+        _left_clean(tracee.pid)
+        assert {tid: len(args) for tid, args in hits.items()} == passes
+        tracee.run_out()
+        [line] = [line for line in tracee.lines() if line.kind == "signal"]
+        assert sent > 0 and int(line.values[0]) == sent, "signals handled"
