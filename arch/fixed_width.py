@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from .base import Effects, Emulate, Finish, MappingSyscall, Plan, Refuse, Regs, StepOutOfLine, frozen_map
-from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits, way_back_in
+from .jump import (
+    HitFrame,
+    JumpForm,
+    NoJump,
+    SiteJump,
+    ThreadPointer,
+    displaced_code,
+    signed_fits,
+    way_back_in,
+)
 
 if TYPE_CHECKING:
     import capstone
@@ -115,11 +124,11 @@ class FixedWidthJumps:
     """
 
     frame: HitFrame
+    thread_pointer: ThreadPointer
     reach_bits: int
     """Bits of the jump's signed byte offset."""
     nop: bytes
     tramp_size = 96
-    max_site_bytes = 4
     user_top: int
     trap_first = False
 

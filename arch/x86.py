@@ -28,7 +28,17 @@ from .base import (
     XolSetup,
     frozen_map,
 )
-from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits, way_back_in
+from .jump import (
+    HitFrame,
+    JumpForm,
+    NoJump,
+    SiteJump,
+    ThreadPointer,
+    ThreadPointerSource,
+    displaced_code,
+    signed_fits,
+    way_back_in,
+)
 
 if TYPE_CHECKING:
     import capstone
@@ -715,6 +725,10 @@ HIT_FRAME_32 = HitFrame(slots=("edi", "esi", "ebp", "", "ebx", "edx", "ecx", "ea
 """pushfl and pushal (whose esp word is its own), the return address and the index."""
 
 
+_FS_BASE = ThreadPointer(ThreadPointerSource.REGISTER, "fs_base", hwcap2=2)  # HWCAP2_FSGSBASE: rdfsbase
+_GS_ENTRY = ThreadPointer(ThreadPointerSource.TLS_ENTRY, "gs")
+"""glibc's TCB is the base of the %gs descriptor (it also holds it at %gs:0)."""
+
 _X86_64_BACKEND = X86Backend(mode64=True)
 _I386_BACKEND = X86Backend(mode64=False)
 
@@ -723,7 +737,6 @@ class X86Jumps:
     """Jumps over x86 sites: ``jmp rel32`` where 5 bytes of one instruction (or the nop
     after an SDT nop) can take it, instruction punning over shorter ones."""
 
-    max_site_bytes = 16
     trap_first = True
 
     def __init__(self, backend: X86Backend):
@@ -732,6 +745,7 @@ class X86Jumps:
         self.user_top = 0x7FFF_FFFF_F000 if self.mode64 else 0xFFFF_E000
         """47-bit x86_64; a 32-bit task on a 64-bit kernel."""
         self.frame = HIT_FRAME_64 if self.mode64 else HIT_FRAME_32
+        self.thread_pointer = _FS_BASE if self.mode64 else _GS_ENTRY
         self.tramp_size = 96 if self.mode64 else 48
         self.head_size = 24 if self.mode64 else 14
         """Bytes before a trampoline's body: the red zone step, the push, the call, the lea."""

@@ -55,11 +55,9 @@ puts one there itself (``plan`` refuses sites whose neighbours it writes).
 
 from __future__ import annotations
 
-import ctypes
 import io
 import itertools
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -72,7 +70,7 @@ from elftools.elf.sections import SymbolTableSection
 from uemu import arch as arches
 from uemu.arch import Arch
 from uemu.arch.base import Plan
-from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
+from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump, ThreadPointerSource
 
 from . import argspec, errors, ptrace, ring, sdt
 from .chrome import read_comm
@@ -917,7 +915,6 @@ def _mmap_min_addr() -> int:
 
 _VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
 AT_HWCAP2 = 26
-HWCAP2_FSGSBASE = 2
 
 
 def in_vdso(mm: Mm, address: int) -> bool:
@@ -954,56 +951,35 @@ def start_brk(pid: int) -> int | None:
 
 
 def thread_pointer_readable(pid: int, arch: Arch) -> bool:
-    """Whether the runtime can read the thread pointer without a fault: x86_64 needs
-    rdfsbase (the kernel says so in AT_HWCAP2); the others read a register."""
-    if arch.name != "x86_64":
+    """Whether the runtime can read the thread pointer without a fault: where the arch
+    names an AT_HWCAP2 bit for it (x86_64's rdfsbase), the kernel must have set it."""
+    assert arch.jumps is not None, "only an arch with a jump path has a runtime reading it"
+    bit = arch.jumps.thread_pointer.hwcap2
+    if not bit:
         return True
     try:
         with open(f"/proc/{pid}/auxv", "rb") as stream:
             auxv = stream.read()
     except OSError:
         return False
-    for key, value in struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]):
-        if key == AT_HWCAP2:
-            return bool(value & HWCAP2_FSGSBASE)
-    return False
-
-
-# ---- a thread's thread pointer (ptrace glue) -------------------------------------------------
-
-PTRACE_GETREGSET, PTRACE_GET_THREAD_AREA, NT_ARM_TLS = 0x4204, 25, 0x401
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
-_libc.ptrace.restype = ctypes.c_long
-
-
-class _UserDesc(ctypes.Structure):
-    _fields_ = [("entry_number", ctypes.c_uint), ("base_addr", ctypes.c_uint), ("limit", ctypes.c_uint),
-                ("flags", ctypes.c_uint)]
+    width = arch.word_size
+    words = [int.from_bytes(auxv[at:at + width], arch.byte_order) for at in range(0, len(auxv) - width + 1, width)]
+    return any(key == AT_HWCAP2 and value & bit for key, value in zip(words[::2], words[1::2], strict=False))
 
 
 def thread_pointer(arch: Arch, tid: int, regs: ptrace.Regset) -> int:
-    """The thread pointer of a stopped thread, as the runtime reads it at a hit (x86_64
-    the fs base; i386 the base of the %gs descriptor, which glibc's TCB also holds at
-    %gs:0; aarch64 tpidr_el0; riscv64 tp); 0 when it has none yet."""
-    if arch.name == "x86_64":
-        return regs["fs_base"]
-    if arch.name == "riscv64":
-        return regs["tp"]
-    if arch.name == "aarch64":
-        value = ctypes.c_uint64()
-        iov = (ctypes.c_void_p * 2)(ctypes.addressof(value), 8)
-        if _libc.ptrace(PTRACE_GETREGSET, tid, NT_ARM_TLS, ctypes.addressof(iov)) < 0:
-            return 0
-        return value.value
-    if arch.name == "i386":
-        selector = regs["gs"]
-        if not selector & 0xFFFC:
-            return 0
-        desc = _UserDesc()
-        if _libc.ptrace(PTRACE_GET_THREAD_AREA, tid, selector >> 3, ctypes.addressof(desc)) < 0:
-            return 0
-        return int(desc.base_addr)
-    raise errors.UnsupportedArch(arch.name, what="no jump path for it")
+    """The thread pointer of a stopped thread, as the runtime reads it at a hit (where the
+    arch says it is: ``ThreadPointer``); 0 when it has none yet or cannot be read."""
+    assert arch.jumps is not None, "only an arch with a jump path has a runtime reading it"
+    where = arch.jumps.thread_pointer
+    try:
+        if where.source is ThreadPointerSource.REGISTER:
+            return regs[where.register]
+        if where.source is ThreadPointerSource.REGSET:
+            return int.from_bytes(ptrace.regset_bytes(tid, where.note, arch.word_size), arch.byte_order)
+        selector = regs[where.register]
+        return ptrace.tls_entry_base(tid, selector >> 3) if selector & 0xFFFC else 0
+    except (OSError, errors.UemuError):
+        return 0  # running, or gone
 
 
