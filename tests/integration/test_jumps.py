@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ from jumptrace import JumpTrace
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import Line, counts, expected_hits, per_probe, reported_hits, run_untraced
 from test_jumps_session import skip_without_jumps
-from test_net import SI_TKILL, Orphan, facts
+from test_net import SI_TKILL, Orphan, facts, forked_tracer
 from tracee import Tracee, differences, file_memory, process_state, wait_until
 
 from uemu import sdt
@@ -177,21 +176,8 @@ def test_a_program_outlives_its_tracer_with_jump_sites_armed(build, leaving: boo
     orphan = Orphan(program, "handler", "2", "400000")
     try:
         before = file_memory(orphan.pid, writable=False)
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(read_end)
-                _trace_and_wait(orphan.pid, write_end, leaving)
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        with os.fdopen(read_end) as lines:
-            ready, _, _ = select.select([lines], [], [], 30)
-            assert ready, "the tracer hangs"
-            jumped = lines.readline().split()
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        with forked_tracer(lambda report: _trace_and_wait(orphan.pid, report, leaving), timeout=30) as (_, line):
+            jumped = line().split()
         if "orphan:tick" not in jumped:
             pytest.skip("orphan:tick keeps the trap in this process")
         orphan.go()

@@ -155,35 +155,42 @@ def _arm(pid: int, mode: str, report: int) -> None:
 
 
 @contextmanager
-def tracer(pid: int, mode: str) -> Iterator[tuple[Armed, Callable[[], str]]]:
-    """Fork a tracer that arms ``pid``; yields what it armed and a way to read its next line."""
+def forked_tracer(body: Callable[[int], None], timeout: float = 20) -> Iterator[tuple[int, Callable[[], str]]]:
+    """Fork a tracer running ``body(report)`` (``report``: a pipe's write end for its
+    lines); yields its pid and a way to read its next line; SIGKILLs it at the end."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
-        status = 1
         try:
             os.close(read_end)
-            _arm(pid, mode, write_end)
+            body(write_end)
         except BaseException as err:  # noqa: BLE001  (the child must never return into pytest)
             os.write(2, f"tracer: {err!r}\n".encode())
         finally:
-            os._exit(status)
+            os._exit(1)
     os.close(write_end)
     lines = os.fdopen(read_end, "r")
 
     def line() -> str:
-        ready, _, _ = select.select([lines], [], [], 20)
+        ready, _, _ = select.select([lines], [], [], timeout)
         assert ready, "the tracer hangs"
         return lines.readline()
 
     try:
-        words = line().split()
-        assert words and words[0] == "armed", "the tracer failed (see stderr)"
-        yield Armed(child, *(int(w) for w in words[1:])), line
+        yield child, line
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         lines.close()
+
+
+@contextmanager
+def tracer(pid: int, mode: str) -> Iterator[tuple[Armed, Callable[[], str]]]:
+    """Fork a tracer that arms ``pid``; yields what it armed and a way to read its next line."""
+    with forked_tracer(lambda report: _arm(pid, mode, report)) as (child, line):
+        words = line().split()
+        assert words and words[0] == "armed", "the tracer failed (see stderr)"
+        yield Armed(child, *(int(w) for w in words[1:])), line
 
 
 class Orphan:
@@ -499,24 +506,12 @@ def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_p
     (kernel, x86: ``handle_signal()`` -> ``user_disable_single_step()``)."""
     orphan = Orphan(orphan_program, "default", "1")
     try:
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(read_end)
-                _step_then_die(orphan.pid, repark, write_end)
-            finally:
-                os._exit(1)
-        os.close(write_end)
-        ready, _, _ = select.select([read_end], [], [], 20)
-        said = os.read(read_end, 64) if ready else b""
-        os.close(read_end)
-        if said == b"no step\n":
-            pytest.skip("no PTRACE_SINGLESTEP here")
-        assert said == b"stopped\n", "the tracer failed (see stderr)"
-        ticks = _cpu_ticks(orphan.pid)
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        with forked_tracer(lambda report: _step_then_die(orphan.pid, repark, report)) as (_, line):
+            said = line()
+            if said == "no step\n":
+                pytest.skip("no PTRACE_SINGLESTEP here")
+            assert said == "stopped\n", "the tracer failed (see stderr)"
+            ticks = _cpu_ticks(orphan.pid)
         wait_until(lambda: orphan.process.poll() is not None or _cpu_ticks(orphan.pid) >= ticks + 5,
                    what="the orphan to run on or die")
         if orphan.process.poll() is None:
