@@ -31,7 +31,7 @@ class Reporter:
     the trap path (``report``, at the stop) and of the jump path (``deliver``, events
     read from the ring), in time order when ``before`` merges them (uemu/ringfeed.py)."""
 
-    def __init__(self, decode_args: bool, on_limit: Callable[[], None]):
+    def __init__(self, decode_args: bool, on_limit: Callable[[], None], on_error: Callable[[], None]):
         self.decode_args = decode_args
         self.handlers: list[Handler] = []
         self.queue: deque[Event] | None = None
@@ -45,6 +45,11 @@ class Reporter:
         self.before: Callable[[int], None] | None = None
         """Called with a trap hit's time before it is handed out: hand out the jump
         path's older hits first."""
+        self.error: BaseException | None = None
+        """What a handler raised first: handlers are called no more and ``on_error``
+        ends the session, which re-raises it once everything is restored (a handler
+        raising at every later event, leaving's own included, must not stop the leaving)."""
+        self._on_error = on_error
 
     def full(self) -> bool:
         """--max-events is reached: further hits are neither counted nor reported."""
@@ -74,8 +79,7 @@ class Reporter:
             consumer.hits += 1
             self.event_count += 1
             if event is not None:
-                for handler in self.handlers:
-                    handler(event)
+                self._call_handlers(event)
                 if self.queue is not None:
                     event.read_string = None
                     self.queue.append(event)
@@ -97,11 +101,22 @@ class Reporter:
         self._hand_out(event)
 
     def _hand_out(self, event: Event) -> None:
-        for handler in self.handlers:
-            handler(event)
+        self._call_handlers(event)
         if self.queue is not None:
             event.read_string = None
             self.queue.append(event)
+
+
+    def _call_handlers(self, event: Event) -> None:
+        if self.error is not None:
+            return
+        for handler in self.handlers:
+            try:
+                handler(event)
+            except BaseException as err:  # noqa: BLE001  (re-raised by Session.close, after leaving)
+                self.error = err
+                self._on_error()
+                return
 
 
 def arg_readers(mm: Mm, consumer: Consumer) -> list[argspec.Reader]:

@@ -60,7 +60,7 @@ class RingFeed:
         self.poll_ns = poll_ns
         self.on_ready = on_ready
         self.on_error = on_error
-        """Called from the reader thread when it ends early (a handler raised): the loop
+        """Called from the reader thread when it ends early (it failed): the loop
         must notice, and ``stop`` raises the error in its thread."""
         self.lock = threading.RLock()
         """Held while handlers run; the session holds it to deliver or change its own state."""

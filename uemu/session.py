@@ -89,7 +89,7 @@ class Session:
         self.warn = warn or (lambda message: print(f"uemu: warning: {message}", file=sys.stderr))
         self.uprobes = Uprobes(self.warn)
         self.selection = Selection(probes, self.uprobes, self.warn, strict)
-        self.reporter = Reporter(decode_args, lambda: self.stop("max-events"))
+        self.reporter = Reporter(decode_args, lambda: self.stop("max-events"), lambda: self.stop("error"))
         self._tracing_thread = threading.get_ident()
         """The thread that may use ptrace (the one that attaches or spawns)."""
         self.jump_hits: JumpHits | None = None
@@ -253,7 +253,8 @@ class Session:
         return totals if self.jump_hits is None else self.jump_hits.add_counts(totals)
 
     def close(self) -> None:
-        """Leave: restore every process and detach (idempotent)."""
+        """Leave: restore every process and detach (idempotent); then raise what a
+        handler raised, if one did."""
         if self._closed:
             return
         self._closed = True
@@ -272,6 +273,8 @@ class Session:
             child = self.tracees.child_pid
             if child is not None and self.exit_status is None:
                 self.tracees.exit_status = spawn.wait_for_child(child)
+        if self.reporter.error is not None:
+            raise self.reporter.error
 
     def __enter__(self) -> Session:
         return self

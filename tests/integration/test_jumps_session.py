@@ -164,6 +164,30 @@ def test_counting_alone_counts_in_the_target(build, name, args) -> None:
     assert {name: hits for name, hits in session.counts().items() if hits} == counts(expected_hits(lines))
 
 
+@pytest.mark.parametrize("jumps", [True, False], ids=["jumps", "traps"])
+def test_a_handler_that_raises_ends_the_session_with_its_error(build, jumps: bool) -> None:
+    """The first error a handler raises ends the session: it leaves as for a leaving
+    signal (every site restored, every thread detached, the command run on to its end)
+    and then raises it; no handler is called after it, leaving's own hand-outs of the
+    jump path's last hits included (they made the leaving raise before, and the session
+    then waited for ever for a command it had not let go)."""
+    calls = []
+
+    def handler(event) -> None:
+        calls.append(event)
+        raise KeyError("boom")
+
+    with tempfile.NamedTemporaryFile("r", prefix="sample-") as out:
+        session = Session(("basic:*",), jumps=jumps)
+        session.spawn([str(build.directory / "basic"), "1"], env=dict(os.environ, SAMPLE_OUT=out.name))
+        with pytest.raises(KeyError, match="boom"):
+            session.run(handler)
+        lines = parse(out.read())
+    assert len(calls) == 1
+    assert session.exit_status == 0
+    assert counts(expected_hits(lines)), "the program passed its probes"
+
+
 @pytest.mark.parametrize("name, args", [("fork", ()), ("exec", ("2",)), ("exec", ("2", "thread"))],
                          ids=["fork", "exec", "exec-thread"])
 def test_followed_children_and_new_images(build, name, args) -> None:
