@@ -106,7 +106,6 @@ class Reporter:
             event.read_string = None
             self.queue.append(event)
 
-
     def _call_handlers(self, event: Event) -> None:
         if self.error is not None:
             return

@@ -252,7 +252,6 @@ class Tracees:
         if jumps is not None and task.mm is not None and task.stopped:
             jumps.thread_seen(task.mm, task.tid)
 
-
     # ---- letting go -----------------------------------------------------------------------
 
     def _clean(self, task: Task, mm: Mm) -> None:
