@@ -194,7 +194,8 @@ def test_repair_of_a_program_stopped_when_uemu_died(samples: Path, journal_dir: 
         result = uemu("repair", str(tracee.pid))
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert re.search(r"\b\d+ breakpoints restored; 2 semaphores lowered", result.stdout), result.stdout
-        assert process_state(tracee.pid) == "T", "repair let the stopped program run"
+        # detached, each thread is woken and goes back into the group stop, R for a moment
+        wait_until(lambda: process_state(tracee.pid) == "T", what="the group stop after repair")
         assert_as_before(tracee.pid, tracee.lines(), caught)
         os.kill(tracee.pid, signal.SIGCONT)
         assert_goes_on(tracee)
@@ -228,7 +229,8 @@ def test_repair_with_threads_in_xol_slots(samples: Path, ends: str) -> None:
         result = uemu("repair", str(tracee.pid))
         assert result.returncode == 0 and result.stderr == "", result.stderr
         assert ("jump path mapping" if jump_path else "XOL area") in result.stdout, result.stdout
-        assert set(thread_states(tracee.pid).values()) == {"T"}, "repair let the stopped program run"
+        # detached, each thread is woken and goes back into the group stop, R for a moment
+        wait_until(lambda: set(thread_states(tracee.pid).values()) == {"T"}, what="the group stop after repair")
         assert text_differences(tracee.pid) == [] and anonymous_code(tracee.pid) == []
         assert uemu_areas(tracee.pid) == []
         os.kill(tracee.pid, signal.SIGCONT)
