@@ -45,7 +45,7 @@ from .fixed_width import (
     goto,
     signed,
 )
-from .jump import HitFrame
+from .jump import HitFrame, ThreadPointer, ThreadPointerSource
 
 if TYPE_CHECKING:
     import capstone
@@ -444,6 +444,7 @@ class Aarch64Jumps(FixedWidthJumps):
     ldp x16, x17, [sp], #32``."""
 
     frame = HIT_FRAME
+    thread_pointer = ThreadPointer(ThreadPointerSource.REGSET, note=0x401)  # NT_ARM_TLS: tpidr_el0
     reach_bits = 28
     user_top = 1 << 48
     nop = _NOP.to_bytes(4, "little")

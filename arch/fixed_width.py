@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 from .base import Effects, Emulate, Finish, MappingSyscall, Plan, Refuse, Regs, StepOutOfLine, frozen_map
-from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits
+from .jump import (
+    HitFrame,
+    JumpForm,
+    NoJump,
+    SiteJump,
+    ThreadPointer,
+    displaced_code,
+    signed_fits,
+    way_back_in,
+)
 
 if TYPE_CHECKING:
     import capstone
@@ -115,11 +124,11 @@ class FixedWidthJumps:
     """
 
     frame: HitFrame
+    thread_pointer: ThreadPointer
     reach_bits: int
     """Bits of the jump's signed byte offset."""
     nop: bytes
     tramp_size = 96
-    max_site_bytes = 4
     user_top: int
     trap_first = False
 
@@ -147,18 +156,26 @@ class FixedWidthJumps:
         return self.branch(site.at, trampoline)
 
     def trampoline(self, site: SiteJump, address: int, index: int, hit_entry: int) -> bytes | None:
-        body_at = address + self.head_size
-        if site.displaced is not None:
-            body = displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, NO_REGS))
-        elif signed_fits(site.resume - body_at, self.reach_bits):
-            body = self.branch(body_at, site.resume)
-        else:
-            body = None
+        body = self._body(site, address + self.head_size)
         if body is None:
             return None
         literal = -(-(self.head_size + len(body)) // 8) * 8
         code = (self.head(literal) + body).ljust(literal, b"\0")
         return code + hit_entry.to_bytes(8, "little") + index.to_bytes(4, "little")
+
+    def way_back(self, site: SiteJump, address: int) -> int:
+        body_at = address + self.head_size
+        body = self._body(site, body_at)
+        assert body is not None, "only a trampoline that was written has a way back"
+        return way_back_in(site, body_at, body, 4)
+
+    def _body(self, site: SiteJump, body_at: int) -> bytes | None:
+        """The displaced instruction's slot code (ending in its branch back), or the branch back."""
+        if site.displaced is not None:
+            return displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, NO_REGS))
+        if signed_fits(site.resume - body_at, self.reach_bits):
+            return self.branch(body_at, site.resume)
+        return None
 
     head_size: int
 

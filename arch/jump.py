@@ -37,6 +37,33 @@ class HitFrame:
         return self.slots.index(register) if register and register in self.slots else None
 
 
+class ThreadPointerSource(StrEnum):
+    """Where a stopped thread's thread pointer is, for ptrace."""
+
+    REGISTER = "register"
+    """A register of the general regset (x86_64's fs_base, riscv64's tp)."""
+    REGSET = "regset"
+    """A regset of its own (aarch64's NT_ARM_TLS: tpidr_el0)."""
+    TLS_ENTRY = "tls-entry"
+    """The base of the TLS descriptor a segment register selects (i386's %gs:
+    PTRACE_GET_THREAD_AREA)."""
+
+
+@dataclass(frozen=True)
+class ThreadPointer:
+    """The thread pointer the runtime reads at a hit (to name the thread without a
+    system call), as uemu reads it from a stopped thread."""
+
+    source: ThreadPointerSource
+    register: str = ""
+    """REGISTER: the register; TLS_ENTRY: the segment register holding the selector."""
+    note: int = 0
+    """REGSET: its NT_* type."""
+    hwcap2: int = 0
+    """An AT_HWCAP2 bit without which the runtime cannot read it (x86_64's rdfsbase needs
+    HWCAP2_FSGSBASE); 0: always readable."""
+
+
 class JumpForm(StrEnum):
     JUMP = "jump"
     """A whole jump written over the site's instruction (or the nop run it starts)."""
@@ -82,10 +109,9 @@ class JumpBackend(Protocol):
     """The jump path's narrow interface to one instruction set."""
 
     frame: HitFrame
+    thread_pointer: ThreadPointer
     tramp_size: int
     """Bytes a trampoline may take (its slot in the area)."""
-    max_site_bytes: int
-    """Bytes of the file ``choose`` wants from the site on (room for ``nop; nopN``)."""
     user_top: int
     """Where user space ends in the default layout: no trampoline, landing or pun
     target above it (mmap says the last word: a riscv64 Sv39 kernel's ends lower)."""
@@ -106,11 +132,23 @@ class JumpBackend(Protocol):
         the site's ``index``), the displaced instruction, the jump back.  None when the
         displaced instruction cannot jump back from there (out of reach)."""
 
+    def way_back(self, site: SiteJump, address: int) -> int:
+        """Where the trampoline for ``site`` at ``address`` has its jump back to the
+        program (to ``site.resume``): the last instruction a thread runs in it.  uemu
+        puts a trap there at leaving to stop a thread that is still inside."""
+
 
 def displaced_code(plan: StepOutOfLine, setup: XolSetup) -> bytes | None:
     """A backend's slot code for ``plan`` when it ends in its own jump back (the one-stop
     "jump" slots of the trap path), else None."""
     return setup.code if setup.ends is StepEnd.JUMP else None
+
+
+def way_back_in(site: SiteJump, body_at: int, body: bytes, jump_size: int) -> int:
+    """The jump back of a trampoline whose ``body`` starts at ``body_at``: the body itself
+    for a nop (one jump, of whatever form), else its last ``jump_size`` bytes (the
+    displaced instruction's slot code ends in the jump back)."""
+    return body_at if site.displaced is None else body_at + len(body) - jump_size
 
 
 def signed_fits(value: int, bits: int) -> bool:

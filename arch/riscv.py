@@ -41,7 +41,7 @@ from .fixed_width import (
     goto,
     signed,
 )
-from .jump import HitFrame
+from .jump import HitFrame, ThreadPointer, ThreadPointerSource
 
 if TYPE_CHECKING:
     import capstone
@@ -373,6 +373,7 @@ class RiscvJumps(FixedWidthJumps):
     ld t1, 8(sp); ld t0, 0(sp); addi sp, sp, 32``."""
 
     frame = HIT_FRAME
+    thread_pointer = ThreadPointer(ThreadPointerSource.REGISTER, "tp")
     reach_bits = 21
     user_top = 1 << 47
     """Kernel: riscv's DEFAULT_MAP_WINDOW is 1 << 47 on Sv48 and Sv57 (mmap without a hint

@@ -28,7 +28,17 @@ from .base import (
     XolSetup,
     frozen_map,
 )
-from .jump import HitFrame, JumpForm, NoJump, SiteJump, displaced_code, signed_fits
+from .jump import (
+    HitFrame,
+    JumpForm,
+    NoJump,
+    SiteJump,
+    ThreadPointer,
+    ThreadPointerSource,
+    displaced_code,
+    signed_fits,
+    way_back_in,
+)
 
 if TYPE_CHECKING:
     import capstone
@@ -780,6 +790,10 @@ HIT_FRAME_32 = HitFrame(slots=("edi", "esi", "ebp", "", "ebx", "edx", "ecx", "ea
 """pushfl and pushal (whose esp word is its own), the return address and the index."""
 
 
+_FS_BASE = ThreadPointer(ThreadPointerSource.REGISTER, "fs_base", hwcap2=2)  # HWCAP2_FSGSBASE: rdfsbase
+_GS_ENTRY = ThreadPointer(ThreadPointerSource.TLS_ENTRY, "gs")
+"""glibc's TCB is the base of the %gs descriptor (it also holds it at %gs:0)."""
+
 _X86_64_BACKEND = X86Backend(mode64=True)
 _I386_BACKEND = X86Backend(mode64=False)
 
@@ -788,7 +802,6 @@ class X86Jumps:
     """Jumps over x86 sites: ``jmp rel32`` where 5 bytes of one instruction (or the nop
     after an SDT nop) can take it, instruction punning over shorter ones."""
 
-    max_site_bytes = 16
     trap_first = True
 
     def __init__(self, backend: X86Backend):
@@ -797,7 +810,10 @@ class X86Jumps:
         self.user_top = 0x7FFF_FFFF_F000 if self.mode64 else 0xFFFF_E000
         """47-bit x86_64; a 32-bit task on a 64-bit kernel."""
         self.frame = HIT_FRAME_64 if self.mode64 else HIT_FRAME_32
+        self.thread_pointer = _FS_BASE if self.mode64 else _GS_ENTRY
         self.tramp_size = 96 if self.mode64 else 48
+        self.head_size = 24 if self.mode64 else 14
+        """Bytes before a trampoline's body: the red zone step, the push, the call, the lea."""
         self.space = 1 << (64 if self.mode64 else 32)
 
     def choose(self, plan: Plan, code: bytes) -> SiteJump | NoJump:
@@ -872,17 +888,9 @@ class X86Jumps:
             head = _LEA_BELOW_RED_ZONE + push + b"\xff\x15" + bytes(4) + _LEA_BACK_64
         else:
             head = push + b"\xe8" + self._rel32(hit_entry - (address + 10)) + _LEA_BACK_32
-        body_at = address + len(head)
-        if site.displaced is not None:
-            body = displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, _ANY_REGS))
-            if body is None:
-                return None
-        else:
-            distance = site.resume - (body_at + JMP_REL32)
-            if not self.mode64 or signed_fits(distance, 32):
-                body = b"\xe9" + self._rel32(distance)
-            else:  # jmp *0(%rip) with the address right after it
-                body = b"\xff\x25" + bytes(4) + site.resume.to_bytes(8, "little")
+        body = self._body(site, address + len(head))
+        if body is None:
+            return None
         code = head + body
         if not self.mode64:
             return code
@@ -890,6 +898,21 @@ class X86Jumps:
         disp = address + literal - (address + len(_LEA_BELOW_RED_ZONE) + len(push) + 6)
         code = code[:12] + disp.to_bytes(4, "little", signed=True) + code[16:]
         return code.ljust(literal, b"\xcc") + hit_entry.to_bytes(8, "little")
+
+    def way_back(self, site: SiteJump, address: int) -> int:
+        body_at = address + self.head_size
+        body = self._body(site, body_at)
+        assert body is not None, "only a trampoline that was written has a way back"
+        return way_back_in(site, body_at, body, JMP_REL32)
+
+    def _body(self, site: SiteJump, body_at: int) -> bytes | None:
+        """The displaced instruction's slot code (ending in its jump back), or the jump back."""
+        if site.displaced is not None:
+            return displaced_code(site.displaced, self.backend.prepare_xol(site.displaced, body_at, _ANY_REGS))
+        distance = site.resume - (body_at + JMP_REL32)
+        if not self.mode64 or signed_fits(distance, 32):
+            return b"\xe9" + self._rel32(distance)
+        return b"\xff\x25" + bytes(4) + site.resume.to_bytes(8, "little")  # jmp *0(%rip), the address after it
 
 
 X86_64 = Arch(

@@ -3,8 +3,9 @@
 ``jumps.py`` writes the jumps and reads the rings, ``ringfeed.py`` runs the reader
 thread that hands their hits to the reporter.  Here is the wiring between those and the
 loop: the reader started with the loop and stopped when it leaves (the rings' last hits
-read once every site is restored, the losses said), a thread's hits handed out at its
-exit stop while /proc still names it, and the jump path's counts added to the trap
+read once every site is restored, the losses said), threads inside a hit moved out
+of it at leaving (``jumpout.py``), a thread's hits handed out at its exit stop while
+/proc still names it, and the jump path's counts added to the trap
 path's.  Waking the loop from the reader thread stays the session's (through
 ``ownsignals.py``'s signal); restoring the sites is ``tasks.py``'s ``Tracees.restore``.
 """
@@ -16,10 +17,12 @@ from collections.abc import Callable, Sequence
 
 from . import ptrace
 from .consumers import Reporter
+from .jumpout import MoveOut
 from .jumps import JumpPath
 from .ringfeed import RingFeed
 from .stops import GO_ON, Resume, Stop
 from .tasks import Task, Tracees
+from .tracer import Tracer
 from .uprobes import Uprobes
 
 SEIZE_OPTIONS = ptrace.O_TRACEEXIT
@@ -41,6 +44,8 @@ class JumpHits:
         reporter.lock = self.feed.lock
         reporter.before = self.feed.before
         self.warn = warn
+        self.moved = 0
+        """Threads brought out of a hit at leaving (``move_out``)."""
 
     def start(self, on_ready: Callable[[], None] | None) -> None:
         """The reader thread hands the jump path's hits to the reporter (in it, for
@@ -48,6 +53,11 @@ class JumpHits:
         if not self.feed.running:
             self.feed.on_ready = on_ready
             self.feed.start()
+
+    def move_out(self, tracer: Tracer) -> None:
+        """Leaving, every thread parked: those inside a hit run on out of it, before the
+        sites go (uemu/jumpout.py); the reader goes on draining the ring meanwhile."""
+        self.moved += MoveOut(tracer, self.path, self.warn).run()
 
     def stop(self) -> None:
         """Every hit left in the rings (the sites are restored: no new one comes), and

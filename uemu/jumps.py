@@ -29,12 +29,15 @@ a SIGTRAP not at a breakpoint  ``trap_at(mm, address)`` (hits.py): where to resu
 fork (child stopped)           ``dup(parent, child)`` (core, in ``dup_mmap``); a child not
                                followed then loses its jumps with its breakpoints.
 exec, exit                     ``forget(mm)`` (core, in ``clear_state``).
-detach                         ``leave(mm)`` (``Tracees.restore``) before the sites go
-                               (recording off); then ``keeps_area(mm, tids, call)``:
-                               the landing pages and the ring are unmapped, and the
-                               net's area too, unless a thread's ip is inside: then
-                               all stays mapped, inert, and the thread goes on through
-                               it and back to the program by itself.
+detach                         first ``inside``, ``trap_ways_back`` and
+                               ``untrap_ways_back`` (uemu/jumpout.py: threads inside a
+                               hit run out of it, recording on); then ``leave(mm)``
+                               (``Tracees.restore``) before the sites go (recording
+                               off); then ``keeps_area(mm, tids, call)``: the landing
+                               pages and the ring are unmapped, and the net's area
+                               too, unless a thread's ip is still inside (it could not
+                               be moved): then all stays mapped, inert, and the thread
+                               goes on through it and back to the program by itself.
 any time, from any thread      ``drain(emit)``: the hits recorded since (the reader
                                thread of uemu/ringfeed.py calls it).
 the end                        ``drain(emit, final=True)``, ``lost()``, ``close()``.
@@ -52,11 +55,9 @@ puts one there itself (``plan`` refuses sites whose neighbours it writes).
 
 from __future__ import annotations
 
-import ctypes
 import io
 import itertools
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -69,7 +70,7 @@ from elftools.elf.sections import SymbolTableSection
 from uemu import arch as arches
 from uemu.arch import Arch
 from uemu.arch.base import Plan
-from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
+from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump, ThreadPointerSource
 
 from . import argspec, errors, ptrace, ring, sdt
 from .chrome import read_comm
@@ -170,6 +171,8 @@ class _MmJumps:
     """Landing page -> first free byte, for trampolines placed anywhere on it."""
     brk: int | None = None
     """The process's start_brk: no landing page where the heap may grow."""
+    traps: dict[int, bytes] = field(default_factory=dict)
+    """Leaving: a trap over a trampoline's jump back -> the bytes under it (``trap_ways_back``)."""
 
 
 class JumpPath:
@@ -338,11 +341,12 @@ class JumpPath:
 
     def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
         """Leaving ``mm`` (recording off, its jumps removed, its threads ``tids``
-        stopped): whether the net's area must stay mapped, inert, because a thread's ip
-        is in a trampoline or the runtime (a hit under way, a wait for room): it goes
-        on through it and back to the program by itself.  Otherwise the landing pages
-        and the ring are unmapped here (through ``call``, the area's stub) and the
-        area may go.
+        stopped, those that were inside a hit moved out: uemu/jumpout.py): whether the
+        net's area must stay mapped, inert, because a thread's ip is still in a
+        trampoline or the runtime (one that could not be moved: a fault, the bound):
+        it goes on through it and back to the program by itself.  Otherwise the
+        landing pages and the ring are unmapped here (through ``call``, the area's
+        stub) and the area may go.
         Differs: the kernel's XOL area stays mapped for good.  Not seen here, as for
         the XOL area's one-stop slots: a signal handler still running that interrupted
         a trampoline (its frame's saved ip is there); a stack scan cannot tell such a
@@ -352,9 +356,7 @@ class JumpPath:
             return False
         # The ring is mapped at setup, before any site is armed: it goes even where no
         # site took a jump (riscv64's c.nop sites), where no thread can be inside either.
-        ranges = [(state.net.base, state.net.base + layout.CODE_SIZE),
-                  *((page, page + PAGE) for page in state.pages)]
-        if any(self._inside(mm, tid, ranges) for tid in tids):
+        if any(self.inside(mm, tid) for tid in tids):
             return True
         for page in sorted(state.pages):
             call("munmap", page, PAGE)
@@ -364,12 +366,24 @@ class JumpPath:
         state.net.journal.note_mapping_gone(state.ring.target_address)
         return False
 
-    @staticmethod
-    def _inside(mm: Mm, tid: int, ranges: Sequence[tuple[int, int]]) -> bool:
-        """Whether thread ``tid`` is in ``ranges``, or in the vDSO's clock_gettime called
-        from there (the runtime's clock): a register (aarch64's x30, riscv64's ra) or a
-        word near the top of its stack (x86) then points into ``ranges``.  Stale words
-        only keep the area mapped a little longer."""
+    def code(self, mm: Mm) -> list[tuple[int, int]]:
+        """[start, end) of the jump path's code in ``mm``: the runtime and the trampolines
+        of the area, the landing pages."""
+        state = self._mms.get(mm)
+        if state is None:
+            return []
+        return [(state.net.base, state.net.base + layout.CODE_SIZE),
+                *((page, page + PAGE) for page in state.pages)]
+
+    def inside(self, mm: Mm, tid: int) -> bool:
+        """Whether stopped thread ``tid`` is in the jump path's code (``code``), or in the
+        vDSO's clock_gettime called from there (the runtime's clock): a register
+        (aarch64's x30, riscv64's ra) or a word near the top of its stack (x86) then
+        points into it.  Stale words only make uemu look closer (uemu/jumpout.py steps
+        such a thread out of the vDSO first)."""
+        ranges = self.code(mm)
+        if not ranges:
+            return False
         arch = mm.arch
         regs = ptrace.Regset(arch.regset, arch.regset_word)
         try:
@@ -377,7 +391,7 @@ class JumpPath:
         except (OSError, errors.UemuError):
             return False  # gone
         ip = regs[arch.ip_reg]
-        if not any(v.path == "[vdso]" and v.start <= ip < v.end for v in mm.vmas):
+        if not in_vdso(mm, ip):
             return any(start <= ip < end for start, end in ranges)
         values = list(regs.snapshot().values())
         try:
@@ -388,6 +402,41 @@ class JumpPath:
         values += [int.from_bytes(stack[at:at + width], arch.byte_order)
                    for at in range(0, len(stack) - width + 1, width)]
         return any(start <= value < end for value in values for start, end in ranges)
+
+    def trap_ways_back(self, mm: Mm) -> dict[int, int]:
+        """Leaving, every thread of ``mm`` stopped: a trap over each trampoline's jump
+        back to the program, so that a thread let run out of a hit stops there
+        (uemu/jumpout.py).  Each is listed in the net first, as a site: should uemu die
+        meanwhile, a thread meeting one puts every byte back and goes on through the
+        jump.  Returns each trap's address -> where its jump leads (``untrap_ways_back``
+        takes them away)."""
+        state = self._mms.get(mm)
+        if state is None:
+            return {}
+        backend, memory = mm.backend, mm.memory
+        ways: dict[int, int] = {}
+        for placed in state.sites.values():
+            site = placed.jump.site
+            at = state.backend.way_back(site, placed.trampoline)
+            if at in ways:
+                continue
+            original = memory.read(at, min(backend.max_insn_len, PAGE - at % PAGE))
+            trap = backend.trap_bytes(original)
+            state.net.add_site(at, original, trap, _prot(mm.vmas, at))
+            memory.write(at, trap)
+            state.traps[at] = original[:len(trap)]
+            ways[at] = site.resume
+        return ways
+
+    def untrap_ways_back(self, mm: Mm) -> None:
+        """The trampolines' own bytes back where ``trap_ways_back`` put traps."""
+        state = self._mms.get(mm)
+        if state is None:
+            return
+        for at, original in state.traps.items():
+            mm.memory.write(at, original)
+            state.net.remove_site(at)
+        state.traps.clear()
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -867,7 +916,10 @@ def _mmap_min_addr() -> int:
 
 _VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
 AT_HWCAP2 = 26
-HWCAP2_FSGSBASE = 2
+
+
+def in_vdso(mm: Mm, address: int) -> bool:
+    return any(v.path == "[vdso]" and v.start <= address < v.end for v in mm.vmas)
 
 
 def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
@@ -900,56 +952,35 @@ def start_brk(pid: int) -> int | None:
 
 
 def thread_pointer_readable(pid: int, arch: Arch) -> bool:
-    """Whether the runtime can read the thread pointer without a fault: x86_64 needs
-    rdfsbase (the kernel says so in AT_HWCAP2); the others read a register."""
-    if arch.name != "x86_64":
+    """Whether the runtime can read the thread pointer without a fault: where the arch
+    names an AT_HWCAP2 bit for it (x86_64's rdfsbase), the kernel must have set it."""
+    assert arch.jumps is not None, "only an arch with a jump path has a runtime reading it"
+    bit = arch.jumps.thread_pointer.hwcap2
+    if not bit:
         return True
     try:
         with open(f"/proc/{pid}/auxv", "rb") as stream:
             auxv = stream.read()
     except OSError:
         return False
-    for key, value in struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]):
-        if key == AT_HWCAP2:
-            return bool(value & HWCAP2_FSGSBASE)
-    return False
-
-
-# ---- a thread's thread pointer (ptrace glue) -------------------------------------------------
-
-PTRACE_GETREGSET, PTRACE_GET_THREAD_AREA, NT_ARM_TLS = 0x4204, 25, 0x401
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
-_libc.ptrace.restype = ctypes.c_long
-
-
-class _UserDesc(ctypes.Structure):
-    _fields_ = [("entry_number", ctypes.c_uint), ("base_addr", ctypes.c_uint), ("limit", ctypes.c_uint),
-                ("flags", ctypes.c_uint)]
+    width = arch.word_size
+    words = [int.from_bytes(auxv[at:at + width], arch.byte_order) for at in range(0, len(auxv) - width + 1, width)]
+    return any(key == AT_HWCAP2 and value & bit for key, value in zip(words[::2], words[1::2], strict=False))
 
 
 def thread_pointer(arch: Arch, tid: int, regs: ptrace.Regset) -> int:
-    """The thread pointer of a stopped thread, as the runtime reads it at a hit (x86_64
-    the fs base; i386 the base of the %gs descriptor, which glibc's TCB also holds at
-    %gs:0; aarch64 tpidr_el0; riscv64 tp); 0 when it has none yet."""
-    if arch.name == "x86_64":
-        return regs["fs_base"]
-    if arch.name == "riscv64":
-        return regs["tp"]
-    if arch.name == "aarch64":
-        value = ctypes.c_uint64()
-        iov = (ctypes.c_void_p * 2)(ctypes.addressof(value), 8)
-        if _libc.ptrace(PTRACE_GETREGSET, tid, NT_ARM_TLS, ctypes.addressof(iov)) < 0:
-            return 0
-        return value.value
-    if arch.name == "i386":
-        selector = regs["gs"]
-        if not selector & 0xFFFC:
-            return 0
-        desc = _UserDesc()
-        if _libc.ptrace(PTRACE_GET_THREAD_AREA, tid, selector >> 3, ctypes.addressof(desc)) < 0:
-            return 0
-        return int(desc.base_addr)
-    raise errors.UnsupportedArch(arch.name, what="no jump path for it")
+    """The thread pointer of a stopped thread, as the runtime reads it at a hit (where the
+    arch says it is: ``ThreadPointer``); 0 when it has none yet or cannot be read."""
+    assert arch.jumps is not None, "only an arch with a jump path has a runtime reading it"
+    where = arch.jumps.thread_pointer
+    try:
+        if where.source is ThreadPointerSource.REGISTER:
+            return regs[where.register]
+        if where.source is ThreadPointerSource.REGSET:
+            return int.from_bytes(ptrace.regset_bytes(tid, where.note, arch.word_size), arch.byte_order)
+        selector = regs[where.register]
+        return ptrace.tls_entry_base(tid, selector >> 3) if selector & 0xFFFC else 0
+    except (OSError, errors.UemuError):
+        return 0  # running, or gone
 
 

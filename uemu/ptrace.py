@@ -344,6 +344,24 @@ def regset_bytes(tid: int, note: int, size: int) -> bytes:
     return buffer.raw[:iov.len]
 
 
+PTRACE_GET_THREAD_AREA = 25
+
+
+class _UserDesc(ctypes.Structure):
+    """Kernel: ``struct user_desc`` (asm/ldt.h), its flag bits folded into one word."""
+
+    _fields_ = [("entry_number", ctypes.c_uint), ("base_addr", ctypes.c_uint), ("limit", ctypes.c_uint),
+                ("flags", ctypes.c_uint)]
+
+
+def tls_entry_base(tid: int, entry: int) -> int:
+    """The base address of the thread's GDT TLS descriptor ``entry`` (x86:
+    PTRACE_GET_THREAD_AREA, the entry a segment selector's index names)."""
+    desc = _UserDesc()
+    _request(PTRACE_GET_THREAD_AREA, tid, entry, addressof(desc))
+    return int(desc.base_addr)
+
+
 def blocked_signals(tid: int) -> int:
     """The thread's blocked-signal mask (PTRACE_GETSIGMASK, Linux 3.11)."""
     mask = c_uint64()

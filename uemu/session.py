@@ -18,9 +18,9 @@ stops that reader with the loop.
 
 Leaving is the same code on every way out (end of the program, Ctrl-C,
 SIGTERM, SIGHUP, --duration, --max-events, an exception inside uemu): stop
-every thread, move threads out of XOL slots, restore every byte from the
-files and lower every counter we raised (``Tracees.restore``), detach each
-thread with the signal it is owed.
+every thread, move threads out of XOL slots and jumped hits, restore every
+byte from the files and lower every counter we raised (``Tracees.restore``),
+detach each thread with the signal it is owed.
 """
 
 from __future__ import annotations
@@ -351,12 +351,16 @@ class Session:
         if not self.tracees.tasks or not self.tracer.stop_all():
             return
         for task in list(self.tracees.tasks.values()):
-            with suppress(errors.TraceeGone):
-                if task.mm is not None and task.mm.xol_area is not None:
+            if task.mm is not None and task.mm.xol_area is not None:
+                with suppress(errors.TraceeGone):
                     xol.leave_slot(task, task.mm)
-                if task.single_step and task.stop_kind in inject.INJECTABLE:
-                    inject.repark(task)  # a uemu killed once the handler is gone: no trap after a step
         self.hits.serve_waiting()  # each goes back to its site, the hit not taken
+        if self.jump_hits is not None:
+            self.jump_hits.move_out(self.tracer)  # out of the trampolines, their hits recorded
+        for task in list(self.tracees.tasks.values()):
+            if task.single_step and task.stop_kind in inject.INJECTABLE:
+                with suppress(errors.TraceeGone):
+                    inject.repark(task)  # a uemu killed once the handler is gone: no trap after a step
         for mm in self.tracees.unique_mms():
             self.tracees.restore(mm, self.tracer.injectable)
         self.tracer.detach_all()

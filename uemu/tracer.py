@@ -177,7 +177,11 @@ class Tracer:
     def _detach(self, task: Task, sig: int) -> None:
         """Let a task go (it holds none of our bytes) with the signal it is owed."""
         self.tracees.tasks.pop(task.tid, None)
-        sig = sig or task.owed_signal or (xol.give_back_held(task) if task.held else 0)
+        sig = sig or task.owed_signal
+        if task.held and sig:
+            xol.raise_held(task)  # after the stop's own signal, never dropped
+        elif task.held:
+            sig = xol.give_back_held(task)
         with suppress(errors.TraceeGone):
             ptrace.detach(task.tid, sig)
 

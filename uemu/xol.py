@@ -245,7 +245,7 @@ def on_signal(task: Task, mm: Mm, sig: int) -> int | None:
         end_step(task, mm, regs, mm.backend.finish_xol)
         return 0
     info = ptrace.signal_info_bytes(task.tid)
-    if _is_fault(sig, info) and ip == step.slot:
+    if is_fault(sig, info) and ip == step.slot:
         end_step(task, mm, regs, mm.backend.abort_xol)
         return sig
     task.held.append((sig, info))
@@ -338,16 +338,21 @@ def give_back_held(task: Task) -> int:
     sig, info = task.held.pop(0)
     with suppress(OSError):  # not in a signal-delivery stop: the kernel makes its own siginfo
         ptrace.set_signal_info(task.tid, info)
+    raise_held(task)
+    return sig
+
+
+def raise_held(task: Task) -> None:
+    """Send the held signals again (tgkill: the kernel gives them a siginfo of its own)."""
     for other, _ in task.held:
         _tgkill(task.pid, task.tid, other)
     task.held.clear()
-    return sig
 
 
 _FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP})
 
 
-def _is_fault(sig: int, info: bytes) -> bool:
+def is_fault(sig: int, info: bytes) -> bool:
     """Raised by the instruction itself (the kernel's si_code > 0), not sent by someone."""
     return sig in _FAULT_SIGNALS and ptrace.signal_code(info) > 0
 

@@ -121,3 +121,29 @@ def test_fixed_width_trampoline_and_jumps(arch: str, tmp_path: Path) -> None:
             text = f".option norvc\n jal x0, . + {distance}" if distance >= 0 else \
                 f".option norvc\n jal x0, . - {-distance}"
         assert jumps.jump_bytes(site, SITE + distance) == assemble(arch, text, tmp_path), distance
+
+
+DISPLACED = {"x86_64": "48c7c078563412", "i386": "b878563412", "aarch64": "e00301aa", "riscv64": "3385c500"}
+"""mov $0x12345678 to the accumulator (x86), mov x0, x1 (aarch64), add a0, a1, a2 (riscv64):
+instructions a trampoline runs displaced."""
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386", "aarch64", "riscv64"])
+def test_way_back_is_the_trampolines_jump_to_the_program(arch: str) -> None:
+    """Where uemu traps a thread that leaves a hit at detach (uemu/jumpout.py): the jump
+    back to ``site.resume``, after a nop's hit and after a displaced instruction."""
+    found = by_name(arch)
+    jumps, backend = found.jumps, found.backend
+    code = bytes.fromhex(DISPLACED[arch])
+    displaced = jumps.choose(backend.analyze(code, SITE), code)
+    assert isinstance(displaced, SiteJump) and displaced.displaced is not None
+    for site in (nop_site(arch, 5 if arch in ("x86_64", "i386") else 4), displaced):
+        trampoline = jumps.trampoline(site, TRAMPOLINE, INDEX, HIT_ENTRY & 0xFFFFFFFF)
+        way = jumps.way_back(site, TRAMPOLINE)
+        at = trampoline[way - TRAMPOLINE:]
+        if arch in ("x86_64", "i386"):
+            assert at[0] == 0xE9 and way + 5 + int.from_bytes(at[1:5], "little", signed=True) == site.resume
+        else:
+            assert at[:4] == jumps.branch(way, site.resume)
+        if site.displaced is not None:
+            assert trampoline[way - TRAMPOLINE - site.displaced.size:way - TRAMPOLINE] == code
