@@ -44,7 +44,7 @@ def _left_clean(pid: int) -> None:
     """No tracer, no mapping of uemu's (area, ring, landing pages), every text its file's."""
     assert tracer_pid(pid) == 0
     maps = Path(f"/proc/{pid}/maps").read_text()
-    assert "uemu" not in maps, maps
+    assert "/memfd:uemu-" not in maps, maps
     assert anonymous_code(pid) == [], "a landing page is left"
     assert text_differences(pid) == []
 

@@ -199,7 +199,7 @@ SDT_NOPS: dict[str, tuple[bytes, ...]] = {
     "EM_S390": (bytes.fromhex("47000000"),),  # nop 0, big-endian only
     "EM_MIPS": (bytes(4),),
 }
-NOT_NOPS = {"insns"}
+NOT_NOPS = {"insns", "leaving"}
 """Samples whose notes point at real instructions on purpose (samples/README.md)."""
 
 

@@ -5,6 +5,7 @@ sleeps when idle, and hands an error back to the loop's thread."""
 from __future__ import annotations
 
 import mmap
+import sys
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 
 from uemu.events import Event
 from uemu.ring import MIN_SIZE, Ring, mapped_size
-from uemu.ringfeed import FLUSH_EVERY, RingFeed
+from uemu.ringfeed import FLUSH_EVERY, SWITCH_INTERVAL_S, RingFeed
 from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
@@ -141,3 +142,26 @@ def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
     stopper.start()
     stopper.join(60)  # a guard against hanging: without the wake it would take the hour
     assert not stopper.is_alive() and woken == [True]
+
+
+def test_readers_shorten_the_switch_interval_until_the_last_one_stops() -> None:
+    """Two sessions' readers side by side: the caller's interval comes back only when
+    both have stopped."""
+    caller = sys.getswitchinterval()
+    running: list[float] = []
+
+    def wait(ns: int) -> None:
+        running.append(sys.getswitchinterval())
+        time.sleep(0.001)
+
+    feeds = [RingFeed(ring([]), wait, lambda c, e: None) for _ in range(2)]
+    for feed in feeds:
+        feed.start()
+    deadline = time.monotonic() + 5
+    while len(running) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    feeds[0].stop()
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) and caller > SWITCH_INTERVAL_S
+    feeds[1].stop()
+    assert running and all(value == pytest.approx(SWITCH_INTERVAL_S) for value in running)
+    assert sys.getswitchinterval() == pytest.approx(caller)
