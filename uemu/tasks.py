@@ -259,9 +259,7 @@ class Tracees:
         its first stop, where a syscall may be injected): our bytes out, our counts
         undone, the program's SIGTRAP action back and the net's area unmapped."""
         self.uprobes.remove_all(mm)
-        if mm.net is not None:
-            mm.net.uninstall(inject.caller(task, mm), inject.caller(task, mm, through_net=False))
-            mm.net = None
+        self._uninstall_net(task, mm, leaving=False)
 
     def restore(self, mm: Mm, injectable: Callable[[Mm], Task]) -> None:
         """Leaving ``mm``, every thread parked and out of the XOL slots (``injectable``
@@ -275,17 +273,27 @@ class Tracees:
             if jumps is not None:
                 jumps.leave(mm)
             self.uprobes.remove_all(mm)
+            if mm.xol_area is None and mm.net is None:
+                return
+            task = injectable(mm)
             if mm.xol_area is not None:
-                xol.remove_area(injectable(mm), mm)
-            if mm.net is not None:
-                task = injectable(mm)
-                call = inject.caller(task, mm)  # through the stub while the area is there
-                keep_area = jumps is not None and jumps.keeps_area(
-                    mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
-                mm.net.uninstall(call, inject.caller(task, mm, through_net=False), keep_area)
-                mm.net = None
+                xol.remove_area(task, mm)
+            self._uninstall_net(task, mm, leaving=True)
         except (OSError, errors.TraceeGone) as err:
             self.warn(f"process {mm.pid}: could not restore everything: {err}")
+
+    def _uninstall_net(self, task: Task, mm: Mm, leaving: bool) -> None:
+        """The program's SIGTRAP action back and the net's area unmapped, through
+        ``task``; at ``leaving``, the area stays while a thread is inside the jump
+        path's part of it (``keeps_area``)."""
+        net, jumps = mm.net, self.uprobes.jumps
+        if net is None:
+            return
+        call = inject.caller(task, mm)  # through the stub while the area is there
+        keep_area = leaving and jumps is not None and jumps.keeps_area(
+            mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
+        net.uninstall(call, inject.caller(task, mm, through_net=False), keep_area)
+        mm.net = None
 
     def let_go(self, task: Task) -> Resume:
         """Stop tracing a task that holds none of our bytes: detach it now (or at
