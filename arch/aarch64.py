@@ -36,6 +36,7 @@ from .fixed_width import (
     GENERIC_SYSCALL_NUMBERS,
     MASK64,
     NO_REGS,
+    SIGFRAME_UCONTEXT,
     TRAP_BRKPT,
     UCONTEXT_MCONTEXT,
     FixedWidthJumps,
@@ -43,6 +44,7 @@ from .fixed_width import (
     PcStepFixups,
     disassemble,
     goto,
+    sigframe,
     signed,
 )
 from .jump import HitFrame, ThreadPointer, ThreadPointerSource
@@ -74,18 +76,13 @@ _REGSET = (*(f"x{n}" for n in range(31)), "sp", "pc", "pstate")
 _UCONTEXT = {name: UCONTEXT_MCONTEXT + 8 + 8 * i for i, name in enumerate(_REGSET)}
 
 # The way back (arch/arm64/kernel/signal.c): struct rt_sigframe is a siginfo, then the
-# ucontext: uc_flags, uc_link, uc_stack (its ss_flags at 24), uc_sigmask at 40, then
-# uc_mcontext, whose 4096 __reserved bytes (16-aligned after fault_address, regs[31], sp,
-# pc and pstate) hold records: the fpsimd one, which rt_sigreturn requires, then a zero
-# terminator.
-_SIGINFO_SIZE, _UC_SS_FLAGS, _UC_SIGMASK = 128, 24, 40
+# ucontext (fixed_width.sigframe), whose uc_mcontext's 4096 __reserved bytes (16-aligned
+# after fault_address, regs[31], sp, pc and pstate) hold records: the fpsimd one, which
+# rt_sigreturn requires, then a zero terminator.
 _UC_RESERVED = UCONTEXT_MCONTEXT + 288
-_SIGFRAME_SIZE = _SIGINFO_SIZE + _UC_RESERVED + 4096
+_SIGFRAME_SIZE = SIGFRAME_UCONTEXT + _UC_RESERVED + 4096
 _FPSIMD_MAGIC, _FPSIMD_SIZE = 0x46508001, 528
 """struct fpsimd_context: its _aarch64_ctx head, fpsr, fpcr, vregs[32]."""
-_SS_NO_CHANGE = 4
-"""A ss_flags sigaltstack refuses (EINVAL), which rt_sigreturn ignores: the alternate
-stack stays as it is."""
 _NT_PRFPREG, _NT_ARM_SVE, _NT_ARM_SSVE, _NT_ARM_ZA, _NT_ARM_GCS = 2, 0x405, 0x40B, 0x40C, 0x410
 _SVE_PT_REGS_SVE = 1
 """user_sve_header.flags (at 12): the SVE registers are live (NT_ARM_SSVE: streaming mode)."""
@@ -105,16 +102,12 @@ def _aarch64_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes
         raise NoWayBack("the thread's SVE registers are live")
     if len(za) > _ZA_HEADER or (gcs and struct.unpack_from("<Q", gcs)[0] & 1):
         raise NoWayBack("the thread has ZA on or a guarded control stack")
-    out = bytearray(_SIGFRAME_SIZE)
-    uc = _SIGINFO_SIZE
-    struct.pack_into("<i", out, uc + _UC_SS_FLAGS, _SS_NO_CHANGE)
-    struct.pack_into("<Q", out, uc + _UC_SIGMASK, blocked)
-    for name, offset in _UCONTEXT.items():
-        struct.pack_into("<Q", out, uc + offset, regs[name] & MASK64)
+    at, out = sigframe(_SIGFRAME_SIZE, top, regs, _UCONTEXT, blocked)
     fpsr, fpcr = struct.unpack_from("<II", fpsimd, 512)
     record = struct.pack("<IIII", _FPSIMD_MAGIC, _FPSIMD_SIZE, fpsr, fpcr) + fpsimd[:512]
-    out[uc + _UC_RESERVED:uc + _UC_RESERVED + _FPSIMD_SIZE] = record
-    return (top - _SIGFRAME_SIZE) & ~15, bytes(out)
+    reserved = SIGFRAME_UCONTEXT + _UC_RESERVED
+    out[reserved:reserved + _FPSIMD_SIZE] = record
+    return at, bytes(out)
 
 
 _WAY_BACK = SigreturnWayBack(

@@ -1,9 +1,10 @@
 """What the fixed-width instruction sets share (aarch64, riscv64, and the ports after
-them): the asm-generic syscall table, and out-of-line steps after which only pc needs
-fixing, their trap leaving pc on itself."""
+them): the asm-generic syscall table, the signal frame's generic part, and out-of-line
+steps after which only pc needs fixing, their trap leaving pc on itself."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
@@ -47,10 +48,31 @@ UCONTEXT_MCONTEXT = 176
 """Offset of uc_mcontext in arm64's and riscv's struct ucontext: uc_flags, uc_link, uc_stack
 (40 bytes), uc_sigmask with room for glibc's 1024-bit set (128), then the 16-aligned
 struct sigcontext."""
+SIGFRAME_UCONTEXT = 128
+"""Offset of the ucontext in arm64's and riscv's struct rt_sigframe, after the siginfo."""
+_UC_SS_FLAGS, _UC_SIGMASK = 24, 40
+_SS_NO_CHANGE = 4
+"""A ss_flags sigaltstack refuses (EINVAL), which rt_sigreturn ignores (restore_altstack()
+squashes the error): the alternate stack stays as it is (uemu cannot read it)."""
 
 
 MASK64 = (1 << 64) - 1
 NO_REGS: Mapping[str, int] = frozen_map({})
+
+
+def sigframe(size: int, top: int, regs: Mapping[str, int], ucontext: Mapping[str, int],
+             blocked: int) -> tuple[int, bytearray]:
+    """Where a ``size``-byte struct rt_sigframe goes 16-byte aligned below ``top``
+    (get_sigframe()), and its bytes as far as arm64 and riscv share them: a zero siginfo
+    (rt_sigreturn does not read it), uc_stack asking no change, the blocked mask, every
+    general register at its ``ucontext`` offset (``Arch.ucontext_regs``); the caller adds
+    the floating-point state.  Kernel: arch/{arm64,riscv}/kernel/signal.c, rt_sigreturn."""
+    out = bytearray(size)
+    struct.pack_into("<i", out, SIGFRAME_UCONTEXT + _UC_SS_FLAGS, _SS_NO_CHANGE)
+    struct.pack_into("<Q", out, SIGFRAME_UCONTEXT + _UC_SIGMASK, blocked)
+    for name, offset in ucontext.items():
+        struct.pack_into("<Q", out, SIGFRAME_UCONTEXT + offset, regs[name] & MASK64)
+    return (top - size) & ~15, out
 
 
 def signed(value: int, bits: int) -> int:

@@ -8,6 +8,7 @@ architectural ``xN`` and ``fp`` are aliases (as GAS accepts them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -18,9 +19,11 @@ from .base import (
     Effects,
     Emulate,
     KernelSigaction,
+    NoWayBack,
     Plan,
     Refuse,
     Regs,
+    SigreturnWayBack,
     SpecRegister,
     StepEnd,
     StepOutOfLine,
@@ -32,6 +35,7 @@ from .fixed_width import (
     GENERIC_SYSCALL_NUMBERS,
     MASK64,
     NO_REGS,
+    SIGFRAME_UCONTEXT,
     TRAP_BRKPT,
     UCONTEXT_MCONTEXT,
     FixedWidthJumps,
@@ -39,6 +43,7 @@ from .fixed_width import (
     PcStepFixups,
     disassemble,
     goto,
+    sigframe,
     signed,
 )
 from .jump import HitFrame, ThreadPointer, ThreadPointerSource
@@ -71,6 +76,44 @@ _REGSET = ("pc", *_ABI_NAMES[1:])
 # struct sigcontext (arch/riscv/include/uapi/asm/sigcontext.h) starts with that same
 # struct user_regs_struct.
 _UCONTEXT = {name: UCONTEXT_MCONTEXT + 8 * i for i, name in enumerate(_REGSET)}
+
+# The way back (arch/riscv/kernel/signal.c): struct rt_sigframe is a siginfo, then the
+# ucontext (fixed_width.sigframe), whose struct sigcontext is sc_regs (the regset's 32
+# words), then a 528-byte union: sc_fpregs (union __riscv_fp_state, whose d is f[32] and
+# fcsr) or sc_extdesc (struct __riscv_extra_ext_header), whose reserved word at 516 must
+# be zero and whose __riscv_ctx_hdr at 520 opens the extension records (vector, shadow
+# stack): here at once the END one (magic 0, size 0), as the kernel writes it for a thread
+# without such state.  A zero frame holds both already.
+_SC_FPREGS = SIGFRAME_UCONTEXT + UCONTEXT_MCONTEXT + 8 * len(_REGSET)
+_FP_D_STATE = 8 * 32 + 4
+"""struct __riscv_d_ext_state: f[32], fcsr; ptrace's NT_PRFPREG gives the same bytes."""
+_SIGFRAME_SIZE = _SC_FPREGS + 528
+_NT_PRFPREG, _NT_RISCV_VECTOR = 2, 0x901
+
+
+def _riscv_frame(regs: Mapping[str, int], blocked: int, images: Sequence[bytes], top: int) -> tuple[int, bytes]:
+    """struct rt_sigframe 16-byte aligned below ``top`` (get_sigframe()), with every
+    register, the mask and the D extension's registers from ptrace's NT_PRFPREG.  Refused
+    (NoWayBack) for a thread whose vector state is on (NT_RISCV_VECTOR readable): the
+    kernel's frame would hold it in a vector record we do not make, and rt_sigreturn
+    without one leaves the vector registers as the call left them.  Kernel: ptrace's
+    riscv_vr_get() fails for a thread without vector state (EINVAL; ENODATA in newer kernels)."""
+    fp, vector = images
+    if vector:
+        raise NoWayBack("the thread's vector registers are in use")
+    at, out = sigframe(_SIGFRAME_SIZE, top, regs, _UCONTEXT, blocked)
+    out[_SC_FPREGS:_SC_FPREGS + _FP_D_STATE] = fp[:_FP_D_STATE]
+    return at, bytes(out)
+
+
+_WAY_BACK = SigreturnWayBack(
+    gadget=b"\x73\x00\x00\x00\x82\x80",  # ecall; c.ret (the vDSO's __vdso_getcpu, glibc's getpid and kin)
+    restorer=b"\x93\x08\xb0\x08\x73\x00\x00\x00",  # li a7, 139; ecall (the vDSO's __vdso_rt_sigreturn)
+    fpstate_notes=(_NT_PRFPREG,),
+    feature_notes=(_NT_RISCV_VECTOR,),
+    link_reg="ra",
+    frame=_riscv_frame,
+)
 
 
 # ===========================================================================
@@ -413,6 +456,7 @@ RISCV64 = Arch(
     syscall_return="a0",
     syscall_numbers=frozen_map(GENERIC_SYSCALL_NUMBERS),
     ucontext_regs=frozen_map(_UCONTEXT),
+    way_back=_WAY_BACK,
     sigaction=KernelSigaction(size=24, word=8, handler=0, flags=8, restorer=None, mask=16),
     trap_si_code=TRAP_BRKPT,
     backend=_BACKEND,

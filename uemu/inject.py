@@ -138,11 +138,12 @@ class WayBack:
 
 
 def _feature_regset(tid: int, note: int) -> bytes:
-    """A regset of a CPU feature, b"" where the CPU lacks it (EINVAL)."""
+    """A regset of a CPU feature, b"" where the CPU lacks it or the thread does not use it
+    (EINVAL; ENODATA from newer riscv kernels for the vector state)."""
     try:
         return ptrace.regset_bytes(tid, note, _FPSTATE_ROOM)
     except OSError as err:
-        if err.errno != errno.EINVAL:
+        if err.errno not in (errno.EINVAL, errno.ENODATA):
             raise
         return b""
 
@@ -212,7 +213,7 @@ def caller(task: Task, mm: Mm, through_net: bool = True) -> Callable[..., int]:
     handler is the stub's first, whose trap finds the handler in.  Before the area
     exists, or to remove it (``through_net`` False: the stub goes with the area),
     the call is made over a sigreturn frame where the arch and the process have a way
-    back (``WayBack``: x86_64 and arm64 with glibc, i386), else at the vDSO's syscall
+    back (``WayBack``: x86_64 and arm64 with glibc, i386, riscv64), else at the vDSO's syscall
     instruction, and uemu's death within such a call leaves the thread with the call's
     registers (``net.map_area`` keeps those calls few).
     """

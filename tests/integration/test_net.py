@@ -356,6 +356,8 @@ XCR0, XSTATE_BV, MXCSR, XMM0, YMM0_HIGH = 464, 512, 24, 160, 576
 control word, xmm0, and ymm0's high half in the AVX component (standard format)."""
 FPCR = 516
 """In arm64's user_fpsimd_state: vregs[32], fpsr, then fpcr."""
+FCSR = 256
+"""In riscv's __riscv_d_ext_state: f[32], then fcsr."""
 
 
 def _x86_state(xstate: bytearray, pattern: int) -> None:
@@ -378,12 +380,18 @@ def _fpsimd_state(fpsimd: bytearray, pattern: int) -> None:
     struct.pack_into("<I", fpsimd, FPCR, pattern & 0xC00000)
 
 
+def _d_state(fstate: bytearray, pattern: int) -> None:
+    """f0, fcsr's rounding mode and its accrued flags made of ``pattern``."""
+    fstate[0:8] = bytes([pattern & 0xFF]) * 8
+    struct.pack_into("<I", fstate, FCSR, (pattern >> 4 & 3) << 5 | pattern & 0x1F)
+
+
 SYSCALL_STOP_SCRATCH = {"aarch64": "x7"}
 """A register a tracer sees changed at a syscall stop: arm64 shows x7 as the stop's
 direction (1: exit) and puts the thread's own back after it (Kernel:
 ptrace_report_syscall() in arch/arm64/kernel/ptrace.c)."""
 FP_STATE = {"x86_64": (NT_X86_XSTATE, _x86_state), "i386": (NT_X86_XSTATE, _x86_state),
-            "aarch64": (NT_PRFPREG, _fpsimd_state)}
+            "aarch64": (NT_PRFPREG, _fpsimd_state), "riscv64": (NT_PRFPREG, _d_state)}
 
 
 def _set_state(tid: int, arch_name: str, pattern: int, blocked: int) -> None:
@@ -411,7 +419,8 @@ def test_a_call_made_over_the_way_back_ends_in_the_threads_own_state(orphan_prog
     frame's restore passes), and the program then goes on as untraced.  x86_64 returns
     from a `syscall; ret` into glibc's __restore_rt; i386 from the vDSO's
     __kernel_vsyscall, whose pops come first, into its __kernel_rt_sigreturn; arm64 from
-    glibc's `svc #0; ret` through x30 into the vDSO's __kernel_rt_sigreturn."""
+    glibc's `svc #0; ret` through x30 into the vDSO's __kernel_rt_sigreturn; riscv64 from
+    the vDSO's `ecall; ret` through ra into its __vdso_rt_sigreturn."""
     arch = by_name(sdt.open_elf(str(orphan_program)).arch_name)
     if arch.way_back is None:
         pytest.skip(f"no way back on {arch.name}")
