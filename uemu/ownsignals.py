@@ -74,11 +74,15 @@ class OwnSignals:
         self._arm_timer()
 
     def restore(self) -> None:
-        if self._old:
+        """The timer off, then the handlers from before.  ``_old`` is emptied first: an
+        alarm whose Python handler runs in between (it was caught before the timer went
+        off) must not arm the timer again, or its next alarm would meet the default
+        action and end the process (seen in the arm64 guest: "Alarm clock")."""
+        old, self._old = self._old, {}
+        if old:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig, handler in self._old.items():
+        for sig, handler in old.items():
             signal.signal(sig, handler)
-        self._old.clear()
 
     def _arm_timer(self) -> None:
         delay = CHECK_INTERVAL
@@ -87,6 +91,8 @@ class OwnSignals:
         signal.setitimer(signal.ITIMER_REAL, delay)
 
     def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        if not self._old:
+            return  # restored meanwhile: no new turn
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self._leave("duration")
             return

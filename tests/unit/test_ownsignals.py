@@ -80,3 +80,30 @@ def test_outside_the_main_thread_nothing_is_installed() -> None:
     thread.join()
     assert signal.getsignal(signal.SIGINT) == before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_an_alarm_caught_while_restoring_arms_no_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alarm whose handler runs inside ``restore``, after the timer went off and
+    before the handlers came back, must not arm the timer again: its next alarm would
+    meet the handler from before (the default one ends the process)."""
+    monkeypatch.setattr(ownsignals, "CHECK_INTERVAL", 0.02)
+    setitimer = signal.setitimer
+
+    def late_alarm(which: int, seconds: float, interval: float = 0.0) -> tuple[float, float]:
+        old = setitimer(which, seconds, interval)
+        if seconds == 0:
+            os.kill(os.getpid(), signal.SIGALRM)  # its handler runs at the next bytecode
+        return old
+
+    caller_handler = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    own = OwnSignals(lambda reason: None, lambda: None)
+    own.install()
+    own.start_timer(None)
+    monkeypatch.setattr(signal, "setitimer", late_alarm)
+    try:
+        own.restore()
+        armed = signal.getitimer(signal.ITIMER_REAL)
+    finally:
+        setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, caller_handler)
+    assert armed == (0.0, 0.0)
