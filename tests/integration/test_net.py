@@ -25,16 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
+from residue import counters_off, semaphores, text_differences, turns
 from samplelog import Line, parse
-from tracee import differences, file_memory, wait_until
+from tracee import Tracee, differences, file_memory, thread_states, tracer_pid, wait_until
 
 from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
+from uemu.arch.base import StepEnd, StepOutOfLine
 from uemu.maps import read_maps
 from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
 from uemu.objects import mapped_objects
 from uemu.runtime import has_blob
 from uemu.runtime.layout import SlotFlags, TableState
+from uemu.session import Session
 from uemu.stops import StopKind, classify
 from uemu.tasks import Task
 
@@ -521,3 +525,72 @@ def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_p
     finally:
         orphan.close()
     assert status == (0 if repark else -signal.SIGTRAP)
+
+
+def _two_stop_site(program: Path) -> str:
+    """A raw PROBE word for the last instruction of samples/survival's work(), which every
+    hot turn runs: a ret, stepped out of line in two stops (a single step) on x86."""
+    elf = sdt.open_elf(str(program))
+    with program.open("rb") as stream:
+        [symbol] = ELFFile(stream).get_section_by_name(".symtab").get_symbol_by_name("work")
+        address = symbol["st_value"] + symbol["st_size"] - 1
+        stream.seek(elf.file_offset(address, executable=True))
+        code = stream.read(1)
+    backend = by_name(elf.arch_name).backend
+    plan = backend.analyze(code, address)
+    if not isinstance(plan, StepOutOfLine) or backend.prepare_xol(plan, address + 4096, {}).ends is not StepEnd.STEP:
+        pytest.skip(f"no single-stepped site in work() on {elf.arch_name}")
+    return f"{program}:work+{symbol['st_size'] - 1:#x}"
+
+
+def _park_after_a_step(pid: int, word: str, report: int) -> None:
+    """The tracer (a forked child): a session on ``word`` runs until a thread's step has
+    trapped, the trap not yet taken, then parks every thread (``Tracer.stop_all``, as a
+    removal, a mend or an arming does): that thread is parked at its step's own trap stop.
+    The net's records of threads out of their steps are cleared, as a record is once the
+    thread moves on: left, a record outlives its step, and the net would take any
+    TRAP_TRACE of that thread for its step's end (the runtime's R4), hiding what this test
+    looks for.  Then it waits to die."""
+    session = Session([word], jumps=False, warn=lambda message: None)
+    session.attach(pid)
+    tracer, tasks = session.tracer, session.tracees.tasks
+    tracer.run_until(lambda: any(t.xol is not None and not t.stopped for t in tasks.values()))
+    [stepping] = [t for t in tasks.values() if t.xol is not None and not t.stopped]
+    wait_until(lambda: thread_states(pid)[stepping.tid] == "t", what="the step's trap")
+    tracer.stop_all()
+    assert stepping.xol is None, "the step ended at its trap stop"
+    for task in tasks.values():
+        if task.xol is None and task.mm is not None and task.mm.net is not None:
+            task.mm.net.clear_thread(task.tid)
+    os.write(report, b"parked\n")
+    while True:
+        signal.pause()
+
+
+def test_threads_parked_after_a_step_outlive_their_tracer(runnable_build) -> None:
+    """uemu killed while its threads are parked (every thread stopped for a removal, a mend,
+    an arming), one of them right after its out-of-line step trapped.  The kernel keeps a
+    single-step's trap flag until another restart and a tracer's death does not clear it
+    (kernel: ``exit_ptrace()``; ``ptrace_detach()`` does): parked with it, that thread would
+    trap after its next instruction with no tracer left, and a trap that is not the net's
+    goes to the program's action (SIG_DFL: it dies).  Parking takes the flag away
+    (``Tracer.stop_all``).  The program then goes on untraced: its next turns, its text
+    as its files, its semaphores at 0, work() never wrong."""
+    program = runnable_build.directory / "survival"
+    word = _two_stop_site(program)
+    with Tracee([program, "2", "100", "0"]) as survival:
+        survival.wait_sync("started")
+        survival.release()
+        with forked_tracer(lambda report: _park_after_a_step(survival.pid, word, report)) as (_, line):
+            assert line() == "parked\n", "the tracer failed (see stderr)"
+        start = turns(survival.pid, survival.lines())
+        wait_until(lambda: survival.process.poll() is not None or turns(survival.pid, survival.lines()) >= start + 200,
+                   what="the program's next turns")
+        assert survival.process.poll() is None, f"the program ended ({survival.process.returncode})"
+        assert tracer_pid(survival.pid) == 0
+        assert text_differences(survival.pid) == []
+        assert counters_off(survival.pid, semaphores(survival.lines())) == []
+        survival.process.terminate()
+        assert survival.process.wait(20) == 0
+        wrong = [line.values for line in survival.lines() if line.kind == "result"]
+        assert wrong and all(values[-1] == "0" for values in wrong), wrong
