@@ -213,7 +213,7 @@ class Tracer:
         exactly (the runtime's R2 and R4).  A thread owed a signal keeps its stop, the one
         place its signal can be delivered from; the restart that delivers it clears the flag."""
         for task in list(self.tracees.tasks.values()):
-            if (task.single_step and task.stopped and task.xol is None and task.stop_kind in inject.INJECTABLE
+            if (task.single_step and task.xol is None and task.stop_kind in inject.INJECTABLE
                     and not task.owed_signal and not task.held):
                 with suppress(errors.TraceeGone):
                     inject.repark(task)
