@@ -16,7 +16,7 @@ import errno
 from collections.abc import Callable
 from contextlib import suppress
 
-from . import errors, process, ptrace, xol
+from . import errors, inject, process, ptrace, xol
 from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify
 from .tasks import Task, Tracees
 from .uprobes import Mm
@@ -197,7 +197,26 @@ class Tracer:
                 except errors.TraceeGone:
                     task.stopped = True
         self.run_until(self.tracees.all_parked)
+        self._drop_step_flags()
         return bool(self.tracees.tasks)
+
+    def _drop_step_flags(self) -> None:
+        """Every parked thread whose out-of-line step is over loses the step's trap flag.
+
+        Kernel: the flag lives from ``arch_uprobe_pre_xol()`` to ``arch_uprobe_post_xol()``
+        and never outlives the step.  Differs: only a restart clears what PTRACE_SINGLESTEP
+        set, and a thread parked at its step's own trap stop has had none: should uemu die
+        while it is parked, it would trap after its next instruction with no tracer left,
+        a trap the net can only guess about.  ``inject.repark`` clears it without the
+        thread running an instruction.  A thread still inside its step keeps the flag: with
+        uemu dead, the trap after its one instruction is how the net finishes the step
+        exactly (the runtime's R2 and R4).  A thread owed a signal keeps its stop, the one
+        place its signal can be delivered from; the restart that delivers it clears the flag."""
+        for task in list(self.tracees.tasks.values()):
+            if (task.single_step and task.xol is None and task.stop_kind in inject.INJECTABLE
+                    and not task.owed_signal and not task.held):
+                with suppress(errors.TraceeGone):
+                    inject.repark(task)
 
     def while_parked(self, work: Callable[[], None]) -> None:
         """``work`` with every task parked (sites and counters change only while every

@@ -44,7 +44,10 @@ def machine(request: pytest.FixtureRequest) -> Machine:
 
 
 def armed(m: Machine, handler: int = PROGRAM_HANDLER, flags: int = SA_SIGINFO) -> Machine:
+    """Armed by a uemu now gone: the thread has no tracer (a trap of uemu's reaches the
+    handler only then)."""
     m.install(m.action(handler, flags), tracer_pid=TRACER)
+    m.kernel.tracer_pid = 0
     return m
 
 
@@ -106,7 +109,8 @@ def test_a_later_thread_finds_it_done(machine: Machine) -> None:
     delivery = trap_at(m, second, tid=4343)
     assert ip(m, delivery) == second
     assert len(m.writes) == writes, "nothing written twice"
-    assert {name for name, _ in m.kernel.calls} <= {"gettid", "getpid"}, "no restore, no sleep, no action change"
+    assert {name for name, _ in m.kernel.calls} <= {"gettid", "getpid", "openat", "read", "close"}, \
+        "no restore, no sleep, no action change: a look at its TracerPid alone"
 
 
 def test_waits_for_a_thread_restoring_then_finds_it_done(machine: Machine) -> None:
@@ -324,6 +328,22 @@ def test_a_step_in_flight_when_the_tracer_died(machine: Machine) -> None:
     m.net.set_thread(4242, ThreadFlags.STEP, step_slot=slot)
     assert ip(m, m.deliver(TEXT + 0x800, TRAP_TRACE)) == TEXT + 0x800
     assert read_table(m.base, m.memory).threads == [], "the record is used up"
+
+
+def test_nothing_is_ours_while_uemu_traces_the_thread(machine: Machine) -> None:
+    """A record outlives its step: the program's own TRAP_TRACE (a trap flag it set
+    itself), which uemu delivers to it, must reach the program's handler, and nothing be
+    undone under a living uemu.  Differs: the kernel's handler is the authority itself."""
+    m = armed(machine)
+    site, slot, length = TEXT + 0x100, m.net.slots_area[0] + 0xC0, 2
+    m.arm(site)
+    m.net.set_slot(slot, trap_addr=slot + length, site=site, insn_len=length, flags=SlotFlags.FIX_IP)
+    m.net.set_thread(4242, ThreadFlags.STEP, step_slot=slot)
+    m.kernel.tracer_pid = TRACER
+    delivery = m.deliver(TEXT + 0x800, TRAP_TRACE)
+    assert ip(m, delivery) == TEXT + 0x800
+    assert len(delivery.program_calls) == 1
+    assert state(m) == TableState.ARMED and len(read_table(m.base, m.memory).threads) == 1
 
 
 # ----- R3: a SIGTRAP the kernel delivers for a ptrace stop ---------------------------

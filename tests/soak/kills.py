@@ -5,8 +5,11 @@ Moments: while arming (after the seize for ``attach``, after the fork for
 0.5 s, whose next pass is the first orphaned hit), under a hot semaphore-guarded
 probe, during out-of-line steps in jump
 and in step slots (raw probes on work()), while following forks (``-f``, the
-sample forking a child every 50 ms), and while leaving (SIGINT, then SIGKILL
-within 1.2 times what leaving took in a try that was not killed).  Then the target
+sample forking a child every 50 ms), while every thread is parked to mend a
+semaphore lowered behind uemu's back (``mending``: the hot threads single-step
+work()'s ret, so a thread is often parked right after its step), and while
+leaving (SIGINT, then SIGKILL within 1.2 times what leaving took in a try that
+was not killed).  Then the target
 must make its first orphaned hits and be judged (judge.py).  ``run`` sets
 PTRACE_O_EXITKILL (README): its rows say what that does.  The repair variant runs
 ``uemu repair PID`` right after the kill, once that command exists.
@@ -23,12 +26,13 @@ from dataclasses import dataclass
 
 from conftest import Build
 from judge import PROGRESS_TIMEOUT, judge
+from residue import semaphores
 from sites import stepped
 from tally import Outcome
 from target import UEMU, Target, Uemu, wait_for
-from tracee import tracer_pid
+from tracee import thread_states, tracer_pid
 
-MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "leaving")
+MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "mending", "leaving")
 THREADS = 4
 SLOW_MS = 3000
 """survival:slow every 3 s, as in the issue; 0.5 s where it is the probe hit,
@@ -44,6 +48,9 @@ soak run: arming from the seize for attach, from the fork for run; leaving from
 SIGINT to uemu's end); the notes say how many kills came before uemu was armed (after
 it had ended)."""
 TRACING_WINDOW = 0.4
+PARK_WAIT = 3.0
+"""Seconds to watch for every thread parked at once (uemu looks for changes every second,
+``ownsignals.CHECK_INTERVAL``) once the semaphore is lowered."""
 
 
 @functools.cache
@@ -80,8 +87,8 @@ class Kill:
         """Why the scenario cannot run here, or None."""
         if self.repair and not repair_available():
             return "repair: not available"
-        if self.moment == "step" and "step" not in stepped(self.build.directory / "survival", "work"):
-            return f"kill9/*/step/{self.build.name}: no two-stop site (every slot near the code jumps back)"
+        if self.moment in ("step", "mending") and "step" not in stepped(self.build.directory / "survival", "work"):
+            return f"kill9/*/{self.moment}/{self.build.name}: no two-stop site (every slot near the code jumps back)"
         return None
 
     def probes(self) -> list[str]:
@@ -95,6 +102,7 @@ class Kill:
             "jump": ["jump"],
             "step": ["step"],
             "forks": ["survival:hot", "jump"],
+            "mending": ["survival:hot", "step"],
             "leaving": ["survival:hot", *raw],
         }[self.moment]
         return [raw.get(word, word) for word in words]
@@ -155,6 +163,9 @@ class Kill:
             if not uemu.wait_ready():
                 outcome.notes[f"uemu ended before it was armed ({uemu.process.returncode})"] += 1
             time.sleep(rng.uniform(0, TRACING_WINDOW))
+            if self.moment == "mending":
+                _kill_parked(uemu, target, outcome)
+                return
             if self.moment == "leaving":
                 uemu.send(signal.SIGINT)
                 time.sleep(rng.uniform(0, ARMING_SPAN * phase_time(self, "leaving")))
@@ -165,6 +176,22 @@ class Kill:
         if target.pid is None:  # run: found while still uemu's child, or never
             outcome.notes["killed before the command existed"] += 1
         uemu.send(signal.SIGKILL)
+
+
+def _kill_parked(uemu: Uemu, target: Target, outcome: Outcome) -> None:
+    """Lower the hot probe's semaphore behind uemu's back: at its next look uemu parks
+    every thread to raise it again (``Tracer.while_parked``).  SIGKILL as soon as every
+    thread is seen stopped at once, the program's own time never stopping them all."""
+    pid = target.known_pid
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+        mem.seek(semaphores(target.lines())["survival:hot"])
+        mem.write(bytes(2))
+    try:
+        parked = wait_for(lambda: set(thread_states(pid).values()) == {"t"}, PARK_WAIT, step=0)
+    except OSError:
+        parked = False
+    outcome.notes["killed with every thread seen parked" if parked else f"no park seen in {PARK_WAIT:g} s"] += 1
+    uemu.send(signal.SIGKILL)
 
 
 @functools.cache

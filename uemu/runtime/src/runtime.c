@@ -531,6 +531,8 @@ static void finish_step(struct table_header *t, const struct slot *slot, unsigne
         uc_set(uc, slot->scratch_off, (unsigned long)slot->scratch_value);
 }
 
+static int tracer_alive(const struct table_header *t);
+
 static void give_back_injected(struct table_header *t, void *uc)
 {
     struct inject_header *inject = inject_of(t);
@@ -601,6 +603,12 @@ void uemu_trap_handler(int sig, void *siginfo, void *uc)
     trap.tid = sys0(SYS_gettid);
     trap.slot = 0;
     classify(t, &trap, uc);
+    /* A trap reaches us while uemu still traces this thread only when uemu found it not its
+     * own (the program's: its own int3, a trap flag it set itself).  The table cannot
+     * tell: a thread's record outlives its step, and R4 would take the program's next
+     * TRAP_TRACE for that step's end and undo everything under a living uemu. */
+    if (trap.verdict != NOT_OURS && tracer_alive(t))
+        trap.verdict = NOT_OURS;
     if (trap.verdict == NOT_OURS) {
         chain(t, sig, info, uc);
         return;
