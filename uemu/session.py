@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 
-from . import errors, inject, jumphits, ptrace, ring, spawn, xol
+from . import errors, jumphits, ptrace, ring, spawn, xol
 from .attach import Attacher
 from .chrome import read_comm
 from .consumers import Handler, Reporter
@@ -357,10 +357,7 @@ class Session:
         self.hits.serve_waiting()  # each goes back to its site, the hit not taken
         if self.jump_hits is not None:
             self.jump_hits.move_out(self.tracer)  # out of the trampolines, their hits recorded
-        for task in list(self.tracees.tasks.values()):
-            if task.single_step and task.stop_kind in inject.INJECTABLE:
-                with suppress(errors.TraceeGone):
-                    inject.repark(task)  # a uemu killed once the handler is gone: no trap after a step
+        self.tracer.drop_step_flags()  # move_out's steps too: a uemu killed once the handler is gone
         for mm in self.tracees.unique_mms():
             self.tracees.restore(mm, self.tracer.injectable)
         self.tracer.detach_all()

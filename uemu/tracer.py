@@ -197,10 +197,10 @@ class Tracer:
                 except errors.TraceeGone:
                     task.stopped = True
         self.run_until(self.tracees.all_parked)
-        self._drop_step_flags()
+        self.drop_step_flags()
         return bool(self.tracees.tasks)
 
-    def _drop_step_flags(self) -> None:
+    def drop_step_flags(self) -> None:
         """Every parked thread whose out-of-line step is over loses the step's trap flag.
 
         Kernel: the flag lives from ``arch_uprobe_pre_xol()`` to ``arch_uprobe_post_xol()``
@@ -211,7 +211,8 @@ class Tracer:
         thread running an instruction.  A thread still inside its step keeps the flag: with
         uemu dead, the trap after its one instruction is how the net finishes the step
         exactly (the runtime's R2 and R4).  A thread owed a signal keeps its stop, the one
-        place its signal can be delivered from; the restart that delivers it clears the flag."""
+        place its signal can be delivered from (an interrupt stop would drop it); the restart
+        or the detach that delivers it clears the flag."""
         for task in list(self.tracees.tasks.values()):
             if (task.single_step and task.xol is None and task.stop_kind in inject.INJECTABLE
                     and not task.owed_signal and not task.held):
