@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
-from uemu.jumps import LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, meeting
+from uemu.jumps import HEAP_ROOM, LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, landing_refused, meeting
 from uemu.jumptable import JumpTable
 from uemu.maps import Vma
 from uemu.net import Net
@@ -23,7 +24,12 @@ TARGET = 0x5C907E01
 bytes follow both nops)."""
 AREA = 0x7F0000000000
 """uemu's area, out of the targets' reach: trampolines go on landing pages."""
+MiB = 1 << 20
 STACK = Vma(0x7FFF00000000, 0x7FFF00021000, "rw-p", 0, 0, 0, "[stack]")
+
+
+def heap(start: int, size: int) -> Vma:
+    return Vma(start, start + size, "rw-p", 0, 0, 0, "[heap]")
 
 
 def test_first_fit_takes_the_lowest_aligned_gap_that_holds_the_size() -> None:
@@ -93,3 +99,28 @@ def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
             site.trampoline, "each landing leads on to its own trampoline"
         assert all(not (site.trampoline < other.landing + LANDING_SIZE and other.landing < site.trampoline + size)
                    for other in sites if other.landing is not None)
+
+
+BRK = 0x555560000000
+"""start_brk of a process."""
+
+
+@pytest.mark.parametrize(("heap_size", "above_brk", "refused"), [
+    (MiB, 100 * MiB, False),  # postgres's query__start in most refused starts: 88-244 MiB above start_brk
+    (MiB, MiB + HEAP_ROOM - 4096, True),
+    (300 * MiB, 310 * MiB, True),  # a large heap keeps its room to grow
+    (300 * MiB, 300 * MiB + HEAP_ROOM, False),
+])
+def test_the_heap_keeps_its_room_above_its_break(heap_size: int, above_brk: int, refused: bool) -> None:
+    vmas = [heap(BRK, heap_size), STACK]
+    why = landing_refused(X86_64, vmas, BRK + above_brk, BRK + above_brk + LANDING_SIZE, BRK)
+    assert (why == "where the heap may grow") is refused, why
+
+
+def test_below_the_heaps_start_the_heap_never_grows() -> None:
+    assert landing_refused(X86_64, [heap(BRK, MiB), STACK], BRK - 4096, BRK - 4096 + LANDING_SIZE, BRK) == ""
+
+
+def test_a_heap_not_mapped_yet_has_its_room_from_start_brk() -> None:
+    assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM - 4096, BRK + HEAP_ROOM, BRK) == "where the heap may grow"
+    assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM, BRK + HEAP_ROOM + LANDING_SIZE, BRK) == ""
