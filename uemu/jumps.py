@@ -55,6 +55,7 @@ puts one there itself (``plan`` refuses sites whose neighbours it writes).
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import os
@@ -77,7 +78,7 @@ from .chrome import read_comm
 from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
-from .maps import Vma, read_maps
+from .maps import Vma, is_probe_vma, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, InjectedCall, Net
 from .runtime import layout
 from .runtime.layout import JumpsState
@@ -89,8 +90,23 @@ RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
 STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
-HEAP_ROOM = 256 << 20
-"""Nor this close above the heap's start: brk grows there."""
+HEAP_ROOM = 64 << 20
+"""Nor this close above the heap's end (the break): brk grows there.
+Differs: the kernel's XOL area never lands in the heap's way (get_unmapped_area); a pun's
+landing must go where the site's bytes point, and start_brk is randomised (x86_64: within
+1 GiB above the program on this 6.18 kernel, 32 MiB on older ones), so a target falls in
+a room above it in about room/1 GiB of a program's starts.  postgres's query__start, 254 MB
+above its site, lost its landing to 256 MiB from start_brk in 5 and 7 of two series of 20
+starts (it was 88-244 MiB above start_brk), and with 32 MiB of randomisation would in
+every start (213-245 MiB above).  A heap that reaches a landing is not broken: the kernel
+refuses the brk (it would meet a mapping) and glibc's malloc goes on in mmapped memory
+(sysmalloc: "try using it as a backup when MORECORE fails"; musl too); its main arena is
+then not contiguous, and what is freed beyond the break is not trimmed back by brk.
+Measured here: postgres backends' heaps stayed under 1 MiB (pgbench, sorts with work_mem
+up to 256 MB, an index build), python3.11 running bench_real.py's script 1.1 MiB, a
+Python building a 2-million-entry dict 102 MiB (with a page 16 or 64 MiB above its break
+it ran as fast, on mmap beyond).  So 64 MiB, counted from the break as uemu last read the
+maps: a program attached with a large heap keeps the same room to grow."""
 VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""
@@ -166,11 +182,14 @@ class _MmJumps:
     pages: set[int] = field(default_factory=set)
     """Landing pages uemu mapped (pun targets, trampolines near sites out of the area's reach)."""
     used: list[tuple[int, int]] = field(default_factory=list)
-    """[start, end) of every trampoline on a landing page."""
-    page_fill: dict[int, int] = field(default_factory=dict)
-    """Landing page -> first free byte, for trampolines placed anywhere on it."""
+    """[start, end) of every landing and every trampoline on a landing page, sorted."""
+    full: set[int] = field(default_factory=set)
+    """Landing pages with no room left for a trampoline."""
+    targets: tuple[tuple[object, ...], list[tuple[int, int]]] = ((), [])
+    """The landings of every pun known in the mm (``_pun_landings``), with what they were
+    found from."""
     brk: int | None = None
-    """The process's start_brk: no landing page where the heap may grow."""
+    """The process's start_brk: no landing page where the heap may grow (``landing_refused``)."""
     traps: dict[int, bytes] = field(default_factory=dict)
     """Leaving: a trap over a trampoline's jump back -> the bytes under it (``trap_ways_back``)."""
 
@@ -530,12 +549,10 @@ class JumpPath:
             state.next_trampoline += size
         else:
             near = self._near(state, site.reach, size, call)
-            if near is None and landing is not None and not self._map_landing(state, landing.at + LANDING_SIZE,
-                                                                               size, call):
-                near = landing.at + LANDING_SIZE  # right after the landing, as the pun's own page allows
             if near is None:
                 return Trap("no room for a trampoline within the jump's reach")
             address = near
+            bisect.insort(state.used, (address, address + size))
         index = state.table.take_index()
         if index is None:
             return Trap("the jump table is full")
@@ -551,10 +568,12 @@ class JumpPath:
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
         """Map the pages under [start, start + size) that are not landing pages yet;
-        why not ('' when mapped): taken by the program or by another trampoline."""
+        why not ('' when mapped): taken by the program, another landing or a trampoline
+        (only one placed before the target was known: ``_near`` keeps clear of those
+        known)."""
         end = start + size
-        if any(s < end and start < e for s, e in state.used):
-            return "another trampoline is there"
+        if meeting(state.used, start, end):
+            return "another landing or a trampoline is there"
         why = self._allowed(state, start, end)
         if why:
             return why
@@ -567,8 +586,7 @@ class JumpPath:
                 return f"the page at {page:#x} is taken" if got in (page, -17) or got >= 0 else \
                     f"mmap: {os.strerror(-got)}"
             state.pages.add(page)
-            state.page_fill.setdefault(page, PAGE)  # taken by pun targets: no general room
-        state.used.append((start, end))
+        bisect.insort(state.used, (start, end))
         return ""
 
     @staticmethod
@@ -586,33 +604,63 @@ class JumpPath:
 
     def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall) -> int | None:
         """Room for a trampoline within ``reach``: on a landing page that has some, or a new
-        page in a gap of the address space."""
-        for page, fill in state.page_fill.items():
-            if reach[0] <= page + fill and page + fill + size <= reach[1] and fill + size <= PAGE:
-                state.page_fill[page] = fill + size
-                state.used.append((page + fill, page + fill + size))
-                return page + fill
-        vmas = sorted(state.mm.vmas, key=lambda v: v.start)
-        middle = (reach[0] + reach[1]) // 2
-        best = None
-        for before, after in itertools.pairwise(vmas):
-            low = max(before.end + PAGE, reach[0])
-            high = min(after.start - 2 * PAGE, reach[1] - PAGE)
-            if low > high:
-                continue
-            page = min(max(middle & -PAGE, low), high) & -PAGE
-            if low <= page and (best is None or abs(page - middle) < abs(best - middle)) \
-                    and not self._allowed(state, page, page + PAGE):
-                best = page
-        if best is None:
+        page in a gap of the address space; never over a landing, a trampoline, or the
+        target of a pun not armed yet (``_pun_landings``)."""
+        landings = self._pun_landings(state)
+
+        def fit(page: int) -> int | None:
+            low, high = max(page, reach[0]), min(page + PAGE, reach[1])
+            taken = sorted([*meeting(state.used, page, page + PAGE), *meeting(landings, page, page + PAGE)])
+            return first_fit(taken, low, high, size) if low < high else None
+
+        for page in sorted(state.pages - state.full):
+            found = fit(page)
+            if found is not None:
+                return found
+            if reach[0] <= page and page + PAGE <= reach[1]:
+                state.full.add(page)
+        mapped = [(v.start, v.end) for v in state.mm.vmas] + [(page, page + PAGE) for page in state.pages]
+        middle = ((reach[0] + reach[1]) // 2) & -PAGE
+        gaps = []
+        for (_, before_end), (after_start, _) in itertools.pairwise(sorted(mapped)):
+            low = max(before_end + PAGE, reach[0])
+            high = min(after_start - 2 * PAGE, reach[1] - PAGE)
+            if low <= high:
+                page = min(max(middle, -(-low // PAGE) * PAGE), high & -PAGE)
+                gaps.append((abs(page - middle), page, low, high))
+        best = next((page for _, start, low, high in sorted(gaps) for page in _outward(start, low, high)
+                     if not self._allowed(state, page, page + PAGE) and fit(page) is not None), None)
+        if best is None or self._map_page(state, best, call) != best:
             return None
-        if self._map_page(state, best, call) != best:
-            return None
+        found = fit(best)
         state.pages.add(best)
-        state.page_fill[best] = size
-        state.used.append((best, best + size))
         state.mm.vmas = read_maps(state.mm.pid)
-        return best
+        return found
+
+    def _pun_landings(self, state: _MmJumps) -> list[tuple[int, int]]:
+        """[start, end) of the landing of every pun the session's sites in the mm take or
+        will take (those of the objects mapped now), armed or not: arming goes site by
+        site, and a trampoline placed over the target of one armed later sent it to the
+        trap (python3.11's function__return: its target is 0x33 bytes after
+        function__entry's, whose trampoline went right after its landing).  Found anew
+        only when the objects' mappings or their number of uprobes changed (one that lost
+        its consumers keeps its room: a few bytes)."""
+        mm = state.mm
+        probed = [(v, self.uprobes.by_file[v.file_id]) for v in mm.vmas if v.file_id in self.uprobes.by_file]
+        key = tuple((v.start, v.end, v.perms, v.offset, v.file_id, len(uprobes)) for v, uprobes in probed)
+        if state.targets[0] == key:
+            return state.targets[1]
+        landings = []
+        for vma, uprobes in probed:
+            for uprobe in uprobes:
+                if uprobe.consumers and is_probe_vma(vma, uprobe.file_id, uprobe.offset):
+                    decided = self.plan(mm, uprobe, vma.offset_to_vaddr(uprobe.offset))
+                    target = decided.site.target if isinstance(decided, Jump) else None
+                    if target is not None:
+                        landings.append((target, target + LANDING_SIZE))
+        landings.sort()
+        state.targets = (key, landings)
+        return landings
 
     @staticmethod
     def _allowed(state: _MmJumps, start: int, end: int) -> str:
@@ -760,8 +808,8 @@ class JumpPath:
         copy = _MmJumps(child, child_net, table, state.ring, state.backend,
                         sites={vaddr: replace(s) for vaddr, s in state.sites.items()},
                         int3_first=set(state.int3_first), next_trampoline=state.next_trampoline,
-                        pages=set(state.pages), used=list(state.used), page_fill=dict(state.page_fill),
-                        brk=state.brk)
+                        pages=set(state.pages), used=list(state.used), full=set(state.full),
+                        targets=state.targets, brk=state.brk)
         self._mms[child] = copy
 
     def forget(self, mm: Mm) -> None:
@@ -824,18 +872,47 @@ def _user_top(arch: Arch) -> int:
 def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
                     mapped_ok: bool = False) -> str:
     """Why no landing page may hold [start, end) ('' if one may): outside user space,
-    where the main stack or the heap (from ``brk``, the process's start_brk) may grow,
-    or (unless ``mapped_ok``: mmap's MAP_FIXED_NOREPLACE will tell) a mapping there."""
+    where the main stack or the heap (from ``brk``, the process's start_brk, to
+    HEAP_ROOM above its end in ``vmas``) may grow, or (unless ``mapped_ok``: mmap's
+    MAP_FIXED_NOREPLACE will tell) a mapping there."""
     if start < _mmap_min_addr() or end > _user_top(arch):
         return "outside user space"
-    if brk is not None and brk < end and start < brk + HEAP_ROOM:
-        return "where the heap may grow"
+    if brk is not None and brk < end:
+        heap_end = max([brk, *(v.end for v in vmas if v.path == "[heap]")])
+        if start < heap_end + HEAP_ROOM:
+            return "where the heap may grow"
     for vma in vmas:
         if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
             return "where the stack may grow"
         if not mapped_ok and vma.start < end and start < vma.end:
             return f"{vma.path or 'an anonymous mapping'} is there"
     return ""
+
+
+def meeting(ranges: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The ones of ``ranges`` ([start, end) each, sorted, each shorter than a page: landings
+    and trampolines) that meet [start, end)."""
+    first, last = bisect.bisect_left(ranges, (start - PAGE,)), bisect.bisect_left(ranges, (end,))
+    return [(s, e) for s, e in ranges[first:last] if e > start]
+
+
+def _outward(start: int, low: int, high: int, tries: int = 32) -> Iterable[int]:
+    """Pages from ``start`` outwards within [low, high], nearest first: a new page for
+    trampolines next to a run of landings (manysites: thousands, 6 bytes apart)."""
+    for step in range(tries):
+        yield from (page for page in dict.fromkeys((start + step * PAGE, start - step * PAGE)) if low <= page <= high)
+
+
+def first_fit(taken: Sequence[tuple[int, int]], low: int, high: int, size: int, align: int = 8) -> int | None:
+    """The lowest ``align``-ed address in [low, high - size] where ``size`` bytes meet none
+    of ``taken`` ([start, end) each, sorted by start); None if there is none."""
+    at = -(-low // align) * align
+    for start, end in taken:
+        if at + size <= start:
+            break
+        if end > at:
+            at = -(-end // align) * align
+    return at if at + size <= high else None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""Where the jump path puts pun landings and trampolines (uemu/jumps.py), over a
+bytes-backed fake address space: no process, the injected mmap a dict's insert."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
+
+from uemu.jumps import HEAP_ROOM, LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, landing_refused, meeting
+from uemu.jumptable import JumpTable
+from uemu.maps import Vma
+from uemu.net import Net
+from uemu.runtime import layout
+from uemu.uprobes import Uprobes
+
+TEXT = vma(0x4F2000, 0x1000, "r-xp", 0x1000)
+ENTRY, RETURN = 0x10A1, 0x10D4
+"""File offsets of two nops 0x33 bytes apart (python3.11's function__entry and
+function__return)."""
+TARGET = 0x5C907E01
+"""function__entry's pun target; function__return's is 0x33 bytes on (the same four
+bytes follow both nops)."""
+AREA = 0x7F0000000000
+"""uemu's area, out of the targets' reach: trampolines go on landing pages."""
+MiB = 1 << 20
+STACK = Vma(0x7FFF00000000, 0x7FFF00021000, "rw-p", 0, 0, 0, "[stack]")
+
+
+def heap(start: int, size: int) -> Vma:
+    return Vma(start, start + size, "rw-p", 0, 0, 0, "[heap]")
+
+
+def test_first_fit_takes_the_lowest_aligned_gap_that_holds_the_size() -> None:
+    taken = [(0x1001, 0x1006), (0x1034, 0x1039)]
+    assert first_fit(taken, 0x1000, 0x2000, 96) == 0x1040, "not over the target 0x33 bytes on"
+    assert first_fit(taken, 0x1000, 0x2000, 0x2C) == 0x1008
+    assert first_fit([], 0x1003, 0x2000, 8) == 0x1008
+    assert first_fit(taken, 0x1000, 0x1080, 96) is None
+
+
+def test_meeting_finds_ranges_across_a_page_boundary() -> None:
+    ranges = [(0x0FA0, 0x1000), (0x1FFE, 0x2003), (0x2000, 0x2060), (0x2100, 0x2105)]
+    assert meeting(ranges, 0x1FFC, 0x2001) == [(0x1FFE, 0x2003), (0x2000, 0x2060)]
+    assert meeting(ranges, 0x1000, 0x1FFE) == []
+    assert meeting(ranges, 0x2060, 0x2100) == []
+
+
+def _injected_mmap(memory: FakeMemory):
+    """mmap with MAP_FIXED_NOREPLACE as the kernel does it: -EEXIST over a mapping."""
+    def call(name: str, *args: int) -> int:
+        assert name == "mmap", name
+        start, size = args[0], args[1]
+        if any(at < start + size and start < at + len(data) for at, data in memory.regions.items()):
+            return -errno.EEXIST
+        memory.map(start, bytes(size))
+        return start
+    return call
+
+
+def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
+    """Arming goes site by site: where the landing's page was the only room within reach
+    (here: mappings all around it), function__entry's trampoline went right after its
+    landing, over function__return's target, and function__return kept the trap."""
+    memory = FakeMemory()
+    memory.map(AREA, bytes(layout.AREA_SIZE))
+    rel32 = (TARGET - (TEXT.offset_to_vaddr(ENTRY) + 5)).to_bytes(4, "little", signed=True)
+    code = bytearray(b"\xcc" * 0x1000)
+    for offset in (ENTRY, RETURN):
+        code[offset - TEXT.offset:offset - TEXT.offset + 6] = b"\x90" + rel32 + b"\x90"
+    memory.map(TEXT.start, bytes(code))
+    page = TARGET & -4096
+    crowded = [Vma(TEXT.end, page - 4096, "rw-p", 0, 0, 0, ""), Vma(page + 2 * 4096, STACK.start, "rw-p", 0, 0, 0, "")]
+    mm = new_mm(memory, [TEXT, *crowded, STACK])
+    core = Uprobes(print)
+    probes = [uprobe(offset, 0, bytes(code[offset - TEXT.offset:offset - TEXT.offset + 15]))
+              for offset in (ENTRY, RETURN)]
+    for probe in probes:
+        register(core, probe)
+    path = JumpPath(core)
+    net = Net(X86_64, AREA, memory)
+    table = JumpTable(X86_64, AREA, memory)
+    table.install(pid=memory.pid, ring=0, clock=0, thread_pointer=True)
+    state = _MmJumps(mm, net, table, None, X86_64.jumps, next_trampoline=AREA + layout.TRAMP_OFF)  # type: ignore[arg-type]
+    path._mms[mm] = state
+    call = _injected_mmap(memory)
+    for probe in probes:
+        planned = path.plan(mm, probe, TEXT.offset_to_vaddr(probe.offset))
+        assert isinstance(planned, Jump) and planned.site.target is not None
+        assert path.arm(mm, planned, call) is None, "the pun is armed"
+    sites = list(state.sites.values())
+    assert [s.landing for s in sites] == [TARGET, TARGET + 0x33]
+    size = X86_64.jumps.tramp_size
+    for site in sites:
+        assert site.landing is not None
+        jump = memory.read(site.landing, LANDING_SIZE)
+        assert jump[0] == 0xE9 and site.landing + 5 + int.from_bytes(jump[1:], "little", signed=True) == \
+            site.trampoline, "each landing leads on to its own trampoline"
+        assert all(not (site.trampoline < other.landing + LANDING_SIZE and other.landing < site.trampoline + size)
+                   for other in sites if other.landing is not None)
+
+
+BRK = 0x555560000000
+"""start_brk of a process."""
+
+
+@pytest.mark.parametrize(("heap_size", "above_brk", "refused"), [
+    (MiB, 100 * MiB, False),  # postgres's query__start in most refused starts: 88-244 MiB above start_brk
+    (MiB, MiB + HEAP_ROOM - 4096, True),
+    (300 * MiB, 310 * MiB, True),  # a large heap keeps its room to grow
+    (300 * MiB, 300 * MiB + HEAP_ROOM, False),
+])
+def test_the_heap_keeps_its_room_above_its_break(heap_size: int, above_brk: int, refused: bool) -> None:
+    vmas = [heap(BRK, heap_size), STACK]
+    why = landing_refused(X86_64, vmas, BRK + above_brk, BRK + above_brk + LANDING_SIZE, BRK)
+    assert (why == "where the heap may grow") is refused, why
+
+
+def test_below_the_heaps_start_the_heap_never_grows() -> None:
+    assert landing_refused(X86_64, [heap(BRK, MiB), STACK], BRK - 4096, BRK - 4096 + LANDING_SIZE, BRK) == ""
+
+
+def test_a_heap_not_mapped_yet_has_its_room_from_start_brk() -> None:
+    assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM - 4096, BRK + HEAP_ROOM, BRK) == "where the heap may grow"
+    assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM, BRK + HEAP_ROOM + LANDING_SIZE, BRK) == ""
