@@ -13,10 +13,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tracee import wait_until
+from tracee import Tracee, wait_until
 
 from uemu import inject, ptrace
 from uemu.arch import by_name
@@ -262,3 +264,29 @@ class JumpTrace:
 
     def close(self) -> None:
         self.path.close()
+
+
+@contextmanager
+def started_sample(program: Path) -> Iterator[Tracee]:
+    """``program 2`` stopped at its "start" sync; after the block, its two passes let go
+    and its exit status checked (0)."""
+    tracee = Tracee([program, "2"])
+    try:
+        tracee.wait_sync("start")
+        yield tracee
+        tracee.release()
+        tracee.release()
+        assert tracee.finish() == 0
+    finally:
+        tracee.close()
+
+
+@contextmanager
+def jump_traced(pid: int) -> Iterator[JumpTrace]:
+    """Every SDT site of ``pid`` armed on the jump path for the block, left after it."""
+    trace = JumpTrace(pid, ("*",), {})
+    try:
+        yield trace
+    finally:
+        trace.detach()
+        trace.close()

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from jumptrace import JumpTrace
+from jumptrace import JumpTrace, jump_traced, started_sample
 from oracle import KernelUprobes, sdt_sites, tracefs_reason
 from samplelog import Line, counts, expected_hits, per_probe, reported_hits, run_untraced
 from test_jumps_session import skip_without_jumps
@@ -249,20 +249,9 @@ def test_list_plan_says_which_sites_will_jump(build, uemu) -> None:
     plans = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {p["name"] for p in plans} == {p.name for p in sdt.open_elf(str(program)).probes}
     assert all(p["plan"] in ("jump", "pun", "trap") and p["why"] for p in plans)
-    tracee = Tracee([program, "2"])
-    try:
-        tracee.wait_sync("start")
+    with started_sample(program) as tracee:
         in_process = uemu("list", "--plan", "--json", str(tracee.pid))
-        trace = JumpTrace(tracee.pid, ("*",), {})
-        try:
+        with jump_traced(tracee.pid) as trace:
             predicted = {f"{p['provider']}:{p['name']}" for p in map(json.loads, in_process.stdout.splitlines())
                          if p["plan"] != "trap"}
             assert predicted == trace.jumped_names, trace.refused
-        finally:
-            trace.detach()
-            trace.close()
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
-    finally:
-        tracee.close()

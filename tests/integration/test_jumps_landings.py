@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from jumptrace import JumpTrace
+from jumptrace import jump_traced, started_sample
 from test_jumps_session import skip_without_jumps
-from tracee import Tracee
 
 from uemu.jumps import LANDING_SIZE, Jump, plan_of_site, start_brk
 from uemu.maps import read_maps
@@ -44,12 +43,9 @@ def planned_paths(pid: int) -> dict[int, str]:
 @pytest.mark.parametrize("sample", ["multisite", "basic"])
 def test_each_landing_leads_to_its_own_trampoline_as_the_plan_said(build, sample: str) -> None:
     """multisite:step's three pun targets lie 70 bytes apart, one trampoline's length."""
-    tracee = Tracee([build.directory / sample, "2"])
-    try:
-        tracee.wait_sync("start")
+    with started_sample(build.directory / sample) as tracee:
         predicted = planned_paths(tracee.pid)
-        trace = JumpTrace(tracee.pid, ("*",), {})
-        try:
+        with jump_traced(tracee.pid) as trace:
             assert {a.vaddr: isinstance(a.how, Jump) for a in trace.sites} == \
                 {a.vaddr: predicted[a.vaddr] != "trap" for a in trace.sites}, trace.refused
             landings = [a.how.site.target for a in trace.sites if isinstance(a.how, Jump) and a.how.site.target]
@@ -65,11 +61,3 @@ def test_each_landing_leads_to_its_own_trampoline_as_the_plan_said(build, sample
                     assert trampoline not in trampolines
                     trampolines.add(trampoline)
                     assert not [t for t in landings if trampoline < t + LANDING_SIZE and t < trampoline + size]
-        finally:
-            trace.detach()
-            trace.close()
-        tracee.release()
-        tracee.release()
-        assert tracee.finish() == 0
-    finally:
-        tracee.close()
