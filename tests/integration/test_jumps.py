@@ -24,12 +24,17 @@ from uemu import sdt
 from uemu.jumps import Jump
 
 
-@pytest.fixture
-def build(jump_build):
+def seizable(jump_build):
+    """A build whose sites take the jump path, in samples a test's tracer may seize."""
     skip_without_jumps(jump_build)
     if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() != "0":
         pytest.skip("ptrace of a non-child needs ptrace_scope 0 or root")
     return jump_build
+
+
+@pytest.fixture
+def build(jump_build):
+    return seizable(jump_build)
 
 
 def traced_run(program: Path, *args: str, patterns=("*",), raw=(),

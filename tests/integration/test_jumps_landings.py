@@ -6,12 +6,9 @@ list --plan`` says of each site, read before arming, is what arming did."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from jumptrace import jump_traced, started_sample
-from test_jumps_session import skip_without_jumps
+from test_jumps import seizable
 
 from uemu.jumps import LANDING_SIZE, Jump, plan_of_site, start_brk
 from uemu.maps import read_maps
@@ -20,10 +17,7 @@ from uemu.objects import mapped_objects
 
 @pytest.fixture
 def build(jump_build):
-    skip_without_jumps(jump_build)
-    if os.geteuid() != 0 and Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() != "0":
-        pytest.skip("ptrace of a non-child needs ptrace_scope 0 or root")
-    return jump_build
+    return seizable(jump_build)
 
 
 def planned_paths(pid: int) -> dict[int, str]:
