@@ -132,8 +132,6 @@ class MoveOut:
             if move.steps >= 0:
                 try:
                     ptrace.singlestep(task.tid, 0)
-                except errors.TraceeGone:
-                    raise
                 except OSError:  # EIO: no PTRACE_SINGLESTEP (riscv64): it runs
                     move.steps = -1
             if move.steps < 0:
@@ -197,12 +195,13 @@ class MoveOut:
     def _on_signal(self, move: _Moving, sig: int, ip: int) -> bool:
         task, mm = move.task, move.mm
         info = ptrace.signal_info_bytes(task.tid)
-        if sig == signal.SIGTRAP and ptrace.signal_code(info) == mm.arch.trap_si_code:
+        code = ptrace.signal_code(info)
+        if sig == signal.SIGTRAP and code == mm.arch.trap_si_code:
             at = mm.backend.trap_address(ip)
             if at in move.ways:
                 self._jump(move, at)
                 return True
-        if move.steps >= 0 and sig == signal.SIGTRAP and ptrace.signal_code(info) == ptrace.TRAP_TRACE:
+        if move.steps >= 0 and sig == signal.SIGTRAP and code == ptrace.TRAP_TRACE:
             move.steps += 1
             if in_vdso(mm, ip) and move.steps < VDSO_STEPS:
                 return not self._go(move)
