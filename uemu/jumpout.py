@@ -27,7 +27,6 @@ sight, and keeps the area's bytes in use as before (README: where uemu differs).
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -154,7 +153,7 @@ class MoveOut:
                     with suppress(errors.TraceeGone):
                         ptrace.interrupt(move.task.tid)
             try:
-                tid, status = os.waitpid(-1, ptrace.WALL | (0 if late else os.WNOHANG))
+                tid, status = ptrace.wait(block=late)
             except ChildProcessError:
                 return
             if tid == 0:

@@ -17,6 +17,7 @@ import errno
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from ctypes import addressof, c_uint32, c_uint64, sizeof
 from dataclasses import dataclass
 
@@ -90,26 +91,38 @@ def interrupt(tid: int) -> None:
     _request(PTRACE_INTERRUPT, tid)
 
 
+def _restart(request: int, tid: int, sig: int) -> None:
+    """A request that ends the task's stop: the kernel replaces the stop's signal with
+    ``sig``, so nothing of a stop ``wait`` left with it remains to be taken."""
+    taken = _peeked.pop(tid, None)
+    try:
+        _request(request, tid, 0, sig)
+    except OSError:  # not restarted (EIO: no such restart from this stop): the stop stays
+        if taken is not None:
+            _peeked[tid] = taken
+        raise
+
+
 def cont(tid: int, sig: int = 0) -> None:
-    _request(PTRACE_CONT, tid, 0, sig)
+    _restart(PTRACE_CONT, tid, sig)
 
 
 def syscall(tid: int, sig: int = 0) -> None:
     """Resume until the next syscall entry or exit."""
-    _request(PTRACE_SYSCALL, tid, 0, sig)
+    _restart(PTRACE_SYSCALL, tid, sig)
 
 
 def singlestep(tid: int, sig: int = 0) -> None:
-    _request(PTRACE_SINGLESTEP, tid, 0, sig)
+    _restart(PTRACE_SINGLESTEP, tid, sig)
 
 
 def listen(tid: int) -> None:
     """Leave a group-stopped task stopped but let SIGCONT wake it (seize only)."""
-    _request(PTRACE_LISTEN, tid)
+    _restart(PTRACE_LISTEN, tid, 0)
 
 
 def detach(tid: int, sig: int = 0) -> None:
-    _request(PTRACE_DETACH, tid, 0, sig)
+    _restart(PTRACE_DETACH, tid, sig)
 
 
 def event_message(tid: int) -> int:
@@ -261,14 +274,56 @@ class Memory:
             self.fd = -1
 
 
-def wait() -> tuple[int, int]:
-    """One blocking ``waitpid(-1, __WALL)``: (tid, raw status) of the next stop of any task."""
-    return os.waitpid(-1, WALL)
+_peeked: dict[int, int] = {}
+"""Tasks whose stop (or exit) ``wait`` reported and left with them, and what to take it
+with (WSTOPPED or WEXITED), until a restart or the next wait takes it."""
+
+
+def wait(block: bool = True) -> tuple[int, int]:
+    """(tid, raw ``waitpid`` status) of the next stop or exit of any task, (0, 0) when
+    ``block`` is False and none is there.
+
+    The stop is reported and left with the task (``WNOWAIT``): the kernel keeps its signal
+    until a restart replaces it, and a tracer that dies before that leaves it to be
+    delivered.  Kernel: ``wait_task_stopped()`` clears ``exit_code`` once a wait takes a
+    stop, and a tracee whose tracer dies in a signal-delivery stop after that resumes with
+    no signal (``ptrace_signal()``): a thread that trapped on a breakpoint over a 1-byte
+    instruction other than a nop would skip it, one given a signal of the program's would
+    lose it.  Left, the SIGTRAP goes to the net's handler (the runtime's R1 and R3) and
+    any other signal to the program.  Stops of tasks not restarted since they were
+    reported (parked ones) are taken first, or this wait would report them again."""
+    _take_peeked()
+    result = os.waitid(os.P_ALL, 0, WALL | os.WEXITED | os.WSTOPPED | os.WNOWAIT | (0 if block else os.WNOHANG))
+    if result is None:
+        return 0, 0
+    status = _status(result)
+    _peeked[result.si_pid] = os.WSTOPPED if result.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED) else os.WEXITED
+    return result.si_pid, status
 
 
 def wait_for(tid: int) -> int:
-    """The raw status of the next stop of one task."""
+    """The raw status of the next stop of one task, taken."""
+    _take_peeked()
     return os.waitpid(tid, WALL)[1]
+
+
+def _take_peeked() -> None:
+    """Take every stop ``wait`` left with a task not restarted since (WNOHANG: a task
+    killed meanwhile has no stop left; its exit comes to a wait of its own)."""
+    while _peeked:
+        tid, what = _peeked.popitem()
+        with suppress(ChildProcessError):
+            os.waitid(os.P_PID, tid, WALL | what | os.WNOHANG)
+
+
+def _status(result: os.waitid_result) -> int:
+    """A ``waitid`` result as the ``waitpid`` status it stands for (kernel:
+    ``wait_task_stopped()`` and ``wait_task_zombie()`` fill both from one value)."""
+    if result.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED):
+        return (result.si_status << 8) | 0x7F
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status << 8
+    return result.si_status | (0x80 if result.si_code == os.CLD_DUMPED else 0)
 
 
 PTRACE_GET_SYSCALL_INFO = 0x420E
