@@ -608,6 +608,58 @@ def test_threads_parked_after_a_step_outlive_their_tracer(runnable_build) -> Non
         assert wrong and all(values[-1] == "0" for values in wrong), wrong
 
 
+def _die_in_a_hits_stop(pid: int, word: str, report: int) -> None:
+    """The tracer (a forked child): a session on ``word`` (a 1-byte ``ret``) waits as its
+    loop does until a thread stops at the breakpoint, and dies before handling the stop."""
+    session = Session([word], jumps=False, warn=lambda message: None)
+    session.attach(pid)
+    tracer = session.tracer
+    [site] = [address for mm in session.tracees.unique_mms() for address, uprobe in mm.installed.items()
+              if not uprobe.internal]  # not the rendezvous breakpoint in ld.so
+    while True:
+        stop = tracer.next_stop()
+        assert stop is not None
+        task = session.tracees.tasks.get(stop.tid)
+        if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGTRAP and task is not None and task.mm is not None:
+            regs = task.registers(task.mm.arch)
+            regs.fetch(task.tid)
+            if task.mm.backend.trap_address(regs[task.mm.arch.ip_reg]) == site:
+                break
+        tracer.dispatch(stop)
+    os.write(report, b"trapped\n")
+    while True:
+        signal.pause()
+
+
+def test_a_hits_stop_keeps_its_trap_when_uemu_dies_in_it(runnable_build) -> None:
+    """uemu killed right after its wait reported a thread's stop at a breakpoint over a
+    1-byte instruction that is no nop (work()'s ``ret``).  A wait that takes the stop
+    clears its SIGTRAP, and the kernel resumes a thread whose tracer died in a
+    signal-delivery stop with the signal the stop still holds: none, and the thread would
+    run on after the int3, past the ``ret`` (work() returns into itself: wrong results).
+    uemu's wait leaves the stop's signal with the thread (``ptrace.wait``): the SIGTRAP
+    goes to the net's handler, which puts the program's bytes back and returns the thread
+    to the site (R1).  The program then goes on untraced: every work() right."""
+    program = runnable_build.directory / "survival"
+    word = _two_stop_site(program)
+    with Tracee([program, "2", "100", "0"]) as survival:
+        survival.wait_sync("started")
+        survival.release()
+        with forked_tracer(lambda report: _die_in_a_hits_stop(survival.pid, word, report)) as (_, line):
+            assert line() == "trapped\n", "the tracer failed (see stderr)"
+        start = turns(survival.pid, survival.lines())
+        wait_until(lambda: survival.process.poll() is not None or turns(survival.pid, survival.lines()) >= start + 200,
+                   what="the program's next turns")
+        assert survival.process.poll() is None, f"the program ended ({survival.process.returncode})"
+        assert tracer_pid(survival.pid) == 0
+        assert text_differences(survival.pid) == []
+        assert counters_off(survival.pid, semaphores(survival.lines())) == []
+        survival.process.terminate()
+        assert survival.process.wait(20) == 0
+        wrong = [line.values for line in survival.lines() if line.kind == "result"]
+        assert wrong and all(values[-1] == "0" for values in wrong), wrong
+
+
 SELF_STEPPING = r"""
 #define _GNU_SOURCE
 #include <signal.h>
