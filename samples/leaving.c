@@ -13,7 +13,8 @@
  * was hit, and counts.  Elsewhere the probe is a guarded nop: a worker stopped
  * between the check and the nop may count one pass more than it was hit.
  *
- *   leaving [T]   (default 4)
+ *   leaving [T] [US]   (default 4 workers; US: microseconds each SIGRTMIN handler
+ *                       sleeps, default 0, so that a tracer leaving finds it inside)
  *
  * Lines: `sync started` once every worker waits; `hits PID TID leaving:pass N`
  * per worker after the tracer left; `sync done` once all have said it; at the
@@ -34,11 +35,14 @@ SAMPLE_SEMAPHORE(leaving, pass);
 
 static pthread_barrier_t all_waiting;
 static volatile long rtmin_handled, rtmin_changed;
+static struct timespec handler_nap;
 
 static void on_rtmin(int sig, siginfo_t *info, void *uc)
 {
 	(void)sig;
 	(void)uc;
+	if (handler_nap.tv_sec || handler_nap.tv_nsec)
+		nanosleep(&handler_nap, NULL);
 	__atomic_add_fetch(&rtmin_handled, 1, __ATOMIC_RELAXED);
 	if (info->si_code != SI_USER)
 		__atomic_add_fetch(&rtmin_changed, 1, __ATOMIC_RELAXED);
@@ -119,9 +123,12 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
 	long count = sample_count_arg(argc, argv, 1, 4);
+	long nap_us = sample_count_arg(argc, argv, 2, 0);
 	pthread_t *workers = calloc((size_t)count, sizeof(*workers));
 	struct sigaction action = { .sa_sigaction = on_rtmin, .sa_flags = SA_SIGINFO | SA_RESTART };
 
+	handler_nap.tv_sec = nap_us / 1000000;
+	handler_nap.tv_nsec = nap_us % 1000000 * 1000;
 	if (sigaction(SIGRTMIN, &action, NULL) != 0 || workers == NULL || pthread_barrier_init(&all_waiting, NULL, (unsigned)count + 1) != 0) {
 		perror("leaving");
 		return 1;

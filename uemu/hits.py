@@ -56,7 +56,18 @@ class Hits:
             fetched = True  # on_signal read the registers, nothing changed them
         if stop.sig == signal.SIGTRAP:
             return self._on_sigtrap(task, fetched)
-        return deliver(stop.sig)
+        return self._programs(task, stop.sig, fetched)
+
+    def _programs(self, task: Task, sig: int, fetched: bool) -> Resume:
+        """The program's own signal, delivered unchanged; the jump path is told of one
+        that a thread inside its code is given (its handler's frame returns there)."""
+        mm = task.mm
+        if self.jumps is not None and mm is not None and self.jumps.code(mm):
+            regs = task.registers(mm.arch)
+            if not fetched:
+                regs.fetch(task.tid)
+            self.jumps.signal_delivered(mm, task.tid, regs)
+        return deliver(sig)
 
     def _on_sigtrap(self, task: Task, fetched: bool) -> Resume:
         """Our breakpoint, or the program's own trap."""
@@ -70,7 +81,7 @@ class Hits:
         if hit is None:
             if self._jump_being_written(task, mm, regs):
                 return GO_ON
-            return deliver(signal.SIGTRAP)  # not ours: the program's int3, raise(SIGTRAP), a debugger
+            return self._programs(task, signal.SIGTRAP, True)  # the program's int3, raise(SIGTRAP), a debugger
         if self.tracer.stopping:
             self.uprobes.restart_at_site(task, mm, hit, regs)
             return GO_ON

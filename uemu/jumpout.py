@@ -20,9 +20,9 @@ the area mapped for it, and its hit is said lost, as before.
 Kernel: nothing of the kind: the kernel's trampolines (and XOL area) stay mapped for
 good, so a thread inside one at unregister goes on through it.
 Differs: uemu unmaps what it mapped in the program, so it first runs such a thread (and
-no other) a little further, to the program's own next instruction; a thread that a
-signal handler interrupted inside a trampoline has that frame on its stack, out of
-sight, and keeps the area's bytes in use as before (README: where uemu differs).
+no other) a little further, to the program's own next instruction.  A thread given a
+signal inside a trampoline counts as inside while its handler may still run
+(``JumpPath.inside``): it runs on through the handler's return into the trampoline.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ class MoveOut:
         if ip in move.ways:
             self._jump(move, ip)
             return False
-        move.steps = 0 if in_vdso(mm, ip) else -1
+        # A handler's thread runs (its handler may make system calls through the vDSO).
+        move.steps = 0 if in_vdso(mm, ip) and not self.path.in_handler(mm, task.tid) else -1
         return self._go(move)
 
     def _go(self, move: _Moving) -> bool:
@@ -200,7 +201,9 @@ class MoveOut:
             if at in move.ways:
                 self._jump(move, at)
                 return True
-        if move.steps >= 0 and sig == signal.SIGTRAP and code == ptrace.TRAP_TRACE:
+        # x86 reports a step over a system call instruction as TRAP_BRKPT (the kernel's
+        # user_single_step_report()), any other step as TRAP_TRACE.
+        if move.steps >= 0 and sig == signal.SIGTRAP and code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT):
             move.steps += 1
             if in_vdso(mm, ip) and move.steps < VDSO_STEPS:
                 return not self._go(move)

@@ -192,6 +192,9 @@ class _MmJumps:
     """The process's start_brk: no landing page where the heap may grow (``landing_refused``)."""
     traps: dict[int, bytes] = field(default_factory=dict)
     """Leaving: a trap over a trampoline's jump back -> the bytes under it (``trap_ways_back``)."""
+    handlers: dict[int, int] = field(default_factory=dict)
+    """Thread -> the stack pointer it had when a signal was delivered to it inside the jump
+    path's code (``signal_delivered``): the handler's frame, below, returns there."""
 
 
 class JumpPath:
@@ -366,10 +369,7 @@ class JumpPath:
         it goes on through it and back to the program by itself.  Otherwise the
         landing pages and the ring are unmapped here (through ``call``, the area's
         stub) and the area may go.
-        Differs: the kernel's XOL area stays mapped for good.  Not seen here, as for
-        the XOL area's one-stop slots: a signal handler still running that interrupted
-        a trampoline (its frame's saved ip is there); a stack scan cannot tell such a
-        frame from stale return addresses of earlier hits."""
+        Differs: the kernel's XOL area stays mapped for good."""
         state = self._mms.get(mm)
         if state is None:
             return False
@@ -395,20 +395,60 @@ class JumpPath:
                 *((page, page + PAGE) for page in state.pages)]
 
     def inside(self, mm: Mm, tid: int) -> bool:
-        """Whether stopped thread ``tid`` is in the jump path's code (``code``), or in the
-        vDSO's clock_gettime called from there (the runtime's clock): a register
-        (aarch64's x30, riscv64's ra) or a word near the top of its stack (x86) then
-        points into it.  Stale words only make uemu look closer (uemu/jumpout.py steps
-        such a thread out of the vDSO first)."""
+        """Whether stopped thread ``tid`` is in the jump path's code (``code``), in the
+        vDSO's clock_gettime called from there (the runtime's clock), or in a signal
+        handler entered from there that may not have returned (``in_handler``)."""
+        regs = self._registers(mm, tid)
+        return regs is not None and (self._in_handler(mm, tid, regs) or self._in_code(mm, regs))
+
+    def in_handler(self, mm: Mm, tid: int) -> bool:
+        """Whether stopped thread ``tid``, given a signal inside the jump path's code
+        (``signal_delivered``), is out of that code with its stack pointer below where it
+        was then, or on another stack (sigaltstack): its handler may still run, and its
+        frame returns into the code.  Once it is seen above, the frame has returned."""
+        regs = self._registers(mm, tid)
+        return regs is not None and self._in_handler(mm, tid, regs)
+
+    def _in_handler(self, mm: Mm, tid: int, regs: ptrace.Regset) -> bool:
+        state = self._mms.get(mm)
+        if state is None or tid not in state.handlers:
+            return False
+        if any(start <= regs[mm.arch.ip_reg] < end for start, end in self.code(mm)):
+            return False  # in the code itself: ``_in_code`` says so
+        entered, sp = state.handlers[tid], regs[mm.arch.sp_reg]
+        if sp < entered or _stack_of(mm, sp) != _stack_of(mm, entered):
+            return True
+        del state.handlers[tid]
+        return False
+
+    @staticmethod
+    def _registers(mm: Mm, tid: int) -> ptrace.Regset | None:
+        regs = ptrace.Regset(mm.arch.regset, mm.arch.regset_word)
+        try:
+            regs.fetch(tid)
+        except (OSError, errors.UemuError):
+            return None  # gone
+        return regs
+
+    def signal_delivered(self, mm: Mm, tid: int, regs: ptrace.Regset) -> None:
+        """A signal of the program's goes to stopped thread ``tid`` (``regs`` fetched).
+        Inside the jump path's code, its handler's frame will hold an ip there until the
+        handler returns: leaving must not unmap the code under it (``inside``).
+        Kernel: nothing of the kind (its trampolines stay mapped for good)."""
+        state = self._mms.get(mm)
+        if state is not None and self._in_code(mm, regs):
+            sp = regs[mm.arch.sp_reg]
+            state.handlers[tid] = max(sp, state.handlers.get(tid, sp))
+
+    def _in_code(self, mm: Mm, regs: ptrace.Regset) -> bool:
+        """Whether a thread with ``regs`` is in ``code(mm)`` or in the vDSO called from
+        there: a register (aarch64's x30, riscv64's ra) or a word near the top of its
+        stack (x86) then points into the code.  Stale words only make uemu look closer
+        (uemu/jumpout.py steps such a thread out of the vDSO first)."""
         ranges = self.code(mm)
         if not ranges:
             return False
         arch = mm.arch
-        regs = ptrace.Regset(arch.regset, arch.regset_word)
-        try:
-            regs.fetch(tid)
-        except (OSError, errors.UemuError):
-            return False  # gone
         ip = regs[arch.ip_reg]
         if not in_vdso(mm, ip):
             return any(start <= ip < end for start, end in ranges)
@@ -786,6 +826,7 @@ class JumpPath:
         state = self._mms.get(mm)
         if state is not None:
             state.table.thread_exited(tid)
+            state.handlers.pop(tid, None)
 
     def trap_at(self, mm: Mm, address: int) -> int | None:
         """Where a thread that trapped at ``address`` resumes, if the trap was an int3 uemu
@@ -997,6 +1038,12 @@ AT_HWCAP2 = 26
 
 def in_vdso(mm: Mm, address: int) -> bool:
     return any(v.path == "[vdso]" and v.start <= address < v.end for v in mm.vmas)
+
+
+def _stack_of(mm: Mm, address: int) -> int | None:
+    """The start of the mapping (as uemu last read the maps) that holds stack address
+    ``address``: a thread's stack, or an alternate signal stack."""
+    return next((v.start for v in mm.vmas if v.start <= address < v.end), None)
 
 
 def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:

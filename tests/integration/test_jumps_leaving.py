@@ -12,6 +12,7 @@ runtime."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import threading
@@ -153,3 +154,32 @@ def test_signals_sent_while_leaving_are_all_handled(build) -> None:
         tracee.run_out()
         [line] = [line for line in tracee.lines() if line.kind == "signal"]
         assert sent > 0 and int(line.values[0]) == sent, "signals handled"
+
+
+def test_threads_in_handlers_entered_inside_a_hit_are_moved_out(build) -> None:
+    """SIGRTMIN sent to every worker shortly before the session ends, each handler
+    sleeping 0.3 s: a worker given it inside a trampoline (most are: on x86 the probe is
+    the loop's cmp) is in its handler at leaving, and the handler's frame returns into the
+    trampoline.  Such a worker runs on until it comes out at the trampoline's jump back;
+    unmapped under it, the area would kill the program as the handler returns."""
+    with Tracee([build.directory / "leaving", str(THREADS), "300000"]) as tracee:
+        tracee.wait_sync("started")
+        tracee.release()
+        workers = [tid for tid in map(int, os.listdir(f"/proc/{tracee.pid}/task")) if tid != tracee.pid]
+
+        def signal_workers() -> None:
+            tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+            for tid in workers:
+                assert tgkill(tracee.pid, tid, signal.SIGRTMIN) == 0
+
+        timer = threading.Timer(0.2, signal_workers)
+        session, warnings, hits = _traced(tracee.pid, duration=0.35, attached=timer.start)
+        timer.join()
+        assert warnings == []
+        assert session.jump_hits is not None and session.jump_hits.moved > 0
+        passes = _passes(tracee)
+        _left_clean(tracee.pid)
+        assert {tid: len(args) for tid, args in hits.items()} == passes
+        tracee.run_out()
+        [line] = [line for line in tracee.lines() if line.kind == "signal"]
+        assert int(line.values[0]) == len(workers), "every handler ran to its end"
