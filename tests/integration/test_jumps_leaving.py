@@ -70,6 +70,20 @@ def _traced(pid: int, duration: float = 0.3, attached: Callable[[], None] = lamb
     return session, warnings, hits
 
 
+def _moved_and_handled(tracee: Tracee, session: Session, warnings: list[str], hits: dict[int, list[int]],
+                       sent: int) -> None:
+    """After a session that moved threads out at leaving while signals came: nothing
+    said, every pass a hit, nothing of uemu's left, and the program handled all ``sent``."""
+    assert warnings == []
+    assert session.jump_hits is not None and session.jump_hits.moved > 0
+    passes = _passes(tracee)
+    _left_clean(tracee.pid)
+    assert {tid: len(args) for tid, args in hits.items()} == passes
+    tracee.run_out()
+    [line] = [line for line in tracee.lines() if line.kind == "signal"]
+    assert int(line.values[0]) == sent, "signals handled"
+
+
 def test_threads_waiting_for_room_at_leaving_are_moved_out(build) -> None:
     """A handler slower than the workers: the ring fills and they wait for room inside
     their hits when the session ends; each comes out with its hit, in order."""
@@ -146,14 +160,8 @@ def test_signals_sent_while_leaving_are_all_handled(build) -> None:
             sending.set()
             done.set()
             sender.join()
-        assert warnings == []
-        assert session.jump_hits is not None and session.jump_hits.moved > 0
-        passes = _passes(tracee)
-        _left_clean(tracee.pid)
-        assert {tid: len(args) for tid, args in hits.items()} == passes
-        tracee.run_out()
-        [line] = [line for line in tracee.lines() if line.kind == "signal"]
-        assert sent > 0 and int(line.values[0]) == sent, "signals handled"
+        assert sent > 0
+        _moved_and_handled(tracee, session, warnings, hits, sent)
 
 
 def test_threads_in_handlers_entered_inside_a_hit_are_moved_out(build) -> None:
@@ -175,11 +183,4 @@ def test_threads_in_handlers_entered_inside_a_hit_are_moved_out(build) -> None:
         timer = threading.Timer(0.2, signal_workers)
         session, warnings, hits = _traced(tracee.pid, duration=0.35, attached=timer.start)
         timer.join()
-        assert warnings == []
-        assert session.jump_hits is not None and session.jump_hits.moved > 0
-        passes = _passes(tracee)
-        _left_clean(tracee.pid)
-        assert {tid: len(args) for tid, args in hits.items()} == passes
-        tracee.run_out()
-        [line] = [line for line in tracee.lines() if line.kind == "signal"]
-        assert int(line.values[0]) == len(workers), "every handler ran to its end"
+        _moved_and_handled(tracee, session, warnings, hits, len(workers))

@@ -555,6 +555,31 @@ def _two_stop_site(program: Path) -> str:
     return f"{program}:work+{symbol['st_size'] - 1:#x}"
 
 
+def _survival_outlives(runnable_build, tracer_body: Callable[[int, str, int], None], said: str) -> None:
+    """samples/survival's two threads through work(), whose ``ret`` a forked tracer probes
+    running ``tracer_body(pid, word, report)`` until it says ``said``; it is then killed.
+    The program must go on untraced: its next turns, its text as its files, its
+    semaphores at 0, work() never wrong."""
+    program = runnable_build.directory / "survival"
+    word = _two_stop_site(program)
+    with Tracee([program, "2", "100", "0"]) as survival:
+        survival.wait_sync("started")
+        survival.release()
+        with forked_tracer(lambda report: tracer_body(survival.pid, word, report)) as (_, line):
+            assert line() == f"{said}\n", "the tracer failed (see stderr)"
+        start = turns(survival.pid, survival.lines())
+        wait_until(lambda: survival.process.poll() is not None or turns(survival.pid, survival.lines()) >= start + 200,
+                   what="the program's next turns")
+        assert survival.process.poll() is None, f"the program ended ({survival.process.returncode})"
+        assert tracer_pid(survival.pid) == 0
+        assert text_differences(survival.pid) == []
+        assert counters_off(survival.pid, semaphores(survival.lines())) == []
+        survival.process.terminate()
+        assert survival.process.wait(20) == 0
+        wrong = [line.values for line in survival.lines() if line.kind == "result"]
+        assert wrong and all(values[-1] == "0" for values in wrong), wrong
+
+
 def _park_after_a_step(pid: int, word: str, report: int) -> None:
     """The tracer (a forked child): a session on ``word`` runs until a thread's step has
     trapped, the trap not yet taken, then parks every thread (``Tracer.stop_all``, as a
@@ -586,26 +611,8 @@ def test_threads_parked_after_a_step_outlive_their_tracer(runnable_build) -> Non
     (kernel: ``exit_ptrace()``; ``ptrace_detach()`` does): parked with it, that thread would
     trap after its next instruction with no tracer left, and a trap that is not the net's
     goes to the program's action (SIG_DFL: it dies).  Parking takes the flag away
-    (``Tracer.stop_all``).  The program then goes on untraced: its next turns, its text
-    as its files, its semaphores at 0, work() never wrong."""
-    program = runnable_build.directory / "survival"
-    word = _two_stop_site(program)
-    with Tracee([program, "2", "100", "0"]) as survival:
-        survival.wait_sync("started")
-        survival.release()
-        with forked_tracer(lambda report: _park_after_a_step(survival.pid, word, report)) as (_, line):
-            assert line() == "parked\n", "the tracer failed (see stderr)"
-        start = turns(survival.pid, survival.lines())
-        wait_until(lambda: survival.process.poll() is not None or turns(survival.pid, survival.lines()) >= start + 200,
-                   what="the program's next turns")
-        assert survival.process.poll() is None, f"the program ended ({survival.process.returncode})"
-        assert tracer_pid(survival.pid) == 0
-        assert text_differences(survival.pid) == []
-        assert counters_off(survival.pid, semaphores(survival.lines())) == []
-        survival.process.terminate()
-        assert survival.process.wait(20) == 0
-        wrong = [line.values for line in survival.lines() if line.kind == "result"]
-        assert wrong and all(values[-1] == "0" for values in wrong), wrong
+    (``Tracer.stop_all``)."""
+    _survival_outlives(runnable_build, _park_after_a_step, "parked")
 
 
 def _die_in_a_hits_stop(pid: int, word: str, report: int) -> None:
@@ -639,25 +646,8 @@ def test_a_hits_stop_keeps_its_trap_when_uemu_dies_in_it(runnable_build) -> None
     run on after the int3, past the ``ret`` (work() returns into itself: wrong results).
     uemu's wait leaves the stop's signal with the thread (``ptrace.wait``): the SIGTRAP
     goes to the net's handler, which puts the program's bytes back and returns the thread
-    to the site (R1).  The program then goes on untraced: every work() right."""
-    program = runnable_build.directory / "survival"
-    word = _two_stop_site(program)
-    with Tracee([program, "2", "100", "0"]) as survival:
-        survival.wait_sync("started")
-        survival.release()
-        with forked_tracer(lambda report: _die_in_a_hits_stop(survival.pid, word, report)) as (_, line):
-            assert line() == "trapped\n", "the tracer failed (see stderr)"
-        start = turns(survival.pid, survival.lines())
-        wait_until(lambda: survival.process.poll() is not None or turns(survival.pid, survival.lines()) >= start + 200,
-                   what="the program's next turns")
-        assert survival.process.poll() is None, f"the program ended ({survival.process.returncode})"
-        assert tracer_pid(survival.pid) == 0
-        assert text_differences(survival.pid) == []
-        assert counters_off(survival.pid, semaphores(survival.lines())) == []
-        survival.process.terminate()
-        assert survival.process.wait(20) == 0
-        wrong = [line.values for line in survival.lines() if line.kind == "result"]
-        assert wrong and all(values[-1] == "0" for values in wrong), wrong
+    to the site (R1)."""
+    _survival_outlives(runnable_build, _die_in_a_hits_stop, "trapped")
 
 
 SELF_STEPPING = r"""
