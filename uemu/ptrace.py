@@ -156,6 +156,10 @@ class Regset:
         _request(PTRACE_GETREGSET, tid, NT_PRSTATUS, self._iov_addr)
 
     def store(self, tid: int) -> None:
+        """Registers uemu changed: the stop ``wait`` left with the thread is taken first
+        (``take``), or a uemu dying before the restart would leave the stop's signal to
+        come with registers it was never meant for."""
+        take(tid)
         self._iov.len = sizeof(self.words)
         _request(PTRACE_SETREGSET, tid, NT_PRSTATUS, self._iov_addr)
 
@@ -289,9 +293,10 @@ def wait(block: bool = True) -> tuple[int, int]:
     stop, and a tracee whose tracer dies in a signal-delivery stop after that resumes with
     no signal (``ptrace_signal()``): a thread that trapped on a breakpoint over a 1-byte
     instruction other than a nop would skip it, one given a signal of the program's would
-    lose it.  Left, the SIGTRAP goes to the net's handler (the runtime's R1 and R3) and
-    any other signal to the program.  Stops of tasks not restarted since they were
-    reported (parked ones) are taken first, or this wait would report them again."""
+    lose it.  Left, the SIGTRAP goes to the net's handler (the runtime's R1) and any
+    other signal to the program.  A stop is taken before uemu changes the thread's
+    registers (``Regset.store``), and stops of tasks not restarted since they were
+    reported (parked ones) are taken first here, or this wait would report them again."""
     _take_peeked()
     result = os.waitid(os.P_ALL, 0, WALL | os.WEXITED | os.WSTOPPED | os.WNOWAIT | (0 if block else os.WNOHANG))
     if result is None:
@@ -307,13 +312,19 @@ def wait_for(tid: int) -> int:
     return os.waitpid(tid, WALL)[1]
 
 
-def _take_peeked() -> None:
-    """Take every stop ``wait`` left with a task not restarted since (WNOHANG: a task
-    killed meanwhile has no stop left; its exit comes to a wait of its own)."""
-    while _peeked:
-        tid, what = _peeked.popitem()
+def take(tid: int) -> None:
+    """Take the stop (or exit) ``wait`` left with ``tid``, if it still holds one
+    (WNOHANG: a task killed meanwhile has no stop left; its exit comes to a wait of its own)."""
+    what = _peeked.pop(tid, None)
+    if what is not None:
         with suppress(ChildProcessError):
             os.waitid(os.P_PID, tid, WALL | what | os.WNOHANG)
+
+
+def _take_peeked() -> None:
+    """Take every stop ``wait`` left with a task not restarted since."""
+    while _peeked:
+        take(next(iter(_peeked)))
 
 
 def _status(result: os.waitid_result) -> int:
