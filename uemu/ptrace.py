@@ -155,11 +155,15 @@ class Regset:
         self._iov.len = sizeof(self.words)
         _request(PTRACE_GETREGSET, tid, NT_PRSTATUS, self._iov_addr)
 
-    def store(self, tid: int) -> None:
+    def store(self, tid: int, recorded: bool = False) -> None:
         """Registers uemu changed: the stop ``wait`` left with the thread is taken first
         (``take``), or a uemu dying before the restart would leave the stop's signal to
-        come with registers it was never meant for."""
-        take(tid)
+        come with registers it was never meant for.  ``recorded``: the net holds these
+        very registers' ip and sp as the thread's (``Task.net_record``, SWALLOW), so that
+        signal is known for the stop's (the runtime's R3) and the stop may stay: one
+        system call less per hit."""
+        if not recorded:
+            take(tid)
         self._iov.len = sizeof(self.words)
         _request(PTRACE_SETREGSET, tid, NT_PRSTATUS, self._iov_addr)
 

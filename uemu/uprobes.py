@@ -440,7 +440,7 @@ class Uprobes:
                 task.net_record(mm.net, ThreadFlags.SWALLOW, changed.get(ip, regs[ip]), changed.get(sp, regs[sp]),
                                 None)
             regs.update(changed)
-            regs.store(task.tid)
+            regs.store(task.tid, recorded=mm.net is not None)
         return before
 
     @staticmethod

@@ -189,7 +189,7 @@ def start_step(task: Task, mm: Mm, plan: StepOutOfLine, site: int, regs: ptrace.
     task.net_record(mm.net, flags, slot, regs[mm.arch.sp_reg], None if setup.ends is StepEnd.JUMP else slot)
     before = {name: regs[name] for name in setup.regs}
     if regs.update(setup.regs):
-        regs.store(task.tid)
+        regs.store(task.tid, recorded=True)
     if setup.ends is not StepEnd.JUMP:
         task.xol = ActiveStep(plan, slot, setup)
     return before
