@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
@@ -300,14 +301,24 @@ def wait(block: bool = True) -> tuple[int, int]:
     lose it.  Left, the SIGTRAP goes to the net's handler (the runtime's R1) and any
     other signal to the program.  A stop is taken before uemu changes the thread's
     registers (``Regset.store``), and stops of tasks not restarted since they were
-    reported (parked ones) are taken first here, or this wait would report them again."""
+    reported (parked ones) are taken first here, or this wait would report them again.
+
+    An exec stop is taken at once: it has no signal to keep, and after a thread other
+    than the leader called exec the kernel refuses every request to the pid it took
+    over (ESRCH) until a wait has taken that stop (``looks_like_a_spurious_pid()``)."""
     _take_peeked()
     result = os.waitid(os.P_ALL, 0, WALL | os.WEXITED | os.WSTOPPED | os.WNOWAIT | (0 if block else os.WNOHANG))
     if result is None:
         return 0, 0
     status = _status(result)
     _peeked[result.si_pid] = os.WSTOPPED if result.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED) else os.WEXITED
+    if status >> 8 == _EXEC_STOP:
+        take(result.si_pid)
     return result.si_pid, status
+
+
+_EXEC_STOP = (EVENT_EXEC << 8) | signal.SIGTRAP
+"""An exec stop's status (bits 8 and up of the ``waitpid`` status)."""
 
 
 def wait_for(tid: int) -> int:
