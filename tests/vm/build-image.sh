@@ -14,7 +14,7 @@ arch=${1:?usage: build-image.sh arm64|riscv64}
 # python-ptrace >= 0.9.9 (Debian has 0.9.8, without RISC-V) and the test tools
 # come from PyPI as pure wheels.  PyPI has capstone wheels for aarch64 but none
 # for riscv64, where Debian trixie's python3-capstone (5.x) takes its place.
-wheels=(python-ptrace==0.9.9 pyelftools==0.33 pytest==9.0.3 hypothesis==6.155.2)
+wheels=(python-ptrace==0.9.9 pyelftools==0.33 pytest==9.0.3 pytest-timeout==2.4.0 hypothesis==6.155.2)
 case $arch in
     # bookworm has no riscv64 port; its kernels are 6.1 (arm64), trixie's 6.12.
     arm64) suite=bookworm qemu_user=aarch64 debs=; wheels+=(capstone==5.0.9) ;;
