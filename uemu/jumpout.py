@@ -41,7 +41,8 @@ from .tracer import Tracer
 from .uprobes import Mm
 
 BOUND_S = 2.0
-"""How long the threads inside may take to come out, all together."""
+"""How long the threads inside may go with none of them coming out and the reader making
+no room in the rings: a bound on a wait uemu cannot end, not on a slow machine."""
 VDSO_STEPS = 100_000
 """Single steps allowed to leave the vDSO (clock_gettime takes about a hundred)."""
 POLL_S = 0.0005
@@ -144,10 +145,16 @@ class MoveOut:
 
     def _wait(self, moving: dict[int, _Moving]) -> None:
         """Their stops (any other task's to the loop's handlers: it stays parked) until
-        each is out or stopped for good; past ``BOUND_S`` the rest are interrupted."""
+        each is out or stopped for good; past ``BOUND_S`` without progress the rest are
+        interrupted.  Progress is a thread done or records read: threads waiting for room
+        come out as the reader drains, which a loaded machine can make slow."""
         deadline = time.monotonic() + BOUND_S
         late = False
+        progress = (len(moving), self.path.read)
         while moving:
+            if (len(moving), self.path.read) != progress:
+                progress = (len(moving), self.path.read)
+                deadline = time.monotonic() + BOUND_S
             if not late and time.monotonic() > deadline:
                 late = True
                 for move in moving.values():
