@@ -101,7 +101,7 @@ int main(int argc, char **argv)
 {
 	long iterations = sample_count_arg(argc, argv, 1, 3);
 	int have_avx = __builtin_cpu_supports("avx");
-	struct itimerval every_50us = { { 0, 50 }, { 0, 50 } };
+	struct itimerval every_200us = { { 0, 200 }, { 0, 200 } };
 	struct itimerval off = { { 0, 0 }, { 0, 0 } };
 	struct sigaction sa;
 
@@ -114,7 +114,7 @@ int main(int argc, char **argv)
 	sigaction(SIGALRM, &sa, NULL);
 
 	sample_sync("start");
-	setitimer(ITIMER_REAL, &every_50us, NULL);
+	setitimer(ITIMER_REAL, &every_200us, NULL);
 	for (long i = 0; i < iterations; i++) {
 		for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
 			if (cases[k].fn == insn_riprel_vex && !have_avx)

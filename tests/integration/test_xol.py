@@ -322,12 +322,14 @@ INSNS_ITERATIONS = "20"
 def one_cpu() -> Iterator[None]:
     """Processes started inside share one CPU (they inherit the affinity).
 
-    samples/insns runs a 50 µs SIGALRM timer.  A ptrace stop costs about 40 µs
+    samples/insns runs a 200 µs SIGALRM timer.  A ptrace stop costs about 40 µs
     when tracer and program share a CPU, but more than 50 µs when each wakes the
-    other across two: then every period's signal is pending again before the
-    program moves on, and it crawls under any tracer (a bare ctypes PTRACE_CONT
-    loop, no probe: 188 000 signal stops and 10 s for ``insns 20``, which takes
-    2 ms untraced).
+    other across two: with a period near a stop's cost every period's signal is
+    pending again before the program moves on, and it crawls under any tracer (a
+    bare ctypes PTRACE_CONT loop, no probe, at 50 µs: 188 000 signal stops and
+    10 s for ``insns 20``, which takes 2 ms untraced).  At 50 µs uemu's stop, a
+    little over that on this machine, starved it (2 s to over 60 s at b0a811d
+    too); 200 µs leaves room.
     """
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})
