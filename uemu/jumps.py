@@ -434,11 +434,18 @@ class JumpPath:
         """A signal of the program's goes to stopped thread ``tid`` (``regs`` fetched).
         Inside the jump path's code, its handler's frame will hold an ip there until the
         handler returns: leaving must not unmap the code under it (``inside``).
+        Outside, a record of an earlier one is dropped once the stack pointer is back above
+        it (``_in_handler``): a thread later blocked deeper in the program, with no stop
+        between, would otherwise count as inside at leaving.
         Kernel: nothing of the kind (its trampolines stay mapped for good)."""
         state = self._mms.get(mm)
-        if state is not None and self._in_code(mm, regs):
+        if state is None:
+            return
+        if self._in_code(mm, regs):
             sp = regs[mm.arch.sp_reg]
             state.handlers[tid] = max(sp, state.handlers.get(tid, sp))
+        elif tid in state.handlers:
+            self._in_handler(mm, tid, regs)
 
     def _in_code(self, mm: Mm, regs: ptrace.Regset) -> bool:
         """Whether a thread with ``regs`` is in ``code(mm)`` or in the vDSO called from
