@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
@@ -312,13 +311,9 @@ def wait(block: bool = True) -> tuple[int, int]:
         return 0, 0
     status = _status(result)
     _peeked[result.si_pid] = os.WSTOPPED if result.si_code in (os.CLD_TRAPPED, os.CLD_STOPPED) else os.WEXITED
-    if status >> 8 == _EXEC_STOP:
+    if status >> 16 == EVENT_EXEC:
         take(result.si_pid)
     return result.si_pid, status
-
-
-_EXEC_STOP = (EVENT_EXEC << 8) | signal.SIGTRAP
-"""An exec stop's status (bits 8 and up of the ``waitpid`` status)."""
 
 
 def wait_for(tid: int) -> int:
