@@ -285,15 +285,22 @@ class Tracees:
     def _uninstall_net(self, task: Task, mm: Mm, leaving: bool) -> None:
         """The program's SIGTRAP action back and the net's area unmapped, through
         ``task``; at ``leaving``, the area stays while a thread is inside the jump
-        path's part of it (``keeps_area``)."""
+        path's part of it (``keeps_area``).  The jump path forgets ``mm`` either way:
+        its thread table is gone or inert, and a thread started or a process forked
+        later (a command left under the seccomp filter stays traced until it ends)
+        must find nothing of it to write to."""
         net, jumps = mm.net, self.uprobes.jumps
         if net is None:
             return
-        call = inject.caller(task, mm)  # through the stub while the area is there
-        keep_area = leaving and jumps is not None and jumps.keeps_area(
-            mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
-        net.uninstall(call, inject.caller(task, mm, through_net=False), keep_area)
-        mm.net = None
+        try:
+            call = inject.caller(task, mm)  # through the stub while the area is there
+            keep_area = leaving and jumps is not None and jumps.keeps_area(
+                mm, [t.tid for t in self.tasks.values() if t.mm is mm], call)
+            net.uninstall(call, inject.caller(task, mm, through_net=False), keep_area)
+            mm.net = None
+        finally:
+            if jumps is not None:
+                jumps.forget(mm)
 
     def let_go(self, task: Task) -> Resume:
         """Stop tracing a task that holds none of our bytes: detach it now (or at

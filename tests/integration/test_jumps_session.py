@@ -261,6 +261,32 @@ def test_detach_puts_the_files_bytes_back(build, uemu) -> None:
         tracee.run_out()
 
 
+def test_a_command_left_under_the_seccomp_filter_goes_on_starting_threads(build, tmp_path) -> None:
+    """``uemu run`` told to leave stays the tracer of a command under its seccomp filter
+    (without one, the command's mmap would fail) until it ends, doing nothing.  Threads
+    the command starts then must go on.  The jump path's thread table went with its
+    area, and a new thread's pointer written there failed the leaving while uemu held
+    the thread stopped: the command hung (soak: ``signal/run``, "no progress")."""
+    program = build.directory / "threads"
+    ready = tmp_path / "ready"
+    under = (*UEMU, "run", "--mappings=seccomp", "--ready-file", str(ready), "-o", "/dev/null", "threads:work", "--")
+    with Tracee([program, "4", "50"], under=under) as tracee:
+        tracee.wait_sync("start")
+        wait_until(ready.exists, what="uemu to arm")
+        if _site_bytes(tracee.pid, program)["threads:work"] == 0xCC:
+            pytest.skip("threads:work keeps the trap in this process (a randomised heap may grow over its pun target)")
+        assert text_differences(tracee.pid) != [], "threads:work holds a jump"
+        tracee.process.send_signal(signal.SIGINT)
+        wait_until(lambda: text_differences(tracee.pid) == [], what="uemu to put the file's bytes back")
+        assert tracer_pid(tracee.pid) != 0, "the command keeps its tracer under the filter"
+        tracee.release()
+        tracee.wait_sync("end")
+        tracee.release()
+        code = tracee.finish()
+        said = tracee.stderr().splitlines()
+    assert (code, said) == (0, [])
+
+
 def test_uemu_killed_with_jumps_armed_leaves_the_program_running_and_whole(build) -> None:
     """SIGKILL of ``uemu attach`` with every site jumped: the program goes on; a hit of
     a jump after uemu is gone restores the sites and the semaphore (the net), so the
