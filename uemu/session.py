@@ -259,7 +259,11 @@ class Session:
             return
         self._closed = True
         try:
-            self._detach_all()
+            try:
+                self._detach_all()
+            except Exception:
+                self.tracer.abandon()  # never hold a thread stopped once uemu cannot go on
+                raise
             if self.jump_hits is not None:
                 self.jump_hits.stop()
             if self._traced:

@@ -201,6 +201,10 @@ class Tracees:
         self._pending[stop.tid] = _PendingChild(status=stop.status)
         return []
 
+    def held_first_stops(self) -> list[int]:
+        """New tasks kept at their first stop until their creator's event."""
+        return [tid for tid, pending in self._pending.items() if pending.status is not None]
+
     def _adopt(self, child: int, parent: Task, kind: StopKind, first_status: int | None,
                step: ActiveStep | None) -> list[tuple[Task, Resume]]:
         """Both halves of a task creation are known; decide the child's fate."""

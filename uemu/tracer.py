@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from . import errors, inject, process, ptrace, xol
-from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify
+from .stops import GO_ON, Resume, ResumeOp, Stop, StopKind, classify, shell_status
 from .tasks import Task, Tracees
 from .uprobes import Mm
 
@@ -241,6 +241,43 @@ class Tracer:
         for task in list(self.tracees.tasks.values()):
             self.resume(task, Resume(ResumeOp.DETACH))
 
+    def abandon(self) -> None:
+        """After an error of uemu's while leaving, with tasks still traced: let each go
+        as its stop stands and run no handler any more, so nothing can fail again.  A
+        task is detached with the signal its stop holds (the net undoes at its next trap
+        what is left of ours), or, where the program cannot live without a tracer, kept
+        going bare (CONT with that signal, LISTEN in a group-stop) until every task has
+        exited.  A task created meanwhile is let go at its first stop.  Without this,
+        ``uemu run`` would wait for ever for a command whose threads it holds stopped."""
+        bare = self.tracees.needs_tracer()
+        owed = {tid: task.owed_signal for tid, task in self.tracees.tasks.items() if task.stopped}
+        for tid in [*owed, *self.tracees.held_first_stops()]:
+            _let_go(tid, owed.get(tid, 0), bare)
+        left = {tid for tid in self.tracees.tasks if tid not in owed}
+        for tid in left:
+            with suppress(errors.TraceeGone):
+                ptrace.interrupt(tid)
+        self.tracees.tasks.clear()
+        while left or bare:
+            try:
+                tid, status = ptrace.wait()
+            except ChildProcessError:
+                return
+            stop = classify(tid, status)
+            left.discard(tid)
+            if stop.kind is StopKind.EXITED:
+                if tid == self.tracees.child_pid:
+                    self.tracees.exit_status = shell_status(status)
+                continue
+            if stop.creates_task:
+                with suppress(errors.TraceeGone):
+                    left.add(ptrace.event_message(tid))
+            if stop.kind is StopKind.GROUP and bare:
+                with suppress(errors.TraceeGone):
+                    ptrace.listen(tid)
+            else:
+                _let_go(tid, stop.sig if stop.kind is StopKind.SIGNAL else 0, bare)
+
     def wake(self) -> None:
         """End the blocking wait soon: an interrupt stop of some running task."""
         for task in self.tracees.tasks.values():
@@ -291,6 +328,15 @@ class Tracer:
         self.resume(task, Resume(ResumeOp.CONT, urgent=True))
         self.run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
         return self.injectable(mm)
+
+
+def _let_go(tid: int, sig: int, bare: bool) -> None:
+    """``abandon``'s one restart: CONT where a tracer must stay, else DETACH."""
+    with suppress(errors.TraceeGone):
+        if bare:
+            ptrace.cont(tid, sig)
+        else:
+            ptrace.detach(tid, sig)
 
 
 def _keep_stopped(task: Task, stop: Stop) -> Resume:
