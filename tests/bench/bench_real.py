@@ -3,7 +3,9 @@
     python3 tests/bench/bench_real.py [--repeat N] [--only pgbench,python,java]
                                       [--transactions T] [--fib N]
 
-Each workload runs untraced, under bpftrace (the same probes, counting), under
+Each workload runs untraced, under bpftrace (the same probes, counting; attached before
+the command starts, so its start is not counted; for python also ``bpftrace -c``, which
+starts the command itself as ``uemu run`` does, its start counted as uemu's is), under
 ``uemu -c`` (the jump path, the default: counted in the target), ``uemu --json`` (the
 jump path, a record per hit read by uemu, counted here from the events) and
 ``uemu --no-jumps -c`` (the trap path), interleaved: a round runs every mode once,
@@ -41,6 +43,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -72,6 +75,10 @@ UEMU_MODES = {  # uemu's options in each of its modes
 }
 """-c counts in the target on the jump path; --json makes a record per hit, read by uemu."""
 MODES = ("untraced", "bpftrace", *UEMU_MODES)
+BPFTRACE_C = "bpftrace -c"
+"""bpftrace starting the command itself, as ``uemu run`` does (python, java): its start is
+counted as uemu's is; the ``bpftrace`` mode attaches before the command and leaves it out."""
+COMMAND_MODES = ("untraced", "bpftrace", BPFTRACE_C, *UEMU_MODES)
 PYTHON = "/usr/bin/python3.11"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
@@ -148,10 +155,14 @@ class Workload:
     higher_is_better: bool
     object_path: str
     probes: tuple[str, ...]
-    runs: dict[str, list[Run]] = field(default_factory=lambda: {mode: [] for mode in MODES})
+    modes: tuple[str, ...] = MODES
+    runs: dict[str, list[Run]] = field(init=False)
     reproduce: dict[str, str] = field(default_factory=dict)
     expected: Counter[str] = field(default_factory=Counter)
     """The hits the workload makes, where it says so itself (else bpftrace's are the oracle)."""
+
+    def __post_init__(self) -> None:
+        self.runs = {mode: [] for mode in self.modes}
 
     def record(self, mode: str, run: Run) -> float:
         self.runs[mode].append(run)
@@ -258,6 +269,11 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
         uemu = [*UEMU, "run", *UEMU_MODES.get(mode, []), "-o", str(counts_file),
                 *workload.probes, "--"]
         command = [*uemu, *as_user] if mode.startswith("uemu") else as_user
+        if mode == BPFTRACE_C:
+            # As root, the command itself: bpftrace -c finds USDT probes in the child it
+            # starts, and under setpriv that child is setpriv; -c wants a path.
+            command = ["bpftrace", "-e", bpftrace_program(workload.object_path, workload.probes),
+                       "-c", _shell([shutil.which(argv[0]) or argv[0], *argv[1:]])]
         tracer = bpftrace_ready(workload.object_path, workload.probes, PROGRAM_USER) if mode == "bpftrace" else None
         workload.reproduce[mode] = _shell(tracer.args if tracer else command)  # type: ignore[arg-type]
         began = load()
@@ -279,7 +295,8 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
         wall = time.perf_counter() - start - (after_pause - before_pause)
         if program.returncode:
             raise SystemExit(f"{workload.name} under {mode}: exit status {program.returncode}\n{err}")
-        counts = bpftrace_stop(tracer) if tracer else uemu_counts(counts_file) if mode != "untraced" else Counter()
+        counts = (bpftrace_stop(tracer) if tracer else bpftrace_counts(out) if mode == BPFTRACE_C
+                  else uemu_counts(counts_file) if mode != "untraced" else Counter())
         work = float(re.search(r"^work ([\d.]+)$", out, re.M)[1])  # type: ignore[index]
         return workload.record(mode, Run(wall, began, counts, sites, uemu_lost(err), work))
 
@@ -289,13 +306,14 @@ def _shell(argv: list[str]) -> str:
 
 
 def python_workload(repeat: int, fib: int) -> Workload:
-    workload = Workload("python3.11, all python:* probes", "s wall", False, PYTHON, ("python:*",))
+    workload = Workload("python3.11, all python:* probes", "s wall", False, PYTHON, ("python:*",), COMMAND_MODES)
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o755)  # for PROGRAM_USER
         script = Path(tmp) / "realbench.py"
         script.write_text(SCRIPT)
         argv = [PYTHON, str(script), str(fib)]
-        interleaved({mode: functools.partial(paused_command, workload, mode, argv, tmp) for mode in MODES}, repeat)
+        interleaved({mode: functools.partial(paused_command, workload, mode, argv, tmp) for mode in workload.modes},
+                    repeat)
     return workload
 
 
@@ -306,7 +324,8 @@ def java_workload(repeat: int, threads: int) -> Workload:
         (Path(tmp) / "Threads.java").write_text(JAVA)
         subprocess.run([f"{JAVA_HOME}/bin/javac", "-d", tmp, str(Path(tmp) / "Threads.java")], check=True)
         argv = [JAVA_LAUNCHER, "-cp", tmp, "Threads", str(threads)]
-        interleaved({mode: functools.partial(paused_command, workload, mode, argv, tmp) for mode in MODES}, repeat)
+        interleaved({mode: functools.partial(paused_command, workload, mode, argv, tmp) for mode in workload.modes},
+                    repeat)
     return workload
 
 
@@ -413,6 +432,8 @@ def report(workload: Workload) -> None:
         ratios = f"{medians[mode] / medians['untraced']:6.2f}x untraced"
         if mode.startswith("uemu"):
             ratios += f"  {medians[mode] / medians['bpftrace']:6.2f}x bpftrace"
+            if BPFTRACE_C in medians:
+                ratios += f"  {medians[mode] / medians[BPFTRACE_C]:6.2f}x {BPFTRACE_C}"
         loads = "-".join(f"{x:.1f}" for x in (min(r.load for r in kept), max(r.load for r in kept)))
         works = [r.work for r in kept if r.work is not None]
         work = f"   work {statistics.median(works):7.3f} s" if works else ""
@@ -437,7 +458,7 @@ def mismatches(workload: Workload) -> None:
     """Each traced run's counts against the oracle: the workload's known truth when it
     has one (pgbench), else bpftrace's run of the same round (the workloads are
     deterministic)."""
-    for mode in ("bpftrace", *UEMU_MODES):
+    for mode in [m for m in workload.modes if m != "untraced"]:
         for number, run in enumerate(workload.runs[mode]):
             oracle = workload.expected or workload.runs["bpftrace"][number].counts
             if run.counts != oracle:
