@@ -61,7 +61,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from elftools.common.exceptions import ELFError
@@ -449,25 +449,18 @@ class JumpPath:
 
     def _in_code(self, mm: Mm, regs: ptrace.Regset) -> bool:
         """Whether a thread with ``regs`` is in ``code(mm)`` or in the vDSO called from
-        there: a register (aarch64's x30, riscv64's ra) or a word near the top of its
-        stack (x86) then points into the code.  Stale words only make uemu look closer
-        (uemu/jumpout.py steps such a thread out of the vDSO first)."""
+        there (``called_from``)."""
         ranges = self.code(mm)
         if not ranges:
             return False
-        arch = mm.arch
-        ip = regs[arch.ip_reg]
+        ip = regs[mm.arch.ip_reg]
         if not in_vdso(mm, ip):
             return any(start <= ip < end for start, end in ranges)
-        values = list(regs.snapshot().values())
         try:
-            stack = mm.memory.read(regs[arch.sp_reg], VDSO_FRAME_ROOM)
+            stack = mm.memory.read(regs[mm.arch.sp_reg], VDSO_FRAME_ROOM)
         except OSError:
             stack = b""
-        width = arch.word_size
-        values += [int.from_bytes(stack[at:at + width], arch.byte_order)
-                   for at in range(0, len(stack) - width + 1, width)]
-        return any(start <= value < end for value in values for start, end in ranges)
+        return called_from(mm.arch, regs.snapshot(), stack, ranges)
 
     def trap_ways_back(self, mm: Mm) -> dict[int, int]:
         """Leaving, every thread of ``mm`` stopped: a trap over each trampoline's jump
@@ -1041,6 +1034,26 @@ def _mmap_min_addr() -> int:
 
 _VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
 AT_HWCAP2 = 26
+
+
+def called_from(arch: Arch, regs: Mapping[str, int], stack: bytes, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether a thread in the vDSO with ``regs`` and ``stack`` (the top of its stack)
+    was called from the jump path's code (``ranges``): a register (aarch64's x30,
+    riscv64's ra) or a word of the stack (x86) points into it.  Stale words only make
+    uemu look closer (uemu/jumpout.py steps such a thread out of the vDSO first); on
+    i386 the code's 2 MiB lie among the program's own addresses, and about one thread in
+    twenty has a stale word there.  A thread interrupted inside a system call the kernel
+    would restart is in a blocking call of the program's: the runtime calls only
+    clock_gettime through the vDSO, which never blocks, and makes its own system calls
+    with its own instruction.  Stepped, such a thread would restart its call with the
+    trap flag, and the step's trap would come when the call returns (i386 soak
+    ``parked/attach/600``: a parker in nanosleep killed by SIGTRAP after uemu left)."""
+    if arch.restarted_syscall(regs):
+        return False
+    width = arch.word_size
+    values = [*regs.values(), *(int.from_bytes(stack[at:at + width], arch.byte_order)
+                                for at in range(0, len(stack) - width + 1, width))]
+    return any(start <= value < end for value in values for start, end in ranges)
 
 
 def in_vdso(mm: Mm, address: int) -> bool:
