@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 from uemu.arch import Arch
 from uemu.arch.base import NoWayBack, SigreturnWayBack
 
-from . import errors, ptrace
+from . import errors, process, ptrace
 from .maps import Vma
-from .stops import StopKind, classify
+from .stops import StopKind, classify, is_step_trap
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -257,21 +257,44 @@ def repark(task: Task) -> None:
     tracer's death leaves it, and the thread traps after its next instruction).
     PTRACE_INTERRUPT, then a restart: on its way back to user space it traps again
     before any instruction (kernel: ``do_jobctl_trap()``), as a group-stop while its
-    program is stopped, as a plain interrupt stop otherwise."""
+    program is stopped, as a plain interrupt stop otherwise.  The trap of that step, if
+    one is queued already, is uemu's and dropped; left queued it would reach the program
+    at detach and kill it.  x86 raises it when a system call the thread was stepped into
+    returns, and an interrupt stop inside the call comes before it, again at each
+    interrupt (kernel: ``get_signal()`` runs ``do_jobctl_trap()`` before it dequeues a
+    signal): the thread is let on to that trap's stop, then parked.  Seen in the i386
+    soak ``parked/attach/600``, a parker in nanosleep stepped by leaving's MoveOut."""
+    stepped, taking = task.single_step, False
+    breakpoint_code = task.mm.arch.trap_si_code if task.mm is not None else 0
     ptrace.interrupt(task.tid)
     ptrace.cont(task.tid)
     while True:
         stop = classify(task.tid, ptrace.wait_for(task.tid))
         if stop.kind is StopKind.EXITED:
             raise errors.TraceeGone(task.tid)
+        if stop.kind is StopKind.INTERRUPT and stepped and _step_trap_queued(task.tid):
+            stepped, taking = False, True
+            ptrace.cont(task.tid)  # no interrupt asked: its next stop is that trap's
+            continue
         if stop.kind in (StopKind.GROUP, StopKind.INTERRUPT):
             task.stop_kind = stop.kind
             task.listening = stop.kind is StopKind.GROUP
             task.single_step = False
             return
         if stop.kind is StopKind.SIGNAL:
-            task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))
+            info = ptrace.signal_info_bytes(task.tid)
+            if not ((stepped or taking) and is_step_trap(stop.sig, ptrace.signal_code(info), breakpoint_code)):
+                task.hold(stop.sig, info)
+            if taking:
+                taking = False
+                ptrace.interrupt(task.tid)  # parked again once that trap is taken
         ptrace.cont(task.tid)
+
+
+def _step_trap_queued(tid: int) -> bool:
+    """A SIGTRAP queued and not blocked: a step's is forced, which unblocks it
+    (``force_sig_info_to_task()``); one the program blocks is its own and stays queued."""
+    return process.sigtrap_pending(tid) and not process.blocks_sigtrap(tid)
 
 
 def _run_to_exit(tid: int, hold: HoldSignal) -> int:

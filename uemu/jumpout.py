@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from . import errors, ptrace, xol
 from .jumps import JumpPath, in_vdso
-from .stops import Stop, StopKind, classify
+from .stops import Stop, StopKind, classify, is_step_trap
 from .tasks import Task
 from .tracer import Tracer
 from .uprobes import Mm
@@ -208,9 +208,7 @@ class MoveOut:
             if at in move.ways:
                 self._jump(move, at)
                 return True
-        # x86 reports a step over a system call instruction as TRAP_BRKPT (the kernel's
-        # user_single_step_report()), any other step as TRAP_TRACE.
-        if move.steps >= 0 and sig == signal.SIGTRAP and code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT):
+        if move.steps >= 0 and is_step_trap(sig, code, mm.arch.trap_si_code):
             move.steps += 1
             if in_vdso(mm, ip) and move.steps < VDSO_STEPS:
                 return not self._go(move)

@@ -125,6 +125,15 @@ def deliver(sig: int) -> Resume:
     return Resume(sig=sig) if sig else GO_ON
 
 
+def is_step_trap(sig: int, code: int, breakpoint_code: int) -> bool:
+    """Whether a SIGTRAP with si_code ``code`` is one a PTRACE_SINGLESTEP raised:
+    TRAP_TRACE, or TRAP_BRKPT where a breakpoint is not (x86 reports a step over a
+    system call instruction so, at the call's exit: the kernel's
+    ``user_single_step_report()``; its int3 is SI_KERNEL).  ``breakpoint_code``: the
+    arch's (``Arch.trap_si_code``)."""
+    return sig == signal.SIGTRAP and code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT) and code != breakpoint_code
+
+
 def shell_status(status: int) -> int:
     """An exit status as the shell reports it: the code, or 128+N for signal N."""
     if os.WIFSIGNALED(status):

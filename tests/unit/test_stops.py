@@ -7,7 +7,8 @@ import signal
 import pytest
 
 from uemu import ptrace
-from uemu.stops import Resume, ResumeOp, Stop, StopKind, classify, deliver, shell_status
+from uemu.arch import by_name
+from uemu.stops import Resume, ResumeOp, Stop, StopKind, classify, deliver, is_step_trap, shell_status
 
 
 def stopped(sig: int, event: int = 0) -> int:
@@ -50,3 +51,18 @@ def test_resumes() -> None:
 def test_shell_status() -> None:
     assert shell_status(7 << 8) == 7
     assert shell_status(signal.SIGSEGV) == 128 + signal.SIGSEGV
+
+
+@pytest.mark.parametrize(("arch", "code", "step"), [
+    ("x86_64", ptrace.TRAP_TRACE, True),  # a step (the kernel's #DB with DR_STEP)
+    ("x86_64", ptrace.TRAP_BRKPT, True),  # a step over a system call, reported at its exit
+    ("x86_64", 0x80, False),  # SI_KERNEL: an int3
+    ("i386", ptrace.TRAP_BRKPT, True),
+    ("aarch64", ptrace.TRAP_TRACE, True),
+    ("aarch64", ptrace.TRAP_BRKPT, False),  # a brk
+    ("riscv64", ptrace.TRAP_BRKPT, False),  # an ebreak
+    ("x86_64", 0, False),  # SI_USER: someone's kill()
+])
+def test_step_traps(arch: str, code: int, step: bool) -> None:
+    assert is_step_trap(signal.SIGTRAP, code, by_name(arch).trap_si_code) is step
+    assert not is_step_trap(signal.SIGSEGV, code, by_name(arch).trap_si_code)
