@@ -37,6 +37,7 @@ import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
 from oracle import KernelUprobes, tracefs_reason
+from residue import anonymous_code
 from samplelog import Line, expected_hits, parse, per_probe, reported_hits, run_traced, run_untraced
 from tracee import UEMU, Tracee, attach_cli, differences, file_memory, read_memory, stop_cli, tracer_pid, wait_until
 
@@ -44,7 +45,7 @@ from uemu import arch, sdt
 from uemu.arch.base import Plan, Refuse, StepOutOfLine
 from uemu.arch.x86 import Fixup, X86Call, X86CondJump, X86Jump, X86Push, X86Step
 from uemu.events import Event
-from uemu.maps import Vma, read_maps
+from uemu.maps import read_maps
 
 if TYPE_CHECKING:
     from conftest import Build
@@ -210,11 +211,6 @@ def site_hits_as_calls(chosen: Sequence[Site], lines: Sequence[Line]) -> Counter
 # ---------------------------------------------------------------- the XOL area
 
 
-def xol_areas(pid: int) -> list[Vma]:
-    """Executable mappings backed by no file and no name: an XOL area."""
-    return [v for v in read_maps(pid) if v.executable and not v.file_backed and not v.path]
-
-
 def executable_maps(pid: int) -> list[tuple[int, int, str, str]]:
     return [(v.start, v.end, v.perms, v.path) for v in read_maps(pid) if v.executable]
 
@@ -252,7 +248,7 @@ def traced_rounds(build: Build, far: bool) -> TracedRounds:
             tracee.release()
             tracee.wait_sync("end")
             pid = tracee.lines()[0].pid
-            [area] = xol_areas(pid)
+            [area] = anonymous_code(pid)
             [code] = [v for v in read_maps(pid) if v.path == str(program) and v.executable]
             nearest = max(area.start - code.end, code.start - area.end)
             farthest = max(area.end - code.start, code.end - area.start)
@@ -391,7 +387,7 @@ def test_insns_under_uemu_attach(samples, insns_untraced, tmp_path):
         tracee.wait_sync("end")
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0, err
-        assert xol_areas(tracee.pid) == [], "the XOL area stayed after detach"
+        assert anonymous_code(tracee.pid) == [], "the XOL area stayed after detach"
         tracee.run_out()
         _check_insns(program, tracee.lines(), events_file, err, insns_untraced)
 
@@ -464,7 +460,7 @@ def test_detach_while_threads_run_through_slots(runnable_build, ends, tmp_path):
         wait_until(lambda: tracer_pid(tracee.pid) and trap_at(tracee.pid, program, chosen[-1].file_offset),
                    what="breakpoints")
         tracee.release()
-        wait_until(lambda: xol_areas(tracee.pid), what="the XOL area")
+        wait_until(lambda: anonymous_code(tracee.pid), what="the XOL area")
         assert not [line for line in tracee.lines() if line.kind == "result"], "the threads ended before detach"
         code, _, err = stop_cli(cli, signal.SIGINT)
         assert code == 0 and err == "", err
