@@ -1041,13 +1041,14 @@ def called_from(arch: Arch, regs: Mapping[str, int], stack: bytes, ranges: Seque
     was called from the jump path's code (``ranges``): a register (aarch64's x30,
     riscv64's ra) or a word of the stack (x86) points into it.  Stale words only make
     uemu look closer (uemu/jumpout.py steps such a thread out of the vDSO first); on
-    i386 the code's 2 MiB lie among the program's own addresses, and about one thread in
-    twenty has a stale word there.  A thread interrupted inside a system call the kernel
-    would restart is in a blocking call of the program's: the runtime calls only
-    clock_gettime through the vDSO, which never blocks, and makes its own system calls
-    with its own instruction.  Stepped, such a thread would restart its call with the
-    trap flag, and the step's trap would come when the call returns (i386 soak
-    ``parked/attach/600``: a parker in nanosleep killed by SIGTRAP after uemu left)."""
+    i386 the code's 2 MiB lie among the program's own addresses, and with 600 threads
+    parked one had a stale word there in about one leaving in four.  A thread
+    interrupted inside a system call the kernel would restart is in a blocking call of
+    the program's: the runtime calls only clock_gettime through the vDSO, which never
+    blocks, and makes its own system calls with its own instruction.  Stepped, such a
+    thread would restart its call with the trap flag, and the step's trap would come
+    when the call returns (i386 soak ``parked/attach/600``: a parker in nanosleep killed
+    by SIGTRAP after uemu left)."""
     if arch.restarted_syscall(regs):
         return False
     width = arch.word_size

@@ -177,11 +177,7 @@ class Tracer:
     def _detach(self, task: Task, sig: int) -> None:
         """Let a task go (it holds none of our bytes) with the signal it is owed."""
         self.tracees.tasks.pop(task.tid, None)
-        sig = sig or task.owed_signal
-        if task.held and sig:
-            xol.raise_held(task)  # after the stop's own signal, never dropped
-        elif task.held:
-            sig = xol.give_back_held(task)
+        sig = _going_with(task, sig)
         with suppress(errors.TraceeGone):
             ptrace.detach(task.tid, sig)
 
@@ -244,16 +240,18 @@ class Tracer:
     def abandon(self) -> None:
         """After an error of uemu's while leaving, with tasks still traced: let each go
         as its stop stands and run no handler any more, so nothing can fail again.  A
-        task is detached with the signal its stop holds (the net undoes at its next trap
-        what is left of ours), or, where the program cannot live without a tracer, kept
-        going bare (CONT with that signal, LISTEN in a group-stop) until every task has
-        exited.  A task created meanwhile is let go at its first stop.  Without this,
-        ``uemu run`` would wait for ever for a command whose threads it holds stopped."""
+        task is detached with the signal its stop holds, or with those it is owed and
+        holds (the net undoes at its next trap what is left of ours), or, where the
+        program cannot live without a tracer, kept going bare (CONT with that signal,
+        LISTEN in a group-stop) until every task has exited.  A task created meanwhile
+        is let go at its first stop.  Without this, ``uemu run`` would wait for ever for
+        a command whose threads it holds stopped."""
         bare = self.tracees.needs_tracer()
-        owed = {tid: task.owed_signal for tid, task in self.tracees.tasks.items() if task.stopped}
-        for tid in [*owed, *self.tracees.held_first_stops()]:
-            _let_go(tid, owed.get(tid, 0), bare)
-        left = {tid for tid in self.tracees.tasks if tid not in owed}
+        for task in [t for t in self.tracees.tasks.values() if t.stopped]:
+            _let_go(task.tid, _going_with(task, 0), bare)
+        for tid in self.tracees.held_first_stops():
+            _let_go(tid, 0, bare)
+        left = {tid for tid, task in self.tracees.tasks.items() if not task.stopped}
         for tid in left:
             with suppress(errors.TraceeGone):
                 ptrace.interrupt(tid)
@@ -328,6 +326,17 @@ class Tracer:
         self.resume(task, Resume(ResumeOp.CONT, urgent=True))
         self.run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
         return self.injectable(mm)
+
+
+def _going_with(task: Task, sig: int) -> int:
+    """The signal a task goes on with as it is let go: ``sig``, else the one it is owed,
+    else the first it holds; any other it holds is raised again after it, never dropped."""
+    sig = sig or task.owed_signal
+    if task.held and sig:
+        xol.raise_held(task)
+    elif task.held:
+        sig = xol.give_back_held(task)
+    return sig
 
 
 def _let_go(tid: int, sig: int, bare: bool) -> None:

@@ -76,8 +76,9 @@ UEMU_MODES = {  # uemu's options in each of its modes
 """-c counts in the target on the jump path; --json makes a record per hit, read by uemu."""
 MODES = ("untraced", "bpftrace", *UEMU_MODES)
 BPFTRACE_C = "bpftrace -c"
-"""bpftrace starting the command itself, as ``uemu run`` does (python, java): its start is
-counted as uemu's is; the ``bpftrace`` mode attaches before the command and leaves it out."""
+"""bpftrace starting the command itself, as ``uemu run`` does (python; java's probes are in
+a library -c cannot find before it is loaded): its start is counted as uemu's is; the
+``bpftrace`` mode attaches before the command and leaves it out."""
 COMMAND_MODES = ("untraced", "bpftrace", BPFTRACE_C, *UEMU_MODES)
 PYTHON = "/usr/bin/python3.11"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
