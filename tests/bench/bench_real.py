@@ -8,7 +8,8 @@ the command starts, so its start is not counted; for python also ``bpftrace -c``
 starts the command itself as ``uemu run`` does, its start counted as uemu's is), under
 ``uemu -c`` (the jump path, the default: counted in the target), ``uemu --json`` (the
 jump path, a record per hit read by uemu, counted here from the events) and
-``uemu --no-jumps -c`` (the trap path), interleaved: a round runs every mode once,
+``uemu --no-jumps -c`` (the trap path), and for python ``uemu attach -c`` (attached to the
+command before it runs, as bpftrace is, its start not counted), interleaved: a round runs every mode once,
 after one warm-up round; figures are the medians of --repeat rounds, each with the
 1-minute load average when it started.
 
@@ -79,7 +80,11 @@ BPFTRACE_C = "bpftrace -c"
 """bpftrace starting the command itself, as ``uemu run`` does (python; java's probes are in
 a library -c cannot find before it is loaded): its start is counted as uemu's is; the
 ``bpftrace`` mode attaches before the command and leaves it out."""
-COMMAND_MODES = ("untraced", "bpftrace", BPFTRACE_C, *UEMU_MODES)
+UEMU_ATTACH = "uemu attach"
+"""``uemu attach -c`` to the command, started stopped before its exec (python): attached
+before the command runs, as the ``bpftrace`` mode is, so neither tool's start is counted
+and both see every hit."""
+COMMAND_MODES = ("untraced", "bpftrace", BPFTRACE_C, *UEMU_MODES, UEMU_ATTACH)
 PYTHON = "/usr/bin/python3.11"
 POSTGRES_BIN = "/usr/lib/postgresql/15/bin/postgres"
 JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
@@ -255,6 +260,32 @@ def bpftrace_ready(path: str, probes: Iterable[str], user: str) -> subprocess.Po
     return tracer
 
 
+def uemu_attached(command: list[str], ready: Path) -> subprocess.Popen[str]:
+    """``uemu attach`` (``command``, without its --ready-file), returned once it is
+    tracing every probe it found."""
+    ready.unlink(missing_ok=True)
+    tracer = subprocess.Popen([*command[:len(UEMU) + 1], "--ready-file", str(ready), *command[len(UEMU) + 1:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not ready.exists():
+        if tracer.poll() is not None:
+            raise SystemExit(f"uemu attach failed: {tracer.communicate()[1]}")
+        time.sleep(0.01)
+    return tracer
+
+
+def stopped_before_exec(argv: list[str]) -> list[str]:
+    """``argv`` behind a shell that stops itself and then execs it."""
+    return ["sh", "-c", 'kill -STOP $$; exec "$@"', "sh", *argv]
+
+
+def wait_stopped(program: subprocess.Popen[str]) -> None:
+    """Until ``program`` (``stopped_before_exec``) has stopped itself."""
+    while Path(f"/proc/{program.pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+        if program.poll() is not None:
+            raise SystemExit(f"{program.args} exited before it stopped: {program.communicate()[1]}")
+        time.sleep(0.005)
+
+
 def bpftrace_stop(tracer: subprocess.Popen[str]) -> Counter[str]:
     tracer.send_signal(signal.SIGINT)
     return bpftrace_counts(tracer.communicate(timeout=120)[0])
@@ -263,13 +294,16 @@ def bpftrace_stop(tracer: subprocess.Popen[str]) -> Counter[str]:
 def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> float:
     """Run ``argv`` as PROGRAM_USER under ``mode``; the program prints ``pid N`` and
     waits for a line: its sites are read then.  The wall time leaves that pause out
-    (and bpftrace's start: it is attached before the program starts)."""
+    (and the start of bpftrace and of ``uemu attach``: they are attached before the
+    program starts)."""
     with tempfile.TemporaryDirectory() as tmp:
         counts_file = Path(tmp) / "counts"
-        as_user = ["setpriv", f"--reuid={PROGRAM_USER}", f"--regid={PROGRAM_USER}", "--clear-groups", *argv]
+        attach = mode == UEMU_ATTACH
+        as_user = ["setpriv", f"--reuid={PROGRAM_USER}", f"--regid={PROGRAM_USER}", "--clear-groups",
+                   *(stopped_before_exec(argv) if attach else argv)]
         uemu = [*UEMU, "run", *UEMU_MODES.get(mode, []), "-o", str(counts_file),
                 *workload.probes, "--"]
-        command = [*uemu, *as_user] if mode.startswith("uemu") else as_user
+        command = [*uemu, *as_user] if mode in UEMU_MODES else as_user
         if mode == BPFTRACE_C:
             # As root, the command itself: bpftrace -c finds USDT probes in the child it
             # starts, and under setpriv that child is setpriv; -c wants a path.
@@ -282,6 +316,13 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
         program = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True, cwd=cwd, env=dict(os.environ, **{PAUSE: "1"}))
         assert program.stdout is not None and program.stdin is not None
+        if attach:
+            wait_stopped(program)
+            uemu = [*UEMU, "attach", "-c", "-o", str(counts_file), str(program.pid), *workload.probes]
+            workload.reproduce[mode] = f"{_shell(uemu)}  # to {_shell(command)}"
+            tracer = uemu_attached(uemu, Path(tmp) / "ready")
+            start = time.perf_counter()
+            program.send_signal(signal.SIGCONT)
         before_pause = after_pause = time.perf_counter()
         sites: Counter[str] = Counter()
         for line in program.stdout:
@@ -296,7 +337,9 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
         wall = time.perf_counter() - start - (after_pause - before_pause)
         if program.returncode:
             raise SystemExit(f"{workload.name} under {mode}: exit status {program.returncode}\n{err}")
-        counts = (bpftrace_stop(tracer) if tracer else bpftrace_counts(out) if mode == BPFTRACE_C
+        if attach:
+            err = tracer.communicate(timeout=120)[1]  # type: ignore[union-attr]  (it leaves when the program exits)
+        counts = (bpftrace_stop(tracer) if mode == "bpftrace" else bpftrace_counts(out) if mode == BPFTRACE_C  # type: ignore[arg-type]
                   else uemu_counts(counts_file) if mode != "untraced" else Counter())
         work = float(re.search(r"^work ([\d.]+)$", out, re.M)[1])  # type: ignore[index]
         return workload.record(mode, Run(wall, began, counts, sites, uemu_lost(err), work))
@@ -347,17 +390,10 @@ class PgbenchRun:
             tracer = bpftrace_ready(POSTGRES_BIN, PG_PROBES, self.cluster.user)
             self.workload.reproduce[mode] = _shell(tracer.args)  # type: ignore[arg-type]
             return tracer
-        ready = self.tmp / "ready"
-        ready.unlink(missing_ok=True)
-        command = [*UEMU, "attach", "-f", *UEMU_MODES[mode], "-o", str(self.tmp / "counts"), "--ready-file",
-                   str(ready), str(self.cluster.postmaster), *PG_PROBES]
+        command = [*UEMU, "attach", "-f", *UEMU_MODES[mode], "-o", str(self.tmp / "counts"),
+                   str(self.cluster.postmaster), *PG_PROBES]
         self.workload.reproduce[mode] = _shell(command)
-        tracer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while not ready.exists():
-            if tracer.poll() is not None:
-                raise SystemExit(f"uemu attach failed: {tracer.communicate()[1]}")
-            time.sleep(0.02)
-        return tracer
+        return uemu_attached(command, self.tmp / "ready")
 
     def __call__(self, mode: str) -> float:
         if mode == MODES[0]:
@@ -440,7 +476,7 @@ def report(workload: Workload) -> None:
         work = f"   work {statistics.median(works):7.3f} s" if works else ""
         print(f"  {mode:16} {medians[mode]:10.3f}  {ratios}{work}   load {loads}")
         jumped = [r.figure for r in kept if not any(kind.startswith("trap") for kind in r.sites)]
-        if mode in UEMU_MODES and "no-jumps" not in mode and 0 < len(jumped) < len(kept):
+        if mode.startswith("uemu") and "no-jumps" not in mode and 0 < len(jumped) < len(kept):
             print(f"  {'':16} {statistics.median(jumped):10.3f}  "
                   f"{statistics.median(jumped) / medians['untraced']:6.2f}x untraced in the {len(jumped)} rounds "
                   "where every site jumped (the others depend on the layout)")
