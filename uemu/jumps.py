@@ -73,12 +73,12 @@ from uemu.arch import Arch
 from uemu.arch.base import Plan
 from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump, ThreadPointerSource
 
-from . import argspec, errors, ptrace, ring, sdt
+from . import argspec, errors, process, ptrace, ring, sdt
 from .chrome import read_comm
 from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumptable import JumpTable
-from .maps import Vma, is_probe_vma, read_maps
+from .maps import Vma, heap_growth, is_probe_vma, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, InjectedCall, Net
 from .runtime import layout
 from .runtime.layout import JumpsState
@@ -90,23 +90,6 @@ RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
 STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
-HEAP_ROOM = 64 << 20
-"""Nor this close above the heap's end (the break): brk grows there.
-Differs: the kernel's XOL area never lands in the heap's way (get_unmapped_area); a pun's
-landing must go where the site's bytes point, and start_brk is randomised (x86_64: within
-1 GiB above the program on this 6.18 kernel, 32 MiB on older ones), so a target falls in
-a room above it in about room/1 GiB of a program's starts.  postgres's query__start, 254 MB
-above its site, lost its landing to 256 MiB from start_brk in 5 and 7 of two series of 20
-starts (it was 88-244 MiB above start_brk), and with 32 MiB of randomisation would in
-every start (213-245 MiB above).  A heap that reaches a landing is not broken: the kernel
-refuses the brk (it would meet a mapping) and glibc's malloc goes on in mmapped memory
-(sysmalloc: "try using it as a backup when MORECORE fails"; musl too); its main arena is
-then not contiguous, and what is freed beyond the break is not trimmed back by brk.
-Measured here: postgres backends' heaps stayed under 1 MiB (pgbench, sorts with work_mem
-up to 256 MB, an index build), python3.11 running bench_real.py's script 1.1 MiB, a
-Python building a 2-million-entry dict 102 MiB (with a page 16 or 64 MiB above its break
-it ran as fast, on mmap beyond).  So 64 MiB, counted from the break as uemu last read the
-maps: a program attached with a large heap keeps the same room to grow."""
 VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""
@@ -300,7 +283,7 @@ class JumpPath:
         table.set_state(JumpsState.ON)
         self._rings.append(events)
         self._mms[mm] = _MmJumps(mm, net, table, events, backend, next_trampoline=net.base + layout.TRAMP_OFF,
-                                 brk=start_brk(mm.pid))
+                                 brk=process.start_brk(mm.pid))
         mm.vmas = read_maps(mm.pid)
         for name in os.listdir(f"/proc/{mm.pid}/task"):
             self.thread_seen(mm, int(name))
@@ -913,15 +896,14 @@ def _user_top(arch: Arch) -> int:
 def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
                     mapped_ok: bool = False) -> str:
     """Why no landing page may hold [start, end) ('' if one may): outside user space,
-    where the main stack or the heap (from ``brk``, the process's start_brk, to
-    HEAP_ROOM above its end in ``vmas``) may grow, or (unless ``mapped_ok``: mmap's
+    where the main stack or the heap (``maps.heap_growth`` from ``brk``, the process's
+    start_brk) may grow, or (unless ``mapped_ok``: mmap's
     MAP_FIXED_NOREPLACE will tell) a mapping there."""
     if start < _mmap_min_addr() or end > _user_top(arch):
         return "outside user space"
-    if brk is not None and brk < end:
-        heap_end = max([brk, *(v.end for v in vmas if v.path == "[heap]")])
-        if start < heap_end + HEAP_ROOM:
-            return "where the heap may grow"
+    growth = heap_growth(vmas, brk)
+    if growth is not None and growth[0] < end and start < growth[1]:
+        return "where the heap may grow"
     for vma in vmas:
         if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
             return "where the stack may grow"
@@ -1084,16 +1066,6 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
     except (OSError, ELFError, ValueError, TypeError):
         pass
     return 0
-
-
-def start_brk(pid: int) -> int | None:
-    """Where the process's heap starts (/proc/PID/stat field 47, start_brk)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stream:
-            fields = stream.read().rsplit(")", 1)[1].split()
-        return int(fields[47 - 3])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def thread_pointer_readable(pid: int, arch: Arch) -> bool:

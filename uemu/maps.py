@@ -15,9 +15,33 @@ mount gets breakpoints from uemu where the kernel would install none.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import errors
+
+HEAP_ROOM = 64 << 20
+"""Nothing of uemu's (a landing page, the runtime's area, the XOL area) this close above
+the heap's end (the break): brk grows there.
+Differs: the kernel's XOL area never lands in the heap's way (get_unmapped_area, top down).
+uemu's areas go near the probed code, where XOL slots and jumps reach them, and that is
+where the break starts too; a pun's landing must go where the site's bytes point.
+start_brk is randomised (x86_64: within 1 GiB above the program on this 6.18 kernel, 32 MiB
+on older ones and on i386), so a place falls in a room above it in about room/(that range)
+of a program's starts.  postgres's query__start, 254 MB above its site, lost its landing
+to 256 MiB from start_brk in 5 and 7 of two series of 20 starts (it was 88-244 MiB above
+start_brk), and with 32 MiB of randomisation would in every start (213-245 MiB above).
+The runtime's area (6 MiB) right after an i386 program's image took the break itself in
+11 of 40 starts: every brk() of the program failed.  A heap that meets a mapping is not
+broken: the kernel refuses the brk and glibc's malloc goes on in mmapped memory
+(sysmalloc: "try using it as a backup when MORECORE fails"; musl too); its main arena is
+then not contiguous, and what is freed beyond the break is not trimmed back by brk.  But
+a program that calls brk itself sees it fail.
+Measured here: postgres backends' heaps stayed under 1 MiB (pgbench, sorts with work_mem
+up to 256 MB, an index build), python3.11 running bench_real.py's script 1.1 MiB, a
+Python building a 2-million-entry dict 102 MiB (with a page 16 or 64 MiB above its break
+it ran as fast, on mmap beyond).  So 64 MiB, counted from the break as uemu last read the
+maps: a program attached with a large heap keeps the same room to grow."""
 
 
 @dataclass(frozen=True)
@@ -125,3 +149,11 @@ def read_maps(pid: int) -> list[Vma]:
     path = f"/proc/{pid}/maps"
     with errors.os_errors(path, pid), open(path, "rb") as stream:
         return parse_maps(os.fsdecode(stream.read()))
+
+
+def heap_growth(vmas: Iterable[Vma], start_brk: int | None) -> tuple[int, int] | None:
+    """[start_brk, HEAP_ROOM above the heap's end in ``vmas``): where brk() may yet move
+    the break; None when start_brk is not known."""
+    if start_brk is None:
+        return None
+    return start_brk, max([start_brk, *(v.end for v in vmas if v.path == "[heap]")]) + HEAP_ROOM

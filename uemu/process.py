@@ -150,6 +150,16 @@ def in_syscall(tid: int) -> bool:
     return first not in (["-1"], ["running"])
 
 
+def start_brk(pid: int) -> int | None:
+    """Where the process's heap starts (/proc/PID/stat field 47, start_brk)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+        return int(fields[47 - 3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def descendants(root: int) -> list[int]:
     """Every process whose parent chain reaches ``root``, parents before children
     (from /proc/PID/stat; a process may end or be born while this reads)."""

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 from uemu.arch.base import Effects, Finish, Regs, StepEnd, StepOutOfLine, XolSetup
 
-from . import errors, inject, ptrace
-from .maps import Vma, read_maps
+from . import errors, inject, process, ptrace
+from .maps import Vma, heap_growth, read_maps
 from .runtime.layout import SlotFlags, ThreadFlags
 from .stops import ResumeOp
 
@@ -107,19 +107,30 @@ class XolArea:
 # ---- the area ----------------------------------------------------------------------
 
 
-def gap_near(vmas: list[Vma], near: int, size: int) -> int | None:
+def gap_near(vmas: list[Vma], near: int, size: int, keep_off: tuple[int, int] | None = None) -> int | None:
     """The start of an unmapped range of ``size`` bytes closest to ``near`` (within
-    ``NEAR``), leaving a page free on both sides."""
+    ``NEAR``), leaving a page free on both sides and meeting no byte of ``keep_off``
+    ([start, end): where the heap may grow, ``maps.heap_growth``)."""
     ordered = sorted(vmas, key=lambda v: v.start)
     best = None
     for before, after in itertools.pairwise(ordered):
-        low, high = before.end + PAGE, after.start - PAGE - size
-        if high < low:
-            continue
-        start = min(max(near & ~(PAGE - 1), low), high)
-        if abs(start - near) <= NEAR and (best is None or abs(start - near) < abs(best - near)):
-            best = start
+        for low, high in _starts_clear_of(before.end + PAGE, after.start - PAGE - size, size, keep_off):
+            start = min(max(near & ~(PAGE - 1), low), high)
+            if abs(start - near) <= NEAR and (best is None or abs(start - near) < abs(best - near)):
+                best = start
     return best
+
+
+def _starts_clear_of(low: int, high: int, size: int, keep_off: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """The ranges of starts in [low, high] whose ``size`` bytes stay clear of ``keep_off``."""
+    if keep_off is None:
+        return [(low, high)] if low <= high else []
+    below, above = (low, min(high, (keep_off[0] - size) & ~(PAGE - 1))), (max(low, _page_up(keep_off[1])), high)
+    return [(a, b) for a, b in (below, above) if a <= b]
+
+
+def _page_up(address: int) -> int:
+    return (address + PAGE - 1) & ~(PAGE - 1)
 
 
 def create_area(task: Task, mm: Mm, near: int) -> XolArea:
@@ -127,7 +138,8 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
     call = inject.caller(task, mm)
     start = -1
     # Fresh maps: mm.vmas may lack anonymous mappings (mappings.py lets their calls through).
-    hint = gap_near(read_maps(mm.pid), near, AREA_SIZE)
+    vmas = read_maps(mm.pid)
+    hint = gap_near(vmas, near, AREA_SIZE, heap_growth(vmas, process.start_brk(mm.pid)))
     if hint is not None:
         start = call("mmap", hint, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if start < 0 or (hint is not None and start != hint):

@@ -10,9 +10,10 @@ import pytest
 from jumptrace import jump_traced, started_sample
 from test_jumps import seizable
 
-from uemu.jumps import LANDING_SIZE, Jump, plan_of_site, start_brk
+from uemu.jumps import LANDING_SIZE, Jump, plan_of_site
 from uemu.maps import read_maps
 from uemu.objects import mapped_objects
+from uemu.process import start_brk
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import errno
 import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
-from uemu.jumps import HEAP_ROOM, LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, landing_refused, meeting
+from uemu.jumps import LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, landing_refused, meeting
 from uemu.jumptable import JumpTable
-from uemu.maps import Vma
+from uemu.maps import HEAP_ROOM, Vma
 from uemu.net import Net
 from uemu.runtime import layout
 from uemu.uprobes import Uprobes
