@@ -330,9 +330,11 @@ class Tracer:
 
 def _going_with(task: Task, sig: int) -> int:
     """The signal a task goes on with as it is let go: ``sig``, else the one it is owed,
-    else the first it holds; any other it holds is raised again after it, never dropped."""
+    else the first it holds; any other it holds is raised again after it, never dropped.
+    From a stop that cannot deliver a signal (an interrupt or group-stop: the kernel
+    ignores a detach's signal there, ptrace(2)) every held signal is raised again."""
     sig = sig or task.owed_signal
-    if task.held and sig:
+    if task.held and (sig or not task.at_signal_stop):
         xol.raise_held(task)
     elif task.held:
         sig = xol.give_back_held(task)

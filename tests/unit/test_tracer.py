@@ -8,12 +8,12 @@ import signal
 import pytest
 from fakes import FakeMemory, new_mm
 
-from uemu import errors
+from uemu import errors, xol
 from uemu.arch.base import MappingSyscall
 from uemu.mappings import MappingCall
 from uemu.stops import KEEP, Resume, ResumeOp, Stop, StopKind, deliver
 from uemu.tasks import Task, Tracees
-from uemu.tracer import Tracer
+from uemu.tracer import Tracer, _going_with
 from uemu.uprobes import Uprobes
 
 
@@ -106,3 +106,18 @@ def test_a_group_stop_keeps_the_program_stopped_with_no_signal_owed() -> None:
     tracer.dispatch(Stop(task.tid, 0, StopKind.GROUP, signal.SIGSTOP))
     assert task.stopped and task.listening and task.owed_signal == 0
     assert tracer._auto_op(task) is ResumeOp.LISTEN
+
+
+@pytest.mark.parametrize("stop_kind", [StopKind.INTERRUPT, StopKind.GROUP])
+def test_signals_held_at_a_stop_that_cannot_deliver_are_raised_again(monkeypatch: pytest.MonkeyPatch,
+                                                                    stop_kind: StopKind) -> None:
+    """A task let go from an interrupt or group-stop: the kernel ignores the detach's
+    signal there, so the first held signal, given to the detach, was lost; every one is
+    raised again instead (tgkill) and the detach carries none."""
+    _, task = _tracer()
+    raised: list[int] = []
+    monkeypatch.setattr(xol, "_tgkill", lambda pid, tid, sig: raised.append(sig))
+    task.stop_kind = stop_kind
+    task.held = [(signal.SIGUSR1, b""), (signal.SIGUSR2, b"")]
+    assert _going_with(task, 0) == 0
+    assert raised == [signal.SIGUSR1, signal.SIGUSR2] and not task.held
