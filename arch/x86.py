@@ -349,6 +349,11 @@ def _scan_encoding(code: bytes, mode64: bool) -> _Encoding:
     return _Encoding(prefixes, rex_offset, None, None, at, True)
 
 
+NOP = b"\x90"
+"""The SDT site's usual instruction: known without capstone, whose import (about 30 ms)
+a run whose every site is one then never pays."""
+
+
 @cache
 def _capstone(mode64: bool) -> capstone.Cs:
     """A detail-mode capstone decoder, imported on first use: listing probes never pays for it."""
@@ -473,6 +478,8 @@ class X86Backend:
 
     def _length(self, code: bytes) -> int:
         """The length of the instruction ``code`` starts with (1 when undecodable)."""
+        if code[:1] == NOP:
+            return 1
         return next((insn.size for insn in _capstone(self.mode64).disasm(code, 0, 1)), 1)
 
     def is_trap(self, code: bytes) -> bool:
@@ -495,6 +502,8 @@ class X86Backend:
         The plan holds absolute addresses computed from ``vaddr``: analyse at the address the
         site has in the traced process.
         """
+        if code[:1] == NOP:  # the plan capstone's decoding would give
+            return X86Jump(vaddr=vaddr, size=1, text="nop", effects=self._goto((vaddr + 1) & self.mask))
         insn = next(_capstone(self.mode64).disasm(code[: self.max_insn_len], vaddr, 1), None)
         if insn is None:
             return Refuse(vaddr=vaddr, size=0, text="(bad)",
@@ -859,6 +868,13 @@ class X86Jumps:
         """Bytes of the nop ``code`` starts with (0: none), whatever its prefixes: a nop
         that only follows the probe is never probed itself (usdt.h's nop10 carries a cs
         prefix, which a uprobe refuses)."""
+        if code[:1] == NOP:
+            return 1
+        at = 0
+        while at < len(code) and (code[at] in _LEGACY_PREFIXES or (self.mode64 and 0x40 <= code[at] <= 0x4F)):
+            at += 1
+        if at == len(code) or code[at] not in (0x90, 0x0F):
+            return 0  # no nop's opcode after the prefixes: nothing to decode
         insn = next(_capstone(self.mode64).disasm(code[: self.backend.max_insn_len], 0, 1), None)
         if insn is None:
             return 0

@@ -13,13 +13,18 @@ from uemu.arch.base import Refuse
 from uemu.arch.x86 import (
     GOOD_INSNS_32,
     GOOD_INSNS_64,
+    NOP,
     Fixup,
     X86Backend,
     X86Call,
     X86CondJump,
     X86Jump,
+    X86Jumps,
     X86Push,
     X86Step,
+    _capstone,
+    _is_nop,
+    _scan_encoding,
 )
 
 X86_64 = X86Backend(mode64=True)
@@ -379,3 +384,25 @@ def test_only_pushing_emulations_have_a_stand_in() -> None:
     assert X86_64.step_instead(analyze64("90")) is None
     assert X86_64.step_instead(analyze64("eb10")) is None
     assert X86_64.step_instead(analyze64("4157")).code == bytes.fromhex("4157")
+
+
+@pytest.mark.parametrize("name", ["x86_64", "i386"])
+def test_what_is_known_without_capstone_is_what_capstone_says(name: str) -> None:
+    """The SDT ``nop`` (0x90) is analysed, and a byte after it found to start no longer
+    nop, without decoding (capstone's import is 30 ms of every run): the same plan, the
+    same instruction length and nop size as capstone's decoding gives."""
+    arch = by_name(name)
+    backend, jumps = arch.backend, arch.jumps
+    assert isinstance(backend, X86Backend) and isinstance(jumps, X86Jumps)
+    decoder = _capstone(backend.mode64)
+    assert backend.analyze(NOP + bytes(14), SITE) == X86Jump(vaddr=SITE, size=1, text="nop",
+                                                             effects=backend._goto(SITE + 1))
+    tails = (b"\x1f\x44\x00\x00", b"\x1e\xfa\x00\x00", b"\x90\x00\x00\x00", b"\x0f\x1f\x00\x00", bytes(4))
+    for first in range(256):
+        for tail in tails:
+            code = bytes([first]) + tail + bytes(10)
+            insn = next(decoder.disasm(code, 0, 1), None)
+            raw = bytes(insn.bytes) if insn else b""
+            nop = insn is not None and _is_nop(raw, _scan_encoding(raw, backend.mode64), insn.modrm)
+            assert jumps._nop_size(code) == (insn.size if nop else 0), code.hex()  # type: ignore[union-attr]
+            assert backend._length(code) == (insn.size if insn else 1), code.hex()
