@@ -283,7 +283,7 @@ def repark(task: Task) -> None:
             return
         if stop.kind is StopKind.SIGNAL:
             info = ptrace.signal_info_bytes(task.tid)
-            if not ((stepped or taking) and is_step_trap(stop.sig, ptrace.signal_code(info), breakpoint_code)):
+            if not ((stepped or taking) and is_step_trap(stop.sig, info, breakpoint_code)):
                 task.hold(stop.sig, info)
             if taking:
                 taking = False

@@ -208,7 +208,7 @@ class MoveOut:
             if at in move.ways:
                 self._jump(move, at)
                 return True
-        if move.steps >= 0 and is_step_trap(sig, code, mm.arch.trap_si_code):
+        if move.steps >= 0 and is_step_trap(sig, info, mm.arch.trap_si_code):
             move.steps += 1
             if in_vdso(mm, ip) and move.steps < VDSO_STEPS:
                 return not self._go(move)

@@ -63,6 +63,7 @@ EVENT_STOP = 128
 
 WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children too
 
+SI_USER = 0
 SI_KERNEL = 0x80
 TRAP_BRKPT = 1
 TRAP_TRACE = 2
@@ -406,6 +407,16 @@ def set_signal_info(tid: int, data: bytes) -> None:
 def signal_code(info: bytes) -> int:
     """si_code of a raw siginfo: > 0 when the kernel raised it for a fault or trap."""
     return int.from_bytes(info[8:12], sys.byteorder, signed=True)
+
+
+_SI_PID = 16 if ctypes.sizeof(ctypes.c_void_p) == 8 else 12
+"""si_pid's offset: the union after si_code is pointer-aligned (in uemu's own ABI, which
+PTRACE_GETSIGINFO answers in)."""
+
+
+def signal_sender(info: bytes) -> int:
+    """si_pid of a raw siginfo of a signal sent by a process (SI_USER, SI_TKILL)."""
+    return int.from_bytes(info[_SI_PID:_SI_PID + 4], sys.byteorder, signed=True)
 
 
 PTRACE_GETSIGMASK = 0x420A

@@ -125,13 +125,20 @@ def deliver(sig: int) -> Resume:
     return Resume(sig=sig) if sig else GO_ON
 
 
-def is_step_trap(sig: int, code: int, breakpoint_code: int) -> bool:
-    """Whether a SIGTRAP with si_code ``code`` is one a PTRACE_SINGLESTEP raised:
-    TRAP_TRACE, or TRAP_BRKPT where a breakpoint is not (x86 reports a step over a
-    system call instruction so, at the call's exit: the kernel's
-    ``user_single_step_report()``; its int3 is SI_KERNEL).  ``breakpoint_code``: the
-    arch's (``Arch.trap_si_code``)."""
-    return sig == signal.SIGTRAP and code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT) and code != breakpoint_code
+def is_step_trap(sig: int, info: bytes, breakpoint_code: int) -> bool:
+    """Whether a SIGTRAP (raw siginfo ``info``) is one a PTRACE_SINGLESTEP raised:
+    TRAP_TRACE; or the report of a step over a system call instruction, made at the
+    call's exit by ``user_single_step_report()``: x86's says TRAP_BRKPT where a
+    breakpoint does not (its int3 is SI_KERNEL), the generic one, arm64's, SI_USER from
+    no process (a process that sends one is named in it, but for a sender outside the
+    thread's pid namespace: such a kill() of SIGTRAP while uemu steps the thread would be
+    dropped).  ``breakpoint_code``: the arch's (``Arch.trap_si_code``)."""
+    if sig != signal.SIGTRAP:
+        return False
+    code = ptrace.signal_code(info)
+    if code == ptrace.SI_USER:
+        return ptrace.signal_sender(info) == 0
+    return code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT) and code != breakpoint_code
 
 
 def shell_status(status: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import struct
 
 import pytest
 
@@ -53,16 +54,24 @@ def test_shell_status() -> None:
     assert shell_status(signal.SIGSEGV) == 128 + signal.SIGSEGV
 
 
-@pytest.mark.parametrize(("arch", "code", "step"), [
-    ("x86_64", ptrace.TRAP_TRACE, True),  # a step (the kernel's #DB with DR_STEP)
-    ("x86_64", ptrace.TRAP_BRKPT, True),  # a step over a system call, reported at its exit
-    ("x86_64", 0x80, False),  # SI_KERNEL: an int3
-    ("i386", ptrace.TRAP_BRKPT, True),
-    ("aarch64", ptrace.TRAP_TRACE, True),
-    ("aarch64", ptrace.TRAP_BRKPT, False),  # a brk
-    ("riscv64", ptrace.TRAP_BRKPT, False),  # an ebreak
-    ("x86_64", 0, False),  # SI_USER: someone's kill()
+@pytest.mark.parametrize(("arch", "code", "sender", "step"), [
+    ("x86_64", ptrace.TRAP_TRACE, 0, True),  # a step (the kernel's #DB with DR_STEP)
+    ("x86_64", ptrace.TRAP_BRKPT, 0, True),  # a step over a system call, reported at its exit
+    ("x86_64", ptrace.SI_KERNEL, 0, False),  # an int3
+    ("i386", ptrace.TRAP_BRKPT, 0, True),
+    ("aarch64", ptrace.TRAP_TRACE, 0, True),
+    ("aarch64", ptrace.TRAP_BRKPT, 0, False),  # a brk
+    ("aarch64", ptrace.SI_USER, 0, True),  # a step over svc: the generic user_single_step_report()
+    ("riscv64", ptrace.TRAP_BRKPT, 0, False),  # an ebreak
+    ("x86_64", ptrace.SI_USER, 4242, False),  # someone's kill()
+    ("aarch64", ptrace.SI_USER, 4242, False),
 ])
-def test_step_traps(arch: str, code: int, step: bool) -> None:
-    assert is_step_trap(signal.SIGTRAP, code, by_name(arch).trap_si_code) is step
-    assert not is_step_trap(signal.SIGSEGV, code, by_name(arch).trap_si_code)
+def test_step_traps(arch: str, code: int, sender: int, step: bool) -> None:
+    info = _siginfo(signal.SIGTRAP, code, sender)
+    assert is_step_trap(signal.SIGTRAP, info, by_name(arch).trap_si_code) is step
+    assert not is_step_trap(signal.SIGSEGV, info, by_name(arch).trap_si_code)
+
+
+def _siginfo(sig: int, code: int, sender: int) -> bytes:
+    """A raw siginfo as PTRACE_GETSIGINFO gives it to a 64-bit tracer."""
+    return struct.pack("=iii4xi", sig, 0, code, sender).ljust(ptrace.SIGINFO_SIZE, b"\0")
