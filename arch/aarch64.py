@@ -115,7 +115,6 @@ _WAY_BACK = SigreturnWayBack(
     restorer=b"\x68\x11\x80\xd2\x01\x00\x00\xd4",  # mov x8, #139; svc #0 (the vDSO's __kernel_rt_sigreturn)
     fpstate_notes=(_NT_PRFPREG,),
     feature_notes=(_NT_ARM_SVE, _NT_ARM_SSVE, _NT_ARM_ZA, _NT_ARM_GCS),
-    link_reg="x30",
     frame=_aarch64_frame,
 )
 
@@ -466,6 +465,8 @@ AARCH64 = Arch(
     spec_registers=frozen_map(_aarch64_spec_registers()),
     ip_reg="pc",
     sp_reg="sp",
+    link_reg="x30",
+    pac_mask_note=0x406,  # NT_ARM_PAC_MASK
     regset=_REGSET,
     audit_arch=0xC00000B7,  # AUDIT_ARCH_AARCH64
     mapping_syscalls=frozen_map(GENERIC_MAPPING_SYSCALLS),

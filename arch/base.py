@@ -83,9 +83,6 @@ class SigreturnWayBack:
     given to ``frame`` after ``fpstate_notes``."""
     gadget_pops: int = 0
     """Words the gadget pops after the call, before its return (i386's vDSO: ebp, edx, ecx)."""
-    link_reg: str = ""
-    """The register the gadget returns through (arm64's x30); else the return address is
-    the word on the stack after the pops."""
 
 
 def frozen_map(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:
@@ -141,6 +138,13 @@ class Arch:
     """Canonical name of the instruction pointer (``rip``, ``eip``, ``pc``)."""
     sp_reg: str = ""
     """Canonical name of the stack pointer."""
+    link_reg: str = ""
+    """The register a call leaves its return address in (arm64's x30, riscv64's ra); ""
+    where the call pushes it on the stack (x86)."""
+    pac_mask_note: int = 0
+    """The regset of the pointer authentication masks (arm64's NT_ARM_PAC_MASK: data, then
+    instruction), whose instruction mask covers the signature a function's prologue may
+    put in ``link_reg`` (paciasp); 0 where there is none."""
     regset: tuple[str, ...] = ()
     """Register names in the order PTRACE_GETREGSET(NT_PRSTATUS) returns them for a
     task of this ABI ('' for slots uemu never names).  An i386 task yields its own

@@ -111,7 +111,6 @@ _WAY_BACK = SigreturnWayBack(
     restorer=b"\x93\x08\xb0\x08\x73\x00\x00\x00",  # li a7, 139; ecall (the vDSO's __vdso_rt_sigreturn)
     fpstate_notes=(_NT_PRFPREG,),
     feature_notes=(_NT_RISCV_VECTOR,),
-    link_reg="ra",
     frame=_riscv_frame,
 )
 
@@ -448,6 +447,7 @@ RISCV64 = Arch(
     spec_registers=frozen_map(_riscv_spec_registers()),
     ip_reg="pc",
     sp_reg="sp",
+    link_reg="ra",
     regset=_REGSET,
     audit_arch=0xC00000F3,  # AUDIT_ARCH_RISCV64
     mapping_syscalls=frozen_map(GENERIC_MAPPING_SYSCALLS),

@@ -126,15 +126,15 @@ class WayBack:
         images += [_feature_regset(tid, note) for note in facts.feature_notes]
         at, frame = facts.frame(back, ptrace.blocked_signals(tid), images, top)
         returns = bytes(word * facts.gadget_pops)
-        if not facts.link_reg:
+        if not arch.link_reg:
             returns += self.restorer.to_bytes(word, "little")
         start = at - len(returns)
         if start < lowest:
             raise OSError(f"a sigreturn frame of {top - start} bytes for thread {tid}: more than its room")
         self.memory.write(start, returns + frame)
         regs[arch.sp_reg] = start
-        if facts.link_reg:
-            regs[facts.link_reg] = self.restorer
+        if arch.link_reg:
+            regs[arch.link_reg] = self.restorer
 
 
 def _feature_regset(tid: int, note: int) -> bytes:
