@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from . import errors, inject, mappings, process, xol
 from .journal import Journal
 from .mappings import Tracker
-from .maps import Vma, heap_growth, read_maps
+from .maps import Vma, read_maps
 from .net import AREA_NAME, Net, map_area
 from .runtime.layout import AREA_SIZE
 from .selection import Selection
@@ -68,7 +68,7 @@ class Arming:
         reach it with rel32), its handler installed, before any breakpoint."""
         call = inject.caller(task, mm)
         near = next((v.start for v in mm.vmas if v.executable and v.file_id in self.uprobes.by_file), 0)
-        hint = xol.gap_near(mm.vmas, near, AREA_SIZE, heap_growth(mm.vmas, process.start_brk(mm.pid))) if near else None
+        hint = xol.gap_near(mm.vmas, near, AREA_SIZE, process.start_brk(mm.pid)) if near else None
         journal = Journal.for_process(mm.pid, self.warn)  # before anything goes in (``uemu repair``)
         try:
             area = map_area(mm.arch, call, hint or 0, _scratch_string(task, mm, AREA_NAME), mm.pid)

@@ -107,10 +107,11 @@ class XolArea:
 # ---- the area ----------------------------------------------------------------------
 
 
-def gap_near(vmas: list[Vma], near: int, size: int, keep_off: tuple[int, int] | None = None) -> int | None:
+def gap_near(vmas: list[Vma], near: int, size: int, start_brk: int | None) -> int | None:
     """The start of an unmapped range of ``size`` bytes closest to ``near`` (within
-    ``NEAR``), leaving a page free on both sides and meeting no byte of ``keep_off``
-    ([start, end): where the heap may grow, ``maps.heap_growth``)."""
+    ``NEAR``), leaving a page free on both sides and meeting no byte of where the heap
+    may grow from ``start_brk`` (``maps.heap_growth``)."""
+    keep_off = heap_growth(vmas, start_brk)
     ordered = sorted(vmas, key=lambda v: v.start)
     best = None
     for before, after in itertools.pairwise(ordered):
@@ -139,7 +140,7 @@ def create_area(task: Task, mm: Mm, near: int) -> XolArea:
     start = -1
     # Fresh maps: mm.vmas may lack anonymous mappings (mappings.py lets their calls through).
     vmas = read_maps(mm.pid)
-    hint = gap_near(vmas, near, AREA_SIZE, heap_growth(vmas, process.start_brk(mm.pid)))
+    hint = gap_near(vmas, near, AREA_SIZE, process.start_brk(mm.pid))
     if hint is not None:
         start = call("mmap", hint, AREA_SIZE, PROT_READ_EXEC, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
     if start < 0 or (hint is not None and start != hint):

@@ -24,8 +24,8 @@ def meets(start: int, size: int, keep_off: tuple[int, int]) -> bool:
     return start < keep_off[1] and keep_off[0] < start + size
 
 
-def test_without_a_heap_to_keep_clear_of_the_area_goes_right_after_the_image() -> None:
-    assert gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE) == DATA.end + PAGE
+def test_without_a_break_known_the_area_goes_right_after_the_image() -> None:
+    assert gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, None) == DATA.end + PAGE
 
 
 def test_a_break_right_after_the_image_keeps_the_area_above_its_room() -> None:
@@ -34,23 +34,21 @@ def test_a_break_right_after_the_image_keeps_the_area_above_its_room() -> None:
     start_brk = DATA.end + 2 * PAGE
     keep_off = heap_growth([IMAGE, DATA, LIBS], start_brk)
     assert keep_off == (start_brk, start_brk + HEAP_ROOM)
-    start = gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, keep_off)
+    start = gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, start_brk)
     assert start is not None and not meets(start, SIZE, keep_off)
     assert start == start_brk + HEAP_ROOM, "the nearest place clear of the room"
 
 
 def test_a_break_far_above_the_image_leaves_room_for_the_area_below_it() -> None:
     start_brk = DATA.end + 100 * MiB
-    keep_off = heap_growth([IMAGE, DATA, LIBS], start_brk)
-    assert keep_off is not None
-    assert gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, keep_off) == DATA.end + PAGE
+    assert gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, start_brk) == DATA.end + PAGE
 
 
 def test_a_break_just_too_close_for_the_area_below_it() -> None:
     start_brk = DATA.end + PAGE + SIZE - PAGE  # the area would end a page past it
     keep_off = heap_growth([IMAGE, DATA, LIBS], start_brk)
     assert keep_off is not None
-    start = gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, keep_off)
+    start = gap_near([IMAGE, DATA, LIBS], IMAGE.start, SIZE, start_brk)
     assert start is not None and not meets(start, SIZE, keep_off)
 
 
@@ -59,7 +57,7 @@ def test_a_grown_heap_keeps_its_room_above_its_end() -> None:
     vmas = [IMAGE, DATA, heap(start_brk, 300 * MiB), LIBS]
     keep_off = heap_growth(vmas, start_brk)
     assert keep_off == (start_brk, start_brk + 300 * MiB + HEAP_ROOM)
-    start = gap_near(vmas, IMAGE.start, SIZE, keep_off)
+    start = gap_near(vmas, IMAGE.start, SIZE, start_brk)
     assert start == start_brk + 300 * MiB + HEAP_ROOM
 
 
@@ -68,7 +66,7 @@ def test_no_place_clear_of_the_heap_within_reach_is_no_hint() -> None:
     chooses instead."""
     start_brk = DATA.end + PAGE
     vmas = [IMAGE, DATA, heap(start_brk, 1 << 30), LIBS]
-    assert gap_near(vmas, IMAGE.start, SIZE, heap_growth(vmas, start_brk)) is None
+    assert gap_near(vmas, IMAGE.start, SIZE, start_brk) is None
 
 
 def test_an_unknown_break_keeps_nothing_clear() -> None:
