@@ -327,14 +327,20 @@ class _Encoding:
     """Whether OPCODE1 is a legacy-map byte (not the opcode after a VEX/XOP/EVEX prefix)."""
 
 
+def _prefixes_end(code: bytes, mode64: bool) -> int:
+    """Where the legacy and REX prefixes ``code`` starts with end (``len(code)`` when
+    they never do)."""
+    at = 0
+    while at < len(code) and (code[at] in _LEGACY_PREFIXES or (mode64 and 0x40 <= code[at] <= 0x4F)):
+        at += 1
+    return at
+
+
 def _scan_encoding(code: bytes, mode64: bool) -> _Encoding:
     """Split the prefixes off an instruction capstone has already decoded."""
-    at = 0
-    rex_offset = None
-    while code[at] in _LEGACY_PREFIXES or (mode64 and 0x40 <= code[at] <= 0x4F):
-        # A REX applies only right before the opcode; a legacy prefix after it cancels it.
-        rex_offset = at if 0x40 <= code[at] <= 0x4F else None
-        at += 1
+    at = _prefixes_end(code, mode64)
+    # A REX applies only right before the opcode; a legacy prefix after it cancels it.
+    rex_offset = at - 1 if at and 0x40 <= code[at - 1] <= 0x4F else None
     prefixes = bytes(byte for byte in code[:at] if byte in _LEGACY_PREFIXES)
     first, second = code[at], code[at + 1 : at + 2]
     # In 32-bit mode c4/c5/62 are les/lds/bound unless the next byte looks like ModRM mod=11;
@@ -870,9 +876,7 @@ class X86Jumps:
         prefix, which a uprobe refuses)."""
         if code[:1] == NOP:
             return 1
-        at = 0
-        while at < len(code) and (code[at] in _LEGACY_PREFIXES or (self.mode64 and 0x40 <= code[at] <= 0x4F)):
-            at += 1
+        at = _prefixes_end(code, self.mode64)
         if at == len(code) or code[at] not in (0x90, 0x0F):
             return 0  # no nop's opcode after the prefixes: nothing to decode
         insn = next(_capstone(self.mode64).disasm(code[: self.backend.max_insn_len], 0, 1), None)
