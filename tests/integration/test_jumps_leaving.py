@@ -91,8 +91,8 @@ def test_threads_waiting_for_room_at_leaving_are_moved_out(jump_build) -> None:
     A thread found in the vDSO's clock, called from the runtime, was single-stepped out
     of it: in the arm64 guest, where a step takes about 5 ms, the clock's seqlock loop
     (begin, read the counter, retry while the kernel updated its data meanwhile) never
-    ended, and leaving left the thread inside with the area mapped, in 1 of 3 runs.  It
-    now runs to a trap at the call's return (aarch64's x30, riscv64's ra)."""
+    ended, and leaving left the thread inside with the area mapped, in 1 of 3 runs.  One
+    whose link register (aarch64's x30, riscv64's ra) says the runtime called it now runs."""
     skip_without_jumps(jump_build)
     exact = sdt.open_elf(str(jump_build.directory / "leaving")).arch_name in ("x86_64", "i386")
     moved = 0

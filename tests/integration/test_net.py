@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from residue import counters_off, semaphores, text_differences, turns
+from residue import anonymous_code, counters_off, semaphores, text_differences, turns
 from samplelog import Line, parse
 from tracee import UEMU, Tracee, compile_program, differences, file_memory, thread_states, tracer_pid, wait_until
 
@@ -752,7 +752,7 @@ def test_uemus_areas_keep_out_of_the_heaps_way(jump_build) -> None:
             vmas = read_maps(tracee.pid)
             room = heap_growth(vmas, start_brk(tracee.pid))
             assert room is not None
-            ours = [v for v in vmas if v.path.startswith("/memfd:uemu") or (v.executable and not v.path)]
+            ours = [v for v in vmas if v.path.startswith("/memfd:uemu")] + anonymous_code(tracee.pid)
             assert ours, "uemu has mapped its area"
             assert not [v for v in ours if v.start < room[1] and room[0] < v.end], \
                 (f"start_brk {room[0]:#x}, room to {room[1]:#x}", ours)
