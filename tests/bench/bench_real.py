@@ -260,11 +260,11 @@ def bpftrace_ready(path: str, probes: Iterable[str], user: str) -> subprocess.Po
     return tracer
 
 
-def uemu_attached(command: list[str], ready: Path) -> subprocess.Popen[str]:
-    """``uemu attach`` (``command``, without its --ready-file), returned once it is
-    tracing every probe it found."""
+def uemu_attached(args: list[str], ready: Path) -> subprocess.Popen[str]:
+    """``uemu attach ARGS``, returned once it is tracing every probe it found (its
+    --ready-file ``ready``)."""
     ready.unlink(missing_ok=True)
-    tracer = subprocess.Popen([*command[:len(UEMU) + 1], "--ready-file", str(ready), *command[len(UEMU) + 1:]],
+    tracer = subprocess.Popen([*UEMU, "attach", "--ready-file", str(ready), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not ready.exists():
         if tracer.poll() is not None:
@@ -318,9 +318,9 @@ def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> 
         assert program.stdout is not None and program.stdin is not None
         if attach:
             wait_stopped(program)
-            uemu = [*UEMU, "attach", "-c", "-o", str(counts_file), str(program.pid), *workload.probes]
-            workload.reproduce[mode] = f"{_shell(uemu)}  # to {_shell(command)}"
-            tracer = uemu_attached(uemu, Path(tmp) / "ready")
+            args = ["-c", "-o", str(counts_file), str(program.pid), *workload.probes]
+            workload.reproduce[mode] = f"{_shell([*UEMU, 'attach', *args])}  # to {_shell(command)}"
+            tracer = uemu_attached(args, Path(tmp) / "ready")
             start = time.perf_counter()
             program.send_signal(signal.SIGCONT)
         before_pause = after_pause = time.perf_counter()
@@ -390,10 +390,9 @@ class PgbenchRun:
             tracer = bpftrace_ready(POSTGRES_BIN, PG_PROBES, self.cluster.user)
             self.workload.reproduce[mode] = _shell(tracer.args)  # type: ignore[arg-type]
             return tracer
-        command = [*UEMU, "attach", "-f", *UEMU_MODES[mode], "-o", str(self.tmp / "counts"),
-                   str(self.cluster.postmaster), *PG_PROBES]
-        self.workload.reproduce[mode] = _shell(command)
-        return uemu_attached(command, self.tmp / "ready")
+        args = ["-f", *UEMU_MODES[mode], "-o", str(self.tmp / "counts"), str(self.cluster.postmaster), *PG_PROBES]
+        self.workload.reproduce[mode] = _shell([*UEMU, "attach", *args])
+        return uemu_attached(args, self.tmp / "ready")
 
     def __call__(self, mode: str) -> float:
         if mode == MODES[0]:
