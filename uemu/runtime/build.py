@@ -44,12 +44,15 @@ BLOBS = HERE / "blobs"
 MANIFEST = "manifest.json"
 
 COMMON_FLAGS = (
-    "-std=gnu11", "-Os", "-Wall", "-Wextra", "-Werror",
+    "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",
     "-ffreestanding", "-nostdlib", "-fno-builtin", "-fno-tree-loop-distribute-patterns",
     "-fno-stack-protector", "-fno-stack-clash-protection", "-fcf-protection=none",
     "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-jump-tables",
     "-fPIE", "-fvisibility=hidden", "-fno-plt", "-fno-common",
 )  # fmt: skip
+"""-O2, not -Os: under -Os the hit's small helpers (an atomic load, the clock, the commit)
+stayed calls, and a record took about 7 ns more (bench:nop, 50 000 hits, minimum of 15
+runs: 47 against 40 ns)."""
 LINK_FLAGS = ("-pie", "-Wl,--no-dynamic-linker", "-Wl,--build-id=none", "-Wl,-z,norelro",
               "-Wl,-z,noexecstack", "-Wl,--hash-style=gnu", "-Wl,--no-warn-rwx-segments")
 

@@ -931,6 +931,8 @@ static uint32_t fetch_string(long pid, unsigned long ptr, uint8_t *out, uint32_t
     return (uint32_t)got;
 }
 
+/* The fixed-size copies below are __builtin_memcpy: one move each (the runtime's own
+ * memcpy, a byte loop, was inlined as rep movsb, a fifth of a record's time). */
 static void fetch(const struct jumps_header *j, const struct jump_site *s, const unsigned long *frame,
                   uint8_t *record)
 {
@@ -942,7 +944,7 @@ static void fetch(const struct jumps_header *j, const struct jump_site *s, const
         if (op->kind == FETCH_REG || op->kind == FETCH_CONST) {
             uint64_t value = op->kind == FETCH_REG ? frame_reg(frame, s, op->base) : op->disp;
 
-            memcpy(out, &value, 8);
+            __builtin_memcpy(out, &value, 8);
             out += 8;
         } else if (op->kind == FETCH_MEM) {
             unsigned long addr = (unsigned long)op->disp;
@@ -960,7 +962,7 @@ static void fetch(const struct jumps_header *j, const struct jump_site *s, const
                 if (vm_read(j->pid, &local, 1, &remote, 1) != op->size)
                     status = 0;
             }
-            memcpy(out, &status, 4);
+            __builtin_memcpy(out, &status, 4);
             out += 8 + ((op->size + 7u) & ~7u);
         } else if (op->kind == FETCH_STR) {
             unsigned long ptr = 0;
@@ -972,7 +974,7 @@ static void fetch(const struct jumps_header *j, const struct jump_site *s, const
             } else {
                 len = STR_UNREADABLE;
             }
-            memcpy(out, &len, 4);
+            __builtin_memcpy(out, &len, 4);
             out += 8 + ((max + 7u) & ~7u);
         }
     }
