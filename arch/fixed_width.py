@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Self
 
 from .base import Effects, Emulate, Finish, MappingSyscall, Plan, Refuse, Regs, StepOutOfLine, frozen_map
 from .jump import (
+    Counter,
     HitFrame,
     JumpForm,
     NoJump,
@@ -147,6 +148,7 @@ class FixedWidthJumps:
 
     frame: HitFrame
     thread_pointer: ThreadPointer
+    counter: Counter | None = None
     reach_bits: int
     """Bits of the jump's signed byte offset."""
     nop: bytes

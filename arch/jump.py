@@ -64,6 +64,20 @@ class ThreadPointer:
     HWCAP2_FSGSBASE); 0: always readable."""
 
 
+@dataclass(frozen=True)
+class Counter:
+    """The CPU's counter, which the runtime reads at a hit instead of calling the vDSO's
+    clock where the kernel keeps time by it (uemu/runtime/src/runtime.c, now_ns)."""
+
+    clocksource: str
+    """The kernel clocksource that is this counter (sysfs ``current_clocksource``): only
+    then is it the vDSO's own, steady and alike on every CPU."""
+    insn_len: int
+    """Bytes of the reading instruction, which faults in a thread that turned it off."""
+    result_regs: tuple[str, ...]
+    """Registers it writes; uemu zeroes them and steps over it after such a fault."""
+
+
 class JumpForm(StrEnum):
     JUMP = "jump"
     """A whole jump written over the site's instruction (or the nop run it starts)."""
@@ -110,6 +124,8 @@ class JumpBackend(Protocol):
 
     frame: HitFrame
     thread_pointer: ThreadPointer
+    counter: Counter | None
+    """None: the runtime's clock is the vDSO's alone."""
     tramp_size: int
     """Bytes a trampoline may take (its slot in the area)."""
     user_top: int

@@ -60,12 +60,15 @@ class Hits:
 
     def _programs(self, task: Task, sig: int, fetched: bool) -> Resume:
         """The program's own signal, delivered unchanged; the jump path is told of one
-        that a thread inside its code is given (its handler's frame returns there)."""
+        that a thread inside its code is given (its handler's frame returns there), and
+        takes back the one its runtime caused (``counter_refused``)."""
         mm = task.mm
         if self.jumps is not None and mm is not None and self.jumps.code(mm):
             regs = task.registers(mm.arch)
             if not fetched:
                 regs.fetch(task.tid)
+            if self.jumps.counter_refused(mm, task.tid, sig, regs):
+                return GO_ON
             self.jumps.signal_delivered(mm, task.tid, regs)
         return deliver(sig)
 

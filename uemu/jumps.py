@@ -63,6 +63,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from signal import SIGSEGV
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -81,8 +82,9 @@ from .jumptable import JumpTable
 from .maps import Vma, heap_growth, is_probe_vma, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, InjectedCall, Net
 from .runtime import layout
-from .runtime.layout import JumpsState
+from .runtime.layout import JumpsFlags, JumpsState
 from .uprobes import Consumer, Mm, Uprobe, Uprobes
+from .xol import is_fault
 
 PAGE = layout.PAGE
 RING_NAME = b"uemu-ring\0"
@@ -272,8 +274,12 @@ class JumpPath:
         if backend is None or mm in self._mms:
             return
         table = JumpTable(mm.arch, net.base, mm.memory)
-        table.install(pid=mm.pid, ring=0, clock=vdso_clock(mm.memory, mm.vmas),
-                      thread_pointer=thread_pointer_readable(mm.pid, mm.arch))
+        flags = JumpsFlags(0)
+        if thread_pointer_readable(mm.pid, mm.arch):
+            flags |= JumpsFlags.THREAD_POINTER
+        if net.blob.read_counter and counter_is_the_clock(mm.arch):
+            flags |= JumpsFlags.COUNTER
+        table.install(pid=mm.pid, ring=0, clock=vdso_clock(mm.memory, mm.vmas), flags=flags)
         mm.memory.write(table.name_address, RING_NAME)
         events = ring.create(mm.pid, mm.arch, call, table.name_address, self.ring_size, self.drop,
                              populate=not self.count_only)
@@ -429,6 +435,29 @@ class JumpPath:
             state.handlers[tid] = max(sp, state.handlers.get(tid, sp))
         elif tid in state.handlers:
             self._in_handler(mm, tid, regs)
+
+    def counter_refused(self, mm: Mm, tid: int, sig: int, regs: ptrace.Regset) -> bool:
+        """Whether signal ``sig`` of stopped thread ``tid`` (``regs`` fetched) is the
+        runtime's read of the CPU's counter faulting, in a thread that turned the counter
+        off (x86: prctl PR_SET_TSC, PR_TSC_SIGSEGV, under which the vDSO's clock faults
+        too).  Then the process's hits take the clock from the system call from now on,
+        and the read gives 0 (its result registers zeroed, the instruction stepped over),
+        which sends this hit there too: the program never sees a fault of uemu's code."""
+        state = self._mms.get(mm)
+        counter = mm.arch.jumps.counter if mm.arch.jumps is not None else None
+        if state is None or counter is None or sig != SIGSEGV or not state.net.blob.read_counter:
+            return False
+        ip = regs[mm.arch.ip_reg]
+        if ip != state.net.base + state.net.blob.read_counter or not is_fault(sig, ptrace.signal_info_bytes(tid)):
+            return False
+        state.table.clock_by_syscall()
+        for name in counter.result_regs:
+            regs[name] = 0
+        regs[mm.arch.ip_reg] = ip + counter.insn_len
+        regs.store(tid)
+        self.warn(f"process {mm.pid}: thread {tid} cannot read the CPU's counter (turned off by the program); "
+                  "its hits' times come from the clock_gettime system call")
+        return True
 
     def _in_code(self, mm: Mm, regs: ptrace.Regset) -> bool:
         """Whether a thread with ``regs`` is in ``code(mm)`` or in the vDSO called from
@@ -1066,6 +1095,23 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
     except (OSError, ELFError, ValueError, TypeError):
         pass
     return 0
+
+
+CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+
+
+def counter_is_the_clock(arch: Arch) -> bool:
+    """Whether the kernel keeps time by the counter the arch's runtime can read itself
+    (``Counter.clocksource``): then the counter runs alike on every CPU and a record's
+    time can be read through it.  Not where /sys cannot say."""
+    counter = arch.jumps.counter if arch.jumps is not None else None
+    if counter is None:
+        return False
+    try:
+        with open(CLOCKSOURCE) as stream:
+            return stream.read().strip() == counter.clocksource
+    except OSError:
+        return False
 
 
 def thread_pointer_readable(pid: int, arch: Arch) -> bool:

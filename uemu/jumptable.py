@@ -48,12 +48,12 @@ class JumpTable:
 
     # ---- the header --------------------------------------------------------------------
 
-    def install(self, pid: int, ring: int, clock: int, thread_pointer: bool) -> None:
+    def install(self, pid: int, ring: int, clock: int, flags: JumpsFlags) -> None:
         """The header, its arrays empty, recording off (``set_state`` turns it on)."""
         offsets = self.capacities.offsets()
         header = layout.JumpsHeader(
             magic=layout.JUMPS_MAGIC, version=layout.JUMPS_VERSION, state=JumpsState.OFF, pid=pid,
-            flags=JumpsFlags.THREAD_POINTER if thread_pointer else JumpsFlags(0), ring=ring, clock=clock,
+            flags=flags, ring=ring, clock=clock,
             jump_sites_off=offsets["jump_sites"], jump_sites_cap=self.capacities.jump_sites,
             fetch_ops_off=offsets["fetch_ops"], fetch_ops_cap=self.capacities.fetch_ops,
             tp_slots_off=offsets["tp_slots"], tp_slots_cap=self.capacities.tp_slots)
@@ -68,6 +68,14 @@ class JumpTable:
     def set_pid(self, pid: int) -> None:
         """A forked child's copy still names its parent."""
         self._header_field("pid", pid, 4)
+
+    def clock_by_syscall(self) -> None:
+        """Hits take CLOCK_MONOTONIC from the system call from now on: neither the CPU's
+        counter nor the vDSO, which reads it too.  One word written: the flags (hits
+        already under way may still read the counter)."""
+        offset = self.address + layout.JUMPS_HEADER.offset("flags")
+        flags = int.from_bytes(self.memory.read(offset, 4), "little")
+        self._header_field("flags", (flags & ~JumpsFlags.COUNTER) | JumpsFlags.SYSCALL_CLOCK, 4)
 
     def set_ring(self, ring: int) -> None:
         self._header_field("ring", ring, 8)

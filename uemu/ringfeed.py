@@ -5,7 +5,8 @@ events cannot wait for the loop.  A reader thread drains the rings (``JumpPath.d
 as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; its
 events wait in a heap for ``window_ns`` (records of several threads and processes
 finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
-the vDSO in the target, time.monotonic_ns in uemu).  The trap path's events are handed
+in the target the vDSO's, or the CPU's counter converted between pairs taken from it
+(runtime.c, now_ns); time.monotonic_ns in uemu).  The trap path's events are handed
 out by the loop at their stop, at once (a handler may still read the stopped thread's
 memory); ``before`` first drains the rings and hands out every older ring event.  All
 under ``lock``, by whichever thread holds it: the reader, or the loop.  So handlers see

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from runtime_harness import PAGE, STACK, STACK_SIZE, TEXT, Machine
-from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UcError
+from unicorn import UC_HOOK_CODE, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError
 from unicorn import arm64_const as a64
 from unicorn import riscv_const as rv
 from unicorn import x86_const as x86
@@ -65,7 +65,10 @@ class Jumped:
 
 
 class JumpMachine:
-    def __init__(self, arch: str, *, drop: bool = False, thread_pointer: bool = False, clock: int = 0):
+    def __init__(self, arch: str, *, drop: bool = False, thread_pointer: bool = False, clock: int = 0,
+                 counter: bool = False, syscall_clock: bool = False):
+        """``counter``: the runtime reads the CPU's counter (x86_64's TSC), whose value is
+        ``self.counter``; ``syscall_clock``: the flag that forbids the vDSO's clock."""
         self.m = Machine(arch)
         self.m.install()
         self.m.kernel.clock_ns = time.monotonic_ns()  # the clock the ring's heartbeat is on
@@ -80,11 +83,37 @@ class JumpMachine:
         self._refresh()
         self.ring = Ring(self.buffer, RING, sync=self._push)
         self.table = JumpTable(self.arch, self.m.base, self.m.memory, SMALL)
-        self.table.install(pid=PID, ring=RING, clock=clock, thread_pointer=thread_pointer)
+        flags = layout.JumpsFlags(0)
+        if thread_pointer:
+            flags |= layout.JumpsFlags.THREAD_POINTER
+        if counter:
+            flags |= layout.JumpsFlags.COUNTER
+            self._hook_counter()
+        if syscall_clock:
+            flags |= layout.JumpsFlags.SYSCALL_CLOCK
+        self.table.install(pid=PID, ring=RING, clock=clock, flags=flags)
         self.table.set_state(layout.JumpsState.ON)
         self.next_trampoline = self.m.base + layout.TRAMP_OFF
         self.programs: dict[int, FetchProgram] = {}
         self.registers = unicorn_registers(arch)
+
+    def _hook_counter(self) -> None:
+        """The runtime's read of the counter gives ``self.counter`` (unicorn's rdtsc is
+        the host's): its rdtsc is replaced as uemu does after a fault (arch.jump.Counter)."""
+        assert self.arch.jumps is not None and self.arch.jumps.counter is not None
+        counter = self.arch.jumps.counter
+        at = self.m.base + self.m.net.blob.read_counter
+        self.counter = 0
+        self.counter_reads = 0
+
+        def read(uc: Uc, address: int, *_: object) -> None:
+            self.counter_reads += 1
+            low, high = counter.result_regs
+            uc.reg_write(self.registers[low], self.counter & 0xFFFF_FFFF)
+            uc.reg_write(self.registers[high], self.counter >> 32)
+            uc.reg_write(self.cpu.ip, address + counter.insn_len)
+
+        self.uc.hook_add(UC_HOOK_CODE, read, None, at, at)
 
     def _refresh(self) -> bytearray:
         self.buffer[:] = self.uc.mem_read(RING, len(self.buffer))

@@ -393,3 +393,102 @@ def test_a_thread_pointer_several_threads_share_asks_gettid() -> None:
     m.hit(jumped, sp=SP)
     [(record, _, _)] = m.take()
     assert record.tid == TID + 3 and "gettid" not in [name for name, _ in m.kernel.calls]
+
+
+# ---- the clock through the CPU's counter (x86_64's TSC) -----------------------------------
+
+COUNTS_PER_NS = 3
+"""The counter of these tests runs at 3 GHz."""
+
+
+def counter_machine(**kwargs: object) -> JumpMachine:
+    """Reading the counter, as uemu sets it up where the kernel keeps time by the TSC, with
+    uemu's sentinel holding the ring (the counter is read only then)."""
+    m = machine_for("x86_64", counter=True, **kwargs)
+    owner = m.ring.target_address + layout.RING_HEADER.offset("owner")
+    m.m.memory.write(owner, (99).to_bytes(4, "little"))
+    return m
+
+
+def clock_reads(m: JumpMachine) -> int:
+    return sum(1 for name, _ in m.kernel.calls if name == "clock_gettime")
+
+
+def hit_after(m: JumpMachine, jumped, ns: int, rate: float = 1.0) -> int:
+    """The time recorded for a hit ``ns`` of the counter's time after the last one, while
+    the clock runs ``rate`` times as fast as the counter."""
+    m.counter += ns * COUNTS_PER_NS
+    m.kernel.clock_ns += round(ns * rate)
+    m.hit(jumped, sp=SP)
+    [(record, _, _)] = m.take()
+    return record.ts_ns
+
+
+def test_x86_64_a_records_time_is_read_through_the_counter_between_pairs_taken_from_the_clock() -> None:
+    """The first hit takes a pair (counter, clock: the clock read twice, the closest
+    kept); hits in the first interval (1 ms) take the clock; then one measures the rate
+    with a new pair, and hits read the counter alone and land on the clock's own time,
+    until one finds the pair an interval old and takes a new one."""
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter = 10**12
+    assert hit_after(m, jumped, 0) == m.kernel.clock_ns and clock_reads(m) == 2
+    assert hit_after(m, jumped, 500_000) == m.kernel.clock_ns and clock_reads(m) == 3, "too young for a rate"
+    assert hit_after(m, jumped, 600_000) == m.kernel.clock_ns and clock_reads(m) == 6, "the rate measured"
+    for _ in range(80):  # 800 us
+        assert abs(hit_after(m, jumped, 10_000) - m.kernel.clock_ns) <= 1
+    assert clock_reads(m) == 6, "between pairs, no clock at all"
+    assert abs(hit_after(m, jumped, 300_000) - m.kernel.clock_ns) <= 1
+    assert clock_reads(m) == 8, "a new pair, an interval after the last"
+
+
+def test_x86_64_times_through_the_counter_never_step_back_and_follow_the_clocks_rate() -> None:
+    """The clock's rate changes against the counter's (NTP slewing it by 500 ppm, then
+    back): every time stays ahead of the one before, and within the change of rate over
+    an interval or two of the clock."""
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter = 5 * 10**11
+    hit_after(m, jumped, 0)
+    hit_after(m, jumped, 1_000_000)
+    last, worst = 0, 0
+    for rate in (1.0005, 1.0, 0.9995):
+        for _ in range(500):  # 5 ms at each rate, a hit every 10 us
+            ts = hit_after(m, jumped, 10_000, rate)
+            assert ts > last
+            last, worst = ts, max(worst, abs(ts - m.kernel.clock_ns))
+    assert worst <= 1_000, worst
+
+
+def test_x86_64_after_a_long_pause_the_time_starts_again_from_the_clock() -> None:
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter = 10**12
+    hit_after(m, jumped, 0)
+    hit_after(m, jumped, 1_000_000)
+    reads = clock_reads(m)
+    assert hit_after(m, jumped, 3_000_000_000, rate=1.001) == m.kernel.clock_ns
+    assert clock_reads(m) == reads + 2
+
+
+def test_x86_64_the_counter_is_not_read_without_uemus_sentinel_nor_after_it_faulted() -> None:
+    """No sentinel (its death could not be told at once): a fault of the counter's read
+    would find no tracer, so the clock alone.  A read that gives 0 (uemu zeroed it after
+    a fault) takes the clock too; so does every hit once uemu set SYSCALL_CLOCK, which
+    also keeps hits from calling the vDSO (here an address that would fault)."""
+    m = machine_for("x86_64", counter=True)
+    jumped = nop_site(m)
+    m.counter = 10**12
+    for step in (0, 200_000, 10_000):
+        assert hit_after(m, jumped, step) == m.kernel.clock_ns
+    assert m.counter_reads == 0 and clock_reads(m) == 3
+
+    m = counter_machine()
+    jumped = nop_site(m)
+    assert hit_after(m, jumped, 0) == m.kernel.clock_ns and m.counter_reads == 1, "a read of 0: the clock"
+    assert clock_reads(m) == 1
+
+    m = counter_machine(syscall_clock=True, clock=0xDEAD_0000)
+    jumped = nop_site(m)
+    m.counter = 10**12
+    assert hit_after(m, jumped, 0) == m.kernel.clock_ns and clock_reads(m) == 2, "the system call, not the vDSO"

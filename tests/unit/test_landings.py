@@ -81,7 +81,7 @@ def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
     path = JumpPath(core)
     net = Net(X86_64, AREA, memory)
     table = JumpTable(X86_64, AREA, memory)
-    table.install(pid=memory.pid, ring=0, clock=0, thread_pointer=True)
+    table.install(pid=memory.pid, ring=0, clock=0, flags=layout.JumpsFlags.THREAD_POINTER)
     state = _MmJumps(mm, net, table, None, X86_64.jumps, next_trampoline=AREA + layout.TRAMP_OFF)  # type: ignore[arg-type]
     path._mms[mm] = state
     call = _injected_mmap(memory)

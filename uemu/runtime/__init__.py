@@ -28,6 +28,8 @@ class Blob:
     inject_syscall: int
     """The syscall instruction of the inject stub; the trap instruction follows it."""
     hit_entry: int
+    read_counter: int
+    """0: this ABI's runtime never reads the CPU's counter itself."""
 
 
 def has_blob(arch: str) -> bool:
@@ -44,4 +46,5 @@ def load_blob(arch: str) -> Blob:
     header = layout.BLOB_HEADER.decode(code)
     if header.magic != layout.BLOB_MAGIC or header.version != layout.BLOB_VERSION or header.size != len(code):
         raise UnsupportedArch(arch, what=f"{path}: not a runtime blob of version {layout.BLOB_VERSION}")
-    return Blob(arch, code, header.trap_handler, header.restorer, header.inject_syscall, header.hit_entry)
+    return Blob(arch, code, header.trap_handler, header.restorer, header.inject_syscall, header.hit_entry,
+                header.read_counter)

@@ -75,8 +75,11 @@ TARGETS = (
 )
 
 ENTRY_SYMBOLS = {"trap_handler": "uemu_trap_handler", "restorer": "uemu_restorer",
-                 "inject_syscall": "uemu_inject_syscall", "hit_entry": "uemu_hit_entry"}
+                 "inject_syscall": "uemu_inject_syscall", "hit_entry": "uemu_hit_entry",
+                 "read_counter": "uemu_read_counter"}
 """Blob header field -> the symbol it gives the offset of."""
+OPTIONAL_ENTRIES = frozenset({"read_counter"})
+"""Entries an ABI's runtime may lack (its field is then 0)."""
 
 
 class BuildError(Exception):
@@ -150,6 +153,9 @@ def linker_script() -> str:
             header.append(f"LONG({layout.BLOB_VERSION})")
         elif name == "size":
             header.append("LONG(uemu_blob_end - uemu_blob_start)")
+        elif name in OPTIONAL_ENTRIES:
+            symbol = ENTRY_SYMBOLS[name]
+            header.append(f"LONG(DEFINED({symbol}) ? {symbol} - uemu_blob_start : 0)")
         elif name in ENTRY_SYMBOLS:
             header.append(f"LONG({ENTRY_SYMBOLS[name]} - uemu_blob_start)")
         else:  # padding
@@ -200,7 +206,7 @@ def build_one(target: Target, workdir: Path) -> Built:
         raise BuildError(f"{target.arch}: {' '.join(command)}\n{result.stderr}")
     blob = check_elf(target.arch, elf_path.read_bytes())
     header = layout.BLOB_HEADER.decode(blob)
-    entries = {name: getattr(header, name) for name in ("trap_handler", "restorer", "inject_syscall", "hit_entry")}
+    entries = {name: getattr(header, name) for name in ENTRY_SYMBOLS}
     return Built(blob, compiler_version(target), entries)
 
 

@@ -48,7 +48,7 @@ TRAMP_OFF = 512 << 10
 """Trampolines of the jump path (issue 12) fill the code part from here to its end."""
 
 BLOB_MAGIC = b"UEMURT1\0"
-BLOB_VERSION = 1
+BLOB_VERSION = 2
 TABLE_MAGIC = b"UEMUTBL1"
 TABLE_VERSION = 1
 HEADER_SIZE = PAGE
@@ -210,7 +210,9 @@ class BlobHeader:
     hit_entry: int = u32()
     """What a trampoline calls with a jumped site's index: saves every register, records
     the hit into the ring, restores them (the jump path, uemu/jumps.py)."""
-    reserved: bytes = pad(8)
+    read_counter: int = u32()
+    """Reads the CPU's counter (JumpsFlags.COUNTER); 0 where the ABI's runtime has none."""
+    reserved: bytes = pad(4)
 
 
 @dataclass
@@ -319,7 +321,7 @@ class InjectHeader:
 JUMPS_MAGIC = b"UEMUJMP1"
 JUMPS_VERSION = 2
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 5
+RING_VERSION = 6
 
 
 class JumpsState(enum.IntEnum):
@@ -332,6 +334,12 @@ class JumpsFlags(enum.IntFlag):
     THREAD_POINTER = 1
     """The thread pointer can be read without a fault (x86_64: rdfsbase is enabled,
     HWCAP2_FSGSBASE); without it every hit asks gettid."""
+    COUNTER = 2
+    """The kernel keeps time by the CPU's counter (the arch's ``Counter.clocksource``), so
+    a record's time is read through it (the ring's clock pair) instead of the vDSO."""
+    SYSCALL_CLOCK = 4
+    """The clock is the system call's, not the vDSO's: a thread turned the counter off,
+    which makes the vDSO's clock fault too (``JumpPath.counter_refused``)."""
 
 
 class FetchKind(enum.IntEnum):
@@ -523,6 +531,21 @@ class RingHeader:
     reader_wait: int = u32()
     """Set by the reader before it sleeps on this futex; the producer that clears it wakes it."""
     pad_reader: bytes = pad(60)
+    clock_seq: int = u32()
+    """The clock pair's seqlock (JumpsFlags.COUNTER): odd while a producer writes it."""
+    pad_clock: bytes = pad(4)
+    clock_at: int = u64()
+    """The CPU's counter when the pair was taken."""
+    clock_truth: int = u64()
+    """CLOCK_MONOTONIC then, from the vDSO."""
+    clock_base: int = u64()
+    """Where the records' time line stands at ``clock_at`` (``clock_truth`` or, for
+    continuity, where the line before it had come)."""
+    clock_mult: int = u64()
+    """ns per count of the counter, 32.32 fixed point; 0 until measured."""
+    clock_span: int = u64()
+    """Counts after ``clock_at`` the pair is used for (a producer past it takes a new pair)."""
+    pad_clock_end: bytes = pad(16)
 
 
 STAMP_LEN = 0x1FFF
@@ -630,4 +653,5 @@ DEFAULT_CAPACITIES.offsets()  # fits, or fail at import
 DEFAULT_JUMP_CAPACITIES = JumpCapacities()
 DEFAULT_JUMP_CAPACITIES.offsets()
 assert RING_HEADER.offset("head") % 64 == 0 and RING_HEADER.offset("tail") % 64 == 0
-assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.size <= PAGE
+assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.offset("clock_seq") % 64 == 0
+assert RING_HEADER.size <= PAGE

@@ -52,6 +52,9 @@ __asm__(".pushsection .text.uemu_stubs,\"ax\",%progbits\n" ASM_PROLOGUE
         ASM_GLOBAL(uemu_inject_syscall) "    " ASM_SYSCALL "\n"
         ASM_GLOBAL(uemu_inject_trap) "    " ASM_TRAP "\n"
         ASM_GLOBAL(uemu_hit_entry) ASM_HIT_ENTRY
+#ifdef ASM_READ_COUNTER
+        ASM_GLOBAL(uemu_read_counter) ASM_READ_COUNTER
+#endif
         ASM_EPILOGUE ".popsection\n");
 
 static long sys_pread64(long fd, void *buf, unsigned long len, uint64_t offset)
@@ -682,16 +685,162 @@ static long futex(uint32_t *word, long op, uint32_t value, const struct timespec
     return uemu_syscall(SYS_futex, (long)word, op, value, (long)timeout, 0, 0);
 }
 
-static uint64_t now_ns(const struct jumps_header *j)
+/* CLOCK_MONOTONIC from the vDSO (the system call without one, or where it would fault). */
+static uint64_t clock_ns(const struct jumps_header *j)
 {
     struct timespec ts = { 0, 0 };
 
-    if (j->clock)
+    if (j->clock && !(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK))
         ((long (*)(long, struct timespec *))(uintptr_t)j->clock)(CLOCK_MONOTONIC, &ts);
     else
         uemu_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (long)&ts, 0, 0, 0, 0);
     return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
 }
+
+#ifdef ASM_READ_COUNTER
+uint64_t uemu_read_counter(void);
+
+/* The clock read through the CPU's counter (x86_64: the TSC): a hit reads the counter and
+ * interpolates from a pair (counter, CLOCK_MONOTONIC) in the ring's header, which the
+ * first hit to find it older than COUNTER_REFRESH_NS takes again from the vDSO.  Why: the
+ * vDSO's clock (an ordered rdtsc and its seqlock) was a third of a record's cost; a bare
+ * rdtsc and a multiply are a fraction of it.
+ *
+ * Kernel: the vDSO does the same from the timekeeper's pair, which the kernel refreshes
+ * every tick.  Differs: the rate here is measured between two of our pairs, over one
+ * interval or more (hits in the first interval take the vDSO's time), and each new pair
+ * starts where the line before it stood, its rate slewed to meet the vDSO's clock one
+ * interval later.  So a thread's times never step back, and a time is off the vDSO's by
+ * the error of a pair (the vDSO's call between two reads of the counter: tens of ns) and
+ * the clock's change of rate over an interval (NTP slews at most 500 ppm: 0.5 us). */
+#define COUNTER_REFRESH_NS 1000000ULL
+#define COUNTER_RATE_MIN_NS 1000000ULL
+#define COUNTER_RATE_MAX_NS (1ULL << 31) /* (ns << 32) stays within 64 bits */
+#define COUNTER_SLEW_MAX_NS 100000LL     /* a line further off restarts at the clock */
+#define COUNTER_PAIR_TRIES 2             /* reads of the clock a pair keeps the closest of */
+#define COUNTER_WAIT_TRIES 100           /* spins while another hit writes the pair (~100 ns) */
+
+/* The line's time at ``counter``, before or after the pair's. */
+static uint64_t interpolate(uint64_t base, uint64_t at, uint64_t mult, uint64_t counter)
+{
+    if (counter >= at)
+        return base + (uint64_t)(((unsigned __int128)(counter - at) * mult) >> 32);
+    return base - (uint64_t)(((unsigned __int128)(at - counter) * mult) >> 32);
+}
+
+/* The clock and the counter at the same moment: the counter read on both sides of the
+ * vDSO's call, the closest of COUNTER_PAIR_TRIES.  0: the counter read 0 (turned off). */
+static uint64_t take_pair(const struct jumps_header *j, uint64_t *truth)
+{
+    uint64_t at = 0, width = ~0ULL;
+    int i;
+
+    for (i = 0; i < COUNTER_PAIR_TRIES; i++) {
+        uint64_t before = uemu_read_counter(), now, after;
+
+        if (!before)
+            return 0;
+        now = clock_ns(j);
+        after = uemu_read_counter();
+        if (!after)
+            return 0;
+        if (after - before < width) {
+            width = after - before;
+            at = before + width / 2;
+            *truth = now;
+        }
+    }
+    return at;
+}
+
+/* A new pair, by the hit that claimed the pair's seqlock (odd while it writes), and this
+ * hit's time.  The pair stays as it was while it is too young to measure a rate. */
+static uint64_t refresh_clock(const struct jumps_header *j, struct ring_header *r, uint32_t seq)
+{
+    uint64_t truth = 0, at = take_pair(j, &truth), dc = at - r->clock_at, dn = truth - r->clock_truth;
+    uint64_t base = truth, mult = r->clock_mult, rate;
+
+    if (!at) {
+        store(&r->clock_seq, seq + 2);
+        return clock_ns(j); /* the counter turned off meanwhile (see now_ns) */
+    }
+    if (!r->clock_truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
+        /* the first pair, or a long pause: start again, the rate as it was */
+    } else if (dn >= COUNTER_RATE_MIN_NS) {
+        rate = (dn << 32) / dc;
+        if (mult && dc < 4 * r->clock_span) {
+            uint64_t line = interpolate(r->clock_base, r->clock_at, mult, at);
+            int64_t off = (int64_t)(line - truth);
+
+            if (off < COUNTER_SLEW_MAX_NS && off > -COUNTER_SLEW_MAX_NS) {
+                int64_t slew = (off * (1LL << 32)) / (int64_t)dc;
+
+                base = line;
+                rate = (int64_t)rate - slew > (int64_t)(rate / 2) ? rate - (uint64_t)slew : rate / 2;
+            }
+        }
+        mult = rate;
+    } else {
+        store(&r->clock_seq, seq + 2);
+        return truth;
+    }
+    __atomic_store_n(&r->clock_at, at, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->clock_truth, truth, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->clock_base, base, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->clock_mult, mult, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->clock_span, mult ? (COUNTER_REFRESH_NS << 32) / mult : 0, __ATOMIC_RELAXED);
+    store(&r->clock_seq, seq + 2);
+    return base;
+}
+
+static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
+{
+    uint32_t owner = load(&r->owner), seq;
+    uint64_t counter = 0, at, truth, base, mult, span;
+    int tries;
+
+    /* Only while uemu's sentinel holds the ring: a fault of the counter's read (prctl
+     * PR_SET_TSC) must reach uemu, or it would kill the program. */
+    if (!(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_COUNTER) || !owner || (owner & FUTEX_OWNER_DIED))
+        return clock_ns(j);
+    /* Another hit writing the pair is waited for, not answered with the vDSO's time:
+     * that time may be behind the line a hit of this thread has just read. */
+    for (tries = 0; tries < COUNTER_WAIT_TRIES; tries++) {
+        seq = __atomic_load_n(&r->clock_seq, __ATOMIC_ACQUIRE);
+        if (!(seq & 1)) {
+            at = __atomic_load_n(&r->clock_at, __ATOMIC_RELAXED);
+            truth = __atomic_load_n(&r->clock_truth, __ATOMIC_RELAXED);
+            base = __atomic_load_n(&r->clock_base, __ATOMIC_RELAXED);
+            mult = __atomic_load_n(&r->clock_mult, __ATOMIC_RELAXED);
+            span = __atomic_load_n(&r->clock_span, __ATOMIC_RELAXED);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (__atomic_load_n(&r->clock_seq, __ATOMIC_RELAXED) != seq)
+                continue;
+            if (mult) {
+                if (!counter && !(counter = uemu_read_counter()))
+                    return clock_ns(j); /* uemu found the counter turned off for this thread */
+                if (counter - at < span || at - counter < span)
+                    return interpolate(base, at, mult, counter);
+            } else if (truth) { /* no rate yet: the clock, until the pair is old enough */
+                uint64_t now = clock_ns(j);
+
+                if (now - truth < COUNTER_RATE_MIN_NS)
+                    return now;
+            }
+            if (cas(&r->clock_seq, seq, seq + 1) == seq)
+                return refresh_clock(j, r, seq);
+        }
+        __asm__ volatile(ASM_CPU_RELAX ::: "memory");
+    }
+    return clock_ns(j); /* the writer was preempted for long */
+}
+#else
+static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
+{
+    (void)r;
+    return clock_ns(j);
+}
+#endif
 
 static uint32_t coarse(uint64_t ns)
 {
@@ -812,7 +961,7 @@ static int wait_for_room(struct table_header *t, struct ring_header *r, uint32_t
     add(&r->waiters, 1);
     futex(&r->tail_seq, FUTEX_WAIT, seq, &slice);
     add(&r->waiters, (uint32_t)-1);
-    if (uemu_gone(t, r, now_ns(j), 0)) {
+    if (uemu_gone(t, r, now_ns(j, r), 0)) {
         add(&r->lost, 1);
         return 0;
     }
@@ -1006,7 +1155,7 @@ static int died_at_hit(struct table_header *t, struct jumps_header *j, struct ri
         restore_all(t);
         return 1;
     }
-    return !owner && uemu_gone(t, r, now_ns(j), 1);
+    return !owner && uemu_gone(t, r, clock_ns(j), 1);
 }
 
 /* A site only counted: one add to its counter in the ring, no clock, no record. */
@@ -1067,7 +1216,7 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     len = s->record;
     if (s->state != JUMP_SITE_ON || len < sizeof *rec || len > STAMP_LEN * 8 || len & 7)
         return;
-    now = now_ns(j);
+    now = now_ns(j, r);
     if (uemu_gone(t, r, now, 1))
         return;
     slot = thread_slot(j);
