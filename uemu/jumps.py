@@ -850,7 +850,7 @@ class JumpPath:
     def dup(self, parent: Mm, child: Mm) -> None:
         """A fork: the child (stopped) has copies of the parent's jumps, trampolines, table
         and landing pages, and shares its ring.  Its records must say its pid; the
-        thread table names the parent's threads."""
+        thread table names the parent's threads; the clock pair may be half written."""
         state = self._mms.get(parent)
         child_net = child.net
         if state is None or child_net is None:
@@ -858,6 +858,7 @@ class JumpPath:
         table = state.table.copy_for(child.memory)
         table.set_pid(child.pid)
         table.forget_threads()
+        table.forget_clock()
         copy = _MmJumps(child, child_net, table, state.ring, state.backend,
                         sites={vaddr: replace(s) for vaddr, s in state.sites.items()},
                         int3_first=set(state.int3_first), next_trampoline=state.next_trampoline,

@@ -77,6 +77,13 @@ class JumpTable:
         flags = int.from_bytes(self.memory.read(offset, 4), "little")
         self._header_field("flags", (flags & ~JumpsFlags.COUNTER) | JumpsFlags.SYSCALL_CLOCK, 4)
 
+    def forget_clock(self) -> None:
+        """A forked child's copy of the clock pair: a thread of the parent may have been
+        writing it (its seqlock odd for good in the child); the child takes its own."""
+        start = layout.JUMPS_HEADER.offset("clock_seq")
+        end = layout.JUMPS_HEADER.offset("clock_span") + 8
+        self.memory.write(self.address + start, bytes(end - start))
+
     def set_ring(self, ring: int) -> None:
         self._header_field("ring", ring, 8)
 

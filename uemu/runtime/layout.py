@@ -319,9 +319,9 @@ class InjectHeader:
 # --------------------------------------------------------------------------
 
 JUMPS_MAGIC = b"UEMUJMP1"
-JUMPS_VERSION = 2
+JUMPS_VERSION = 3
 RING_MAGIC = b"UEMURNG1"
-RING_VERSION = 6
+RING_VERSION = 7
 
 
 class JumpsState(enum.IntEnum):
@@ -336,7 +336,7 @@ class JumpsFlags(enum.IntFlag):
     HWCAP2_FSGSBASE); without it every hit asks gettid."""
     COUNTER = 2
     """The kernel keeps time by the CPU's counter (the arch's ``Counter.clocksource``), so
-    a record's time is read through it (the ring's clock pair) instead of the vDSO."""
+    a record's time is read through it (the header's clock pair) instead of the vDSO."""
     SYSCALL_CLOCK = 4
     """The clock is the system call's, not the vDSO's: a thread turned the counter off,
     which makes the vDSO's clock fault too (``JumpPath.counter_refused``)."""
@@ -412,6 +412,23 @@ class JumpsHeader:
     fetch_ops_cap: int = u32()
     tp_slots_off: int = u32()
     tp_slots_cap: int = u32()
+    clock_seq: int = u32()
+    """The clock pair's seqlock (JumpsFlags.COUNTER): odd while a hit writes it.  Per
+    process, not in the ring its forked children share: a process killed while one of
+    its threads writes it leaves no one waiting (uemu clears a child's copy at fork)."""
+    pad_clock_seq: bytes = pad(4)
+    clock_at: int = u64()
+    """The CPU's counter when the pair was taken."""
+    clock_truth: int = u64()
+    """CLOCK_MONOTONIC then, from the vDSO."""
+    clock_base: int = u64()
+    """Where the records' time line stands at ``clock_at`` (``clock_truth`` or, for
+    continuity, where the line before it had come)."""
+    clock_mult: int = u64()
+    """ns per count of the counter, 32.32 fixed point; 0 until measured."""
+    clock_span: int = u64()
+    """Counts after ``clock_at`` the pair is used for (a producer past it takes a new pair)."""
+    pad_clock_end: bytes = pad(16)
 
 
 class JumpSiteState(enum.IntEnum):
@@ -531,21 +548,6 @@ class RingHeader:
     reader_wait: int = u32()
     """Set by the reader before it sleeps on this futex; the producer that clears it wakes it."""
     pad_reader: bytes = pad(60)
-    clock_seq: int = u32()
-    """The clock pair's seqlock (JumpsFlags.COUNTER): odd while a producer writes it."""
-    pad_clock: bytes = pad(4)
-    clock_at: int = u64()
-    """The CPU's counter when the pair was taken."""
-    clock_truth: int = u64()
-    """CLOCK_MONOTONIC then, from the vDSO."""
-    clock_base: int = u64()
-    """Where the records' time line stands at ``clock_at`` (``clock_truth`` or, for
-    continuity, where the line before it had come)."""
-    clock_mult: int = u64()
-    """ns per count of the counter, 32.32 fixed point; 0 until measured."""
-    clock_span: int = u64()
-    """Counts after ``clock_at`` the pair is used for (a producer past it takes a new pair)."""
-    pad_clock_end: bytes = pad(16)
 
 
 STAMP_LEN = 0x1FFF
@@ -653,5 +655,5 @@ DEFAULT_CAPACITIES.offsets()  # fits, or fail at import
 DEFAULT_JUMP_CAPACITIES = JumpCapacities()
 DEFAULT_JUMP_CAPACITIES.offsets()
 assert RING_HEADER.offset("head") % 64 == 0 and RING_HEADER.offset("tail") % 64 == 0
-assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.offset("clock_seq") % 64 == 0
-assert RING_HEADER.size <= PAGE
+assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.size <= PAGE
+assert JUMPS_HEADER.offset("clock_seq") % 64 == 0

@@ -701,8 +701,8 @@ static uint64_t clock_ns(const struct jumps_header *j)
 uint64_t uemu_read_counter(void);
 
 /* The clock read through the CPU's counter (x86_64: the TSC): a hit reads the counter and
- * interpolates from a pair (counter, CLOCK_MONOTONIC) in the ring's header, which the
- * first hit to find it older than COUNTER_REFRESH_NS takes again from the vDSO.  Why: the
+ * interpolates from a pair (counter, CLOCK_MONOTONIC) in the process's jumps header, which
+ * the first hit to find it older than COUNTER_REFRESH_NS takes again from the vDSO.  Why: the
  * vDSO's clock (an ordered rdtsc and its seqlock) was a third of a record's cost; a bare
  * rdtsc and a multiply are a fraction of it.
  *
@@ -755,21 +755,21 @@ static uint64_t take_pair(const struct jumps_header *j, uint64_t *truth)
 
 /* A new pair, by the hit that claimed the pair's seqlock (odd while it writes), and this
  * hit's time.  The pair stays as it was while it is too young to measure a rate. */
-static uint64_t refresh_clock(const struct jumps_header *j, struct ring_header *r, uint32_t seq)
+static uint64_t refresh_clock(struct jumps_header *j, uint32_t seq)
 {
-    uint64_t truth = 0, at = take_pair(j, &truth), dc = at - r->clock_at, dn = truth - r->clock_truth;
-    uint64_t base = truth, mult = r->clock_mult, rate;
+    uint64_t truth = 0, at = take_pair(j, &truth), dc = at - j->clock_at, dn = truth - j->clock_truth;
+    uint64_t base = truth, mult = j->clock_mult, rate;
 
     if (!at) {
-        store(&r->clock_seq, seq + 2);
+        store(&j->clock_seq, seq + 2);
         return clock_ns(j); /* the counter turned off meanwhile (see now_ns) */
     }
-    if (!r->clock_truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
+    if (!j->clock_truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
         /* the first pair, or a long pause: start again, the rate as it was */
     } else if (dn >= COUNTER_RATE_MIN_NS) {
         rate = (dn << 32) / dc;
-        if (mult && dc < 4 * r->clock_span) {
-            uint64_t line = interpolate(r->clock_base, r->clock_at, mult, at);
+        if (mult && dc < 4 * j->clock_span) {
+            uint64_t line = interpolate(j->clock_base, j->clock_at, mult, at);
             int64_t off = (int64_t)(line - truth);
 
             if (off < COUNTER_SLEW_MAX_NS && off > -COUNTER_SLEW_MAX_NS) {
@@ -781,19 +781,19 @@ static uint64_t refresh_clock(const struct jumps_header *j, struct ring_header *
         }
         mult = rate;
     } else {
-        store(&r->clock_seq, seq + 2);
+        store(&j->clock_seq, seq + 2);
         return truth;
     }
-    __atomic_store_n(&r->clock_at, at, __ATOMIC_RELAXED);
-    __atomic_store_n(&r->clock_truth, truth, __ATOMIC_RELAXED);
-    __atomic_store_n(&r->clock_base, base, __ATOMIC_RELAXED);
-    __atomic_store_n(&r->clock_mult, mult, __ATOMIC_RELAXED);
-    __atomic_store_n(&r->clock_span, mult ? (COUNTER_REFRESH_NS << 32) / mult : 0, __ATOMIC_RELAXED);
-    store(&r->clock_seq, seq + 2);
+    __atomic_store_n(&j->clock_at, at, __ATOMIC_RELAXED);
+    __atomic_store_n(&j->clock_truth, truth, __ATOMIC_RELAXED);
+    __atomic_store_n(&j->clock_base, base, __ATOMIC_RELAXED);
+    __atomic_store_n(&j->clock_mult, mult, __ATOMIC_RELAXED);
+    __atomic_store_n(&j->clock_span, mult ? (COUNTER_REFRESH_NS << 32) / mult : 0, __ATOMIC_RELAXED);
+    store(&j->clock_seq, seq + 2);
     return base;
 }
 
-static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
+static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
     uint32_t owner = load(&r->owner), seq;
     uint64_t counter = 0, at, truth, base, mult, span;
@@ -806,15 +806,15 @@ static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
     /* Another hit writing the pair is waited for, not answered with the vDSO's time:
      * that time may be behind the line a hit of this thread has just read. */
     for (tries = 0; tries < COUNTER_WAIT_TRIES; tries++) {
-        seq = __atomic_load_n(&r->clock_seq, __ATOMIC_ACQUIRE);
+        seq = __atomic_load_n(&j->clock_seq, __ATOMIC_ACQUIRE);
         if (!(seq & 1)) {
-            at = __atomic_load_n(&r->clock_at, __ATOMIC_RELAXED);
-            truth = __atomic_load_n(&r->clock_truth, __ATOMIC_RELAXED);
-            base = __atomic_load_n(&r->clock_base, __ATOMIC_RELAXED);
-            mult = __atomic_load_n(&r->clock_mult, __ATOMIC_RELAXED);
-            span = __atomic_load_n(&r->clock_span, __ATOMIC_RELAXED);
+            at = __atomic_load_n(&j->clock_at, __ATOMIC_RELAXED);
+            truth = __atomic_load_n(&j->clock_truth, __ATOMIC_RELAXED);
+            base = __atomic_load_n(&j->clock_base, __ATOMIC_RELAXED);
+            mult = __atomic_load_n(&j->clock_mult, __ATOMIC_RELAXED);
+            span = __atomic_load_n(&j->clock_span, __ATOMIC_RELAXED);
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&r->clock_seq, __ATOMIC_RELAXED) != seq)
+            if (__atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED) != seq)
                 continue;
             if (mult) {
                 if (!counter && !(counter = uemu_read_counter()))
@@ -827,15 +827,15 @@ static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
                 if (now - truth < COUNTER_RATE_MIN_NS)
                     return now;
             }
-            if (cas(&r->clock_seq, seq, seq + 1) == seq)
-                return refresh_clock(j, r, seq);
+            if (cas(&j->clock_seq, seq, seq + 1) == seq)
+                return refresh_clock(j, seq);
         }
         __asm__ volatile(ASM_CPU_RELAX ::: "memory");
     }
     return clock_ns(j); /* the writer was preempted for long */
 }
 #else
-static uint64_t now_ns(const struct jumps_header *j, struct ring_header *r)
+static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
     (void)r;
     return clock_ns(j);
