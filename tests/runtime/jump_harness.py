@@ -105,6 +105,8 @@ class JumpMachine:
         at = self.m.base + self.m.net.blob.read_counter
         self.counter = 0
         self.counter_reads = 0
+        self.counter_step = 0
+        """Counts the counter moves on after each read (a thread slow between two)."""
 
         def read(uc: Uc, address: int, *_: object) -> None:
             self.counter_reads += 1
@@ -112,6 +114,7 @@ class JumpMachine:
             uc.reg_write(self.registers[low], self.counter & 0xFFFF_FFFF)
             uc.reg_write(self.registers[high], self.counter >> 32)
             uc.reg_write(self.cpu.ip, address + counter.insn_len)
+            self.counter += self.counter_step
 
         self.uc.hook_add(UC_HOOK_CODE, read, None, at, at)
 

@@ -508,3 +508,18 @@ def test_x86_64_a_pair_left_half_written_is_waited_for_a_while_then_cleared_at_f
     m.table.forget_clock()
     assert hit_after(m, jumped, 10_000) == m.kernel.clock_ns
     assert (m.counter_reads, clock_reads(m)) == (4, 3), "a pair: the counter twice around each of two clocks"
+
+
+def test_x86_64_a_pair_taken_across_a_preemption_is_not_kept() -> None:
+    """The counter read on both sides of the clock came out far apart (the thread was
+    preempted between them): no pair is kept, the hit takes the clock's time, and the
+    next hit, read in time, takes the pair."""
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter, m.counter_step = 10**12, 3_000_000  # 1 ms between any two reads
+    at = m.table.address + layout.JUMPS_HEADER.offset("clock_at")
+    assert hit_after(m, jumped, 0) == m.kernel.clock_ns
+    assert m.m.memory.read(at, 8) == bytes(8), "no pair kept"
+    m.counter_step = 0
+    assert hit_after(m, jumped, 10_000) == m.kernel.clock_ns
+    assert int.from_bytes(m.m.memory.read(at, 8), "little") == m.counter

@@ -718,6 +718,7 @@ uint64_t uemu_read_counter(void);
 #define COUNTER_RATE_MAX_NS (1ULL << 31) /* (ns << 32) stays within 64 bits */
 #define COUNTER_SLEW_MAX_NS 100000LL     /* a line further off restarts at the clock */
 #define COUNTER_PAIR_TRIES 2             /* reads of the clock a pair keeps the closest of */
+#define COUNTER_PAIR_WIDTH_MAX 4096ULL   /* counts a pair may take (a vDSO call: about 100) */
 #define COUNTER_WAIT_TRIES 100           /* spins while another hit writes the pair (~100 ns) */
 
 /* The line's time at ``counter``, before or after the pair's. */
@@ -729,7 +730,9 @@ static uint64_t interpolate(uint64_t base, uint64_t at, uint64_t mult, uint64_t 
 }
 
 /* The clock and the counter at the same moment: the counter read on both sides of the
- * vDSO's call, the closest of COUNTER_PAIR_TRIES.  0: the counter read 0 (turned off). */
+ * vDSO's call, the closest of COUNTER_PAIR_TRIES.  0: no pair, the counter read 0 (turned
+ * off) or every try took longer than COUNTER_PAIR_WIDTH_MAX (the thread was preempted or
+ * interrupted in the middle: its midpoint could be far off). */
 static uint64_t take_pair(const struct jumps_header *j, uint64_t *truth)
 {
     uint64_t at = 0, width = ~0ULL;
@@ -750,7 +753,7 @@ static uint64_t take_pair(const struct jumps_header *j, uint64_t *truth)
             *truth = now;
         }
     }
-    return at;
+    return width <= COUNTER_PAIR_WIDTH_MAX ? at : 0;
 }
 
 /* A new pair, by the hit that claimed the pair's seqlock (odd while it writes), and this
@@ -760,9 +763,9 @@ static uint64_t refresh_clock(struct jumps_header *j, uint32_t seq)
     uint64_t truth = 0, at = take_pair(j, &truth), dc = at - j->clock_at, dn = truth - j->clock_truth;
     uint64_t base = truth, mult = j->clock_mult, rate;
 
-    if (!at) {
+    if (!at) { /* the pair stays: a later hit tries again */
         store(&j->clock_seq, seq + 2);
-        return clock_ns(j); /* the counter turned off meanwhile (see now_ns) */
+        return clock_ns(j);
     }
     if (!j->clock_truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
         /* the first pair, or a long pause: start again, the rate as it was */
