@@ -799,13 +799,20 @@ static uint64_t refresh_clock(struct jumps_header *j, uint32_t seq)
 static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
     uint32_t owner = load(&r->owner), seq;
-    uint64_t counter = 0, at, truth, base, mult, span;
+    uint64_t counter, at, truth, base, mult, span;
     int tries;
 
     /* Only while uemu's sentinel holds the ring: a fault of the counter's read (prctl
      * PR_SET_TSC) must reach uemu, or it would kill the program. */
     if (!(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_COUNTER) || !owner || (owner & FUTEX_OWNER_DIED))
         return clock_ns(j);
+    /* The counter first, whatever comes next: in a thread that turned it off, the vDSO's
+     * clock would fault too, and only this read's fault is uemu's to take back (it then
+     * sets SYSCALL_CLOCK).  So this thread calls the vDSO below only once it has read
+     * the counter itself. */
+    counter = uemu_read_counter();
+    if (!counter)
+        return clock_ns(j); /* uemu found the counter turned off for this thread */
     /* Another hit writing the pair is waited for, not answered with the vDSO's time:
      * that time may be behind the line a hit of this thread has just read. */
     for (tries = 0; tries < COUNTER_WAIT_TRIES; tries++) {
@@ -820,8 +827,6 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
             if (__atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED) != seq)
                 continue;
             if (mult) {
-                if (!counter && !(counter = uemu_read_counter()))
-                    return clock_ns(j); /* uemu found the counter turned off for this thread */
                 if (counter - at < span || at - counter < span)
                     return interpolate(base, at, mult, counter);
             } else if (truth) { /* no rate yet: the clock, until the pair is old enough */
