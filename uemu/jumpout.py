@@ -224,12 +224,23 @@ class MoveOut:
             if not any(start <= ip < end for start, end in self.path.code(mm)):
                 return True  # out of the vDSO into the program: it was not inside
             return not self._go(move)
+        if self._counter_refused(move, sig):
+            return not self._go(move)
         if xol.is_fault(sig, info):
             task.owed_signal = sig  # raised inside: the program gets it where it is
             self._left(task, mm, f"signal {sig} raised inside")
             return True
         task.hold(sig, info)
         return not self._go(move)
+
+    def _counter_refused(self, move: _Moving, sig: int) -> bool:
+        """The runtime's read of the CPU's counter faulted (a thread that turned it off,
+        whose first hit since was under way as uemu began to leave): taken back as at a
+        stop of the loop (``JumpPath.counter_refused``), and the thread runs on out."""
+        task, mm = move.task, move.mm
+        regs = task.registers(mm.arch)
+        regs.fetch(task.tid)
+        return self.path.counter_refused(mm, task.tid, sig, regs)
 
     def _jump(self, move: _Moving, at: int) -> None:
         """The thread at a way back ``at``: it takes the jump (ip where it leads)."""
