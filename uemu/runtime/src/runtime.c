@@ -718,7 +718,7 @@ uint64_t uemu_read_counter(void);
 #define COUNTER_RATE_MAX_NS (1ULL << 31) /* (ns << 32) stays within 64 bits */
 #define COUNTER_SLEW_MAX_NS 100000LL     /* a line further off restarts at the clock */
 #define COUNTER_PAIR_TRIES 2             /* reads of the clock a pair keeps the closest of */
-#define COUNTER_PAIR_WIDTH_MAX 4096ULL   /* counts a pair may take (a vDSO call: about 100) */
+#define COUNTER_PAIR_WIDTH_MAX 1024ULL   /* counts a pair may take (a vDSO call: about 100) */
 #define COUNTER_WAIT_TRIES 100           /* spins while another hit writes the pair (~100 ns) */
 
 /* The line's time at ``counter``, before or after the pair's. */
