@@ -78,10 +78,10 @@ class JumpTable:
         self._header_field("flags", (flags & ~JumpsFlags.COUNTER) | JumpsFlags.SYSCALL_CLOCK, 4)
 
     def forget_clock(self) -> None:
-        """A forked child's copy of the clock pair: a thread of the parent may have been
-        writing it (its seqlock odd for good in the child); the child takes its own."""
+        """A forked child's copy of the clock pairs: a thread of the parent may have been
+        taking one (the lock held for good in the child); the child takes its own."""
         start = layout.JUMPS_HEADER.offset("clock_seq")
-        end = layout.JUMPS_HEADER.offset("clock_span") + 8
+        end = layout.JUMPS_HEADER.offset("clock_pairs") + 2 * layout.CLOCK_PAIR.size
         self.memory.write(self.address + start, bytes(end - start))
 
     def set_ring(self, ring: int) -> None:

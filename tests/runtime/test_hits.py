@@ -410,6 +410,13 @@ def counter_machine(**kwargs: object) -> JumpMachine:
     return m
 
 
+def clock_pair(m: JumpMachine) -> layout.ClockPair:
+    """The clock pair hits read now (the copy the latch names)."""
+    seq = int.from_bytes(m.m.memory.read(m.table.address + layout.JUMPS_HEADER.offset("clock_seq"), 4), "little")
+    at = m.table.address + layout.JUMPS_HEADER.offset("clock_pairs") + (seq & 1) * layout.CLOCK_PAIR.size
+    return layout.CLOCK_PAIR.decode(m.m.memory.read(at, layout.CLOCK_PAIR.size))
+
+
 def clock_reads(m: JumpMachine) -> int:
     return sum(1 for name, _ in m.kernel.calls if name == "clock_gettime")
 
@@ -494,21 +501,45 @@ def test_x86_64_the_counter_is_not_read_without_uemus_sentinel_nor_after_it_faul
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns and clock_reads(m) == 2, "the system call, not the vDSO"
 
 
-def test_x86_64_a_pair_left_half_written_is_waited_for_a_while_then_cleared_at_fork() -> None:
-    """A pair whose seqlock stays odd (a thread of the parent was writing it when the
-    process forked: the child's copy): a hit spins a while, then takes the clock, having
-    read the counter first (a thread that turned the counter off must fault there, where
-    uemu takes the fault back, not in the vDSO).  uemu clears the child's copy
-    (``forget_clock``), and the next hit takes a pair of its own."""
+def test_x86_64_a_hit_never_waits_for_one_taking_a_pair() -> None:
+    """Another hit holds the clock's lock, stopped in the middle of writing a pair (parked
+    by uemu, or preempted: the latch odd, the copy it writes half done): a hit past the
+    interval reads the other copy's line beyond it, without the clock, and lands on the
+    clock's time all the same (the fake clock and counter keep one rate)."""
     m = counter_machine()
     jumped = nop_site(m)
     m.counter = 10**12
-    m.m.memory.write(m.table.address + layout.JUMPS_HEADER.offset("clock_seq"), (7).to_bytes(4, "little"))
+    hit_after(m, jumped, 0)
+    hit_after(m, jumped, 1_000_000)
+    reads = clock_reads(m)
+    header = m.table.address
+    seq = int.from_bytes(m.m.memory.read(header + layout.JUMPS_HEADER.offset("clock_seq"), 4), "little")
+    assert seq % 2 == 0 and seq > 0
+    m.m.memory.write(header + layout.JUMPS_HEADER.offset("clock_lock"), (1).to_bytes(4, "little"))
+    m.m.memory.write(header + layout.JUMPS_HEADER.offset("clock_seq"), (seq + 1).to_bytes(4, "little"))
+    m.m.memory.write(header + layout.JUMPS_HEADER.offset("clock_pairs"), bytes([0x5A]) * 16)  # copy 0, half written
+    for _ in range(5):
+        assert abs(hit_after(m, jumped, 2_000_000) - m.kernel.clock_ns) <= 1
+    assert clock_reads(m) == reads
+
+
+def test_x86_64_a_lock_left_held_in_a_forked_childs_copy_is_cleared_at_fork() -> None:
+    """The lock held and no pair yet (a thread of the parent was taking the first pair
+    when the process forked: the child's copy): hits take the clock, having read the
+    counter first (a thread that turned it off must fault there, where uemu takes the
+    fault back, not in the vDSO).  uemu clears the child's copy (``forget_clock``), and
+    the next hit takes a pair of its own."""
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter = 10**12
+    m.m.memory.write(m.table.address + layout.JUMPS_HEADER.offset("clock_lock"), (1).to_bytes(4, "little"))
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns
     assert (m.counter_reads, clock_reads(m)) == (1, 1)
     m.table.forget_clock()
     assert hit_after(m, jumped, 10_000) == m.kernel.clock_ns
-    assert (m.counter_reads, clock_reads(m)) == (6, 3), "a pair: the counter twice around each of two clocks"
+    assert (m.counter_reads, clock_reads(m)) == (7, 3), \
+        "the hit's own, a pair (the counter twice around each of two clocks), its age"
+    assert clock_pair(m).at == m.counter
 
 
 def test_x86_64_a_pair_taken_across_a_preemption_is_not_kept() -> None:
@@ -518,9 +549,31 @@ def test_x86_64_a_pair_taken_across_a_preemption_is_not_kept() -> None:
     m = counter_machine()
     jumped = nop_site(m)
     m.counter, m.counter_step = 10**12, 3_000_000  # 1 ms between any two reads
-    at = m.table.address + layout.JUMPS_HEADER.offset("clock_at")
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns
-    assert m.m.memory.read(at, 8) == bytes(8), "no pair kept"
+    assert clock_pair(m).at == 0, "no pair kept"
     m.counter_step = 0
     assert hit_after(m, jumped, 10_000) == m.kernel.clock_ns
-    assert int.from_bytes(m.m.memory.read(at, 8), "little") == m.counter
+    assert clock_pair(m).at == m.counter
+
+
+def test_x86_64_a_threads_records_keep_the_order_of_its_hits() -> None:
+    """The thread's last record later than the clock says now (a line read through the
+    counter may be ahead by its error): the next record is a nanosecond after it, not
+    before.  The thread's slot holds the time of its last record."""
+    m = counter_machine(thread_pointer=True)
+    tp = 0x7000_2000
+    assert m.set_thread_pointer(tp)
+    m.table.thread_started(TID, tp)
+    jumped = nop_site(m)
+    m.counter = 10**12
+    first = hit_after(m, jumped, 0)
+    assert first == m.kernel.clock_ns
+    slots = m.table.address + m.table.capacities.offsets()["tp_slots"]
+    size = layout.TP_SLOT.size
+    [address] = [slots + i * size for i in range(m.table.capacities.tp_slots)
+                 if layout.TP_SLOT.decode(m.m.memory.read(slots + i * size, size)).tp == tp]
+    assert layout.TP_SLOT.decode(m.m.memory.read(address, layout.TP_SLOT.size)).last_ns == first
+    ahead = first + 5_000
+    m.m.memory.write(address + layout.TP_SLOT.offset("last_ns"), ahead.to_bytes(8, "little"))
+    assert hit_after(m, jumped, 1_000) == ahead + 1
+    assert hit_after(m, jumped, 10_000) == m.kernel.clock_ns

@@ -319,7 +319,7 @@ class InjectHeader:
 # --------------------------------------------------------------------------
 
 JUMPS_MAGIC = b"UEMUJMP1"
-JUMPS_VERSION = 3
+JUMPS_VERSION = 5
 RING_MAGIC = b"UEMURNG1"
 RING_VERSION = 7
 
@@ -413,22 +413,16 @@ class JumpsHeader:
     tp_slots_off: int = u32()
     tp_slots_cap: int = u32()
     clock_seq: int = u32()
-    """The clock pair's seqlock (JumpsFlags.COUNTER): odd while a hit writes it.  Per
-    process, not in the ring its forked children share: a process killed while one of
-    its threads writes it leaves no one waiting (uemu clears a child's copy at fork)."""
-    pad_clock_seq: bytes = pad(4)
-    clock_at: int = u64()
-    """The CPU's counter when the pair was taken."""
-    clock_truth: int = u64()
-    """CLOCK_MONOTONIC then, from the vDSO."""
-    clock_base: int = u64()
-    """Where the records' time line stands at ``clock_at`` (``clock_truth`` or, for
-    continuity, where the line before it had come)."""
-    clock_mult: int = u64()
-    """ns per count of the counter, 32.32 fixed point; 0 until measured."""
-    clock_span: int = u64()
-    """Counts after ``clock_at`` the pair is used for (a producer past it takes a new pair)."""
-    pad_clock_end: bytes = pad(16)
+    """The clock pairs' latch (JumpsFlags.COUNTER): hits read ``clock_pairs[clock_seq &
+    1]``, which the hit taking a new pair never writes (Kernel: the seqcount latch of
+    ``raw_write_seqcount_latch()``): no hit ever waits for another, nor for one uemu
+    parked or the scheduler left in the middle of a new pair."""
+    clock_lock: int = u32()
+    """1 while a hit takes a new pair (0: free).  Per process, like the pairs, not in the
+    ring its forked children share; uemu clears a forked child's copy."""
+    pad_clock: bytes = pad(56)
+    clock_pairs: bytes = raw(128)
+    """Two ``ClockPair`` records."""
 
 
 class JumpSiteState(enum.IntEnum):
@@ -478,6 +472,24 @@ class FetchOp:
 
 
 @dataclass
+class ClockPair:
+    """The CPU's counter and CLOCK_MONOTONIC at one moment, and the line through them that
+    hits read their time from (uemu/runtime/src/runtime.c, now_ns)."""
+
+    at: int = u64()
+    """The counter when the pair was taken."""
+    truth: int = u64()
+    """CLOCK_MONOTONIC then, from the vDSO."""
+    base: int = u64()
+    """Where the line stands at ``at``: ``truth``, or where the line before it had come."""
+    mult: int = u64()
+    """ns per count, 32.32 fixed point; 0 until measured."""
+    span: int = u64()
+    """Counts after ``at`` the pair is meant for (a hit past it takes a new pair)."""
+    pad_end: bytes = pad(24)
+
+
+@dataclass
 class TpSlot:
     """Thread pointer -> tid, written by uemu only, while the thread is stopped."""
 
@@ -486,6 +498,10 @@ class TpSlot:
     depth: int = u32()
     """Hits of this thread under way (a second one is a signal handler's, re-entrant):
     written by the runtime only."""
+    last_ns: int = u64()
+    """The time of this thread's last record: the next is later (runtime.c, uemu_hit);
+    written by the runtime only."""
+    pad_end: bytes = pad(8)
 
 
 class RingFlags(enum.IntFlag):
@@ -604,6 +620,7 @@ THREAD = Record(Thread, "thread")
 INJECT_HEADER = Record(InjectHeader, "inject_header")
 INJECT_REG = Record(InjectReg, "inject_reg")
 JUMPS_HEADER = Record(JumpsHeader, "jumps_header")
+CLOCK_PAIR = Record(ClockPair, "clock_pair")
 JUMP_SITE = Record(JumpSite, "jump_site")
 FETCH_OP = Record(FetchOp, "fetch_op")
 TP_SLOT = Record(TpSlot, "tp_slot")
@@ -611,8 +628,8 @@ RING_HEADER = Record(RingHeader, "ring_header")
 RECORD_HEADER = Record(RecordHeader, "record_header")
 # Any: records of several types in one sequence (Record is invariant in its type)
 RECORDS: Sequence[Record[Any]] = (BLOB_HEADER, TABLE_HEADER, SITE, COUNTER, SLOT, THREAD,
-                                  INJECT_HEADER, INJECT_REG, JUMPS_HEADER, JUMP_SITE, FETCH_OP, TP_SLOT,
-                                  RING_HEADER, RECORD_HEADER)
+                                  INJECT_HEADER, INJECT_REG, JUMPS_HEADER, CLOCK_PAIR, JUMP_SITE, FETCH_OP,
+                                  TP_SLOT, RING_HEADER, RECORD_HEADER)
 
 for _record in (SITE, COUNTER, SLOT, THREAD, JUMP_SITE, FETCH_OP, TP_SLOT):
     # A write within one page is all or nothing even when uemu is killed during it (GUP
@@ -656,4 +673,4 @@ DEFAULT_JUMP_CAPACITIES = JumpCapacities()
 DEFAULT_JUMP_CAPACITIES.offsets()
 assert RING_HEADER.offset("head") % 64 == 0 and RING_HEADER.offset("tail") % 64 == 0
 assert RING_HEADER.offset("reader_wait") % 64 == 0 and RING_HEADER.size <= PAGE
-assert JUMPS_HEADER.offset("clock_seq") % 64 == 0
+assert JUMPS_HEADER.offset("clock_pairs") % 64 == 0 and CLOCK_PAIR.size == 64

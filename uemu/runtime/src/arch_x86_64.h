@@ -56,8 +56,6 @@
  * rdtsc off (prctl PR_SET_TSC) faults on it: uemu then zeroes rax and rdx and steps over
  * its 2 bytes (arch/x86.py COUNTER), and the read gives 0. */
 #define ASM_READ_COUNTER "    rdtsc\n    shl $32, %rdx\n    or %rdx, %rax\n    ret\n"
-/* While another thread writes the clock's pair. */
-#define ASM_CPU_RELAX "pause"
 
 /* The fs base, by rdfsbase: only called where the kernel enabled it (HWCAP2_FSGSBASE). */
 static inline unsigned long thread_pointer(void)

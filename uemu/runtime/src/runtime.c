@@ -707,26 +707,79 @@ uint64_t uemu_read_counter(void);
  * rdtsc and a multiply are a fraction of it.
  *
  * Kernel: the vDSO does the same from the timekeeper's pair, which the kernel refreshes
- * every tick.  Differs: the rate here is measured between two of our pairs, over one
- * interval or more (hits in the first interval take the vDSO's time), and each new pair
- * starts where the line before it stood, its rate slewed to meet the vDSO's clock one
- * interval later.  So a thread's times never step back, and a time is off the vDSO's by
- * the error of a pair (the vDSO's call between two reads of the counter: tens of ns) and
- * the clock's change of rate over an interval (NTP slews at most 500 ppm: 0.5 us). */
+ * every tick, and the pair is kept as a seqcount latch (two copies, the one being written
+ * never read: raw_write_seqcount_latch()), so no hit ever waits for the hit writing it,
+ * which uemu may have parked or the scheduler left there.  Differs: the rate is measured
+ * between two of our pairs, over one interval or more (hits in the first interval take
+ * the vDSO's time), and each new pair starts where the line before it stood, its rate
+ * slewed to meet the vDSO's clock one interval later.  A hit that finds another taking a
+ * pair, or cannot take a good one, reads the line it has, beyond its interval.  So a
+ * thread's times never step back, and a time is off the vDSO's by the error of a pair
+ * (the vDSO's call between two reads of the counter: tens of ns) and the clock's change
+ * of rate over an interval (NTP slews at most 500 ppm: 0.5 us). */
 #define COUNTER_REFRESH_NS 1000000ULL
 #define COUNTER_RATE_MIN_NS 1000000ULL
 #define COUNTER_RATE_MAX_NS (1ULL << 31) /* (ns << 32) stays within 64 bits */
 #define COUNTER_SLEW_MAX_NS 100000LL     /* a line further off restarts at the clock */
 #define COUNTER_PAIR_TRIES 2             /* reads of the clock a pair keeps the closest of */
 #define COUNTER_PAIR_WIDTH_MAX 1024ULL   /* counts a pair may take (a vDSO call: about 100) */
-#define COUNTER_WAIT_TRIES 100           /* spins while another hit writes the pair (~100 ns) */
+#define COUNTER_PAIR_AGE_MAX 8192ULL     /* counts from taking a pair to writing it */
+
+static struct clock_pair *clock_pairs(struct jumps_header *j)
+{
+    return (struct clock_pair *)(void *)j->clock_pairs;
+}
+
+/* The pair hits read now: the copy the latch names, read whole (again if the latch moved
+ * meanwhile: the copy may have been written over, which takes a few stores). */
+static struct clock_pair read_pair(struct jumps_header *j)
+{
+    struct clock_pair pair;
+    uint32_t seq;
+
+    do {
+        const struct clock_pair *copy;
+
+        seq = __atomic_load_n(&j->clock_seq, __ATOMIC_ACQUIRE);
+        copy = &clock_pairs(j)[seq & 1];
+        pair.at = __atomic_load_n(&copy->at, __ATOMIC_RELAXED);
+        pair.truth = __atomic_load_n(&copy->truth, __ATOMIC_RELAXED);
+        pair.base = __atomic_load_n(&copy->base, __ATOMIC_RELAXED);
+        pair.mult = __atomic_load_n(&copy->mult, __ATOMIC_RELAXED);
+        pair.span = __atomic_load_n(&copy->span, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    } while (__atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED) != seq);
+    return pair;
+}
+
+static void write_copy(struct clock_pair *copy, const struct clock_pair *pair)
+{
+    __atomic_store_n(&copy->at, pair->at, __ATOMIC_RELAXED);
+    __atomic_store_n(&copy->truth, pair->truth, __ATOMIC_RELAXED);
+    __atomic_store_n(&copy->base, pair->base, __ATOMIC_RELAXED);
+    __atomic_store_n(&copy->mult, pair->mult, __ATOMIC_RELAXED);
+    __atomic_store_n(&copy->span, pair->span, __ATOMIC_RELAXED);
+}
+
+/* Kernel: raw_write_seqcount_latch() around each copy in turn. */
+static void write_pair(struct jumps_header *j, const struct clock_pair *pair)
+{
+    uint32_t seq = __atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED);
+
+    store(&j->clock_seq, seq + 1); /* readers to one copy, the other written */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    write_copy(&clock_pairs(j)[((seq + 1) & 1) ^ 1], pair);
+    store(&j->clock_seq, seq + 2); /* and the other way round */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    write_copy(&clock_pairs(j)[((seq + 2) & 1) ^ 1], pair);
+}
 
 /* The line's time at ``counter``, before or after the pair's. */
-static uint64_t interpolate(uint64_t base, uint64_t at, uint64_t mult, uint64_t counter)
+static uint64_t interpolate(const struct clock_pair *pair, uint64_t counter)
 {
-    if (counter >= at)
-        return base + (uint64_t)(((unsigned __int128)(counter - at) * mult) >> 32);
-    return base - (uint64_t)(((unsigned __int128)(at - counter) * mult) >> 32);
+    if (counter >= pair->at)
+        return pair->base + (uint64_t)(((unsigned __int128)(counter - pair->at) * pair->mult) >> 32);
+    return pair->base - (uint64_t)(((unsigned __int128)(pair->at - counter) * pair->mult) >> 32);
 }
 
 /* The clock and the counter at the same moment: the counter read on both sides of the
@@ -756,51 +809,49 @@ static uint64_t take_pair(const struct jumps_header *j, uint64_t *truth)
     return width <= COUNTER_PAIR_WIDTH_MAX ? at : 0;
 }
 
-/* A new pair, by the hit that claimed the pair's seqlock (odd while it writes), and this
- * hit's time.  The pair stays as it was while it is too young to measure a rate. */
-static uint64_t refresh_clock(struct jumps_header *j, uint32_t seq)
+/* A new pair from ``old``, by the hit holding the clock's lock; this hit's time.  With no
+ * good pair taken, or one too young to measure a rate, the line stays as it was. */
+static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *old, uint64_t counter)
 {
-    uint64_t truth = 0, at = take_pair(j, &truth), dc = at - j->clock_at, dn = truth - j->clock_truth;
-    uint64_t base = truth, mult = j->clock_mult, rate;
+    struct clock_pair pair = *old;
+    uint64_t truth = 0, at = take_pair(j, &truth), dc = at - old->at, dn = truth - old->truth, rate;
 
-    if (!at) { /* the pair stays: a later hit tries again */
-        store(&j->clock_seq, seq + 2);
-        return clock_ns(j);
-    }
-    if (!j->clock_truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
+    if (!at)
+        return old->mult ? interpolate(old, counter) : clock_ns(j);
+    pair.at = at;
+    pair.truth = truth;
+    pair.base = truth;
+    if (!old->truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
         /* the first pair, or a long pause: start again, the rate as it was */
     } else if (dn >= COUNTER_RATE_MIN_NS) {
         rate = (dn << 32) / dc;
-        if (mult && dc < 4 * j->clock_span) {
-            uint64_t line = interpolate(j->clock_base, j->clock_at, mult, at);
+        if (old->mult && dc < 4 * old->span) {
+            uint64_t line = interpolate(old, at);
             int64_t off = (int64_t)(line - truth);
 
             if (off < COUNTER_SLEW_MAX_NS && off > -COUNTER_SLEW_MAX_NS) {
                 int64_t slew = (off * (1LL << 32)) / (int64_t)dc;
 
-                base = line;
+                pair.base = line;
                 rate = (int64_t)rate - slew > (int64_t)(rate / 2) ? rate - (uint64_t)slew : rate / 2;
             }
         }
-        mult = rate;
+        pair.mult = rate;
     } else {
-        store(&j->clock_seq, seq + 2);
-        return truth;
+        return truth; /* too young to measure a rate (no line yet: hits take the clock) */
     }
-    __atomic_store_n(&j->clock_at, at, __ATOMIC_RELAXED);
-    __atomic_store_n(&j->clock_truth, truth, __ATOMIC_RELAXED);
-    __atomic_store_n(&j->clock_base, base, __ATOMIC_RELAXED);
-    __atomic_store_n(&j->clock_mult, mult, __ATOMIC_RELAXED);
-    __atomic_store_n(&j->clock_span, mult ? (COUNTER_REFRESH_NS << 32) / mult : 0, __ATOMIC_RELAXED);
-    store(&j->clock_seq, seq + 2);
-    return base;
+    pair.span = pair.mult ? (COUNTER_REFRESH_NS << 32) / pair.mult : 0;
+    if (uemu_read_counter() - at > COUNTER_PAIR_AGE_MAX) /* parked or preempted since: stale */
+        return old->mult ? interpolate(old, counter) : clock_ns(j);
+    write_pair(j, &pair);
+    return pair.base;
 }
 
 static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
-    uint32_t owner = load(&r->owner), seq;
-    uint64_t counter, at, truth, base, mult, span;
-    int tries;
+    uint32_t owner = load(&r->owner);
+    uint64_t counter, now;
+    struct clock_pair pair;
 
     /* Only while uemu's sentinel holds the ring: a fault of the counter's read (prctl
      * PR_SET_TSC) must reach uemu, or it would kill the program. */
@@ -813,34 +864,17 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
     counter = uemu_read_counter();
     if (!counter)
         return clock_ns(j); /* uemu found the counter turned off for this thread */
-    /* Another hit writing the pair is waited for, not answered with the vDSO's time:
-     * that time may be behind the line a hit of this thread has just read. */
-    for (tries = 0; tries < COUNTER_WAIT_TRIES; tries++) {
-        seq = __atomic_load_n(&j->clock_seq, __ATOMIC_ACQUIRE);
-        if (!(seq & 1)) {
-            at = __atomic_load_n(&j->clock_at, __ATOMIC_RELAXED);
-            truth = __atomic_load_n(&j->clock_truth, __ATOMIC_RELAXED);
-            base = __atomic_load_n(&j->clock_base, __ATOMIC_RELAXED);
-            mult = __atomic_load_n(&j->clock_mult, __ATOMIC_RELAXED);
-            span = __atomic_load_n(&j->clock_span, __ATOMIC_RELAXED);
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            if (__atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED) != seq)
-                continue;
-            if (mult) {
-                if (counter - at < span || at - counter < span)
-                    return interpolate(base, at, mult, counter);
-            } else if (truth) { /* no rate yet: the clock, until the pair is old enough */
-                uint64_t now = clock_ns(j);
-
-                if (now - truth < COUNTER_RATE_MIN_NS)
-                    return now;
-            }
-            if (cas(&j->clock_seq, seq, seq + 1) == seq)
-                return refresh_clock(j, seq);
-        }
-        __asm__ volatile(ASM_CPU_RELAX ::: "memory");
-    }
-    return clock_ns(j); /* the writer was preempted for long */
+    pair = read_pair(j);
+    if (pair.mult && (counter - pair.at < pair.span || pair.at - counter < pair.span))
+        return interpolate(&pair, counter);
+    if (pair.truth && !pair.mult && (now = clock_ns(j)) - pair.truth < COUNTER_RATE_MIN_NS)
+        return now; /* no rate yet: the clock, until the pair is old enough */
+    if (cas(&j->clock_lock, 0, 1) != 0) /* another hit is taking a pair: the line as it is */
+        return pair.mult ? interpolate(&pair, counter) : clock_ns(j);
+    pair = read_pair(j); /* as the last hit to hold the lock left it */
+    now = pair.mult && counter - pair.at < pair.span ? interpolate(&pair, counter) : refresh_clock(j, &pair, counter);
+    store(&j->clock_lock, 0);
+    return now;
 }
 #else
 static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
@@ -1231,6 +1265,13 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
     if (slot) {
         tid = slot->tid;
         depth = enter(slot);
+        /* A thread's records in the order of its hits, whatever the clock's line did
+         * between them (runtime.c, now_ns: a pair taken again, a thread parked between
+         * reading the counter and the pair).  Differs: the kernel's clock needs no such
+         * care; the nanoseconds added are the line's error, tens of them at most. */
+        if (now <= slot->last_ns)
+            now = slot->last_ns + 1;
+        slot->last_ns = now;
     } else {
         tid = (uint32_t)sys0(SYS_gettid);
     }
