@@ -13,7 +13,7 @@ import random
 import struct
 
 import pytest
-from jump_harness import PID, RING, SITE, TID, JumpMachine, text_nop
+from jump_harness import PID, RING, SITE, TID, JumpMachine, Jumped, text_nop
 from runtime_harness import DATA, STACK, STACK_SIZE, uapi_available
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
@@ -431,6 +431,17 @@ def hit_after(m: JumpMachine, jumped, ns: int, rate: float = 1.0) -> int:
     return record.ts_ns
 
 
+def with_a_line() -> tuple[JumpMachine, Jumped]:
+    """A jumped site in a process whose hits have a line already: a pair, and a second
+    one an interval later that measured the rate (the fake clock and counter keep one)."""
+    m = counter_machine()
+    jumped = nop_site(m)
+    m.counter = 10**12
+    hit_after(m, jumped, 0)
+    hit_after(m, jumped, 1_000_000)
+    return m, jumped
+
+
 def test_x86_64_a_records_time_is_read_through_the_counter_between_pairs_taken_from_the_clock() -> None:
     """The first hit takes a pair (counter, clock: the clock read twice, the closest
     kept); hits in the first interval (1 ms) take the clock; then one measures the rate
@@ -468,11 +479,7 @@ def test_x86_64_times_through_the_counter_never_step_back_and_follow_the_clocks_
 
 
 def test_x86_64_after_a_long_pause_the_time_starts_again_from_the_clock() -> None:
-    m = counter_machine()
-    jumped = nop_site(m)
-    m.counter = 10**12
-    hit_after(m, jumped, 0)
-    hit_after(m, jumped, 1_000_000)
+    m, jumped = with_a_line()
     reads = clock_reads(m)
     assert hit_after(m, jumped, 3_000_000_000, rate=1.001) == m.kernel.clock_ns
     assert clock_reads(m) == reads + 2
@@ -506,11 +513,7 @@ def test_x86_64_a_hit_never_waits_for_one_taking_a_pair() -> None:
     by uemu, or preempted: the latch odd, the copy it writes half done): a hit past the
     interval reads the other copy's line beyond it, without the clock, and lands on the
     clock's time all the same (the fake clock and counter keep one rate)."""
-    m = counter_machine()
-    jumped = nop_site(m)
-    m.counter = 10**12
-    hit_after(m, jumped, 0)
-    hit_after(m, jumped, 1_000_000)
+    m, jumped = with_a_line()
     reads = clock_reads(m)
     header = m.table.address
     seq = int.from_bytes(m.m.memory.read(header + layout.JUMPS_HEADER.offset("clock_seq"), 4), "little")
