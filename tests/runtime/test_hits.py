@@ -13,7 +13,7 @@ import random
 import struct
 
 import pytest
-from jump_harness import PID, RING, SITE, TID, JumpMachine, Jumped, text_nop
+from jump_harness import PID, RING, SITE, TID, Jumped, JumpMachine, text_nop
 from runtime_harness import DATA, STACK, STACK_SIZE, uapi_available
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
