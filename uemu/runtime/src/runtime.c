@@ -782,6 +782,13 @@ static uint64_t interpolate(const struct clock_pair *pair, uint64_t counter)
     return pair->base - (uint64_t)(((unsigned __int128)(pair->at - counter) * pair->mult) >> 32);
 }
 
+/* The time at ``counter`` when no new pair can be had: the line as it is, or the clock
+ * before there is one. */
+static uint64_t line_or_clock(const struct jumps_header *j, const struct clock_pair *pair, uint64_t counter)
+{
+    return pair->mult ? interpolate(pair, counter) : clock_ns(j);
+}
+
 /* The clock and the counter at the same moment: the counter read on both sides of the
  * vDSO's call, the closest of COUNTER_PAIR_TRIES.  0: no pair, the counter read 0 (turned
  * off) or every try took longer than COUNTER_PAIR_WIDTH_MAX (the thread was preempted or
@@ -817,7 +824,7 @@ static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *o
     uint64_t truth = 0, at = take_pair(j, &truth), dc = at - old->at, dn = truth - old->truth, rate;
 
     if (!at)
-        return old->mult ? interpolate(old, counter) : clock_ns(j);
+        return line_or_clock(j, old, counter);
     pair.at = at;
     pair.truth = truth;
     pair.base = truth;
@@ -842,7 +849,7 @@ static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *o
     }
     pair.span = pair.mult ? (COUNTER_REFRESH_NS << 32) / pair.mult : 0;
     if (uemu_read_counter() - at > COUNTER_PAIR_AGE_MAX) /* parked or preempted since: stale */
-        return old->mult ? interpolate(old, counter) : clock_ns(j);
+        return line_or_clock(j, old, counter);
     write_pair(j, &pair);
     return pair.base;
 }
@@ -869,8 +876,8 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
         return interpolate(&pair, counter);
     if (pair.truth && !pair.mult && (now = clock_ns(j)) - pair.truth < COUNTER_RATE_MIN_NS)
         return now; /* no rate yet: the clock, until the pair is old enough */
-    if (cas(&j->clock_lock, 0, 1) != 0) /* another hit is taking a pair: the line as it is */
-        return pair.mult ? interpolate(&pair, counter) : clock_ns(j);
+    if (cas(&j->clock_lock, 0, 1) != 0) /* another hit is taking a pair */
+        return line_or_clock(j, &pair, counter);
     pair = read_pair(j); /* as the last hit to hold the lock left it */
     now = pair.mult && counter - pair.at < pair.span ? interpolate(&pair, counter) : refresh_clock(j, &pair, counter);
     store(&j->clock_lock, 0);
@@ -1266,7 +1273,7 @@ void uemu_hit(uint32_t index, const unsigned long *frame)
         tid = slot->tid;
         depth = enter(slot);
         /* A thread's records in the order of its hits, whatever the clock's line did
-         * between them (runtime.c, now_ns: a pair taken again, a thread parked between
+         * between them (now_ns: a pair taken again, a thread parked between
          * reading the counter and the pair).  Differs: the kernel's clock needs no such
          * care; the nanoseconds added are the line's error, tens of them at most. */
         if (now <= slot->last_ns)
