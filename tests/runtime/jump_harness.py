@@ -52,8 +52,8 @@ def unicorn_registers(arch: str) -> dict[str, int]:
     return {name: getattr(rv, f"UC_RISCV_REG_{name.upper()}") for name in by_name(arch).jumps.frame.slots if name}
 
 
-_FLAG_BITS = {"x86_64": 0x8D5, "i386": 0x8D5, "aarch64": 0xF0000000}
-"""Flags a program can set (x86 CF PF AF ZF SF OF; arm64 NZCV)."""
+_FLAG_BITS = {"x86_64": 0xCD5, "i386": 0xCD5, "aarch64": 0xF0000000}
+"""Flags a program can set (x86 CF PF AF ZF SF DF OF; arm64 NZCV)."""
 
 
 @dataclass

@@ -1,5 +1,7 @@
 /* i386: system call numbers (arch/x86/entry/syscalls/syscall_32.tbl) and instructions. */
 
+#include "x86_flags.h"
+
 #define SYS_read 3
 #define SYS_close 6
 #define SYS_getpid 20
@@ -41,11 +43,13 @@
 
 /* uemu_hit_entry: a trampoline pushed the site's index and called here.  pushal and the
  * flags make the frame uemu_hit() reads (arch/x86.py HIT_FRAME_32: edi at the lowest
- * address ... eflags, then the return address and the index); cdecl, 16-byte aligned. */
+ * address ... eflags, then the return address and the index); cdecl, 16-byte aligned.
+ * The flags come back without popf (x86_flags.h); popal and lea leave them alone. */
 #define ASM_HIT_ENTRY                                                           \
     "    pushfl\n    pushal\n    cld\n    mov %esp, %ebx\n    mov 40(%esp), %eax\n" \
     "    and $-16, %esp\n    sub $8, %esp\n    push %ebx\n    push %eax\n"            \
-    "    call uemu_hit\n    mov %ebx, %esp\n    popal\n    popfl\n    ret\n"
+    "    call uemu_hit\n    mov %ebx, %esp\n    mov 32(%esp), %eax\n"               \
+    ASM_RESTORE_FLAGS_FROM_EAX "    popal\n    lea 4(%esp), %esp\n    ret\n"
 
 /* %gs:0 holds the thread control block's own address (the i386 TLS ABI); a null %gs (no
  * TLS set up yet: early in ld.so) reads as 0 instead of faulting. */

@@ -1,5 +1,7 @@
 /* x86_64: system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) and instructions. */
 
+#include "x86_flags.h"
+
 #define SYS_read 0
 #define SYS_close 3
 #define SYS_mprotect 10
@@ -39,17 +41,19 @@
 /* uemu_hit_entry: a trampoline stepped below the red zone, pushed the site's index and
  * called here.  Every register and the flags go on the stack as the frame uemu_hit()
  * reads (arch/x86.py HIT_FRAME_64: r15 at the lowest address ... rflags, then the return
- * address and the index), the stack is aligned for the call, and all comes back. */
+ * address and the index), the stack is aligned for the call, and all comes back (the
+ * flags without popf: x86_flags.h).  Neither the pops nor lea touch the flags. */
 #define ASM_HIT_ENTRY                                                           \
     "    pushfq\n    push %rax\n    push %rcx\n    push %rdx\n    push %rbx\n"     \
     "    push %rbp\n    push %rsi\n    push %rdi\n    push %r8\n    push %r9\n"     \
     "    push %r10\n    push %r11\n    push %r12\n    push %r13\n    push %r14\n"   \
     "    push %r15\n    cld\n    mov %rsp, %rbx\n    mov 136(%rsp), %edi\n"        \
     "    mov %rsp, %rsi\n    and $-16, %rsp\n    call uemu_hit\n    mov %rbx, %rsp\n" \
+    "    mov 120(%rsp), %rax\n" ASM_RESTORE_FLAGS_FROM_EAX                          \
     "    pop %r15\n    pop %r14\n    pop %r13\n    pop %r12\n    pop %r11\n"       \
     "    pop %r10\n    pop %r9\n    pop %r8\n    pop %rdi\n    pop %rsi\n"         \
     "    pop %rbp\n    pop %rbx\n    pop %rdx\n    pop %rcx\n    pop %rax\n"        \
-    "    popfq\n    ret\n"
+    "    lea 8(%rsp), %rsp\n    ret\n"
 
 /* uemu_read_counter: the TSC, which the runtime reads instead of calling the vDSO's
  * clock where the kernel keeps time by it (JUMPS_FLAG_COUNTER).  A thread that turned
