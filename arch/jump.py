@@ -67,7 +67,8 @@ class ThreadPointer:
 @dataclass(frozen=True)
 class Counter:
     """The CPU's counter, which the runtime reads at a hit instead of calling the vDSO's
-    clock where the kernel keeps time by it (uemu/runtime/src/runtime.c, now_ns)."""
+    clock where the kernel keeps time by it (uemu/runtime/src/runtime.c, now_ns), and
+    else before calling it (checked_clock_ns)."""
 
     clocksource: str
     """The kernel clocksource that is this counter (sysfs ``current_clocksource``): only
@@ -76,6 +77,9 @@ class Counter:
     """Bytes of the reading instruction, which faults in a thread that turned it off."""
     result_regs: tuple[str, ...]
     """Registers it writes; uemu zeroes them and steps over it after such a fault."""
+    record_clock: bool = True
+    """Whether the runtime can make a record's time of it; else it only reads it before
+    each call of the vDSO's clock, to learn whether that call would fault."""
 
 
 class JumpForm(StrEnum):

@@ -810,8 +810,10 @@ _FS_BASE = ThreadPointer(ThreadPointerSource.REGISTER, "fs_base", hwcap2=2)  # H
 _GS_ENTRY = ThreadPointer(ThreadPointerSource.TLS_ENTRY, "gs")
 """glibc's TCB is the base of the %gs descriptor (it also holds it at %gs:0)."""
 _TSC = Counter("tsc", insn_len=2, result_regs=("rax", "rdx"))
-"""rdtsc (0f 31); PR_SET_TSC's PR_TSC_SIGSEGV makes it fault.  x86_64 only: i386's runtime
-would need libgcc's 64-bit division to measure the rate."""
+"""rdtsc (0f 31); PR_SET_TSC's PR_TSC_SIGSEGV makes it fault."""
+_TSC_32 = Counter("tsc", insn_len=2, result_regs=("eax", "edx"), record_clock=False)
+"""i386's runtime only reads it before the vDSO's clock: measuring its rate would need
+libgcc's 64-bit division."""
 
 _X86_64_BACKEND = X86Backend(mode64=True)
 _I386_BACKEND = X86Backend(mode64=False)
@@ -830,7 +832,7 @@ class X86Jumps:
         """47-bit x86_64; a 32-bit task on a 64-bit kernel."""
         self.frame = HIT_FRAME_64 if self.mode64 else HIT_FRAME_32
         self.thread_pointer = _FS_BASE if self.mode64 else _GS_ENTRY
-        self.counter = _TSC if self.mode64 else None
+        self.counter: Counter | None = _TSC if self.mode64 else _TSC_32
         self.tramp_size = 96 if self.mode64 else 48
         self.head_size = 24 if self.mode64 else 14
         """Bytes before a trampoline's body: the red zone step, the push, the call, the lea."""

@@ -72,7 +72,7 @@ from elftools.elf.sections import SymbolTableSection
 from uemu import arch as arches
 from uemu.arch import Arch
 from uemu.arch.base import Plan
-from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump, ThreadPointerSource
+from uemu.arch.jump import Counter, JumpBackend, JumpForm, NoJump, SiteJump, ThreadPointerSource
 
 from . import argspec, errors, process, ptrace, ring, sdt
 from .chrome import read_comm
@@ -444,7 +444,7 @@ class JumpPath:
         and the read gives 0 (its result registers zeroed, the instruction stepped over),
         which sends this hit there too: the program never sees a fault of uemu's code."""
         state = self._mms.get(mm)
-        counter = mm.arch.jumps.counter if mm.arch.jumps is not None else None
+        counter = counter_of(mm.arch)
         if state is None or counter is None or sig != SIGSEGV or not state.net.blob.read_counter:
             return False
         ip = regs[mm.arch.ip_reg]
@@ -1101,12 +1101,18 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
 CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
 
 
+def counter_of(arch: Arch) -> Counter | None:
+    """The CPU's counter the arch's runtime reads, if any."""
+    return arch.jumps.counter if arch.jumps is not None else None
+
+
 def counter_is_the_clock(arch: Arch) -> bool:
     """Whether the kernel keeps time by the counter the arch's runtime can read itself
-    (``Counter.clocksource``): then the counter runs alike on every CPU and a record's
-    time can be read through it.  Not where /sys cannot say."""
-    counter = arch.jumps.counter if arch.jumps is not None else None
-    if counter is None:
+    (``Counter.clocksource``) and make a record's time of (``Counter.record_clock``):
+    then the counter runs alike on every CPU and a record's time can be read through it.
+    Not where /sys cannot say."""
+    counter = counter_of(arch)
+    if counter is None or not counter.record_clock:
         return False
     try:
         with open(CLOCKSOURCE) as stream:

@@ -56,10 +56,11 @@
     "    lea 8(%rsp), %rsp\n    ret\n"
 
 /* uemu_read_counter: the TSC, which the runtime reads instead of calling the vDSO's
- * clock where the kernel keeps time by it (JUMPS_FLAG_COUNTER).  A thread that turned
- * rdtsc off (prctl PR_SET_TSC) faults on it: uemu then zeroes rax and rdx and steps over
- * its 2 bytes (arch/x86.py COUNTER), and the read gives 0. */
+ * clock where the kernel keeps time by it (JUMPS_FLAG_COUNTER), and else before calling
+ * it.  A thread that turned rdtsc off (prctl PR_SET_TSC) faults on it: uemu then zeroes
+ * rax and rdx and steps over its 2 bytes (arch/x86.py _TSC), and the read gives 0. */
 #define ASM_READ_COUNTER "    rdtsc\n    shl $32, %rdx\n    or %rdx, %rax\n    ret\n"
+#define COUNTER_CLOCK 1 /* a record's time through it: runtime.c, now_ns */
 
 /* The fs base, by rdfsbase: only called where the kernel enabled it (HWCAP2_FSGSBASE). */
 static inline unsigned long thread_pointer(void)

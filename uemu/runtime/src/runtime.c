@@ -685,21 +685,54 @@ static long futex(uint32_t *word, long op, uint32_t value, const struct timespec
     return uemu_syscall(SYS_futex, (long)word, op, value, (long)timeout, 0, 0);
 }
 
-/* CLOCK_MONOTONIC from the vDSO (the system call without one, or where it would fault). */
+static uint64_t syscall_clock_ns(void)
+{
+    struct timespec ts = { 0, 0 };
+
+    uemu_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (long)&ts, 0, 0, 0, 0);
+    return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
+}
+
+/* CLOCK_MONOTONIC from the vDSO (the system call without one, or where it would fault).
+ * x86: only once this thread has read the counter in this hit (checked_clock_ns). */
 static uint64_t clock_ns(const struct jumps_header *j)
 {
     struct timespec ts = { 0, 0 };
 
-    if (j->clock && !(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK))
-        ((long (*)(long, struct timespec *))(uintptr_t)j->clock)(CLOCK_MONOTONIC, &ts);
-    else
-        uemu_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (long)&ts, 0, 0, 0, 0);
+    if (!j->clock || (__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK))
+        return syscall_clock_ns();
+    ((long (*)(long, struct timespec *))(uintptr_t)j->clock)(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
 }
 
 #ifdef ASM_READ_COUNTER
 uint64_t uemu_read_counter(void);
 
+/* The vDSO's clock, the counter read first: a thread may turn the counter off (x86:
+ * prctl PR_SET_TSC), and the vDSO's clock, which reads it, then faults inside the vDSO,
+ * where uemu could not take the fault back; the runtime's own read, it takes back
+ * (JumpPath.counter_refused: it sets SYSCALL_CLOCK and the read gives 0).  Only while
+ * uemu's sentinel holds the ring: without uemu such a fault would kill the program, so
+ * then the system call's clock. */
+static uint64_t checked_clock_ns(const struct jumps_header *j, const struct ring_header *r)
+{
+    uint32_t owner = load(&r->owner);
+
+    if (!j->clock || (__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK) || !owner ||
+        (owner & FUTEX_OWNER_DIED))
+        return syscall_clock_ns();
+    uemu_read_counter(); /* 0 if refused: then SYSCALL_CLOCK is set, and clock_ns takes the system call */
+    return clock_ns(j);
+}
+#else
+static uint64_t checked_clock_ns(const struct jumps_header *j, const struct ring_header *r)
+{
+    (void)r;
+    return clock_ns(j);
+}
+#endif
+
+#ifdef COUNTER_CLOCK
 /* The clock read through the CPU's counter (x86_64: the TSC): a hit reads the counter and
  * interpolates from a pair (counter, CLOCK_MONOTONIC) in the process's jumps header, which
  * the first hit to find it older than COUNTER_REFRESH_NS takes again from the vDSO.  Why: the
@@ -863,7 +896,7 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
     /* Only while uemu's sentinel holds the ring: a fault of the counter's read (prctl
      * PR_SET_TSC) must reach uemu, or it would kill the program. */
     if (!(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_COUNTER) || !owner || (owner & FUTEX_OWNER_DIED))
-        return clock_ns(j);
+        return checked_clock_ns(j, r);
     /* The counter first, whatever comes next: in a thread that turned it off, the vDSO's
      * clock would fault too, and only this read's fault is uemu's to take back (it then
      * sets SYSCALL_CLOCK).  So this thread calls the vDSO below only once it has read
@@ -886,8 +919,7 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 #else
 static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
-    (void)r;
-    return clock_ns(j);
+    return checked_clock_ns(j, r);
 }
 #endif
 
@@ -1204,7 +1236,7 @@ static int died_at_hit(struct table_header *t, struct jumps_header *j, struct ri
         restore_all(t);
         return 1;
     }
-    return !owner && uemu_gone(t, r, clock_ns(j), 1);
+    return !owner && uemu_gone(t, r, checked_clock_ns(j, r), 1);
 }
 
 /* A site only counted: one add to its counter in the ring, no clock, no record. */
