@@ -39,7 +39,9 @@ qemu_status=${PIPESTATUS[0]}
 times > "$work/times"
 cpu=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%d", s }' "$work/times")
 echo "boot.sh: the $arch guest ran $((SECONDS - started)) s of its $limit s limit; qemu had $cpu s of CPU" >&2
-status=$(sed -n 's/^uemu-guest-exit \([0-9]*\)$/\1/p' "$work/console" | tail -n 1)
+# The kernel's own lines may follow on the same console line ("uemu-guest-exit
+# 0[  229.39] reboot: Power down", seen with the host loaded): digits, then anything.
+status=$(sed -n 's/^uemu-guest-exit \([0-9][0-9]*\).*/\1/p' "$work/console" | tail -n 1)
 if [ -z "$status" ] && [ "$qemu_status" = 124 ]; then
     echo "boot.sh: the $arch guest did not finish in $limit s" >&2
     exit 124
