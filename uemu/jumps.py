@@ -216,7 +216,9 @@ class JumpPath:
         """(pid, tid) -> the thread's name, read when its first record is (its hits reach
         the output a little later, when it may be gone): ``thread_name``."""
         self.read = 0
-        """Records read from the rings so far (hits that took the jump path)."""
+        """Records read from the rings so far (hits that took the jump path), counted as
+        each take is given back: leaving's progress (uemu/jumpout.py), which a drain of a
+        whole ring would otherwise hide for as long as it takes."""
 
     # ---- deciding ------------------------------------------------------------------------
 
@@ -733,9 +735,7 @@ class JumpPath:
         ``final``: uemu is done with the rings (records nobody finished are skipped and
         counted).  Returns how many records were read."""
         with self._draining:
-            count = self._drain(emit, final)
-            self.read += count
-            return count
+            return self._drain(emit, final)
 
     def _drain(self, emit: Emit, final: bool) -> int:
         """Each ring's records up to where its head was at the start: a producer as fast as
@@ -748,6 +748,7 @@ class JumpPath:
                 self._emit(events, records, emit)
                 events.release()
                 count += len(records)
+                self.read += len(records)
                 if len(records) < ring.TAKE_MAX or events.reached(end):
                     break
         return count
