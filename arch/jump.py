@@ -77,9 +77,6 @@ class Counter:
     """Bytes of the reading instruction, which faults in a thread that turned it off."""
     result_regs: tuple[str, ...]
     """Registers it writes; uemu zeroes them and steps over it after such a fault."""
-    record_clock: bool = True
-    """Whether the runtime can make a record's time of it; else it only reads it before
-    each call of the vDSO's clock, to learn whether that call would fault."""
 
 
 class JumpForm(StrEnum):

@@ -811,9 +811,7 @@ _GS_ENTRY = ThreadPointer(ThreadPointerSource.TLS_ENTRY, "gs")
 """glibc's TCB is the base of the %gs descriptor (it also holds it at %gs:0)."""
 _TSC = Counter("tsc", insn_len=2, result_regs=("rax", "rdx"))
 """rdtsc (0f 31); PR_SET_TSC's PR_TSC_SIGSEGV makes it fault."""
-_TSC_32 = Counter("tsc", insn_len=2, result_regs=("eax", "edx"), record_clock=False)
-"""i386's runtime only reads it before the vDSO's clock: measuring its rate would need
-libgcc's 64-bit division."""
+_TSC_32 = Counter("tsc", insn_len=2, result_regs=("eax", "edx"))
 
 _X86_64_BACKEND = X86Backend(mode64=True)
 _I386_BACKEND = X86Backend(mode64=False)

@@ -1109,11 +1109,10 @@ def counter_of(arch: Arch) -> Counter | None:
 
 def counter_is_the_clock(arch: Arch) -> bool:
     """Whether the kernel keeps time by the counter the arch's runtime can read itself
-    (``Counter.clocksource``) and make a record's time of (``Counter.record_clock``):
-    then the counter runs alike on every CPU and a record's time can be read through it.
-    Not where /sys cannot say."""
+    (``Counter.clocksource``): then the counter runs alike on every CPU and a record's
+    time can be read through it.  Not where /sys cannot say."""
     counter = counter_of(arch)
-    if counter is None or not counter.record_clock:
+    if counter is None:
         return False
     try:
         with open(CLOCKSOURCE) as stream:

@@ -67,17 +67,16 @@ def test_each_hits_time_lies_between_the_programs_own_reads_of_the_clock(jump_bu
     assert outside(times, known, COUNTER_ERROR_NS if counter else 0) == []
 
 
-def test_a_thread_that_turned_its_counter_off_is_traced_with_the_system_calls_clock(samples, tmp_path) -> None:
-    """x86_64, where the kernel keeps time by the TSC (the runtime then reads it itself):
+def test_a_thread_that_turned_its_counter_off_is_traced_with_the_system_calls_clock(jump_build, tmp_path) -> None:
+    """x86, where the kernel keeps time by the TSC (the runtime then reads it itself):
     every thread of samples/clock turns rdtsc off first.  The runtime's first read
     faults; uemu takes that fault back, and the hits go on with the clock_gettime system
     call (the vDSO's would fault as well).  Before, the program died of SIGSEGV."""
-    x86_64 = arches.by_name("x86_64")
-    if not counter_is_the_clock(x86_64):
-        pytest.skip("the kernel does not keep time by the TSC here: the runtime never reads it")
+    if not counter_is_the_clock(arches.by_name(jump_build.target)):
+        pytest.skip(f"the runtime never reads a counter for a record's time on {jump_build.target} here")
     out, lines = tmp_path / "events", tmp_path / "lines"
     result = subprocess.run([*UEMU, "run", "--json", "-o", str(out), "clock:tick", "--",
-                             str(samples / "clock"), "2", "8", "tsc-off"], capture_output=True, text=True,
+                             str(jump_build.directory / "clock"), "2", "8", "tsc-off"], capture_output=True, text=True,
                             timeout=120, env=dict(os.environ, SAMPLE_OUT=str(lines)))
     assert result.returncode == 0, result.stderr
     assert re.search(r"thread \d+ cannot read the CPU's counter", result.stderr), result.stderr

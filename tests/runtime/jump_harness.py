@@ -67,7 +67,7 @@ class Jumped:
 class JumpMachine:
     def __init__(self, arch: str, *, drop: bool = False, thread_pointer: bool = False, clock: int = 0,
                  counter: bool = False, syscall_clock: bool = False):
-        """``counter``: the runtime reads the CPU's counter (x86_64's TSC), whose value is
+        """``counter``: the runtime reads the CPU's counter (x86's TSC), whose value is
         ``self.counter``; ``syscall_clock``: the flag that forbids the vDSO's clock."""
         self.m = Machine(arch)
         self.m.install()

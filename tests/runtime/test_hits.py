@@ -395,16 +395,19 @@ def test_a_thread_pointer_several_threads_share_asks_gettid() -> None:
     assert record.tid == TID + 3 and "gettid" not in [name for name, _ in m.kernel.calls]
 
 
-# ---- the clock through the CPU's counter (x86_64's TSC) -----------------------------------
+# ---- the clock through the CPU's counter (x86's TSC) ----------------------------------------
 
 COUNTS_PER_NS = 3
 """The counter of these tests runs at 3 GHz."""
 
 
-def counter_machine(**kwargs: object) -> JumpMachine:
+X86 = pytest.mark.parametrize("x86", ["x86_64", "i386"])
+
+
+def counter_machine(x86: str, **kwargs: object) -> JumpMachine:
     """Reading the counter, as uemu sets it up where the kernel keeps time by the TSC, with
     uemu's sentinel holding the ring (the counter is read only then)."""
-    m = machine_for("x86_64", counter=True, **kwargs)
+    m = machine_for(x86, counter=True, **kwargs)
     owner = m.ring.target_address + layout.RING_HEADER.offset("owner")
     m.m.memory.write(owner, (99).to_bytes(4, "little"))
     return m
@@ -431,10 +434,10 @@ def hit_after(m: JumpMachine, jumped, ns: int, rate: float = 1.0) -> int:
     return record.ts_ns
 
 
-def with_a_line() -> tuple[JumpMachine, Jumped]:
+def with_a_line(x86: str) -> tuple[JumpMachine, Jumped]:
     """A jumped site in a process whose hits have a line already: a pair, and a second
     one an interval later that measured the rate (the fake clock and counter keep one)."""
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     m.counter = 10**12
     hit_after(m, jumped, 0)
@@ -442,12 +445,13 @@ def with_a_line() -> tuple[JumpMachine, Jumped]:
     return m, jumped
 
 
-def test_x86_64_a_records_time_is_read_through_the_counter_between_pairs_taken_from_the_clock() -> None:
+@X86
+def test_x86_a_records_time_is_read_through_the_counter_between_pairs_taken_from_the_clock(x86: str) -> None:
     """The first hit takes a pair (counter, clock: the clock read twice, the closest
     kept); hits in the first interval (1 ms) take the clock; then one measures the rate
     with a new pair, and hits read the counter alone and land on the clock's own time,
     until one finds the pair an interval old and takes a new one."""
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     m.counter = 10**12
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns and clock_reads(m) == 2
@@ -460,11 +464,12 @@ def test_x86_64_a_records_time_is_read_through_the_counter_between_pairs_taken_f
     assert clock_reads(m) == 8, "a new pair, an interval after the last"
 
 
-def test_x86_64_times_through_the_counter_never_step_back_and_follow_the_clocks_rate() -> None:
+@X86
+def test_x86_times_through_the_counter_never_step_back_and_follow_the_clocks_rate(x86: str) -> None:
     """The clock's rate changes against the counter's (NTP slewing it by 500 ppm, then
     back): every time stays ahead of the one before, and within the change of rate over
     an interval or two of the clock."""
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     m.counter = 5 * 10**11
     hit_after(m, jumped, 0)
@@ -478,42 +483,45 @@ def test_x86_64_times_through_the_counter_never_step_back_and_follow_the_clocks_
     assert worst <= 1_000, worst
 
 
-def test_x86_64_after_a_long_pause_the_time_starts_again_from_the_clock() -> None:
-    m, jumped = with_a_line()
+@X86
+def test_x86_after_a_long_pause_the_time_starts_again_from_the_clock(x86: str) -> None:
+    m, jumped = with_a_line(x86)
     reads = clock_reads(m)
     assert hit_after(m, jumped, 3_000_000_000, rate=1.001) == m.kernel.clock_ns
     assert clock_reads(m) == reads + 2
 
 
-def test_x86_64_the_counter_is_not_read_without_uemus_sentinel_nor_after_it_faulted() -> None:
+@X86
+def test_x86_the_counter_is_not_read_without_uemus_sentinel_nor_after_it_faulted(x86: str) -> None:
     """No sentinel (its death could not be told at once): a fault of the counter's read
     would find no tracer, so the clock alone.  A read that gives 0 (uemu zeroed it after
     a fault) takes the clock too; so does every hit once uemu set SYSCALL_CLOCK, which
     also keeps hits from calling the vDSO (here an address that would fault)."""
-    m = machine_for("x86_64", counter=True)
+    m = machine_for(x86, counter=True)
     jumped = nop_site(m)
     m.counter = 10**12
     for step in (0, 200_000, 10_000):
         assert hit_after(m, jumped, step) == m.kernel.clock_ns
     assert m.counter_reads == 0 and clock_reads(m) == 3
 
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns and m.counter_reads == 1, "a read of 0: the clock"
     assert clock_reads(m) == 1
 
-    m = counter_machine(syscall_clock=True, clock=0xDEAD_0000)
+    m = counter_machine(x86, syscall_clock=True, clock=0xDEAD_0000)
     jumped = nop_site(m)
     m.counter = 10**12
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns and clock_reads(m) == 2, "the system call, not the vDSO"
 
 
-def test_x86_64_a_hit_never_waits_for_one_taking_a_pair() -> None:
+@X86
+def test_x86_a_hit_never_waits_for_one_taking_a_pair(x86: str) -> None:
     """Another hit holds the clock's lock, stopped in the middle of writing a pair (parked
     by uemu, or preempted: the latch odd, the copy it writes half done): a hit past the
     interval reads the other copy's line beyond it, without the clock, and lands on the
     clock's time all the same (the fake clock and counter keep one rate)."""
-    m, jumped = with_a_line()
+    m, jumped = with_a_line(x86)
     reads = clock_reads(m)
     header = m.table.address
     seq = int.from_bytes(m.m.memory.read(header + layout.JUMPS_HEADER.offset("clock_seq"), 4), "little")
@@ -526,13 +534,14 @@ def test_x86_64_a_hit_never_waits_for_one_taking_a_pair() -> None:
     assert clock_reads(m) == reads
 
 
-def test_x86_64_a_lock_left_held_in_a_forked_childs_copy_is_cleared_at_fork() -> None:
+@X86
+def test_x86_a_lock_left_held_in_a_forked_childs_copy_is_cleared_at_fork(x86: str) -> None:
     """The lock held and no pair yet (a thread of the parent was taking the first pair
     when the process forked: the child's copy): hits take the clock, having read the
     counter first (a thread that turned it off must fault there, where uemu takes the
     fault back, not in the vDSO).  uemu clears the child's copy (``forget_clock``), and
     the next hit takes a pair of its own."""
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     m.counter = 10**12
     m.m.memory.write(m.table.address + layout.JUMPS_HEADER.offset("clock_lock"), (1).to_bytes(4, "little"))
@@ -545,11 +554,12 @@ def test_x86_64_a_lock_left_held_in_a_forked_childs_copy_is_cleared_at_fork() ->
     assert clock_pair(m).at == m.counter
 
 
-def test_x86_64_a_pair_taken_across_a_preemption_is_not_kept() -> None:
+@X86
+def test_x86_a_pair_taken_across_a_preemption_is_not_kept(x86: str) -> None:
     """The counter read on both sides of the clock came out far apart (the thread was
     preempted between them): no pair is kept, the hit takes the clock's time, and the
     next hit, read in time, takes the pair."""
-    m = counter_machine()
+    m = counter_machine(x86)
     jumped = nop_site(m)
     m.counter, m.counter_step = 10**12, 3_000_000  # 1 ms between any two reads
     assert hit_after(m, jumped, 0) == m.kernel.clock_ns
@@ -562,8 +572,9 @@ def test_x86_64_a_pair_taken_across_a_preemption_is_not_kept() -> None:
 def test_x86_64_a_threads_records_keep_the_order_of_its_hits() -> None:
     """The thread's last record later than the clock says now (a line read through the
     counter may be ahead by its error): the next record is a nanosecond after it, not
-    before.  The thread's slot holds the time of its last record."""
-    m = counter_machine(thread_pointer=True)
+    before.  The thread's slot holds the time of its last record.  (x86_64: unicorn here
+    emulates no i386 thread pointer.)"""
+    m = counter_machine("x86_64", thread_pointer=True)
     tp = 0x7000_2000
     assert m.set_thread_pointer(tp)
     m.table.thread_started(TID, tp)

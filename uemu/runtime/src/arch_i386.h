@@ -51,12 +51,10 @@
     "    call uemu_hit\n    mov %ebx, %esp\n    mov 32(%esp), %eax\n"               \
     ASM_RESTORE_FLAGS_FROM_EAX "    popal\n    lea 4(%esp), %esp\n    ret\n"
 
-/* uemu_read_counter: the TSC in edx:eax (a uint64_t's return), read only before a call of
- * the vDSO's clock, which faults where the thread turned rdtsc off: this read's fault
- * uemu takes back (eax and edx zeroed, its 2 bytes stepped over: arch/x86.py _TSC_32).
- * No COUNTER_CLOCK: a record's time through the TSC would need 64-bit division, which
- * the runtime has not without libgcc. */
+/* uemu_read_counter: the TSC in edx:eax (a uint64_t's return), as on x86_64 (arch_x86_64.h);
+ * a fault uemu takes back zeroes eax and edx (arch/x86.py _TSC_32). */
 #define ASM_READ_COUNTER "    rdtsc\n    ret\n"
+#define COUNTER_CLOCK 1
 
 /* %gs:0 holds the thread control block's own address (the i386 TLS ABI); a null %gs (no
  * TLS set up yet: early in ld.so) reads as 0 instead of faulting. */

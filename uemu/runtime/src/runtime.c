@@ -733,7 +733,7 @@ static uint64_t checked_clock_ns(const struct jumps_header *j, const struct ring
 #endif
 
 #ifdef COUNTER_CLOCK
-/* The clock read through the CPU's counter (x86_64: the TSC): a hit reads the counter and
+/* The clock read through the CPU's counter (x86: the TSC): a hit reads the counter and
  * interpolates from a pair (counter, CLOCK_MONOTONIC) in the process's jumps header, which
  * the first hit to find it older than COUNTER_REFRESH_NS takes again from the vDSO.  Why: the
  * vDSO's clock (an ordered rdtsc and its seqlock) was a third of a record's cost; a bare
@@ -763,6 +763,18 @@ static struct clock_pair *clock_pairs(struct jumps_header *j)
     return (struct clock_pair *)(void *)j->clock_pairs;
 }
 
+/* A pair's words, each read and written once (relaxed).  i386 (general registers only)
+ * has no 8-byte atomic load or store without libatomic: there two halves, which the
+ * latch makes safe, as it does the pair as a whole (a reader whose copy is written over
+ * meanwhile sees the latch move and reads again). */
+#if __SIZEOF_LONG__ == 8
+#define PAIR_LOAD(p) __atomic_load_n(p, __ATOMIC_RELAXED)
+#define PAIR_STORE(p, v) __atomic_store_n(p, v, __ATOMIC_RELAXED)
+#else
+#define PAIR_LOAD(p) (*(volatile const uint64_t *)(p))
+#define PAIR_STORE(p, v) (*(volatile uint64_t *)(p) = (v))
+#endif
+
 /* The pair hits read now: the copy the latch names, read whole (again if the latch moved
  * meanwhile: the copy may have been written over, which takes a few stores). */
 static struct clock_pair read_pair(struct jumps_header *j)
@@ -775,11 +787,11 @@ static struct clock_pair read_pair(struct jumps_header *j)
 
         seq = __atomic_load_n(&j->clock_seq, __ATOMIC_ACQUIRE);
         copy = &clock_pairs(j)[seq & 1];
-        pair.at = __atomic_load_n(&copy->at, __ATOMIC_RELAXED);
-        pair.truth = __atomic_load_n(&copy->truth, __ATOMIC_RELAXED);
-        pair.base = __atomic_load_n(&copy->base, __ATOMIC_RELAXED);
-        pair.mult = __atomic_load_n(&copy->mult, __ATOMIC_RELAXED);
-        pair.span = __atomic_load_n(&copy->span, __ATOMIC_RELAXED);
+        pair.at = PAIR_LOAD(&copy->at);
+        pair.truth = PAIR_LOAD(&copy->truth);
+        pair.base = PAIR_LOAD(&copy->base);
+        pair.mult = PAIR_LOAD(&copy->mult);
+        pair.span = PAIR_LOAD(&copy->span);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
     } while (__atomic_load_n(&j->clock_seq, __ATOMIC_RELAXED) != seq);
     return pair;
@@ -787,11 +799,11 @@ static struct clock_pair read_pair(struct jumps_header *j)
 
 static void write_copy(struct clock_pair *copy, const struct clock_pair *pair)
 {
-    __atomic_store_n(&copy->at, pair->at, __ATOMIC_RELAXED);
-    __atomic_store_n(&copy->truth, pair->truth, __ATOMIC_RELAXED);
-    __atomic_store_n(&copy->base, pair->base, __ATOMIC_RELAXED);
-    __atomic_store_n(&copy->mult, pair->mult, __ATOMIC_RELAXED);
-    __atomic_store_n(&copy->span, pair->span, __ATOMIC_RELAXED);
+    PAIR_STORE(&copy->at, pair->at);
+    PAIR_STORE(&copy->truth, pair->truth);
+    PAIR_STORE(&copy->base, pair->base);
+    PAIR_STORE(&copy->mult, pair->mult);
+    PAIR_STORE(&copy->span, pair->span);
 }
 
 /* Kernel: raw_write_seqcount_latch() around each copy in turn. */
@@ -807,12 +819,47 @@ static void write_pair(struct jumps_header *j, const struct clock_pair *pair)
     write_copy(&clock_pairs(j)[((seq + 2) & 1) ^ 1], pair);
 }
 
+/* (a * b) >> 32, its low 64 bits.  i386 has no 128-bit type: the product by halves
+ * (floor((ah bh 2^64 + (ah bl + al bh) 2^32 + al bl) / 2^32), every term exact but the
+ * last, modulo 2^64). */
+static uint64_t mul_shift32(uint64_t a, uint64_t b)
+{
+#ifdef __SIZEOF_INT128__
+    return (uint64_t)(((unsigned __int128)a * b) >> 32);
+#else
+    uint64_t al = (uint32_t)a, ah = a >> 32, bl = (uint32_t)b, bh = b >> 32;
+
+    return ((ah * bh) << 32) + ah * bl + al * bh + ((al * bl) >> 32);
+#endif
+}
+
+/* n / d.  i386 has no 64-bit division without libgcc: shift and subtract, once a pair
+ * (d below 2^63 here: a count of the counter or a rate). */
+static uint64_t div64(uint64_t n, uint64_t d)
+{
+#if __SIZEOF_LONG__ == 8
+    return n / d;
+#else
+    uint64_t q = 0, r = 0;
+    int i;
+
+    for (i = 63; i >= 0; i--) {
+        r = r << 1 | ((n >> i) & 1);
+        if (r >= d) {
+            r -= d;
+            q |= 1ULL << i;
+        }
+    }
+    return q;
+#endif
+}
+
 /* The line's time at ``counter``, before or after the pair's. */
 static uint64_t interpolate(const struct clock_pair *pair, uint64_t counter)
 {
     if (counter >= pair->at)
-        return pair->base + (uint64_t)(((unsigned __int128)(counter - pair->at) * pair->mult) >> 32);
-    return pair->base - (uint64_t)(((unsigned __int128)(pair->at - counter) * pair->mult) >> 32);
+        return pair->base + mul_shift32(counter - pair->at, pair->mult);
+    return pair->base - mul_shift32(pair->at - counter, pair->mult);
 }
 
 /* The time at ``counter`` when no new pair can be had: the line as it is, or the clock
@@ -864,13 +911,14 @@ static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *o
     if (!old->truth || dn >= COUNTER_RATE_MAX_NS || (int64_t)dc <= 0) {
         /* the first pair, or a long pause: start again, the rate as it was */
     } else if (dn >= COUNTER_RATE_MIN_NS) {
-        rate = (dn << 32) / dc;
+        rate = div64(dn << 32, dc);
         if (old->mult && dc < 4 * old->span) {
             uint64_t line = interpolate(old, at);
             int64_t off = (int64_t)(line - truth);
 
             if (off < COUNTER_SLEW_MAX_NS && off > -COUNTER_SLEW_MAX_NS) {
-                int64_t slew = (off * (1LL << 32)) / (int64_t)dc;
+                uint64_t step = div64((uint64_t)(off < 0 ? -off : off) << 32, dc);
+                int64_t slew = off < 0 ? -(int64_t)step : (int64_t)step;
 
                 pair.base = line;
                 rate = (int64_t)rate - slew > (int64_t)(rate / 2) ? rate - (uint64_t)slew : rate / 2;
@@ -880,7 +928,7 @@ static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *o
     } else {
         return truth; /* too young to measure a rate (no line yet: hits take the clock) */
     }
-    pair.span = pair.mult ? (COUNTER_REFRESH_NS << 32) / pair.mult : 0;
+    pair.span = pair.mult ? div64(COUNTER_REFRESH_NS << 32, pair.mult) : 0;
     if (uemu_read_counter() - at > COUNTER_PAIR_AGE_MAX) /* parked or preempted since: stale */
         return line_or_clock(j, old, counter);
     write_pair(j, &pair);
