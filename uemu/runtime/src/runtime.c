@@ -685,12 +685,24 @@ static long futex(uint32_t *word, long op, uint32_t value, const struct timespec
     return uemu_syscall(SYS_futex, (long)word, op, value, (long)timeout, 0, 0);
 }
 
+static uint64_t ns_of(const struct timespec *ts)
+{
+    return (uint64_t)ts->sec * 1000000000ULL + (uint64_t)ts->nsec;
+}
+
 static uint64_t syscall_clock_ns(void)
 {
     struct timespec ts = { 0, 0 };
 
     uemu_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, (long)&ts, 0, 0, 0, 0);
-    return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
+    return ns_of(&ts);
+}
+
+/* Whether hits may call the vDSO's clock: the process has one, and no thread of it was
+ * found with the counter that clock reads turned off (SYSCALL_CLOCK). */
+static int vdso_clock_usable(const struct jumps_header *j)
+{
+    return j->clock && !(__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK);
 }
 
 /* CLOCK_MONOTONIC from the vDSO (the system call without one, or where it would fault).
@@ -699,10 +711,10 @@ static uint64_t clock_ns(const struct jumps_header *j)
 {
     struct timespec ts = { 0, 0 };
 
-    if (!j->clock || (__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK))
+    if (!vdso_clock_usable(j))
         return syscall_clock_ns();
     ((long (*)(long, struct timespec *))(uintptr_t)j->clock)(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.sec * 1000000000ULL + (uint64_t)ts.nsec;
+    return ns_of(&ts);
 }
 
 #ifdef ASM_READ_COUNTER
@@ -718,8 +730,7 @@ static uint64_t checked_clock_ns(const struct jumps_header *j, const struct ring
 {
     uint32_t owner = load(&r->owner);
 
-    if (!j->clock || (__atomic_load_n(&j->flags, __ATOMIC_RELAXED) & JUMPS_FLAG_SYSCALL_CLOCK) || !owner ||
-        (owner & FUTEX_OWNER_DIED))
+    if (!vdso_clock_usable(j) || !owner || (owner & FUTEX_OWNER_DIED))
         return syscall_clock_ns();
     uemu_read_counter(); /* 0 if refused: then SYSCALL_CLOCK is set, and clock_ns takes the system call */
     return clock_ns(j);
