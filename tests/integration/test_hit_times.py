@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from samplelog import Line, run_traced
+from samplelog import Line, Run, run_traced
 
 from uemu import arch as arches
 from uemu import jumps as jump_path
@@ -24,6 +24,16 @@ def bounds(lines: list[Line]) -> dict[tuple[int, int], tuple[int, int]]:
     """(thread, hit number) -> the program's clock right before and right after it."""
     return {(line.tid, int(line.values[0])): (int(line.values[1]), int(line.values[2]))
             for line in lines if line.kind == "bounds"}
+
+
+def skip_unless_jumped(run: Run) -> None:
+    if run.session.jumps is None or not run.session.jumps.read:
+        pytest.skip("clock:tick kept the trap in this process (no jump fits, or its pun target was taken)")
+
+
+def hit_times(run: Run) -> list[tuple[int, int, int]]:
+    """(thread, hit number, time) of each hit uemu reported."""
+    return [(event.tid, int(event.args[1]), event.ts_ns) for event in run.events if event.args]
 
 
 COUNTER_ERROR_NS = 1_000
@@ -53,11 +63,11 @@ def test_each_hits_time_lies_between_the_programs_own_reads_of_the_clock(jump_bu
     vDSO; through the counter, within its documented error."""
     run = run_traced([jump_build.directory / "clock", str(THREADS), str(BURSTS)], ("clock:tick",), jumps=jumps)
     assert run.exit_status == 0
-    if jumps and (run.session.jumps is None or not run.session.jumps.read):
-        pytest.skip("clock:tick kept the trap in this process (no jump fits, or its pun target was taken)")
+    if jumps:
+        skip_unless_jumped(run)
     known = bounds(run.lines)
     assert len(known) == THREADS * BURSTS * BURST
-    times = [(event.tid, int(event.args[1]), event.ts_ns) for event in run.events if event.args]
+    times = hit_times(run)
     assert len(times) == len(known)
     counter = jumps and counter_is_the_clock(arches.by_name(jump_build.target))
     assert outside(times, known, COUNTER_ERROR_NS if counter else 0) == []
@@ -82,10 +92,9 @@ def test_a_thread_that_turned_its_counter_off_is_traced_with_the_system_calls_cl
         monkeypatch.setattr(jump_path, "counter_is_the_clock", lambda arch: False)
     run = run_traced([jump_build.directory / "clock", "2", "8", "tsc-off"], ("clock:tick",), jumps=True)
     assert run.exit_status == 0
-    if run.session.jumps is None or not run.session.jumps.read:
-        pytest.skip("clock:tick kept the trap in this process (no jump fits, or its pun target was taken)")
+    skip_unless_jumped(run)
     assert re.search(r"thread \d+ cannot read the CPU's counter", capfd.readouterr().err)
     known = bounds(run.lines)
-    times = [(event.tid, int(event.args[1]), event.ts_ns) for event in run.events if event.args]
+    times = hit_times(run)
     assert len(known) == 2 * 8 * BURST and len(times) == len(known)
     assert outside(times, known) == []  # the system call's clock, exact
