@@ -24,6 +24,9 @@
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
+/* On a hit's usual way: inlined, whatever the compiler would weigh (a call, its saves
+ * and a struct copied through memory cost as much as the work). */
+#define HOT inline __attribute__((always_inline))
 
 #include "layout.h" /* generated: the table's records, the area's sizes, this ABI's facts */
 
@@ -788,7 +791,7 @@ static struct clock_pair *clock_pairs(struct jumps_header *j)
 
 /* The pair hits read now: the copy the latch names, read whole (again if the latch moved
  * meanwhile: the copy may have been written over, which takes a few stores). */
-static struct clock_pair read_pair(struct jumps_header *j)
+static HOT struct clock_pair read_pair(struct jumps_header *j)
 {
     struct clock_pair pair;
     uint32_t seq;
@@ -866,7 +869,7 @@ static uint64_t div64(uint64_t n, uint64_t d)
 }
 
 /* The line's time at ``counter``, before or after the pair's. */
-static uint64_t interpolate(const struct clock_pair *pair, uint64_t counter)
+static HOT uint64_t interpolate(const struct clock_pair *pair, uint64_t counter)
 {
     if (counter >= pair->at)
         return pair->base + mul_shift32(counter - pair->at, pair->mult);
@@ -946,11 +949,40 @@ static uint64_t refresh_clock(struct jumps_header *j, const struct clock_pair *o
     return pair.base;
 }
 
-static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
+/* The line's time at ``counter`` in ``*ns``, if the pair the latch names covers it: a
+ * hit's usual way, inlined whole (no call, no copy of the pair). */
+static HOT int on_line(struct jumps_header *j, uint64_t counter, uint64_t *ns)
+{
+    struct clock_pair pair = read_pair(j);
+
+    if (!pair.mult || (counter - pair.at >= pair.span && pair.at - counter >= pair.span))
+        return 0;
+    *ns = interpolate(&pair, counter);
+    return 1;
+}
+
+/* The time at ``counter`` off the line: the clock while there is no rate yet, a pair
+ * taken again, or the line as it is while another hit takes one.  Once a millisecond:
+ * out of line, so that the hit's own frame stays small. */
+static __attribute__((noinline)) uint64_t off_line_ns(struct jumps_header *j, uint64_t counter)
+{
+    struct clock_pair pair = read_pair(j);
+    uint64_t now;
+
+    if (pair.truth && !pair.mult && (now = clock_ns(j)) - pair.truth < COUNTER_RATE_MIN_NS)
+        return now; /* no rate yet: the clock, until the pair is old enough */
+    if (cas(&j->clock_lock, 0, 1) != 0) /* another hit is taking a pair */
+        return line_or_clock(j, &pair, counter);
+    pair = read_pair(j); /* as the last hit to hold the lock left it */
+    now = pair.mult && counter - pair.at < pair.span ? interpolate(&pair, counter) : refresh_clock(j, &pair, counter);
+    store(&j->clock_lock, 0);
+    return now;
+}
+
+static HOT uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
 {
     uint32_t owner = load(&r->owner);
     uint64_t counter, now;
-    struct clock_pair pair;
 
     /* Only while uemu's sentinel holds the ring: a fault of the counter's read (prctl
      * PR_SET_TSC) must reach uemu, or it would kill the program. */
@@ -963,17 +995,7 @@ static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
     counter = uemu_read_counter();
     if (!counter)
         return clock_ns(j); /* uemu found the counter turned off for this thread */
-    pair = read_pair(j);
-    if (pair.mult && (counter - pair.at < pair.span || pair.at - counter < pair.span))
-        return interpolate(&pair, counter);
-    if (pair.truth && !pair.mult && (now = clock_ns(j)) - pair.truth < COUNTER_RATE_MIN_NS)
-        return now; /* no rate yet: the clock, until the pair is old enough */
-    if (cas(&j->clock_lock, 0, 1) != 0) /* another hit is taking a pair */
-        return line_or_clock(j, &pair, counter);
-    pair = read_pair(j); /* as the last hit to hold the lock left it */
-    now = pair.mult && counter - pair.at < pair.span ? interpolate(&pair, counter) : refresh_clock(j, &pair, counter);
-    store(&j->clock_lock, 0);
-    return now;
+    return on_line(j, counter, &now) ? now : off_line_ns(j, counter);
 }
 #else
 static uint64_t now_ns(struct jumps_header *j, const struct ring_header *r)
@@ -1026,7 +1048,7 @@ done:
 /* A look at TracerPid is due: no thread of any process sharing the ring has asked lately
  * (one asks, the others go on), and at a hit, uemu's reader has not looked at the ring
  * for a while (a heartbeat ahead of this thread's clock is a fresh one). */
-static int check_due(struct ring_header *r, uint32_t now, int at_hit)
+static HOT int check_due(struct ring_header *r, uint32_t now, int at_hit)
 {
     uint32_t last = load(&r->checked);
 
@@ -1039,7 +1061,7 @@ static int check_due(struct ring_header *r, uint32_t now, int at_hit)
  * says so at once in ``owner`` (uemu's sentinel thread holds it in its robust futex list:
  * exit_robust_list() sets FUTEX_OWNER_DIED when uemu dies, SIGKILL too); without a
  * sentinel, TracerPid is asked now and then. */
-static int uemu_gone(struct table_header *t, struct ring_header *r, uint64_t now, int at_hit)
+static HOT int uemu_gone(struct table_header *t, struct ring_header *r, uint64_t now, int at_hit)
 {
     if (!(load(&r->owner) & FUTEX_OWNER_DIED) && (!check_due(r, coarse(now), at_hit) || tracer_alive(t)))
         return 0;
@@ -1117,7 +1139,7 @@ static uint16_t *stamp_of(struct ring_header *r, uint32_t pos)
     return (uint16_t *)((uint8_t *)r + r->data_off + r->size) + ((pos & (r->size - 1)) >> 3);
 }
 
-static void commit(struct ring_header *r, uint32_t pos, uint32_t len, uint32_t flags)
+static HOT void commit(struct ring_header *r, uint32_t pos, uint32_t len, uint32_t flags)
 {
     uint32_t n = len >> 3, i;
     uint16_t *stamps = stamp_of(r, pos);
