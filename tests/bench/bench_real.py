@@ -26,6 +26,10 @@ after one warm-up round; figures are the medians of --repeat rounds, each with t
 - java: OpenJDK 17 runs a class that starts threads, with hotspot's thread__start,
   thread__stop and class__loaded probes.  Figure: wall seconds.
 
+A ratio is of the medians, and "by round" the median of each round's ratio to that
+round's untraced run (rounds run back to back: this machine's speed drifts between
+rounds by more than the goals' margins).
+
 Per run: the hits per probe (bpftrace's are the oracle: uemu's must be equal; a
 difference is printed as MISMATCH with the command to reproduce it), how many probed
 sites took a jump (the byte at each site, read in the traced processes: 0xe9 a jump
@@ -465,7 +469,8 @@ def report(workload: Workload) -> None:
     medians = {mode: statistics.median(r.figure for r in runs[1:]) for mode, runs in workload.runs.items()}
     for mode, runs in workload.runs.items():
         kept = runs[1:]
-        ratios = f"{medians[mode] / medians['untraced']:6.2f}x untraced"
+        paired = statistics.median(r.figure / u.figure for r, u in zip(kept, workload.runs["untraced"][1:], strict=True))
+        ratios = f"{medians[mode] / medians['untraced']:6.2f}x untraced ({paired:.2f}x by round)"
         if mode.startswith("uemu"):
             ratios += f"  {medians[mode] / medians['bpftrace']:6.2f}x bpftrace"
             if BPFTRACE_C in medians:
