@@ -468,8 +468,8 @@ def report(workload: Workload) -> None:
           "warm-up)", flush=True)
     medians = {mode: statistics.median(r.figure for r in runs[1:]) for mode, runs in workload.runs.items()}
     for mode, runs in workload.runs.items():
-        kept = runs[1:]
-        paired = statistics.median(r.figure / u.figure for r, u in zip(kept, workload.runs["untraced"][1:], strict=True))
+        kept, untraced = runs[1:], workload.runs["untraced"][1:]
+        paired = statistics.median(r.figure / u.figure for r, u in zip(kept, untraced, strict=True))
         ratios = f"{medians[mode] / medians['untraced']:6.2f}x untraced ({paired:.2f}x by round)"
         if mode.startswith("uemu"):
             ratios += f"  {medians[mode] / medians['bpftrace']:6.2f}x bpftrace"
