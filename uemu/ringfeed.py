@@ -25,12 +25,13 @@ main thread with a signal whose handler interrupts a tracee.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import itertools
 import sys
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 
 from .events import Event
 from .uprobes import Consumer
@@ -78,6 +79,7 @@ class _SwitchInterval:
 
 
 _short_turns = _SwitchInterval()
+_TIME = itemgetter(0)
 
 
 class RingFeed:
@@ -98,7 +100,10 @@ class RingFeed:
         must notice, and ``stop`` raises the error in its thread."""
         self.lock = threading.RLock()
         """Held while handlers run; the session holds it to deliver or change its own state."""
-        self._heap: list[tuple[int, int, Consumer, Event]] = []
+        self._waiting: list[tuple[int, int, Consumer, Event]] = []
+        """Ring events not handed out yet: in time order up to ``_sorted``, then as taken
+        since (time, then arrival: one thread's records in the order of its hits)."""
+        self._sorted = 0
         self._newest = 0
         """The newest ring event's time so far."""
         self._flush_at = FLUSH_EVERY
@@ -133,11 +138,11 @@ class RingFeed:
         if event is None:
             self._deliver(consumer, None)
             return
-        ts_ns, heap = event.ts_ns, self._heap
-        heapq.heappush(heap, (ts_ns, next(self._order), consumer, event))
+        ts_ns, waiting = event.ts_ns, self._waiting
+        waiting.append((ts_ns, next(self._order), consumer, event))
         if ts_ns > self._newest:
             self._newest = ts_ns
-        if len(heap) >= self._flush_at:
+        if len(waiting) >= self._flush_at:
             self.flush(min(self._newest - self.window_ns, self._until))
 
     # ---- the reader thread ----------------------------------------------------------------
@@ -165,7 +170,7 @@ class RingFeed:
                 if got:
                     time.sleep(BATCH_SLEEP_S)
                 else:
-                    self._wait(self.window_ns if self._heap else self.poll_ns)
+                    self._wait(self.window_ns if self._waiting else self.poll_ns)
         except BaseException as err:  # noqa: BLE001  (reported by stop(), in the loop's thread)
             self.error = err
             if self.on_error is not None:
@@ -173,16 +178,44 @@ class RingFeed:
 
     def flush(self, before_ns: int | None = None) -> int:
         """Deliver, in time order, every waiting event older than ``before_ns`` (all of
-        them when None); returns how many."""
-        count = 0
+        them when None); returns how many.
+
+        Why a sorted list, not a heap: a heap's push and pop cost a Python call and a
+        climb each, a quarter of the reader's time at a record per 50 ns (py-spy); the
+        events taken since the last flush are mostly in time order already (a ring's
+        records come in the order they were reserved), and list.sort sorts such runs in
+        C in about one pass."""
         with self.lock:
-            heap = self._heap
-            while heap and (before_ns is None or heap[0][0] <= before_ns):
-                _, _, consumer, event = heapq.heappop(heap)
-                self._deliver(consumer, event)
-                count += 1
-            self._flush_at = len(heap) + FLUSH_EVERY
-        return count
+            waiting = self._waiting
+            self._sort(waiting)
+            cut = len(waiting) if before_ns is None else bisect.bisect_right(waiting, before_ns, key=_TIME)
+            ready = waiting[:cut]
+            del waiting[:cut]
+            self._sorted = len(waiting)
+            self._flush_at = len(waiting) + FLUSH_EVERY
+            for done, (_, _, consumer, event) in enumerate(ready):
+                try:
+                    self._deliver(consumer, event)
+                except BaseException:
+                    waiting[:0] = ready[done + 1:]  # not handed out: they wait as before
+                    self._sorted += len(ready) - done - 1
+                    raise
+        return len(ready)
+
+    def _sort(self, waiting: list[tuple[int, int, Consumer, Event]]) -> None:
+        """The events taken since the last flush sorted, then merged into the sorted ones
+        from where the oldest of them belongs: a window's events are not sorted again."""
+        done = self._sorted
+        if done == len(waiting):
+            return
+        fresh = waiting[done:]
+        fresh.sort()
+        start = bisect.bisect_right(waiting, fresh[0], 0, done)
+        if start < done:
+            fresh = waiting[start:done] + fresh
+            fresh.sort()
+        waiting[start:] = fresh
+        self._sorted = len(waiting)
 
     def stop(self, final_drain: Callable[[Deliver], int] | None = None) -> None:
         """End the reader thread, drain one last time (``final_drain``: the rings' last

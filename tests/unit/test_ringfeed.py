@@ -4,7 +4,9 @@ sleeps when idle, and hands an error back to the loop's thread."""
 
 from __future__ import annotations
 
+import itertools
 import mmap
+import random
 import sys
 import threading
 import time
@@ -98,7 +100,7 @@ def test_an_error_in_the_reader_reaches_the_loop() -> None:
 
 
 def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> None:
-    """A reader far behind: the heap does not hold a whole ring.  Before a trap hit, still
+    """A reader far behind: the waiting events are not a whole ring's.  Before a trap hit, still
     nothing younger than the hit goes out first."""
     count = FLUSH_EVERY + 10
     delivered: list[int] = []
@@ -119,6 +121,52 @@ def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> No
     feed._drain = drain
     feed.before(5000)
     assert during == [6] and delivered == [0, 1000, 2000, 3000, 4000, 5000], "none younger than the trap hit"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batches_out_of_order_leave_as_one_time_order_would(seed: int) -> None:
+    """Batches whose events run back in time (threads' records finished out of order, a
+    late one older than events already sorted) against a model that sorts everything
+    taken so far: each trap hit hands out exactly the events at or before it, in time
+    order, then arrival order among equal times."""
+    rng = random.Random(seed)
+    batches = [[event(rng.randrange(0, 1000 + 300 * n), tid=n) for _ in range(rng.randrange(0, 3000))]
+               for n in range(12)]
+    delivered: list[tuple[int, int]] = []
+    feed = RingFeed(ring([list(b) for b in batches]), lambda ns: None,
+                    lambda c, e: delivered.append((e.ts_ns, e.tid)), window_ns=1 << 40)
+    model: list[tuple[int, int, int]] = []
+    arrival = itertools.count()
+    for n, batch in enumerate(batches):
+        cut = rng.randrange(0, 1000 + 300 * n)
+        model.extend((e.ts_ns, next(arrival), e.tid) for e in batch)
+        model.sort()
+        expected = [(ts, tid) for ts, _, tid in model if ts <= cut]
+        model = [m for m in model if m[0] > cut]
+        delivered.clear()
+        feed.before(cut)
+        assert delivered == expected
+    delivered.clear()
+    feed.stop()
+    assert delivered == [(ts, tid) for ts, _, tid in model]
+
+
+def test_a_handler_that_fails_leaves_the_events_after_it_waiting() -> None:
+    delivered: list[int] = []
+
+    def deliver(consumer: Consumer, e: Event | None) -> None:
+        assert e is not None
+        if e.ts_ns == 20 and 20 not in delivered:
+            delivered.append(20)
+            raise RuntimeError("a handler failed")
+        delivered.append(e.ts_ns)
+
+    feed = RingFeed(ring([[event(30), event(10), event(20)]]), lambda ns: None, deliver, window_ns=100)
+    with pytest.raises(RuntimeError):
+        feed.before(25)
+    assert delivered == [10, 20]
+    feed.stop()
+    assert delivered == [10, 20, 30]
 
 
 def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
