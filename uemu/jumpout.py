@@ -35,7 +35,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from . import errors, ptrace, xol
-from .jumps import JumpPath, in_vdso
+from .jumpfacts import in_vdso
+from .jumps import JumpPath
 from .stops import Stop, StopKind, classify, is_step_trap
 from .tasks import Task
 from .tracer import Tracer

@@ -23,7 +23,8 @@ from tracee import Tracee, wait_until
 from uemu import inject, ptrace
 from uemu.arch import by_name
 from uemu.events import Event
-from uemu.jumps import Jump, JumpPath, Trap, thread_pointer
+from uemu.jumpfacts import thread_pointer
+from uemu.jumps import Jump, JumpPath, Trap
 from uemu.maps import read_maps
 from uemu.net import Net, map_area
 from uemu.objects import MappedObject, mapped_objects

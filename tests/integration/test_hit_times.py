@@ -15,7 +15,7 @@ from samplelog import Line, Run, run_traced
 
 from uemu import arch as arches
 from uemu import jumps as jump_path
-from uemu.jumps import counter_is_the_clock, counter_of
+from uemu.jumpfacts import counter_is_the_clock, counter_of
 
 THREADS, BURSTS, BURST = 4, 24, 16
 

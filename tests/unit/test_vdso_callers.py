@@ -1,5 +1,5 @@
 """Whether a thread stopped in the vDSO was called from the jump path's code
-(``jumps.called_from``), which leaving must then move out: a register or a word at the
+(``jumpfacts.called_from``), which leaving must then move out: a register or a word at the
 top of its stack pointing into the code says so, unless the thread is inside a blocking
 system call of the program's (i386's ``__kernel_vsyscall``), which stepping would restart
 with the trap flag."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from uemu.arch import by_name
-from uemu.jumps import called_from
+from uemu.jumpfacts import called_from
 
 M32 = (1 << 32) - 1
 CODE = [(0x5662B000, 0x5682B000)]
