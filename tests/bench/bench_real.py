@@ -467,8 +467,9 @@ def report(workload: Workload) -> None:
     print(f"\n{workload.name} ({workload.unit}; median of {len(workload.runs['untraced']) - 1} rounds after a "
           "warm-up)", flush=True)
     medians = {mode: statistics.median(r.figure for r in runs[1:]) for mode, runs in workload.runs.items()}
+    untraced = workload.runs["untraced"][1:]
     for mode, runs in workload.runs.items():
-        kept, untraced = runs[1:], workload.runs["untraced"][1:]
+        kept = runs[1:]
         paired = statistics.median(r.figure / u.figure for r, u in zip(kept, untraced, strict=True))
         ratios = f"{medians[mode] / medians['untraced']:6.2f}x untraced ({paired:.2f}x by round)"
         if mode.startswith("uemu"):
