@@ -651,7 +651,7 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
 
 def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object], pid: int | None) -> None:
     """One line per site: the path its hits will take (uemu/jumps.py decides)."""
-    from .jumps import plan_of_site
+    from .jumps import Neighbours, plan_of_site
     from .process import start_brk
 
     vmas = read_maps(pid) if pid is not None else None
@@ -662,12 +662,12 @@ def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object]
         if at is not None:
             sites.setdefault(row.probe.object, []).append(at)
     elves = {elf.path: elf for elf in (sdt.open_elf(obj) for obj in sites)}
+    neighbours = {obj: Neighbours(sorted(at)) for obj, at in sites.items()}
     for row in rows:
         p, where = row.probe, row.runtime_address if row.in_process else row.probe.address
         if p.file_offset is None or where is None:
             continue
-        plan = plan_of_site(elves[p.object], p.file_offset, where, (a for a in sites[p.object] if a != where), vmas,
-                            brk)
+        plan = plan_of_site(elves[p.object], p.file_offset, where, neighbours[p.object], vmas, brk)
         if as_json:
             write(json.dumps({"object": p.object, "provider": p.provider, "name": p.name, "address": where,
                               "plan": plan.path, "why": plan.why}) + "\n")

@@ -22,6 +22,7 @@ left behind without a tracer would kill the process.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -210,6 +211,9 @@ class Uprobes:
     def __init__(self, warn: Callable[[str], None]):
         self.by_site: dict[tuple[int, int, int], Uprobe] = {}
         self.by_file: dict[FileId, list[Uprobe]] = {}
+        self.offsets_by_file: dict[FileId, list[int]] = {}
+        """Each file's uprobe offsets, sorted: the jump path asks which sites lie near
+        one, a bisection rather than a walk over every site of the file."""
         self.warn = warn
         self.jumps: JumpSites | None = None
         """The jump path, where the session uses it: sites where a jump fits take it."""
@@ -231,6 +235,7 @@ class Uprobes:
             uprobe = self._new_uprobe(mapped, offset, ref_ctr_offset)
             self.by_site[key] = uprobe
             self.by_file.setdefault(mapped.file_id, []).append(uprobe)
+            bisect.insort(self.offsets_by_file.setdefault(mapped.file_id, []), offset)
         elif uprobe.ref_ctr_offset != ref_ctr_offset:
             raise errors.UprobeError(
                 f"{mapped.elf.path}: ref_ctr_offset mismatch. inode: {mapped.file_id[1]:#x} "

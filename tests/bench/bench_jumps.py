@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT / "tests" / "bench")]
 from bench_hits import BENCH, _tracefs_append, loop_ns, run_sample  # noqa: E402
 
 from uemu import sdt  # noqa: E402
-from uemu.jumps import plan_of_site  # noqa: E402
+from uemu.jumps import Neighbours, plan_of_site  # noqa: E402
 from uemu.maps import read_maps  # noqa: E402
 from uemu.objects import mapped_objects  # noqa: E402
 from uemu.process import start_brk  # noqa: E402
@@ -143,8 +143,8 @@ def per_hit(n: int, repeat: int) -> None:
 
 def file_share(path: str) -> Counter[str]:
     elf = sdt.open_elf(path)
-    addresses = [p.address for p in elf.probes]
-    return Counter(plan_of_site(elf, p.file_offset, p.address, (a for a in addresses if a != p.address)).path
+    neighbours = Neighbours(sorted(p.address for p in elf.probes))
+    return Counter(plan_of_site(elf, p.file_offset, p.address, neighbours).path
                    for p in elf.probes if p.file_offset is not None)
 
 
@@ -154,13 +154,12 @@ def process_share(pid: int, path: str) -> Counter[str] | None:
     if mapped is None:
         return None
     vmas, brk = read_maps(pid), start_brk(pid)
-    addresses = [mapped.runtime_address(p.file_offset) for p in mapped.elf.probes if p.file_offset is not None]
+    offsets = sorted(p.file_offset for p in mapped.elf.probes if p.file_offset is not None)
     out: Counter[str] = Counter()
-    for probe in mapped.elf.probes:
-        where = mapped.runtime_address(probe.file_offset) if probe.file_offset is not None else None
+    for offset in offsets:
+        where = mapped.runtime_address(offset)
         if where is not None:
-            others = (a for a in addresses if a != where)
-            out[plan_of_site(mapped.elf, probe.file_offset, where, others, vmas, brk).path] += 1  # type: ignore[arg-type]
+            out[plan_of_site(mapped.elf, offset, where, Neighbours(offsets, where - offset), vmas, brk).path] += 1
     return out
 
 

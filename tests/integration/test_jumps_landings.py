@@ -10,7 +10,7 @@ import pytest
 from jumptrace import jump_traced, started_sample
 from test_jumps import seizable
 
-from uemu.jumps import LANDING_SIZE, Jump, plan_of_site
+from uemu.jumps import LANDING_SIZE, Jump, Neighbours, plan_of_site
 from uemu.maps import read_maps
 from uemu.objects import mapped_objects
 from uemu.process import start_brk
@@ -28,9 +28,9 @@ def planned_paths(pid: int) -> dict[int, str]:
     paths = {}
     for mapped in objects:
         sites = {mapped.runtime_address(p.file_offset): p for p in mapped.elf.probes if p.file_offset is not None}
+        others = Neighbours(sorted(a for a in sites if a is not None))
         for where, probe in sites.items():
             if where is not None:
-                others = (a for a in sites if a is not None and a != where)
                 paths[where] = plan_of_site(mapped.elf, probe.file_offset, where, others, vmas, start_brk(pid)).path
     return paths
 

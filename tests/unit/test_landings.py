@@ -4,11 +4,12 @@ bytes-backed fake address space: no process, the injected mmap a dict's insert."
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
-from uemu.jumps import LANDING_SIZE, Jump, JumpPath, _MmJumps, first_fit, landing_refused, meeting
+from uemu.jumps import LANDING_SIZE, Jump, JumpPath, Neighbours, _MmJumps, first_fit, landing_refused, meeting
 from uemu.jumptable import JumpTable
 from uemu.maps import HEAP_ROOM, Vma
 from uemu.net import Net
@@ -38,6 +39,20 @@ def test_first_fit_takes_the_lowest_aligned_gap_that_holds_the_size() -> None:
     assert first_fit(taken, 0x1000, 0x2000, 0x2C) == 0x1008
     assert first_fit([], 0x1003, 0x2000, 8) == 0x1008
     assert first_fit(taken, 0x1000, 0x1080, 96) is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_neighbours_within_a_jump_are_found_as_a_walk_over_every_site_finds_them(seed: int) -> None:
+    """The bisection against the walk it replaced (every other site, ``low < where < high``),
+    with sites packed closer than a pun's five bytes, duplicates and a shift."""
+    rng = random.Random(seed)
+    offsets = sorted(rng.randrange(0x1000, 0x1100) for _ in range(rng.randrange(0, 60)))
+    shift = rng.choice([0, 0x7F0000000000 - 0x1000, -0x800])
+    neighbours = Neighbours(offsets, shift)
+    for low in range(0x0FF0 + shift, 0x1110 + shift):
+        high = low + rng.choice([1, 2, 5, 6, 11])
+        walked = [at + shift for at in offsets if low < at + shift < high]
+        assert neighbours.first_within(low, high) == (min(walked) if walked else None), (low, high)
 
 
 def test_meeting_finds_ranges_across_a_page_boundary() -> None:
