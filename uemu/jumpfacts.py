@@ -21,7 +21,7 @@ from uemu.arch import Arch
 from uemu.arch.jump import Counter, ThreadPointerSource
 
 from . import errors, ptrace
-from .maps import Vma
+from .maps import Vma, vma_at
 from .uprobes import Mm
 
 _VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
@@ -50,13 +50,15 @@ def called_from(arch: Arch, regs: Mapping[str, int], stack: bytes, ranges: Seque
 
 
 def in_vdso(mm: Mm, address: int) -> bool:
-    return any(v.path == "[vdso]" and v.start <= address < v.end for v in mm.vmas)
+    vma = vma_at(mm.vmas, address)
+    return vma is not None and vma.path == "[vdso]"
 
 
 def stack_of(mm: Mm, address: int) -> int | None:
     """The start of the mapping (as uemu last read the maps) that holds stack address
     ``address``: a thread's stack, or an alternate signal stack."""
-    return next((v.start for v in mm.vmas if v.start <= address < v.end), None)
+    vma = vma_at(mm.vmas, address)
+    return None if vma is None else vma.start
 
 
 def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:

@@ -85,8 +85,8 @@ from .jumpfacts import (
     vdso_clock,
 )
 from .jumptable import JumpTable
-from .maps import Vma, heap_growth, is_probe_vma, read_maps
-from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, InjectedCall, Net
+from .maps import PROT_EXEC, PROT_READ, Vma, heap_growth, is_probe_vma, prot_at, read_maps
+from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, InjectedCall, Net
 from .runtime import layout
 from .runtime.layout import JumpsFlags, JumpsState
 from .uprobes import Consumer, Mm, Uprobe, Uprobes
@@ -500,7 +500,7 @@ class JumpPath:
                 continue
             original = memory.read(at, min(backend.max_insn_len, PAGE - at % PAGE))
             trap = backend.trap_bytes(original)
-            state.net.add_site(at, original, trap, _prot(mm.vmas, at))
+            state.net.add_site(at, original, trap, prot_at(mm.vmas, at))
             memory.write(at, trap)
             state.traps[at] = original[:len(trap)]
             ways[at] = site.resume
@@ -552,7 +552,7 @@ class JumpPath:
             state.table.set_site(placed.index, site.vaddr, ident, jump.program, counter)
         except errors.UemuError as why:
             return Trap(str(why))
-        state.net.add_site(site.at, current, placed.written, _prot(mm.vmas, site.at))
+        state.net.add_site(site.at, current, placed.written, prot_at(mm.vmas, site.at))
         self._write_jump(state, site.at, placed.written)
         placed.armed = True
         state.sites[site.vaddr] = placed
@@ -1044,14 +1044,6 @@ def _captured(strings: dict[int, bytes]) -> Callable[[int, int], bytes | None]:
         return None if found is None else found[:limit]
 
     return read_string
-
-
-def _prot(vmas: Sequence[Vma], address: int) -> int:
-    for vma in vmas:
-        if vma.start <= address < vma.end:
-            return (PROT_READ if vma.readable else 0) | (PROT_EXEC if vma.executable else 0) | \
-                (2 if vma.writable else 0)
-    return PROT_READ | PROT_EXEC
 
 
 _MMAP_MIN_ADDR: int | None = None

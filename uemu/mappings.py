@@ -64,7 +64,7 @@ from uemu import arch as arches
 from uemu.arch.base import MappingSyscall
 
 from . import ptrace, seccomp
-from .maps import Vma, read_maps
+from .maps import Vma, read_maps, vma_at
 from .objects import MappedObject, mapped_objects
 from .tasks import Task
 from .uprobes import FileId, Mm, Uprobe, Uprobes
@@ -182,8 +182,8 @@ class RendezvousTracker(Tracker):
         word = mm.arch.word_size
         # struct r_debug { int r_version; struct link_map *r_map; ElfW(Addr) r_brk; ... }
         r_brk = int.from_bytes(mm.memory.read(r_debug + 2 * word, word), mm.arch.byte_order)
-        vma = next((v for v in mm.vmas if v.start <= r_brk < v.end and v.file_id == linker.file_id), None)
-        if vma is None:
+        vma = vma_at(mm.vmas, r_brk)
+        if vma is None or vma.file_id != linker.file_id:
             return  # not initialised yet
         uprobe = uprobes.register(linker, vma.vaddr_to_offset(r_brk), 0, None)
         uprobes.install_breakpoint(mm, uprobe, r_brk)
@@ -349,7 +349,7 @@ def _drop_vanished(mm: Mm, vmas: list[Vma], uprobes: Uprobes) -> None:
 
 def _file_offset(vmas: list[Vma], vaddr: int) -> tuple[FileId, int] | None:
     """The file and offset mapped at ``vaddr``, if a file is."""
-    vma = next((v for v in vmas if v.start <= vaddr < v.end), None)
+    vma = vma_at(vmas, vaddr)
     if vma is None or not vma.file_backed:
         return None
     return vma.file_id, vma.vaddr_to_offset(vaddr)

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 from . import errors
 
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+"""mmap(2)'s and mprotect(2)'s bits for what a mapping permits."""
+
 HEAP_ROOM = 64 << 20
 """Nothing of uemu's (a landing page, the runtime's area, the XOL area) this close above
 the heap's end (the break): brk grows there.
@@ -149,6 +152,21 @@ def read_maps(pid: int) -> list[Vma]:
     path = f"/proc/{pid}/maps"
     with errors.os_errors(path, pid), open(path, "rb") as stream:
         return parse_maps(os.fsdecode(stream.read()))
+
+
+def vma_at(vmas: Iterable[Vma], address: int) -> Vma | None:
+    """The mapping that holds ``address`` (mappings never overlap: one at most)."""
+    return next((v for v in vmas if v.start <= address < v.end), None)
+
+
+def prot_at(vmas: Iterable[Vma], address: int) -> int:
+    """PROT_* of the page at ``address`` as ``vmas`` say (the net's fallback restore
+    puts them back); a text page's where no mapping is known."""
+    vma = vma_at(vmas, address)
+    if vma is None:
+        return PROT_READ | PROT_EXEC
+    return (PROT_READ if vma.readable else 0) | (PROT_WRITE if vma.writable else 0) | \
+        (PROT_EXEC if vma.executable else 0)
 
 
 def heap_growth(vmas: Iterable[Vma], start_brk: int | None) -> tuple[int, int] | None:

@@ -39,6 +39,7 @@ from uemu.arch.base import KernelSigaction
 
 from . import errors, runtime
 from .journal import Journal
+from .maps import PROT_EXEC, PROT_READ, PROT_WRITE
 from .runtime import layout
 from .runtime.layout import (
     Capacities,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 _R = TypeVar("_R", bound="DataclassInstance")
 """One record type of the table (``layout.Record``'s own)."""
 
-PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
 SA_SIGINFO, SA_RESTORER, SA_RESETHAND = 0x4, 0x04000000, 0x80000000
 SIGSET_SIZE = 8

@@ -35,6 +35,7 @@ from typing import NamedTuple
 from uemu.arch import Arch, by_name
 
 from . import errors
+from .maps import PROT_READ, PROT_WRITE
 from .runtime import layout
 from .runtime.layout import RingFlags, RingHeader
 
@@ -52,7 +53,7 @@ TAKE_MAX = 4096
 STALL_NS = 1_000_000_000
 """A record left unfinished this long at ``tail``: its thread left the hit midway."""
 MFD_CLOEXEC = 1
-PROT_READ, PROT_WRITE, MAP_SHARED, MAP_POPULATE = 1, 2, 1, 0x8000
+MAP_SHARED, MAP_POPULATE = 1, 0x8000
 FUTEX_WAIT, FUTEX_WAKE = 0, 1
 MEMBARRIER_CMD_PRIVATE_EXPEDITED, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED = 8, 16
 _MEMBARRIER = {"aarch64": 283, "riscv64": 283}

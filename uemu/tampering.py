@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from . import errors
-from .maps import read_maps
+from .maps import read_maps, vma_at
 from .uprobes import Mm, Uprobe, Uprobes, read_counter, write_counter
 
 
@@ -103,7 +103,8 @@ class Watch:
             elif current != trap:
                 found.append(Tampering(Tamper.CHANGED, vaddr, uprobe, current))
         for vaddr, ours in mm.raised.items():
-            if any(v.start <= vaddr < v.end and v.file_id in changed for v in mm.vmas):
+            vma = vma_at(mm.vmas, vaddr)
+            if vma is not None and vma.file_id in changed:
                 continue
             value = read_counter(mm, vaddr)
             if value is not None and value < ours:

@@ -34,8 +34,8 @@ from uemu.arch import Arch
 from uemu.arch.base import Backend, Emulate, Plan, Refuse, StepOutOfLine
 
 from . import errors, ptrace, xol
-from .maps import Vma, find_counter_vma, is_counter_vma
-from .net import PROT_EXEC, PROT_READ, PROT_WRITE, InjectedCall, Net
+from .maps import Vma, find_counter_vma, is_counter_vma, prot_at
+from .net import InjectedCall, Net
 from .objects import MappedObject
 from .ptrace import Memory
 from .runtime.layout import ThreadFlags
@@ -319,7 +319,7 @@ class Uprobes:
             )
             return
         if mm.net is not None:
-            mm.net.add_site(vaddr, expected, trap, _prot_at(mm, vaddr))
+            mm.net.add_site(vaddr, expected, trap, prot_at(mm.vmas, vaddr))
         try:
             mm.memory.write(vaddr, trap)
         except OSError:
@@ -601,7 +601,7 @@ class Uprobes:
             for vaddr, uprobe in mm.installed.items():
                 if old_start <= vaddr < old_start + old_size:
                     trap = mm.backend.trap_bytes(uprobe.original)
-                    net.add_site(vaddr - old_start + new_start, uprobe.original, trap, _prot_at(mm, vaddr))
+                    net.add_site(vaddr - old_start + new_start, uprobe.original, trap, prot_at(mm.vmas, vaddr))
                     net.remove_site(vaddr)
             for vaddr in mm.raised:
                 if old_start <= vaddr < old_start + old_size:
@@ -618,13 +618,6 @@ def _move(table: dict[int, _T], old_start: int, old_size: int, new_start: int) -
     table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
 
 
-def _prot_at(mm: Mm, vaddr: int) -> int:
-    """PROT_* of the page at ``vaddr`` (the net's fallback restore puts it back)."""
-    vma = next((v for v in mm.vmas if v.start <= vaddr < v.end), None)
-    if vma is None:
-        return PROT_READ | PROT_EXEC
-    return (PROT_READ if vma.readable else 0) | (PROT_WRITE if vma.writable else 0) | (
-        PROT_EXEC if vma.executable else 0)
 
 
 def _counter_format(mm: Mm) -> str:

@@ -33,8 +33,8 @@ from tracee import UEMU, Tracee, compile_program, differences, file_memory, thre
 from uemu import inject, ptrace, sdt
 from uemu.arch import by_name
 from uemu.arch.base import StepEnd, StepOutOfLine
-from uemu.maps import heap_growth, read_maps
-from uemu.net import PROT_EXEC, PROT_READ, PROT_WRITE, Net, map_area, read_table
+from uemu.maps import PROT_EXEC, PROT_READ, PROT_WRITE, heap_growth, read_maps
+from uemu.net import Net, map_area, read_table
 from uemu.objects import mapped_objects
 from uemu.process import start_brk
 from uemu.runtime import has_blob, layout

@@ -50,3 +50,13 @@ def test_counter_vma_rules():
     assert not maps.is_counter_vma(vmas[1], APP, 0x1010)  # not writable
     assert not maps.is_counter_vma(vmas[2], APP, 0x3010)  # does not cover
     assert not maps.is_counter_vma(vmas[2], APP, 0)  # no ref_ctr_offset
+
+
+def test_the_mapping_at_an_address_and_its_protection():
+    vmas = maps.parse_maps(TEXT)
+    assert maps.vma_at(vmas, 0x55D0C0A01FFF) is vmas[1]
+    assert maps.vma_at(vmas, 0x55D0C0A02000) is None, "a mapping's end is not in it"
+    assert maps.prot_at(vmas, 0x55D0C0A01000) == maps.PROT_READ | maps.PROT_EXEC
+    assert maps.prot_at(vmas, 0x55D0C0A03010) == maps.PROT_READ | maps.PROT_WRITE
+    assert maps.prot_at(vmas, 0x55D0C0A00000) == maps.PROT_READ
+    assert maps.prot_at(vmas, 0x1000) == maps.PROT_READ | maps.PROT_EXEC, "unknown: a text page's"
