@@ -651,7 +651,7 @@ def _print_table(rows: list[_Row], write: Callable[[str], object]) -> None:
 
 def _print_plans(rows: list[_Row], as_json: bool, write: Callable[[str], object], pid: int | None) -> None:
     """One line per site: the path its hits will take (uemu/jumps.py decides)."""
-    from .jumps import Neighbours, plan_of_site
+    from .jumpplan import Neighbours, plan_of_site
     from .process import start_brk
 
     vmas = read_maps(pid) if pid is not None else None

@@ -1,7 +1,8 @@
 """The jump path (issue 12): hits that run through a trampoline in the target, no stop.
 
-Where a jump fits (arch/jump.py decides from the instruction; this module from what
-only the process can tell, which uemu/jumpfacts.py reads), the site gets a jump to a
+Where a jump fits (arch/jump.py decides from the instruction, uemu/jumpplan.py from the
+sites around it and the process's mappings, this module from what else only the process
+can tell, which uemu/jumpfacts.py reads), the site gets a jump to a
 trampoline instead of the trap path's breakpoint.  The trampoline calls the in-target
 runtime's ``hit_entry``, which writes the hit into the event ring (uemu/ring.py) with
 its arguments fetched at the hit (uemu/fetch.py); uemu reads the ring without any
@@ -65,12 +66,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from signal import SIGSEGV
 
-from uemu import arch as arches
-from uemu.arch import Arch
-from uemu.arch.base import Plan
-from uemu.arch.jump import JumpBackend, JumpForm, NoJump, SiteJump
+from uemu.arch.jump import JumpBackend, JumpForm, SiteJump
 
-from . import argspec, errors, process, ptrace, ring, sdt
+from . import argspec, errors, process, ptrace, ring
 from .chrome import read_comm
 from .events import Event
 from .fetch import FetchProgram, NotFetchable, compile_args
@@ -84,8 +82,18 @@ from .jumpfacts import (
     thread_pointer_readable,
     vdso_clock,
 )
+from .jumpplan import (
+    LANDING_SIZE,
+    Neighbours,
+    Trap,
+    choose,
+    first_fit,
+    landing_refused,
+    meeting,
+    outward,
+)
 from .jumptable import JumpTable
-from .maps import PROT_EXEC, PROT_READ, Vma, heap_growth, is_probe_vma, prot_at, read_maps
+from .maps import PROT_EXEC, PROT_READ, is_probe_vma, prot_at, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, InjectedCall, Net
 from .runtime import layout
 from .runtime.layout import JumpsFlags, JumpsState
@@ -96,14 +104,9 @@ PAGE = layout.PAGE
 RING_NAME = b"uemu-ring\0"
 RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
-STACK_ROOM = 64 << 20
-"""No landing page this close below the main stack: it may grow there."""
 VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""
-LANDING_SIZE = 5
-"""A pun's target holds a whole jmp rel32 on to the trampoline (x86: the one form with a
-fixed target), so only targets closer than this collide."""
 TRAP_BRANCH = "uemu's own breakpoint: it must stop the thread"
 
 Emit = Callable[[Consumer, Event | None], None]
@@ -122,13 +125,6 @@ class Jump:
     @property
     def why(self) -> str:
         return self.site.why
-
-
-@dataclass(frozen=True)
-class Trap:
-    """A site that keeps the trap path, and why."""
-
-    why: str
 
 
 @dataclass(frozen=True)
@@ -687,7 +683,7 @@ class JumpPath:
             if low <= high:
                 page = min(max(middle, -(-low // PAGE) * PAGE), high & -PAGE)
                 gaps.append((abs(page - middle), page, low, high))
-        best = next((page for _, start, low, high in sorted(gaps) for page in _outward(start, low, high)
+        best = next((page for _, start, low, high in sorted(gaps) for page in outward(start, low, high)
                      if not self._allowed(state, page, page + PAGE) and fit(page) is not None), None)
         if best is None or self._map_page(state, best, call) != best:
             return None
@@ -901,160 +897,9 @@ class JumpPath:
         self._rings.clear()
 
 
-@dataclass(frozen=True)
-class Neighbours:
-    """The sites uemu writes in one object, as one of them sees them: each of ``sorted_at``
-    (ascending) lies at itself plus ``shift`` (file offsets seen from a run-time address:
-    the site's address less its offset).  Sorted, so that a site's look at its neighbours
-    is a bisection: a walk over every site of the object made planning N² (manysites,
-    10 000 sites: 10^8 steps, most of a 17-s run)."""
-
-    sorted_at: Sequence[int]
-    shift: int = 0
-
-    def first_within(self, low: int, high: int) -> int | None:
-        """The lowest site strictly between ``low`` and ``high`` (the site itself, at
-        ``low``, is not its own neighbour), or None."""
-        i = bisect.bisect_right(self.sorted_at, low - self.shift)
-        if i < len(self.sorted_at) and self.sorted_at[i] + self.shift < high:
-            return self.sorted_at[i] + self.shift
-        return None
-
-
-def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Neighbours, absolute: bool = True) -> SiteJump | Trap:
-    """The arch's choice for a site whose instruction the backend analysed as ``plan``
-    (``code``: the file's bytes from the site on), unless another site uemu writes (one
-    of ``neighbours``) lies where the jump covers or depends on: a pun's four
-    displacement bytes, a nop run it skips.  Pure: ``uemu list --plan`` asks it too
-    (``absolute`` False: the address is an object's link-time one, its load address yet
-    unknown, so user space cannot be checked)."""
-    if arch.jumps is None:
-        return Trap(f"no jump path for {arch.name}")
-    choice = arch.jumps.choose(plan, code)
-    if isinstance(choice, NoJump):
-        return Trap(choice.why)
-    vaddr = choice.vaddr
-    end = max(choice.at + choice.length, choice.resume, vaddr + 5 if choice.form is JumpForm.PUN else 0)
-    where = neighbours.first_within(vaddr, end)
-    if where is not None:
-        return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
-    if absolute and choice.target is not None and not 0 < choice.target < _user_top(arch):
-        return Trap(f"pun target {choice.target:#x} is outside user space")
-    return choice
-
-
-def _user_top(arch: Arch) -> int:
-    """Where user space ends for ``arch``'s jumps (``JumpBackend.user_top``)."""
-    assert arch.jumps is not None, "only an arch with a jump path places jumps"
-    return arch.jumps.user_top
-
-
-def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: int | None,
-                    mapped_ok: bool = False) -> str:
-    """Why no landing page may hold [start, end) ('' if one may): outside user space,
-    where the main stack or the heap (``maps.heap_growth`` from ``brk``, the process's
-    start_brk) may grow, or (unless ``mapped_ok``: mmap's
-    MAP_FIXED_NOREPLACE will tell) a mapping there."""
-    if start < _mmap_min_addr() or end > _user_top(arch):
-        return "outside user space"
-    growth = heap_growth(vmas, brk)
-    if growth is not None and growth[0] < end and start < growth[1]:
-        return "where the heap may grow"
-    for vma in vmas:
-        if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
-            return "where the stack may grow"
-        if not mapped_ok and vma.start < end and start < vma.end:
-            return f"{vma.path or 'an anonymous mapping'} is there"
-    return ""
-
-
-def meeting(ranges: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
-    """The ones of ``ranges`` ([start, end) each, sorted, each shorter than a page: landings
-    and trampolines) that meet [start, end)."""
-    first, last = bisect.bisect_left(ranges, (start - PAGE,)), bisect.bisect_left(ranges, (end,))
-    return [(s, e) for s, e in ranges[first:last] if e > start]
-
-
-def _outward(start: int, low: int, high: int, tries: int = 32) -> Iterable[int]:
-    """Pages from ``start`` outwards within [low, high], nearest first: a new page for
-    trampolines next to a run of landings (manysites: thousands, 6 bytes apart)."""
-    for step in range(tries):
-        yield from (page for page in dict.fromkeys((start + step * PAGE, start - step * PAGE)) if low <= page <= high)
-
-
-def first_fit(taken: Sequence[tuple[int, int]], low: int, high: int, size: int, align: int = 8) -> int | None:
-    """The lowest ``align``-ed address in [low, high - size] where ``size`` bytes meet none
-    of ``taken`` ([start, end) each, sorted by start); None if there is none."""
-    at = -(-low // align) * align
-    for start, end in taken:
-        if at + size <= start:
-            break
-        if end > at:
-            at = -(-end // align) * align
-    return at if at + size <= high else None
-
-
-@dataclass(frozen=True)
-class SitePlan:
-    """What ``uemu list --plan`` says of one site."""
-
-    path: str
-    """"jump", "pun" or "trap"."""
-    why: str
-
-
-def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours: Neighbours,
-                 vmas: Sequence[Vma] | None = None, brk: int | None = None) -> SitePlan:
-    """The path a probe site will take, from its file alone (``address`` link-time, a pun
-    target inside the object's own image keeps the trap) or in a process (``address``
-    and ``neighbours`` at run time, ``vmas`` its mappings: a pun target needs free room
-    there, and none where the heap grows from ``brk``).  ``neighbours``: the sites uemu
-    would write, in the same terms as ``address``."""
-    arch = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian)
-    if arch.backend is None or arch.jumps is None:
-        return SitePlan("trap", f"no jump path for {arch.name}")
-    with open(elf.source or elf.path, "rb") as stream:
-        stream.seek(file_offset)
-        code = stream.read(arch.backend.max_insn_len)
-    if arch.backend.is_trap(code):
-        return SitePlan("trap", "the file holds a trap instruction there (uprobes refuse it)")
-    absolute = vmas is not None or elf.e_type == "ET_EXEC"
-    choice = choose(arch, arch.backend.analyze(code, address), code, neighbours, absolute)
-    if isinstance(choice, Trap):
-        return SitePlan("trap", choice.why)
-    if choice.target is None:
-        return SitePlan("jump", choice.why)
-    end = choice.target + LANDING_SIZE
-    half = 1 << (8 * arch.word_size - 1)
-    distance = (choice.target - address + half) % (2 * half) - half
-    target = f"target {choice.target:#x}" if absolute else f"target {distance:+#x} from the site"
-    if vmas is None:
-        for segment in elf.segments:
-            if segment.p_vaddr < end and choice.target < segment.p_vaddr + segment.p_memsz:
-                return SitePlan("trap", f"{choice.why}: {target}, inside the object's own image")
-        return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
-    refused = landing_refused(arch, vmas, choice.target, end, brk)
-    return SitePlan("trap", f"{choice.why}: {target}: {refused}") if refused else \
-        SitePlan("pun", f"{choice.why}: {target}, free")
-
-
 def _captured(strings: dict[int, bytes]) -> Callable[[int, int], bytes | None]:
     def read_string(address: int, limit: int) -> bytes | None:
         found = strings.get(address)
         return None if found is None else found[:limit]
 
     return read_string
-
-
-_MMAP_MIN_ADDR: int | None = None
-
-
-def _mmap_min_addr() -> int:
-    global _MMAP_MIN_ADDR
-    if _MMAP_MIN_ADDR is None:
-        try:
-            with open("/proc/sys/vm/mmap_min_addr") as stream:
-                _MMAP_MIN_ADDR = max(int(stream.read()), PAGE)
-        except (OSError, ValueError):
-            _MMAP_MIN_ADDR = 65536
-    return _MMAP_MIN_ADDR

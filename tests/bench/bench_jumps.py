@@ -38,7 +38,7 @@ sys.path[:0] = [str(ROOT / "tests" / "bench")]
 from bench_hits import BENCH, _tracefs_append, loop_ns, run_sample  # noqa: E402
 
 from uemu import sdt  # noqa: E402
-from uemu.jumps import Neighbours, plan_of_site  # noqa: E402
+from uemu.jumpplan import Neighbours, plan_of_site  # noqa: E402
 from uemu.maps import read_maps  # noqa: E402
 from uemu.objects import mapped_objects  # noqa: E402
 from uemu.process import start_brk  # noqa: E402

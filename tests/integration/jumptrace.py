@@ -24,7 +24,8 @@ from uemu import inject, ptrace
 from uemu.arch import by_name
 from uemu.events import Event
 from uemu.jumpfacts import thread_pointer
-from uemu.jumps import Jump, JumpPath, Trap
+from uemu.jumpplan import Trap
+from uemu.jumps import Jump, JumpPath
 from uemu.maps import read_maps
 from uemu.net import Net, map_area
 from uemu.objects import MappedObject, mapped_objects

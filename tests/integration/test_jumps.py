@@ -60,7 +60,7 @@ def traced_run(program: Path, *args: str, patterns=("*",), raw=(),
 
 
 LAYOUT_TRIES = 3
-HEAP = "where the heap may grow"  # uemu/jumps.py's refusal that depends on the run
+HEAP = "where the heap may grow"  # uemu/jumpplan.py's refusal that depends on the run
 
 
 def traced_run_jumping(names: set[str], program: Path, *args: str,

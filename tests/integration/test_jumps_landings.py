@@ -10,7 +10,8 @@ import pytest
 from jumptrace import jump_traced, started_sample
 from test_jumps import seizable
 
-from uemu.jumps import LANDING_SIZE, Jump, Neighbours, plan_of_site
+from uemu.jumpplan import LANDING_SIZE, Neighbours, plan_of_site
+from uemu.jumps import Jump
 from uemu.maps import read_maps
 from uemu.objects import mapped_objects
 from uemu.process import start_brk

@@ -1,4 +1,4 @@
-"""Where the jump path puts pun landings and trampolines (uemu/jumps.py), over a
+"""Where the jump path puts pun landings and trampolines (uemu/jumps.py, uemu/jumpplan.py), over a
 bytes-backed fake address space: no process, the injected mmap a dict's insert."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import random
 import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
-from uemu.jumps import LANDING_SIZE, Jump, JumpPath, Neighbours, _MmJumps, first_fit, landing_refused, meeting
+from uemu.jumpplan import LANDING_SIZE, Neighbours, first_fit, landing_refused, meeting
+from uemu.jumps import Jump, JumpPath, _MmJumps
 from uemu.jumptable import JumpTable
 from uemu.maps import HEAP_ROOM, Vma
 from uemu.net import Net
