@@ -63,7 +63,7 @@ class Hits:
         that a thread inside its code is given (its handler's frame returns there), and
         takes back the one its runtime caused (``counter_refused``)."""
         mm = task.mm
-        if self.jumps is not None and mm is not None and self.jumps.code(mm):
+        if self.jumps is not None and mm is not None and self.jumps.has_code(mm):
             regs = task.registers(mm.arch)
             if not fetched:
                 regs.fetch(task.tid)

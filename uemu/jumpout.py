@@ -127,7 +127,7 @@ class MoveOut:
         # A handler's thread runs (its handler may make system calls through the vDSO).
         move.steps = 0 if in_vdso(mm, ip) and not self.path.in_handler(mm, task.tid) else -1
         link = _return_address(task.tid, mm, regs) if move.steps == 0 and mm.arch.link_reg else None
-        if link is not None and any(start <= link < end for start, end in self.path.code(mm)):
+        if link is not None and self.path.holds_code(mm, link):
             # Called from the runtime, exactly (the call's own return address, no stale
             # word): it runs back there at full speed.  Stepped, the clock's seqlock loop
             # never ends where a step takes longer than the kernel takes to update its
@@ -222,7 +222,7 @@ class MoveOut:
             if in_vdso(mm, ip) and move.steps < VDSO_STEPS:
                 return not self._go(move)
             move.steps = -1
-            if not any(start <= ip < end for start, end in self.path.code(mm)):
+            if not self.path.holds_code(mm, ip):
                 return True  # out of the vDSO into the program: it was not inside
             return not self._go(move)
         if self._counter_refused(move, sig):

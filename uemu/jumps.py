@@ -183,6 +183,11 @@ class _MmJumps:
     """Thread -> the stack pointer it had when a signal was delivered to it inside the jump
     path's code (``signal_delivered``): the handler's frame, below, returns there."""
 
+    def holds_code(self, address: int) -> bool:
+        """Whether ``address`` is in the jump path's code here (``JumpPath.code``), asked
+        without listing every landing page: the program's every signal asks."""
+        return self.net.base <= address < self.net.base + layout.CODE_SIZE or address - address % PAGE in self.pages
+
 
 class JumpPath:
     """The jump path of one session (see the module's docstring for when to call what)."""
@@ -377,6 +382,15 @@ class JumpPath:
         state.net.journal.note_mapping_gone(state.ring.target_address)
         return False
 
+    def has_code(self, mm: Mm) -> bool:
+        """Whether ``mm`` has the jump path's code (``setup`` ran, ``forget`` did not)."""
+        return mm in self._mms
+
+    def holds_code(self, mm: Mm, address: int) -> bool:
+        """Whether ``address`` is in ``code(mm)``."""
+        state = self._mms.get(mm)
+        return state is not None and state.holds_code(address)
+
     def code(self, mm: Mm) -> list[tuple[int, int]]:
         """[start, end) of the jump path's code in ``mm``: the runtime and the trampolines
         of the area, the landing pages."""
@@ -405,7 +419,7 @@ class JumpPath:
         state = self._mms.get(mm)
         if state is None or tid not in state.handlers:
             return False
-        if any(start <= regs[mm.arch.ip_reg] < end for start, end in self.code(mm)):
+        if state.holds_code(regs[mm.arch.ip_reg]):
             return False  # in the code itself: ``_in_code`` says so
         entered, sp = state.handlers[tid], regs[mm.arch.sp_reg]
         if sp < entered or stack_of(mm, sp) != stack_of(mm, entered):
@@ -465,17 +479,19 @@ class JumpPath:
     def _in_code(self, mm: Mm, regs: ptrace.Regset) -> bool:
         """Whether a thread with ``regs`` is in ``code(mm)`` or in the vDSO called from
         there (``called_from``)."""
-        ranges = self.code(mm)
-        if not ranges:
+        state = self._mms.get(mm)
+        if state is None:
             return False
         ip = regs[mm.arch.ip_reg]
+        if state.holds_code(ip):
+            return True
         if not in_vdso(mm, ip):
-            return any(start <= ip < end for start, end in ranges)
+            return False
         try:
             stack = mm.memory.read(regs[mm.arch.sp_reg], VDSO_FRAME_ROOM)
         except OSError:
             stack = b""
-        return called_from(mm.arch, regs.snapshot(), stack, ranges)
+        return called_from(mm.arch, regs.snapshot(), stack, self.code(mm))
 
     def trap_ways_back(self, mm: Mm) -> dict[int, int]:
         """Leaving, every thread of ``mm`` stopped: a trap over each trampoline's jump

@@ -53,8 +53,11 @@ def test_counter_vma_rules():
 
 
 def test_the_mapping_at_an_address_and_its_protection():
-    vmas = maps.parse_maps(TEXT)
-    assert maps.vma_at(vmas, 0x55D0C0A01FFF) is vmas[1]
+    vmas = sorted(maps.parse_maps(TEXT), key=lambda v: v.start)  # as the kernel lists them
+    for address in sorted({a for v in vmas for a in (v.start - 1, v.start, v.end - 1, v.end)}):
+        walked = next((v for v in vmas if v.start <= address < v.end), None)
+        assert maps.vma_at(vmas, address) is walked, hex(address)
+    assert maps.vma_at(vmas, 0x55D0C0A01FFF).start == 0x55D0C0A01000
     assert maps.vma_at(vmas, 0x55D0C0A02000) is None, "a mapping's end is not in it"
     assert maps.prot_at(vmas, 0x55D0C0A01000) == maps.PROT_READ | maps.PROT_EXEC
     assert maps.prot_at(vmas, 0x55D0C0A03010) == maps.PROT_READ | maps.PROT_WRITE
