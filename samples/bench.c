@@ -5,22 +5,35 @@
  *   bench:sema  two arguments, guarded by its semaphore, read afresh at every
  *               iteration (volatile): untraced the loop skips the probe, as real
  *               programs do with PROVIDER_PROBE_ENABLED()
+ *   signal      (only with SIGNALS) no probe: kill(getpid(), SIGUSR1), which a
+ *               handler counts, SIGNALS times: what a tracer's stop at each of
+ *               the program's signals costs (tests/bench/bench_signals.py)
  *
  * For each loop, including one without any probe (the loop's own cost), the
  * program prints "hits PID TID PROBE COUNT" and
  * "time PID TID PROBE COUNT NANOSECONDS"; the cost of a hit is
  * (time with the probe - time without) / COUNT.  No per-hit lines.
  *
- *   bench [ITERATIONS]   (default 100000)
+ *   bench [ITERATIONS [SIGNALS]]   (default 100000, 0)
  */
 #define _SDT_HAS_SEMAPHORES 1 /* every probe of this file then names a semaphore */
 #include "sample.h"
 
+#include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 SAMPLE_SEMAPHORE(bench, nop);
 SAMPLE_SEMAPHORE(bench, args);
 SAMPLE_SEMAPHORE(bench, sema);
+
+static volatile sig_atomic_t handled;
+
+static void count_signal(int sig)
+{
+	(void)sig;
+	handled++;
+}
 
 static unsigned long long now_ns(void)
 {
@@ -41,6 +54,7 @@ static void report(const char *probe, long count, unsigned long long start)
 int main(int argc, char **argv)
 {
 	long iterations = sample_count_arg(argc, argv, 1, 100000);
+	long signals = sample_count_arg(argc, argv, 2, 0);
 	unsigned long long start;
 	long i;
 
@@ -70,6 +84,14 @@ int main(int argc, char **argv)
 			STAP_PROBE2(bench, sema, i, iterations - i);
 	}
 	report("bench:sema", i, start);
+
+	if (signals) {
+		signal(SIGUSR1, count_signal);
+		start = now_ns();
+		for (i = 0; i < signals; i++)
+			kill(getpid(), SIGUSR1);
+		report("signal", handled, start);
+	}
 
 	sample_sync("end");
 	return 0;

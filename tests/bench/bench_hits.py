@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptrace.binding.linux_struct import user_regs_struct
@@ -56,11 +56,12 @@ def per_hit_us(output: str) -> float:
     return (probed - empty) / count / 1000
 
 
-def run_sample(argv_prefix: list[str], iterations: int, program: Path = BENCH) -> str:
-    """The sample's own lines from one run of ``program ITERATIONS`` under ``argv_prefix``."""
+def run_sample(argv_prefix: list[str], iterations: int, program: Path = BENCH, arguments: Sequence[str] = ()) -> str:
+    """The sample's own lines from one run of ``program ITERATIONS [ARGUMENTS]`` under
+    ``argv_prefix``."""
     with tempfile.NamedTemporaryFile("r") as out:
         environment = dict(os.environ, SAMPLE_OUT=out.name)
-        subprocess.run([*argv_prefix, str(program), str(iterations)], check=True, env=environment,
+        subprocess.run([*argv_prefix, str(program), str(iterations), *arguments], check=True, env=environment,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return out.read()
 
