@@ -105,3 +105,27 @@ def test_a_record_longer_than_a_stamp_can_say_keeps_the_trap() -> None:
         else:
             with pytest.raises(NotFetchable, match="stamp"):
                 compile_args(args, arch, arch.jumps.frame, None, True, strings, layout.STR_MAX)
+
+
+@pytest.mark.parametrize(("args", "slots", "expected"), [
+    ("-4@$42", [], [42]),
+    ("-2@8(%rsp)", [(2, -3)], [-3]),
+    ("-2@8(%rsp)", [(0, -3)], [None]),
+    ("-8@%rcx -4@$42 4@8(%rsp) -1@%sil", [-7, (4, 9), 0x1FF], [-7, 42, 9, -1]),
+    ("4@8(%rsp) -4@$-5 8@16(%rsp)", [(3, 1), (8, 2)], [None, -5, 2]),
+])
+def test_constants_registers_and_memory_come_back_in_the_specs_order(
+        args: str, slots: list[int | tuple[int, int]], expected: list[int | None]) -> None:
+    """The one-``unpack`` decoder picks each argument from where its layout put it (a
+    register's word, a memory slot's status and value, a constant not in the record);
+    a memory slot whose status is not its size is None."""
+    arch = by_name("x86_64")
+    program = compile_args(args, arch, arch.jumps.frame, None, True)
+    record = bytearray(layout.RECORD_HEADER.size)
+    for slot in slots:
+        if isinstance(slot, tuple):
+            record += struct.pack("<I4xq", *slot)
+        else:
+            record += struct.pack("<q", slot)
+    assert len(record) == program.record_size
+    assert program.decode(memoryview(bytes(8) + bytes(record)), 8) == (expected, {})
