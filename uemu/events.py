@@ -57,12 +57,18 @@ class Event:
 def json_line(event: Event) -> str:
     """``Event.to_json`` and a newline: the same text as ``STRICT_JSON.encode`` of
     ``_json_record``, made faster (it runs for every event): what a site repeats is
-    encoded once (``_JsonSite``), the numbers are formatted here."""
+    encoded once (``_JsonSite``), the numbers are formatted here, integer arguments
+    (nearly always all there are) at once."""
     site = _json_sites.get((event.object, event.provider, event.name, event.address))
     if site is None or site.specs != event.specs:
         site = _JsonSite.of(event)
+    args = event.args
+    try:
+        shown = "[" + ", ".join(map(int.__repr__, args)) + "]"  # type: ignore[arg-type]  # what JSON writes for ints
+    except TypeError:  # None, or a float or a None among them
+        shown = _json_args(args)
     return f'{{"ts_ns": {event.ts_ns}, "pid": {event.pid}, "tid": {event.tid}, {site.middle}, ' \
-           f'"args": {_json_args(event.args)}, {site.tail}}}\n'
+           f'"args": {shown}, {site.tail}}}\n'
 
 
 def _json_record(event: Event) -> dict[str, object]:
@@ -80,7 +86,7 @@ def _json_record(event: Event) -> dict[str, object]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _JsonSite:
     """The JSON every event of one site repeats: the members between ``tid`` and ``args``,
     and ``specs``."""
@@ -106,13 +112,9 @@ _json_sites: dict[tuple[str, str, str, int], _JsonSite] = {}
 
 
 def _json_args(args: list[Value] | None) -> str:
-    """``args`` as JSON: integers (nearly always all there is) formatted at once."""
+    """``args`` as JSON when they are not all integers (``json_line`` writes those)."""
     if args is None:
         return "null"
-    try:
-        return "[" + ", ".join(map(int.__repr__, args)) + "]"  # what JSON writes for an int
-    except TypeError:  # a float or a None
-        pass
     try:
         return STRICT_JSON.encode(args)
     except ValueError:  # a NaN or an infinity: rare, so looked for only then
