@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from . import argspec, ptrace
 from .events import Event
+from .ringfeed import RingEvent
 from .uprobes import Consumer, Hit, Mm
 
 if TYPE_CHECKING:
@@ -69,22 +70,22 @@ class Reporter:
                 if self.full():
                     self._on_limit()
 
-    def deliver(self, consumer: Consumer, event: Event | None) -> None:
-        """A hit read from the jump path's ring (``event`` None: counted only).  ``full``
-        and ``_hand_out`` written out: this runs for every event of the jump path."""
+    def deliver(self, ring_events: Iterator[RingEvent]) -> None:
+        """Hits read from the jump path's ring, in the iterator's order (an event None:
+        counted only).  ``full`` written out, the lock taken once for them all: this runs
+        for every event of the jump path.  What raises leaves the hits after it in
+        ``ring_events`` (uemu/ringfeed.py keeps them)."""
         with self.lock:
             limit = self.max_events
-            if limit is not None and self.event_count >= limit:
-                return
-            consumer.hits += 1
-            self.event_count += 1
-            if event is not None:
-                self._call_handlers(event)
-                if self.queue is not None:
-                    event.read_string = None
-                    self.queue.append(event)
-            if limit is not None and self.event_count >= limit:
-                self._on_limit()
+            for _, consumer, event in ring_events:
+                if limit is not None and self.event_count >= limit:
+                    continue
+                consumer.hits += 1
+                self.event_count += 1
+                if event is not None:
+                    self._hand_out(event)
+                if limit is not None and self.event_count >= limit:
+                    self._on_limit()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:
         memory = mm.memory
@@ -101,21 +102,18 @@ class Reporter:
         self._hand_out(event)
 
     def _hand_out(self, event: Event) -> None:
-        self._call_handlers(event)
+        """To each handler, then the queue."""
+        if self.error is None:
+            for handler in self.handlers:
+                try:
+                    handler(event)
+                except BaseException as err:  # noqa: BLE001  (re-raised by Session.close, after leaving)
+                    self.error = err
+                    self._on_error()
+                    break
         if self.queue is not None:
             event.read_string = None
             self.queue.append(event)
-
-    def _call_handlers(self, event: Event) -> None:
-        if self.error is not None:
-            return
-        for handler in self.handlers:
-            try:
-                handler(event)
-            except BaseException as err:  # noqa: BLE001  (re-raised by Session.close, after leaving)
-                self.error = err
-                self._on_error()
-                return
 
 
 def arg_readers(mm: Mm, consumer: Consumer) -> list[argspec.Reader]:

@@ -26,17 +26,23 @@ main thread with a signal whose handler interrupts a tracee.
 from __future__ import annotations
 
 import bisect
-import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 
 from .events import Event
 from .uprobes import Consumer
 
-Deliver = Callable[[Consumer, Event | None], None]
+Take = Callable[[Consumer, Event | None], None]
+"""What a drain calls for each ring event (``RingFeed._take``; None: counted only)."""
+RingEvent = tuple[int, Consumer, Event | None]
+"""A ring event as it waits: its time (0 for one counted only), consumer, event."""
+Deliver = Callable[[Iterator[RingEvent]], None]
+"""Hands out the ring events of the iterator, in its order (one call per batch, not per
+event: it runs for every event); on an exception, those it had not taken yet are left in
+the iterator."""
 DEFAULT_WINDOW_NS = 20_000_000
 DEFAULT_POLL_NS = 100_000_000
 """The reader looks at least this often (and tells producers it is alive: the heartbeat)."""
@@ -83,7 +89,7 @@ _TIME = itemgetter(0)
 
 
 class RingFeed:
-    def __init__(self, drain: Callable[[Deliver], int], wait: Callable[[int], None], deliver: Deliver, *,
+    def __init__(self, drain: Callable[[Take], int], wait: Callable[[int], None], deliver: Deliver, *,
                  window_ns: int = DEFAULT_WINDOW_NS, poll_ns: int = DEFAULT_POLL_NS,
                  on_ready: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None,
                  wake: Callable[[], None] | None = None):
@@ -100,9 +106,10 @@ class RingFeed:
         must notice, and ``stop`` raises the error in its thread."""
         self.lock = threading.RLock()
         """Held while handlers run; the session holds it to deliver or change its own state."""
-        self._waiting: list[tuple[int, int, Consumer, Event]] = []
+        self._waiting: list[RingEvent] = []
         """Ring events not handed out yet: in time order up to ``_sorted``, then as taken
-        since (time, then arrival: one thread's records in the order of its hits)."""
+        since (time, then arrival, which stable sorts keep: one thread's records in the
+        order of its hits)."""
         self._sorted = 0
         self._newest = 0
         """The newest ring event's time so far."""
@@ -110,7 +117,6 @@ class RingFeed:
         self._until = NEVER
         """While ``before`` drains: its trap hit's time, which no ring event handed out
         during the drain may be younger than."""
-        self._order = itertools.count()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -136,10 +142,10 @@ class RingFeed:
         a whole ring's (their memory, a deeper heap, the collector's walks over them, and
         nothing handed out until the drain ends)."""
         if event is None:
-            self._deliver(consumer, None)
+            self._deliver(iter(((0, consumer, None),)))
             return
         ts_ns, waiting = event.ts_ns, self._waiting
-        waiting.append((ts_ns, next(self._order), consumer, event))
+        waiting.append((ts_ns, consumer, event))
         if ts_ns > self._newest:
             self._newest = ts_ns
         if len(waiting) >= self._flush_at:
@@ -193,31 +199,32 @@ class RingFeed:
             del waiting[:cut]
             self._sorted = len(waiting)
             self._flush_at = len(waiting) + FLUSH_EVERY
-            for done, (_, _, consumer, event) in enumerate(ready):
-                try:
-                    self._deliver(consumer, event)
-                except BaseException:
-                    waiting[:0] = ready[done + 1:]  # not handed out: they wait as before
-                    self._sorted += len(ready) - done - 1
-                    raise
+            left = iter(ready)
+            try:
+                self._deliver(left)
+            except BaseException:
+                rest = list(left)  # not handed out: they wait as before
+                waiting[:0] = rest
+                self._sorted += len(rest)
+                raise
         return len(ready)
 
-    def _sort(self, waiting: list[tuple[int, int, Consumer, Event]]) -> None:
+    def _sort(self, waiting: list[RingEvent]) -> None:
         """The events taken since the last flush sorted, then merged into the sorted ones
         from where the oldest of them belongs: a window's events are not sorted again."""
         done = self._sorted
         if done == len(waiting):
             return
         fresh = waiting[done:]
-        fresh.sort()
-        start = bisect.bisect_right(waiting, fresh[0], 0, done)
+        fresh.sort(key=_TIME)
+        start = bisect.bisect_right(waiting, fresh[0][0], 0, done, key=_TIME)
         if start < done:
             fresh = waiting[start:done] + fresh
-            fresh.sort()
+            fresh.sort(key=_TIME)
         waiting[start:] = fresh
         self._sorted = len(waiting)
 
-    def stop(self, final_drain: Callable[[Deliver], int] | None = None) -> None:
+    def stop(self, final_drain: Callable[[Take], int] | None = None) -> None:
         """End the reader thread, drain one last time (``final_drain``: the rings' last
         read, records nobody finished skipped), deliver everything."""
         self._stopping.set()

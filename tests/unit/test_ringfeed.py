@@ -10,12 +10,13 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from uemu.events import Event
 from uemu.ring import MIN_SIZE, Ring, mapped_size
-from uemu.ringfeed import FLUSH_EVERY, SWITCH_INTERVAL_S, RingFeed
+from uemu.ringfeed import FLUSH_EVERY, SWITCH_INTERVAL_S, Deliver, RingEvent, RingFeed
 from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
@@ -24,6 +25,16 @@ CONSUMER = Consumer(ProbeInfo("obj", "p", "n", 0x10, ""), "p:n")
 
 def event(ts: int, tid: int = 1) -> Event:
     return Event(ts, 1, tid, "obj", "p", "n", 0x10, [], [])
+
+
+def each(hand_out: Callable[[Consumer, Event | None], None]) -> Deliver:
+    """A ``deliver`` that hands the ring events out one by one (as the reporter does)."""
+
+    def deliver(ring_events: Iterator[RingEvent]) -> None:
+        for _, consumer, e in ring_events:
+            hand_out(consumer, e)
+
+    return deliver
 
 
 def ring(batches: list[list[Event | None]]):
@@ -43,7 +54,7 @@ def test_ring_events_leave_in_time_order_before_a_trap_hit() -> None:
     younger one waits for the window (or the end)."""
     delivered: list[int] = []
     feed = RingFeed(ring([[event(50), event(10), event(30)], [event(25)]]), lambda ns: None,
-                    lambda c, e: delivered.append(e.ts_ns), window_ns=100)
+                    each(lambda c, e: delivered.append(e.ts_ns)), window_ns=100)
     feed.before(20)
     assert delivered == [10]
     feed.before(40)  # 25: a ring event that arrives late, still before the trap hit's time
@@ -54,7 +65,7 @@ def test_ring_events_leave_in_time_order_before_a_trap_hit() -> None:
 
 def test_counting_alone_is_delivered_at_once() -> None:
     seen: list[object] = []
-    feed = RingFeed(ring([[None]]), lambda ns: None, lambda c, e: seen.append(e))
+    feed = RingFeed(ring([[None]]), lambda ns: None, each(lambda c, e: seen.append(e)))
     feed.before(0)
     assert seen == [None]
 
@@ -76,7 +87,7 @@ def test_the_reader_thread_drains_and_delivers_then_sleeps() -> None:
         waits.append(ns)
         time.sleep(0.001)
 
-    feed = RingFeed(drain, wait, lambda c, e: delivered.append(e.ts_ns), window_ns=1_000_000,
+    feed = RingFeed(drain, wait, each(lambda c, e: delivered.append(e.ts_ns)), window_ns=1_000_000,
                     on_ready=ready.set)
     feed.start()
     assert ready.wait(5)
@@ -92,7 +103,7 @@ def test_an_error_in_the_reader_reaches_the_loop() -> None:
     def drain(deliver) -> int:
         raise OSError("the ring went away")
 
-    feed = RingFeed(drain, lambda ns: None, lambda c, e: None)
+    feed = RingFeed(drain, lambda ns: None, lambda ring_events: None)
     feed.start()
     time.sleep(0.05)
     with pytest.raises(OSError, match="went away"):
@@ -112,7 +123,7 @@ def test_a_long_drain_hands_out_what_is_older_than_the_window_as_it_goes() -> No
         during.append(len(delivered))
         return count
 
-    feed = RingFeed(drain, lambda ns: None, lambda c, e: delivered.append(e.ts_ns), window_ns=100_000)
+    feed = RingFeed(drain, lambda ns: None, each(lambda c, e: delivered.append(e.ts_ns)), window_ns=100_000)
     feed.before(1 << 62)
     assert 0 < during[0] < count and delivered == [ts * 1000 for ts in range(count)]
     assert max(delivered[:during[0]]) <= (FLUSH_EVERY - 1) * 1000 - 100_000, "the window's events wait"
@@ -134,7 +145,7 @@ def test_batches_out_of_order_leave_as_one_time_order_would(seed: int) -> None:
                for n in range(12)]
     delivered: list[tuple[int, int]] = []
     feed = RingFeed(ring([list(b) for b in batches]), lambda ns: None,
-                    lambda c, e: delivered.append((e.ts_ns, e.tid)), window_ns=1 << 40)
+                    each(lambda c, e: delivered.append((e.ts_ns, e.tid))), window_ns=1 << 40)
     model: list[tuple[int, int, int]] = []
     arrival = itertools.count()
     for n, batch in enumerate(batches):
@@ -161,7 +172,7 @@ def test_a_handler_that_fails_leaves_the_events_after_it_waiting() -> None:
             raise RuntimeError("a handler failed")
         delivered.append(e.ts_ns)
 
-    feed = RingFeed(ring([[event(30), event(10), event(20)]]), lambda ns: None, deliver, window_ns=100)
+    feed = RingFeed(ring([[event(30), event(10), event(20)]]), lambda ns: None, each(deliver), window_ns=100)
     with pytest.raises(RuntimeError):
         feed.before(25)
     assert delivered == [10, 20]
@@ -183,7 +194,7 @@ def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
         events.sleep(3600 * 10**9)
         woken.append(True)
 
-    feed = RingFeed(lambda deliver: 0, wait, lambda c, e: None, wake=events.wake_reader)
+    feed = RingFeed(lambda deliver: 0, wait, lambda ring_events: None, wake=events.wake_reader)
     feed.start()
     assert asleep.wait(30)
     stopper = threading.Thread(target=feed.stop)
@@ -202,7 +213,7 @@ def test_readers_shorten_the_switch_interval_until_the_last_one_stops() -> None:
         running.append(sys.getswitchinterval())
         time.sleep(0.001)
 
-    feeds = [RingFeed(ring([]), wait, lambda c, e: None) for _ in range(2)]
+    feeds = [RingFeed(ring([]), wait, lambda ring_events: None) for _ in range(2)]
     for feed in feeds:
         feed.start()
     deadline = time.monotonic() + 5
