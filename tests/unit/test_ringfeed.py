@@ -4,6 +4,7 @@ sleeps when idle, and hands an error back to the loop's thread."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import mmap
 import random
@@ -16,7 +17,7 @@ import pytest
 
 from uemu.events import Event
 from uemu.ring import MIN_SIZE, Ring, mapped_size
-from uemu.ringfeed import FLUSH_EVERY, SWITCH_INTERVAL_S, Deliver, RingEvent, RingFeed
+from uemu.ringfeed import FLUSH_EVERY, FULL_COLLECTION_EVERY, SWITCH_INTERVAL_S, Deliver, RingEvent, RingFeed
 from uemu.runtime import layout
 from uemu.uprobes import Consumer, ProbeInfo
 
@@ -203,14 +204,14 @@ def test_stop_ends_the_readers_sleep_on_the_rings_futex() -> None:
     assert not stopper.is_alive() and woken == [True]
 
 
-def test_readers_shorten_the_switch_interval_until_the_last_one_stops() -> None:
-    """Two sessions' readers side by side: the caller's interval comes back only when
-    both have stopped."""
-    caller = sys.getswitchinterval()
-    running: list[float] = []
+def test_readers_shorten_the_switch_interval_and_space_full_collections_until_the_last_one_stops() -> None:
+    """Two sessions' readers side by side: the caller's interval and the collector's
+    thresholds come back only when both have stopped."""
+    caller, thresholds = sys.getswitchinterval(), gc.get_threshold()
+    running: list[tuple[float, tuple[int, int, int]]] = []
 
     def wait(ns: int) -> None:
-        running.append(sys.getswitchinterval())
+        running.append((sys.getswitchinterval(), gc.get_threshold()))
         time.sleep(0.001)
 
     feeds = [RingFeed(ring([]), wait, lambda ring_events: None) for _ in range(2)]
@@ -221,6 +222,8 @@ def test_readers_shorten_the_switch_interval_until_the_last_one_stops() -> None:
         time.sleep(0.005)
     feeds[0].stop()
     assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) and caller > SWITCH_INTERVAL_S
+    assert gc.get_threshold() == (*thresholds[:2], FULL_COLLECTION_EVERY) and thresholds[2] < FULL_COLLECTION_EVERY
     feeds[1].stop()
-    assert running and all(value == pytest.approx(SWITCH_INTERVAL_S) for value in running)
-    assert sys.getswitchinterval() == pytest.approx(caller)
+    assert running and all(value == pytest.approx(SWITCH_INTERVAL_S) for value, _ in running)
+    assert all(during[2] == FULL_COLLECTION_EVERY for _, during in running)
+    assert sys.getswitchinterval() == pytest.approx(caller) and gc.get_threshold() == thresholds
