@@ -761,22 +761,23 @@ class JumpPath:
         for events in list(self._rings):
             end = events.head()
             while True:
-                records = events.take(final)
-                self._emit(events, records, emit)
+                offsets = events.take(final)
+                self._emit(events, offsets, emit)
                 events.release()
-                count += len(records)
-                self.read += len(records)
-                if len(records) < ring.TAKE_MAX or events.reached(end):
+                count += len(offsets)
+                self.read += len(offsets)
+                if len(offsets) < ring.TAKE_MAX or events.reached(end):
                     break
         return count
 
-    def _emit(self, events: ring.Ring, records: list[ring.RawRecord], emit: Emit) -> None:
-        """The events of ``records``: one loop, few calls per record (it runs for every hit;
-        a thread's records mostly come in runs, whose pid is looked up once)."""
+    def _emit(self, events: ring.Ring, offsets: list[int], emit: Emit) -> None:
+        """The events of the records at ``offsets`` in ``events.view``: one loop, few calls
+        per record (it runs for every hit; a thread's records mostly come in runs, whose
+        pid is looked up once)."""
         buffer, recorded, names, decode_args = events.view, self._recorded, self.names, self.decode_args
         thread: tuple[int, int] | None = None
         pid: int | None = None
-        for ident, recorded_pid, tid, ts_ns, offset in records:
+        for (ident, recorded_pid, tid, ts_ns), offset in zip(events.headers(offsets), offsets, strict=True):
             info = recorded.get(ident)
             if info is None:
                 continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from runtime_harness import PAGE, STACK, STACK_SIZE, TEXT, Machine
 from unicorn import UC_HOOK_CODE, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError
@@ -24,7 +25,7 @@ from uemu import argspec
 from uemu.arch.jump import NoJump, SiteJump
 from uemu.fetch import FetchProgram, compile_args
 from uemu.jumptable import JumpTable
-from uemu.ring import RawRecord, Ring, mapped_size
+from uemu.ring import Ring, mapped_size
 from uemu.runtime import layout
 
 RING = 0xA00000
@@ -33,6 +34,16 @@ NEAR = TEXT + 0x40000
 RING_SIZE = 16 * PAGE
 SMALL = layout.JumpCapacities(jump_sites=64, fetch_ops=256, tp_slots=64)
 PID, TID = 4242, 4242
+
+
+class RawRecord(NamedTuple):
+    """One record as ``Ring.take`` and ``Ring.headers`` tell it: its header, and where it is."""
+
+    id: int
+    pid: int
+    tid: int
+    ts_ns: int
+    offset: int
 
 
 def unicorn_registers(arch: str) -> dict[str, int]:
@@ -214,7 +225,9 @@ class JumpMachine:
         """The records finished, decoded; their room is given back at once."""
         self._refresh()
         out = []
-        for record in self.ring.take(final):
+        offsets = self.ring.take(final)
+        for header, offset in zip(self.ring.headers(offsets), offsets, strict=True):
+            record = RawRecord(*header, offset)
             args, strings = self.programs[record.id].decode(self.buffer, record.offset)
             out.append((record, args, strings))
         self.ring.release()
