@@ -63,7 +63,7 @@ class JumpHits:
         """Every hit left in the rings (the sites are restored: no new one comes), and
         the losses, said exactly."""
         path = self.path
-        self.feed.stop(lambda deliver: path.drain(deliver, final=True))
+        self.feed.stop(lambda take: path.drain(take, final=True))
         lost = path.lost()
         if lost:
             self.warn(f"{lost} hit{'s' if lost > 1 else ''} of the jump path lost (the event ring was full "

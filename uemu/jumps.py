@@ -40,9 +40,9 @@ detach                         first ``inside``, ``trap_ways_back`` and
                                too, unless a thread's ip is still inside (it could not
                                be moved): then all stays mapped, inert, and the thread
                                goes on through it and back to the program by itself.
-any time, from any thread      ``drain(emit)``: the hits recorded since (the reader
+any time, from any thread      ``drain(take)``: the hits recorded since (the reader
                                thread of uemu/ringfeed.py calls it).
-the end                        ``drain(emit, final=True)``, ``lost()``, ``close()``.
+the end                        ``drain(take, final=True)``, ``lost()``, ``close()``.
 uemu's death                   nothing: the in-target net lists every jump as a site and
                                restores it at the first hit or trap after uemu is gone.
 =============================  ==========================================================
@@ -95,6 +95,7 @@ from .jumpplan import (
 from .jumptable import JumpTable
 from .maps import PROT_EXEC, PROT_READ, is_probe_vma, prot_at, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, InjectedCall, Net
+from .ringfeed import RingEvent, Take
 from .runtime import layout
 from .runtime.layout import JumpsFlags, JumpsState
 from .uprobes import Consumer, Mm, Uprobe, Uprobes
@@ -108,10 +109,6 @@ VDSO_FRAME_ROOM = 512
 """Bytes of a thread's stack looked at for the runtime's return address when it is
 stopped in the vDSO (clock_gettime's frames are far smaller)."""
 TRAP_BRANCH = "uemu's own breakpoint: it must stop the thread"
-
-Emit = Callable[[Consumer, Event | None], None]
-"""What the session does with one consumer's hit: count it, and report the event (None
-when the session decodes nothing: ``--count``)."""
 
 
 @dataclass(frozen=True)
@@ -745,16 +742,16 @@ class JumpPath:
                           for c in jump.uprobe.consumers)
         return _Recorded(jump.site.vaddr, consumers, jump.program)
 
-    def drain(self, emit: Emit, final: bool = False) -> int:
-        """Hand every hit recorded since the last call to ``emit``, one call per consumer,
-        ring by ring (each ring in its own order; uemu/ringfeed.py sorts by time); their
-        room in the ring is given back at once.  Thread-safe.
+    def drain(self, take: Take, final: bool = False) -> int:
+        """Hand every hit recorded since the last call to ``take``, one ring event per
+        consumer, a batch per take of a ring (each ring in its own order; uemu/ringfeed.py
+        sorts by time); their room in the ring is given back at once.  Thread-safe.
         ``final``: uemu is done with the rings (records nobody finished are skipped and
         counted).  Returns how many records were read."""
         with self._draining:
-            return self._drain(emit, final)
+            return self._drain(take, final)
 
-    def _drain(self, emit: Emit, final: bool) -> int:
+    def _drain(self, take: Take, final: bool) -> int:
         """Each ring's records up to where its head was at the start: a producer as fast as
         the reader cannot keep it here (events then pile up unsorted, undelivered)."""
         count = 0
@@ -762,7 +759,7 @@ class JumpPath:
             end = events.head()
             while True:
                 offsets = events.take(final)
-                self._emit(events, offsets, emit)
+                take(self._ring_events(events, offsets))
                 events.release()
                 count += len(offsets)
                 self.read += len(offsets)
@@ -770,11 +767,13 @@ class JumpPath:
                     break
         return count
 
-    def _emit(self, events: ring.Ring, offsets: list[int], emit: Emit) -> None:
-        """The events of the records at ``offsets`` in ``events.view``: one loop, few calls
-        per record (it runs for every hit; a thread's records mostly come in runs, whose
-        pid is looked up once)."""
+    def _ring_events(self, events: ring.Ring, offsets: list[int]) -> list[RingEvent]:
+        """The ring events of the records at ``offsets`` in ``events.view``: one loop, few
+        calls per record (it runs for every hit; a thread's records mostly come in runs,
+        whose pid is looked up once)."""
         buffer, recorded, names, decode_args = events.view, self._recorded, self.names, self.decode_args
+        out: list[RingEvent] = []
+        append = out.append
         thread: tuple[int, int] | None = None
         pid: int | None = None
         for (ident, recorded_pid, tid, ts_ns), offset in zip(events.headers(offsets), offsets, strict=True):
@@ -790,15 +789,16 @@ class JumpPath:
                 continue
             if not decode_args:
                 for target in info.consumers:
-                    emit(target[0], None)
+                    append((0, target[0], None))
                 continue
             args, strings = info.program.decode(buffer, offset)
             read_string = _captured(strings) if strings else None
             first = True
             for consumer, obj, provider, name, specs in info.consumers:
-                emit(consumer, Event(ts_ns, pid, tid, obj, provider, name, info.vaddr, specs,
-                                     args if first else list(args), read_string))
+                append((ts_ns, consumer, Event(ts_ns, pid, tid, obj, provider, name, info.vaddr, specs,
+                                               args if first else list(args), read_string)))
                 first = False
+        return out
 
     def wait(self, timeout_ns: int) -> None:
         """Sleep until a hit is recorded or ``timeout_ns`` passed (the reader thread's

@@ -36,10 +36,11 @@ from operator import itemgetter
 from .events import Event
 from .uprobes import Consumer
 
-Take = Callable[[Consumer, Event | None], None]
-"""What a drain calls for each ring event (``RingFeed._take``; None: counted only)."""
 RingEvent = tuple[int, Consumer, Event | None]
-"""A ring event as it waits: its time (0 for one counted only), consumer, event."""
+"""A ring event: its time (0 for one counted only), consumer, event (None: counted only)."""
+Take = Callable[[list[RingEvent]], None]
+"""What a drain calls for each batch of ring events (``RingFeed._take``): all counted
+only, or all events (a session decodes every hit or none)."""
 Deliver = Callable[[Iterator[RingEvent]], None]
 """Hands out the ring events of the iterator, in its order (one call per batch, not per
 event: it runs for every event); on an exception, those it had not taken yet are left in
@@ -151,19 +152,20 @@ class RingFeed:
                 self._until = NEVER
             self.flush(ts_ns)
 
-    def _take(self, consumer: Consumer, event: Event | None) -> None:
-        """A ring event: counted at once when it carries nothing, else in its time's turn.
+    def _take(self, batch: list[RingEvent]) -> None:
+        """Ring events: counted at once when they carry nothing, else in their time's turn.
         A long drain (a reader far behind) hands out, as it goes, what is older than the
         window before the newest event taken: the heap holds about a window of events, not
         a whole ring's (their memory, a deeper heap, the collector's walks over them, and
         nothing handed out until the drain ends)."""
-        if event is None:
-            self._deliver(iter(((0, consumer, None),)))
+        if not batch:
             return
-        ts_ns, waiting = event.ts_ns, self._waiting
-        waiting.append((ts_ns, consumer, event))
-        if ts_ns > self._newest:
-            self._newest = ts_ns
+        if batch[0][2] is None:
+            self._deliver(iter(batch))
+            return
+        waiting = self._waiting
+        waiting += batch
+        self._newest = max(self._newest, max(map(_TIME, batch)))
         if len(waiting) >= self._flush_at:
             self.flush(min(self._newest - self.window_ns, self._until))
 

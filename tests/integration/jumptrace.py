@@ -29,8 +29,9 @@ from uemu.jumps import Jump, JumpPath
 from uemu.maps import read_maps
 from uemu.net import Net, map_area
 from uemu.objects import MappedObject, mapped_objects
+from uemu.ringfeed import RingEvent
 from uemu.stops import StopKind, classify
-from uemu.uprobes import Consumer, Mm, ProbeInfo, Uprobe, Uprobes
+from uemu.uprobes import Mm, ProbeInfo, Uprobe, Uprobes
 
 OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE
 
@@ -173,10 +174,11 @@ class JumpTrace:
 
     # ---- running ------------------------------------------------------------------------
 
-    def emit(self, consumer: Consumer, event: Event | None) -> None:
-        self.counts[consumer.probe.full_name] = self.counts.get(consumer.probe.full_name, 0) + 1
-        if event is not None:
-            self.events.append(event)
+    def emit(self, ring_events: list[RingEvent]) -> None:
+        for _, consumer, event in ring_events:
+            self.counts[consumer.probe.full_name] = self.counts.get(consumer.probe.full_name, 0) + 1
+            if isinstance(event, Event):
+                self.events.append(event)
 
     def drain(self) -> None:
         self.path.drain(self.emit)
