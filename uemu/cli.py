@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 
 from . import __version__, errors, probespec, sdt
 from .chrome import ChromeTrace, SlicePair, read_comm
@@ -428,6 +428,9 @@ def _trace(session: Session, args: argparse.Namespace, sink: _Sink) -> None:
     session.run(sink.handler(session), duration=args.duration, max_events=args.max_events)
     sink.finish(session)
 
+_Out = TypeVar("_Out")
+"""What a sink's write takes: an event, or text."""
+
 
 @dataclass
 class _Sink:
@@ -477,7 +480,8 @@ class _Sink:
 
     def handler(self, session: Session) -> Callable[[Event], None] | None:
         """The hit handler: a write that fails stops tracing (the session then
-        restores everything) and is reported by ``finish``."""
+        restores everything) and is reported by ``finish``.  --json: the jump path's
+        hits come as their lines, a batch a write (``Reporter.json_writer``)."""
         if self.count:
             return None
         if self.chrome is not None:
@@ -487,16 +491,23 @@ class _Sink:
             render, put = self.render, self.stream.write
             assert render is not None
             write = lambda event: put(render(event))  # noqa: E731
+        on_hit = self._guarded(session, write)
+        if self.render is json_line:
+            session.reporter.json_out = (on_hit, self._guarded(session, self.stream.write))
+        return on_hit
 
-        def on_hit(event: Event) -> None:
+    def _guarded(self, session: Session, write: Callable[[_Out], object]) -> Callable[[_Out], None]:
+        """``write``, not called once a write failed; the first failure kept, and tracing stopped."""
+
+        def guarded(out: _Out) -> None:
             if self.failure is None:
                 try:
-                    write(event)
+                    write(out)
                 except OSError as err:
                     self.failure = err
                     session.stop("output")
 
-        return on_hit
+        return guarded
 
     def finish(self, session: Session) -> None:
         """What is written at the end (counts, the trace's close), then a flush;

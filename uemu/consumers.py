@@ -51,6 +51,18 @@ class Reporter:
         ends the session, which re-raises it once everything is restored (a handler
         raising at every later event, leaving's own included, must not stop the leaving)."""
         self._on_error = on_error
+        self.json_out: tuple[Handler, Callable[[str], object]] | None = None
+        """A handler that does nothing but write each event's ``json_line`` (the CLI's
+        --json), and how it writes text: ``json_writer``."""
+
+    def json_writer(self) -> Callable[[str], object] | None:
+        """How ``json_out`` writes text, while its handler is the only one and no queue
+        takes events: the jump path then hands out its hits as their JSON lines, not as
+        Events, and ``deliver`` writes them a batch in one call (an Event and the calls
+        of a handler cost more than the line, per hit)."""
+        if self.json_out is None or self.queue is not None or self.handlers != [self.json_out[0]]:
+            return None
+        return self.json_out[1]
 
     def full(self) -> bool:
         """--max-events is reached: further hits are neither counted nor reported."""
@@ -72,20 +84,35 @@ class Reporter:
 
     def deliver(self, ring_events: Iterator[RingEvent]) -> None:
         """Hits read from the jump path's ring, in the iterator's order (an event None:
-        counted only).  ``full`` written out, the lock taken once for them all: this runs
-        for every event of the jump path.  What raises leaves the hits after it in
-        ``ring_events`` (uemu/ringfeed.py keeps them)."""
+        counted only; a str: its JSON line, written by ``json_out``).  ``full`` written
+        out, the lock taken once for them all: this runs for every event of the jump path.
+        What raises leaves the hits after it in ``ring_events`` (uemu/ringfeed.py keeps
+        them)."""
         with self.lock:
             limit = self.max_events
-            for _, consumer, event in ring_events:
-                if limit is not None and self.event_count >= limit:
-                    continue
-                consumer.hits += 1
-                self.event_count += 1
-                if event is not None:
-                    self._hand_out(event)
-                if limit is not None and self.event_count >= limit:
-                    self._on_limit()
+            lines: list[str] = []
+            try:
+                for _, consumer, event in ring_events:
+                    if limit is not None and self.event_count >= limit:
+                        continue
+                    consumer.hits += 1
+                    self.event_count += 1
+                    if isinstance(event, str):
+                        lines.append(event)
+                    elif event is not None:
+                        self._write(lines)  # the lines before it first
+                        self._hand_out(event)
+                    if limit is not None and self.event_count >= limit:
+                        self._on_limit()
+            finally:
+                self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        """JSON lines of ring events, written by ``json_out`` in one call (and forgotten);
+        not once a handler has failed, as handlers are not called then."""
+        if lines and self.error is None and self.json_out is not None:
+            self.json_out[1]("".join(lines))
+        lines.clear()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:
         memory = mm.memory

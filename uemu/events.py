@@ -57,18 +57,14 @@ class Event:
 def json_line(event: Event) -> str:
     """``Event.to_json`` and a newline: the same text as ``STRICT_JSON.encode`` of
     ``_json_record``, made faster (it runs for every event): what a site repeats is
-    encoded once (``_JsonSite``), the numbers are formatted here, integer arguments
-    (nearly always all there are) at once."""
+    encoded once (``JsonSite``), the rest written by ``JsonSite.line``."""
     site = _json_sites.get((event.object, event.provider, event.name, event.address))
     if site is None or site.specs != event.specs:
-        site = _JsonSite.of(event)
-    args = event.args
-    try:
-        shown = "[" + ", ".join(map(int.__repr__, args)) + "]"  # type: ignore[arg-type]  # what JSON writes for ints
-    except TypeError:  # None, or a float or a None among them
-        shown = _json_args(args)
-    return f'{{"ts_ns": {event.ts_ns}, "pid": {event.pid}, "tid": {event.tid}, {site.middle}, ' \
-           f'"args": {shown}, {site.tail}}}\n'
+        site = JsonSite.of(event.object, event.provider, event.name, event.address, event.specs)
+        if len(_json_sites) >= _JSON_SITES_MAX:
+            _json_sites.clear()
+        _json_sites[event.object, event.provider, event.name, event.address] = site
+    return site.line(event.ts_ns, event.pid, event.tid, event.args)
 
 
 def _json_record(event: Event) -> dict[str, object]:
@@ -87,28 +83,36 @@ def _json_record(event: Event) -> dict[str, object]:
 
 
 @dataclass(frozen=True, slots=True)
-class _JsonSite:
+class JsonSite:
     """The JSON every event of one site repeats: the members between ``tid`` and ``args``,
-    and ``specs``."""
+    and ``specs``.  ``line`` is the one writer of an event's JSON line: ``json_line``'s,
+    and the jump path's when its hits go to ``--json`` alone, as lines without an Event
+    (uemu/jumps.py)."""
 
     specs: list[str]
     middle: str
     tail: str
 
     @classmethod
-    def of(cls, event: Event) -> _JsonSite:
-        record = _json_record(event)
+    def of(cls, obj: str, provider: str, name: str, address: int, specs: list[str]) -> JsonSite:
+        record = _json_record(Event(0, 0, 0, obj, provider, name, address, specs, None))
         middle = {k: record[k] for k in ("object", "provider", "name", "address")}
-        site = cls(list(event.specs), STRICT_JSON.encode(middle)[1:-1],
-                   STRICT_JSON.encode({"specs": record["specs"]})[1:-1])
-        if len(_json_sites) >= _JSON_SITES_MAX:
-            _json_sites.clear()
-        _json_sites[event.object, event.provider, event.name, event.address] = site
-        return site
+        return cls(list(specs), STRICT_JSON.encode(middle)[1:-1], STRICT_JSON.encode({"specs": record["specs"]})[1:-1])
+
+    def line(self, ts_ns: int, pid: int, tid: int, args: list[Value] | None) -> str:
+        """The JSON line of this site's event with these fields; integer arguments (nearly
+        always all there are) written here, at once."""
+        try:
+            shown = f"[{_join_items(map(_int_text, args))}]"  # type: ignore[arg-type]  # what JSON writes
+        except TypeError:  # None, or a float or a None among them
+            shown = _json_args(args)
+        return f'{{"ts_ns": {ts_ns}, "pid": {pid}, "tid": {tid}, {self.middle}, "args": {shown}, {self.tail}}}\n'
 
 
+_int_text, _join_items = int.__repr__, ", ".join
+"""What ``JsonSite.line`` calls for each argument and list, bound once (a tenth of its time)."""
 _JSON_SITES_MAX = 4096
-_json_sites: dict[tuple[str, str, str, int], _JsonSite] = {}
+_json_sites: dict[tuple[str, str, str, int], JsonSite] = {}
 
 
 def _json_args(args: list[Value] | None) -> str:
