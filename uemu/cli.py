@@ -493,7 +493,7 @@ class _Sink:
             write = lambda event: put(render(event))  # noqa: E731
         on_hit = self._guarded(session, write)
         if self.render is json_line:
-            session.reporter.json_out = (on_hit, self._guarded(session, self.stream.write))
+            session.writes_json_lines(on_hit, self._guarded(session, self.stream.write))
         return on_hit
 
     def _guarded(self, session: Session, write: Callable[[_Out], object]) -> Callable[[_Out], None]:

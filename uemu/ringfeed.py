@@ -3,8 +3,8 @@
 The session's loop blocks in waitpid, and a jumped site never makes a stop, so ring
 events cannot wait for the loop.  A reader thread drains the rings (``JumpPath.drain``)
 as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; its
-events wait in a heap for ``window_ns`` (records of several threads and processes
-finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
+events wait in a sorted list for ``window_ns`` (records of several threads and
+processes finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
 in the target the vDSO's, or the CPU's counter converted between pairs taken from it
 (runtime.c, now_ns); time.monotonic_ns in uemu).  The trap path's events are handed
 out by the loop at their stop, at once (a handler may still read the stopped thread's
@@ -156,9 +156,9 @@ class RingFeed:
     def _take(self, batch: list[RingEvent]) -> None:
         """Ring events: counted at once when they carry nothing, else in their time's turn.
         A long drain (a reader far behind) hands out, as it goes, what is older than the
-        window before the newest event taken: the heap holds about a window of events, not
-        a whole ring's (their memory, a deeper heap, the collector's walks over them, and
-        nothing handed out until the drain ends)."""
+        window before the newest event taken: the waiting list holds about a window of
+        events, not a whole ring's (their memory, longer merges, the collector's walks over
+        them, and nothing handed out until the drain ends)."""
         if not batch:
             return
         if batch[0][2] is None:

@@ -145,6 +145,13 @@ class Session:
         self._wants_events()
         self.reporter.handlers.append(handler)
 
+    def writes_json_lines(self, handler: Handler, write: Callable[[str], object]) -> None:
+        """``handler`` (added or given to ``run``) does nothing but ``write`` each event's
+        ``events.json_line``: the jump path may then hand its hits to ``write`` as those
+        lines, a batch a call, without an Event each (``Reporter.json_writer``; it does so
+        only while ``handler`` is the one handler)."""
+        self.reporter.json_out = (handler, write)
+
     def _wants_events(self) -> None:
         if self.jumps is not None and self.jumps.count_only:
             raise errors.CountOnly()
