@@ -428,6 +428,7 @@ def _trace(session: Session, args: argparse.Namespace, sink: _Sink) -> None:
     session.run(sink.handler(session), duration=args.duration, max_events=args.max_events)
     sink.finish(session)
 
+
 _Out = TypeVar("_Out")
 """What a sink's write takes: an event, or text."""
 

@@ -4,13 +4,13 @@ The session's loop blocks in waitpid, and a jumped site never makes a stop, so r
 events cannot wait for the loop.  A reader thread drains the rings (``JumpPath.drain``)
 as soon as a producer wakes it (the ring's futex) or at least every ``poll_ns``; its
 events wait in a sorted list for ``window_ns`` (records of several threads and
-processes finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on both paths:
-in the target the vDSO's, or the CPU's counter converted between pairs taken from it
-(runtime.c, now_ns); time.monotonic_ns in uemu).  The trap path's events are handed
-out by the loop at their stop, at once (a handler may still read the stopped thread's
-memory); ``before`` first drains the rings and hands out every older ring event.  All
-under ``lock``, by whichever thread holds it: the reader, or the loop.  So handlers see
-events in time order, one at a time, from one thread at a time.
+processes finish in any order) and leave it in timestamp order (CLOCK_MONOTONIC on
+both paths: in the target the vDSO's, or the CPU's counter converted between pairs
+taken from it (runtime.c, now_ns); time.monotonic_ns in uemu).  The trap path's
+events are handed out by the loop at their stop, at once (a handler may still read the
+stopped thread's memory); ``before`` first drains the rings and hands out every older
+ring event.  All under ``lock``, by whichever thread holds it: the reader, or the loop.
+So handlers see events in time order, one at a time, from one thread at a time.
 
 The order is exact for events that reach uemu within the window of their hit; a thread
 descheduled in the middle of a hit for longer (its record is finished late) comes out

@@ -618,8 +618,6 @@ def _move(table: dict[int, _T], old_start: int, old_size: int, new_start: int) -
     table.update((vaddr - old_start + new_start, x) for vaddr, x in moved.items())
 
 
-
-
 def _counter_format(mm: Mm) -> str:
     """A signed 16-bit counter in the tracee's byte order."""
     return "<h" if mm.arch.little_endian in (True, None) else ">h"
