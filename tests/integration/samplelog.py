@@ -26,8 +26,12 @@ class Line:
 
 
 def parse(text: str) -> list[Line]:
+    """The complete lines of ``text``.  A line read while the sample writes it may be
+    cut short: one write(2) is atomic for other writers, not for a reader of the
+    file, which can see it up to a page boundary.  A line counts once its newline
+    is there."""
     lines = []
-    for raw in text.splitlines():
+    for raw in text.split("\n")[:-1]:
         fields = raw.split(" ")
         if len(fields) >= 3 and fields[1].isdigit():
             lines.append(Line(fields[0], int(fields[1]), int(fields[2]), fields[3] if len(fields) > 3 else "",
