@@ -209,11 +209,9 @@ class Tracer:
         exactly (the runtime's R2 and R4).  A thread owed a signal keeps its stop, the one
         place its signal can be delivered from (an interrupt stop would drop it); the restart
         or the detach that delivers it clears the flag."""
-        for task in list(self.tracees.tasks.values()):
-            if (task.single_step and task.xol is None and task.stop_kind in inject.INJECTABLE
-                    and not task.owed_signal and not task.held):
-                with suppress(errors.TraceeGone):
-                    inject.repark(task)
+        for task in [t for t in self.tracees.tasks.values() if _step_over(t)]:
+            with suppress(errors.TraceeGone):
+                inject.repark(task)
 
     def while_parked(self, work: Callable[[], None]) -> None:
         """``work`` with every task parked (sites and counters change only while every
@@ -245,8 +243,15 @@ class Tracer:
         program cannot live without a tracer, kept going bare (CONT with that signal,
         LISTEN in a group-stop) until every task has exited.  A task created meanwhile
         is let go at its first stop.  Without this, ``uemu run`` would wait for ever for
-        a command whose threads it holds stopped."""
+        a command whose threads it holds stopped.  A thread uemu single-stepped is first
+        parked again as ``drop_step_flags`` does: a step into a blocking system call
+        queues its trap behind the stop, and a detach would hand it to the program."""
         bare = self.tracees.needs_tracer()
+        for task in [t for t in self.tracees.tasks.values() if t.stopped and _step_over(t)]:
+            try:
+                inject.repark(task)
+            except (errors.UemuError, OSError):
+                task.stopped = False  # where it stands is unknown: let go below at its next stop
         for task in [t for t in self.tracees.tasks.values() if t.stopped]:
             _let_go(task.tid, _going_with(task, 0), bare)
         for tid in self.tracees.held_first_stops():
@@ -326,6 +331,13 @@ class Tracer:
         self.resume(task, Resume(ResumeOp.CONT, urgent=True))
         self.run_until(lambda: task.stopped or task.tid not in self.tracees.tasks)
         return self.injectable(mm)
+
+
+def _step_over(task: Task) -> bool:
+    """A thread last resumed with a single step, not inside an out-of-line step, parked
+    where ``inject.repark`` can take it, with no signal to deliver from its stop."""
+    return (task.single_step and task.xol is None and task.stop_kind in inject.INJECTABLE
+            and not task.owed_signal and not task.held)
 
 
 def _going_with(task: Task, sig: int) -> int:

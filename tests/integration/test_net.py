@@ -28,9 +28,19 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from residue import anonymous_code, counters_off, semaphores, text_differences, turns
 from samplelog import Line, parse
-from tracee import UEMU, Tracee, compile_program, differences, file_memory, thread_states, tracer_pid, wait_until
+from tracee import (
+    UEMU,
+    Tracee,
+    compile_program,
+    differences,
+    file_memory,
+    process_state,
+    thread_states,
+    tracer_pid,
+    wait_until,
+)
 
-from uemu import inject, ptrace, sdt
+from uemu import inject, process, ptrace, sdt
 from uemu.arch import by_name
 from uemu.arch.base import StepEnd, StepOutOfLine
 from uemu.maps import PROT_EXEC, PROT_READ, PROT_WRITE, heap_growth, read_maps
@@ -41,7 +51,9 @@ from uemu.runtime import has_blob, layout
 from uemu.runtime.layout import SlotFlags, TableState
 from uemu.session import Session
 from uemu.stops import StopKind, classify
-from uemu.tasks import Task
+from uemu.tasks import Task, Tracees
+from uemu.tracer import Tracer
+from uemu.uprobes import Uprobes
 
 SI_TKILL = -6
 SA_SIGINFO, SA_RESTART = 0x4, 0x10000000
@@ -535,6 +547,44 @@ def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_p
     finally:
         orphan.close()
     assert status == (0 if repark else -signal.SIGTRAP)
+
+
+def test_abandon_takes_the_trap_a_step_into_a_blocking_call_queued(runnable_build) -> None:
+    """``Tracer.abandon`` (uemu's own error while leaving) with a thread uemu single-stepped
+    into a blocking system call (leaving steps a thread out of the vDSO, whose clock may
+    fall back to one): the step's SIGTRAP is queued as the call returns, and the interrupt
+    stop that parks the thread comes before it (kernel: ``get_signal()`` runs
+    ``do_jobctl_trap()`` first).  Detached so, the program would be handed that trap and
+    die of it; abandon parks such a thread again first, as leaving does.  The program's
+    own truth: samples/parked's main thread, parked in read(), reports what read returned."""
+    program = runnable_build.directory / "parked"
+    with Tracee([program, "1", "0", "3000"]) as tracee:
+        tracee.wait_sync("parked")
+        tracee.release()
+        wait_until(lambda: process_state(tracee.pid) == "S", what="the main thread to park in read")
+        pid = tracee.pid
+        ptrace.seize(pid, ptrace.O_TRACESYSGOOD)
+        ptrace.interrupt(pid)
+        assert classify(pid, os.waitpid(pid, ptrace.WALL)[1]).kind is StopKind.INTERRUPT
+        try:
+            ptrace.singlestep(pid)
+        except OSError:
+            ptrace.detach(pid)
+            pytest.skip("no PTRACE_SINGLESTEP here")
+        wait_until(lambda: process_state(pid) == "S", what="the stepped thread to block in read again")
+        ptrace.interrupt(pid)
+        stop = classify(pid, os.waitpid(pid, ptrace.WALL)[1])
+        if not (stop.kind is StopKind.INTERRUPT and process.sigtrap_pending(pid)):
+            ptrace.detach(pid)
+            pytest.skip(f"no step trap queued behind the interrupt stop here ({stop.kind.name})")
+        tracer = Tracer(Tracees(Uprobes(print), follow_forks=False, needs_tracer=lambda: False, warn=print),
+                        lambda mm: False)
+        tracer.tracees.tasks[pid] = Task(pid, pid, None, stop_kind=stop.kind, single_step=True)
+        tracer.abandon()
+        assert tracer_pid(pid) == 0
+        assert tracee.finish() == 0
+        woke = [(line.word, line.values) for line in tracee.lines() if line.kind == "woke" and line.tid == pid]
+    assert woke == [("read", ("1", "0", "0"))]
 
 
 def _two_stop_site(program: Path) -> str:
