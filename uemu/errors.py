@@ -100,7 +100,7 @@ class CommandNotFound(NotFound):
     exit_code = 127
 
     def __init__(self, command: str):
-        super().__init__(f"{command}: no such file")
+        super().__init__(f"{command or repr(command)}: no such file")
         self.command = command
 
 

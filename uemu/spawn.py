@@ -53,6 +53,8 @@ def fork_waiting(argv: Sequence[str], env: dict[str, str] | None, seccomp_filter
     """fork; the child waits for ``Spawned.go``, then installs the filter and execs."""
     from . import seccomp
 
+    if not argv[0]:  # execvp refuses it with a ValueError, which the child cannot report
+        raise errors.CommandNotFound(argv[0])
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     go_read, go_write = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()

@@ -175,4 +175,5 @@ def test_run_errors():
     # a probe word is not looked for in a command that cannot start: no warning first
     one_error_line(uemu("run", "x:y", "--", "/no/such/program"), 127, "no such file")
     one_error_line(uemu("run", "--strict", "x:y", "--", "no-such-command-here"), 127, "no such file")
+    one_error_line(uemu("run", "--", ""), 127, "'': no such file")  # as env(1); execvp raises ValueError
     one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")
