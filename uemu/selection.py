@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from . import errors, ldso, probespec, sdt
 from .objects import MappedObject
-from .probespec import ProbeSpec, RawUprobe, SdtPattern
-from .uprobes import Consumer, ProbeInfo, Uprobe, Uprobes
+from .probespec import ProbeSpec, RawUprobe, SdtPattern, SymbolUprobe
+from .uprobes import Consumer, ProbeInfo, Uprobe, Uprobes, check_offset
 
 Site = tuple[int, int, ProbeInfo]
 """(file offset, ref_ctr_offset, what to report) of one selected site."""
@@ -149,22 +149,29 @@ def selected(spec: ProbeSpec, mapped: MappedObject) -> list[Site]:
         ]
     if not _same_file(spec.path, mapped.file_id):
         return []
-    if isinstance(spec, RawUprobe):
-        offset, ref = spec.offset, spec.ref_ctr_offset
-    else:
-        vaddr = elf.symbol_address(spec.symbol)
-        if vaddr is None:
-            raise errors.ProbeNotFound(spec.text, [f"{spec.path} has no symbol {spec.symbol!r}"])
-        found = elf.file_offset(vaddr + spec.offset, executable=True)
-        if found is None:
-            raise errors.UprobeError(f"{spec.text}: not in an executable segment")
-        offset, ref = found, 0
+    offset, ref = _raw_site(spec, elf)
     vaddr = elf.vaddr(offset)
     # Named after what the user wrote: FILE:SYMBOL[+OFF] or FILE:OFFSET, FILE the object's
     # name.  Differs: tracefs names such an event p_STEM_0xOFFSET.  Two words on one
     # address (longjmp, siglongjmp) are two consumers under two names, as in the kernel.
     info = ProbeInfo(elf.path, os.path.basename(spec.path), spec.place, vaddr if vaddr is not None else offset, "")
     return [(offset, ref, info)]
+
+
+def _raw_site(spec: RawUprobe | SymbolUprobe, elf: sdt.ElfObject) -> tuple[int, int]:
+    """The file offset and counter offset ``spec`` names in ``elf``: an offset past its
+    end, a symbol it lacks or a place outside its code is an error, as the kernel's
+    registration and bpftrace's attach refuse them."""
+    if isinstance(spec, RawUprobe):
+        check_offset(elf.path, elf.source or elf.path, spec.offset)
+        return spec.offset, spec.ref_ctr_offset
+    vaddr = elf.symbol_address(spec.symbol)
+    if vaddr is None:
+        raise errors.ProbeNotFound(spec.text, hint=f"{spec.path} has no symbol {spec.symbol!r}")
+    found = elf.file_offset(vaddr + spec.offset, executable=True)
+    if found is None:
+        raise errors.UprobeError(f"{spec.text}: not in an executable segment")
+    return found, 0
 
 
 def _probe_info(probe: sdt.Probe) -> ProbeInfo:
@@ -180,6 +187,11 @@ def _same_file(path: str, file_id: tuple[int, int]) -> bool:
 
 
 def _file_matches(spec: ProbeSpec, obj: sdt.ElfObject) -> bool:
+    """Whether ``spec`` selects a site in ``obj``; a raw probe of it that cannot (no such
+    symbol, not in its code) is an error now, not a word pending for ever."""
     if isinstance(spec, SdtPattern):
         return any(spec.matches(p) for p in obj.probes)
-    return os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)
+    if not (os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)):
+        return False
+    _raw_site(spec, obj)
+    return True

@@ -164,6 +164,13 @@ class Mm:
         return self.backend.trap_address(regs[self.arch.ip_reg])
 
 
+def check_offset(path: str, source: str, offset: int) -> None:
+    """Kernel: ``__uprobe_register()`` refuses an offset past the file's end (-EINVAL)."""
+    size = os.stat(source).st_size
+    if offset > size:
+        raise errors.UprobeError(f"{path}: offset {offset:#x} is beyond the file's {size:#x} bytes")
+
+
 class JumpSites(Protocol):
     """What the core asks of the jump path (``uemu/jumps.py``): a site's bytes other
     than a breakpoint, behind the same counters and the same life cycle."""
@@ -271,9 +278,7 @@ class Uprobes:
         elf = mapped.elf
         backend = arches.for_elf(elf.e_machine, elf.elf_class, elf.little_endian).tracing_backend()
         source = mapped.elf.source
-        size = os.stat(source).st_size
-        if offset > size:
-            raise errors.UprobeError(f"{path}: offset {offset:#x} is beyond the file's {size:#x} bytes")
+        check_offset(path, source, offset)
         if ref_ctr_offset % 2:
             raise errors.UprobeError(f"{path}: ref_ctr_offset {ref_ctr_offset:#x} is not 2-byte aligned")
         with open(source, "rb") as stream:

@@ -177,3 +177,19 @@ def test_run_errors():
     one_error_line(uemu("run", "--strict", "x:y", "--", "no-such-command-here"), 127, "no such file")
     one_error_line(uemu("run", "--", ""), 127, "'': no such file")  # as env(1); execvp raises ValueError
     one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")
+
+
+@pytest.mark.parametrize("command", ["bench", "true"], ids=["maps-it", "does-not"])
+def test_a_raw_probe_its_file_cannot_hold_is_refused_at_start(samples, command) -> None:
+    """PATH:SYMBOL and PATH:OFFSET are checked against PATH before anything runs,
+    whether or not the command maps it (bpftrace's attach refuses a missing symbol, the
+    kernel's registration an offset past the file): not a word pending for ever."""
+    path = samples / "bench"
+    argv = [str(path), "1"] if command == "bench" else ["true"]
+    missing = uemu("run", "-o", os.devnull, f"{path}:no_such_symbol", "--", *argv)
+    one_error_line(missing, 6, f"{path} has no symbol 'no_such_symbol'")
+    assert "did you mean" not in missing.stderr  # it is no name of a probe
+    one_error_line(uemu("run", "-o", os.devnull, f"{path}:main+0x100000", "--", *argv), 8,
+                   "not in an executable segment")
+    one_error_line(uemu("run", "-o", os.devnull, f"{path}:0x10000000", "--", *argv), 8,
+                   "offset 0x10000000 is beyond the file's")
