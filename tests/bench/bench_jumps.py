@@ -5,6 +5,7 @@ same site, and the share of real SDT sites that can take a jump.
 
 Per hit: samples/bench's timed loops (the program times itself, so starting and arming
 are not counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset),
+bare and fetching the site's arguments as uemu's records do (``kernel + args``),
 under ``uemu run`` (the jump path, the default: the SDT nops are punned) counting only
 (``-c``: each hit adds to a counter in the target, no record) and writing every event
 to a file (``--json``: a record per hit in the ring, read by uemu), and under ``uemu run --no-jumps`` (the trap path; a
@@ -33,11 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests" / "bench")]
+sys.path[:0] = [str(ROOT / "tests" / "bench"), str(ROOT / "tests" / "integration")]
 
 from bench_hits import BENCH, _tracefs_append, loop_ns, run_sample  # noqa: E402
+from oracle import fetcharg  # noqa: E402
 
-from uemu import sdt  # noqa: E402
+from uemu import argspec, sdt  # noqa: E402
 from uemu.jumpplan import Neighbours, plan_of_site  # noqa: E402
 from uemu.maps import read_maps  # noqa: E402
 from uemu.objects import mapped_objects  # noqa: E402
@@ -68,16 +70,24 @@ def untraced(n: int) -> dict[str, float]:
     return {probe: per_hit_ns(output, probe) for probe in PROBES}
 
 
-def kernel(n: int) -> dict[str, float] | None:
-    """A tracefs uprobe on each site (with its ref_ctr_offset: the guarded loop runs)."""
+def kernel(n: int, with_args: bool = False) -> dict[str, float] | None:
+    """A tracefs uprobe on each site (with its ref_ctr_offset: the guarded loop runs);
+    ``with_args``: fetching the site's arguments too, as uemu's records carry them (the
+    tests' kernel oracle's fetch-args)."""
     events = TRACEFS / "uprobe_events"
     if not os.access(events, os.W_OK):
         return None
-    sites = {p.full_name: p for p in sdt.open_elf(str(BENCH)).probes if p.full_name in PROBES}
+    elf = sdt.open_elf(str(BENCH))
+    sites = {p.full_name: p for p in elf.probes if p.full_name in PROBES}
     out = {}
     for probe, site in sites.items():
         ref = f"({site.semaphore_offset:#x})" if site.semaphore_offset else ""
-        _tracefs_append(events, f"p:uemu_bench_jumps/hit {BENCH}:{site.file_offset:#x}{ref}\n")
+        specs = argspec.parse_all(site.args, elf.arch_name) if with_args else []
+        fetched = [fetcharg(spec, elf, site.address) for spec in specs]
+        if None in fetched:
+            return None  # not like for like
+        fetch = "".join(f" a{i}={arg}" for i, arg in enumerate(fetched))
+        _tracefs_append(events, f"p:uemu_bench_jumps/hit {BENCH}:{site.file_offset:#x}{ref}{fetch}\n")
         enable = TRACEFS / "events/uemu_bench_jumps/hit/enable"
         try:
             enable.write_text("1")
@@ -105,6 +115,7 @@ def per_hit(n: int, repeat: int) -> None:
     measures: dict[str, Callable[[int], dict[str, float] | None]] = {
         "untraced": untraced,
         "kernel uprobe": kernel,
+        "kernel + args": lambda n: kernel(n, with_args=True),
         "jump path -c": under_uemu("-c"),
         "jump path events": under_uemu("--json"),
         "trap path -c": under_uemu("-c", "--no-jumps", share=20),
@@ -123,6 +134,7 @@ def per_hit(n: int, repeat: int) -> None:
     for probe in PROBES:
         print(f"  {probe}")
         kernel_ns = rows["kernel uprobe"].get(probe)
+        args_ns = rows["kernel + args"].get(probe)
         trap_ns = rows["trap path -c"].get(probe)
         for name in measures:
             value = rows[name].get(probe)
@@ -130,12 +142,14 @@ def per_hit(n: int, repeat: int) -> None:
                 print(f"    {name:17} unavailable")
                 continue
             ratios = []
-            if kernel_ns and name != "kernel uprobe" and name != "untraced":
+            if kernel_ns and not name.startswith(("kernel", "untraced")):
                 ratios.append(f"{value / kernel_ns:.3f}x kernel")
+            if args_ns and name == "jump path events":
+                ratios.append(f"{value / args_ns:.3f}x kernel + args")
             if trap_ns and name.startswith("jump"):
                 ratios.append(f"{value / trap_ns:.4f}x trap path")
             print(f"    {name:17} {value:9.1f}   {'   '.join(ratios)}")
-    print("  goal: jump path <= 0.05x kernel uprobe")
+    print("  goal: jump path <= 0.05x kernel uprobe (events carry the arguments: 'kernel + args' fetches them too)")
 
 
 # ---- shares -------------------------------------------------------------------------------
