@@ -71,9 +71,12 @@ class Selection:
 
     def check_process(self, objects: Sequence[MappedObject], pid: int) -> None:
         """At attach: each word that matches nothing in the process's objects now
-        is pending (said now), or with ``strict`` an error naming the closest probes."""
+        is pending (said now), or with ``strict`` an error naming the closest probes;
+        a raw probe its file cannot hold is an error (``_raw_site``)."""
         self._scope = f"process {pid} or anything it mapped while traced"
         for spec in self.specs:
+            if not isinstance(spec, SdtPattern) and os.path.isfile(spec.path):
+                _raw_site(spec, sdt.open_elf(spec.path))  # mapped or not, as check_spawn
             if not any(selected(spec, mapped) for mapped in objects):
                 self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
 

@@ -179,17 +179,26 @@ def test_run_errors():
     one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")
 
 
-@pytest.mark.parametrize("command", ["bench", "true"], ids=["maps-it", "does-not"])
-def test_a_raw_probe_its_file_cannot_hold_is_refused_at_start(samples, command) -> None:
+@pytest.mark.parametrize("how", ["run-maps-it", "run-does-not", "attach-does-not"])
+def test_a_raw_probe_its_file_cannot_hold_is_refused_at_start(samples, how) -> None:
     """PATH:SYMBOL and PATH:OFFSET are checked against PATH before anything runs,
-    whether or not the command maps it (bpftrace's attach refuses a missing symbol, the
+    whether or not the program maps it (bpftrace's attach refuses a missing symbol, the
     kernel's registration an offset past the file): not a word pending for ever."""
     path = samples / "bench"
-    argv = [str(path), "1"] if command == "bench" else ["true"]
-    missing = uemu("run", "-o", os.devnull, f"{path}:no_such_symbol", "--", *argv)
-    one_error_line(missing, 6, f"{path} has no symbol 'no_such_symbol'")
-    assert "did you mean" not in missing.stderr  # it is no name of a probe
-    one_error_line(uemu("run", "-o", os.devnull, f"{path}:main+0x100000", "--", *argv), 8,
-                   "not in an executable segment")
-    one_error_line(uemu("run", "-o", os.devnull, f"{path}:0x10000000", "--", *argv), 8,
-                   "offset 0x10000000 is beyond the file's")
+    target = subprocess.Popen([str(samples / "sema"), "1"], stdin=subprocess.PIPE,
+                              env=dict(os.environ, SAMPLE_SYNC="1", SAMPLE_OUT=os.devnull))
+    try:
+        def traced(word: str) -> subprocess.CompletedProcess[str]:
+            if how == "attach-does-not":
+                return uemu("attach", "--duration", "5", "-o", os.devnull, str(target.pid), word)
+            return uemu("run", "-o", os.devnull, word, "--", *([str(path), "1"] if how == "run-maps-it" else ["true"]))
+
+        missing = traced(f"{path}:no_such_symbol")
+        one_error_line(missing, 6, f"{path} has no symbol 'no_such_symbol'")
+        assert "did you mean" not in missing.stderr  # it is no name of a probe
+        one_error_line(traced(f"{path}:main+0x100000"), 8, "not in an executable segment")
+        one_error_line(traced(f"{path}:0x10000000"), 8, "offset 0x10000000 is beyond the file's")
+        assert tracer_pid(target.pid) == 0
+    finally:
+        target.kill()
+        target.wait()
