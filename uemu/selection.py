@@ -84,10 +84,11 @@ class Selection:
         """Before starting anything: each word that can match neither the program,
         its start-up libraries (found as ld.so would, without running anything) nor
         a file it names is pending (said now), or with ``strict`` an error naming the
-        closest probes.  A command that is no file is not looked in: its start fails
-        with the one error line a shell would give."""
+        closest probes.  A command that is no file, or whose ``#!`` interpreter is
+        none, is not looked in: its start fails with the one error line a shell would
+        give."""
         candidates = ldso.startup_objects(argv[0], env)
-        if not os.path.isfile(candidates[0]):
+        if not all(os.path.isfile(path) for path in candidates):  # a missing library is left out already
             return
         objects = []
         for path in candidates:

@@ -169,13 +169,17 @@ def test_no_probe_matches_names_the_near_ones(samples):
         target.wait()
 
 
-def test_run_errors():
+def test_run_errors(tmp_path):
     one_error_line(uemu("run", "--", "/no/such/program"), 127, "no such file")
     one_error_line(uemu("run", "--", "/etc/passwd"), 126, "Permission denied")
     # a probe word is not looked for in a command that cannot start: no warning first
     one_error_line(uemu("run", "x:y", "--", "/no/such/program"), 127, "no such file")
     one_error_line(uemu("run", "--strict", "x:y", "--", "no-such-command-here"), 127, "no such file")
     one_error_line(uemu("run", "--", ""), 127, "'': no such file")  # as env(1); execvp raises ValueError
+    script = tmp_path / "script"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    one_error_line(uemu("run", "x:y", "--", str(script)), 127, "no such file")
     one_error_line(uemu("run", "--strict", "nothing:here", "--", "true"), 6, "nothing:here")
 
 
