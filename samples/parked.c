@@ -175,6 +175,15 @@ static void *waker(void *arg)
 	return NULL;
 }
 
+/* 64 KiB, or the C library's least where that is more (aarch64 glibc: 128 KiB, and
+ * pthread_attr_setstacksize refuses less with EINVAL). */
+static size_t stack_size(void)
+{
+	long least = sysconf(_SC_THREAD_STACK_MIN);
+
+	return least > 64 * 1024 ? (size_t)least : 64 * 1024;
+}
+
 static void start(pthread_t *thread, pthread_attr_t *attr, void *(*body)(void *), long arg)
 {
 	if (pthread_create(thread, attr, body, (void *)arg) != 0)
@@ -196,7 +205,7 @@ int main(int argc, char **argv)
 		die("parked");
 	if (pipe(read_pipe) != 0 || pipe(epoll_pipe) != 0)
 		die("pipe");
-	if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, 64 * 1024) != 0)
+	if (pthread_attr_init(&attr) != 0 || pthread_attr_setstacksize(&attr, stack_size()) != 0)
 		die("pthread_attr");
 	for (long i = 0; i < parkers; i++)
 		start(&all[i], &attr, parker, i);
