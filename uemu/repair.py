@@ -622,8 +622,11 @@ def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool],
     regs.fetch(task.tid)
     floor = regs[arch.sp_reg]
     _hold_owed(task)
+    expired = False
 
     def time_up(signum: int, frame: object) -> None:
+        nonlocal expired
+        expired = True
         with contextlib.suppress(errors.TraceeGone):  # it ended meanwhile: its exit comes next
             ptrace.interrupt(task.tid)
 
@@ -645,7 +648,13 @@ def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool],
                         return
             elif stop.kind is StopKind.SIGNAL:
                 task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))
-            ptrace.syscall(task.tid)
+            if expired:
+                # A syscall stop took the interrupt (kernel: ptrace_stop(), "any trap clears
+                # pending STOP trap"): asked again, and no syscall stop to take it this time.
+                ptrace.interrupt(task.tid)
+                ptrace.cont(task.tid)
+            else:
+                ptrace.syscall(task.tid)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
