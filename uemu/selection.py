@@ -72,13 +72,14 @@ class Selection:
     def check_process(self, objects: Sequence[MappedObject], pid: int) -> None:
         """At attach: each word that matches nothing in the process's objects now
         is pending (said now), or with ``strict`` an error naming the closest probes;
-        a raw probe its file cannot hold is an error (``_raw_site``)."""
+        a raw probe its file cannot hold is an error (``_check_raw``), mapped or not."""
         self._scope = f"process {pid} or anything it mapped while traced"
         for spec in self.specs:
+            if any(selected(spec, mapped) for mapped in objects):
+                continue
             if not isinstance(spec, SdtPattern) and os.path.isfile(spec.path):
-                _raw_site(spec, sdt.open_elf(spec.path))  # mapped or not, as check_spawn
-            if not any(selected(spec, mapped) for mapped in objects):
-                self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
+                _check_raw(spec, sdt.open_elf(spec.path))  # not mapped now: as check_spawn
+            self._not_yet(spec, [p for m in objects for p in m.elf.probes], f"process {pid}")
 
     def check_spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
         """Before starting anything: each word that can match neither the program,
@@ -163,11 +164,9 @@ def selected(spec: ProbeSpec, mapped: MappedObject) -> list[Site]:
 
 
 def _raw_site(spec: RawUprobe | SymbolUprobe, elf: sdt.ElfObject) -> tuple[int, int]:
-    """The file offset and counter offset ``spec`` names in ``elf``: an offset past its
-    end, a symbol it lacks or a place outside its code is an error, as the kernel's
-    registration and bpftrace's attach refuse them."""
+    """The file offset and counter offset ``spec`` names in ``elf``: a symbol it lacks or
+    a place outside its code is an error, as bpftrace's attach refuses them."""
     if isinstance(spec, RawUprobe):
-        check_offset(elf.path, elf.source or elf.path, spec.offset)
         return spec.offset, spec.ref_ctr_offset
     vaddr = elf.symbol_address(spec.symbol)
     if vaddr is None:
@@ -176,6 +175,13 @@ def _raw_site(spec: RawUprobe | SymbolUprobe, elf: sdt.ElfObject) -> tuple[int, 
     if found is None:
         raise errors.UprobeError(f"{spec.text}: not in an executable segment")
     return found, 0
+
+
+def _check_raw(spec: RawUprobe | SymbolUprobe, elf: sdt.ElfObject) -> None:
+    """Before anything is registered: ``_raw_site``'s errors, and an offset past the
+    file's end, which the uprobe's registration refuses later (``check_offset``)."""
+    offset, _ = _raw_site(spec, elf)
+    check_offset(elf.path, elf.source or elf.path, offset)
 
 
 def _probe_info(probe: sdt.Probe) -> ProbeInfo:
@@ -191,11 +197,11 @@ def _same_file(path: str, file_id: tuple[int, int]) -> bool:
 
 
 def _file_matches(spec: ProbeSpec, obj: sdt.ElfObject) -> bool:
-    """Whether ``spec`` selects a site in ``obj``; a raw probe of it that cannot (no such
-    symbol, not in its code) is an error now, not a word pending for ever."""
+    """Whether ``spec`` selects a site in ``obj``; a raw probe of it that cannot (past its
+    end, no such symbol, not in its code) is an error now, not a word pending for ever."""
     if isinstance(spec, SdtPattern):
         return any(spec.matches(p) for p in obj.probes)
     if not (os.path.exists(spec.path) and os.path.samefile(spec.path, obj.source or obj.path)):
         return False
-    _raw_site(spec, obj)
+    _check_raw(spec, obj)
     return True
