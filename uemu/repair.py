@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,7 +51,8 @@ from uemu.arch import Arch, by_name
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
-from .jumps import RING_PATH
+from .jumpfacts import called_from, in_vdso
+from .jumps import RING_PATH, VDSO_FRAME_ROOM
 from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
@@ -66,6 +68,12 @@ Warn = Callable[[str], None]
 HANDLER_TIME = 2.0
 """Seconds a thread in the runtime's handler is given to return from it, beyond the
 handler's own wait, before repair leaves the area in place."""
+LOOK_S = 0.01
+"""How often a thread run out of uemu's code is looked at between its system calls."""
+HIT_FRAME_ROOM = 2048
+"""Bytes of a thread's stack looked at for its trampoline's return address: the deepest
+the runtime's hit goes below it (uemu_hit's frame and its callees', the vDSO's clock)
+is about half of that."""
 
 
 @dataclass
@@ -303,13 +311,18 @@ class _Repair:
             self.net.journal = writer
         self.blob = load_blob(arch.name)
         self.backend = self.mm.backend
+        self.stayed: list[int] = []
+        """Threads run out of uemu's code that did not come out (``_wait_for_the_runtime``)."""
+        self.code = _JumpCode(self.mm, base, tuple(
+            (start, start + size) for start, size in state.mappings.items()
+            if any(v.executable and v.start < start + size and v.end > start for v in self.mm.vmas)))
         self.done: list[str] = []
         if self.view is not None and self.view.header.state in (TableState.RESTORED, TableState.DETACHED):
             self.done.append("its handler had put the bytes and counts back")
 
     def run(self) -> None:
         try:
-            self._wait_for_the_handler()
+            self._wait_for_the_runtime()
             self._take_back_traps()
             self._threads_out()
             self._restore_sites()
@@ -325,9 +338,6 @@ class _Repair:
 
     # ---- the threads ---------------------------------------------------------------------
 
-    def _in_area(self, ip: int) -> bool:
-        return self.base <= ip < self.base + layout.CODE_SIZE
-
     def _in_stub(self, ip: int) -> bool:
         """At the inject stub's syscall instruction or its trap (before or after it ran)."""
         syscall = self.base + self.blob.inject_syscall
@@ -342,17 +352,28 @@ class _Repair:
             ips[task.tid] = regs[self.arch.ip_reg]
         return ips
 
-    def _wait_for_the_handler(self) -> None:
+    def _wait_for_the_runtime(self) -> None:
         """A thread in the runtime's handler (uemu died under it, or it waits before it
-        puts the program's action back) runs alone until it has returned from it; the
-        holder of the table's lock first, as the others wait for it.  One that does not
-        return in time keeps the area in place (``_unmap``)."""
+        puts the program's action back) or in a jump path's hit (a trampoline, the
+        runtime, the vDSO's clock called from there) runs alone until it has returned
+        from it; the holder of the table's lock first, as the others wait for it.  One
+        that does not return in time keeps the area in place (``_unmap``)."""
         lock = self.view.header.lock if self.view is not None else 0
         delay = self.view.header.restore_delay_ms / 1000 if self.view is not None else 0
-        ips = self._ips()
-        inside = [t for t in self.holder.threads if self._in_area(ips[t.tid]) and not self._in_stub(ips[t.tid])]
+        sigaction = self.arch.sigaction
+        # The handler returns there where the kernel takes SA_RESTORER (riscv: the vDSO's).
+        restorer = self.net.restorer if self.net and sigaction and sigaction.restorer is not None else None
+        inside = []
+        for task in self.holder.threads:
+            regs = task.registers(self.arch)
+            regs.fetch(task.tid)
+            if self.code.inside(regs) and not self._in_stub(regs[self.arch.ip_reg]):  # _give_back_injected's
+                inside.append(task)
         for task in sorted(inside, key=lambda t: t.tid != lock):
-            _return_from_handler(task, self.arch, self._in_area, delay + HANDLER_TIME)
+            if not _run_out(task, self.code, restorer, delay + HANDLER_TIME):
+                self.stayed.append(task.tid)
+        if len(inside) > len(self.stayed):
+            self.done.append(f"{_count(len(inside) - len(self.stayed), 'thread')} run out of uemu's code")
 
     def _take_back_traps(self) -> None:
         """A thread that met a breakpoint or a slot's trap of ours just before it was
@@ -552,12 +573,12 @@ class _Repair:
             self.writer.note_xol_area_gone()
         if not self._unmap_jump_mappings(vmas, ips):
             return
-        inside = [tid for tid, ip in ips.items() if self.base <= ip < self.base + layout.AREA_SIZE]
+        inside = [tid for tid, ip in ips.items() if self.base <= ip < self.base + layout.AREA_SIZE] + self.stayed
         if inside:
             tid = inside[0]
+            where = f"at +{ips[tid] - self.base:#x}" if tid not in self.stayed else "on its way out of it"
             self.report.left = (f"process {self.pid}: uemu's area at {self.base:#x} is left: thread {tid} is in "
-                                f"it (at +{ips[tid] - self.base:#x}, uemu's handler); 'uemu repair {self.pid}' "
-                                "again once it has run")
+                                f"it ({where}); 'uemu repair {self.pid}' again once it has run")
             return
         _, call = self.holder.caller(self.mm)
         if call("munmap", self.base, layout.AREA_SIZE) == 0:
@@ -606,47 +627,116 @@ def _is_anonymous_code(vmas: list[Vma], start: int, size: int) -> bool:
         min(v.start for v in covering) == start and max(v.end for v in covering) == start + size
 
 
-def _return_from_handler(task: Task, arch: Arch, in_area: Callable[[int], bool], seconds: float) -> None:
-    """Resume one thread alone, from system call to system call, until the rt_sigreturn
-    that takes it out of the runtime's signal frame: back where the trap was, no
-    instruction of the program run (unless the handler chains to the program's own, which
-    the thread was about to run).  The others stay parked, a stopped program stopped.
+@dataclass(frozen=True)
+class _JumpCode:
+    """Where uemu's code is in the process, to tell a thread still inside it from one back
+    in the program: uemu's area, whose trampolines (and the landing pages') make a hit's
+    frame, and the vDSO's clock a hit calls from there."""
 
-    Its frame is left when rt_sigreturn brings ip outside the area and sp above where the
-    thread stood in the handler (a signal of the program's, handled meanwhile, returns
-    below).  A thread in the jump path's trampoline or hit (no signal frame) leaves the
-    same way, without rt_sigreturn: at its first system call back in the program.  On a
-    signal stack of the program's the frame may sit below the interrupted stack: then the
-    thread is stopped at its time limit, inside, and the area stays."""
+    mm: Mm
+    base: int
+    pages: tuple[tuple[int, int], ...]
+    """[start, end) of each landing page (anonymous code of the jump path's)."""
+
+    @property
+    def code(self) -> list[tuple[int, int]]:
+        return [(self.base, self.base + layout.CODE_SIZE), *self.pages]
+
+    @property
+    def trampolines(self) -> list[tuple[int, int]]:
+        return [(self.base + layout.TRAMP_OFF, self.base + layout.CODE_SIZE), *self.pages]
+
+    def holds(self, ip: int) -> bool:
+        return any(start <= ip < end for start, end in self.code)
+
+    def inside(self, regs: ptrace.Regset) -> bool:
+        """In uemu's code, or in the vDSO called from there (the runtime's clock)."""
+        arch = self.mm.arch
+        ip = regs[arch.ip_reg]
+        if self.holds(ip):
+            return True
+        if not in_vdso(self.mm, ip):
+            return False
+        try:
+            stack = self.mm.memory.read(regs[arch.sp_reg], VDSO_FRAME_ROOM)
+        except OSError:
+            stack = b""
+        return called_from(arch, regs.snapshot(), stack, self.code)
+
+    def in_hit(self, sp: int, restorer: int | None) -> bool:
+        """Whether the thread whose stack starts at ``sp`` is in a jump path's hit (its
+        trampoline's return address comes first up its stack), not in the runtime's
+        signal handler (the handler's return to ``restorer`` comes first, or neither)."""
+        arch = self.mm.arch
+        try:
+            stack = self.mm.memory.read(sp, HIT_FRAME_ROOM)
+        except OSError:
+            return False
+        for at in range(0, len(stack) - arch.word_size + 1, arch.word_size):
+            word = int.from_bytes(stack[at:at + arch.word_size], arch.byte_order)
+            if word == restorer:
+                return False
+            if any(start <= word < end for start, end in self.trampolines):
+                return True
+        return False
+
+
+def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float) -> bool:
+    """Resume one thread alone, from system call to system call, until it is out of
+    uemu's code, back where the program runs.  The others stay parked, a stopped program
+    stopped.
+
+    In the runtime's signal handler, the way out is the rt_sigreturn that takes it out
+    of the handler's frame: back where the trap was, no instruction of the program run
+    (unless the handler chains to the program's own, which the thread was about to run).
+    That frame is left when ip is outside the area and sp above where the thread stood
+    in the handler (the program's handler, chained, runs below).  On a signal stack of
+    the program's the frame may sit below the interrupted stack: then the thread is
+    stopped at its time limit, inside, and the area stays.
+
+    In a jump path's hit (no signal frame: ``_JumpCode.in_hit``), the way out is its
+    trampoline's jump back: the thread is out once it is neither in uemu's code nor in
+    the vDSO's clock called from there, at its next system call or at the next look
+    (every ``LOOK_S``: a program that makes none is interrupted to be looked at).
+    False: still inside at its time limit."""
+    arch = code.mm.arch
     regs = task.registers(arch)
     regs.fetch(task.tid)
     floor = regs[arch.sp_reg]
+    in_hit = code.in_hit(floor, restorer)
     _hold_owed(task)
+    deadline = time.monotonic() + seconds
     expired = False
 
-    def time_up(signum: int, frame: object) -> None:
+    def out() -> bool:
+        regs.fetch(task.tid)
+        if in_hit:
+            return not code.inside(regs)
+        return not code.holds(regs[arch.ip_reg]) and regs[arch.sp_reg] > floor
+
+    def look(signum: int, frame: object) -> None:
         nonlocal expired
-        expired = True
+        expired = time.monotonic() >= deadline
         with contextlib.suppress(errors.TraceeGone):  # it ended meanwhile: its exit comes next
             ptrace.interrupt(task.tid)
 
-    old = signal.signal(signal.SIGALRM, time_up)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old = signal.signal(signal.SIGALRM, look)
+    signal.setitimer(signal.ITIMER_REAL, LOOK_S, LOOK_S)
     try:
         ptrace.syscall(task.tid)
         while True:
             stop = classify(task.tid, ptrace.wait_for(task.tid))
             task.stop_kind = stop.kind
             if stop.kind is StopKind.EXITED:
-                return
-            if stop.kind is StopKind.INTERRUPT:
-                return  # its time is up
-            if stop.kind is StopKind.SYSCALL:
-                if ptrace.syscall_info(task.tid).op != ptrace.SYSCALL_INFO_ENTRY:
-                    regs.fetch(task.tid)
-                    if not in_area(regs[arch.ip_reg]) and regs[arch.sp_reg] > floor:
-                        return
-            elif stop.kind is StopKind.SIGNAL:
+                return True
+            if stop.kind is StopKind.INTERRUPT and out():
+                return True
+            if stop.kind is StopKind.INTERRUPT and expired:
+                return False
+            if stop.kind is StopKind.SYSCALL and ptrace.syscall_info(task.tid).op != ptrace.SYSCALL_INFO_ENTRY \
+                    and out():
+                return True
+            if stop.kind is StopKind.SIGNAL:
                 task.hold(stop.sig, ptrace.signal_info_bytes(task.tid))
             if expired:
                 # A syscall stop took the interrupt (kernel: ptrace_stop(), "any trap clears

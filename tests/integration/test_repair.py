@@ -92,9 +92,13 @@ def slow_breakpoints(pid: int, program: Path) -> int:
     return len(mapped) + 1
 
 
-def killed_uemu(pid: int, *probes: str) -> None:
-    """``uemu attach PID PROBE...``, armed, then killed with SIGKILL."""
+def killed_uemu(pid: int, *probes: str, turning: Tracee | None = None) -> None:
+    """``uemu attach PID PROBE...``, armed, then killed with SIGKILL (once ``turning``'s
+    hot threads have made 50 turns more, if given)."""
     cli = attach_cli(str(pid), *probes)
+    if turning is not None:
+        start = turns(pid, turning.lines())
+        wait_until(lambda: turns(pid, turning.lines()) > start + 50, what="traced turns")
     assert cli.poll() is None, cli.communicate()
     assert tracer_pid(pid) == cli.pid
     cli.kill()
@@ -283,6 +287,27 @@ def test_repair_after_the_handler_ran(samples: Path, journal_dir: Path) -> None:
         assert "breakpoint" not in result.stdout, result.stdout
         assert_as_before(tracee.pid, tracee.lines(), caught)
         assert not journal_file(journal_dir, tracee.pid).exists()
+
+
+def test_repair_at_once_after_the_kill_while_threads_hit(samples: Path) -> None:
+    """uemu killed while two threads pass survival:hot through the jump path, repaired at
+    once, four times over: a thread may be anywhere in a hit then (its trampoline, the
+    runtime putting the bytes back as it finds uemu gone, the vDSO's clock called from
+    the runtime), and repair runs it out before the area goes.  After every round nothing
+    of uemu is left and the program goes on; at the end every work() result is right."""
+    with survival(samples, NEVER_MS, "0") as tracee:
+        caught = sigtrap_caught(tracee.pid)
+        for _ in range(4):
+            killed_uemu(tracee.pid, "survival:hot", turning=tracee)
+            result = uemu("repair", str(tracee.pid))
+            assert result.returncode == 0 and result.stderr == "", result.stderr
+            assert "uemu's area at" in result.stdout and "unmapped" in result.stdout, result.stdout
+            assert_as_before(tracee.pid, tracee.lines(), caught)
+            assert_goes_on(tracee)
+        tracee.process.send_signal(signal.SIGTERM)
+        assert tracee.process.wait(20 * SLOWDOWN) == 0
+        wrong = [line.values for line in tracee.lines() if line.kind == "result"]
+        assert len(wrong) == 2 and all(values == ("0",) for values in wrong), wrong
 
 
 def test_repair_gives_the_program_its_own_action(runnable_build) -> None:
