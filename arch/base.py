@@ -50,6 +50,8 @@ class KernelSigaction:
     restorer: int | None
     """Offset of sa_restorer; None where the kernel returns through the vDSO only (riscv)."""
     mask: int
+    vdso_restorer: str = ""
+    """The vDSO's symbol a handler returns to where there is no sa_restorer."""
 
 
 class NoWayBack(Exception):

@@ -64,6 +64,11 @@ def stack_of(mm: Mm, address: int) -> int | None:
 def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
     """The address of the vDSO's clock_gettime in the process, 0 if none (the runtime
     then makes the system call).  The vDSO is read from the process, never run by uemu."""
+    return vdso_symbol(memory, vmas, _VDSO_CLOCK)
+
+
+def vdso_symbol(memory: ptrace.Memory, vmas: Sequence[Vma], names: Sequence[str]) -> int:
+    """The address of the first of ``names`` the process's vDSO defines, 0 if none."""
     vdso = next((v for v in vmas if v.path == "[vdso]"), None)
     if vdso is None:
         return 0
@@ -71,7 +76,7 @@ def vdso_clock(memory: ptrace.Memory, vmas: Sequence[Vma]) -> int:
         elf = ELFFile(io.BytesIO(memory.read(vdso.start, vdso.end - vdso.start)))
         symbols = elf.get_section_by_name(".dynsym")
         base = min(s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD")
-        for name in _VDSO_CLOCK:
+        for name in names:
             found = symbols.get_symbol_by_name(name) if isinstance(symbols, SymbolTableSection) else None
             if found:
                 return int(vdso.start + found[0]["st_value"] - base)

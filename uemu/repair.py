@@ -51,7 +51,7 @@ from uemu.arch import Arch, by_name
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
-from .jumpfacts import called_from, in_vdso
+from .jumpfacts import called_from, in_vdso, vdso_symbol
 from .jumps import RING_PATH, VDSO_FRAME_ROOM
 from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
@@ -360,9 +360,7 @@ class _Repair:
         that does not return in time keeps the area in place (``_unmap``)."""
         lock = self.view.header.lock if self.view is not None else 0
         delay = self.view.header.restore_delay_ms / 1000 if self.view is not None else 0
-        sigaction = self.arch.sigaction
-        # The handler returns there where the kernel takes SA_RESTORER (riscv: the vDSO's).
-        restorer = self.net.restorer if self.net and sigaction and sigaction.restorer is not None else None
+        restorer = self._handler_return()
         inside = []
         for task in self.holder.threads:
             regs = task.registers(self.arch)
@@ -374,6 +372,16 @@ class _Repair:
                 self.stayed.append(task.tid)
         if len(inside) > len(self.stayed):
             self.done.append(f"{_count(len(inside) - len(self.stayed), 'thread')} run out of uemu's code")
+
+    def _handler_return(self) -> int | None:
+        """Where the runtime's handler returns to: its restorer, or the vDSO's where the
+        kernel takes none (riscv)."""
+        sigaction = self.arch.sigaction
+        if self.net is None or sigaction is None:
+            return None
+        if sigaction.restorer is not None:
+            return self.net.restorer
+        return vdso_symbol(self.mm.memory, self.mm.vmas, (sigaction.vdso_restorer,)) or None
 
     def _take_back_traps(self) -> None:
         """A thread that met a breakpoint or a slot's trap of ours just before it was
@@ -666,7 +674,8 @@ class _JumpCode:
     def in_hit(self, sp: int, restorer: int | None) -> bool:
         """Whether the thread whose stack starts at ``sp`` is in a jump path's hit (its
         trampoline's return address comes first up its stack), not in the runtime's
-        signal handler (the handler's return to ``restorer`` comes first, or neither)."""
+        signal handler (the handler's return address, ``restorer``, comes first, or
+        neither)."""
         arch = self.mm.arch
         try:
             stack = self.mm.memory.read(sp, HIT_FRAME_ROOM)
