@@ -24,6 +24,9 @@ from . import errors, ptrace
 from .maps import Vma, vma_at
 from .uprobes import Mm
 
+VDSO_FRAME_ROOM = 512
+"""Bytes of a thread's stack looked at for the runtime's return address when it is
+stopped in the vDSO (clock_gettime's frames are far smaller)."""
 _VDSO_CLOCK = ("__vdso_clock_gettime", "__kernel_clock_gettime")
 AT_HWCAP2 = 26
 
@@ -47,6 +50,18 @@ def called_from(arch: Arch, regs: Mapping[str, int], stack: bytes, ranges: Seque
     values = [*regs.values(), *(int.from_bytes(stack[at:at + width], arch.byte_order)
                                 for at in range(0, len(stack) - width + 1, width))]
     return any(start <= value < end for value in values for start, end in ranges)
+
+
+def in_vdso_called_from(mm: Mm, regs: ptrace.Regset, ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether a stopped thread with ``regs`` is in the vDSO, called from the jump path's
+    code (``ranges``): ``called_from`` on the top of its stack."""
+    if not in_vdso(mm, regs[mm.arch.ip_reg]):
+        return False
+    try:
+        stack = mm.memory.read(regs[mm.arch.sp_reg], VDSO_FRAME_ROOM)
+    except OSError:
+        stack = b""
+    return called_from(mm.arch, regs.snapshot(), stack, ranges)
 
 
 def in_vdso(mm: Mm, address: int) -> bool:

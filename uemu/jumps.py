@@ -74,10 +74,9 @@ from .chrome import read_comm
 from .events import Event, JsonSite
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumpfacts import (
-    called_from,
     counter_is_the_clock,
     counter_of,
-    in_vdso,
+    in_vdso_called_from,
     stack_of,
     thread_pointer,
     thread_pointer_readable,
@@ -106,9 +105,6 @@ PAGE = layout.PAGE
 RING_NAME = b"uemu-ring\0"
 RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
-VDSO_FRAME_ROOM = 512
-"""Bytes of a thread's stack looked at for the runtime's return address when it is
-stopped in the vDSO (clock_gettime's frames are far smaller)."""
 TRAP_BRANCH = "uemu's own breakpoint: it must stop the thread"
 
 
@@ -489,16 +485,7 @@ class JumpPath:
         state = self._mms.get(mm)
         if state is None:
             return False
-        ip = regs[mm.arch.ip_reg]
-        if state.holds_code(ip):
-            return True
-        if not in_vdso(mm, ip):
-            return False
-        try:
-            stack = mm.memory.read(regs[mm.arch.sp_reg], VDSO_FRAME_ROOM)
-        except OSError:
-            stack = b""
-        return called_from(mm.arch, regs.snapshot(), stack, self.code(mm))
+        return state.holds_code(regs[mm.arch.ip_reg]) or in_vdso_called_from(mm, regs, self.code(mm))
 
     def trap_ways_back(self, mm: Mm) -> dict[int, int]:
         """Leaving, every thread of ``mm`` stopped: a trap over each trampoline's jump

@@ -51,8 +51,8 @@ from uemu.arch import Arch, by_name
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
-from .jumpfacts import called_from, in_vdso, vdso_symbol
-from .jumps import RING_PATH, VDSO_FRAME_ROOM
+from .jumpfacts import in_vdso_called_from, vdso_symbol
+from .jumps import RING_PATH
 from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
@@ -659,17 +659,7 @@ class _JumpCode:
 
     def inside(self, regs: ptrace.Regset) -> bool:
         """In uemu's code, or in the vDSO called from there (the runtime's clock)."""
-        arch = self.mm.arch
-        ip = regs[arch.ip_reg]
-        if self.holds(ip):
-            return True
-        if not in_vdso(self.mm, ip):
-            return False
-        try:
-            stack = self.mm.memory.read(regs[arch.sp_reg], VDSO_FRAME_ROOM)
-        except OSError:
-            stack = b""
-        return called_from(arch, regs.snapshot(), stack, self.code)
+        return self.holds(regs[self.mm.arch.ip_reg]) or in_vdso_called_from(self.mm, regs, self.code)
 
     def in_hit(self, sp: int, restorer: int | None) -> bool:
         """Whether the thread whose stack starts at ``sp`` is in a jump path's hit (its
