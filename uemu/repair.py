@@ -51,7 +51,7 @@ from uemu.arch import Arch, by_name
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
-from .jumpfacts import in_vdso_called_from, vdso_symbol
+from .jumpfacts import VDSO_FRAME_ROOM, called_from, in_vdso_called_from, vdso_symbol
 from .jumps import RING_PATH
 from .maps import Vma, read_maps
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
@@ -74,6 +74,12 @@ HIT_FRAME_ROOM = 2048
 """Bytes of a thread's stack looked at for its trampoline's return address: the deepest
 the runtime's hit goes below it (uemu_hit's frame and its callees', the vDSO's clock)
 is about half of that."""
+SIGNAL_FRAME_ROOM = 64 << 10
+"""Bytes of a thread's stack looked at for a signal frame that returns into uemu's code:
+a program's handler, and what it calls, run below it."""
+UC_FLAGS_KNOWN = 0x7
+"""The uc_flags a kernel writes in a signal frame's ucontext (x86: UC_FP_XSTATE,
+UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS; arm64 and riscv64 write 0)."""
 
 
 @dataclass
@@ -361,14 +367,16 @@ class _Repair:
         lock = self.view.header.lock if self.view is not None else 0
         delay = self.view.header.restore_delay_ms / 1000 if self.view is not None else 0
         restorer = self._handler_return()
-        inside = []
+        inside: dict[Task, int | None] = {}
         for task in self.holder.threads:
             regs = task.registers(self.arch)
             regs.fetch(task.tid)
             if self.code.inside(regs) and not self._in_stub(regs[self.arch.ip_reg]):  # _give_back_injected's
-                inside.append(task)
+                inside[task] = None
+            elif (frame := self.code.signal_frame(regs[self.arch.sp_reg])) is not None:
+                inside[task] = frame
         for task in sorted(inside, key=lambda t: t.tid != lock):
-            if not _run_out(task, self.code, restorer, delay + HANDLER_TIME):
+            if not _run_out(task, self.code, restorer, delay + HANDLER_TIME, inside[task]):
                 self.stayed.append(task.tid)
         if len(inside) > len(self.stayed):
             self.done.append(f"{_count(len(inside) - len(self.stayed), 'thread')} run out of uemu's code")
@@ -679,8 +687,65 @@ class _JumpCode:
                 return True
         return False
 
+    def signal_frame(self, sp: int) -> int | None:
+        """Where, up the stack from ``sp`` (a thread outside uemu's code), a signal frame
+        saved an ip in uemu's code or in the vDSO called from there: the address of that
+        saved ip, or None.  A program's handler entered inside a hit runs in the program,
+        and its frame returns into the hit (uemu's own leaving learns of it as the signal
+        is delivered: ``JumpPath.signal_delivered``; repair, after uemu's death, only from
+        the frame).  A frame is told by its ucontext around that word: uc_flags among
+        those the kernel writes, no uc_link, and a saved stack pointer in a writable
+        mapping (a stale word of an old hit has none of these beside it)."""
+        arch, memory, vmas = self.mm.arch, self.mm.memory, self.mm.vmas
+        offsets, width = arch.ucontext_regs, arch.word_size
+        if arch.ip_reg not in offsets or arch.sp_reg not in offsets:
+            return None
+        ip_at = offsets[arch.ip_reg]
+        vma = next((v for v in vmas if v.start <= sp < v.end), None)
+        if vma is None:
+            return None
+        low = max(vma.start, sp - sp % width - ip_at)  # a ucontext whose ip is at sp starts here
+        try:
+            stack = memory.read(low, min(vma.end, sp + SIGNAL_FRAME_ROOM) - low)
+        except OSError:
+            return None
 
-def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float) -> bool:
+        def word(address: int) -> int | None:
+            at = address - low
+            return int.from_bytes(stack[at:at + width], arch.byte_order) if 0 <= at <= len(stack) - width else None
+
+        for at in range(sp - sp % width, low + len(stack), width):
+            saved_ip = word(at)
+            if saved_ip is None or not (self.holds(saved_ip) or self._in_vdso(saved_ip)):
+                continue
+            uc = at - ip_at
+            saved = {name: word(uc + offset) for name, offset in offsets.items()}
+            flags, link = word(uc), word(uc + width)
+            saved_sp = saved[arch.sp_reg]
+            if flags is None or flags & ~UC_FLAGS_KNOWN or link != 0 or saved_sp is None or \
+                    not any(v.start <= saved_sp < v.end and v.writable for v in vmas):
+                continue
+            if self.holds(saved_ip) or self._called_from(saved, saved_sp):
+                return at
+        return None
+
+    def _in_vdso(self, address: int) -> bool:
+        return any(v.start <= address < v.end and v.path == "[vdso]" for v in self.mm.vmas)
+
+    def _called_from(self, saved: dict[str, int | None], sp: int) -> bool:
+        """The vDSO's clock, called from uemu's code, as the signal frame saved it."""
+        arch = self.mm.arch
+        regs = {name: value for name, value in saved.items() if value is not None}
+        if arch.syscall_orig_reg:
+            regs[arch.syscall_orig_reg] = -1 & ((1 << 8 * arch.regset_word) - 1)  # in no system call
+        try:
+            stack = self.mm.memory.read(sp, VDSO_FRAME_ROOM)
+        except OSError:
+            stack = b""
+        return called_from(arch, regs, stack, self.code)
+
+
+def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float, frame: int | None = None) -> bool:
     """Resume one thread alone, from system call to system call, until it is out of
     uemu's code, back where the program runs.  The others stay parked, a stopped program
     stopped.
@@ -697,18 +762,26 @@ def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float) 
     trampoline's jump back: the thread is out once it is neither in uemu's code nor in
     the vDSO's clock called from there, at its next system call or at the next look
     (every ``LOOK_S``: a program that makes none is interrupted to be looked at).
+
+    In a program's handler entered inside a hit (``frame``: where its signal frame saved
+    the ip in uemu's code, ``_JumpCode.signal_frame``), the thread first returns into the
+    hit (sp above the frame: the handler returned, or jumped out past it), then runs out
+    of the hit as above.  On a signal stack above the thread's own the frame looks never
+    left: the thread stays at its time limit, and the area with it.
     False: still inside at its time limit."""
     arch = code.mm.arch
     regs = task.registers(arch)
     regs.fetch(task.tid)
     floor = regs[arch.sp_reg]
-    in_hit = code.in_hit(floor, restorer)
+    in_hit = frame is not None or code.in_hit(floor, restorer)
     _hold_owed(task)
     deadline = time.monotonic() + seconds
     expired = False
 
     def out() -> bool:
         regs.fetch(task.tid)
+        if frame is not None and regs[arch.sp_reg] <= frame:
+            return False  # still in the handler, under its frame
         if in_hit:
             return not code.inside(regs)
         return not code.holds(regs[arch.ip_reg]) and regs[arch.sp_reg] > floor

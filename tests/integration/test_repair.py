@@ -12,6 +12,7 @@ nothing but addresses and bytes, no write through a symlink.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ from residue import (
     text_differences,
     turns,
 )
+from test_jumps_session import skip_without_jumps
 from test_net import Orphan, facts, untraced
 from tracee import (
     SLOWDOWN,
@@ -308,6 +310,58 @@ def test_repair_at_once_after_the_kill_while_threads_hit(samples: Path) -> None:
         assert tracee.process.wait(20 * SLOWDOWN) == 0
         wrong = [line.values for line in tracee.lines() if line.kind == "result"]
         assert len(wrong) == 2 and all(values == ("0",) for values in wrong), wrong
+
+
+HOT_TICKS = 5
+"""Clock ticks of CPU a worker of samples/leaving has used once it passes its probe: it
+sleeps until the probe's semaphore is raised (a worker seen running may still wait)."""
+HANDLER_NAP_US = 1_000_000
+"""How long each SIGRTMIN handler of samples/leaving sleeps: uemu is killed, and repair
+starts, while the handlers run."""
+
+
+def cpu_ticks(pid: int, tid: int) -> int:
+    """User and system time of thread ``tid``, in clock ticks (proc(5): utime, stime)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_repair_lets_a_handler_entered_inside_a_hit_return_into_it(jump_build) -> None:
+    """samples/leaving's workers pass leaving:pass through the jump path (on x86 its site
+    is the loop's own cmp: a worker is nearly always inside a hit), each is sent SIGRTMIN,
+    whose handler sleeps 1 s, and uemu is killed with SIGKILL while the handlers sleep.
+    Repair at once: a handler's signal frame returns into a trampoline, so repair lets
+    each such worker run until it has come back out of the hit before the area goes
+    (unmapped under a handler, the program would die as it returns).  The program then
+    ends as it would: every handler ran, every worker stopped passing."""
+    skip_without_jumps(jump_build)
+    workers = 3
+    with Tracee([jump_build.directory / "leaving", str(workers), str(HANDLER_NAP_US)]) as tracee:
+        tracee.wait_sync("started")
+        caught = sigtrap_caught(tracee.pid)
+        tracee.release()
+        cli = attach_cli("-c", str(tracee.pid), "leaving:pass")  # counted in the target: no reader to wait for
+        tids = sorted(tid for tid in map(int, os.listdir(f"/proc/{tracee.pid}/task")) if tid != tracee.pid)
+        wait_until(lambda: all(cpu_ticks(tracee.pid, tid) > HOT_TICKS for tid in tids), what="hot workers")
+        tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+        for tid in tids:
+            assert tgkill(tracee.pid, tid, signal.SIGRTMIN) == 0
+        wait_until(lambda: all(thread_states(tracee.pid)[tid] == "S" for tid in tids), what="handlers asleep")
+        assert cli.poll() is None, cli.communicate()
+        cli.kill()
+        cli.communicate(timeout=30 * SLOWDOWN)
+        wait_until(lambda: tracer_pid(tracee.pid) == 0, what="the tracer to be gone")
+        result = uemu("repair", str(tracee.pid))
+        assert result.returncode == 0 and result.stderr == "", (result.stdout, result.stderr)
+        assert "run out of uemu's code" in result.stdout and "uemu's area at" in result.stdout, result.stdout
+        assert uemu_areas(tracee.pid) == [] and anonymous_code(tracee.pid) == []
+        assert text_differences(tracee.pid) == [] and sigtrap_caught(tracee.pid) == caught
+        tracee.wait_sync("done")
+        tracee.run_out()
+        handled = [line.values for line in tracee.lines() if line.kind == "signal"]
+        passed = [line for line in tracee.lines() if line.kind == "hits"]
+    assert len(passed) == workers
+    assert [values[0] for values in handled] == [str(workers)], handled
 
 
 def test_repair_gives_the_program_its_own_action(runnable_build) -> None:
