@@ -102,6 +102,8 @@ PAUSE = "REALBENCH_PAUSE"
 BPFTRACE_SETTLE = 1.0
 """Seconds to wait after bpftrace's BEGIN: without it, bpftrace 0.17 here missed the first hits
 of a process started at once (python's first 2% of hits, pgbench's first connection)."""
+BPFTRACE_STOP_TRIES = 5
+BPFTRACE_STOP_WAIT = 20.0  # seconds for bpftrace to print its maps and exit at a SIGINT
 PROGRAM_USER = "daemon"
 """python and java run as this user: bpftrace, which sees every process, keeps to it."""
 
@@ -291,8 +293,16 @@ def wait_stopped(program: subprocess.Popen[str]) -> None:
 
 
 def bpftrace_stop(tracer: subprocess.Popen[str]) -> Counter[str]:
-    tracer.send_signal(signal.SIGINT)
-    return bpftrace_counts(tracer.communicate(timeout=120)[0])
+    """SIGINT, again every few seconds: bpftrace 0.17 on Linux 6.18 was seen to take one
+    and sit on in epoll_wait (SIGINT caught, nothing pending) until a second came."""
+    for _ in range(BPFTRACE_STOP_TRIES):
+        tracer.send_signal(signal.SIGINT)
+        try:
+            return bpftrace_counts(tracer.communicate(timeout=BPFTRACE_STOP_WAIT)[0])
+        except subprocess.TimeoutExpired:
+            continue
+    tracer.kill()
+    raise SystemExit(f"bpftrace did not stop at {BPFTRACE_STOP_TRIES} SIGINTs: {tracer.communicate()[1]}")
 
 
 def paused_command(workload: Workload, mode: str, argv: list[str], cwd: str) -> float:
