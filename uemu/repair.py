@@ -570,8 +570,8 @@ class _Repair:
             self.done.append("the program's SIGTRAP action put back")
 
     def _unmap(self) -> None:
-        """The XOL area, then uemu's area, unless a thread is still inside; the journal
-        goes with the last."""
+        """The XOL area, then the jump path's mappings and uemu's area, unless a thread is
+        still inside; the journal goes with the last."""
         vmas = read_maps(self.pid)
         ips = self._ips()
         xol_area = self.state.xol
@@ -587,9 +587,11 @@ class _Repair:
                 if call("munmap", start, size) == 0:
                     self.done.append(f"XOL area at {start:#x} unmapped")
             self.writer.note_xol_area_gone()
-        if not self._unmap_jump_mappings(vmas, ips):
-            return
         inside = [tid for tid, ip in ips.items() if self.base <= ip < self.base + layout.AREA_SIZE] + self.stayed
+        # a thread left in a hit may go on to the ring (the runtime loaded its address
+        # before a signal's handler ran on top of it): the jump path's mappings stay too
+        if not inside and not self._unmap_jump_mappings(vmas, ips):
+            return
         if inside:
             tid = inside[0]
             where = f"at +{ips[tid] - self.base:#x}" if tid not in self.stayed else "on its way out of it"

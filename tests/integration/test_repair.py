@@ -315,9 +315,10 @@ def test_repair_at_once_after_the_kill_while_threads_hit(samples: Path) -> None:
 HOT_TICKS = 5
 """Clock ticks of CPU a worker of samples/leaving has used once it passes its probe: it
 sleeps until the probe's semaphore is raised (a worker seen running may still wait)."""
-HANDLER_NAP_US = 1_000_000
+HANDLER_NAP_US = int(1_000_000 * SLOWDOWN)
 """How long each SIGRTMIN handler of samples/leaving sleeps: uemu is killed, and repair
-starts, while the handlers run."""
+starts, while the handlers run (a second, stretched as the guests' waits are: there
+starting ``uemu repair`` alone takes about as long)."""
 
 
 def cpu_ticks(pid: int, tid: int) -> int:
@@ -352,11 +353,22 @@ def test_repair_lets_a_handler_entered_inside_a_hit_return_into_it(jump_build) -
         cli.communicate(timeout=30 * SLOWDOWN)
         wait_until(lambda: tracer_pid(tracee.pid) == 0, what="the tracer to be gone")
         result = uemu("repair", str(tracee.pid))
-        assert result.returncode == 0 and result.stderr == "", (result.stdout, result.stderr)
-        assert "run out of uemu's code" in result.stdout and "uemu's area at" in result.stdout, result.stdout
+        if result.returncode == 1:
+            # a handler outlasted repair's wait for it (the guests: the nap is stretched,
+            # repair's limit is not): the area and the ring are left under it, and a
+            # second repair, once the handlers have returned, takes them away
+            assert re.fullmatch(r"uemu: process \d+: uemu's area at 0x[0-9a-f]+ is left: thread \d+ is in it "
+                                r"\(on its way out of it\); .*\n", result.stderr), result.stderr
+            tracee.wait_sync("done")
+            result = uemu("repair", str(tracee.pid))
+            assert result.returncode == 0 and result.stderr == "", (result.stdout, result.stderr)
+            assert "uemu's area at" in result.stdout, result.stdout
+        else:
+            assert result.returncode == 0 and result.stderr == "", (result.stdout, result.stderr)
+            assert "run out of uemu's code" in result.stdout and "uemu's area at" in result.stdout, result.stdout
+            tracee.wait_sync("done")
         assert uemu_areas(tracee.pid) == [] and anonymous_code(tracee.pid) == []
         assert text_differences(tracee.pid) == [] and sigtrap_caught(tracee.pid) == caught
-        tracee.wait_sync("done")
         tracee.run_out()
         handled = [line.values for line in tracee.lines() if line.kind == "signal"]
         passed = [line for line in tracee.lines() if line.kind == "hits"]
