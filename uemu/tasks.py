@@ -65,6 +65,9 @@ class Task:
     instruction, where the net can be put in."""
     stop_kind: StopKind = StopKind.INTERRUPT
     """The kind of its current (or last) stop; a new task's first stop is an interrupt-like one."""
+    exiting: bool = False
+    """Stopped at PTRACE_EVENT_EXIT once: it is leaving (an exit, a fatal signal), no
+    instruction of its runs again, and no stop but its end comes (``Tracer.injectable``)."""
     owed_signal: int = 0
     """A signal taken from the program while parked; given back when it resumes or at detach."""
     syscall: MappingCall | None = None
@@ -384,9 +387,10 @@ class Tracees:
         return [t for t in self.tasks.values() if t.stopped]
 
     def all_parked(self, pid: int | None = None) -> bool:
-        """Every task (of process ``pid``) stopped, and no new task's first stop
-        still due: a task created while everything was being stopped (its
-        creator's event seen) must be adopted too, or it would be left behind with
+        """Every task (of process ``pid``) stopped, or exiting (past its exit stop it never
+        stops again, and a group leader's end waits for the other threads'), and no new
+        task's first stop still due: a task created while everything was being stopped
+        (its creator's event seen) must be adopted too, or it would be left behind with
         our bytes."""
-        return all(t.stopped for t in self.tasks.values() if pid is None or t.pid == pid) and not any(
+        return all(t.stopped or t.exiting for t in self.tasks.values() if pid is None or t.pid == pid) and not any(
             p.parent is not None and (pid is None or p.parent.pid == pid) for p in self._pending.values())

@@ -94,6 +94,7 @@ class Tracer:
             return
         task.stopped = True
         task.stop_kind = stop.kind
+        task.exiting = task.exiting or (stop.kind is StopKind.OTHER and stop.status >> 16 == ptrace.EVENT_EXIT)
         task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
         try:
             resume = self.handlers[stop.kind](task, stop)
@@ -319,8 +320,12 @@ class Tracer:
     def injectable(self, mm: Mm) -> Task:
         """A parked thread of ``mm`` a syscall may be injected into (``inject.py``),
         preferably one outside any call.  If every one is parked inside its own
-        syscall (a clone or exec event stop), one goes on to an interrupt stop."""
-        parked = [t for t in self.tracees.tasks.values() if t.mm is mm and t.stopped]
+        syscall (a clone or exec event stop), one goes on to an interrupt stop.  Not one
+        that is exiting: let go, it never stops again, and a group leader's end is not
+        reported while other threads live (a process killed by SIGKILL as uemu leaves has
+        them all parked at their exit stops: waiting for the leader's stop would wait
+        for ever)."""
+        parked = [t for t in self.tracees.tasks.values() if t.mm is mm and t.stopped and not t.exiting]
         if not parked:
             raise errors.TraceeGone(mm.pid)
         ready = [t for t in parked if t.injectable]

@@ -8,7 +8,7 @@ import signal
 import pytest
 from fakes import FakeMemory, new_mm
 
-from uemu import errors, xol
+from uemu import errors, ptrace, xol
 from uemu.arch.base import MappingSyscall
 from uemu.mappings import MappingCall
 from uemu.stops import KEEP, Resume, ResumeOp, Stop, StopKind, deliver
@@ -121,3 +121,26 @@ def test_signals_held_at_a_stop_that_cannot_deliver_are_raised_again(monkeypatch
     task.held = [(signal.SIGUSR1, b""), (signal.SIGUSR2, b"")]
     assert _going_with(task, 0) == 0
     assert raised == [signal.SIGUSR1, signal.SIGUSR2] and not task.held
+
+
+def test_an_exit_stop_marks_the_task_exiting_for_good() -> None:
+    tracer, task = _tracer()
+    tracer.stopping = True  # parked: the resume is recorded, not made
+    tracer.dispatch(Stop(task.tid, (ptrace.EVENT_EXIT << 16) | (signal.SIGTRAP << 8) | 0x7F, StopKind.OTHER))
+    assert task.stopped and task.exiting
+    tracer.dispatch(Stop(task.tid, 0, StopKind.OTHER))  # a later stop of another kind (none comes)
+    assert task.exiting
+
+
+def test_a_task_past_its_exit_stop_counts_as_parked_and_is_never_injected_into() -> None:
+    """A process killed as uemu leaves: its leader past its exit stop (let go, it never
+    stops again, and its end waits for the other threads'), a thread parked at its own
+    exit stop.  Waiting for either to stop would wait for ever."""
+    tracer, leader = _tracer()
+    leader.stopped, leader.exiting = False, True
+    thread = Task(102, 100, leader.mm, stopped=True, stop_kind=StopKind.OTHER, exiting=True)
+    tracer.tracees.tasks[thread.tid] = thread
+    assert tracer.tracees.all_parked()
+    assert leader.mm is not None
+    with pytest.raises(errors.TraceeGone):
+        tracer.injectable(leader.mm)
