@@ -131,11 +131,26 @@ def sigtrap_pending(tid: int) -> bool:
     return _has_sigtrap(tid, "SigPnd:")
 
 
+def group_exiting(tid: int) -> bool:
+    """Whether this thread's whole process is on its way out: SIGKILL queued for it,
+    which the kernel queues for every thread of a group that exits (a fatal signal,
+    exit_group: ``zap_other_threads()``), never for one thread's exit alone; so also
+    when its status can no longer be read."""
+    try:
+        return _has_signal(tid, "SigPnd:", signal.SIGKILL) or _has_signal(tid, "ShdPnd:", signal.SIGKILL)
+    except OSError:
+        return True
+
+
 def _has_sigtrap(tid: int, mask: str) -> bool:
+    return _has_signal(tid, mask, signal.SIGTRAP)
+
+
+def _has_signal(tid: int, mask: str, sig: int) -> bool:
     with open(f"/proc/{tid}/status") as stream:
         for line in stream:
             if line.startswith(mask):
-                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTRAP - 1)))
+                return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
     return False
 
 

@@ -76,6 +76,18 @@ class Tracer:
             return None
         return classify(tid, status)
 
+    def _exiting(self, task: Task) -> None:
+        """``task`` stopped at its exit: it is exiting, and so is every thread of its
+        process when the whole group goes (SIGKILL, exit_group).  Kernel: a thread that
+        a group exit finds past where it would stop for it (a group leader already
+        exiting) never reports that stop, and a leader's end waits for the other
+        threads': waiting for it to stop (``stop_all``) would wait for ever."""
+        task.exiting = True
+        if process.group_exiting(task.tid):
+            for other in self.tracees.tasks.values():
+                if other.pid == task.pid:
+                    other.exiting = True
+
     def run_until(self, done: Callable[[], bool]) -> None:
         while not done():
             stop = self.next_stop()
@@ -94,7 +106,8 @@ class Tracer:
             return
         task.stopped = True
         task.stop_kind = stop.kind
-        task.exiting = task.exiting or (stop.kind is StopKind.OTHER and stop.status >> 16 == ptrace.EVENT_EXIT)
+        if stop.kind is StopKind.OTHER and stop.status >> 16 == ptrace.EVENT_EXIT:
+            self._exiting(task)
         task.listening = stop.kind is StopKind.GROUP  # LISTEN answers a group-stop and nothing else (EIO)
         try:
             resume = self.handlers[stop.kind](task, stop)

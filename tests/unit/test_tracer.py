@@ -144,3 +144,21 @@ def test_a_task_past_its_exit_stop_counts_as_parked_and_is_never_injected_into()
     assert leader.mm is not None
     with pytest.raises(errors.TraceeGone):
         tracer.injectable(leader.mm)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_an_exit_stop_of_a_group_exit_marks_every_thread_of_the_process(monkeypatch: pytest.MonkeyPatch,
+                                                                        group: bool) -> None:
+    """SIGKILL queued for the stopped thread (what the kernel queues for every thread of a
+    group that exits) marks its whole process exiting: its leader may never stop again;
+    one thread's own exit marks itself alone."""
+    monkeypatch.setattr("uemu.tracer.process.group_exiting", lambda tid: group)
+    tracer, leader = _tracer()
+    leader.stopped = False
+    thread = Task(102, 100, leader.mm, stopped=False)
+    other = Task(201, 200, leader.mm, stopped=False)
+    tracer.tracees.tasks.update({thread.tid: thread, other.tid: other})
+    tracer.stopping = True
+    tracer.dispatch(Stop(thread.tid, (ptrace.EVENT_EXIT << 16) | (signal.SIGTRAP << 8) | 0x7F, StopKind.OTHER))
+    assert (thread.exiting, leader.exiting, other.exiting) == (True, group, False)
+    assert tracer.tracees.all_parked(100) is group
