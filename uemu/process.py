@@ -147,9 +147,11 @@ def _has_sigtrap(tid: int, mask: str) -> bool:
 
 
 def _has_signal(tid: int, mask: str, sig: int) -> bool:
-    with open(f"/proc/{tid}/status") as stream:
+    """Read as bytes: the Name line holds the program's name as the kernel has it, which
+    need not be UTF-8."""
+    with open(f"/proc/{tid}/status", "rb") as stream:
         for line in stream:
-            if line.startswith(mask):
+            if line.startswith(mask.encode()):
                 return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
     return False
 
