@@ -55,13 +55,17 @@ def called_from(arch: Arch, regs: Mapping[str, int], stack: bytes, ranges: Seque
 def in_vdso_called_from(mm: Mm, regs: ptrace.Regset, ranges: Sequence[tuple[int, int]]) -> bool:
     """Whether a stopped thread with ``regs`` is in the vDSO, called from the jump path's
     code (``ranges``): ``called_from`` on the top of its stack."""
-    if not in_vdso(mm, regs[mm.arch.ip_reg]):
-        return False
+    return in_vdso(mm, regs[mm.arch.ip_reg]) and stack_called_from(mm, regs.snapshot(), ranges)
+
+
+def stack_called_from(mm: Mm, regs: Mapping[str, int], ranges: Sequence[tuple[int, int]]) -> bool:
+    """``called_from`` on the top of the stack ``regs`` point at (a stopped thread's, or
+    those a signal frame saved)."""
     try:
         stack = mm.memory.read(regs[mm.arch.sp_reg], VDSO_FRAME_ROOM)
     except OSError:
         stack = b""
-    return called_from(mm.arch, regs.snapshot(), stack, ranges)
+    return called_from(mm.arch, regs, stack, ranges)
 
 
 def in_vdso(mm: Mm, address: int) -> bool:

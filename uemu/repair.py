@@ -45,15 +45,16 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from uemu.arch import Arch, by_name
 
 from . import errors, inject, journal, process, ptrace
 from .events import escape
 from .journal import Directory, Identity, Journal, State, Unavailable
-from .jumpfacts import VDSO_FRAME_ROOM, called_from, in_vdso_called_from, vdso_symbol
+from .jumpfacts import in_vdso_called_from, stack_called_from, vdso_symbol
 from .jumps import RING_PATH
-from .maps import Vma, read_maps
+from .maps import Vma, read_maps, vma_at
 from .net import AREA_PATH, SIGSET_SIZE, InjectedCall, Net, TableView, read_table
 from .runtime import layout, load_blob
 from .runtime.layout import InjectState, SlotFlags, TableState, ThreadFlags
@@ -697,54 +698,55 @@ class _JumpCode:
         is delivered: ``JumpPath.signal_delivered``; repair, after uemu's death, only from
         the frame).  A frame is told by its ucontext around that word: uc_flags among
         those the kernel writes, no uc_link, and a saved stack pointer in a writable
-        mapping (a stale word of an old hit has none of these beside it)."""
-        arch, memory, vmas = self.mm.arch, self.mm.memory, self.mm.vmas
+        mapping (a stale word of an old hit has none of these beside it).  Every thread
+        of the process is looked at (a JVM parks hundreds): the words are read as one
+        array and tested by page first."""
+        arch, vmas = self.mm.arch, self.mm.vmas
         offsets, width = arch.ucontext_regs, arch.word_size
-        if arch.ip_reg not in offsets or arch.sp_reg not in offsets:
+        stack_vma = vma_at(vmas, sp)
+        if arch.ip_reg not in offsets or arch.sp_reg not in offsets or stack_vma is None:
             return None
         ip_at = offsets[arch.ip_reg]
-        vma = next((v for v in vmas if v.start <= sp < v.end), None)
-        if vma is None:
-            return None
-        low = max(vma.start, sp - sp % width - ip_at)  # a ucontext whose ip is at sp starts here
+        low = max(stack_vma.start, sp - sp % width - ip_at)  # a ucontext whose ip is at sp starts here
         try:
-            stack = memory.read(low, min(vma.end, sp + SIGNAL_FRAME_ROOM) - low)
+            stack = self.mm.memory.read(low, min(stack_vma.end, sp + SIGNAL_FRAME_ROOM) - low)
         except OSError:
             return None
+        first = (sp - sp % width - low) // width
+        words = memoryview(stack)[:len(stack) - len(stack) % width].cast("Q" if width == 8 else "I").tolist()
+        pages = self._places
 
         def word(address: int) -> int | None:
-            at = address - low
-            return int.from_bytes(stack[at:at + width], arch.byte_order) if 0 <= at <= len(stack) - width else None
+            at, rest = divmod(address - low, width)
+            return words[at] if not rest and 0 <= at < len(words) else None
 
-        for at in range(sp - sp % width, low + len(stack), width):
-            saved_ip = word(at)
-            if saved_ip is None or not (self.holds(saved_ip) or self._in_vdso(saved_ip)):
-                continue
-            uc = at - ip_at
+        for at in (i for i in range(first, len(words)) if words[i] // layout.PAGE in pages):
+            saved_ip, uc = words[at], low + at * width - ip_at
             saved = {name: word(uc + offset) for name, offset in offsets.items()}
-            flags, link = word(uc), word(uc + width)
-            saved_sp = saved[arch.sp_reg]
-            if flags is None or flags & ~UC_FLAGS_KNOWN or link != 0 or saved_sp is None or \
-                    not any(v.start <= saved_sp < v.end and v.writable for v in vmas):
+            flags, link, saved_sp = word(uc), word(uc + width), saved[arch.sp_reg]
+            if flags is None or flags & ~UC_FLAGS_KNOWN or link != 0 or saved_sp is None:
                 continue
-            if self.holds(saved_ip) or self._called_from(saved, saved_sp):
-                return at
+            sp_vma = vma_at(vmas, saved_sp)
+            if sp_vma is not None and sp_vma.writable and (self.holds(saved_ip) or self._vdso_called_from(saved)):
+                return low + at * width
         return None
 
-    def _in_vdso(self, address: int) -> bool:
-        return any(v.start <= address < v.end and v.path == "[vdso]" for v in self.mm.vmas)
+    @cached_property
+    def _places(self) -> frozenset[int]:
+        """The pages a saved ip of a frame into a hit is in: uemu's code and the vDSO (all
+        of them whole pages).  Native words: uemu runs where the program does."""
+        vdso = [(v.start, v.end) for v in self.mm.vmas if v.path == "[vdso]"]
+        return frozenset(page for start, end in self.code + vdso
+                         for page in range(start // layout.PAGE, -(-end // layout.PAGE)))
 
-    def _called_from(self, saved: dict[str, int | None], sp: int) -> bool:
-        """The vDSO's clock, called from uemu's code, as the signal frame saved it."""
+    def _vdso_called_from(self, saved: dict[str, int | None]) -> bool:
+        """The vDSO's clock, called from uemu's code, as a signal frame saved it (in no
+        system call: the frame has no orig_ax, and the clock makes none)."""
         arch = self.mm.arch
         regs = {name: value for name, value in saved.items() if value is not None}
         if arch.syscall_orig_reg:
-            regs[arch.syscall_orig_reg] = -1 & ((1 << 8 * arch.regset_word) - 1)  # in no system call
-        try:
-            stack = self.mm.memory.read(sp, VDSO_FRAME_ROOM)
-        except OSError:
-            stack = b""
-        return called_from(arch, regs, stack, self.code)
+            regs[arch.syscall_orig_reg] = (1 << 8 * arch.regset_word) - 1
+        return stack_called_from(self.mm, regs, self.code)
 
 
 def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float, frame: int | None = None) -> bool:
