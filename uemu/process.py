@@ -121,14 +121,14 @@ def threads(pid: int) -> list[int]:
 def blocks_sigtrap(tid: int) -> bool:
     """Whether the thread blocks SIGTRAP (``SigBlk`` of /proc/TID/status)."""
     try:
-        return _has_sigtrap(tid, "SigBlk:")
+        return _has_signal(tid, "SigBlk:", signal.SIGTRAP)
     except (FileNotFoundError, ProcessLookupError):
         return False  # gone meanwhile
 
 
 def sigtrap_pending(tid: int) -> bool:
     """Whether SIGTRAP is queued for this thread (``SigPnd`` of /proc/TID/status)."""
-    return _has_sigtrap(tid, "SigPnd:")
+    return _has_signal(tid, "SigPnd:", signal.SIGTRAP)
 
 
 def group_exiting(tid: int) -> bool:
@@ -140,10 +140,6 @@ def group_exiting(tid: int) -> bool:
         return _has_signal(tid, "SigPnd:", signal.SIGKILL) or _has_signal(tid, "ShdPnd:", signal.SIGKILL)
     except OSError:
         return True
-
-
-def _has_sigtrap(tid: int, mask: str) -> bool:
-    return _has_signal(tid, mask, signal.SIGTRAP)
 
 
 def _has_signal(tid: int, mask: str, sig: int) -> bool:
