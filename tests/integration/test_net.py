@@ -32,6 +32,7 @@ from tracee import (
     UEMU,
     Tracee,
     compile_program,
+    cpu_ticks,
     differences,
     file_memory,
     process_state,
@@ -513,13 +514,6 @@ def _step_then_die(pid: int, repark: bool, report: int) -> None:
         signal.pause()
 
 
-def _cpu_ticks(pid: int) -> int:
-    """User plus system time the process has run, in clock ticks (/proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat", "rb") as stream:
-        fields = stream.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
 @pytest.mark.parametrize("repark", [False, True], ids=["as-it-was", "reparked"])
 def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_program: Path,
                                                                          repark: bool) -> None:
@@ -537,8 +531,8 @@ def test_a_thread_last_single_stepped_outlives_its_tracer_once_reparked(orphan_p
             if said == "no step\n":
                 pytest.skip("no PTRACE_SINGLESTEP here")
             assert said == "stopped\n", "the tracer failed (see stderr)"
-            ticks = _cpu_ticks(orphan.pid)
-        wait_until(lambda: orphan.process.poll() is not None or _cpu_ticks(orphan.pid) >= ticks + 5,
+            ticks = cpu_ticks(orphan.pid)
+        wait_until(lambda: orphan.process.poll() is not None or cpu_ticks(orphan.pid) >= ticks + 5,
                    what="the orphan to run on or die")
         if orphan.process.poll() is None:
             orphan.go()

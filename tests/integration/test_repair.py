@@ -39,6 +39,7 @@ from tracee import (
     UEMU,
     Tracee,
     attach_cli,
+    cpu_ticks,
     process_state,
     stop_cli,
     thread_states,
@@ -319,12 +320,6 @@ HANDLER_NAP_US = int(1_000_000 * SLOWDOWN)
 """How long each SIGRTMIN handler of samples/leaving sleeps: uemu is killed, and repair
 starts, while the handlers run (a second, stretched as the guests' waits are: there
 starting ``uemu repair`` alone takes about as long)."""
-
-
-def cpu_ticks(pid: int, tid: int) -> int:
-    """User and system time of thread ``tid``, in clock ticks (proc(5): utime, stime)."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def test_repair_lets_a_handler_entered_inside_a_hit_return_into_it(jump_build) -> None:

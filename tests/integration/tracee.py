@@ -115,6 +115,15 @@ def process_state(pid: int) -> str:
         return stream.read().rsplit(")", 1)[1].split()[0]
 
 
+def cpu_ticks(pid: int, tid: int | None = None) -> int:
+    """User plus system time, in clock ticks, the process has run (or its thread ``tid``):
+    /proc/PID/stat's (or /proc/PID/task/TID/stat's) utime and stime."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as stream:
+        fields = stream.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def tracer_pid(pid: int) -> int:
     with open(f"/proc/{pid}/status") as stream:
         for line in stream:
