@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .base import Plan, StepEnd, StepOutOfLine, XolSetup
 
@@ -111,6 +111,11 @@ class SiteJump:
     ``target``)."""
     why: str
     """Said by ``uemu list --plan``."""
+    successor: SiteJump | None = None
+    """PUN over a 1-byte instruction: the instruction after it, when it can be moved to a
+    trampoline of its own (E9Patch's successor eviction, T2): a whole jump written over
+    its first bytes, whose displacement uemu chooses, makes the pun's displacement uemu's
+    choice too (``JumpBackend.evicted``).  Only where the pun's own target is refused."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,32 @@ class JumpBackend(Protocol):
         the site's ``index``), the displaced instruction, the jump back.  None when the
         displaced instruction cannot jump back from there (out of reach)."""
 
-    def way_back(self, site: SiteJump, address: int) -> int:
-        """Where the trampoline for ``site`` at ``address`` has its jump back to the
-        program (to ``site.resume``): the last instruction a thread runs in it.  uemu
-        puts a trap there at leaving to stop a thread that is still inside."""
+    def relocated(self, site: SiteJump, address: int) -> bytes | None:
+        """A trampoline with no hit for ``site`` (an evicted successor) placed at
+        ``address``: its displaced instruction (or nothing for a nop) and the jump back;
+        None when it cannot jump back from there."""
+
+    def way_back(self, site: SiteJump, address: int, relocated: bool = False) -> int:
+        """Where the trampoline for ``site`` at ``address`` (``relocated``: one with no
+        hit) has its jump back to the program (to ``site.resume``): the last instruction
+        a thread runs in it.  uemu puts a trap there at leaving to stop a thread that is
+        still inside."""
+
+
+@runtime_checkable
+class Eviction(Protocol):
+    """A jump backend whose puns can have their successor evicted (``SiteJump.successor``:
+    x86 alone has puns)."""
+
+    def evict_targets(self, site: SiteJump, low: int, high: int) -> range:
+        """The addresses in [low, high) that the pun at ``site`` can lead to once its
+        successor is evicted: the first byte of the displacement is the successor's new
+        first byte, the jump's opcode."""
+
+    def evicted(self, site: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
+        """``site`` with its pun led to ``target`` (one of ``evict_targets``), and where
+        its successor's jump may then lead, nearest first: the successor's displacement
+        bytes that the pun does not read are free."""
 
 
 def displaced_code(plan: StepOutOfLine, setup: XolSetup) -> bytes | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING
@@ -863,7 +863,41 @@ class X86Jumps:
         target = (vaddr + JMP_REL32 + int.from_bytes(code[1:JMP_REL32], "little", signed=True)) % self.space
         return SiteJump(vaddr=vaddr, at=vaddr, length=1, form=JumpForm.PUN, displaced=displaced,
                         resume=vaddr + size, target=target, reach=self._reach(target),
-                        why=f"pun over {plan.text!r}")
+                        why=f"pun over {plan.text!r}", successor=self._successor(code, vaddr) if size == 1 else None)
+
+    def _successor(self, code: bytes, vaddr: int) -> SiteJump | None:
+        """The instruction after a 1-byte site, as a jump over it that leads to its own
+        trampoline, if it can have one: 5 bytes or more (the whole jump goes over it
+        alone, so a branch to it still finds a whole instruction) whose slot ends in a
+        jump back (a nop that long takes a whole jump itself: ``choose``).  E9Patch's T2
+        (successor eviction)."""
+        at = vaddr + 1
+        plan = self.backend.analyze(code[1:], at)
+        if not isinstance(plan, X86Step) or not plan.one_stop or plan.size < JMP_REL32:
+            return None
+        return SiteJump(vaddr=at, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=plan,
+                        resume=at + plan.size, target=None, reach=self._reach(at),
+                        why=f"{plan.text!r} after it moved to a trampoline of its own")
+
+    def evict_targets(self, site: SiteJump, low: int, high: int) -> range:
+        reach = self._reach(site.vaddr)
+        low, high = max(low, reach[0]), min(high, reach[1])
+        first = low + (site.vaddr + JMP_REL32 + 0xE9 - low) % 256  # 0xE9: the successor's new opcode
+        return range(first, high, 256)
+
+    def evicted(self, site: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
+        assert site.successor is not None, "only a pun with a successor to evict"
+        distance = self._signed(target - (site.vaddr + JMP_REL32))
+        assert distance & 0xFF == 0xE9, "a target from evict_targets"
+        chosen = (distance >> 8) & 0xFF_FFFF
+        after = site.successor.at + JMP_REL32
+        leads = [(after + self._signed(chosen | top << 24)) % self.space for top in range(256)]
+        return replace(site, target=target, reach=self._reach(target)), sorted(leads, key=lambda t: abs(t - after))
+
+    def _signed(self, distance: int) -> int:
+        """``distance`` modulo 2**32 as a signed 32-bit displacement: i386's addresses wrap
+        around; x86_64's callers keep within reach."""
+        return (distance + (1 << 31)) % (1 << 32) - (1 << 31)
 
     def _jump(self, plan: Plan, at: int, displaced: StepOutOfLine | None, resume: int, why: str) -> SiteJump:
         return SiteJump(vaddr=plan.vaddr, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=displaced,
@@ -900,7 +934,7 @@ class X86Jumps:
 
     def _rel32(self, distance: int) -> bytes:
         if not self.mode64:
-            distance = (distance + (1 << 31)) % self.space - (1 << 31)
+            distance = self._signed(distance)
         return distance.to_bytes(4, "little", signed=True)
 
     def trampoline(self, site: SiteJump, address: int, index: int, hit_entry: int) -> bytes | None:
@@ -924,8 +958,11 @@ class X86Jumps:
         code = code[:12] + disp.to_bytes(4, "little", signed=True) + code[16:]
         return code.ljust(literal, b"\xcc") + hit_entry.to_bytes(8, "little")
 
-    def way_back(self, site: SiteJump, address: int) -> int:
-        body_at = address + self.head_size
+    def relocated(self, site: SiteJump, address: int) -> bytes | None:
+        return self._body(site, address)
+
+    def way_back(self, site: SiteJump, address: int, relocated: bool = False) -> int:
+        body_at = address if relocated else address + self.head_size
         body = self._body(site, body_at)
         assert body is not None, "only a trampoline that was written has a way back"
         return way_back_in(site, body_at, body, JMP_REL32)

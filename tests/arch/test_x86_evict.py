@@ -1,0 +1,90 @@
+"""x86 successor eviction (E9Patch's T2, arch/x86.py): which instructions after a 1-byte
+site can be moved to a trampoline of their own, and that the jump written over one and
+the pun before it agree, byte for byte, on where each leads."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from uemu.arch import by_name
+from uemu.arch.jump import JumpForm, SiteJump
+
+SITE = 0x5555_5555_4123
+
+
+def chosen(arch: str, code: bytes, vaddr: int = SITE) -> SiteJump:
+    x86 = by_name(arch)
+    assert x86.backend is not None and x86.jumps is not None
+    code = code.ljust(15, b"\xcc")
+    choice = x86.jumps.choose(x86.backend.analyze(code, vaddr), code)
+    assert isinstance(choice, SiteJump) and choice.form is JumpForm.PUN, choice
+    return choice
+
+
+@pytest.mark.parametrize("after", [
+    "b8ffffff00",  # mov $0xffffff,%eax
+    "41b978563412",  # mov $0x12345678,%r9d
+    "8b05f0ffffff",  # mov -0x10(%rip),%eax: rip-relative, relocated
+    "488d05f0ffffff",  # lea -0x10(%rip),%rax
+    "3d00010000",  # cmp $0x100,%eax
+    "48b88877665544332211",  # movabs: only its first five bytes are overwritten
+])
+def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: str) -> None:
+    code = bytes.fromhex("90" + after)
+    successor = chosen("x86_64", code).successor
+    assert successor is not None and successor.displaced is not None
+    assert (successor.at, successor.length, successor.resume) == (SITE + 1, 5, SITE + 1 + len(code) - 1)
+
+
+@pytest.mark.parametrize("after", [
+    "31c0",  # xor %eax,%eax: shorter than the jump
+    "e800000000",  # call: emulated by the trap path, no slot to run it
+    "e900000000",  # jmp
+    "8b442404",  # mov 0x4(%rsp),%eax: four bytes
+    "50",  # push
+])
+def test_what_cannot_be_evicted(after: str) -> None:
+    assert chosen("x86_64", bytes.fromhex("90" + after)).successor is None
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+@pytest.mark.parametrize("seed", range(5))
+def test_the_successors_jump_starts_with_the_puns_displacement(arch: str, seed: int) -> None:
+    """For any target ``evict_targets`` offers, each place the successor's jump may lead
+    to gives a jump whose first four bytes, read as the pun's displacement, lead to that
+    target: the two jumps share those bytes."""
+    rng = random.Random(seed)
+    x86 = by_name(arch)
+    jumps = x86.jumps
+    space = 1 << (64 if arch == "x86_64" else 32)
+    vaddr = rng.randrange(0x10_0000, 0x7FFF_0000_0000 if arch == "x86_64" else 0xF000_0000)
+    site = chosen(arch, bytes.fromhex("90b8ffffff00"), vaddr)
+    assert site.successor is not None
+    low = rng.randrange(max(vaddr - (1 << 30), 0), vaddr + (1 << 30))
+    targets = jumps.evict_targets(site, low, low + 0x10000)
+    assert len(targets) == 256 and all((t - (vaddr + 5) - 0xE9) % 256 == 0 for t in targets)
+    target = rng.choice(targets)
+    led, leads = jumps.evicted(site, target)
+    assert led.target == target and led.successor == site.successor
+    assert len(set(leads)) == 256
+    distances = [abs(lead - (vaddr + 6)) for lead in leads]
+    assert distances == sorted(distances), "nearest first"
+    for lead in rng.sample(leads, 16):
+        written = jumps.jump_bytes(site.successor, lead)
+        assert written[0] == 0xE9
+        assert (vaddr + 6 + int.from_bytes(written[1:], "little", signed=True)) % space == lead
+        assert (vaddr + 5 + int.from_bytes(written[:4], "little", signed=True)) % space == target
+
+
+def test_an_evicted_successors_trampoline_is_its_instruction_and_the_jump_back() -> None:
+    jumps = by_name("x86_64").jumps
+    successor = chosen("x86_64", bytes.fromhex("90b8ffffff00")).successor
+    assert successor is not None
+    at = SITE + 0x1000_0000
+    code = jumps.relocated(successor, at)
+    assert code is not None and code[:5] == bytes.fromhex("b8ffffff00")
+    way_back = jumps.way_back(successor, at, relocated=True)
+    assert way_back == at + len(code) - 5 and code[-5] == 0xE9
+    assert way_back + 5 + int.from_bytes(code[-4:], "little", signed=True) == SITE + 6
