@@ -505,8 +505,10 @@ class _Repair:
         return sites
 
     def _restore_sites(self) -> None:
+        """One-byte writes first, as the runtime's restore_all: a pun's displacement may be
+        the start of the jump over its evicted successor."""
         restored = 0
-        for addr, (orig, trap) in self._sites().items():
+        for addr, (orig, trap) in sorted(self._sites().items(), key=lambda site: len(site[1][1]) != 1):
             try:
                 if self.mm.memory.read(addr, len(trap)) == trap:
                     self.mm.memory.write(addr, orig)
@@ -762,10 +764,12 @@ def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float, 
     the program's the frame may sit below the interrupted stack: then the thread is
     stopped at its time limit, inside, and the area stays.
 
-    In a jump path's hit (no signal frame: ``_JumpCode.in_hit``), the way out is its
-    trampoline's jump back: the thread is out once it is neither in uemu's code nor in
-    the vDSO's clock called from there, at its next system call or at the next look
-    (every ``LOOK_S``: a program that makes none is interrupted to be looked at).
+    In a jump path's hit (no signal frame: ``_JumpCode.in_hit``), or in a trampoline
+    (straight code that only the program jumps to: an evicted successor's has no hit,
+    and a trampoline's jump back leaves sp as it was), the way out is its trampoline's
+    jump back: the thread is out once it is neither in uemu's code nor in the vDSO's
+    clock called from there, at its next system call or at the next look (every
+    ``LOOK_S``: a program that makes none is interrupted to be looked at).
 
     In a program's handler entered inside a hit (``frame``: where its signal frame saved
     the ip in uemu's code, ``_JumpCode.signal_frame``), the thread first returns into the
@@ -777,7 +781,9 @@ def _run_out(task: Task, code: _JumpCode, restorer: int | None, seconds: float, 
     regs = task.registers(arch)
     regs.fetch(task.tid)
     floor = regs[arch.sp_reg]
-    in_hit = frame is not None or code.in_hit(floor, restorer)
+    ip = regs[arch.ip_reg]
+    in_hit = frame is not None or any(start <= ip < end for start, end in code.trampolines) \
+        or code.in_hit(floor, restorer)
     _hold_owed(task)
     deadline = time.monotonic() + seconds
     expired = False

@@ -235,6 +235,29 @@ def test_x86_multi_byte_sites_go_back_int3_first() -> None:
 
 
 @pytest.mark.parametrize("name", ["x86_64", "i386"])
+def test_x86_a_pun_goes_back_before_the_jump_over_its_evicted_successor(name: str) -> None:
+    """An evicted successor: uemu lists (and writes) the jump over it first, then the pun
+    whose displacement is that jump's first four bytes.  The pun must come off first: a
+    thread meeting it between the two would leap to wherever the program's own bytes
+    lead."""
+    m = armed(Machine(name))
+    site = TEXT + 0x100
+    program = bytes.fromhex("90b8ffffff00")  # nop; mov $0xffffff,%eax
+    m.memory.write(site, program)
+    successor = bytes.fromhex("e9c00a0000")
+    m.net.add_site(site + 1, program[1:], successor, PROT_READ | PROT_EXEC)
+    m.memory.write(site + 1, successor)
+    m.net.add_site(site, program[:1], b"\xe9", PROT_READ | PROT_EXEC)
+    m.memory.write(site, b"\xe9")
+    other = TEXT + 0x200
+    m.arm(other)
+    trap_at(m, other)
+    at_site = [(address, data) for address, data in m.writes if site <= address < site + 6]
+    assert at_site == [(site, b"\x90"), (site + 1, b"\xcc"), (site + 2, program[2:]), (site + 1, program[1:2])]
+    assert m.memory.read(site, 6) == program
+
+
+@pytest.mark.parametrize("name", ["x86_64", "i386"])
 def test_x86_a_thread_resumed_inside_a_long_instruction_goes_back_to_the_site(name: str) -> None:
     """The kernel drops the SIGTRAP of a thread whose tracer dies while it is stopped at
     uemu's int3, and resumes it one byte in; over an instruction of two bytes or more
