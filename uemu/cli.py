@@ -156,7 +156,7 @@ def _parsers() -> tuple[_Parser, dict[str, _Parser]]:
     listing.add_argument("patterns", metavar="PATTERN", nargs="*", help="[OBJECT:]PROVIDER:NAME globs")
     listing.add_argument("--json", action="store_true", help="one JSON object per probe site (JSON Lines)")
     listing.add_argument("--plan", action="store_true",
-                         help="per site, whether its hits will take a jump (jump, pun) or the trap, and why")
+                         help="per site, whether its hits will take a jump (jump, pun, evict) or the trap, and why")
     listing.set_defaults(handler=_cmd_list)
 
     run = sub.add_parser(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from uemu import arch as arches
 from uemu.arch import Arch
@@ -71,7 +71,10 @@ def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Neighbours, absolute
     where = neighbours.first_within(vaddr, end)
     if where is not None:
         return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
-    if absolute and choice.target is not None and not 0 < choice.target < _user_top(arch):
+    if choice.successor is not None and neighbours.first_within(vaddr, choice.successor.resume) is not None:
+        choice = replace(choice, successor=None)  # the successor's trampoline would displace a site
+    if absolute and choice.target is not None and not 0 < choice.target < _user_top(arch) \
+            and choice.successor is None:
         return Trap(f"pun target {choice.target:#x} is outside user space")
     return choice
 
@@ -115,15 +118,17 @@ def outward(start: int, low: int, high: int, tries: int = 32) -> Iterable[int]:
         yield from (page for page in dict.fromkeys((start + step * PAGE, start - step * PAGE)) if low <= page <= high)
 
 
-def first_fit(taken: Sequence[tuple[int, int]], low: int, high: int, size: int, align: int = 8) -> int | None:
-    """The lowest ``align``-ed address in [low, high - size] where ``size`` bytes meet none
-    of ``taken`` ([start, end) each, sorted by start); None if there is none."""
-    at = -(-low // align) * align
+def first_fit(taken: Sequence[tuple[int, int]], low: int, high: int, size: int, align: int = 8,
+              phase: int = 0) -> int | None:
+    """The lowest address in [low, high - size] that is ``phase`` modulo ``align`` where
+    ``size`` bytes meet none of ``taken`` ([start, end) each, sorted by start); None if
+    there is none."""
+    at = low + (phase - low) % align
     for start, end in taken:
         if at + size <= start:
             break
         if end > at:
-            at = -(-end // align) * align
+            at = end + (phase - end) % align
     return at if at + size <= high else None
 
 
@@ -132,7 +137,7 @@ class SitePlan:
     """What ``uemu list --plan`` says of one site."""
 
     path: str
-    """"jump", "pun" or "trap"."""
+    """"jump", "pun", "evict" (a pun whose successor is moved away) or "trap"."""
     why: str
 
 
@@ -164,11 +169,19 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
     if vmas is None:
         for segment in elf.segments:
             if segment.p_vaddr < end and choice.target < segment.p_vaddr + segment.p_memsz:
-                return SitePlan("trap", f"{choice.why}: {target}, inside the object's own image")
+                return _refused(choice, f"{choice.why}: {target}, inside the object's own image")
         return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
     refused = landing_refused(arch, vmas, choice.target, end, brk)
-    return SitePlan("trap", f"{choice.why}: {target}: {refused}") if refused else \
+    return _refused(choice, f"{choice.why}: {target}: {refused}") if refused else \
         SitePlan("pun", f"{choice.why}: {target}, free")
+
+
+def _refused(choice: SiteJump, why: str) -> SitePlan:
+    """A pun whose own target is refused (``why``): the successor evicted where it can be
+    (uemu then chooses the target: free room within 2 GiB is all it needs), else the trap."""
+    if choice.successor is None:
+        return SitePlan("trap", why)
+    return SitePlan("evict", f"{why}; {choice.successor.why}")
 
 
 _MMAP_MIN_ADDR: int | None = None

@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from signal import SIGSEGV
 
-from uemu.arch.jump import JumpBackend, JumpForm, SiteJump
+from uemu.arch.jump import Eviction, JumpBackend, JumpForm, SiteJump
 
 from . import argspec, errors, process, ptrace, ring
 from .chrome import read_comm
@@ -93,7 +93,7 @@ from .jumpplan import (
     outward,
 )
 from .jumptable import JumpTable
-from .maps import PROT_EXEC, PROT_READ, is_probe_vma, prot_at, read_maps
+from .maps import PROT_EXEC, PROT_READ, Vma, is_probe_vma, prot_at, read_maps
 from .net import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, InjectedCall, Net
 from .ringfeed import RingEvent, Take
 from .runtime import layout
@@ -137,6 +137,20 @@ class _Recorded:
                      for c, obj, provider, name, specs in self.consumers)
 
 
+@dataclass(frozen=True)
+class _Evicted:
+    """The instruction after a punned site, moved to a trampoline of its own (E9Patch's
+    successor eviction): the pun's displacement is then the start of the jump uemu
+    writes over it, and uemu chose it (``JumpPath._evict``)."""
+
+    site: SiteJump
+    """The jump over the successor (``SiteJump.successor``)."""
+    trampoline: int
+    """Where that jump leads: the successor's instruction and a jump back, no hit."""
+    written: bytes
+    original: bytes
+
+
 @dataclass
 class _Site:
     """A jumped site of one mm."""
@@ -150,6 +164,16 @@ class _Site:
     armed: bool = True
     landing: int | None = None
     """A pun's target, where a whole jump leads on to the trampoline."""
+    evicted: _Evicted | None = None
+    """Its successor, when the pun's own target was refused."""
+
+    def writes(self) -> list[tuple[int, bytes, bytes]]:
+        """(address, written, original) of each of uemu's writes for the site, in the order
+        they come off: the pun first, whose displacement the successor's jump holds."""
+        own = (self.jump.site.at, self.written, self.original)
+        if self.evicted is None:
+            return [own]
+        return [own, (self.evicted.site.at, self.evicted.written, self.evicted.original)]
 
 
 @dataclass
@@ -326,7 +350,8 @@ class JumpPath:
         placed = state.sites.get(vaddr) if state is not None else None
         if state is None or placed is None or not placed.armed:
             return
-        state.net.remove_site(placed.jump.site.at)
+        for at, _, _ in placed.writes():
+            state.net.remove_site(at)
         state.table.remove_site(placed.index)
         placed.armed = False
 
@@ -338,7 +363,7 @@ class JumpPath:
         if placed is None or not placed.armed:
             return False
         try:
-            return mm.memory.read(placed.jump.site.at, len(placed.written)) == placed.written
+            return all(mm.memory.read(at, len(written)) == written for at, written, _ in placed.writes())
         except OSError:
             return False
 
@@ -353,13 +378,14 @@ class JumpPath:
         if state is None or placed is None or not placed.armed:
             return
         self.unmapped(mm, vaddr)
-        at = placed.jump.site.at - vaddr + new_vaddr
-        try:
-            current = mm.memory.read(at, len(placed.written))
-        except OSError:
-            return
-        if current == placed.written:
-            self._write_jump(state, at, placed.original)
+        for old, written, original in placed.writes():
+            at = old - vaddr + new_vaddr
+            try:
+                current = mm.memory.read(at, len(written))
+            except OSError:
+                return
+            if current == written:
+                self._write_jump(state, at, original)
 
     def keeps_area(self, mm: Mm, tids: Iterable[int], call: InjectedCall) -> bool:
         """Leaving ``mm`` (recording off, its jumps removed, its threads ``tids``
@@ -499,9 +525,11 @@ class JumpPath:
             return {}
         backend, memory = mm.backend, mm.memory
         ways: dict[int, int] = {}
-        for placed in state.sites.values():
-            site = placed.jump.site
-            at = state.backend.way_back(site, placed.trampoline)
+        trampolines = [(placed.jump.site, placed.trampoline, False) for placed in state.sites.values()]
+        trampolines += [(placed.evicted.site, placed.evicted.trampoline, True) for placed in state.sites.values()
+                        if placed.evicted is not None]
+        for site, trampoline, relocated in trampolines:
+            at = state.backend.way_back(site, trampoline, relocated)
             if at in ways:
                 continue
             original = memory.read(at, min(backend.max_insn_len, PAGE - at % PAGE))
@@ -541,13 +569,13 @@ class JumpPath:
             placed = self._place(state, jump, call)
         if isinstance(placed, Trap):
             return placed
-        expected = jump.uprobe.original[site.at - site.vaddr:site.at - site.vaddr + len(placed.written)]
-        try:
-            current = mm.memory.read(site.at, len(placed.written))
-        except OSError as err:
-            return Trap(f"cannot read the site: {err}")
-        if current != expected:
-            return Trap(f"{site.at:#x} holds {current.hex()}, not the file's {expected.hex()}")
+        for at, written, original in placed.writes():
+            try:
+                current = mm.memory.read(at, len(written))
+            except OSError as err:
+                return Trap(f"cannot read the site: {err}")
+            if current != original:
+                return Trap(f"{at:#x} holds {current.hex()}, not the file's {original.hex()}")
         ident = self._next_id
         self._next_id += 1
         self._recorded[ident] = self._record_info(jump)
@@ -558,29 +586,31 @@ class JumpPath:
             state.table.set_site(placed.index, site.vaddr, ident, jump.program, counter)
         except errors.UemuError as why:
             return Trap(str(why))
-        state.net.add_site(site.at, current, placed.written, prot_at(mm.vmas, site.at))
-        self._write_jump(state, site.at, placed.written)
+        for at, written, original in reversed(placed.writes()):  # the successor's jump before the pun
+            state.net.add_site(at, original, written, prot_at(mm.vmas, at))
+            self._write_jump(state, at, written)
         placed.armed = True
         state.sites[site.vaddr] = placed
         return None
 
     def disarm(self, mm: Mm, vaddr: int) -> None:
         """The program's bytes back at a jumped site (int3 first where the jump is longer
-        than one byte and instructions vary in length), then its table entries."""
+        than one byte and instructions vary in length; a pun before the jump over its
+        evicted successor, which the pun reads), then its table entries."""
         state = self._mms[mm]
         placed = state.sites[vaddr]
         if not placed.armed:
             return
-        at = placed.jump.site.at
-        try:
-            current = mm.memory.read(at, len(placed.written))
-        except OSError:
-            current = b""
-        if current == placed.written:
-            self._write_jump(state, at, placed.original)
-        elif current:
-            self.warn(f"process {mm.pid}: the jump at {at:#x} was overwritten by someone else; left as is")
-        state.net.remove_site(at)
+        for at, written, original in placed.writes():
+            try:
+                current = mm.memory.read(at, len(written))
+            except OSError:
+                current = b""
+            if current == written:
+                self._write_jump(state, at, original)
+            elif current:
+                self.warn(f"process {mm.pid}: the jump at {at:#x} was overwritten by someone else; left as is")
+            state.net.remove_site(at)
         state.table.remove_site(placed.index)
         placed.armed = False
 
@@ -603,11 +633,20 @@ class JumpPath:
         site, backend = jump.site, state.backend
         size = backend.tramp_size
         landing = None
+        evicted = None
         if site.target is not None:  # only a whole jump on at the target: the next pun may be 5 bytes on
-            landing = replace(site, at=site.target, form=JumpForm.JUMP)
             why = self._map_landing(state, site.target, LANDING_SIZE, call)
-            if why:
+            if why and site.successor is not None:
+                successor = site.successor
+                chosen = self._evict(state, site, call)
+                if isinstance(chosen, str):
+                    return Trap(f"{site.why}: target {site.target:#x}: {why}; {successor.why}: {chosen}")
+                site, lead = chosen
+                evicted = self._evicted(state, jump, successor, lead)
+            elif why:
                 return Trap(f"{site.why}: target {site.target:#x}: {why}")
+            assert site.target is not None
+            landing = replace(site, at=site.target, form=JumpForm.JUMP)
         if site.reach[0] <= state.next_trampoline < site.reach[1] - size and \
                 state.next_trampoline + size <= state.net.base + layout.CODE_SIZE:
             address = state.next_trampoline
@@ -629,7 +668,51 @@ class JumpPath:
             state.mm.memory.write(landing.at, backend.jump_bytes(landing, address))
         written = backend.jump_bytes(site, address)
         original = jump.uprobe.original[site.at - site.vaddr:site.at - site.vaddr + len(written)]
-        return _Site(jump, index, address, written, original, armed=False, landing=site.target)
+        return _Site(jump, index, address, written, original, armed=False, landing=site.target, evicted=evicted)
+
+    @staticmethod
+    def _evicted(state: _MmJumps, jump: Jump, successor: SiteJump, lead: int) -> _Evicted:
+        written = state.backend.jump_bytes(successor, lead)
+        start = successor.at - jump.site.vaddr
+        return _Evicted(successor, lead, written, jump.uprobe.original[start:start + len(written)])
+
+    def _evict(self, state: _MmJumps, site: SiteJump, call: InjectedCall) -> tuple[SiteJump, int] | str:
+        """A pun whose own target is refused, its successor evicted (E9Patch's T2): a
+        target of uemu's choice (a landing, on a landing page or a new one near the
+        site), then the successor's trampoline where its jump may lead (256 places, 16 MiB
+        apart, once the target is chosen: the jump's last byte is the one the pun does
+        not read).  The site with its chosen target, and the successor's trampoline, written;
+        or why not.
+        Differs: E9Patch rewrites a file, where it can also evict to padding; here only
+        free room in the process will do."""
+        backend, successor = state.backend, site.successor
+        assert isinstance(backend, Eviction) and successor is not None, "only a pun with a successor"
+        targets = backend.evict_targets(site, 0, 1 << 64)
+        target = self._near(state, (targets.start, targets.stop), LANDING_SIZE, call,
+                            phase=(targets.step, targets.start % targets.step))
+        if target is None or self._map_landing(state, target, LANDING_SIZE, call):
+            return "no free room for its target within reach"
+        chosen, leads = backend.evicted(site, target)
+        landings = self._pun_landings(state)
+        for lead in leads:
+            code = backend.relocated(successor, lead)
+            if code is None or meeting(landings, lead, lead + len(code)) or self._taken(state, lead, lead + len(code)):
+                continue
+            if self._map_landing(state, lead, len(code), call):
+                continue
+            state.mm.memory.write(lead, code)
+            return chosen, lead
+        state.used.remove((target, target + LANDING_SIZE))
+        return "no free room where its jump may lead"
+
+    def _taken(self, state: _MmJumps, start: int, end: int) -> bool:
+        """Whether [start, end) meets a mapping other than uemu's landing pages, or room
+        no landing page may take (``landing_refused``)."""
+        if self._allowed(state, start, end):
+            return True
+        own = [(page, page + PAGE) for page in state.pages]
+        return any(v.start < end and start < v.end and not any(p <= v.start and v.end <= q for p, q in own)
+                   for v in state.mm.vmas)
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
         """Map the pages under [start, start + size) that are not landing pages yet;
@@ -667,22 +750,24 @@ class JumpPath:
             journal.note_mapping_gone(page)
         return int(got)
 
-    def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall) -> int | None:
-        """Room for a trampoline within ``reach``: on a landing page that has some, or a new
-        page in a gap of the address space; never over a landing, a trampoline, or the
-        target of a pun not armed yet (``_pun_landings``)."""
+    def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall,
+              phase: tuple[int, int] = (8, 0)) -> int | None:
+        """Room for a trampoline (or, ``phase`` given as (align, residue), a landing whose
+        address is fixed modulo ``align``) within ``reach``: on a landing page that has
+        some, or a new page in a gap of the address space; never over a landing, a
+        trampoline, or the target of a pun not armed yet (``_pun_landings``)."""
         landings = self._pun_landings(state)
 
         def fit(page: int) -> int | None:
             low, high = max(page, reach[0]), min(page + PAGE, reach[1])
             taken = sorted([*meeting(state.used, page, page + PAGE), *meeting(landings, page, page + PAGE)])
-            return first_fit(taken, low, high, size) if low < high else None
+            return first_fit(taken, low, high, size, *phase) if low < high else None
 
         for page in sorted(state.pages - state.full):
             found = fit(page)
             if found is not None:
                 return found
-            if reach[0] <= page and page + PAGE <= reach[1]:
+            if reach[0] <= page and page + PAGE <= reach[1] and phase == (8, 0):
                 state.full.add(page)
         mapped = [(v.start, v.end) for v in state.mm.vmas] + [(page, page + PAGE) for page in state.pages]
         middle = ((reach[0] + reach[1]) // 2) & -PAGE
@@ -699,7 +784,7 @@ class JumpPath:
             return None
         found = fit(best)
         state.pages.add(best)
-        state.mm.vmas = read_maps(state.mm.pid)
+        bisect.insort(state.mm.vmas, Vma(best, best + PAGE, "r-xp", 0, 0, 0, ""), key=lambda v: v.start)
         return found
 
     def _pun_landings(self, state: _MmJumps) -> list[tuple[int, int]]:

@@ -192,7 +192,7 @@ def running(name: str, tmp: Path) -> subprocess.Popen | None:
 
 
 def shares() -> None:
-    print("share of SDT sites that can take a jump (jump + pun of all sites)")
+    print("share of SDT sites that can take a jump (jump + pun + evict of all sites)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in OBJECTS.items():
             if not os.path.exists(path):
@@ -215,9 +215,9 @@ def shares() -> None:
 
 def _share(counts: Counter[str]) -> str:
     total = sum(counts.values())
-    jumps = counts["jump"] + counts["pun"]
+    jumps = counts["jump"] + counts["pun"] + counts["evict"]
     return f"{jumps}/{total} ({100 * jumps / total:.0f}%: {counts['jump']} jump, {counts['pun']} pun, " \
-           f"{counts['trap']} trap)" if total else "no sites"
+           f"{counts['evict']} evict, {counts['trap']} trap)" if total else "no sites"
 
 
 def main() -> None:

@@ -253,7 +253,7 @@ def test_list_plan_says_which_sites_will_jump(build, uemu) -> None:
     assert listed.returncode == 0, listed.stderr
     plans = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {p["name"] for p in plans} == {p.name for p in sdt.open_elf(str(program)).probes}
-    assert all(p["plan"] in ("jump", "pun", "trap") and p["why"] for p in plans)
+    assert all(p["plan"] in ("jump", "pun", "evict", "trap") and p["why"] for p in plans)
     with started_sample(program) as tracee:
         in_process = uemu("list", "--plan", "--json", str(tracee.pid))
         with jump_traced(tracee.pid) as trace:

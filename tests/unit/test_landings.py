@@ -9,13 +9,14 @@ import random
 import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
-from uemu.jumpplan import LANDING_SIZE, Neighbours, first_fit, landing_refused, meeting
+from uemu.arch.jump import SiteJump
+from uemu.jumpplan import LANDING_SIZE, Neighbours, choose, first_fit, landing_refused, meeting
 from uemu.jumps import Jump, JumpPath, _MmJumps
 from uemu.jumptable import JumpTable
 from uemu.maps import HEAP_ROOM, Vma
 from uemu.net import Net
 from uemu.runtime import layout
-from uemu.uprobes import Uprobes
+from uemu.uprobes import Mm, Uprobe, Uprobes
 
 TEXT = vma(0x4F2000, 0x1000, "r-xp", 0x1000)
 ENTRY, RETURN = 0x10A1, 0x10D4
@@ -40,6 +41,8 @@ def test_first_fit_takes_the_lowest_aligned_gap_that_holds_the_size() -> None:
     assert first_fit(taken, 0x1000, 0x2000, 0x2C) == 0x1008
     assert first_fit([], 0x1003, 0x2000, 8) == 0x1008
     assert first_fit(taken, 0x1000, 0x1080, 96) is None
+    assert first_fit(taken, 0x1000, 0x2000, 5, 256, 0xE9) == 0x10E9, "a pun's target after an eviction"
+    assert first_fit([(0x10E0, 0x10F0)], 0x1000, 0x2000, 5, 256, 0xE9) == 0x11E9
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -75,6 +78,63 @@ def _injected_mmap(memory: FakeMemory):
     return call
 
 
+def _jump_path(memory: FakeMemory, mm: Mm, probes: list[Uprobe]) -> tuple[JumpPath, _MmJumps]:
+    """A jump path set up in ``mm`` (its area at ``AREA``, mapped), ``probes`` registered."""
+    core = Uprobes(print)
+    for probe in probes:
+        register(core, probe)
+    path = JumpPath(core)
+    net = Net(X86_64, AREA, memory)
+    table = JumpTable(X86_64, AREA, memory)
+    table.install(pid=memory.pid, ring=0, clock=0, flags=layout.JumpsFlags.THREAD_POINTER)
+    state = _MmJumps(mm, net, table, None, X86_64.jumps, next_trampoline=AREA + layout.TRAMP_OFF)  # type: ignore[arg-type]
+    path._mms[mm] = state
+    return path, state
+
+
+def _leads_to(memory: FakeMemory, at: int) -> int:
+    """Where the jmp rel32 at ``at`` leads."""
+    jump = memory.read(at, 5)
+    assert jump[0] == 0xE9, jump.hex()
+    return at + 5 + int.from_bytes(jump[1:], "little", signed=True)
+
+
+def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
+    """nop; mov $0xffffff,%eax: the pun's own target is 67 bytes back, inside the text.
+    The mov goes to a trampoline of its own behind a jump uemu writes over it, whose
+    first four bytes are the pun's displacement: the pun leads to a landing of uemu's
+    choice, on to the site's trampoline, which goes back to the mov's jump.  Disarmed,
+    the pun comes off before the jump it reads."""
+    memory = FakeMemory()
+    memory.map(AREA, bytes(layout.AREA_SIZE))
+    program = bytes.fromhex("90b8ffffff00")
+    code = bytearray(b"\xcc" * 0x1000)
+    code[ENTRY - TEXT.offset:ENTRY - TEXT.offset + len(program)] = program
+    memory.map(TEXT.start, bytes(code))
+    mm = new_mm(memory, [TEXT, STACK])
+    probe = uprobe(ENTRY, 0, bytes(code[ENTRY - TEXT.offset:ENTRY - TEXT.offset + 15]))
+    path, state = _jump_path(memory, mm, [probe])
+    site = TEXT.offset_to_vaddr(ENTRY)
+    planned = path.plan(mm, probe, site)
+    assert isinstance(planned, Jump) and planned.site.target == site + 5 - 72
+    assert path.arm(mm, planned, _injected_mmap(memory)) is None
+    [placed] = state.sites.values()
+    assert placed.evicted is not None and placed.landing is not None
+    assert memory.read(site, 1) == b"\xe9" and _leads_to(memory, site) == placed.landing
+    assert not TEXT.start <= placed.landing < TEXT.end
+    assert _leads_to(memory, placed.landing) == placed.trampoline
+    relocated = placed.evicted.trampoline
+    assert _leads_to(memory, site + 1) == relocated
+    assert memory.read(relocated, 5) == program[1:], "the mov itself, then the jump back past it"
+    assert _leads_to(memory, relocated + 5) == site + 6
+    assert X86_64.jumps.way_back(planned.site, placed.trampoline) == placed.trampoline + X86_64.jumps.head_size
+    written = len(memory.writes)
+    path.disarm(mm, site)
+    assert memory.read(site, 6) == program
+    back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 6]
+    assert back[0] == (site, b"\x90"), "the pun first"
+
+
 def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
     """Arming goes site by site: where the landing's page was the only room within reach
     (here: mappings all around it), function__entry's trampoline went right after its
@@ -89,17 +149,9 @@ def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
     page = TARGET & -4096
     crowded = [Vma(TEXT.end, page - 4096, "rw-p", 0, 0, 0, ""), Vma(page + 2 * 4096, STACK.start, "rw-p", 0, 0, 0, "")]
     mm = new_mm(memory, [TEXT, *crowded, STACK])
-    core = Uprobes(print)
     probes = [uprobe(offset, 0, bytes(code[offset - TEXT.offset:offset - TEXT.offset + 15]))
               for offset in (ENTRY, RETURN)]
-    for probe in probes:
-        register(core, probe)
-    path = JumpPath(core)
-    net = Net(X86_64, AREA, memory)
-    table = JumpTable(X86_64, AREA, memory)
-    table.install(pid=memory.pid, ring=0, clock=0, flags=layout.JumpsFlags.THREAD_POINTER)
-    state = _MmJumps(mm, net, table, None, X86_64.jumps, next_trampoline=AREA + layout.TRAMP_OFF)  # type: ignore[arg-type]
-    path._mms[mm] = state
+    path, state = _jump_path(memory, mm, probes)
     call = _injected_mmap(memory)
     for probe in probes:
         planned = path.plan(mm, probe, TEXT.offset_to_vaddr(probe.offset))
@@ -140,3 +192,15 @@ def test_below_the_heaps_start_the_heap_never_grows() -> None:
 def test_a_heap_not_mapped_yet_has_its_room_from_start_brk() -> None:
     assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM - 4096, BRK + HEAP_ROOM, BRK) == "where the heap may grow"
     assert landing_refused(X86_64, [STACK], BRK + HEAP_ROOM, BRK + HEAP_ROOM + LANDING_SIZE, BRK) == ""
+
+
+def test_no_eviction_over_another_site_in_the_successor() -> None:
+    """A site uemu writes inside the successor's bytes (past the pun's four) would be
+    displaced into the successor's trampoline: that pun keeps only its own target."""
+    code = bytes.fromhex("9048b88877665544332211").ljust(15, b"\xcc")
+    site = 0x5000
+    plan = X86_64.backend.analyze(code, site)
+    alone = choose(X86_64, plan, code, Neighbours([site]))
+    assert isinstance(alone, SiteJump) and alone.successor is not None
+    crowded = choose(X86_64, plan, code, Neighbours([site, site + 8]))
+    assert isinstance(crowded, SiteJump) and crowded.successor is None and crowded.target == alone.target
