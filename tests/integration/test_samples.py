@@ -78,6 +78,7 @@ SAMPLES = (
         refused=frozenset({"insns:refused_lock"}),
         kernel_differs=frozenset({"insns:riprel_vex"}),
     ),
+    Sample("evict", x86_64_only=True),
 )
 
 
@@ -121,7 +122,7 @@ def fits(value: str, spec: str) -> bool:
 
 # ---------------------------------------------------------------- output
 
-KINDS = {"hit", "hits", "sema", "text", "sync", "child", "signal", "result", "time"}
+KINDS = {"hit", "hits", "sema", "text", "sync", "child", "signal", "result", "time", "block"}
 
 
 def run(directory: Path, sample: Sample) -> list[Line]:
