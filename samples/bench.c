@@ -5,6 +5,10 @@
  *   bench:sema  two arguments, guarded by its semaphore, read afresh at every
  *               iteration (volatile): untraced the loop skips the probe, as real
  *               programs do with PROVIDER_PROBE_ENABLED()
+ *   bench:evict (x86 only) no arguments; right after its nop comes
+ *               mov $0xffffff,%eax (b8 ff ff ff 00), so a 1-byte jmp rel32 over
+ *               the nop would lead 67 bytes back, into this very code: a tracer
+ *               that puns must move the mov away first (successor eviction)
  *   signal      (only with SIGNALS) no probe: kill(getpid(), SIGUSR1), which a
  *               handler counts, SIGNALS times: what a tracer's stop at each of
  *               the program's signals costs (tests/bench/bench_signals.py)
@@ -26,6 +30,9 @@
 SAMPLE_SEMAPHORE(bench, nop);
 SAMPLE_SEMAPHORE(bench, args);
 SAMPLE_SEMAPHORE(bench, sema);
+#if defined(__x86_64__) || defined(__i386__)
+SAMPLE_SEMAPHORE(bench, evict);
+#endif
 
 static volatile sig_atomic_t handled;
 
@@ -84,6 +91,13 @@ int main(int argc, char **argv)
 			STAP_PROBE2(bench, sema, i, iterations - i);
 	}
 	report("bench:sema", i, start);
+
+#if defined(__x86_64__) || defined(__i386__)
+	start = now_ns();
+	for (i = 0; i < iterations; i++)
+		__asm__ __volatile__(STAP_PROBE_ASM(bench, evict, ) "mov $0xffffff, %%eax" ::: "eax");
+	report("bench:evict", i, start);
+#endif
 
 	if (signals) {
 		signal(SIGUSR1, count_signal);

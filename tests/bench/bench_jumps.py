@@ -6,7 +6,8 @@ same site, and the share of real SDT sites that can take a jump.
 Per hit: samples/bench's timed loops (the program times itself, so starting and arming
 are not counted) untraced, under a kernel uprobe (tracefs, with its ref_ctr_offset),
 bare and fetching the site's arguments as uemu's records do (``kernel + args``),
-under ``uemu run`` (the jump path, the default: the SDT nops are punned) counting only
+under ``uemu run`` (the jump path, the default: the SDT nops are punned, bench:evict's
+with its successor evicted) counting only
 (``-c``: each hit adds to a counter in the target, no record) and writing every event
 to a file (``--json``: a record per hit in the ring, read by uemu), and under ``uemu run --no-jumps`` (the trap path; a
 twentieth of the iterations: it is that much slower).  Cost per hit = (loop with the
@@ -46,7 +47,9 @@ from uemu.objects import mapped_objects  # noqa: E402
 from uemu.process import start_brk  # noqa: E402
 
 TRACEFS = Path("/sys/kernel/tracing")
-PROBES = ("bench:nop", "bench:sema")
+PROBES = tuple(name for name in ("bench:nop", "bench:sema", "bench:evict")
+               if name in {p.full_name for p in sdt.open_elf(str(BENCH)).probes})
+"""bench:evict (x86): a pun whose own target is in the program's text, its successor evicted."""
 OBJECTS = {
     "python3.11": "/usr/bin/python3.11",
     "libpython3.11": "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0",
