@@ -127,7 +127,13 @@ def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
     assert _leads_to(memory, site + 1) == relocated
     assert memory.read(relocated, 5) == program[1:], "the mov itself, then the jump back past it"
     assert _leads_to(memory, relocated + 5) == site + 6
-    assert X86_64.jumps.way_back(planned.site, placed.trampoline) == placed.trampoline + X86_64.jumps.head_size
+    way_back = X86_64.jumps.way_back(planned.site, placed.trampoline)
+    assert way_back == placed.trampoline + X86_64.jumps.head_size
+    assert path.trap_ways_back(mm) == {way_back: site + 1, relocated + 5: site + 6}, \
+        "a thread inside either trampoline at leaving stops at its jump back"
+    assert memory.read(relocated + 5, 1) == b"\xcc"
+    path.untrap_ways_back(mm)
+    assert _leads_to(memory, relocated + 5) == site + 6
     written = len(memory.writes)
     path.disarm(mm, site)
     assert memory.read(site, 6) == program
