@@ -1,7 +1,8 @@
-"""The verdict on a samples/survival target once uemu is gone (killed, or left):
-it must make its next hits (the first orphaned ones), be alive, hold every
-executable mapping as its file and every semaphore back at 0, end on SIGTERM
-with status 0, and have had work() right every time, in every child too."""
+"""The verdict on a samples/survival (or ``evict hot``) target once uemu is gone
+(killed, or left): it must make its next hits (the first orphaned ones), be
+alive, hold every executable mapping as its file and every semaphore back at 0,
+end on SIGTERM with status 0, and have had every probed function right every
+time (its ``result PID TID PROVIDER:wrong N`` lines), in every child too."""
 
 from __future__ import annotations
 
@@ -35,10 +36,16 @@ def judge(target: Target, outcome: Outcome, ticks: int = 0, timeout: float = PRO
     _lines(target, outcome)
 
 
+CHECKED = {"survival": "work()", "evict": "an evicted site's function"}
+"""What each sample's ``PROVIDER:wrong`` result line counts the wrong results of."""
+
+
 def _lines(target: Target, outcome: Outcome) -> None:
     for line in target.lines():
-        if line.kind == "result" and line.word == "survival:wrong" and line.values != ("0",):
-            outcome.harmed.append(f"work() returned a wrong value {line.values[0]} times in a thread")
+        provider, _, name = line.word.partition(":")
+        if line.kind == "result" and name == "wrong" and line.values != ("0",):
+            what = CHECKED.get(provider, f"a function of {provider}")
+            outcome.harmed.append(f"{what} returned a wrong value {line.values[0]} times in a thread")
         if line.kind == "child" and line.word == "waited" and line.values != ("0",):
             outcome.died.append(f"a child ended with {_wait_status(int(line.values[0]))}")
 

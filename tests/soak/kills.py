@@ -1,4 +1,5 @@
-"""``kill -9`` of uemu at random moments while it traces samples/survival.
+"""``kill -9`` of uemu at random moments while it traces samples/survival (or
+samples/evict, below).
 
 Moments: while arming (after the seize for ``attach``, after the fork for
 ``run``), armed but before any hit (``cold``: the slow guarded probe every
@@ -13,6 +14,15 @@ was not killed).  Then the target
 must make its first orphaned hits and be judged (judge.py).  ``run`` sets
 PTRACE_O_EXITKILL (README): its rows say what that does.  The repair variant runs
 ``uemu repair PID`` right after the kill, once that command exists.
+
+``evict`` (attach only, x86_64 builds: the sample is x86-64 assembly) kills uemu
+as ``hot`` does while it traces ``samples/evict hot``, whose threads call the
+functions of every site whose successor uemu evicts (the program maps a page at
+each pun's own target before its ``start``; README: the jump path), each result
+checked by the program; the notes say how many of those sites held their two
+writes (e9 e9) at the kill.  Not under ``run``: uemu would arm before the program
+blocks the targets, so only evict:mov_imm (its target in the program's own text)
+would be evicted, and EXITKILL ends the command anyway.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from target import UEMU, Target, Uemu, wait_for
 from tracee import thread_states, tracer_pid
 
 MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "mending", "leaving")
+EVICT = "evict"
+"""The moment of ``hot``, on samples/evict's evicted sites (attach only)."""
 THREADS = 4
 SLOW_MS = 3000
 """survival:slow every 3 s, as in the issue; 0.5 s where it is the probe hit,
@@ -78,6 +90,8 @@ class Kill:
 
     @property
     def short(self) -> int:
+        if self.moment == EVICT:  # once in CI's --short, on the default build
+            return int(not self.repair and self.build.name == "x86_64-O2")
         if self.command == "attach" and not self.repair:
             return 1
         return int(self.moment == "hot" and self.build.target == "x86_64")
@@ -87,6 +101,10 @@ class Kill:
         """Why the scenario cannot run here, or None."""
         if self.repair and not repair_available():
             return "repair: not available"
+        if self.moment == EVICT:
+            if not (self.build.directory / "evict").exists():
+                return f"kill9/attach/evict/{self.build.name}: no samples/evict in this build (x86_64 only)"
+            return None
         if self.moment in ("step", "mending") and "step" not in stepped(self.build.directory / "survival", "work"):
             return f"kill9/*/{self.moment}/{self.build.name}: no two-stop site (every slot near the code jumps back)"
         return None
@@ -94,6 +112,8 @@ class Kill:
     def probes(self) -> list[str]:
         """The moment's probes: "jump" and "step" stand for work()'s raw sites of that
         kind (sites.stepped), of which aarch64 and riscv64 have only the first."""
+        if self.moment == EVICT:
+            return ["evict:*"]
         raw = stepped(self.build.directory / "survival", "work")
         words = {
             "arming": ["survival:*", *raw],
@@ -110,7 +130,10 @@ class Kill:
     def _start(self) -> tuple[Target, Uemu]:
         forks = self.moment == "forks"
         slow_ms = {"forks": FORK_MS, "cold": COLD_MS}.get(self.moment, SLOW_MS)
-        argv = [self.build.directory / "survival", THREADS, slow_ms, LIFETIME_MS, *(["fork"] if forks else [])]
+        argv: list[object] = [self.build.directory / "survival", THREADS, slow_ms, LIFETIME_MS,
+                              *(["fork"] if forks else [])]
+        if self.moment == EVICT:  # its pun targets blocked before its "sync start"
+            argv = [self.build.directory / "evict", "hot", THREADS, LIFETIME_MS]
         options = ["-o", "/dev/null", *(["-f"] if forks else [])]
         if self.command == "attach":
             target = Target(argv)
@@ -169,6 +192,8 @@ class Kill:
             if self.moment == "leaving":
                 uemu.send(signal.SIGINT)
                 time.sleep(rng.uniform(0, ARMING_SPAN * phase_time(self, "leaving")))
+            if self.moment == EVICT:
+                _count_evicted(target, outcome)
         if uemu.process.poll() is not None:
             outcome.notes["uemu had ended before the kill"] += 1
         elif not uemu.ready.exists():
@@ -176,6 +201,22 @@ class Kill:
         if target.pid is None:  # run: found while still uemu's child, or never
             outcome.notes["killed before the command existed"] += 1
         uemu.send(signal.SIGKILL)
+
+
+def _count_evicted(target: Target, outcome: Outcome) -> None:
+    """A note of how many of samples/evict's evictable sites (its ``site`` lines) hold
+    both of uemu's writes, the pun's opcode over the nop and a jump's over the successor."""
+    sites = [int(line.values[0]) for line in target.lines() if line.kind == "site"]
+    try:
+        with open(f"/proc/{target.known_pid}/mem", "rb", buffering=0) as mem:
+            evicted = 0
+            for site in sites:
+                mem.seek(site)
+                evicted += mem.read(2) == b"\xe9\xe9"
+    except OSError:
+        outcome.notes["sites not read at the kill"] += 1
+        return
+    outcome.notes[f"killed with {evicted} of {len(sites)} sites evicted"] += 1
 
 
 def _kill_parked(uemu: Uemu, target: Target, outcome: Outcome) -> None:
@@ -233,4 +274,4 @@ def _repair(pid: int, outcome: Outcome) -> None:
 def scenarios(builds: list[Build]) -> list[Kill]:
     return [Kill(command, moment, build, repair)
             for repair in (False, True) for command in ("attach", "run") if not (repair and command == "run")
-            for moment in MOMENTS for build in builds]
+            for moment in (*MOMENTS, *([EVICT] if command == "attach" else [])) for build in builds]
