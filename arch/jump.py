@@ -111,11 +111,6 @@ class SiteJump:
     ``target``)."""
     why: str
     """Said by ``uemu list --plan``."""
-    successor: SiteJump | None = None
-    """PUN over a 1-byte instruction: the instruction after it, when it can be moved to a
-    trampoline of its own (E9Patch's successor eviction, T2): a whole jump written over
-    its first bytes, whose displacement uemu chooses, makes the pun's displacement uemu's
-    choice too (``JumpBackend.evicted``).  Only where the pun's own target is refused."""
 
 
 @dataclass(frozen=True)
@@ -168,17 +163,24 @@ class JumpBackend(Protocol):
 
 @runtime_checkable
 class Eviction(Protocol):
-    """A jump backend whose puns can have their successor evicted (``SiteJump.successor``:
-    x86 alone has puns)."""
+    """A jump backend whose puns can have their successor evicted (E9Patch's T2: x86 alone
+    has puns): the instruction after a 1-byte site moves to a trampoline of its own,
+    behind a whole jump written over its first bytes whose displacement uemu chooses,
+    which makes the pun's displacement uemu's choice too.  Asked only where a pun's own
+    target is refused."""
+
+    def successor(self, site: SiteJump, code: bytes) -> SiteJump | None:
+        """The jump over the instruction after the pun ``site`` (``code``: the file's bytes
+        from the site on) that leads to its own trampoline, if it can have one."""
 
     def evict_targets(self, site: SiteJump, low: int, high: int) -> range:
         """The addresses in [low, high) that the pun at ``site`` can lead to once its
         successor is evicted: the first byte of the displacement is the successor's new
         first byte, the jump's opcode."""
 
-    def evicted(self, site: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
+    def evicted(self, site: SiteJump, successor: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
         """``site`` with its pun led to ``target`` (one of ``evict_targets``), and where
-        its successor's jump may then lead, nearest first: the successor's displacement
+        the jump over its ``successor`` may then lead, nearest first: the displacement
         bytes that the pun does not read are free."""
 
 

@@ -863,15 +863,16 @@ class X86Jumps:
         target = (vaddr + JMP_REL32 + int.from_bytes(code[1:JMP_REL32], "little", signed=True)) % self.space
         return SiteJump(vaddr=vaddr, at=vaddr, length=1, form=JumpForm.PUN, displaced=displaced,
                         resume=vaddr + size, target=target, reach=self._reach(target),
-                        why=f"pun over {plan.text!r}", successor=self._successor(code, vaddr) if size == 1 else None)
+                        why=f"pun over {plan.text!r}")
 
-    def _successor(self, code: bytes, vaddr: int) -> SiteJump | None:
-        """The instruction after a 1-byte site, as a jump over it that leads to its own
-        trampoline, if it can have one: 5 bytes or more (the whole jump goes over it
-        alone, so a branch to it still finds a whole instruction) whose slot ends in a
-        jump back (a nop that long takes a whole jump itself: ``choose``).  E9Patch's T2
-        (successor eviction)."""
-        at = vaddr + 1
+    def successor(self, site: SiteJump, code: bytes) -> SiteJump | None:
+        """Of a 1-byte site: 5 bytes or more (the whole jump goes over it alone, so a
+        branch to it still finds a whole instruction) whose slot ends in a jump back (a
+        nop that long takes a whole jump itself: ``choose``).  Decoding it costs about
+        20 times a nop's decoding, hence only on demand."""
+        at = site.vaddr + 1
+        if site.form is not JumpForm.PUN or site.resume != at:
+            return None
         plan = self.backend.analyze(code[1:], at)
         if not isinstance(plan, X86Step) or not plan.one_stop or plan.size < JMP_REL32:
             return None
@@ -885,12 +886,11 @@ class X86Jumps:
         first = low + (site.vaddr + JMP_REL32 + 0xE9 - low) % 256  # 0xE9: the successor's new opcode
         return range(first, high, 256)
 
-    def evicted(self, site: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
-        assert site.successor is not None, "only a pun with a successor to evict"
+    def evicted(self, site: SiteJump, successor: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
         distance = self._signed(target - (site.vaddr + JMP_REL32))
         assert distance & 0xFF == 0xE9, "a target from evict_targets"
         chosen = (distance >> 8) & 0xFF_FFFF
-        after = site.successor.at + JMP_REL32
+        after = successor.at + JMP_REL32
         leads = [(after + self._signed(chosen | top << 24)) % self.space for top in range(256)]
         return replace(site, target=target, reach=self._reach(target)), sorted(leads, key=lambda t: abs(t - after))
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from uemu import arch as arches
 from uemu.arch import Arch
 from uemu.arch.base import Plan
-from uemu.arch.jump import JumpForm, NoJump, SiteJump
+from uemu.arch.jump import Eviction, JumpForm, NoJump, SiteJump
 
 from . import sdt
 from .maps import Vma, heap_growth
@@ -71,12 +71,24 @@ def choose(arch: Arch, plan: Plan, code: bytes, neighbours: Neighbours, absolute
     where = neighbours.first_within(vaddr, end)
     if where is not None:
         return Trap(f"another probed site at {where:#x} lies in the bytes the jump depends on")
-    if choice.successor is not None and neighbours.first_within(vaddr, choice.successor.resume) is not None:
-        choice = replace(choice, successor=None)  # the successor's trampoline would displace a site
     if absolute and choice.target is not None and not 0 < choice.target < _user_top(arch) \
-            and choice.successor is None:
+            and evictable(arch, choice, code, neighbours) is None:
         return Trap(f"pun target {choice.target:#x} is outside user space")
     return choice
+
+
+def evictable(arch: Arch, site: SiteJump, code: bytes, neighbours: Neighbours) -> SiteJump | None:
+    """The jump over the successor of the pun ``site`` (``code``: the file's bytes from the
+    site on) where it can be evicted (``Eviction``), unless another site uemu writes lies
+    in the successor's bytes (its trampoline would displace that site's write); asked
+    only where the pun's own target is refused."""
+    jumps: object = arch.jumps  # as object: mypy --strict takes JumpBackend and Eviction for disjoint
+    if not isinstance(jumps, Eviction):
+        return None
+    successor = jumps.successor(site, code)
+    if successor is None or neighbours.first_within(site.vaddr, successor.resume) is not None:
+        return None
+    return successor
 
 
 def _user_top(arch: Arch) -> int:
@@ -169,19 +181,21 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
     if vmas is None:
         for segment in elf.segments:
             if segment.p_vaddr < end and choice.target < segment.p_vaddr + segment.p_memsz:
-                return _refused(choice, f"{choice.why}: {target}, inside the object's own image")
+                return _refused(evictable(arch, choice, code, neighbours), f"{choice.why}: {target}, inside the "
+                                "object's own image")
         return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
     refused = landing_refused(arch, vmas, choice.target, end, brk)
-    return _refused(choice, f"{choice.why}: {target}: {refused}") if refused else \
-        SitePlan("pun", f"{choice.why}: {target}, free")
+    return _refused(evictable(arch, choice, code, neighbours), f"{choice.why}: {target}: {refused}") if refused \
+        else SitePlan("pun", f"{choice.why}: {target}, free")
 
 
-def _refused(choice: SiteJump, why: str) -> SitePlan:
-    """A pun whose own target is refused (``why``): the successor evicted where it can be
-    (uemu then chooses the target: free room within 2 GiB is all it needs), else the trap."""
-    if choice.successor is None:
+def _refused(successor: SiteJump | None, why: str) -> SitePlan:
+    """A pun whose own target is refused (``why``): its ``successor`` evicted where it can
+    be (uemu then chooses the target: free room within 2 GiB is all it needs), else the
+    trap."""
+    if successor is None:
         return SitePlan("trap", why)
-    return SitePlan("evict", f"{why}; {choice.successor.why}")
+    return SitePlan("evict", f"{why}; {successor.why}")
 
 
 _MMAP_MIN_ADDR: int | None = None

@@ -87,6 +87,7 @@ from .jumpplan import (
     Neighbours,
     Trap,
     choose,
+    evictable,
     first_fit,
     landing_refused,
     meeting,
@@ -144,7 +145,7 @@ class _Evicted:
     writes over it, and uemu chose it (``JumpPath._evict``)."""
 
     site: SiteJump
-    """The jump over the successor (``SiteJump.successor``)."""
+    """The jump over the successor (``jumpplan.evictable``)."""
     trampoline: int
     """Where that jump leads: the successor's instruction and a jump back, no hit."""
     written: bytes
@@ -269,8 +270,7 @@ class JumpPath:
     def _plan(self, mm: Mm, uprobe: Uprobe, vaddr: int) -> Jump | Trap:
         if uprobe.internal:
             return Trap(TRAP_BRANCH)
-        neighbours = Neighbours(self.uprobes.offsets_by_file.get(uprobe.file_id, []), vaddr - uprobe.offset)
-        choice = choose(mm.arch, uprobe.plan_at(mm.backend, vaddr), uprobe.original, neighbours)
+        choice = choose(mm.arch, uprobe.plan_at(mm.backend, vaddr), uprobe.original, self._neighbours(uprobe, vaddr))
         if isinstance(choice, Trap):
             return choice
         try:
@@ -278,6 +278,10 @@ class JumpPath:
         except NotFetchable as why:
             return Trap(str(why))
         return Jump(choice, uprobe, program)
+
+    def _neighbours(self, uprobe: Uprobe, vaddr: int) -> Neighbours:
+        """The sites uemu writes in the object of ``uprobe`` (at ``vaddr``), as it sees them."""
+        return Neighbours(self.uprobes.offsets_by_file.get(uprobe.file_id, []), vaddr - uprobe.offset)
 
     def _program(self, mm: Mm, uprobe: Uprobe) -> FetchProgram:
         """The fetch program of the uprobe's consumers (one record serves them all)."""
@@ -636,9 +640,10 @@ class JumpPath:
         evicted = None
         if site.target is not None:  # only a whole jump on at the target: the next pun may be 5 bytes on
             why = self._map_landing(state, site.target, LANDING_SIZE, call)
-            if why and site.successor is not None:
-                successor = site.successor
-                chosen = self._evict(state, site, call)
+            neighbours = self._neighbours(jump.uprobe, site.vaddr)
+            successor = evictable(state.mm.arch, site, jump.uprobe.original, neighbours) if why else None
+            if successor is not None:
+                chosen = self._evict(state, site, successor, call)
                 if isinstance(chosen, str):
                     return Trap(f"{site.why}: target {site.target:#x}: {why}; {successor.why}: {chosen}")
                 site, lead = chosen
@@ -676,7 +681,8 @@ class JumpPath:
         start = successor.at - jump.site.vaddr
         return _Evicted(successor, lead, written, jump.uprobe.original[start:start + len(written)])
 
-    def _evict(self, state: _MmJumps, site: SiteJump, call: InjectedCall) -> tuple[SiteJump, int] | str:
+    def _evict(self, state: _MmJumps, site: SiteJump, successor: SiteJump,
+               call: InjectedCall) -> tuple[SiteJump, int] | str:
         """A pun whose own target is refused, its successor evicted (E9Patch's T2): a
         target of uemu's choice (a landing, on a landing page or a new one near the
         site), then the successor's trampoline where its jump may lead (256 places, 16 MiB
@@ -685,14 +691,14 @@ class JumpPath:
         or why not.
         Differs: E9Patch rewrites a file, where it can also evict to padding; here only
         free room in the process will do."""
-        backend, successor = state.backend, site.successor
-        assert isinstance(backend, Eviction) and successor is not None, "only a pun with a successor"
+        backend = state.backend
+        assert isinstance(backend, Eviction), "only a pun can evict"
         targets = backend.evict_targets(site, 0, 1 << 64)
         target = self._near(state, (targets.start, targets.stop), LANDING_SIZE, call,
                             phase=(targets.step, targets.start % targets.step))
         if target is None or self._map_landing(state, target, LANDING_SIZE, call):
             return "no free room for its target within reach"
-        chosen, leads = backend.evicted(site, target)
+        chosen, leads = backend.evicted(site, successor, target)
         landings = self._pun_landings(state)
         for lead in leads:
             code = backend.relocated(successor, lead)

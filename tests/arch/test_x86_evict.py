@@ -9,18 +9,19 @@ import random
 import pytest
 
 from uemu.arch import by_name
-from uemu.arch.jump import JumpForm, SiteJump
+from uemu.arch.jump import Eviction, JumpForm, SiteJump
 
 SITE = 0x5555_5555_4123
 
 
-def chosen(arch: str, code: bytes, vaddr: int = SITE) -> SiteJump:
+def chosen(arch: str, code: bytes, vaddr: int = SITE) -> tuple[SiteJump, SiteJump | None]:
+    """The pun over the site ``code`` starts with, and the jump over its successor."""
     x86 = by_name(arch)
-    assert x86.backend is not None and x86.jumps is not None
+    assert x86.backend is not None and isinstance(x86.jumps, Eviction)
     code = code.ljust(15, b"\xcc")
     choice = x86.jumps.choose(x86.backend.analyze(code, vaddr), code)
     assert isinstance(choice, SiteJump) and choice.form is JumpForm.PUN, choice
-    return choice
+    return choice, x86.jumps.successor(choice, code)
 
 
 @pytest.mark.parametrize("after", [
@@ -33,7 +34,7 @@ def chosen(arch: str, code: bytes, vaddr: int = SITE) -> SiteJump:
 ])
 def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: str) -> None:
     code = bytes.fromhex("90" + after)
-    successor = chosen("x86_64", code).successor
+    _, successor = chosen("x86_64", code)
     assert successor is not None and successor.displaced is not None
     assert (successor.at, successor.length, successor.resume) == (SITE + 1, 5, SITE + 1 + len(code) - 1)
 
@@ -46,7 +47,7 @@ def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: 
     "50",  # push
 ])
 def test_what_cannot_be_evicted(after: str) -> None:
-    assert chosen("x86_64", bytes.fromhex("90" + after)).successor is None
+    assert chosen("x86_64", bytes.fromhex("90" + after))[1] is None
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "i386"])
@@ -60,19 +61,19 @@ def test_the_successors_jump_starts_with_the_puns_displacement(arch: str, seed: 
     jumps = x86.jumps
     space = 1 << (64 if arch == "x86_64" else 32)
     vaddr = rng.randrange(0x10_0000, 0x7FFF_0000_0000 if arch == "x86_64" else 0xF000_0000)
-    site = chosen(arch, bytes.fromhex("90b8ffffff00"), vaddr)
-    assert site.successor is not None
+    site, successor = chosen(arch, bytes.fromhex("90b8ffffff00"), vaddr)
+    assert successor is not None
     low = rng.randrange(max(vaddr - (1 << 30), 0), vaddr + (1 << 30))
     targets = jumps.evict_targets(site, low, low + 0x10000)
     assert len(targets) == 256 and all((t - (vaddr + 5) - 0xE9) % 256 == 0 for t in targets)
     target = rng.choice(targets)
-    led, leads = jumps.evicted(site, target)
-    assert led.target == target and led.successor == site.successor
+    led, leads = jumps.evicted(site, successor, target)
+    assert led.target == target and led.resume == site.resume
     assert len(set(leads)) == 256
     distances = [abs(lead - (vaddr + 6)) for lead in leads]
     assert distances == sorted(distances), "nearest first"
     for lead in rng.sample(leads, 16):
-        written = jumps.jump_bytes(site.successor, lead)
+        written = jumps.jump_bytes(successor, lead)
         assert written[0] == 0xE9
         assert (vaddr + 6 + int.from_bytes(written[1:], "little", signed=True)) % space == lead
         assert (vaddr + 5 + int.from_bytes(written[:4], "little", signed=True)) % space == target
@@ -80,7 +81,7 @@ def test_the_successors_jump_starts_with_the_puns_displacement(arch: str, seed: 
 
 def test_an_evicted_successors_trampoline_is_its_instruction_and_the_jump_back() -> None:
     jumps = by_name("x86_64").jumps
-    successor = chosen("x86_64", bytes.fromhex("90b8ffffff00")).successor
+    _, successor = chosen("x86_64", bytes.fromhex("90b8ffffff00"))
     assert successor is not None
     at = SITE + 0x1000_0000
     code = jumps.relocated(successor, at)

@@ -10,7 +10,7 @@ import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
 from uemu.arch.jump import SiteJump
-from uemu.jumpplan import LANDING_SIZE, Neighbours, choose, first_fit, landing_refused, meeting
+from uemu.jumpplan import LANDING_SIZE, Neighbours, choose, evictable, first_fit, landing_refused, meeting
 from uemu.jumps import Jump, JumpPath, _MmJumps
 from uemu.jumptable import JumpTable
 from uemu.maps import HEAP_ROOM, Vma
@@ -205,8 +205,7 @@ def test_no_eviction_over_another_site_in_the_successor() -> None:
     displaced into the successor's trampoline: that pun keeps only its own target."""
     code = bytes.fromhex("9048b88877665544332211").ljust(15, b"\xcc")
     site = 0x5000
-    plan = X86_64.backend.analyze(code, site)
-    alone = choose(X86_64, plan, code, Neighbours([site]))
-    assert isinstance(alone, SiteJump) and alone.successor is not None
-    crowded = choose(X86_64, plan, code, Neighbours([site, site + 8]))
-    assert isinstance(crowded, SiteJump) and crowded.successor is None and crowded.target == alone.target
+    pun = choose(X86_64, X86_64.backend.analyze(code, site), code, Neighbours([site]))
+    assert isinstance(pun, SiteJump)
+    assert evictable(X86_64, pun, code, Neighbours([site])) is not None
+    assert evictable(X86_64, pun, code, Neighbours([site, site + 8])) is None
