@@ -105,15 +105,23 @@ def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: 
     MAP_FIXED_NOREPLACE will tell) a mapping there."""
     if start < _mmap_min_addr() or end > _user_top(arch):
         return "outside user space"
-    growth = heap_growth(vmas, brk)
-    if growth is not None and growth[0] < end and start < growth[1]:
-        return "where the heap may grow"
+    for low, high, what in kept_room(vmas, brk):
+        if low < end and start < high:
+            return f"where {what} may grow"
     for vma in vmas:
-        if vma.path == "[stack]" and vma.start - STACK_ROOM < end and start < vma.end:
-            return "where the stack may grow"
         if not mapped_ok and vma.start < end and start < vma.end:
             return f"{vma.path or 'an anonymous mapping'} is there"
     return ""
+
+
+def kept_room(vmas: Sequence[Vma], brk: int | None) -> list[tuple[int, int, str]]:
+    """[start, end) where the heap (``maps.heap_growth`` from ``brk``, the process's
+    start_brk) and the main stack may grow, each with its name: no landing page there."""
+    rooms = []
+    growth = heap_growth(vmas, brk)
+    if growth is not None:
+        rooms.append((*growth, "the heap"))
+    return rooms + [(v.start - STACK_ROOM, v.end, "the stack") for v in vmas if v.path == "[stack]"]
 
 
 def meeting(ranges: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import os
 import threading
 import time
@@ -89,6 +88,7 @@ from .jumpplan import (
     choose,
     evictable,
     first_fit,
+    kept_room,
     landing_refused,
     meeting,
     outward,
@@ -775,15 +775,21 @@ class JumpPath:
                 return found
             if reach[0] <= page and page + PAGE <= reach[1] and phase == (8, 0):
                 state.full.add(page)
-        mapped = [(v.start, v.end) for v in state.mm.vmas] + [(page, page + PAGE) for page in state.pages]
+        # The heap's and the stack's room count as taken: a gap's middle there (a non-PIE
+        # program's heap may start 1 GiB above it, across the middle of a jump's reach)
+        # left every page tried refused.
+        mapped = [(v.start, v.end) for v in state.mm.vmas] + [(page, page + PAGE) for page in state.pages] + \
+            [(start, end) for start, end, _ in kept_room(state.mm.vmas, state.brk)]
         middle = ((reach[0] + reach[1]) // 2) & -PAGE
         gaps = []
-        for (_, before_end), (after_start, _) in itertools.pairwise(sorted(mapped)):
+        before_end = 0
+        for after_start, after_end in sorted(mapped):
             low = max(before_end + PAGE, reach[0])
             high = min(after_start - 2 * PAGE, reach[1] - PAGE)
             if low <= high:
                 page = min(max(middle, -(-low // PAGE) * PAGE), high & -PAGE)
                 gaps.append((abs(page - middle), page, low, high))
+            before_end = max(before_end, after_end)
         best = next((page for _, start, low, high in sorted(gaps) for page in outward(start, low, high)
                      if not self._allowed(state, page, page + PAGE) and fit(page) is not None), None)
         if best is None or self._map_page(state, best, call) != best:

@@ -99,25 +99,36 @@ def _leads_to(memory: FakeMemory, at: int) -> int:
     return at + 5 + int.from_bytes(jump[1:], "little", signed=True)
 
 
+EVICTED = bytes.fromhex("90b8ffffff00")
+"""nop; mov $0xffffff,%eax: the pun's own target is 67 bytes back, inside the text."""
+
+
+def _evicted(text: Vma, brk: int | None = None) -> tuple[FakeMemory, Mm, JumpPath, _MmJumps, Jump]:
+    """``EVICTED`` at ``ENTRY`` in ``text``, armed: the jump path's state and plan."""
+    memory = FakeMemory()
+    memory.map(AREA, bytes(layout.AREA_SIZE))
+    code = bytearray(b"\xcc" * (text.end - text.start))
+    code[ENTRY - text.offset:ENTRY - text.offset + len(EVICTED)] = EVICTED
+    memory.map(text.start, bytes(code))
+    mm = new_mm(memory, [text, STACK])
+    probe = uprobe(ENTRY, 0, bytes(code[ENTRY - text.offset:ENTRY - text.offset + 15]))
+    path, state = _jump_path(memory, mm, [probe])
+    state.brk = brk
+    site = text.offset_to_vaddr(ENTRY)
+    planned = path.plan(mm, probe, site)
+    assert isinstance(planned, Jump) and planned.site.target == site + 5 - 72
+    assert path.arm(mm, planned, _injected_mmap(memory)) is None, path.arm(mm, planned, _injected_mmap(memory))
+    return memory, mm, path, state, planned
+
+
 def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
-    """nop; mov $0xffffff,%eax: the pun's own target is 67 bytes back, inside the text.
-    The mov goes to a trampoline of its own behind a jump uemu writes over it, whose
+    """The mov goes to a trampoline of its own behind a jump uemu writes over it, whose
     first four bytes are the pun's displacement: the pun leads to a landing of uemu's
     choice, on to the site's trampoline, which goes back to the mov's jump.  Disarmed,
     the pun comes off before the jump it reads."""
-    memory = FakeMemory()
-    memory.map(AREA, bytes(layout.AREA_SIZE))
-    program = bytes.fromhex("90b8ffffff00")
-    code = bytearray(b"\xcc" * 0x1000)
-    code[ENTRY - TEXT.offset:ENTRY - TEXT.offset + len(program)] = program
-    memory.map(TEXT.start, bytes(code))
-    mm = new_mm(memory, [TEXT, STACK])
-    probe = uprobe(ENTRY, 0, bytes(code[ENTRY - TEXT.offset:ENTRY - TEXT.offset + 15]))
-    path, state = _jump_path(memory, mm, [probe])
-    site = TEXT.offset_to_vaddr(ENTRY)
-    planned = path.plan(mm, probe, site)
-    assert isinstance(planned, Jump) and planned.site.target == site + 5 - 72
-    assert path.arm(mm, planned, _injected_mmap(memory)) is None
+    memory, mm, path, state, planned = _evicted(TEXT)
+    program = EVICTED
+    site = planned.site.vaddr
     [placed] = state.sites.values()
     assert placed.evicted is not None and placed.landing is not None
     assert memory.read(site, 1) == b"\xe9" and _leads_to(memory, site) == placed.landing
@@ -139,6 +150,19 @@ def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
     assert memory.read(site, 6) == program
     back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 6]
     assert back[0] == (site, b"\x90"), "the pun first"
+
+
+def test_the_heaps_room_across_the_middle_of_the_reach_is_passed_over() -> None:
+    """A non-PIE program at 0x400000 whose heap starts near 1 GiB (start_brk randomised):
+    the middle of the pun's 2-GiB reach falls in the heap's room to grow, and every page
+    tried there was refused, so the site kept the trap (fresh-clone CI: multisite:step
+    in x86_64-O2-nopie, 3 starts in 40).  The room counts as taken: the gap above it
+    gives the landing."""
+    text = vma(0x401000, 0x1000, "r-xp", 0x1000)
+    brk = 0x3E158000
+    _, _, _, state, _ = _evicted(text, brk)
+    [placed] = state.sites.values()
+    assert placed.landing is not None and not brk <= placed.landing < brk + HEAP_ROOM
 
 
 def test_no_trampoline_covers_the_target_of_a_pun_armed_after_it() -> None:
