@@ -187,11 +187,8 @@ class FixedWidthJumps:
         code = (self.head(literal) + body).ljust(literal, b"\0")
         return code + hit_entry.to_bytes(8, "little") + index.to_bytes(4, "little")
 
-    def relocated(self, site: SiteJump, address: int) -> bytes | None:
-        return self._body(site, address)
-
-    def way_back(self, site: SiteJump, address: int, relocated: bool = False) -> int:
-        body_at = address if relocated else address + self.head_size
+    def way_back(self, site: SiteJump, address: int) -> int:
+        body_at = address + self.head_size
         body = self._body(site, body_at)
         assert body is not None, "only a trampoline that was written has a way back"
         return way_back_in(site, body_at, body, 4)

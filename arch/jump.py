@@ -149,16 +149,10 @@ class JumpBackend(Protocol):
         the site's ``index``), the displaced instruction, the jump back.  None when the
         displaced instruction cannot jump back from there (out of reach)."""
 
-    def relocated(self, site: SiteJump, address: int) -> bytes | None:
-        """A trampoline with no hit for ``site`` (an evicted successor) placed at
-        ``address``: its displaced instruction (or nothing for a nop) and the jump back;
-        None when it cannot jump back from there."""
-
-    def way_back(self, site: SiteJump, address: int, relocated: bool = False) -> int:
-        """Where the trampoline for ``site`` at ``address`` (``relocated``: one with no
-        hit) has its jump back to the program (to ``site.resume``): the last instruction
-        a thread runs in it.  uemu puts a trap there at leaving to stop a thread that is
-        still inside."""
+    def way_back(self, site: SiteJump, address: int) -> int:
+        """Where the trampoline for ``site`` at ``address`` has its jump back to the
+        program (to ``site.resume``): the last instruction a thread runs in it.  uemu
+        puts a trap there at leaving to stop a thread that is still inside."""
 
 
 @runtime_checkable
@@ -182,6 +176,13 @@ class Eviction(Protocol):
         """``site`` with its pun led to ``target`` (one of ``evict_targets``), and where
         the jump over its ``successor`` may then lead, nearest first: the displacement
         bytes that the pun does not read are free."""
+
+    def relocated(self, successor: SiteJump, address: int) -> bytes | None:
+        """The trampoline of an evicted ``successor`` placed at ``address``, with no hit:
+        its instruction and the jump back; None when it cannot jump back from there."""
+
+    def relocated_way_back(self, successor: SiteJump, address: int) -> int:
+        """``way_back`` of that trampoline."""
 
 
 def displaced_code(plan: StepOutOfLine, setup: XolSetup) -> bytes | None:

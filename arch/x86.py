@@ -958,14 +958,17 @@ class X86Jumps:
         code = code[:12] + disp.to_bytes(4, "little", signed=True) + code[16:]
         return code.ljust(literal, b"\xcc") + hit_entry.to_bytes(8, "little")
 
-    def relocated(self, site: SiteJump, address: int) -> bytes | None:
-        return self._body(site, address)
+    def relocated(self, successor: SiteJump, address: int) -> bytes | None:
+        return self._body(successor, address)
 
-    def way_back(self, site: SiteJump, address: int, relocated: bool = False) -> int:
-        body_at = address if relocated else address + self.head_size
-        body = self._body(site, body_at)
+    def way_back(self, site: SiteJump, address: int) -> int:
+        return self.relocated_way_back(site, address + self.head_size)
+
+    def relocated_way_back(self, successor: SiteJump, address: int) -> int:
+        """Also ``way_back`` past a trampoline's head: its body is the same code."""
+        body = self._body(successor, address)
         assert body is not None, "only a trampoline that was written has a way back"
-        return way_back_in(site, body_at, body, JMP_REL32)
+        return way_back_in(successor, address, body, JMP_REL32)
 
     def _body(self, site: SiteJump, body_at: int) -> bytes | None:
         """The displaced instruction's slot code (ending in its jump back), or the jump back."""

@@ -529,11 +529,14 @@ class JumpPath:
             return {}
         backend, memory = mm.backend, mm.memory
         ways: dict[int, int] = {}
-        trampolines = [(placed.jump.site, placed.trampoline, False) for placed in state.sites.values()]
-        trampolines += [(placed.evicted.site, placed.evicted.trampoline, True) for placed in state.sites.values()
-                        if placed.evicted is not None]
-        for site, trampoline, relocated in trampolines:
-            at = state.backend.way_back(site, trampoline, relocated)
+        jumps = state.backend
+        leads = [(jumps.way_back(placed.jump.site, placed.trampoline), placed.jump.site.resume)
+                 for placed in state.sites.values()]
+        evicted = [placed.evicted for placed in state.sites.values() if placed.evicted is not None]
+        if evicted:
+            assert isinstance(jumps, Eviction), "only a pun evicts"
+            leads += [(jumps.relocated_way_back(e.site, e.trampoline), e.site.resume) for e in evicted]
+        for at, resume in leads:
             if at in ways:
                 continue
             original = memory.read(at, min(backend.max_insn_len, PAGE - at % PAGE))
@@ -541,7 +544,7 @@ class JumpPath:
             state.net.add_site(at, original, trap, prot_at(mm.vmas, at))
             memory.write(at, trap)
             state.traps[at] = original[:len(trap)]
-            ways[at] = site.resume
+            ways[at] = resume
         return ways
 
     def untrap_ways_back(self, mm: Mm) -> None:
@@ -640,8 +643,8 @@ class JumpPath:
         evicted = None
         if site.target is not None:  # only a whole jump on at the target: the next pun may be 5 bytes on
             why = self._map_landing(state, site.target, LANDING_SIZE, call)
-            neighbours = self._neighbours(jump.uprobe, site.vaddr)
-            successor = evictable(state.mm.arch, site, jump.uprobe.original, neighbours) if why else None
+            successor = evictable(state.mm.arch, site, jump.uprobe.original,
+                                  self._neighbours(jump.uprobe, site.vaddr)) if why else None
             if successor is not None:
                 chosen = self._evict(state, site, successor, call)
                 if isinstance(chosen, str):
@@ -711,14 +714,12 @@ class JumpPath:
         state.used.remove((target, target + LANDING_SIZE))
         return "no free room where its jump may lead"
 
-    def _taken(self, state: _MmJumps, start: int, end: int) -> bool:
-        """Whether [start, end) meets a mapping other than uemu's landing pages, or room
-        no landing page may take (``landing_refused``)."""
-        if self._allowed(state, start, end):
-            return True
-        own = [(page, page + PAGE) for page in state.pages]
-        return any(v.start < end and start < v.end and not any(p <= v.start and v.end <= q for p, q in own)
-                   for v in state.mm.vmas)
+    @staticmethod
+    def _taken(state: _MmJumps, start: int, end: int) -> bool:
+        """Whether ``landing_refused`` refuses [start, end) for a mapping there other than
+        one of uemu's landing pages, or for room no landing page may take."""
+        others = [v for v in state.mm.vmas if not (v.start in state.pages and v.end == v.start + PAGE)]
+        return bool(landing_refused(state.mm.arch, others, start, end, state.brk))
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
         """Map the pages under [start, start + size) that are not landing pages yet;
@@ -757,7 +758,7 @@ class JumpPath:
         return int(got)
 
     def _near(self, state: _MmJumps, reach: tuple[int, int], size: int, call: InjectedCall,
-              phase: tuple[int, int] = (8, 0)) -> int | None:
+              phase: tuple[int, int] | None = None) -> int | None:
         """Room for a trampoline (or, ``phase`` given as (align, residue), a landing whose
         address is fixed modulo ``align``) within ``reach``: on a landing page that has
         some, or a new page in a gap of the address space; never over a landing, a
@@ -767,13 +768,13 @@ class JumpPath:
         def fit(page: int) -> int | None:
             low, high = max(page, reach[0]), min(page + PAGE, reach[1])
             taken = sorted([*meeting(state.used, page, page + PAGE), *meeting(landings, page, page + PAGE)])
-            return first_fit(taken, low, high, size, *phase) if low < high else None
+            return first_fit(taken, low, high, size, *(phase or ())) if low < high else None
 
         for page in sorted(state.pages - state.full):
             found = fit(page)
             if found is not None:
                 return found
-            if reach[0] <= page and page + PAGE <= reach[1] and phase == (8, 0):
+            if reach[0] <= page and page + PAGE <= reach[1] and phase is None:
                 state.full.add(page)
         # The heap's and the stack's room count as taken: a gap's middle there (a non-PIE
         # program's heap may start 1 GiB above it, across the middle of a jump's reach)

@@ -86,6 +86,6 @@ def test_an_evicted_successors_trampoline_is_its_instruction_and_the_jump_back()
     at = SITE + 0x1000_0000
     code = jumps.relocated(successor, at)
     assert code is not None and code[:5] == bytes.fromhex("b8ffffff00")
-    way_back = jumps.way_back(successor, at, relocated=True)
+    way_back = jumps.relocated_way_back(successor, at)
     assert way_back == at + len(code) - 5 and code[-5] == 0xE9
     assert way_back + 5 + int.from_bytes(code[-4:], "little", signed=True) == SITE + 6
