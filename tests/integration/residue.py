@@ -3,7 +3,8 @@ disk and the program's own lines, never against the tracer's records: every
 executable mapping compared byte for byte with its file, each semaphore the
 sample printed read back, and any anonymous executable mapping (an XOL area).
 
-Used by tests/integration/test_survival.py and the soak scripts (tests/soak/).
+Used by tests/integration/test_survival.py, the jump path's tests and the soak
+scripts (tests/soak/).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 from samplelog import Line
+from tracee import tracer_pid
 
 from uemu.maps import Vma, read_maps
 
@@ -58,6 +61,15 @@ def _mapping_differences(pid: int, mem: BinaryIO, vma: Vma) -> list[str]:
             return [f"{vma.path}+{vma.vaddr_to_offset(page + at):#x} ({page + at:#x}): "
                     f"file {want[at:at + 4].hex()}, memory {have[at:at + 4].hex()}"]
     return []
+
+
+def left_clean(pid: int) -> None:
+    """No tracer, no mapping of uemu's (area, ring, landing pages), every text its file's."""
+    assert tracer_pid(pid) == 0
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "/memfd:uemu-" not in maps, maps
+    assert anonymous_code(pid) == [], "a landing page is left"
+    assert text_differences(pid) == []
 
 
 def anonymous_code(pid: int) -> list[Vma]:

@@ -13,12 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from residue import text_differences
+from residue import left_clean, text_differences
 from samplelog import Line, expected_hits, json_hits, run_untraced
 from test_jumps import seizable
 from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, wait_until
-
-from uemu.maps import read_maps
 
 EVICTED = {"mov_imm", "mov_imm_r9", "riprel_load", "riprel_lea", "cmp_flags", "movabs", "loop_head"}
 """Sites whose successor moves: five bytes or more, run in a slot that jumps back."""
@@ -51,12 +49,6 @@ def planned(pid: int) -> dict[str, tuple[str, int]]:
     return plans
 
 
-def uemu_mappings(pid: int) -> list[str]:
-    """uemu's area and ring (the landing pages have no name: ``text_differences`` and the
-    area's own unmapping cover them)."""
-    return [f"{v.start:#x} {v.path}" for v in read_maps(pid) if v.path.startswith("/memfd:uemu-")]
-
-
 @pytest.fixture
 def started(program: Path):
     """The sample at its ``start``, every site's own pun target taken, and its plan."""
@@ -84,7 +76,7 @@ def test_attach_evicts_each_successor_and_the_program_computes_as_untraced(start
     tracee.wait_sync("end")
     code, _, err = stop_cli(cli, signal.SIGINT)
     assert code == 0 and err == "", err
-    assert text_differences(tracee.pid) == [] and uemu_mappings(tracee.pid) == []
+    left_clean(tracee.pid)
     tracee.run_out()
     lines = tracee.lines()
     assert results(lines) == results(untraced)
@@ -116,7 +108,7 @@ def test_repair_puts_both_writes_back(started) -> None:
     cli.wait()
     repaired = subprocess.run([*UEMU, "repair", str(tracee.pid)], capture_output=True, text=True, check=False)
     assert repaired.returncode == 0, repaired.stderr
-    assert text_differences(tracee.pid) == [] and uemu_mappings(tracee.pid) == []
+    left_clean(tracee.pid)
     tracee.run_out()
 
 

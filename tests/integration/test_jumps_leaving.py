@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from residue import anonymous_code, text_differences
+from residue import left_clean
 from test_jumps_session import skip_without_jumps
-from tracee import Tracee, attach_cli, stop_cli, tracer_pid, wait_until
+from tracee import Tracee, attach_cli, stop_cli, wait_until
 
 from uemu import sdt
 from uemu.session import Session
@@ -39,15 +39,6 @@ def build(jump_build):
     if sdt.open_elf(str(jump_build.directory / "leaving")).arch_name not in ("x86_64", "i386"):
         pytest.skip("samples/leaving counts exactly only on x86 (its probe is the loop's cmp)")
     return jump_build
-
-
-def _left_clean(pid: int) -> None:
-    """No tracer, no mapping of uemu's (area, ring, landing pages), every text its file's."""
-    assert tracer_pid(pid) == 0
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    assert "/memfd:uemu-" not in maps, maps
-    assert anonymous_code(pid) == [], "a landing page is left"
-    assert text_differences(pid) == []
 
 
 def _passes(tracee: Tracee) -> dict[int, int]:
@@ -77,7 +68,7 @@ def _moved_and_handled(tracee: Tracee, session: Session, warnings: list[str], hi
     assert warnings == []
     assert session.jump_hits is not None and session.jump_hits.moved > 0
     passes = _passes(tracee)
-    _left_clean(tracee.pid)
+    left_clean(tracee.pid)
     assert {tid: len(args) for tid, args in hits.items()} == passes
     tracee.run_out()
     [line] = [line for line in tracee.lines() if line.kind == "signal"]
@@ -105,7 +96,7 @@ def test_threads_waiting_for_room_at_leaving_are_moved_out(jump_build) -> None:
             moved += session.jump_hits.moved
             assert warnings == []
             passes = _passes(tracee)
-            _left_clean(tracee.pid)
+            left_clean(tracee.pid)
             if exact:
                 assert len(passes) == THREADS
                 assert {tid: len(args) for tid, args in hits.items()} == passes
@@ -129,7 +120,7 @@ def test_counting_threads_caught_anywhere_in_a_hit_at_sigint(build, tmp_path) ->
             code, _, err = stop_cli(cli, signal.SIGINT)
             assert code == 0 and err == "", err
             passes = _passes(tracee)
-            _left_clean(tracee.pid)
+            left_clean(tracee.pid)
             assert len(passes) == THREADS
             counted = dict(line.split() for line in out.read_text().splitlines())
             assert int(counted["leaving:pass"]) == sum(passes.values())
