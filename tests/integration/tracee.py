@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 from samplelog import Line, expected_hits, parse
@@ -191,12 +192,36 @@ def uemu_cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def attach_cli(*args: str) -> subprocess.Popen:
+class SpooledCli(subprocess.Popen[str]):
+    """``uemu ARGS`` whose stdout and stderr go to files, read by communicate() at the
+    end.  A pipe nobody reads until then fills at 64 KiB and blocks uemu's next write,
+    and with it every hit of the program: a hit on the trap path waits in its stop, one
+    on the jump path for room in the ring (the riscv64 guest, whose sites all trap,
+    filled it in the time between arming and a test's next step)."""
+
+    def __init__(self, *args: str) -> None:
+        # as long as this object: communicate() may be called again (a failed assert's message)
+        self._spools = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))  # noqa: SIM115
+        super().__init__([*UEMU, *args], stdout=self._spools[0], stderr=self._spools[1], text=True)
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        assert input is None, "uemu reads nothing from its stdin here"
+        self.wait(timeout)
+        out, err = (self._read(spool) for spool in self._spools)
+        return out, err
+
+    @staticmethod
+    def _read(spool: IO[str]) -> str:
+        spool.seek(0)
+        return spool.read()
+
+
+def attach_cli(*args: str) -> SpooledCli:
     """``uemu attach ARGS``, returned once its probes are armed (``--ready-file``)
     or it has ended (an error): before that the program may pass probes uemu has
     not yet put in place."""
     ready = Path(tempfile.mkdtemp(prefix="uemu-ready-")) / "ready"
-    process = uemu_cli("attach", "--ready-file", str(ready), *args)
+    process = SpooledCli("attach", "--ready-file", str(ready), *args)
     wait_until(lambda: ready.exists() or process.poll() is not None, what="uemu to arm")
     return process
 
