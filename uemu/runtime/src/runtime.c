@@ -378,10 +378,7 @@ static void restore_all(struct table_header *t)
 {
     long pid = sys0(SYS_getpid), tid = sys0(SYS_gettid);
     struct memio io;
-    uint32_t i, state;
-#if TORN_WRITE_ORDER
-    uint32_t pass;
-#endif
+    uint32_t i, pass, state;
 
     if (!lock_table(t, pid, tid))
         return;
@@ -392,18 +389,12 @@ static void restore_all(struct table_header *t)
     }
     store(&t->state, STATE_RESTORING);
     mem_open(&io, t);
-#if TORN_WRITE_ORDER
     /* One-byte writes first: a pun's displacement may be the start of the jump uemu
-     * wrote over its successor (an evicted one), which must outlive it.  x86 alone puns. */
+     * wrote over its successor (an evicted one), which must outlive it. */
     for (pass = 0; pass < 2; pass++)
         for (i = 0; i < t->sites_cap; i++)
             if (TABLE_ARRAY(t, site)[i].state == SITE_ARMED && (TABLE_ARRAY(t, site)[i].len == 1) == !pass)
                 restore_site(&io, &TABLE_ARRAY(t, site)[i]);
-#else
-    for (i = 0; i < t->sites_cap; i++)
-        if (TABLE_ARRAY(t, site)[i].state == SITE_ARMED)
-            restore_site(&io, &TABLE_ARRAY(t, site)[i]);
-#endif
     for (i = 0; i < t->counters_cap; i++)
         lower_counter(&io, &TABLE_ARRAY(t, counter)[i]);
     mem_close(&io);
