@@ -222,7 +222,10 @@ def attach_cli(*args: str) -> SpooledCli:
     not yet put in place."""
     ready = Path(tempfile.mkdtemp(prefix="uemu-ready-")) / "ready"
     process = SpooledCli("attach", "--ready-file", str(ready), *args)
-    wait_until(lambda: ready.exists() or process.poll() is not None, what="uemu to arm")
+    try:
+        wait_until(lambda: ready.exists() or process.poll() is not None, what="uemu to arm")
+    finally:
+        shutil.rmtree(ready.parent)
     return process
 
 
