@@ -868,11 +868,17 @@ class X86Jumps:
     def successor(self, site: SiteJump, code: bytes) -> SiteJump | None:
         """Of a 1-byte site: 5 bytes or more (the whole jump goes over it alone, so a
         branch to it still finds a whole instruction) whose slot ends in a jump back (a
-        nop that long takes a whole jump itself: ``choose``).  Decoding it costs about
+        nop that long takes a whole jump itself: ``choose``), or a ``jmp rel32``, whose
+        trampoline is a jump on to where it led (its "resume").  Decoding it costs about
         20 times a nop's decoding, hence only on demand."""
         at = site.vaddr + 1
         if site.form is not JumpForm.PUN or site.resume != at:
             return None
+        if code[1:2] == b"\xe9" and len(code) >= 1 + JMP_REL32:
+            led = (at + JMP_REL32 + int.from_bytes(code[2:6], "little", signed=True)) % self.space
+            return SiteJump(vaddr=at, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=None, resume=led,
+                            target=None, reach=self._reach(at),
+                            why=f"'jmp {led:#x}' after it moved to a trampoline of its own, a jump on to there")
         plan = self.backend.analyze(code[1:], at)
         if not isinstance(plan, X86Step) or not plan.one_stop or plan.size < JMP_REL32:
             return None

@@ -22,6 +22,8 @@
  *   evict:loop_head    add $imm32, %eax at the head of a loop: a later branch
  *                      comes back to the successor's first byte, which runs b
  *                      times for one hit
+ *   evict:jmp_succ     jmp rel32 over 256 int3s: its trampoline jumps on to
+ *                      where it led
  *   evict:short_succ   xor %eax, %eax (2 bytes): cannot be evicted
  *   evict:call_succ    call rel32: cannot be evicted (a call is emulated)
  *
@@ -53,7 +55,7 @@
  * thread's turns (read through /proc/PID/mem), then syncs "start" and starts
  * THREADS threads.  Each turn a thread calls every evictable case's function
  * (mov_imm, mov_imm_r9, riprel_load, riprel_lea, cmp_flags below and above its
- * immediate, movabs, loop_head) with arguments that change every turn, and
+ * immediate, movabs, loop_head, jmp_succ) with arguments that change every turn, and
  * checks each result against its closed form (the comments of
  * evict_x86_64.S); turns come in bursts of 10, 200 us apart.  On SIGTERM or
  * SIGINT, or after LIFETIME_MS (0: never), each thread prints
@@ -75,10 +77,10 @@
 
 typedef long evict_fn(long a, long b);
 evict_fn evict_mov_imm, evict_mov_imm_r9, evict_riprel_load, evict_riprel_lea, evict_cmp_flags,
-	evict_nopl5, evict_movabs, evict_loop_head, evict_short_succ, evict_call_succ;
+	evict_nopl5, evict_movabs, evict_loop_head, evict_jmp_succ, evict_short_succ, evict_call_succ;
 extern const unsigned char evict_site_mov_imm[], evict_site_mov_imm_r9[], evict_site_riprel_load[],
 	evict_site_riprel_lea[], evict_site_cmp_flags[], evict_site_nopl5[], evict_site_movabs[],
-	evict_site_loop_head[], evict_site_short_succ[], evict_site_call_succ[];
+	evict_site_loop_head[], evict_site_jmp_succ[], evict_site_short_succ[], evict_site_call_succ[];
 extern const uint32_t evict_word;
 
 #define PAGE_SIZE 4096
@@ -101,6 +103,7 @@ static const struct evict_case cases[] = {
 	{ "evict:nopl5", evict_nopl5, 13, 14, evict_site_nopl5 },
 	{ "evict:movabs", evict_movabs, 15, 16, evict_site_movabs },
 	{ "evict:loop_head", evict_loop_head, 17, 4, evict_site_loop_head },
+	{ "evict:jmp_succ", evict_jmp_succ, 23, 24, evict_site_jmp_succ },
 	{ "evict:short_succ", evict_short_succ, 19, 20, evict_site_short_succ },
 	{ "evict:call_succ", evict_call_succ, 21, 22, evict_site_call_succ },
 };
@@ -146,6 +149,7 @@ static unsigned long expect_cmp_flags(unsigned long a, unsigned long b)
 {
 	return (int32_t)(uint32_t)a < 0x200000 ? b : a;
 }
+static unsigned long expect_jmp_succ(unsigned long a, unsigned long b) { return 3 * a + b; }
 static unsigned long expect_movabs(unsigned long a, unsigned long b) { return 0x1122334455667788UL + a - b; }
 static unsigned long expect_loop_head(unsigned long a, unsigned long b)
 {
@@ -172,6 +176,7 @@ static const struct hot_case hot_cases[] = {
 	{ "evict:cmp_flags", evict_cmp_flags, expect_cmp_flags, ABOVE, evict_site_cmp_flags },
 	{ "evict:movabs", evict_movabs, expect_movabs, PLAIN, evict_site_movabs },
 	{ "evict:loop_head", evict_loop_head, expect_loop_head, LOOP, evict_site_loop_head },
+	{ "evict:jmp_succ", evict_jmp_succ, expect_jmp_succ, PLAIN, evict_site_jmp_succ },
 };
 
 #define NHOT (sizeof(hot_cases) / sizeof(hot_cases[0]))

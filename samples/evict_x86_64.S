@@ -145,6 +145,21 @@ SITE(mov_imm)
 	ret
 END(evict_mov_imm)
 
+/* e9 rel32, forwards over 256 int3s (spelled out: gas would take the 2-byte
+ * jmp): the trampoline of an evicted jmp is a jump on to where it led (the
+ * jump's displacement: 0x000100e9).  3a + b, computed past the int3s. */
+FUNC(evict_jmp_succ)
+SITE(jmp_succ)
+	STAP_PROBE2(evict, jmp_succ, %rdi, %rsi)
+	.byte 0xe9
+	.long .Ljmp_succ_to - . - 4
+	.fill 0x100, 1, 0xcc
+.Ljmp_succ_to:
+	lea (%rdi,%rdi,2), %rax
+	add %rsi, %rax
+	ret
+END(evict_jmp_succ)
+
 /* e8 rel32: a call is emulated, never relocated.  2a + 2b + 1. */
 FUNC(evict_call_succ)
 SITE(call_succ)

@@ -86,9 +86,11 @@ def evictable(arch: Arch, site: SiteJump, code: bytes, neighbours: Neighbours) -
     if not isinstance(jumps, Eviction):
         return None
     successor = jumps.successor(site, code)
-    if successor is None or neighbours.first_within(site.vaddr, successor.resume) is not None:
+    if successor is None:
         return None
-    return successor
+    # The whole instruction moves; a jmp's resume is where it leads, its bytes are the jump's.
+    end = successor.resume if successor.displaced is not None else successor.at + successor.length
+    return None if neighbours.first_within(site.vaddr, end) is not None else successor
 
 
 def _user_top(arch: Arch) -> int:

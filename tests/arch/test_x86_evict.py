@@ -42,7 +42,7 @@ def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: 
 @pytest.mark.parametrize("after", [
     "31c0",  # xor %eax,%eax: shorter than the jump
     "e800000000",  # call: emulated by the trap path, no slot to run it
-    "e900000000",  # jmp
+    "eb00",  # jmp rel8: two bytes
     "8b442404",  # mov 0x4(%rsp),%eax: four bytes
     "50",  # push
 ])
@@ -89,3 +89,20 @@ def test_an_evicted_successors_trampoline_is_its_instruction_and_the_jump_back()
     way_back = jumps.relocated_way_back(successor, at)
     assert way_back == at + len(code) - 5 and code[-5] == 0xE9
     assert way_back + 5 + int.from_bytes(code[-4:], "little", signed=True) == SITE + 6
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+def test_a_jmp_after_a_nop_is_evicted_to_a_jump_on_to_where_it_led(arch: str) -> None:
+    """``jmp rel32`` (the nop at the end of an if, say): its trampoline is one jump to
+    where it led, which is also where leaving's trap at it sends a thread."""
+    jumps = by_name(arch).jumps
+    vaddr = SITE if arch == "x86_64" else 0x0804_9123
+    _, successor = chosen(arch, bytes.fromhex("90e9f0ffffff"), vaddr)  # jmp back 16 bytes from its end
+    assert successor is not None and successor.displaced is None
+    led = vaddr + 6 - 0x10
+    assert (successor.at, successor.length, successor.resume) == (vaddr + 1, 5, led)
+    for at in (vaddr + 0x1000_0000, vaddr - 0x4000_0000):
+        code = jumps.relocated(successor, at)
+        assert code is not None and code[0] == 0xE9 and len(code) == 5
+        assert at + 5 + int.from_bytes(code[1:], "little", signed=True) == led
+        assert jumps.relocated_way_back(successor, at) == at
