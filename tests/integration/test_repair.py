@@ -316,10 +316,11 @@ def test_repair_at_once_after_the_kill_while_threads_hit(samples: Path) -> None:
 HOT_TICKS = 5
 """Clock ticks of CPU a worker of samples/leaving has used once it passes its probe: it
 sleeps until the probe's semaphore is raised (a worker seen running may still wait)."""
-HANDLER_NAP_US = int(1_000_000 * SLOWDOWN)
+HANDLER_NAP_US = int(1_000_000 * (3 * SLOWDOWN - 2))
 """How long each SIGRTMIN handler of samples/leaving sleeps: uemu is killed, and repair
-starts, while the handlers run (a second, stretched as the guests' waits are: there
-starting ``uemu repair`` alone takes about as long)."""
+starts, while the handlers run (a second here; 28 s in the guests, where starting
+``uemu repair`` alone takes 15 s: a nap stretched only as the waits are, 10 s, ended
+before repair looked, and repair rightly had no thread to run out)."""
 
 
 def test_repair_lets_a_handler_entered_inside_a_hit_return_into_it(jump_build) -> None:
