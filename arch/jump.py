@@ -165,17 +165,24 @@ class Eviction(Protocol):
 
     def successor(self, site: SiteJump, code: bytes) -> SiteJump | None:
         """The jump over the instruction after the pun ``site`` (``code``: the file's bytes
-        from the site on) that leads to its own trampoline, if it can have one."""
+        from the site on) that leads to its own trampoline, if it can have one: a whole
+        jump (form JUMP), or a pun in turn (form PUN, ``length`` its bytes uemu writes,
+        ``reach`` where it can lead)."""
 
     def evict_targets(self, site: SiteJump, low: int, high: int) -> range:
         """The addresses in [low, high) that the pun at ``site`` can lead to once its
-        successor is evicted: the first byte of the displacement is the successor's new
-        first byte, the jump's opcode."""
+        successor is evicted behind a whole jump: the first byte of the displacement is
+        the successor's new first byte, the jump's opcode."""
 
     def evicted(self, site: SiteJump, successor: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
         """``site`` with its pun led to ``target`` (one of ``evict_targets``), and where
-        the jump over its ``successor`` may then lead, nearest first: the displacement
-        bytes that the pun does not read are free."""
+        the whole jump over its ``successor`` may then lead, nearest first: the
+        displacement bytes that the pun does not read are free."""
+
+    def led_by(self, site: SiteJump, successor: SiteJump, lead: int) -> SiteJump:
+        """``site`` with its pun's target, once its punned ``successor`` leads to ``lead``
+        (within its ``reach``): the two share the bytes uemu chose, so one lead makes one
+        target."""
 
     def relocated(self, successor: SiteJump, address: int) -> bytes | None:
         """The trampoline of an evicted ``successor`` placed at ``address``, with no hit:

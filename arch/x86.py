@@ -880,11 +880,34 @@ class X86Jumps:
                             target=None, reach=self._reach(at),
                             why=f"'jmp {led:#x}' after it moved to a trampoline of its own, a jump on to there")
         plan = self.backend.analyze(code[1:], at)
-        if not isinstance(plan, X86Step) or not plan.one_stop or plan.size < JMP_REL32:
+        if not isinstance(plan, X86Step) or not plan.one_stop or len(code) < 1 + JMP_REL32:
             return None
+        if plan.size < JMP_REL32:
+            return self._punned_successor(plan, code[1 + plan.size:1 + JMP_REL32])
         return SiteJump(vaddr=at, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=plan,
                         resume=at + plan.size, target=None, reach=self._reach(at),
                         why=f"{plan.text!r} after it moved to a trampoline of its own")
+
+    def _punned_successor(self, plan: X86Step, following: bytes) -> SiteJump | None:
+        """A successor of 2 to 4 bytes, punned in turn (E9Patch's T2 proper): ``0xE9`` and
+        bytes of uemu's choice over it, the next instruction's bytes (``following``) the
+        rest of its displacement, so that its jump may lead anywhere in a window of 256
+        bytes to 16 MiB (its ``reach``), which must lie in user space.  A 1-byte successor
+        leaves no byte to choose."""
+        at, size = plan.vaddr, plan.size
+        free_bits = 8 * (size - 1)
+        if not free_bits:
+            return None
+        low = at + JMP_REL32 + self._signed(int.from_bytes(following, "little") << free_bits)
+        if not self.mode64:
+            low %= self.space
+        high = low + (1 << free_bits)
+        if low <= 0 or high > self.user_top:
+            return None
+        return SiteJump(vaddr=at, at=at, length=size, form=JumpForm.PUN, displaced=plan, resume=at + size,
+                        target=None, reach=(low, high),
+                        why=f"{plan.text!r} after it moved to a trampoline of its own, its jump a pun "
+                            f"leading to [{low:#x}, {high:#x})")
 
     def evict_targets(self, site: SiteJump, low: int, high: int) -> range:
         reach = self._reach(site.vaddr)
@@ -893,12 +916,20 @@ class X86Jumps:
         return range(first, high, 256)
 
     def evicted(self, site: SiteJump, successor: SiteJump, target: int) -> tuple[SiteJump, list[int]]:
+        assert successor.form is JumpForm.JUMP, "a punned successor's jump leads where the pun says: led_by"
         distance = self._signed(target - (site.vaddr + JMP_REL32))
         assert distance & 0xFF == 0xE9, "a target from evict_targets"
         chosen = (distance >> 8) & 0xFF_FFFF
         after = successor.at + JMP_REL32
         leads = [(after + self._signed(chosen | top << 24)) % self.space for top in range(256)]
         return replace(site, target=target, reach=self._reach(target)), sorted(leads, key=lambda t: abs(t - after))
+
+    def led_by(self, site: SiteJump, successor: SiteJump, lead: int) -> SiteJump:
+        """The displacement's first three bytes are the pun's last three."""
+        assert successor.reach[0] <= lead < successor.reach[1], "a lead within the punned successor's reach"
+        distance = self._signed(lead - (successor.at + JMP_REL32)) % (1 << 32)
+        target = (site.vaddr + JMP_REL32 + self._signed((distance << 8 | 0xE9) % (1 << 32))) % self.space
+        return replace(site, target=target, reach=self._reach(target))
 
     def _signed(self, distance: int) -> int:
         """``distance`` modulo 2**32 as a signed 32-bit displacement: i386's addresses wrap
@@ -934,8 +965,11 @@ class X86Jumps:
         return isinstance(plan, X86Jump) and plan.effects.regs.get(self.backend.ip_reg) == plan.vaddr + plan.size
 
     def jump_bytes(self, site: SiteJump, trampoline: int) -> bytes:
+        """A pun's ``0xE9`` alone (a site's: its landing is its fixed target), or with the
+        bytes uemu chose of its displacement (a punned successor's: the rest, the next
+        instruction's, already say what ``trampoline``, within its reach, needs)."""
         if site.form is JumpForm.PUN:
-            return b"\xe9"
+            return (b"\xe9" + self._rel32(trampoline - (site.at + JMP_REL32)))[:site.length]
         return b"\xe9" + self._rel32(trampoline - (site.at + JMP_REL32))
 
     def _rel32(self, distance: int) -> bytes:

@@ -24,7 +24,10 @@
  *                      times for one hit
  *   evict:jmp_succ     jmp rel32 over 256 int3s: its trampoline jumps on to
  *                      where it led
- *   evict:short_succ   xor %eax, %eax (2 bytes): cannot be evicted
+ *   evict:short_succ   xor %eax, %eax (2 bytes), test_byte (test %dil, %dil:
+ *   evict:test_byte    3 bytes), cmp_mem (cmpq $0, (%rax): 4 bytes): too short
+ *   evict:cmp_mem      for a whole jump, each is punned in turn, its jump's
+ *                      displacement ending in the next instruction's bytes
  *   evict:call_succ    call rel32: cannot be evicted (a call is emulated)
  *
  * Each probe has two arguments, a and b (%rdi %rsi: 8 bytes, unsigned).
@@ -55,7 +58,7 @@
  * thread's turns (read through /proc/PID/mem), then syncs "start" and starts
  * THREADS threads.  Each turn a thread calls every evictable case's function
  * (mov_imm, mov_imm_r9, riprel_load, riprel_lea, cmp_flags below and above its
- * immediate, movabs, loop_head, jmp_succ) with arguments that change every turn, and
+ * immediate, movabs, loop_head, jmp_succ, short_succ, test_byte, cmp_mem) with arguments that change every turn, and
  * checks each result against its closed form (the comments of
  * evict_x86_64.S); turns come in bursts of 10, 200 us apart.  On SIGTERM or
  * SIGINT, or after LIFETIME_MS (0: never), each thread prints
@@ -77,10 +80,12 @@
 
 typedef long evict_fn(long a, long b);
 evict_fn evict_mov_imm, evict_mov_imm_r9, evict_riprel_load, evict_riprel_lea, evict_cmp_flags,
-	evict_nopl5, evict_movabs, evict_loop_head, evict_jmp_succ, evict_short_succ, evict_call_succ;
+	evict_nopl5, evict_movabs, evict_loop_head, evict_jmp_succ, evict_short_succ, evict_test_byte,
+	evict_cmp_mem, evict_call_succ;
 extern const unsigned char evict_site_mov_imm[], evict_site_mov_imm_r9[], evict_site_riprel_load[],
 	evict_site_riprel_lea[], evict_site_cmp_flags[], evict_site_nopl5[], evict_site_movabs[],
-	evict_site_loop_head[], evict_site_jmp_succ[], evict_site_short_succ[], evict_site_call_succ[];
+	evict_site_loop_head[], evict_site_jmp_succ[], evict_site_short_succ[], evict_site_test_byte[],
+	evict_site_cmp_mem[], evict_site_call_succ[];
 extern const uint32_t evict_word;
 
 #define PAGE_SIZE 4096
@@ -105,6 +110,10 @@ static const struct evict_case cases[] = {
 	{ "evict:loop_head", evict_loop_head, 17, 4, evict_site_loop_head },
 	{ "evict:jmp_succ", evict_jmp_succ, 23, 24, evict_site_jmp_succ },
 	{ "evict:short_succ", evict_short_succ, 19, 20, evict_site_short_succ },
+	{ "evict:test_byte", evict_test_byte, 0x100, 25, evict_site_test_byte },
+	{ "evict:test_byte", evict_test_byte, 0x80000001, 26, evict_site_test_byte },
+	{ "evict:cmp_mem", evict_cmp_mem, 0, 27, evict_site_cmp_mem },
+	{ "evict:cmp_mem", evict_cmp_mem, 28, 29, evict_site_cmp_mem },
 	{ "evict:call_succ", evict_call_succ, 21, 22, evict_site_call_succ },
 };
 
@@ -150,6 +159,9 @@ static unsigned long expect_cmp_flags(unsigned long a, unsigned long b)
 	return (int32_t)(uint32_t)a < 0x200000 ? b : a;
 }
 static unsigned long expect_jmp_succ(unsigned long a, unsigned long b) { return 3 * a + b; }
+static unsigned long expect_short_succ(unsigned long a, unsigned long b) { (void)a; return b; }
+static unsigned long expect_test_byte(unsigned long a, unsigned long b) { return (a & 0xff) ? (unsigned long)(long)(int32_t)a : b; }
+static unsigned long expect_cmp_mem(unsigned long a, unsigned long b) { return a ? a + b : 0; }
 static unsigned long expect_movabs(unsigned long a, unsigned long b) { return 0x1122334455667788UL + a - b; }
 static unsigned long expect_loop_head(unsigned long a, unsigned long b)
 {
@@ -177,6 +189,9 @@ static const struct hot_case hot_cases[] = {
 	{ "evict:movabs", evict_movabs, expect_movabs, PLAIN, evict_site_movabs },
 	{ "evict:loop_head", evict_loop_head, expect_loop_head, LOOP, evict_site_loop_head },
 	{ "evict:jmp_succ", evict_jmp_succ, expect_jmp_succ, PLAIN, evict_site_jmp_succ },
+	{ "evict:short_succ", evict_short_succ, expect_short_succ, PLAIN, evict_site_short_succ },
+	{ "evict:test_byte", evict_test_byte, expect_test_byte, PLAIN, evict_site_test_byte },
+	{ "evict:cmp_mem", evict_cmp_mem, expect_cmp_mem, PLAIN, evict_site_cmp_mem },
 };
 
 #define NHOT (sizeof(hot_cases) / sizeof(hot_cases[0]))

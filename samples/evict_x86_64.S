@@ -123,14 +123,22 @@ SITE(loop_head)
 	ret
 END(evict_loop_head)
 
-/* 31 c0, 2 bytes: too short to hold a jmp rel32 (0x0948c031, with the next
- * instruction's 48 09).  Returns b (a | b if the xor did not run). */
+/* 31 c0, 2 bytes: punned, 0xE9 and one byte of the tracer's choice, the next
+ * bytes (push %rsi, pop %rdx, push %rdx: 56 5a 52) the rest, which keeps its
+ * jump's window (0x525a56..: 256 bytes, 1.29 GiB on) and the pun's (0x5a56..e9:
+ * 64 KiB, 1.41 GiB on) past where a PIE's heap may grow (brk is randomised
+ * over 1 GiB) and in user space in every build.  Returns b (a | b if the xor
+ * did not run). */
 FUNC(evict_short_succ)
 	mov %rdi, %rax
 SITE(short_succ)
 	STAP_PROBE2(evict, short_succ, %rdi, %rsi)
 	xor %eax, %eax
-	or %rsi, %rax
+	push %rsi
+	pop %rdx
+	push %rdx
+	pop %rdx
+	or %rdx, %rax
 	ret
 END(evict_short_succ)
 
@@ -159,6 +167,36 @@ SITE(jmp_succ)
 	add %rsi, %rax
 	ret
 END(evict_jmp_succ)
+
+/* 40 84 ff, 3 bytes: too short for a whole jump, so its own jump is a pun, 0xE9
+ * and two bytes of the tracer's choice, the movslq's 48 63 the rest: its window
+ * 0x6348...., 64 KiB 1.55 GiB on; the pun's 0x48....e9, 16 MiB 1.13 GiB on
+ * (past the heap's room, as short_succ's).  b when a's low byte is 0, else a
+ * as a 32-bit int. */
+FUNC(evict_test_byte)
+SITE(test_byte)
+	STAP_PROBE2(evict, test_byte, %rdi, %rsi)
+	test %dil, %dil
+	movslq %edi, %rax
+	cmove %rsi, %rax
+	ret
+END(evict_test_byte)
+
+/* 48 83 38 00, 4 bytes (libjvm's thread__start has a cmpq $0,(%r14) there):
+ * punned, the je's 74 the top byte (a window of 16 MiB, 1.8 GiB on; the pun's
+ * target anywhere in its reach).  The word compared is
+ * a, kept in the red zone.  0 when a is 0, else a + b. */
+FUNC(evict_cmp_mem)
+	mov %rdi, -8(%rsp)
+	lea -8(%rsp), %rax
+SITE(cmp_mem)
+	STAP_PROBE2(evict, cmp_mem, %rdi, %rsi)
+	cmpq $0, (%rax)
+	je 1f
+	add %rsi, %rdi
+1:	mov %rdi, %rax
+	ret
+END(evict_cmp_mem)
 
 /* e8 rel32: a call is emulated, never relocated.  2a + 2b + 1. */
 FUNC(evict_call_succ)

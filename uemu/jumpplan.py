@@ -88,8 +88,11 @@ def evictable(arch: Arch, site: SiteJump, code: bytes, neighbours: Neighbours) -
     successor = jumps.successor(site, code)
     if successor is None:
         return None
-    # The whole instruction moves; a jmp's resume is where it leads, its bytes are the jump's.
+    # The whole instruction moves (a jmp's resume is where it leads: its own bytes); a
+    # punned one's displacement reads the next instruction's too.
     end = successor.resume if successor.displaced is not None else successor.at + successor.length
+    if successor.form is JumpForm.PUN:
+        end = max(end, successor.at + 5)
     return None if neighbours.first_within(site.vaddr, end) is not None else successor
 
 

@@ -103,6 +103,9 @@ from .uprobes import Consumer, Mm, Uprobe, Uprobes
 from .xol import is_fault
 
 PAGE = layout.PAGE
+EVICT_PAGES = 64
+"""Pages of a punned successor's window tried for its trampoline (``_evict_punned``): in
+a 16 MiB window, one every 256 KiB, whose targets lie 64 MiB apart over the pun's 4 GiB."""
 RING_NAME = b"uemu-ring\0"
 RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
@@ -696,6 +699,8 @@ class JumpPath:
         free room in the process will do."""
         backend = state.backend
         assert isinstance(backend, Eviction), "only a pun can evict"
+        if successor.form is JumpForm.PUN:
+            return self._evict_punned(state, site, successor, call)
         targets = backend.evict_targets(site, 0, 1 << 64)
         target = self._near(state, (targets.start, targets.stop), LANDING_SIZE, call,
                             phase=(targets.step, targets.start % targets.step))
@@ -713,6 +718,44 @@ class JumpPath:
             return chosen, lead
         state.used.remove((target, target + LANDING_SIZE))
         return "no free room where its jump may lead"
+
+    def _evict_punned(self, state: _MmJumps, site: SiteJump, successor: SiteJump,
+                      call: InjectedCall) -> tuple[SiteJump, int] | str:
+        """``_evict`` for a successor punned in turn, whose jump leads within a window of
+        its own (its ``reach``: 256 bytes to 16 MiB) and whose every lead makes one target
+        of the site's pun, 256 bytes apart a byte of the lead.  Pages of the window (its
+        landing pages first, then up to ``EVICT_PAGES`` spread over it, so that their
+        targets spread over the pun's whole reach), and in each, one lead a page of
+        targets apart, until both the lead's room and the pun's landing are free."""
+        backend = state.backend
+        assert isinstance(backend, Eviction), "only a pun can evict"
+        low, high = successor.reach
+        first, last = low & -PAGE, (high - 1) & -PAGE
+        stride = max(PAGE, (last - first) // EVICT_PAGES & -PAGE)
+        own = sorted(page for page in state.pages if first <= page <= last)
+        pages = [*own, *(page for page in range(first, last + PAGE, stride) if page not in state.pages)]
+        landings = self._pun_landings(state)
+        for page in pages:
+            if page not in state.pages and self._taken(state, page, page + PAGE):
+                continue
+            for lead in range(max(page, low), min(page + PAGE, high), PAGE // 256):
+                code = backend.relocated(successor, lead)
+                if code is None or lead + len(code) > min(page + PAGE, high) or \
+                        meeting(state.used, lead, lead + len(code)) or meeting(landings, lead, lead + len(code)):
+                    continue
+                chosen = backend.led_by(site, successor, lead)
+                target = chosen.target
+                assert target is not None
+                if meeting(landings, target, target + LANDING_SIZE) or \
+                        self._taken(state, target, target + LANDING_SIZE) or \
+                        self._map_landing(state, target, LANDING_SIZE, call):
+                    continue
+                if self._map_landing(state, lead, len(code), call):
+                    state.used.remove((target, target + LANDING_SIZE))
+                    break  # the page is not to be had after all
+                state.mm.memory.write(lead, code)
+                return chosen, lead
+        return "no free room for both its target and where its jump may lead"
 
     @staticmethod
     def _taken(state: _MmJumps, start: int, end: int) -> bool:
@@ -785,8 +828,9 @@ class JumpPath:
         gaps = []
         before_end = 0
         for after_start, after_end in sorted(mapped):
-            low = max(before_end + PAGE, reach[0])
-            high = min(after_start - 2 * PAGE, reach[1] - PAGE)
+            # pages that meet the reach: a punned successor's may be 256 bytes (``fit``)
+            low = max(before_end + PAGE, reach[0] & -PAGE)
+            high = min(after_start - 2 * PAGE, (reach[1] - 1) & -PAGE)
             if low <= high:
                 page = min(max(middle, -(-low // PAGE) * PAGE), high & -PAGE)
                 gaps.append((abs(page - middle), page, low, high))

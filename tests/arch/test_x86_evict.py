@@ -40,14 +40,57 @@ def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: 
 
 
 @pytest.mark.parametrize("after", [
-    "31c0",  # xor %eax,%eax: shorter than the jump
     "e800000000",  # call: emulated by the trap path, no slot to run it
-    "eb00",  # jmp rel8: two bytes
-    "8b442404",  # mov 0x4(%rsp),%eax: four bytes
-    "50",  # push
+    "eb00",  # jmp rel8: emulated too
+    "50",  # push: one byte, none of its displacement left to choose
 ])
 def test_what_cannot_be_evicted(after: str) -> None:
     assert chosen("x86_64", bytes.fromhex("90" + after))[1] is None
+
+
+def test_a_punned_successor_whose_jump_leads_below_user_space_cannot_be_evicted() -> None:
+    """A non-PIE program's text near 4 MiB: a 4-byte successor followed by a byte with the
+    top bit set (its jump leads 2 GiB back at most, 2 GiB - 16 MiB at least)."""
+    assert chosen("x86_64", bytes.fromhex("90" + "8b442404" + "90"), 0x40_1123)[1] is None
+    assert chosen("x86_64", bytes.fromhex("90" + "8b442404" + "0f"), 0x40_1123)[1] is not None
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+@pytest.mark.parametrize(("after", "following"), [
+    ("31c0", "4809f0"),  # xor %eax,%eax; or %rsi,%rax...: 2 bytes, a window of 256
+    ("4584e4", "0f84"),  # test %r12b,%r12b; je: 3 bytes (postgres's query__start), 64 KiB
+    ("49833e00", "74"),  # cmpq $0,(%r14); je: 4 bytes (libjvm's thread__start), 16 MiB
+])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_short_successor_is_punned_and_both_puns_agree_byte_for_byte(arch: str, after: str, following: str,
+                                                                       seed: int) -> None:
+    """E9Patch's T2 proper: 0xE9 and bytes uemu chooses over the successor, whose jump
+    may lead anywhere in its window (``reach``); the site's pun then reads 0xE9 and the
+    same chosen bytes (and the next instruction's), which lead where ``led_by`` says."""
+    if arch == "i386" and after.startswith(("45", "49")):
+        pytest.skip("a REX prefix is an inc/dec on i386")
+    rng = random.Random(seed)
+    jumps = by_name(arch).jumps
+    space = 1 << (64 if arch == "x86_64" else 32)
+    vaddr = rng.randrange(0x5555_0000_0000, 0x7FF0_0000_0000) if arch == "x86_64" else \
+        rng.randrange(0x5000_0000, 0xB000_0000)
+    length = len(after) // 2
+    site, successor = chosen(arch, bytes.fromhex("90" + after + following), vaddr)
+    assert successor is not None and successor.form is JumpForm.PUN and successor.displaced is not None
+    assert (successor.at, successor.length, successor.resume) == (vaddr + 1, length, vaddr + 1 + length)
+    low, high = successor.reach
+    assert high - low == 1 << 8 * (length - 1)
+    program = bytes.fromhex(following).ljust(4, b"\xcc")  # the bytes after the successor
+    for lead in [low, high - 1, *(rng.randrange(low, high) for _ in range(8))]:
+        written = jumps.jump_bytes(successor, lead)
+        assert len(written) == length and written[0] == 0xE9
+        memory = b"\xe9" + written + program  # the site's pun, then the successor's
+        assert (vaddr + 6 + int.from_bytes(memory[2:6], "little", signed=True)) % space == lead
+        led = jumps.led_by(site, successor, lead)
+        assert led.target == (vaddr + 5 + int.from_bytes(memory[1:5], "little", signed=True)) % space
+    code = jumps.relocated(successor, low)
+    assert code is not None and code.startswith(bytes.fromhex(after))
+    assert jumps.relocated_way_back(successor, low) == low + len(code) - 5
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "i386"])

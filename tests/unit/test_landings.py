@@ -103,20 +103,25 @@ EVICTED = bytes.fromhex("90b8ffffff00")
 """nop; mov $0xffffff,%eax: the pun's own target is 67 bytes back, inside the text."""
 
 
-def _evicted(text: Vma, brk: int | None = None) -> tuple[FakeMemory, Mm, JumpPath, _MmJumps, Jump]:
-    """``EVICTED`` at ``ENTRY`` in ``text``, armed: the jump path's state and plan."""
+def _evicted(text: Vma, brk: int | None = None, program: bytes = EVICTED,
+             others: tuple[Vma, ...] = ()) -> tuple[FakeMemory, Mm, JumpPath, _MmJumps, Jump]:
+    """``program`` (``EVICTED``: its pun's own target in the text) at ``ENTRY`` in ``text``,
+    beside ``others`` (mappings over the pun's own target), armed: the jump path's state
+    and plan."""
     memory = FakeMemory()
     memory.map(AREA, bytes(layout.AREA_SIZE))
     code = bytearray(b"\xcc" * (text.end - text.start))
-    code[ENTRY - text.offset:ENTRY - text.offset + len(EVICTED)] = EVICTED
+    code[ENTRY - text.offset:ENTRY - text.offset + len(program)] = program
     memory.map(text.start, bytes(code))
-    mm = new_mm(memory, [text, STACK])
+    for other in others:
+        memory.map(other.start, bytes(other.end - other.start))
+    mm = new_mm(memory, [text, *others, STACK])
     probe = uprobe(ENTRY, 0, bytes(code[ENTRY - text.offset:ENTRY - text.offset + 15]))
     path, state = _jump_path(memory, mm, [probe])
     state.brk = brk
     site = text.offset_to_vaddr(ENTRY)
     planned = path.plan(mm, probe, site)
-    assert isinstance(planned, Jump) and planned.site.target == site + 5 - 72
+    assert isinstance(planned, Jump)
     assert path.arm(mm, planned, _injected_mmap(memory)) is None, path.arm(mm, planned, _injected_mmap(memory))
     return memory, mm, path, state, planned
 
@@ -233,3 +238,46 @@ def test_no_eviction_over_another_site_in_the_successor() -> None:
     assert isinstance(pun, SiteJump)
     assert evictable(X86_64, pun, code, Neighbours([site])) is not None
     assert evictable(X86_64, pun, code, Neighbours([site, site + 8])) is None
+
+
+PUNNED = bytes.fromhex("9049833e007403")
+"""nop; cmpq $0,(%r14); je: libjvm's thread__start.  The pun's own target is the cmp's
+bytes, 4 MiB on; the cmp, 4 bytes, is punned in turn, its jump's top byte the je's."""
+
+
+@pytest.mark.parametrize("heap_over_first", [False, True])
+def test_a_short_successor_is_punned_in_turn_and_the_two_puns_share_bytes(heap_over_first: bool) -> None:
+    """The cmp goes to a trampoline in its jump's window (16 MiB, 1.8 GiB on), behind 0xE9
+    and three bytes of uemu's choice; the site's pun reads those three as its
+    displacement's top, so it leads to a landing whose address follows from the lead.
+    With the heap's room over the targets of the first page tried, another page of the
+    window gives a target outside it.  Disarmed, the pun comes off first."""
+    site = TEXT.offset_to_vaddr(ENTRY)
+    own = site + 5 + 0x003E8349
+    blocked = (vma(own & -layout.PAGE, layout.PAGE, "r--p", 0, (0, 0), ""),)
+    first: int | None = None
+    if heap_over_first:
+        _, _, _, state, _ = _evicted(TEXT, None, PUNNED, blocked)
+        [placed] = state.sites.values()
+        first = placed.landing
+        assert first is not None
+    brk = None if first is None else max(first - 16 * MiB, TEXT.end)
+    memory, mm, path, state, _ = _evicted(TEXT, brk, PUNNED, blocked)
+    [placed] = state.sites.values()
+    assert placed.evicted is not None and placed.landing is not None
+    if brk is not None:
+        assert first is not None and brk <= first < brk + HEAP_ROOM
+        assert not brk <= placed.landing < brk + HEAP_ROOM, "outside the heap's room"
+    lead = placed.evicted.trampoline
+    window = (site + 6 + (0x74 << 24), site + 6 + (0x75 << 24))
+    assert window[0] <= lead < window[1]
+    assert memory.read(site + 1, 5) == b"\xe9" + (lead - (site + 6)).to_bytes(4, "little")[:3] + b"\x74"
+    assert _leads_to(memory, site + 1) == lead
+    assert _leads_to(memory, site) == placed.landing, "the pun reads the successor's jump"
+    assert _leads_to(memory, placed.landing) == placed.trampoline
+    assert memory.read(lead, 4) == PUNNED[1:5] and _leads_to(memory, lead + 4) == site + 5
+    written = len(memory.writes)
+    path.disarm(mm, site)
+    assert memory.read(site, 7) == PUNNED
+    back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 7]
+    assert back[0] == (site, b"\x90"), "the pun first"
