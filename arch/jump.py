@@ -111,6 +111,9 @@ class SiteJump:
     ``target``)."""
     why: str
     """Said by ``uemu list --plan``."""
+    pushes: int | None = None
+    """A call moved to a trampoline of its own (an evicted successor): the return address
+    its trampoline pushes, the call's own, before it jumps on to ``resume``, the callee."""
 
 
 @dataclass(frozen=True)

@@ -874,8 +874,13 @@ class X86Jumps:
         at = site.vaddr + 1
         if site.form is not JumpForm.PUN or site.resume != at:
             return None
-        if code[1:2] == b"\xe9" and len(code) >= 1 + JMP_REL32:
+        if code[1:2] in (b"\xe9", b"\xe8") and len(code) >= 1 + JMP_REL32:
             led = (at + JMP_REL32 + int.from_bytes(code[2:6], "little", signed=True)) % self.space
+            if code[1] == 0xE8:  # Kernel: branch_emulate_op() pushes the same return address
+                return SiteJump(vaddr=at, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=None, resume=led,
+                                target=None, reach=self._reach(at), pushes=at + JMP_REL32,
+                                why=f"'call {led:#x}' after it moved to a trampoline of its own, which pushes "
+                                    "its return address and jumps there")
             return SiteJump(vaddr=at, at=at, length=JMP_REL32, form=JumpForm.JUMP, displaced=None, resume=led,
                             target=None, reach=self._reach(at),
                             why=f"'jmp {led:#x}' after it moved to a trampoline of its own, a jump on to there")
@@ -999,13 +1004,26 @@ class X86Jumps:
         return code.ljust(literal, b"\xcc") + hit_entry.to_bytes(8, "little")
 
     def relocated(self, successor: SiteJump, address: int) -> bytes | None:
-        return self._body(successor, address)
+        push = self._push_return(successor)
+        body = self._body(successor, address + len(push))
+        return None if body is None else push + body
+
+    def _push_return(self, successor: SiteJump) -> bytes:
+        """A moved call's return address onto the stack, flags and registers untouched:
+        ``push $imm32`` (x86_64: sign-extended, so ``movl $high, 4(%rsp)`` after it)."""
+        if successor.pushes is None:
+            return b""
+        low, high = successor.pushes & 0xFFFF_FFFF, successor.pushes >> 32
+        push = b"\x68" + low.to_bytes(4, "little")
+        return push + b"\xc7\x44\x24\x04" + high.to_bytes(4, "little") if self.mode64 else push
 
     def way_back(self, site: SiteJump, address: int) -> int:
         return self.relocated_way_back(site, address + self.head_size)
 
     def relocated_way_back(self, successor: SiteJump, address: int) -> int:
-        """Also ``way_back`` past a trampoline's head: its body is the same code."""
+        """Also ``way_back`` past a trampoline's head: its body is the same code.  A moved
+        call's: its jump to the callee, the return address pushed."""
+        address += len(self._push_return(successor))
         body = self._body(successor, address)
         assert body is not None, "only a trampoline that was written has a way back"
         return way_back_in(successor, address, body, JMP_REL32)

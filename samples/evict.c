@@ -28,7 +28,8 @@
  *   evict:test_byte    3 bytes), cmp_mem (cmpq $0, (%rax): 4 bytes): too short
  *   evict:cmp_mem      for a whole jump, each is punned in turn, its jump's
  *                      displacement ending in the next instruction's bytes
- *   evict:call_succ    call rel32: cannot be evicted (a call is emulated)
+ *   evict:call_succ    call rel32: its trampoline pushes the call's own return
+ *                      address and jumps to the callee
  *
  * Each probe has two arguments, a and b (%rdi %rsi: 8 bytes, unsigned).
  *
@@ -58,7 +59,8 @@
  * thread's turns (read through /proc/PID/mem), then syncs "start" and starts
  * THREADS threads.  Each turn a thread calls every evictable case's function
  * (mov_imm, mov_imm_r9, riprel_load, riprel_lea, cmp_flags below and above its
- * immediate, movabs, loop_head, jmp_succ, short_succ, test_byte, cmp_mem) with arguments that change every turn, and
+ * immediate, movabs, loop_head, jmp_succ, short_succ, test_byte, cmp_mem,
+ * call_succ) with arguments that change every turn, and
  * checks each result against its closed form (the comments of
  * evict_x86_64.S); turns come in bursts of 10, 200 us apart.  On SIGTERM or
  * SIGINT, or after LIFETIME_MS (0: never), each thread prints
@@ -162,6 +164,7 @@ static unsigned long expect_jmp_succ(unsigned long a, unsigned long b) { return 
 static unsigned long expect_short_succ(unsigned long a, unsigned long b) { (void)a; return b; }
 static unsigned long expect_test_byte(unsigned long a, unsigned long b) { return (a & 0xff) ? (unsigned long)(long)(int32_t)a : b; }
 static unsigned long expect_cmp_mem(unsigned long a, unsigned long b) { return a ? a + b : 0; }
+static unsigned long expect_call_succ(unsigned long a, unsigned long b) { return 2 * a + 2 * b + 1; }
 static unsigned long expect_movabs(unsigned long a, unsigned long b) { return 0x1122334455667788UL + a - b; }
 static unsigned long expect_loop_head(unsigned long a, unsigned long b)
 {
@@ -192,6 +195,7 @@ static const struct hot_case hot_cases[] = {
 	{ "evict:short_succ", evict_short_succ, expect_short_succ, PLAIN, evict_site_short_succ },
 	{ "evict:test_byte", evict_test_byte, expect_test_byte, PLAIN, evict_site_test_byte },
 	{ "evict:cmp_mem", evict_cmp_mem, expect_cmp_mem, PLAIN, evict_site_cmp_mem },
+	{ "evict:call_succ", evict_call_succ, expect_call_succ, PLAIN, evict_site_call_succ },
 };
 
 #define NHOT (sizeof(hot_cases) / sizeof(hot_cases[0]))

@@ -198,7 +198,9 @@ SITE(cmp_mem)
 	ret
 END(evict_cmp_mem)
 
-/* e8 rel32: a call is emulated, never relocated.  2a + 2b + 1. */
+/* e8 rel32: a moved call's trampoline pushes the call's own return address
+ * (the callee returns here, not into the tracer's code) and jumps to the
+ * callee.  2a + 2b + 1. */
 FUNC(evict_call_succ)
 SITE(call_succ)
 	STAP_PROBE2(evict, call_succ, %rdi, %rsi)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 
 import pytest
+import unicorn
+from unicorn import x86_const as x86
 
 from uemu.arch import by_name
 from uemu.arch.jump import Eviction, JumpForm, SiteJump
@@ -40,8 +42,7 @@ def test_an_instruction_of_five_bytes_or_more_after_a_nop_can_be_evicted(after: 
 
 
 @pytest.mark.parametrize("after", [
-    "e800000000",  # call: emulated by the trap path, no slot to run it
-    "eb00",  # jmp rel8: emulated too
+    "eb00",  # jmp rel8: emulated by the trap path, no slot to run it
     "50",  # push: one byte, none of its displacement left to choose
 ])
 def test_what_cannot_be_evicted(after: str) -> None:
@@ -149,3 +150,45 @@ def test_a_jmp_after_a_nop_is_evicted_to_a_jump_on_to_where_it_led(arch: str) ->
         assert code is not None and code[0] == 0xE9 and len(code) == 5
         assert at + 5 + int.from_bytes(code[1:], "little", signed=True) == led
         assert jumps.relocated_way_back(successor, at) == at
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+@pytest.mark.parametrize("far", [False, True])
+def test_a_call_after_a_nop_is_evicted_to_code_that_pushes_its_return_address(arch: str, far: bool) -> None:
+    """``call rel32`` (libstdcxx:throw's): its trampoline, run under unicorn, arrives at the
+    callee with the call's own return address on the stack (so the callee returns into
+    the program, not into uemu's code), every register and the flags as they were, and
+    leaving's trap at its last jump sends a thread to the callee with that stack."""
+    mode64 = arch == "x86_64"
+    jumps = by_name(arch).jumps
+    vaddr = (0x5555_5555_4123 if far else 0x40_1123) if mode64 else 0x0804_9123
+    _, successor = chosen(arch, bytes.fromhex("90e8f0ffffff"), vaddr)  # a callee 16 bytes back
+    assert successor is not None and successor.displaced is None
+    callee, back = vaddr + 6 - 0x10, vaddr + 6
+    assert (successor.resume, successor.pushes) == (callee, back)
+    at = vaddr + 0x1000_0000
+    code = jumps.relocated(successor, at)
+    assert code is not None
+    way_back = jumps.relocated_way_back(successor, at)
+    assert code[way_back - at] == 0xE9 and at < way_back < at + len(code)
+
+    emu = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64 if mode64 else unicorn.UC_MODE_32)
+    page, stack = at & -0x1000, 0x7000_0000
+    emu.mem_map(page, 0x2000)
+    emu.mem_map(stack - 0x1000, 0x2000)
+    emu.mem_write(at, code)
+    sp, flags = (x86.UC_X86_REG_RSP, x86.UC_X86_REG_EFLAGS) if mode64 else (x86.UC_X86_REG_ESP, x86.UC_X86_REG_EFLAGS)
+    others = [x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX] if mode64 else \
+        [x86.UC_X86_REG_EAX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX]
+    emu.reg_write(sp, stack)
+    emu.reg_write(flags, 0x8D7)  # CF PF AF ZF SF OF, and bit 1
+    for number, reg in enumerate(others):
+        emu.reg_write(reg, 0x1111 * (number + 1))
+    emu.emu_start(at, callee, count=3)
+    word = 8 if mode64 else 4
+    ip = emu.reg_read(x86.UC_X86_REG_RIP if mode64 else x86.UC_X86_REG_EIP)
+    assert ip == callee
+    assert emu.reg_read(sp) == stack - word
+    assert int.from_bytes(emu.mem_read(stack - word, word), "little") == back
+    assert emu.reg_read(flags) & 0x8D7 == 0x8D7
+    assert [emu.reg_read(reg) for reg in others] == [0x1111 * (number + 1) for number in range(len(others))]

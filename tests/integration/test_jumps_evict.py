@@ -19,11 +19,12 @@ from test_jumps import seizable
 from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, wait_until
 
 EVICTED = {"mov_imm", "mov_imm_r9", "riprel_load", "riprel_lea", "cmp_flags", "movabs", "loop_head", "jmp_succ",
-           "short_succ", "test_byte", "cmp_mem"}
+           "short_succ", "test_byte", "cmp_mem", "call_succ"}
 """Sites whose successor moves: one that runs in a slot that jumps back (behind a whole
-jump, or 2 to 4 bytes behind a pun), or a jmp rel32 (a jump on to where it led)."""
-KEPT = {"call_succ": "trap", "nopl5": "jump"}
-"""A call (emulated, no slot): the trap; a nop of five bytes: a whole jump."""
+jump, or 2 to 4 bytes behind a pun), a jmp rel32 (a jump on to where it led) or a call
+rel32 (the return address pushed, then that jump)."""
+KEPT = {"nopl5": "jump"}
+"""A nop of five bytes: a whole jump."""
 ITERATIONS = "20"
 
 
