@@ -20,6 +20,9 @@ from .maps import Vma, heap_growth
 from .runtime import layout
 
 PAGE = layout.PAGE
+EVICT_PAGES = 64
+"""Pages of a punned successor's window tried for its trampoline (``window_pages``): in a
+16 MiB window, one every 256 KiB, whose targets lie 64 MiB apart over the pun's 4 GiB."""
 STACK_ROOM = 64 << 20
 """No landing page this close below the main stack: it may grow there."""
 LANDING_SIZE = 5
@@ -198,8 +201,28 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
                                 "object's own image")
         return SitePlan("pun", f"{choice.why}: {target}, outside the object's image (free room there at run time)")
     refused = landing_refused(arch, vmas, choice.target, end, brk)
-    return _refused(evictable(arch, choice, code, neighbours), f"{choice.why}: {target}: {refused}") if refused \
-        else SitePlan("pun", f"{choice.why}: {target}, free")
+    if not refused:
+        return SitePlan("pun", f"{choice.why}: {target}, free")
+    successor = evictable(arch, choice, code, neighbours)
+    if successor is not None and successor.form is JumpForm.PUN and not _window_room(arch, successor, vmas, brk):
+        return SitePlan("trap", f"{choice.why}: {target}: {refused}; {successor.why}: no free page there")
+    return _refused(successor, f"{choice.why}: {target}: {refused}")
+
+
+def _window_room(arch: Arch, successor: SiteJump, vmas: Sequence[Vma], brk: int | None) -> bool:
+    """Whether a punned successor's window has a page a landing page may take, among those
+    ``JumpPath._evict_punned`` tries first (not whether its target is free too: each page
+    gives 256 targets over 1 MiB, which placement finds)."""
+    low, high = successor.reach
+    return any(not landing_refused(arch, vmas, max(page, low), min(page + PAGE, high), brk)
+               for page in window_pages(successor.reach))
+
+
+def window_pages(reach: tuple[int, int]) -> range:
+    """The pages of a punned successor's window (``reach``) to try for its trampoline:
+    all of a small one, ``EVICT_PAGES`` spread over a large one."""
+    first, last = reach[0] & -PAGE, (reach[1] - 1) & -PAGE
+    return range(first, last + PAGE, max(PAGE, (last - first) // EVICT_PAGES & -PAGE))
 
 
 def _refused(successor: SiteJump | None, why: str) -> SitePlan:

@@ -92,6 +92,7 @@ from .jumpplan import (
     landing_refused,
     meeting,
     outward,
+    window_pages,
 )
 from .jumptable import JumpTable
 from .maps import PROT_EXEC, PROT_READ, Vma, is_probe_vma, prot_at, read_maps
@@ -103,9 +104,6 @@ from .uprobes import Consumer, Mm, Uprobe, Uprobes
 from .xol import is_fault
 
 PAGE = layout.PAGE
-EVICT_PAGES = 64
-"""Pages of a punned successor's window tried for its trampoline (``_evict_punned``): in
-a 16 MiB window, one every 256 KiB, whose targets lie 64 MiB apart over the pun's 4 GiB."""
 RING_NAME = b"uemu-ring\0"
 RING_PATH = "/memfd:uemu-ring"
 """How /proc/PID/maps begins the ring's line (`` (deleted)`` follows)."""
@@ -724,16 +722,14 @@ class JumpPath:
         """``_evict`` for a successor punned in turn, whose jump leads within a window of
         its own (its ``reach``: 256 bytes to 16 MiB) and whose every lead makes one target
         of the site's pun, 256 bytes apart a byte of the lead.  Pages of the window (its
-        landing pages first, then up to ``EVICT_PAGES`` spread over it, so that their
+        landing pages first, then ``jumpplan.window_pages``, spread over it so that their
         targets spread over the pun's whole reach), and in each, one lead a page of
         targets apart, until both the lead's room and the pun's landing are free."""
         backend = state.backend
         assert isinstance(backend, Eviction), "only a pun can evict"
         low, high = successor.reach
-        first, last = low & -PAGE, (high - 1) & -PAGE
-        stride = max(PAGE, (last - first) // EVICT_PAGES & -PAGE)
-        own = sorted(page for page in state.pages if first <= page <= last)
-        pages = [*own, *(page for page in range(first, last + PAGE, stride) if page not in state.pages)]
+        own = sorted(page for page in state.pages if page < high and low < page + PAGE)
+        pages = [*own, *(page for page in window_pages(successor.reach) if page not in state.pages)]
         landings = self._pun_landings(state)
         for page in pages:
             if page not in state.pages and self._taken(state, page, page + PAGE):

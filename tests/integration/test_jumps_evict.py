@@ -18,6 +18,10 @@ from samplelog import Line, expected_hits, json_hits, run_untraced
 from test_jumps import seizable
 from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, wait_until
 
+from uemu import sdt
+from uemu.jumpplan import PAGE, Neighbours, plan_of_site
+from uemu.maps import Vma
+
 EVICTED = {"mov_imm", "mov_imm_r9", "riprel_load", "riprel_lea", "cmp_flags", "movabs", "loop_head", "jmp_succ",
            "short_succ", "test_byte", "cmp_mem", "call_succ"}
 """Sites whose successor moves: one that runs in a slot that jumps back (behind a whole
@@ -129,3 +133,24 @@ def test_uemu_run_evicts_where_the_file_itself_takes_the_target(program, tmp_pat
     assert results(lines) == results(untraced)
     assert sorted(json_hits(events)) == sorted(expected_hits(lines))
     assert os.path.getsize(events) > 0
+
+
+def test_the_plan_in_a_process_says_trap_where_a_punned_successors_window_is_all_taken(program) -> None:
+    """``uemu list --plan PID`` for evict:cmp_mem (a 4-byte successor, punned: its jump
+    leads within 16 MiB, 1.8 GiB on): evict while that window has a free page, the trap
+    once mappings cover it all, as placement would find."""
+    elf = sdt.open_elf(str(program))
+    [probe] = [p for p in elf.probes if p.full_name == "evict:cmp_mem"]
+    assert probe.file_offset is not None
+    base = 0x5555_0000_0000
+    site = base + probe.address
+    code = program.read_bytes()[probe.file_offset:probe.file_offset + 6]
+    own = site + 5 + int.from_bytes(code[1:5], "little", signed=True)
+    window = site + 6 + (code[5] << 24)
+    taken = Vma(own & -PAGE, (own & -PAGE) + PAGE, "r--p", 0, 0, 0, "")
+    covering = Vma(window - PAGE, window + (1 << 24) + PAGE, "r--p", 0, 0, 0, "")
+    neighbours = Neighbours([probe.file_offset], site - probe.file_offset)
+    free = plan_of_site(elf, probe.file_offset, site, neighbours, [taken], None)
+    full = plan_of_site(elf, probe.file_offset, site, neighbours, [taken, covering], None)
+    assert free.path == "evict", free
+    assert full.path == "trap" and full.why.endswith("no free page there"), full
