@@ -122,6 +122,27 @@ def landing_refused(arch: Arch, vmas: Sequence[Vma], start: int, end: int, brk: 
     return ""
 
 
+def refusals(arch: Arch, vmas: Sequence[Vma], brk: int | None) -> list[tuple[int, int]]:
+    """What ``landing_refused`` refuses in an address space, as sorted, merged [start, end)
+    intervals: for many questions about one (a punned successor's thousands of leads),
+    each then a bisection (``refused_until``)."""
+    spans = sorted([(0, _mmap_min_addr()), (_user_top(arch), 1 << 64),
+                    *((low, high) for low, high, _ in kept_room(vmas, brk)), *((v.start, v.end) for v in vmas)])
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def refused_until(refused: Sequence[tuple[int, int]], start: int, end: int) -> int:
+    """Where the refused interval that [start, end) meets ends (0: it meets none)."""
+    i = bisect.bisect_left(refused, (end,)) - 1
+    return refused[i][1] if i >= 0 and refused[i][1] > start else 0
+
+
 def kept_room(vmas: Sequence[Vma], brk: int | None) -> list[tuple[int, int, str]]:
     """[start, end) where the heap (``maps.heap_growth`` from ``brk``, the process's
     start_brk) and the main stack may grow, each with its name: no landing page there."""

@@ -92,6 +92,8 @@ from .jumpplan import (
     landing_refused,
     meeting,
     outward,
+    refusals,
+    refused_until,
     window_pages,
 )
 from .jumptable import JumpTable
@@ -728,37 +730,48 @@ class JumpPath:
         backend = state.backend
         assert isinstance(backend, Eviction), "only a pun can evict"
         low, high = successor.reach
+        first = backend.relocated(successor, low)
+        if first is None:
+            return "its instruction cannot run where its jump may lead"
+        size = len(first)
         own = sorted(page for page in state.pages if page < high and low < page + PAGE)
         pages = [*own, *(page for page in window_pages(successor.reach) if page not in state.pages)]
         landings = self._pun_landings(state)
+        refused = refusals(state.mm.arch, self._others(state), state.brk)
         for page in pages:
-            if page not in state.pages and self._taken(state, page, page + PAGE):
+            if page not in state.pages and refused_until(refused, page, page + PAGE):
                 continue
-            for lead in range(max(page, low), min(page + PAGE, high), PAGE // 256):
-                code = backend.relocated(successor, lead)
-                if code is None or lead + len(code) > min(page + PAGE, high) or \
-                        meeting(state.used, lead, lead + len(code)) or meeting(landings, lead, lead + len(code)):
-                    continue
+            lead, end = max(page, low), min(page + PAGE, high)
+            while lead + size <= end:
                 chosen = backend.led_by(site, successor, lead)
                 target = chosen.target
                 assert target is not None
-                if meeting(landings, target, target + LANDING_SIZE) or \
-                        self._taken(state, target, target + LANDING_SIZE) or \
-                        self._map_landing(state, target, LANDING_SIZE, call):
+                past = refused_until(refused, target, target + LANDING_SIZE)
+                if past:  # the leads whose targets lie in that room, at once: 256 bytes a lead's byte
+                    lead += max(1, -(-(past - target) // 256))
                     continue
-                if self._map_landing(state, lead, len(code), call):
+                if meeting(state.used, lead, lead + size) or meeting(landings, lead, lead + size) or \
+                        meeting(landings, target, target + LANDING_SIZE) or \
+                        self._map_landing(state, target, LANDING_SIZE, call):
+                    lead += PAGE // 256
+                    continue
+                code = backend.relocated(successor, lead)
+                if code is None or len(code) != size or self._map_landing(state, lead, size, call):
                     state.used.remove((target, target + LANDING_SIZE))
                     break  # the page is not to be had after all
                 state.mm.memory.write(lead, code)
                 return chosen, lead
         return "no free room for both its target and where its jump may lead"
 
-    @staticmethod
-    def _taken(state: _MmJumps, start: int, end: int) -> bool:
+    def _taken(self, state: _MmJumps, start: int, end: int) -> bool:
         """Whether ``landing_refused`` refuses [start, end) for a mapping there other than
         one of uemu's landing pages, or for room no landing page may take."""
-        others = [v for v in state.mm.vmas if not (v.start in state.pages and v.end == v.start + PAGE)]
-        return bool(landing_refused(state.mm.arch, others, start, end, state.brk))
+        return bool(landing_refused(state.mm.arch, self._others(state), start, end, state.brk))
+
+    @staticmethod
+    def _others(state: _MmJumps) -> list[Vma]:
+        """The mappings of the address space but uemu's landing pages."""
+        return [v for v in state.mm.vmas if not (v.start in state.pages and v.end == v.start + PAGE)]
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
         """Map the pages under [start, start + size) that are not landing pages yet;

@@ -4,13 +4,24 @@ bytes-backed fake address space: no process, the injected mmap a dict's insert."
 from __future__ import annotations
 
 import errno
+import itertools
 import random
 
 import pytest
 from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 
 from uemu.arch.jump import SiteJump
-from uemu.jumpplan import LANDING_SIZE, Neighbours, choose, evictable, first_fit, landing_refused, meeting
+from uemu.jumpplan import (
+    LANDING_SIZE,
+    Neighbours,
+    choose,
+    evictable,
+    first_fit,
+    landing_refused,
+    meeting,
+    refusals,
+    refused_until,
+)
 from uemu.jumps import Jump, JumpPath, _MmJumps
 from uemu.jumptable import JumpTable
 from uemu.maps import HEAP_ROOM, Vma
@@ -281,3 +292,20 @@ def test_a_short_successor_is_punned_in_turn_and_the_two_puns_share_bytes(heap_o
     assert memory.read(site, 7) == PUNNED
     back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 7]
     assert back[0] == (site, b"\x90"), "the pun first"
+
+
+def test_refusals_answer_as_landing_refused_does() -> None:
+    """The merged intervals and their bisection (``_evict_punned``'s thousands of
+    questions) against ``landing_refused`` itself, over mappings that touch and overlap."""
+    vmas = [vma(0x10_0000, 0x2000, "r-xp", 0), vma(0x10_2000, 0x1000, "rw-p", 0x2000),
+            vma(0x40_0000, 0x3000, "r--p", 0), vma(0x40_1000, 0x1000, "r--p", 0), heap(0x80_0000, 0x1000), STACK]
+    brk = 0x80_0000
+    refused = refusals(X86_64, vmas, brk)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(refused)), "sorted and merged"
+    rng = random.Random(7)
+    for _ in range(2000):
+        start = rng.choice([rng.randrange(0, 0x1_0000_0000), rng.randrange(0x7FFE_0000_0000, 0x8000_0000_0000)])
+        end = start + rng.choice([1, 5, 0x1000, 0x10_0000])
+        assert bool(refused_until(refused, start, end)) == bool(landing_refused(X86_64, vmas, start, end, brk)), \
+            hex(start)
+    assert refused_until(refused, 0x10_1000, 0x10_1005) == 0x10_3000, "the end of both text and data"
