@@ -137,6 +137,16 @@ def _evicted(text: Vma, brk: int | None = None, program: bytes = EVICTED,
     return memory, mm, path, state, planned
 
 
+def _disarmed_pun_first(memory: FakeMemory, mm: Mm, path: JumpPath, site: int, program: bytes) -> None:
+    """Disarmed, the site holds the program's bytes again, and the pun came off before the
+    jump over its successor that it reads."""
+    written = len(memory.writes)
+    path.disarm(mm, site)
+    assert memory.read(site, len(program)) == program
+    back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + len(program)]
+    assert back[0] == (site, b"\x90"), "the pun first"
+
+
 def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
     """The mov goes to a trampoline of its own behind a jump uemu writes over it, whose
     first four bytes are the pun's displacement: the pun leads to a landing of uemu's
@@ -161,11 +171,7 @@ def test_a_pun_whose_target_is_taken_evicts_its_successor() -> None:
     assert memory.read(relocated + 5, 1) == b"\xcc"
     path.untrap_ways_back(mm)
     assert _leads_to(memory, relocated + 5) == site + 6
-    written = len(memory.writes)
-    path.disarm(mm, site)
-    assert memory.read(site, 6) == program
-    back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 6]
-    assert back[0] == (site, b"\x90"), "the pun first"
+    _disarmed_pun_first(memory, mm, path, site, program)
 
 
 def test_the_heaps_room_across_the_middle_of_the_reach_is_passed_over() -> None:
@@ -287,11 +293,7 @@ def test_a_short_successor_is_punned_in_turn_and_the_two_puns_share_bytes(heap_o
     assert _leads_to(memory, site) == placed.landing, "the pun reads the successor's jump"
     assert _leads_to(memory, placed.landing) == placed.trampoline
     assert memory.read(lead, 4) == PUNNED[1:5] and _leads_to(memory, lead + 4) == site + 5
-    written = len(memory.writes)
-    path.disarm(mm, site)
-    assert memory.read(site, 7) == PUNNED
-    back = [(at, data) for at, data in memory.writes[written:] if site <= at < site + 7]
-    assert back[0] == (site, b"\x90"), "the pun first"
+    _disarmed_pun_first(memory, mm, path, site, PUNNED)
 
 
 def test_refusals_answer_as_landing_refused_does() -> None:
