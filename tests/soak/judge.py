@@ -24,7 +24,7 @@ def judge(target: Target, outcome: Outcome, ticks: int = 0, timeout: float = PRO
     if why is None:
         outcome.harmed += harm(target.known_pid, target.lines())
         if anonymous_code(target.known_pid):
-            outcome.notes["anonymous executable mapping left (XOL area)"] += 1
+            outcome.notes["anonymous executable mapping left (XOL area or jump landing pages, kept until repair)"] += 1
     elif why != "ended":
         outcome.hangs.append(f"target: {why}")
     if not target.stop():
