@@ -232,11 +232,10 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
 
 def _window_room(arch: Arch, successor: SiteJump, vmas: Sequence[Vma], brk: int | None) -> bool:
     """Whether a punned successor's window has a page a landing page may take, among those
-    ``JumpPath._evict_punned`` tries first (not whether its target is free too: each page
-    gives 256 targets over 1 MiB, which placement finds)."""
-    low, high = successor.reach
-    return any(not landing_refused(arch, vmas, max(page, low), min(page + PAGE, high), brk)
-               for page in window_pages(successor.reach))
+    ``JumpPath._evict_punned`` tries, asked as it asks (not whether its target is free
+    too: each page gives 256 targets over 1 MiB, which placement finds)."""
+    refused = refusals(arch, vmas, brk)
+    return any(not refused_until(refused, page, page + PAGE) for page in window_pages(successor.reach))
 
 
 def window_pages(reach: tuple[int, int]) -> range:

@@ -837,9 +837,8 @@ class JumpPath:
         gaps = []
         before_end = 0
         for after_start, after_end in sorted(mapped):
-            # pages that meet the reach: a punned successor's may be 256 bytes (``fit``)
-            low = max(before_end + PAGE, reach[0] & -PAGE)
-            high = min(after_start - 2 * PAGE, (reach[1] - 1) & -PAGE)
+            low = max(before_end + PAGE, reach[0])
+            high = min(after_start - 2 * PAGE, reach[1] - PAGE)
             if low <= high:
                 page = min(max(middle, -(-low // PAGE) * PAGE), high & -PAGE)
                 gaps.append((abs(page - middle), page, low, high))
