@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO, TypeVar
 
 from . import __version__, errors, probespec, sdt
 from .chrome import ChromeTrace, SlicePair, read_comm
-from .events import Event, count_lines, escape, json_line, text_line
+from .events import Event, JsonSite, LineShape, TextSite, count_lines, escape, json_line, text_line
 from .maps import read_maps
 from .objects import MappedObject, mapped_objects
 from .printf import FIELD_LIMIT, FormatError, PrintfFormat
@@ -442,6 +442,8 @@ class _Sink:
     owned: bool
     count: bool
     render: Callable[[Event], str] | None = None
+    lines: LineShape | None = None
+    """The shape of ``render``'s lines, where the jump path can write them without an Event."""
     chrome: ChromeTrace | None = None
     failure: OSError | None = None
 
@@ -475,14 +477,16 @@ class _Sink:
             name = None if args.printf is None else args.printf.text
             self.chrome = ChromeTrace(self.stream, args.slice, name=name, comm=read_comm)
         elif args.output_format == "json":
-            self.render = json_line
+            self.render, self.lines = json_line, JsonSite.of
+        elif args.printf is None:
+            self.render, self.lines = text_line, TextSite.of
         else:
-            self.render = text_line if args.printf is None else args.printf.render
+            self.render = args.printf.render
 
     def handler(self, session: Session) -> Callable[[Event], None] | None:
         """The hit handler: a write that fails stops tracing (the session then
-        restores everything) and is reported by ``finish``.  --json: the jump path's
-        hits come as their lines, a batch a write (``Reporter.json_writer``)."""
+        restores everything) and is reported by ``finish``.  JSON and text lines: the jump
+        path's hits come as their lines, a batch a write (``Reporter.line_shape``)."""
         if self.count:
             return None
         if self.chrome is not None:
@@ -493,8 +497,8 @@ class _Sink:
             assert render is not None
             write = lambda event: put(render(event))  # noqa: E731
         on_hit = self._guarded(session, write)
-        if self.render is json_line:
-            session.writes_json_lines(on_hit, self._guarded(session, self.stream.write))
+        if self.lines is not None:
+            session.writes_lines(on_hit, self._guarded(session, self.stream.write), self.lines)
         return on_hit
 
     def _guarded(self, session: Session, write: Callable[[_Out], object]) -> Callable[[_Out], None]:

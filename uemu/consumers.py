@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from . import argspec, ptrace
-from .events import Event
+from .events import Event, LineShape
 from .ringfeed import RingEvent
 from .uprobes import Consumer, Hit, Mm
 
@@ -51,18 +51,18 @@ class Reporter:
         ends the session, which re-raises it once everything is restored (a handler
         raising at every later event, leaving's own included, must not stop the leaving)."""
         self._on_error = on_error
-        self.json_out: tuple[Handler, Callable[[str], object]] | None = None
-        """A handler that does nothing but write each event's ``json_line`` (the CLI's
-        --json), and how it writes text: ``json_writer``."""
+        self.line_out: tuple[Handler, Callable[[str], object], LineShape] | None = None
+        """A handler that does nothing but write each event's line (the CLI's --json and
+        text lines), how it writes text, and the shape of its lines: ``line_shape``."""
 
-    def json_writer(self) -> Callable[[str], object] | None:
-        """How ``json_out`` writes text, while its handler is the only one and no queue
-        takes events: the jump path then hands out its hits as their JSON lines, not as
+    def line_shape(self) -> LineShape | None:
+        """The shape of ``line_out``'s lines, while its handler is the only one and no
+        queue takes events: the jump path then hands out its hits as their lines, not as
         Events, and ``deliver`` writes them a batch in one call (an Event and the calls
         of a handler cost more than the line, per hit)."""
-        if self.json_out is None or self.queue is not None or self.handlers != [self.json_out[0]]:
+        if self.line_out is None or self.queue is not None or self.handlers != [self.line_out[0]]:
             return None
-        return self.json_out[1]
+        return self.line_out[2]
 
     def full(self) -> bool:
         """--max-events is reached: further hits are neither counted nor reported."""
@@ -84,7 +84,7 @@ class Reporter:
 
     def deliver(self, ring_events: Iterator[RingEvent]) -> None:
         """Hits read from the jump path's ring, in the iterator's order (an event None:
-        counted only; a str: its JSON line, written by ``json_out``).  ``full`` written
+        counted only; a str: its line, written by ``line_out``).  ``full`` written
         out, the lock taken once for them all: this runs for every event of the jump path.
         What raises leaves the hits after it in ``ring_events`` (uemu/ringfeed.py keeps
         them)."""
@@ -108,10 +108,10 @@ class Reporter:
                 self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
-        """JSON lines of ring events, written by ``json_out`` in one call (and forgotten);
-        not once a handler has failed, as handlers are not called then."""
-        if lines and self.error is None and self.json_out is not None:
-            self.json_out[1]("".join(lines))
+        """Lines of ring events, written by ``line_out`` in one call (and forgotten); not
+        once a handler has failed, as handlers are not called then."""
+        if lines and self.error is None and self.line_out is not None:
+            self.line_out[1]("".join(lines))
         lines.clear()
 
     def _emit(self, task: Task, mm: Mm, consumer: Consumer, site: int, regs: ptrace.RegsView) -> None:

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Value = int | float | None
 
@@ -65,6 +66,19 @@ def json_line(event: Event) -> str:
             _json_sites.clear()
         _json_sites[event.object, event.provider, event.name, event.address] = site
     return site.line(event.ts_ns, event.pid, event.tid, event.args)
+
+
+class SiteLines(Protocol):
+    """The line one output writes for each event of one site, what the site's events repeat
+    made once (``JsonSite``, ``TextSite``): the jump path writes its hits with it, without
+    an Event each (uemu/jumps.py, ``Reporter.line_shape``)."""
+
+    def line(self, ts_ns: int, pid: int, tid: int, args: list[Value] | None) -> str: ...
+
+
+LineShape = Callable[[str, str, str, int, list[str]], SiteLines]
+"""How an output makes a site's ``SiteLines`` from its object, provider, name, address
+and specs: ``JsonSite.of`` (--json) or ``TextSite.of`` (the text lines)."""
 
 
 def _json_record(event: Event) -> dict[str, object]:
@@ -180,16 +194,32 @@ def format_value(value: Value) -> str:
 
 def text_line(event: Event) -> str:
     """``SECONDS.MICROS PID/TID provider:name ARG...`` (CLOCK_MONOTONIC seconds)."""
-    seconds, ns = divmod(event.ts_ns, 1_000_000_000)
-    head = f"{seconds}.{ns // 1000:06d} {event.pid}/{event.tid} {_probe_text(event.provider, event.name)}"
-    args = event.args
-    if not args:
-        return head + "\n"
-    try:
-        shown = " ".join(map(int.__repr__, args))  # format_value of integers, at once
-    except TypeError:
-        shown = " ".join(map(format_value, args))
-    return head + " " + shown + "\n"
+    return TextSite(_probe_text(event.provider, event.name)).line(event.ts_ns, event.pid, event.tid, event.args)
+
+
+@dataclass(frozen=True, slots=True)
+class TextSite:
+    """What every text line of one site repeats, its probe escaped once.  ``line`` is the one
+    writer of an event's text line: ``text_line``'s, and the jump path's when its hits go
+    to the text lines alone (as JSON's, ``JsonSite``)."""
+
+    probe: str
+    formats: dict[int, str] = field(default_factory=dict, compare=False)
+    """Number of arguments -> the %-format of a line with that many."""
+
+    @classmethod
+    def of(cls, obj: str, provider: str, name: str, address: int, specs: list[str]) -> TextSite:
+        return cls(_probe_text(provider, name))
+
+    def line(self, ts_ns: int, pid: int, tid: int, args: list[Value] | None) -> str:
+        """One %-format a number of arguments (a third faster than joining them): ``%s``
+        writes an int or a float as ``format_value`` does, not None."""
+        seconds, ns = divmod(ts_ns, 1_000_000_000)
+        shown: Sequence[object] = () if args is None else args if None not in args else list(map(format_value, args))
+        shape = self.formats.get(len(shown))
+        if shape is None:
+            shape = self.formats[len(shown)] = f"%d.%06d %d/%d {self.probe.replace('%', '%%')}{' %s' * len(shown)}\n"
+        return shape % (seconds, ns // 1000, pid, tid, *shown)
 
 
 @functools.lru_cache(maxsize=4096)

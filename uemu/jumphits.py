@@ -39,7 +39,7 @@ class JumpHits:
                              strsize=strsize, drop=drop, warn=warn)
         uprobes.jumps = self.path
         self.path.reported_pid = tracees.reported_pid
-        self.path.as_json = lambda: reporter.json_writer() is not None
+        self.path.line_shape = reporter.line_shape
         self.feed = RingFeed(self.path.drain, self.path.wait, reporter.deliver, on_error=on_error,
                              wake=self.path.wake)
         reporter.lock = self.feed.lock

@@ -58,7 +58,6 @@ puts one there itself (``plan`` refuses sites whose neighbours it writes).
 from __future__ import annotations
 
 import bisect
-import functools
 import os
 import threading
 import time
@@ -70,7 +69,7 @@ from uemu.arch.jump import Eviction, JumpBackend, JumpForm, SiteJump
 
 from . import argspec, errors, process, ptrace, ring
 from .chrome import read_comm
-from .events import Event, JsonSite
+from .events import Event, LineShape, SiteLines
 from .fetch import FetchProgram, NotFetchable, compile_args
 from .jumpfacts import (
     counter_is_the_clock,
@@ -133,12 +132,15 @@ class _Recorded:
     consumers: tuple[tuple[Consumer, str, str, str, list[str]], ...]
     """Each consumer with what its events say: object, provider, name, specs."""
     program: FetchProgram
+    _lines: dict[LineShape, tuple[tuple[Consumer, SiteLines], ...]] = field(default_factory=dict, compare=False)
 
-    @functools.cached_property
-    def json(self) -> tuple[tuple[Consumer, JsonSite], ...]:
-        """Each consumer with the JSON its lines repeat, made at the first hit wanted as lines."""
-        return tuple((c, JsonSite.of(obj, provider, name, self.vaddr, specs))
-                     for c, obj, provider, name, specs in self.consumers)
+    def lines(self, shape: LineShape) -> tuple[tuple[Consumer, SiteLines], ...]:
+        """Each consumer with what its lines repeat, made at the first hit wanted as lines."""
+        made = self._lines.get(shape)
+        if made is None:
+            made = self._lines[shape] = tuple((c, shape(obj, provider, name, self.vaddr, specs))
+                                              for c, obj, provider, name, specs in self.consumers)
+        return made
 
 
 @dataclass(frozen=True)
@@ -247,9 +249,9 @@ class JumpPath:
         self.reported_pid: Callable[[int, int], int | None] = lambda pid, tid: pid
         """(pid, tid) of a record -> the pid its hit is reported with, None: not at all
         (the session knows vfork children: they share their parent's table)."""
-        self.as_json: Callable[[], bool] = lambda: False
-        """Whether a drain hands out each event as its JSON line, no Event (uemu/jumphits.py
-        asks the reporter: ``Reporter.json_writer``)."""
+        self.line_shape: Callable[[], LineShape | None] = lambda: None
+        """How a drain hands out each event as its line, None: as an Event (uemu/jumphits.py
+        asks the reporter: ``Reporter.line_shape``)."""
         self.names: dict[tuple[int, int], bytes | None] = {}
         """(pid, tid) -> the thread's name, read when its first record is (its hits reach
         the output a little later, when it may be gone): ``thread_name``."""
@@ -902,12 +904,12 @@ class JumpPath:
         """Each ring's records up to where its head was at the start: a producer as fast as
         the reader cannot keep it here (events then pile up unsorted, undelivered)."""
         count = 0
-        as_json = self.as_json()
+        shape = self.line_shape()
         for events in list(self._rings):
             end = events.head()
             while True:
                 offsets = events.take(final)
-                take(self._ring_events(events, offsets, as_json))
+                take(self._ring_events(events, offsets, shape))
                 events.release()
                 count += len(offsets)
                 self.read += len(offsets)
@@ -915,9 +917,9 @@ class JumpPath:
                     break
         return count
 
-    def _ring_events(self, events: ring.Ring, offsets: list[int], as_json: bool) -> list[RingEvent]:
-        """The ring events of the records at ``offsets`` in ``events.view`` (``as_json``: JSON
-        lines, not Events): one loop, few calls per record (it runs for every hit; a
+    def _ring_events(self, events: ring.Ring, offsets: list[int], shape: LineShape | None) -> list[RingEvent]:
+        """The ring events of the records at ``offsets`` in ``events.view`` (with a ``shape``:
+        their lines, not Events): one loop, few calls per record (it runs for every hit; a
         thread's records mostly come in runs, whose pid is looked up once)."""
         buffer, recorded, names, decode_args = events.view, self._recorded, self.names, self.decode_args
         out: list[RingEvent] = []
@@ -940,8 +942,8 @@ class JumpPath:
                     append((0, target[0], None))
                 continue
             args, strings = info.program.decode(buffer, offset)
-            if as_json:
-                for consumer, site in info.json:
+            if shape is not None:
+                for consumer, site in info.lines(shape):
                     append((ts_ns, consumer, site.line(ts_ns, pid, tid, args)))
                 continue
             read_string = _captured(strings) if strings else None

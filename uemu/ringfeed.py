@@ -37,8 +37,8 @@ from .events import Event
 from .uprobes import Consumer
 
 RingEvent = tuple[int, Consumer, Event | str | None]
-"""A ring event: its time (0 for one counted only), consumer, and the event, or its JSON
-line (the reporter writes nothing else: ``Reporter.json_writer``), or None (counted only)."""
+"""A ring event: its time (0 for one counted only), consumer, and the event, or its line
+(the reporter writes nothing else: ``Reporter.line_shape``), or None (counted only)."""
 Take = Callable[[list[RingEvent]], None]
 """What a drain calls for each batch of ring events (``RingFeed._take``): all counted
 only, or all events (a session decodes every hit or none)."""

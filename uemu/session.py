@@ -36,7 +36,7 @@ from . import errors, jumphits, ptrace, ring, spawn, xol
 from .attach import Attacher
 from .chrome import read_comm
 from .consumers import Handler, Reporter
-from .events import Event
+from .events import Event, LineShape
 from .hits import Hits
 from .jumphits import JumpHits
 from .jumps import JumpPath
@@ -145,12 +145,13 @@ class Session:
         self._wants_events()
         self.reporter.handlers.append(handler)
 
-    def writes_json_lines(self, handler: Handler, write: Callable[[str], object]) -> None:
+    def writes_lines(self, handler: Handler, write: Callable[[str], object], shape: LineShape) -> None:
         """``handler`` (added or given to ``run``) does nothing but ``write`` each event's
-        ``events.json_line``: the jump path may then hand its hits to ``write`` as those
-        lines, a batch a call, without an Event each (``Reporter.json_writer``; it does so
-        only while ``handler`` is the one handler)."""
-        self.reporter.json_out = (handler, write)
+        line, made as ``shape``'s (``events.json_line``, ``events.text_line``): the jump
+        path may then hand its hits to ``write`` as those lines, a batch a call, without
+        an Event each (``Reporter.line_shape``; it does so only while ``handler`` is the
+        one handler)."""
+        self.reporter.line_out = (handler, write, shape)
 
     def _wants_events(self) -> None:
         if self.jumps is not None and self.jumps.count_only:

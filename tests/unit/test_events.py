@@ -91,7 +91,7 @@ def test_count_lines_are_sorted_and_escaped():
 
 
 values = st.one_of(st.integers(-(1 << 64), 1 << 64), st.none(), st.floats())
-names = st.sampled_from(["p", "n\udcff", "/bin/x", "a\nb\\c", "caf\u00e9"])
+names = st.sampled_from(["p", "n\udcff", "/bin/x", "a\nb\\c", "caf\u00e9", "%s%%d"])
 
 
 @given(st.lists(st.tuples(names, names, st.sampled_from([0x10, 0x20]), st.lists(names, max_size=3),
@@ -109,7 +109,7 @@ def test_json_lines_are_the_encoders_bytes_whatever_the_sites_before(hits):
         assert event.to_json() + "\n" == json_line(event)
 
 
-@given(st.lists(values, max_size=5))
-def test_text_lines_show_each_value_as_format_value(args):
-    line = text_line(hit(args))
-    assert line == "1500000.000123 7/8 prov:name" + "".join(" " + format_value(v) for v in args) + "\n"
+@given(st.lists(values, max_size=5), names)
+def test_text_lines_show_each_value_as_format_value(args, name):
+    line = text_line(hit(args, name=name))
+    assert line == f"1500000.000123 7/8 prov:{escape(name)}" + "".join(" " + format_value(v) for v in args) + "\n"

@@ -1,6 +1,6 @@
-"""--json without an Event per hit: the jump path's lines are the bytes ``json_line`` writes
-for the Events the same records make, and the reporter writes them only for a session
-whose one taker of events is the JSON writer."""
+"""JSON and text lines without an Event per hit: the jump path's lines are the bytes
+``json_line`` and ``text_line`` write for the Events the same records make, and the
+reporter writes them only for a session whose one taker of events is the line writer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from uemu.consumers import Reporter
-from uemu.events import Event, Value, json_line
+from uemu.events import Event, JsonSite, TextSite, Value, json_line, text_line
 from uemu.fetch import FetchProgram
 from uemu.jumps import JumpPath, _Recorded
 from uemu.uprobes import Consumer, ProbeInfo, Uprobes
@@ -37,9 +37,9 @@ records = st.tuples(st.integers(0, (1 << 64) - 1), st.integers(1, 1 << 22), st.i
 @given(st.lists(st.tuples(names, names, names, st.integers(0, (1 << 64) - 1), st.lists(names, max_size=4)),
                 min_size=1, max_size=3),
        st.lists(records, min_size=1, max_size=8), st.data())
-def test_the_jump_paths_json_lines_are_json_line_of_its_events(consumers, hits, data):
+def test_the_jump_paths_lines_are_json_line_and_text_line_of_its_events(consumers, hits, data):
     """Every field of every event, each consumer of a site (two probes on one site too), args of
-    every kind (ints of any size and sign, floats, NaN and the infinities, None)."""
+    every kind (ints of any size and sign, floats, NaN and the infinities, None), both shapes."""
     path = JumpPath(Uprobes(print))
     path.reported_pid = lambda pid, tid: pid + 1  # as for a vfork child: its parent's pid
     address = data.draw(st.integers(0, (1 << 64) - 1))
@@ -52,31 +52,32 @@ def test_the_jump_paths_json_lines_are_json_line_of_its_events(consumers, hits, 
         headers[at], decoded[at] = (7, pid, tid, ts_ns), args
         path.names[pid + 1, tid] = b"comm"
     taken = _Taken(headers)
-    lines = path._ring_events(taken, list(headers), as_json=True)  # type: ignore[arg-type]
-    events = path._ring_events(taken, list(headers), as_json=False)  # type: ignore[arg-type]
-    assert len(lines) == len(events) == len(hits) * len(site)
-    for (ts_ns, consumer, line), (event_ts, event_consumer, event) in zip(lines, events, strict=True):
-        assert isinstance(event, Event) and (ts_ns, consumer) == (event_ts, event_consumer)
-        assert line == json_line(event)
+    events = path._ring_events(taken, list(headers), None)  # type: ignore[arg-type]
+    for shape, render in ((JsonSite.of, json_line), (TextSite.of, text_line)):
+        lines = path._ring_events(taken, list(headers), shape)  # type: ignore[arg-type]
+        assert len(lines) == len(events) == len(hits) * len(site)
+        for (ts_ns, consumer, line), (event_ts, event_consumer, event) in zip(lines, events, strict=True):
+            assert isinstance(event, Event) and (ts_ns, consumer) == (event_ts, event_consumer)
+            assert line == render(event)
 
 
 def _reporter() -> tuple[Reporter, list[str], list[Event]]:
     reporter = Reporter(True, lambda: None, lambda: None)
     written: list[str] = []
     seen: list[Event] = []
-    reporter.json_out = (seen.append, written.append)
+    reporter.line_out = (seen.append, written.append, JsonSite.of)
     reporter.handlers.append(seen.append)
     return reporter, written, seen
 
 
-def test_lines_only_while_the_json_writer_alone_takes_events() -> None:
-    reporter, written, _ = _reporter()
-    assert reporter.json_writer() == written.append
+def test_lines_only_while_the_line_writer_alone_takes_events() -> None:
+    reporter, _, _ = _reporter()
+    assert reporter.line_shape() == JsonSite.of
     reporter.handlers.append(print)
-    assert reporter.json_writer() is None, "another handler gets Events"
+    assert reporter.line_shape() is None, "another handler gets Events"
     reporter.handlers.pop()
     reporter.queue = deque()
-    assert reporter.json_writer() is None, "events() gets Events"
+    assert reporter.line_shape() is None, "events() gets Events"
 
 
 def test_lines_are_written_a_batch_at_once_in_order_and_counted_up_to_max_events() -> None:
