@@ -7,7 +7,7 @@ file or a running process without writing anything.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from uemu import arch as arches
@@ -225,17 +225,53 @@ def plan_of_site(elf: sdt.ElfObject, file_offset: int, address: int, neighbours:
     if not refused:
         return SitePlan("pun", f"{choice.why}: {target}, free")
     successor = evictable(arch, choice, code, neighbours)
-    if successor is not None and successor.form is JumpForm.PUN and not _window_room(arch, successor, vmas, brk):
-        return SitePlan("trap", f"{choice.why}: {target}: {refused}; {successor.why}: no free page there")
+    if successor is not None and successor.form is JumpForm.PUN:
+        why = _window_room(arch, choice, successor, vmas, brk)
+        if why:
+            return SitePlan("trap", f"{choice.why}: {target}: {refused}; {successor.why}: {why}")
     return _refused(successor, f"{choice.why}: {target}: {refused}")
 
 
-def _window_room(arch: Arch, successor: SiteJump, vmas: Sequence[Vma], brk: int | None) -> bool:
-    """Whether a punned successor's window has a page a landing page may take, among those
-    ``JumpPath._evict_punned`` tries, asked as it asks (not whether its target is free
-    too: each page gives 256 targets over 1 MiB, which placement finds)."""
+def _window_room(arch: Arch, site: SiteJump, successor: SiteJump, vmas: Sequence[Vma], brk: int | None) -> str:
+    """Why a punned successor cannot be evicted, '' if it can: among the pages and leads
+    ``JumpPath._evict_punned`` tries, asked as it asks, one whose page and whose target
+    are free (the other landings and trampolines of the process left out: they are not
+    placed yet)."""
+    eviction: object = arch.jumps  # as object: see evictable
+    assert isinstance(eviction, Eviction), "only a pun can evict"
+    first = eviction.relocated(successor, successor.reach[0])
+    if first is None:
+        return NOT_RELOCATABLE
     refused = refusals(arch, vmas, brk)
-    return any(not refused_until(refused, page, page + PAGE) for page in window_pages(successor.reach))
+    for page in window_pages(successor.reach):
+        if not refused_until(refused, page, page + PAGE) and \
+                next(punned_leads(eviction, site, successor, refused, page, len(first)), None) is not None:
+            return ""
+    return NO_ROOM_FOR_LEAD
+
+
+NOT_RELOCATABLE = "its instruction cannot run where its jump may lead"
+NO_ROOM_FOR_LEAD = "no free room for both its target and where its jump may lead"
+
+
+def punned_leads(eviction: Eviction, site: SiteJump, successor: SiteJump, refused: Sequence[tuple[int, int]],
+                 page: int, size: int) -> Iterator[tuple[int, SiteJump]]:
+    """Where in ``page`` a punned ``successor``'s trampoline (``size`` bytes) may go, with the
+    site's jump each lead makes, one lead a page of targets apart (the site's pun shares
+    the lead's bytes: 256 bytes of target a byte of lead), leaving out the leads whose
+    target is ``refused`` (a room of it skipped at once)."""
+    low, high = successor.reach
+    lead, end = max(page, low), min(page + PAGE, high)
+    while lead + size <= end:
+        chosen = eviction.led_by(site, successor, lead)
+        target = chosen.target
+        assert target is not None
+        past = refused_until(refused, target, target + LANDING_SIZE)
+        if past:
+            lead += max(1, -(-(past - target) // 256))
+            continue
+        yield lead, chosen
+        lead += PAGE // 256
 
 
 def window_pages(reach: tuple[int, int]) -> range:

@@ -82,6 +82,8 @@ from .jumpfacts import (
 )
 from .jumpplan import (
     LANDING_SIZE,
+    NO_ROOM_FOR_LEAD,
+    NOT_RELOCATABLE,
     Neighbours,
     Trap,
     choose,
@@ -91,6 +93,7 @@ from .jumpplan import (
     landing_refused,
     meeting,
     outward,
+    punned_leads,
     refusals,
     refused_until,
     window_pages,
@@ -734,7 +737,7 @@ class JumpPath:
         low, high = successor.reach
         first = backend.relocated(successor, low)
         if first is None:
-            return "its instruction cannot run where its jump may lead"
+            return NOT_RELOCATABLE
         size = len(first)
         own = sorted(page for page in state.pages if page < high and low < page + PAGE)
         pages = [*own, *(page for page in window_pages(successor.reach) if page not in state.pages)]
@@ -743,19 +746,12 @@ class JumpPath:
         for page in pages:
             if page not in state.pages and refused_until(refused, page, page + PAGE):
                 continue
-            lead, end = max(page, low), min(page + PAGE, high)
-            while lead + size <= end:
-                chosen = backend.led_by(site, successor, lead)
+            for lead, chosen in punned_leads(backend, site, successor, refused, page, size):
                 target = chosen.target
                 assert target is not None
-                past = refused_until(refused, target, target + LANDING_SIZE)
-                if past:  # the leads whose targets lie in that room, at once: 256 bytes a lead's byte
-                    lead += max(1, -(-(past - target) // 256))
-                    continue
                 if meeting(state.used, lead, lead + size) or meeting(landings, lead, lead + size) or \
                         meeting(landings, target, target + LANDING_SIZE) or \
                         self._map_landing(state, target, LANDING_SIZE, call):
-                    lead += PAGE // 256
                     continue
                 code = backend.relocated(successor, lead)
                 if code is None or len(code) != size or self._map_landing(state, lead, size, call):
@@ -763,7 +759,7 @@ class JumpPath:
                     break  # the page is not to be had after all
                 state.mm.memory.write(lead, code)
                 return chosen, lead
-        return "no free room for both its target and where its jump may lead"
+        return NO_ROOM_FOR_LEAD
 
     def _taken(self, state: _MmJumps, start: int, end: int) -> bool:
         """Whether ``landing_refused`` refuses [start, end) for a mapping there other than

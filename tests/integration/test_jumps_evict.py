@@ -19,7 +19,7 @@ from test_jumps import seizable
 from tracee import UEMU, Tracee, attach_cli, read_memory, stop_cli, wait_until
 
 from uemu import sdt
-from uemu.jumpplan import PAGE, Neighbours, plan_of_site
+from uemu.jumpplan import NO_ROOM_FOR_LEAD, PAGE, Neighbours, plan_of_site
 from uemu.maps import Vma
 
 EVICTED = {"mov_imm", "mov_imm_r9", "riprel_load", "riprel_lea", "cmp_flags", "movabs", "loop_head", "jmp_succ",
@@ -153,4 +153,4 @@ def test_the_plan_in_a_process_says_trap_where_a_punned_successors_window_is_all
     free = plan_of_site(elf, probe.file_offset, site, neighbours, [taken], None)
     full = plan_of_site(elf, probe.file_offset, site, neighbours, [taken, covering], None)
     assert free.path == "evict", free
-    assert full.path == "trap" and full.why.endswith("no free page there"), full
+    assert full.path == "trap" and full.why.endswith(NO_ROOM_FOR_LEAD), full

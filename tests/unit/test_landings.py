@@ -13,7 +13,10 @@ from fakes import X86_64, FakeMemory, new_mm, register, uprobe, vma
 from uemu.arch.jump import SiteJump
 from uemu.jumpplan import (
     LANDING_SIZE,
+    NO_ROOM_FOR_LEAD,
     Neighbours,
+    Trap,
+    _window_room,
     choose,
     evictable,
     first_fit,
@@ -21,6 +24,7 @@ from uemu.jumpplan import (
     meeting,
     refusals,
     refused_until,
+    window_pages,
 )
 from uemu.jumps import Jump, JumpPath, _MmJumps
 from uemu.jumptable import JumpTable
@@ -119,6 +123,15 @@ def _evicted(text: Vma, brk: int | None = None, program: bytes = EVICTED,
     """``program`` (``EVICTED``: its pun's own target in the text) at ``ENTRY`` in ``text``,
     beside ``others`` (mappings over the pun's own target), armed: the jump path's state
     and plan."""
+    memory, mm, path, state, planned, trap = _arming(text, brk, program, others)
+    assert trap is None, trap
+    return memory, mm, path, state, planned
+
+
+def _arming(text: Vma, brk: int | None, program: bytes, others: tuple[Vma, ...],
+            shown: tuple[Vma, ...] = ()) -> tuple[FakeMemory, Mm, JumpPath, _MmJumps, Jump, Trap | None]:
+    """``_evicted``, and what arming said; ``shown``: more mappings the process lists but
+    the fake memory does not hold (too big for bytes)."""
     memory = FakeMemory()
     memory.map(AREA, bytes(layout.AREA_SIZE))
     code = bytearray(b"\xcc" * (text.end - text.start))
@@ -126,15 +139,14 @@ def _evicted(text: Vma, brk: int | None = None, program: bytes = EVICTED,
     memory.map(text.start, bytes(code))
     for other in others:
         memory.map(other.start, bytes(other.end - other.start))
-    mm = new_mm(memory, [text, *others, STACK])
+    mm = new_mm(memory, sorted([text, *others, *shown, STACK], key=lambda v: v.start))
     probe = uprobe(ENTRY, 0, bytes(code[ENTRY - text.offset:ENTRY - text.offset + 15]))
     path, state = _jump_path(memory, mm, [probe])
     state.brk = brk
     site = text.offset_to_vaddr(ENTRY)
     planned = path.plan(mm, probe, site)
     assert isinstance(planned, Jump)
-    assert path.arm(mm, planned, _injected_mmap(memory)) is None, path.arm(mm, planned, _injected_mmap(memory))
-    return memory, mm, path, state, planned
+    return memory, mm, path, state, planned, path.arm(mm, planned, _injected_mmap(memory))
 
 
 def _disarmed_pun_first(memory: FakeMemory, mm: Mm, path: JumpPath, site: int, program: bytes) -> None:
@@ -294,6 +306,42 @@ def test_a_short_successor_is_punned_in_turn_and_the_two_puns_share_bytes(heap_o
     assert _leads_to(memory, placed.landing) == placed.trampoline
     assert memory.read(lead, 4) == PUNNED[1:5] and _leads_to(memory, lead + 4) == site + 5
     _disarmed_pun_first(memory, mm, path, site, PUNNED)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_plan_says_trap_for_a_punned_successor_where_placement_finds_no_room(seed: int) -> None:
+    """The plan's verdict on a punned successor (evict, or trap for want of room) is
+    placement's, each layout planned and armed, the pun's own target taken: mappings over
+    the 3 GiB above the text with random holes, over the window too (seeds 4k, 4k + 2)
+    or not (4k + 3); and (4k + 1) all but one page of the window, which placement tries,
+    whose leads make targets below address 0.  That last is the case the plan got wrong:
+    it looked for a free page in the window, not for a free target too, and said evict
+    for 8 sites of a live JVM that kept the trap."""
+    rng = random.Random(seed)
+    site = TEXT.offset_to_vaddr(ENTRY)
+    own = site + 5 + 0x003E8349
+    window = (site + 6 + (0x74 << 24), site + 6 + (0x75 << 24))
+    taken = [(own & -layout.PAGE, (own & -layout.PAGE) + layout.PAGE)]
+    at, top = TEXT.end, site + (3 << 30)
+    if seed % 4 == 1:  # all but one page of the window, whose leads' targets lie below address 0
+        free = list(window_pages(window))[-2]
+        taken += [(layout.PAGE * 16, TEXT.start), (at, free), (free + layout.PAGE, top)]
+    while seed % 4 != 1 and at < top:  # mappings over [the text's end, 3 GiB on), holes of 8 to 64 MiB
+        end = min(top, at + rng.choice([16 * MiB, 64 * MiB, 256 * MiB, 1024 * MiB]))
+        if seed % 2:  # seeds 4k + 3: the window kept free
+            taken += [(a, b) for a, b in ((at, min(end, window[0])), (max(at, window[1]), end)) if a < b]
+        else:
+            taken.append((at, end))
+        at = end + rng.randrange(1, 9) * 8 * MiB
+    shown = tuple(vma(start, end - start, "r--p", 0, (0, 0), "") for start, end in taken[1:])
+    blocked = (vma(taken[0][0], layout.PAGE, "r--p", 0, (0, 0), ""),)
+    _, mm, _, state, planned, trap = _arming(TEXT, None, PUNNED, blocked, shown)
+    successor = evictable(X86_64, planned.site, PUNNED + bytes(8), Neighbours([], 0))
+    assert successor is not None
+    why = _window_room(X86_64, planned.site, successor, mm.vmas, None)
+    evicted = trap is None and next(iter(state.sites.values())).evicted is not None
+    assert (why == "") == evicted, (why, trap)
+    assert evicted or why == NO_ROOM_FOR_LEAD
 
 
 def test_refusals_answer_as_landing_refused_does() -> None:
