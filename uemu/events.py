@@ -194,7 +194,7 @@ def format_value(value: Value) -> str:
 
 def text_line(event: Event) -> str:
     """``SECONDS.MICROS PID/TID provider:name ARG...`` (CLOCK_MONOTONIC seconds)."""
-    return TextSite(_probe_text(event.provider, event.name)).line(event.ts_ns, event.pid, event.tid, event.args)
+    return _text_site(event.provider, event.name).line(event.ts_ns, event.pid, event.tid, event.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ class TextSite:
 
     @classmethod
     def of(cls, obj: str, provider: str, name: str, address: int, specs: list[str]) -> TextSite:
-        return cls(_probe_text(provider, name))
+        return _text_site(provider, name)
 
     def line(self, ts_ns: int, pid: int, tid: int, args: list[Value] | None) -> str:
         """One %-format a number of arguments (a third faster than joining them): ``%s``
@@ -223,8 +223,9 @@ class TextSite:
 
 
 @functools.lru_cache(maxsize=4096)
-def _probe_text(provider: str, name: str) -> str:
-    return f"{escape(provider)}:{escape(name)}"
+def _text_site(provider: str, name: str) -> TextSite:
+    """One ``TextSite`` a probe, its formats made once (every hit of the trap path asks)."""
+    return TextSite(f"{escape(provider)}:{escape(name)}")
 
 
 def count_lines(counts: dict[str, int]) -> Sequence[str]:

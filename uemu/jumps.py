@@ -135,7 +135,8 @@ class _Recorded:
     consumers: tuple[tuple[Consumer, str, str, str, list[str]], ...]
     """Each consumer with what its events say: object, provider, name, specs."""
     program: FetchProgram
-    _lines: dict[LineShape, tuple[tuple[Consumer, SiteLines], ...]] = field(default_factory=dict, compare=False)
+    _lines: dict[LineShape, tuple[tuple[Consumer, SiteLines], ...]] = field(default_factory=dict, compare=False,
+                                                                           repr=False)
 
     def lines(self, shape: LineShape) -> tuple[tuple[Consumer, SiteLines], ...]:
         """Each consumer with what its lines repeat, made at the first hit wanted as lines."""
