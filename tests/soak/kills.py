@@ -39,7 +39,7 @@ from judge import PROGRESS_TIMEOUT, judge
 from residue import semaphores
 from sites import stepped
 from tally import Outcome
-from target import UEMU, Target, Uemu, wait_for
+from target import UEMU, Target, Uemu, ignored, wait_for
 from tracee import thread_states, tracer_pid
 
 MOMENTS = ("arming", "cold", "hot", "jump", "step", "forks", "mending", "leaving")
@@ -101,6 +101,8 @@ class Kill:
         """Why the scenario cannot run here, or None."""
         if self.repair and not repair_available():
             return "repair: not available"
+        if self.moment == "leaving":
+            return ignored(signal.SIGINT)
         if self.moment == EVICT:
             if not (self.build.directory / "evict").exists():
                 return f"kill9/attach/evict/{self.build.name}: no samples/evict in this build (x86_64 only)"

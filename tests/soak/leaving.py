@@ -32,7 +32,7 @@ from judge import judge
 from kills import LIFETIME_MS, SLOW_MS, THREADS, TRACING_WINDOW
 from sites import every_kind, step_or_jump
 from tally import Outcome
-from target import Target, Uemu, describe, wait_for
+from target import Target, Uemu, describe, ignored, wait_for
 from tracee import process_state
 
 KERNEL_INTERNAL = range(512, 531)
@@ -102,11 +102,14 @@ class Stopped:
 
     command: str
     build: Build
-    available = None
 
     @property
     def name(self) -> str:
         return f"sigstop5/{self.command}/{self.build.name}"
+
+    @property
+    def available(self) -> str | None:
+        return ignored(signal.SIGINT)
 
     @property
     def full(self) -> int:
@@ -141,11 +144,14 @@ class Signalled:
     command: str
     signo: signal.Signals
     build: Build
-    available = None
 
     @property
     def name(self) -> str:
         return f"signal/{self.command}/{self.signo.name}/{self.build.name}"
+
+    @property
+    def available(self) -> str | None:
+        return ignored(self.signo)
 
     @property
     def full(self) -> int:

@@ -68,6 +68,16 @@ def child_running(parent: int, program: str) -> int | None:
     return None
 
 
+def ignored(signo: int) -> str | None:
+    """Why a scenario that tells uemu to leave by ``signo`` means nothing here, or None: this
+    process ignores the signal (a background job of a shell without job control ignores
+    SIGINT and SIGQUIT, nohup SIGHUP), uemu inherits that, and drops one sent before it
+    takes the signal for itself: the tries would count hangs of uemu's not leaving."""
+    if signal.getsignal(signo) is signal.SIG_IGN:
+        return f"{signal.Signals(signo).name} is ignored here (a background job? nohup?): uemu would inherit that"
+    return None
+
+
 def wait_for(condition, timeout: float, step: float = 0.005) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
