@@ -714,9 +714,11 @@ class JumpPath:
             return "no free room for its target within reach"
         chosen, leads = backend.evicted(site, successor, target)
         landings = self._pun_landings(state)
+        refused = refusals(state.mm.arch, self._others(state), state.brk)
         for lead in leads:
             code = backend.relocated(successor, lead)
-            if code is None or meeting(landings, lead, lead + len(code)) or self._taken(state, lead, lead + len(code)):
+            if code is None or meeting(landings, lead, lead + len(code)) or \
+                    refused_until(refused, lead, lead + len(code)):
                 continue
             if self._map_landing(state, lead, len(code), call):
                 continue
@@ -762,14 +764,10 @@ class JumpPath:
                 return chosen, lead
         return NO_ROOM_FOR_LEAD
 
-    def _taken(self, state: _MmJumps, start: int, end: int) -> bool:
-        """Whether ``landing_refused`` refuses [start, end) for a mapping there other than
-        one of uemu's landing pages, or for room no landing page may take."""
-        return bool(landing_refused(state.mm.arch, self._others(state), start, end, state.brk))
-
     @staticmethod
     def _others(state: _MmJumps) -> list[Vma]:
-        """The mappings of the address space but uemu's landing pages."""
+        """The mappings of the address space but uemu's landing pages: what ``refusals``
+        is asked of for room a lead's trampoline may take (a landing page may hold more)."""
         return [v for v in state.mm.vmas if not (v.start in state.pages and v.end == v.start + PAGE)]
 
     def _map_landing(self, state: _MmJumps, start: int, size: int, call: InjectedCall) -> str:
